@@ -1,0 +1,454 @@
+//! Kling callback bodies, raw bytes in, one [`TaskEvent`] out. Pure: no I/O.
+//!
+//! Accepted shapes (`../shared/kling-api.md`):
+//! - Kling's flat callback: `{"task_id","task_status","task_info":{..},"task_result":{..},..}`;
+//! - the same object wrapped as `{"code":0,"message":"success","data":{..}}`, as widely
+//!   copied third-party guides show it;
+//! - the newer "model in the path" API: `{"id","status":"succeeded","outputs":[..],"external_id",..}`.
+//!
+//! Only the id and the status are required; unknown fields are ignored, ids stay strings,
+//! and an envelope's `message` never decides success.
+
+use serde::Deserialize;
+
+use crate::task::{Image, TaskEvent, TaskStatus, Video};
+use crate::validate::{is_valid_external_task_id, is_valid_task_id};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("body is not a JSON object")]
+    NotAnObject,
+    #[error("body has no task id (`task_id`, or `id` in the newer shape)")]
+    MissingTaskId,
+    #[error("body has no task status (`task_status`, or `status` in the newer shape)")]
+    MissingStatus,
+    #[error("unknown task status; expected submitted, processing, succeed or failed")]
+    UnknownStatus,
+    #[error("task id must be 1 to 128 characters of A-Z a-z 0-9 . _ -")]
+    InvalidTaskId,
+    #[error("external_task_id must be 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    InvalidExternalTaskId,
+}
+
+/// Parses one callback body. See the module docs for the accepted shapes.
+pub fn parse_callback(body: &[u8]) -> Result<TaskEvent, PayloadError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some() && first != Some(&b'{') {
+        // Valid JSON that is not an object (`[]`, `"x"`, `1`) is a different mistake from
+        // broken JSON; say which.
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => Err(PayloadError::NotAnObject),
+            Err(e) => Err(PayloadError::InvalidJson(e.to_string())),
+        };
+    }
+    let raw: RawCallback =
+        serde_json::from_slice(body).map_err(|e| PayloadError::InvalidJson(e.to_string()))?;
+    raw.into_event()
+}
+
+/// Every field any accepted shape may carry; each is optional here and checked after.
+#[derive(Deserialize, Default)]
+struct RawCallback {
+    // Flat (legacy) shape.
+    task_id: Option<Lenient>,
+    task_status: Option<String>,
+    task_status_msg: Option<String>,
+    created_at: Option<Lenient>,
+    updated_at: Option<Lenient>,
+    final_unit_deduction: Option<Lenient>,
+    task_info: Option<RawTaskInfo>,
+    task_result: Option<RawTaskResult>,
+    // Third-party wrapper.
+    data: Option<Box<RawCallback>>,
+    // Newer "model in the path" shape.
+    id: Option<Lenient>,
+    status: Option<String>,
+    message: Option<String>,
+    create_time: Option<Lenient>,
+    update_time: Option<Lenient>,
+    external_id: Option<String>,
+    outputs: Option<Vec<RawOutput>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawTaskInfo {
+    external_task_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawTaskResult {
+    #[serde(default)]
+    videos: Vec<RawVideo>,
+    #[serde(default)]
+    images: Vec<RawImage>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawVideo {
+    id: Option<Lenient>,
+    url: Option<String>,
+    duration: Option<Lenient>,
+    watermark_url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawImage {
+    index: Option<u32>,
+    url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawOutput {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    id: Option<Lenient>,
+    url: Option<String>,
+    watermark_url: Option<String>,
+    duration: Option<Lenient>,
+}
+
+/// A scalar Kling documents as a string but that some senders emit as a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient {
+    Text(String),
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+}
+
+impl Lenient {
+    /// Ids: a string, or an integer kept digit for digit. A float is not an id.
+    fn into_id(self) -> Option<String> {
+        match self {
+            Lenient::Text(s) => Some(s),
+            Lenient::Unsigned(n) => Some(n.to_string()),
+            Lenient::Signed(_) | Lenient::Float(_) => None,
+        }
+    }
+
+    /// Milliseconds: an integer or a string of digits.
+    fn into_millis(self) -> Option<u64> {
+        match self {
+            Lenient::Unsigned(n) => Some(n),
+            Lenient::Text(s) => s.trim().parse().ok(),
+            Lenient::Signed(_) | Lenient::Float(_) => None,
+        }
+    }
+
+    /// Free text such as `duration` (`"5.1"`) or `final_unit_deduction` (`"1"`).
+    fn into_text(self) -> String {
+        match self {
+            Lenient::Text(s) => s,
+            Lenient::Unsigned(n) => n.to_string(),
+            Lenient::Signed(n) => n.to_string(),
+            Lenient::Float(x) => x.to_string(),
+        }
+    }
+}
+
+impl RawCallback {
+    fn into_event(self) -> Result<TaskEvent, PayloadError> {
+        let names_a_task =
+            self.task_id.is_some() || self.task_status.is_some() || self.id.is_some();
+        if !names_a_task && let Some(inner) = self.data {
+            return inner.into_event();
+        }
+        if self.task_id.is_some() || self.task_status.is_some() {
+            self.into_flat_event()
+        } else {
+            self.into_new_standard_event()
+        }
+    }
+
+    fn into_flat_event(self) -> Result<TaskEvent, PayloadError> {
+        let status = parse_status(self.task_status)?;
+        let task_id = parse_task_id(self.task_id)?;
+        let result = self.task_result.unwrap_or_default();
+        Ok(TaskEvent {
+            task_id,
+            status,
+            status_msg: self.task_status_msg.unwrap_or_default(),
+            external_task_id: parse_external_task_id(
+                self.task_info.and_then(|info| info.external_task_id),
+            )?,
+            created_at: self.created_at.and_then(Lenient::into_millis),
+            updated_at: self.updated_at.and_then(Lenient::into_millis),
+            videos: result
+                .videos
+                .into_iter()
+                .map(RawVideo::into_video)
+                .collect(),
+            images: result
+                .images
+                .into_iter()
+                .map(|image| Image {
+                    index: image.index,
+                    url: image.url,
+                })
+                .collect(),
+            final_unit_deduction: self.final_unit_deduction.map(Lenient::into_text),
+        })
+    }
+
+    fn into_new_standard_event(self) -> Result<TaskEvent, PayloadError> {
+        let status = parse_status(self.status)?;
+        let task_id = parse_task_id(self.id)?;
+        let mut videos = Vec::new();
+        let mut images = Vec::new();
+        for output in self.outputs.unwrap_or_default() {
+            if output.kind.as_deref() == Some("image") {
+                images.push(Image {
+                    index: u32::try_from(images.len()).ok(),
+                    url: output.url,
+                });
+            } else {
+                videos.push(Video {
+                    id: output.id.and_then(Lenient::into_id),
+                    url: output.url,
+                    duration: output.duration.map(Lenient::into_text),
+                    watermark_url: output.watermark_url,
+                });
+            }
+        }
+        Ok(TaskEvent {
+            task_id,
+            status,
+            status_msg: self.message.unwrap_or_default(),
+            external_task_id: parse_external_task_id(self.external_id)?,
+            created_at: self.create_time.and_then(Lenient::into_millis),
+            updated_at: self.update_time.and_then(Lenient::into_millis),
+            videos,
+            images,
+            final_unit_deduction: None,
+        })
+    }
+}
+
+impl RawVideo {
+    fn into_video(self) -> Video {
+        Video {
+            id: self.id.and_then(Lenient::into_id),
+            url: self.url,
+            duration: self.duration.map(Lenient::into_text),
+            watermark_url: self.watermark_url,
+        }
+    }
+}
+
+fn parse_status(status: Option<String>) -> Result<TaskStatus, PayloadError> {
+    let status = status.ok_or(PayloadError::MissingStatus)?;
+    TaskStatus::from_kling(&status).ok_or(PayloadError::UnknownStatus)
+}
+
+fn parse_task_id(id: Option<Lenient>) -> Result<String, PayloadError> {
+    let id = id.ok_or(PayloadError::MissingTaskId)?;
+    let id = id.into_id().ok_or(PayloadError::InvalidTaskId)?;
+    if is_valid_task_id(&id) {
+        Ok(id)
+    } else {
+        Err(PayloadError::InvalidTaskId)
+    }
+}
+
+/// An empty external id means "none" (Kling sends `""` when the submitter set none).
+fn parse_external_task_id(id: Option<String>) -> Result<Option<String>, PayloadError> {
+    match id {
+        None => Ok(None),
+        Some(id) if id.is_empty() => Ok(None),
+        Some(id) if is_valid_external_task_id(&id) => Ok(Some(id)),
+        Some(_) => Err(PayloadError::InvalidExternalTaskId),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flat callback exactly as `../shared/kling-api.md` shows it.
+    const KLING_DOC_FLAT: &str = r#"{"task_id":"867283741759111202","task_status":"succeed","task_status_msg":"",
+ "created_at":1722769557708,"updated_at":1722769600123,"final_unit_deduction":"1",
+ "task_info":{"parent_video":{"id":"p1","url":"https://p/1.mp4","duration":"5"},"external_task_id":"job-1"},
+ "task_result":{"images":[{"index":0,"url":"https://i/0.png"}],
+                "videos":[{"id":"867283741759111300","url":"https://v/1.mp4","duration":"5.1"}]}}"#;
+
+    /// The newer API's body as `../shared/kling-api.md` shows it (its signature example).
+    const KLING_DOC_NEW_STANDARD: &str = r#"{"id":"1234567890","status":"succeeded","message":"","create_time":1781080778802,"update_time":1781080794151}"#;
+
+    #[test]
+    fn parses_the_documented_flat_callback() {
+        let event = parse_callback(KLING_DOC_FLAT.as_bytes()).unwrap();
+        assert_eq!(
+            event,
+            TaskEvent {
+                task_id: "867283741759111202".into(),
+                status: TaskStatus::Succeed,
+                status_msg: String::new(),
+                external_task_id: Some("job-1".into()),
+                created_at: Some(1722769557708),
+                updated_at: Some(1722769600123),
+                videos: vec![Video {
+                    id: Some("867283741759111300".into()),
+                    url: Some("https://v/1.mp4".into()),
+                    duration: Some("5.1".into()),
+                    watermark_url: None,
+                }],
+                images: vec![Image {
+                    index: Some(0),
+                    url: Some("https://i/0.png".into()),
+                }],
+                final_unit_deduction: Some("1".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn the_wrapped_shape_parses_to_the_same_event_and_its_message_is_ignored() {
+        let wrapped = format!(r#"{{"code":0,"message":"success","data":{KLING_DOC_FLAT}}}"#);
+        let flat = parse_callback(KLING_DOC_FLAT.as_bytes()).unwrap();
+        assert_eq!(parse_callback(wrapped.as_bytes()).unwrap(), flat);
+
+        // "SUCCEED" in an envelope says nothing about the task: the status decides.
+        let failed = r#"{"code":0,"message":"SUCCEED","data":{"task_id":"1","task_status":"failed","task_status_msg":"bad prompt"}}"#;
+        let event = parse_callback(failed.as_bytes()).unwrap();
+        assert_eq!(event.status, TaskStatus::Failed);
+        assert_eq!(event.status_msg, "bad prompt");
+    }
+
+    #[test]
+    fn parses_the_documented_new_standard_body() {
+        let event = parse_callback(KLING_DOC_NEW_STANDARD.as_bytes()).unwrap();
+        assert_eq!(event.task_id, "1234567890");
+        assert_eq!(event.status, TaskStatus::Succeed);
+        assert_eq!(event.created_at, Some(1781080778802));
+        assert_eq!(event.updated_at, Some(1781080794151));
+        assert_eq!(event.external_task_id, None);
+    }
+
+    #[test]
+    fn new_standard_outputs_become_videos_and_images() {
+        let body = r#"{"id":"9","status":"processing","external_id":"ext_9","message":"rendering",
+            "outputs":[{"type":"video","id":"v1","url":"https://v","watermark_url":"https://w","duration":"10"},
+                       {"type":"image","url":"https://i0"},{"type":"image","url":"https://i1"}],
+            "billing":[{"x":1}]}"#;
+        let event = parse_callback(body.as_bytes()).unwrap();
+        assert_eq!(event.status, TaskStatus::Processing);
+        assert_eq!(event.status_msg, "rendering");
+        assert_eq!(event.external_task_id.as_deref(), Some("ext_9"));
+        assert_eq!(
+            event.videos,
+            [Video {
+                id: Some("v1".into()),
+                url: Some("https://v".into()),
+                duration: Some("10".into()),
+                watermark_url: Some("https://w".into()),
+            }]
+        );
+        assert_eq!(event.images.len(), 2);
+        assert_eq!(event.images[1].index, Some(1));
+    }
+
+    #[test]
+    fn minimal_bodies_with_empty_or_missing_parts_are_accepted() {
+        for body in [
+            r#"{"task_id":"1","task_status":"submitted"}"#,
+            r#"{"task_id":"1","task_status":"submitted","task_info":{},"task_result":{}}"#,
+            r#"{"task_id":"1","task_status":"submitted","task_info":null,"task_result":null}"#,
+            r#"{"task_id":"1","task_status":"submitted","unknown":{"deep":[1,2]},"final_balance_deduction":{"quota":"1","list_price":"2"}}"#,
+            r#"{"task_id":"1","task_status":"submitted","task_info":{"external_task_id":""}}"#,
+        ] {
+            let event = parse_callback(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(event.task_id, "1");
+            assert_eq!(event.status, TaskStatus::Submitted);
+            assert_eq!(event.external_task_id, None);
+            assert!(event.videos.is_empty() && event.images.is_empty());
+        }
+    }
+
+    #[test]
+    fn ids_larger_than_two_to_the_53_keep_every_digit() {
+        let body = r#"{"task_id":"9007199254740993123","task_status":"processing","task_result":{"videos":[{"id":9007199254740993}]}}"#;
+        let event = parse_callback(body.as_bytes()).unwrap();
+        assert_eq!(event.task_id, "9007199254740993123");
+        assert_eq!(event.videos[0].id.as_deref(), Some("9007199254740993"));
+        // An integer task id (not what Kling sends, but seen in hand-written tests) keeps its digits.
+        let body = r#"{"task_id":867283741759111202,"task_status":"processing"}"#;
+        assert_eq!(
+            parse_callback(body.as_bytes()).unwrap().task_id,
+            "867283741759111202"
+        );
+    }
+
+    #[test]
+    fn numbers_where_kling_sends_strings_and_strings_where_it_sends_numbers_are_read() {
+        let body = r#"{"task_id":"1","task_status":"succeed","created_at":"1722769557708","final_unit_deduction":2,
+            "task_result":{"videos":[{"id":"v","duration":5.1}]}}"#;
+        let event = parse_callback(body.as_bytes()).unwrap();
+        assert_eq!(event.created_at, Some(1722769557708));
+        assert_eq!(event.final_unit_deduction.as_deref(), Some("2"));
+        assert_eq!(event.videos[0].duration.as_deref(), Some("5.1"));
+    }
+
+    #[test]
+    fn bad_bodies_say_what_is_wrong() {
+        let cases: &[(&str, PayloadError)] = &[
+            (r#"{"task_status":"succeed"}"#, PayloadError::MissingTaskId),
+            (r#"{"task_id":"1"}"#, PayloadError::MissingStatus),
+            (
+                r#"{"task_id":"1","task_status":"done"}"#,
+                PayloadError::UnknownStatus,
+            ),
+            (r#"{"id":"1"}"#, PayloadError::MissingStatus),
+            (
+                r#"{"task_id":"","task_status":"succeed"}"#,
+                PayloadError::InvalidTaskId,
+            ),
+            (
+                r#"{"task_id":1.5,"task_status":"succeed"}"#,
+                PayloadError::InvalidTaskId,
+            ),
+            (
+                r#"{"task_id":"a/b","task_status":"succeed"}"#,
+                PayloadError::InvalidTaskId,
+            ),
+            (
+                r#"{"task_id":"1","task_status":"succeed","task_info":{"external_task_id":"has space"}}"#,
+                PayloadError::InvalidExternalTaskId,
+            ),
+            (
+                r#"{"code":0,"message":"success","data":{}}"#,
+                PayloadError::MissingStatus,
+            ),
+            ("[1,2]", PayloadError::NotAnObject),
+            ("\"succeed\"", PayloadError::NotAnObject),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(
+                parse_callback(body.as_bytes()).as_ref(),
+                Err(expected),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn broken_json_is_invalid_json() {
+        let truncated = &KLING_DOC_FLAT.as_bytes()[..KLING_DOC_FLAT.len() / 2];
+        for body in [
+            truncated,
+            b"",
+            b"{",
+            b"not json",
+            b"{\"task_id\":\"1\",}",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                matches!(parse_callback(body), Err(PayloadError::InvalidJson(_))),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! What the component knows about a Kling task: statuses, results, one delivery's
+//! news ([`TaskEvent`]) and the record the API serves ([`TaskRecord`]).
+
+use serde::{Deserialize, Serialize};
+
+/// A Kling task status. Kling's legacy API spells success `succeed`; its newer
+/// "model in the path" API spells it `succeeded`: both parse to [`TaskStatus::Succeed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Submitted,
+    Processing,
+    Succeed,
+    Failed,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 4] = [
+        TaskStatus::Submitted,
+        TaskStatus::Processing,
+        TaskStatus::Succeed,
+        TaskStatus::Failed,
+    ];
+
+    /// Parses a status as Kling sends it; `None` for anything unknown.
+    pub fn from_kling(status: &str) -> Option<Self> {
+        match status {
+            "submitted" => Some(Self::Submitted),
+            "processing" => Some(Self::Processing),
+            "succeed" | "succeeded" => Some(Self::Succeed),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submitted => "submitted",
+            Self::Processing => "processing",
+            Self::Succeed => "succeed",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeed | Self::Failed)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Video {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Seconds, as Kling sends it: a string such as `"5.1"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// What one delivery (a callback, later a poll) says about a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// Kling's task id: a long numeric string, never a number (it exceeds 2^53).
+    pub task_id: String,
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub status_msg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_task_id: Option<String>,
+    /// Kling's clock, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<u64>,
+    /// Kling's clock, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<u64>,
+    #[serde(default)]
+    pub videos: Vec<Video>,
+    #[serde(default)]
+    pub images: Vec<Image>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_unit_deduction: Option<String>,
+}
+
+/// A task as `GET /tasks/{id}` returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub external_task_id: Option<String>,
+    pub status: TaskStatus,
+    pub status_msg: String,
+    pub videos: Vec<Video>,
+    pub images: Vec<Image>,
+    pub created_at: Option<u64>,
+    pub updated_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_unit_deduction: Option<String>,
+    /// Callbacks accepted for this task, duplicates and late ones included.
+    pub deliveries: u64,
+    /// When the last accepted callback arrived, milliseconds on our clock.
+    pub last_delivery_at: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_through_their_kling_spelling() {
+        for status in TaskStatus::ALL {
+            assert_eq!(TaskStatus::from_kling(status.as_str()), Some(status));
+        }
+        assert_eq!(
+            TaskStatus::from_kling("succeeded"),
+            Some(TaskStatus::Succeed)
+        );
+        assert_eq!(TaskStatus::from_kling("SUCCEED"), None);
+        assert_eq!(TaskStatus::from_kling("done"), None);
+    }
+
+    #[test]
+    fn only_succeed_and_failed_are_final() {
+        let finals: Vec<_> = TaskStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_final())
+            .collect();
+        assert_eq!(finals, [TaskStatus::Succeed, TaskStatus::Failed]);
+    }
+}
