@@ -1,0 +1,98 @@
+//! The `sig` on our callback URLs: `/callbacks/kling/{external_task_id}?sig={sig}`.
+//!
+//! Kling's legacy callbacks are unsigned, so the URL itself carries the proof that we
+//! issued it: `sig` = base64url, no padding, of HMAC-SHA256(key = `callback_secret` as
+//! UTF-8, message = `external_task_id` as UTF-8). Only someone who knows the secret (or
+//! was given this exact URL, i.e. Kling) can post to a task's callback route.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackSigError {
+    #[error("the callback URL has no `sig` parameter")]
+    Missing,
+    #[error("the callback URL's `sig` is not base64url")]
+    Malformed,
+    #[error("the callback URL's `sig` does not match")]
+    Mismatch,
+}
+
+fn mac(secret: &Secret, external_task_id: &str) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+        .expect("HMAC-SHA256 takes keys of any length");
+    mac.update(external_task_id.as_bytes());
+    mac
+}
+
+/// The `sig` to put in the callback URL for `external_task_id`.
+pub fn sign(secret: &Secret, external_task_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(mac(secret, external_task_id).finalize().into_bytes())
+}
+
+/// Checks a `sig` in constant time. A truncated or padded `sig` does not verify.
+pub fn verify(
+    secret: &Secret,
+    external_task_id: &str,
+    sig: Option<&str>,
+) -> Result<(), CallbackSigError> {
+    let sig = sig.ok_or(CallbackSigError::Missing)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| CallbackSigError::Malformed)?;
+    mac(secret, external_task_id)
+        .verify_slice(&sig)
+        .map_err(|_| CallbackSigError::Mismatch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Computed independently:
+    /// `printf %s job-1 | openssl dgst -sha256 -hmac test-callback-secret -binary | base64 | tr '+/' '-_' | tr -d =`
+    const GOLDEN_SIG: &str = "V2ucXnrDxfowJok8DZQ7EDP7WSR1cOwBTCE3n54VYbA";
+
+    fn secret() -> Secret {
+        Secret::new("test-callback-secret")
+    }
+
+    #[test]
+    fn signs_the_golden_vector() {
+        assert_eq!(sign(&secret(), "job-1"), GOLDEN_SIG);
+        assert_eq!(verify(&secret(), "job-1", Some(GOLDEN_SIG)), Ok(()));
+    }
+
+    #[test]
+    fn anything_but_the_exact_sig_fails() {
+        let other_task = sign(&secret(), "job-2");
+        let other_secret = sign(&Secret::new("another-secret"), "job-1");
+        let mut altered = GOLDEN_SIG.to_string();
+        altered.replace_range(0..1, "W");
+        let cases: &[(Option<&str>, CallbackSigError)] = &[
+            (None, CallbackSigError::Missing),
+            (Some(""), CallbackSigError::Mismatch),
+            (Some(&GOLDEN_SIG[..42]), CallbackSigError::Malformed),
+            (Some(&GOLDEN_SIG[..40]), CallbackSigError::Mismatch),
+            (Some(&GOLDEN_SIG[..20]), CallbackSigError::Mismatch),
+            (Some(&altered), CallbackSigError::Mismatch),
+            (Some(&other_task), CallbackSigError::Mismatch),
+            (Some(&other_secret), CallbackSigError::Mismatch),
+            (
+                Some("V2ucXnrDxfowJok8DZQ7EDP7WSR1cOwBTCE3n54VYbA="),
+                CallbackSigError::Malformed,
+            ),
+            (
+                Some("V2ucXnrDxfowJok8DZQ7EDP7WSR1cOwBTCE3n54VYb+"),
+                CallbackSigError::Malformed,
+            ),
+        ];
+        for (sig, expected) in cases {
+            assert_eq!(verify(&secret(), "job-1", *sig), Err(*expected), "{sig:?}");
+        }
+    }
+}
