@@ -1,0 +1,353 @@
+//! The task ledger's rules, pure: what a delivery does to a task.
+//!
+//! A task's truth lives in one slot per status rank (`submitted`, `processing`, `final`);
+//! each slot is written only by deliveries of its own rank, and a task's status is the
+//! highest rank whose slot exists. So no interleaving of concurrent deliveries, on one
+//! replica or many, can move a task backwards: a late `processing` can only ever write
+//! the `processing` slot, never the `final` one.
+//!
+//! The task's *head* holds what is not truth: the binding to Kling's `task_id`, what was
+//! already seen (so a duplicate is recognised from the head alone), and the delivery
+//! counters. It is updated after the sender has been acknowledged; losing an update
+//! costs at most a count or one extra slot write later, never a state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::{TaskEvent, TaskRecord, TaskStatus};
+
+/// The status ranks, each with a slot of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Slot {
+    Submitted,
+    Processing,
+    Final,
+}
+
+impl Slot {
+    /// Highest rank first: the order in which to look for a task's current state.
+    pub const BY_RANK_DESC: [Slot; 3] = [Slot::Final, Slot::Processing, Slot::Submitted];
+
+    pub fn of(status: TaskStatus) -> Self {
+        match status {
+            TaskStatus::Submitted => Slot::Submitted,
+            TaskStatus::Processing => Slot::Processing,
+            TaskStatus::Succeed | TaskStatus::Failed => Slot::Final,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::Submitted => "submitted",
+            Slot::Processing => "processing",
+            Slot::Final => "final",
+        }
+    }
+}
+
+/// What the head remembers of the slots written so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// `updated_at` of the stored `submitted` state (0 when Kling sent none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing: Option<u64>,
+    #[serde(default, rename = "final", skip_serializing_if = "Option::is_none")]
+    pub final_state: Option<FinalSeen>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalSeen {
+    pub status: TaskStatus,
+    pub updated_at: u64,
+}
+
+/// What one delivery does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// News: write the event into this slot.
+    Apply(Slot),
+    /// The same news again (same status, not newer): nothing to write.
+    Duplicate,
+    /// Older news than what is stored (a lower rank, or another final after the first):
+    /// nothing to write.
+    Stale,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Apply(_) => "applied",
+            Verdict::Duplicate => "duplicate",
+            Verdict::Stale => "stale",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("this external_task_id is bound to another Kling task_id")]
+    BoundToAnotherTask,
+}
+
+/// Decides what `event` does given what the head has seen.
+///
+/// - `succeed`/`failed` are final: once one is stored, lower ranks and the other final
+///   status are stale.
+/// - `processing` beats `submitted`.
+/// - Within one status, a larger `updated_at` refreshes the stored fields; an equal or
+///   smaller one (or none) is a duplicate.
+pub fn judge(seen: &Seen, event: &TaskEvent) -> Verdict {
+    let updated_at = event.updated_at.unwrap_or(0);
+    let slot = Slot::of(event.status);
+    // Within one status only a strictly newer `updated_at` is news.
+    let refresh = |stored: u64| {
+        if updated_at > stored {
+            Verdict::Apply(slot)
+        } else {
+            Verdict::Duplicate
+        }
+    };
+    if let Some(stored) = seen.final_state {
+        return match slot {
+            Slot::Final if event.status == stored.status => refresh(stored.updated_at),
+            _ => Verdict::Stale,
+        };
+    }
+    match slot {
+        Slot::Final => Verdict::Apply(Slot::Final),
+        Slot::Processing => seen.processing.map_or(Verdict::Apply(slot), refresh),
+        Slot::Submitted => match (seen.processing, seen.submitted) {
+            (Some(_), _) => Verdict::Stale,
+            (None, stored) => stored.map_or(Verdict::Apply(slot), refresh),
+        },
+    }
+}
+
+/// A task's bookkeeping record: binding, what was seen, counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskHead {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_task_id: Option<String>,
+    #[serde(default)]
+    pub seen: Seen,
+    #[serde(default)]
+    pub deliveries: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery_at: Option<u64>,
+}
+
+impl TaskHead {
+    /// Rejects an event for another Kling task than the one this head is bound to.
+    pub fn check_binding(&self, event: &TaskEvent) -> Result<(), LedgerError> {
+        match &self.task_id {
+            Some(bound) if *bound != event.task_id => Err(LedgerError::BoundToAnotherTask),
+            _ => Ok(()),
+        }
+    }
+
+    /// The head after an accepted delivery of `event` judged `verdict`, at `now_ms`.
+    pub fn after_delivery(mut self, event: &TaskEvent, verdict: Verdict, now_ms: u64) -> Self {
+        if self.task_id.is_none() {
+            self.task_id = Some(event.task_id.clone());
+        }
+        if self.external_task_id.is_none() {
+            self.external_task_id = event.external_task_id.clone();
+        }
+        if let Verdict::Apply(slot) = verdict {
+            let updated_at = event.updated_at.unwrap_or(0);
+            match slot {
+                Slot::Submitted => self.seen.submitted = Some(updated_at),
+                Slot::Processing => self.seen.processing = Some(updated_at),
+                Slot::Final => {
+                    self.seen.final_state = Some(FinalSeen {
+                        status: event.status,
+                        updated_at,
+                    })
+                }
+            }
+        }
+        self.deliveries += 1;
+        self.last_delivery_at = Some(now_ms);
+        self
+    }
+}
+
+/// The record the API serves: the highest-ranked stored state plus the head's counters.
+pub fn assemble(head: Option<&TaskHead>, current: TaskEvent) -> TaskRecord {
+    TaskRecord {
+        external_task_id: current
+            .external_task_id
+            .or_else(|| head.and_then(|h| h.external_task_id.clone())),
+        task_id: current.task_id,
+        status: current.status,
+        status_msg: current.status_msg,
+        videos: current.videos,
+        images: current.images,
+        created_at: current.created_at,
+        updated_at: current.updated_at,
+        final_unit_deduction: current.final_unit_deduction,
+        deliveries: head.map_or(0, |h| h.deliveries),
+        last_delivery_at: head.and_then(|h| h.last_delivery_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(status: TaskStatus, updated_at: u64) -> TaskEvent {
+        TaskEvent {
+            task_id: "t1".into(),
+            status,
+            status_msg: String::new(),
+            external_task_id: Some("ext".into()),
+            created_at: Some(1),
+            updated_at: Some(updated_at),
+            videos: vec![],
+            images: vec![],
+            final_unit_deduction: None,
+        }
+    }
+
+    use TaskStatus::*;
+
+    /// Applies events in order the way the component does, returning the stored slots.
+    fn replay(events: &[TaskEvent]) -> (TaskHead, Vec<(Slot, TaskEvent)>) {
+        let mut head = TaskHead::default();
+        let mut slots: Vec<(Slot, TaskEvent)> = vec![];
+        for e in events {
+            head.check_binding(e).unwrap();
+            let verdict = judge(&head.seen, e);
+            if let Verdict::Apply(slot) = verdict {
+                slots.retain(|(s, _)| *s != slot);
+                slots.push((slot, e.clone()));
+            }
+            head = head.after_delivery(e, verdict, 0);
+        }
+        (head, slots)
+    }
+
+    fn current(slots: &[(Slot, TaskEvent)]) -> TaskEvent {
+        slots.iter().max_by_key(|(s, _)| *s).unwrap().1.clone()
+    }
+
+    #[test]
+    fn every_order_of_a_lifecycle_ends_in_its_final_state() {
+        for final_status in [Succeed, Failed] {
+            let lifecycle = [
+                event(Submitted, 10),
+                event(Processing, 20),
+                event(final_status, 30),
+            ];
+            for order in [
+                [0, 1, 2],
+                [0, 2, 1],
+                [1, 0, 2],
+                [1, 2, 0],
+                [2, 0, 1],
+                [2, 1, 0],
+            ] {
+                let events: Vec<_> = order.iter().map(|&i| lifecycle[i].clone()).collect();
+                let (head, slots) = replay(&events);
+                assert_eq!(current(&slots).status, final_status, "{order:?}");
+                assert_eq!(head.deliveries, 3);
+            }
+        }
+    }
+
+    #[test]
+    fn a_final_state_is_never_left() {
+        let seen = Seen {
+            final_state: Some(FinalSeen {
+                status: Succeed,
+                updated_at: 30,
+            }),
+            ..Seen::default()
+        };
+        assert_eq!(judge(&seen, &event(Submitted, 99)), Verdict::Stale);
+        assert_eq!(judge(&seen, &event(Processing, 99)), Verdict::Stale);
+        assert_eq!(judge(&seen, &event(Failed, 99)), Verdict::Stale);
+        assert_eq!(judge(&seen, &event(Succeed, 30)), Verdict::Duplicate);
+        assert_eq!(judge(&seen, &event(Succeed, 29)), Verdict::Duplicate);
+        assert_eq!(
+            judge(&seen, &event(Succeed, 31)),
+            Verdict::Apply(Slot::Final)
+        );
+    }
+
+    #[test]
+    fn processing_beats_submitted_and_refreshes_only_when_newer() {
+        let seen = Seen {
+            processing: Some(20),
+            ..Seen::default()
+        };
+        assert_eq!(judge(&seen, &event(Submitted, 99)), Verdict::Stale);
+        assert_eq!(judge(&seen, &event(Processing, 20)), Verdict::Duplicate);
+        assert_eq!(
+            judge(&seen, &event(Processing, 21)),
+            Verdict::Apply(Slot::Processing)
+        );
+        assert_eq!(
+            judge(&seen, &event(Succeed, 1)),
+            Verdict::Apply(Slot::Final)
+        );
+    }
+
+    #[test]
+    fn a_missing_updated_at_never_refreshes() {
+        let seen = Seen {
+            submitted: Some(0),
+            ..Seen::default()
+        };
+        let mut e = event(Submitted, 0);
+        e.updated_at = None;
+        assert_eq!(judge(&seen, &e), Verdict::Duplicate);
+        assert_eq!(judge(&Seen::default(), &e), Verdict::Apply(Slot::Submitted));
+    }
+
+    #[test]
+    fn duplicates_change_nothing_but_the_counter() {
+        let e = event(Processing, 20);
+        let (head_once, slots_once) = replay(std::slice::from_ref(&e));
+        let (head_thrice, slots_thrice) = replay(&[e.clone(), e.clone(), e]);
+        assert_eq!(slots_once, slots_thrice);
+        assert_eq!(head_thrice.seen, head_once.seen);
+        assert_eq!(head_thrice.deliveries, 3);
+    }
+
+    #[test]
+    fn a_head_bound_to_one_task_rejects_another() {
+        let head = TaskHead::default().after_delivery(
+            &event(Submitted, 1),
+            Verdict::Apply(Slot::Submitted),
+            5,
+        );
+        assert_eq!(head.task_id.as_deref(), Some("t1"));
+        let mut other = event(Processing, 2);
+        other.task_id = "t2".into();
+        assert_eq!(
+            head.check_binding(&other),
+            Err(LedgerError::BoundToAnotherTask)
+        );
+        assert_eq!(head.check_binding(&event(Processing, 2)), Ok(()));
+    }
+
+    #[test]
+    fn the_record_takes_the_state_from_the_slot_and_counts_from_the_head() {
+        let head = TaskHead {
+            deliveries: 4,
+            last_delivery_at: Some(77),
+            external_task_id: Some("ext".into()),
+            ..TaskHead::default()
+        };
+        let mut state = event(Succeed, 30);
+        state.external_task_id = None;
+        let record = assemble(Some(&head), state);
+        assert_eq!(record.status, Succeed);
+        assert_eq!(record.external_task_id.as_deref(), Some("ext"));
+        assert_eq!((record.deliveries, record.last_delivery_at), (4, Some(77)));
+    }
+}

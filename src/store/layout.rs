@@ -1,0 +1,69 @@
+//! Every key the component writes. The README's "Key layout" section mirrors this.
+//!
+//! | key | value | written by |
+//! |---|---|---|
+//! | `task:{key}` | head: binding, what was seen, counters ([`TaskHead`]) | every accepted delivery, after the acknowledgement |
+//! | `task:{key}:submitted` / `:processing` / `:final` | the latest state of that rank ([`TaskEvent`]) | only deliveries of that rank, before the acknowledgement |
+//! | `taskid:{task_id}` | `{key}` | the first delivery that binds the task, after the acknowledgement |
+//!
+//! `{key}` is the task's `external_task_id`, or `#` followed by Kling's `task_id` for a
+//! task reported without one (`#` cannot occur in an external id, so the two never
+//! collide).
+//!
+//! [`TaskHead`]: crate::ledger::TaskHead
+//! [`TaskEvent`]: crate::task::TaskEvent
+
+use crate::ledger::Slot;
+
+/// The part of a task's keys that names the task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskKey(String);
+
+impl TaskKey {
+    /// For a task known by its (already validated) external id.
+    pub fn external(external_task_id: &str) -> Self {
+        Self(external_task_id.to_string())
+    }
+
+    /// For a task Kling reported without an external id.
+    pub fn kling(task_id: &str) -> Self {
+        Self(format!("#{task_id}"))
+    }
+
+    /// Restores a key read from the `taskid:` index.
+    pub fn from_stored(key: String) -> Self {
+        Self(key)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn head(&self) -> String {
+        format!("task:{}", self.0)
+    }
+
+    pub fn slot(&self, slot: Slot) -> String {
+        format!("task:{}:{}", self.0, slot.name())
+    }
+}
+
+pub fn task_id_index(task_id: &str) -> String {
+    format!("taskid:{task_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_as_documented() {
+        let key = TaskKey::external("job-1");
+        assert_eq!(key.head(), "task:job-1");
+        assert_eq!(key.slot(Slot::Submitted), "task:job-1:submitted");
+        assert_eq!(key.slot(Slot::Processing), "task:job-1:processing");
+        assert_eq!(key.slot(Slot::Final), "task:job-1:final");
+        assert_eq!(TaskKey::kling("86").head(), "task:#86");
+        assert_eq!(task_id_index("86"), "taskid:86");
+    }
+}

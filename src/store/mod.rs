@@ -1,0 +1,72 @@
+//! Persistence behind a small trait, so the core never names Spin.
+//!
+//! - [`KeyValue`]: the two operations the component uses (Spin's store in the
+//!   component, an in-memory map in unit tests).
+//! - [`layout`]: every key the component writes, in one place.
+//! - [`tasks`]: reading and writing task heads, status slots and the task_id index.
+
+pub mod layout;
+pub mod tasks;
+
+/// A key-value store with Spin's semantics: no transactions, last write wins.
+pub trait KeyValue {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be opened or did not answer; worth retrying.
+    #[error("key-value store unavailable: {0}")]
+    Unavailable(String),
+    /// The component is not allowed to use the store (missing `key_value_stores`).
+    #[error("key-value store `default` is not available to this component")]
+    NotConfigured,
+    /// A value under one of our keys is not what we wrote.
+    #[error("stored value under `{0}` is not valid")]
+    Corrupt(String),
+}
+
+#[cfg(test)]
+pub(crate) mod memory {
+    //! An in-memory [`KeyValue`] for unit tests, counting round trips.
+    use super::*;
+    use std::cell::{Cell, RefCell};
+    use std::collections::BTreeMap;
+
+    #[derive(Default)]
+    pub struct MemoryKv {
+        pub map: RefCell<BTreeMap<String, Vec<u8>>>,
+        pub round_trips: Cell<usize>,
+        pub fail_next: Cell<bool>,
+    }
+
+    impl MemoryKv {
+        fn trip(&self) -> Result<(), StoreError> {
+            self.round_trips.set(self.round_trips.get() + 1);
+            if self.fail_next.replace(false) {
+                return Err(StoreError::Unavailable("injected".into()));
+            }
+            Ok(())
+        }
+
+        pub fn keys(&self) -> Vec<String> {
+            self.map.borrow().keys().cloned().collect()
+        }
+    }
+
+    impl KeyValue for MemoryKv {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.trip()?;
+            Ok(self.map.borrow().get(key).cloned())
+        }
+
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.trip()?;
+            self.map
+                .borrow_mut()
+                .insert(key.to_string(), value.to_vec());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Task heads, status slots and the task_id index over a [`KeyValue`] store.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::layout::{TaskKey, task_id_index};
+use super::{KeyValue, StoreError};
+use crate::ledger::{Slot, TaskHead, Verdict, assemble};
+use crate::task::{TaskEvent, TaskRecord};
+use crate::validate::{is_valid_external_task_id, is_valid_task_id};
+
+pub struct TaskStore<'a> {
+    kv: &'a dyn KeyValue,
+}
+
+/// Writes that follow an accepted delivery and may happen after the acknowledgement:
+/// the task_id index (first binding only) and the head. Applied in order; the first
+/// failure stops the rest, so the head never claims a binding whose index is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "bookkeeping does nothing until applied"]
+pub struct Bookkeeping {
+    writes: Vec<(String, Vec<u8>)>,
+}
+
+impl Bookkeeping {
+    pub fn apply(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
+        self.writes
+            .iter()
+            .try_for_each(|(key, value)| kv.set(key, value))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.writes.iter().map(|(key, _)| key.as_str())
+    }
+}
+
+impl<'a> TaskStore<'a> {
+    pub fn new(kv: &'a dyn KeyValue) -> Self {
+        Self { kv }
+    }
+
+    pub fn head(&self, key: &TaskKey) -> Result<Option<TaskHead>, StoreError> {
+        self.get_json(&key.head())
+    }
+
+    pub fn write_slot(
+        &self,
+        key: &TaskKey,
+        slot: Slot,
+        event: &TaskEvent,
+    ) -> Result<(), StoreError> {
+        self.kv.set(&key.slot(slot), &to_json(event))
+    }
+
+    /// The writes that record a delivery in the head (and bind the task on its first one).
+    pub fn bookkeeping(
+        key: &TaskKey,
+        head: Option<TaskHead>,
+        event: &TaskEvent,
+        verdict: Verdict,
+        now_ms: u64,
+    ) -> Bookkeeping {
+        let first_binding = head.as_ref().is_none_or(|h| h.task_id.is_none());
+        let head = head
+            .unwrap_or_default()
+            .after_delivery(event, verdict, now_ms);
+        let mut writes = Vec::with_capacity(2);
+        if first_binding {
+            writes.push((
+                task_id_index(&event.task_id),
+                key.as_str().as_bytes().to_vec(),
+            ));
+        }
+        writes.push((key.head(), to_json(&head)));
+        Bookkeeping { writes }
+    }
+
+    /// A task by Kling `task_id` or by `external_task_id`; external ids win a tie.
+    pub fn find(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        if !is_valid_external_task_id(id) && !is_valid_task_id(id) {
+            return Ok(None);
+        }
+        if is_valid_external_task_id(id) {
+            let key = TaskKey::external(id);
+            if let Some(head) = self.head(&key)? {
+                return self.record(&key, Some(head));
+            }
+        }
+        if let Some(stored) = self.kv.get(&task_id_index(id))? {
+            let key = String::from_utf8(stored)
+                .map(TaskKey::from_stored)
+                .map_err(|_| StoreError::Corrupt(task_id_index(id)))?;
+            let head = self.head(&key)?;
+            return self.record(&key, head);
+        }
+        // No head or index yet (its bookkeeping was lost): the slots still hold the truth.
+        let mut candidates = vec![TaskKey::kling(id)];
+        if is_valid_external_task_id(id) {
+            candidates.insert(0, TaskKey::external(id));
+        }
+        for key in candidates {
+            if let Some(record) = self.record(&key, None)? {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The highest-ranked stored state of a task, with the head's counters.
+    fn record(
+        &self,
+        key: &TaskKey,
+        head: Option<TaskHead>,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        for slot in Slot::BY_RANK_DESC {
+            if let Some(state) = self.get_json::<TaskEvent>(&key.slot(slot))? {
+                return Ok(Some(assemble(head.as_ref(), state)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.kv.get(key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(key.to_string())),
+        }
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("task types serialize to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryKv;
+    use crate::task::TaskStatus;
+
+    fn event(task_id: &str, ext: Option<&str>, status: TaskStatus) -> TaskEvent {
+        TaskEvent {
+            task_id: task_id.into(),
+            status,
+            status_msg: String::new(),
+            external_task_id: ext.map(Into::into),
+            created_at: None,
+            updated_at: Some(1),
+            videos: vec![],
+            images: vec![],
+            final_unit_deduction: None,
+        }
+    }
+
+    #[test]
+    fn bookkeeping_binds_once_then_only_updates_the_head() {
+        let key = TaskKey::external("job-1");
+        let e = event("86", Some("job-1"), TaskStatus::Submitted);
+        let first = TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Submitted), 5);
+        assert_eq!(
+            first.keys().collect::<Vec<_>>(),
+            ["taskid:86", "task:job-1"]
+        );
+
+        let kv = MemoryKv::default();
+        first.apply(&kv).unwrap();
+        let head = TaskStore::new(&kv).head(&key).unwrap();
+        let second = TaskStore::bookkeeping(&key, head, &e, Verdict::Duplicate, 6);
+        assert_eq!(second.keys().collect::<Vec<_>>(), ["task:job-1"]);
+    }
+
+    #[test]
+    fn a_failed_index_write_leaves_the_head_unbound() {
+        let key = TaskKey::external("job-1");
+        let e = event("86", Some("job-1"), TaskStatus::Submitted);
+        let kv = MemoryKv::default();
+        kv.fail_next.set(true);
+        let plan = TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Submitted), 5);
+        assert!(plan.apply(&kv).is_err());
+        assert!(kv.keys().is_empty(), "{:?}", kv.keys());
+    }
+
+    #[test]
+    fn find_serves_by_either_id_and_prefers_the_highest_rank() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        let submitted = event("86", Some("job-1"), TaskStatus::Submitted);
+        let succeed = event("86", Some("job-1"), TaskStatus::Succeed);
+        store.write_slot(&key, Slot::Final, &succeed).unwrap();
+        store.write_slot(&key, Slot::Submitted, &submitted).unwrap();
+        TaskStore::bookkeeping(&key, None, &succeed, Verdict::Apply(Slot::Final), 9)
+            .apply(&kv)
+            .unwrap();
+
+        for id in ["job-1", "86"] {
+            let record = store.find(id).unwrap().unwrap();
+            assert_eq!(record.status, TaskStatus::Succeed, "{id}");
+            assert_eq!(record.deliveries, 1);
+        }
+        assert_eq!(store.find("nope").unwrap(), None);
+        assert_eq!(store.find("a/b").unwrap(), None);
+    }
+
+    #[test]
+    fn find_reaches_slots_whose_bookkeeping_was_lost() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let e = event("86", None, TaskStatus::Processing);
+        store
+            .write_slot(&TaskKey::kling("86"), Slot::Processing, &e)
+            .unwrap();
+        let e = event("87", Some("job-7"), TaskStatus::Processing);
+        store
+            .write_slot(&TaskKey::external("job-7"), Slot::Processing, &e)
+            .unwrap();
+
+        let record = store.find("86").unwrap().unwrap();
+        assert_eq!(
+            (record.status, record.deliveries),
+            (TaskStatus::Processing, 0)
+        );
+        assert_eq!(store.find("job-7").unwrap().unwrap().task_id, "87");
+    }
+
+    #[test]
+    fn corrupt_values_are_reported_not_guessed() {
+        let kv = MemoryKv::default();
+        kv.set("task:job-1", b"not json").unwrap();
+        assert_eq!(
+            TaskStore::new(&kv).find("job-1"),
+            Err(StoreError::Corrupt("task:job-1".into()))
+        );
+    }
+}
