@@ -1,0 +1,3 @@
+//! The management API: task state for people and programs, behind a bearer token.
+
+pub mod tasks;

@@ -1,0 +1,376 @@
+//! Receiving one Kling callback: authenticate, parse, check, judge, store.
+//!
+//! The order matters. Everything that can reject a delivery runs before the store is
+//! touched, so a rejected request stores nothing. Signatures are checked over the raw
+//! bytes before parsing. Then the store sees at most two round trips before the sender is
+//! acknowledged: one read of the task's head, and, for news, one write of the status slot.
+//! The head's bookkeeping is returned to be written after the acknowledgement.
+
+use crate::callback::parse::{PayloadError, parse_callback};
+use crate::config::CallbackConfig;
+use crate::ledger::{LedgerError, Verdict, judge};
+use crate::signatures::callback_url::{self, CallbackSigError};
+use crate::signatures::standard_webhooks::{self, WebhookError, WebhookHeaders};
+use crate::store::layout::TaskKey;
+use crate::store::tasks::{Bookkeeping, TaskStore};
+use crate::store::{KeyValue, StoreError};
+use crate::validate::is_valid_external_task_id;
+
+/// Largest callback body accepted (Kling's are a few KiB).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// A request body as the edge read it, never more than [`MAX_BODY_BYTES`] + 1 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Bytes(Vec<u8>),
+    TooLarge,
+    /// The connection failed while the body was read.
+    Unreadable,
+}
+
+/// One callback delivery, as the HTTP layer hands it over.
+#[derive(Debug)]
+pub struct Callback<'a> {
+    /// From `/callbacks/kling/{external_task_id}`; `None` on `/callbacks/kling`.
+    pub external_task_id: Option<&'a str>,
+    pub sig: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub webhook: WebhookHeaders<'a>,
+    pub body: &'a Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackError {
+    #[error("external_task_id in the URL must be 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    InvalidExternalTaskId,
+    #[error(transparent)]
+    Signature(#[from] CallbackSigError),
+    #[error("Standard Webhooks signature rejected: {0}")]
+    Webhook(#[from] WebhookError),
+    #[error(
+        "this route accepts only Standard Webhooks-signed callbacks, and webhook_signing_secret is not set"
+    )]
+    WebhookSigningNotConfigured,
+    #[error("content type must be application/json")]
+    UnsupportedContentType,
+    #[error("body is larger than 256 KiB")]
+    TooLarge,
+    #[error("the request body could not be read")]
+    UnreadableBody,
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error("task_info.external_task_id in the body differs from the callback URL's")]
+    ExternalTaskIdMismatch,
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A delivery that was stored (or recognised as already stored).
+#[derive(Debug)]
+pub struct Received {
+    pub verdict: Verdict,
+    /// To apply after acknowledging the sender.
+    pub bookkeeping: Bookkeeping,
+}
+
+/// Handles one delivery. `now_ms` is our clock (Standard Webhooks tolerance, counters).
+pub fn receive(
+    callback: &Callback<'_>,
+    config: &CallbackConfig,
+    kv: &dyn KeyValue,
+    now_ms: u64,
+) -> Result<Received, CallbackError> {
+    authenticate_url(callback, config)?;
+    if !is_json(callback.content_type) {
+        return Err(CallbackError::UnsupportedContentType);
+    }
+    let body = match callback.body {
+        Body::Bytes(bytes) => bytes.as_slice(),
+        Body::TooLarge => return Err(CallbackError::TooLarge),
+        Body::Unreadable => return Err(CallbackError::UnreadableBody),
+    };
+    authenticate_body(callback, config, body, now_ms)?;
+
+    let event = parse_callback(body)?;
+    let key = match (callback.external_task_id, event.external_task_id.as_deref()) {
+        (Some(url), Some(body)) if url != body => {
+            return Err(CallbackError::ExternalTaskIdMismatch);
+        }
+        (Some(id), _) | (None, Some(id)) => TaskKey::external(id),
+        (None, None) => TaskKey::kling(&event.task_id),
+    };
+
+    let store = TaskStore::new(kv);
+    let head = store.head(&key)?;
+    if let Some(head) = &head {
+        head.check_binding(&event)?;
+    }
+    let verdict = judge(
+        &head.as_ref().map(|h| h.seen.clone()).unwrap_or_default(),
+        &event,
+    );
+    if let Verdict::Apply(slot) = verdict {
+        store.write_slot(&key, slot, &event)?;
+    }
+    Ok(Received {
+        verdict,
+        bookkeeping: TaskStore::bookkeeping(&key, head, &event, verdict, now_ms),
+    })
+}
+
+/// The URL's proof: `sig` on `/callbacks/kling/{id}`; on `/callbacks/kling` the
+/// Standard Webhooks signature is the only proof, so it must be configured.
+fn authenticate_url(callback: &Callback<'_>, config: &CallbackConfig) -> Result<(), CallbackError> {
+    match callback.external_task_id {
+        Some(id) => {
+            if !is_valid_external_task_id(id) {
+                return Err(CallbackError::InvalidExternalTaskId);
+            }
+            callback_url::verify(&config.callback_secret, id, callback.sig)?;
+        }
+        None if config.webhook_secret.is_none() => {
+            return Err(CallbackError::WebhookSigningNotConfigured);
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Standard Webhooks headers: required on `/callbacks/kling`; on the `sig` route they
+/// are verified whenever a secret is configured and the sender included them.
+fn authenticate_body(
+    callback: &Callback<'_>,
+    config: &CallbackConfig,
+    body: &[u8],
+    now_ms: u64,
+) -> Result<(), CallbackError> {
+    let Some(secret) = &config.webhook_secret else {
+        return Ok(());
+    };
+    if callback.external_task_id.is_none() || callback.webhook.any_present() {
+        let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        standard_webhooks::verify(secret, &callback.webhook, body, now_secs)?;
+    }
+    Ok(())
+}
+
+/// `application/json`, any `+json` type, with any parameters; no content type at all is
+/// accepted too (Kling's senders are not consistent about it).
+fn is_json(content_type: Option<&str>) -> bool {
+    let Some(content_type) = content_type else {
+        return true;
+    };
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    media_type == "application/json"
+        || (media_type.starts_with("application/") && media_type.ends_with("+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::ledger::Slot;
+    use crate::signatures::standard_webhooks::WebhookSecret;
+    use crate::store::memory::MemoryKv;
+
+    const SECRET: &str = "test-callback-secret";
+    const WHSEC: &str = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI=";
+    const NOW_MS: u64 = 1_781_080_794_000;
+
+    fn config(webhook: bool) -> CallbackConfig {
+        CallbackConfig {
+            callback_secret: Secret::new(SECRET),
+            webhook_secret: webhook.then(|| WebhookSecret::parse(WHSEC).unwrap()),
+        }
+    }
+
+    fn body(status: &str, updated_at: u64) -> Body {
+        Body::Bytes(
+            format!(r#"{{"task_id":"86","task_status":"{status}","updated_at":{updated_at},"task_info":{{"external_task_id":"job-1"}}}}"#)
+                .into_bytes(),
+        )
+    }
+
+    fn deliver(kv: &MemoryKv, body: &Body) -> Result<Received, CallbackError> {
+        let sig = callback_url::sign(&Secret::new(SECRET), "job-1");
+        let callback = Callback {
+            external_task_id: Some("job-1"),
+            sig: Some(&sig),
+            content_type: Some("application/json"),
+            webhook: WebhookHeaders::default(),
+            body,
+        };
+        receive(&callback, &config(false), kv, NOW_MS)
+    }
+
+    #[test]
+    fn news_costs_two_round_trips_before_the_ack_and_a_duplicate_one() {
+        let kv = MemoryKv::default();
+        let received = deliver(&kv, &body("processing", 5)).unwrap();
+        assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
+        assert_eq!(kv.round_trips.get(), 2);
+        received.bookkeeping.apply(&kv).unwrap();
+
+        kv.round_trips.set(0);
+        let again = deliver(&kv, &body("processing", 5)).unwrap();
+        assert_eq!(again.verdict, Verdict::Duplicate);
+        assert_eq!(kv.round_trips.get(), 1);
+    }
+
+    #[test]
+    fn rejected_deliveries_touch_nothing() {
+        let kv = MemoryKv::default();
+        let good = body("succeed", 5);
+        let sig = callback_url::sign(&Secret::new(SECRET), "job-1");
+        let other_ext = Body::Bytes(
+            br#"{"task_id":"86","task_status":"succeed","task_info":{"external_task_id":"job-2"}}"#
+                .to_vec(),
+        );
+        let cases: Vec<(Callback<'_>, CallbackError)> = vec![
+            (
+                Callback {
+                    external_task_id: Some("job-1"),
+                    sig: None,
+                    content_type: None,
+                    webhook: WebhookHeaders::default(),
+                    body: &good,
+                },
+                CallbackError::Signature(CallbackSigError::Missing),
+            ),
+            (
+                Callback {
+                    external_task_id: Some("job 1"),
+                    sig: Some(&sig),
+                    content_type: None,
+                    webhook: WebhookHeaders::default(),
+                    body: &good,
+                },
+                CallbackError::InvalidExternalTaskId,
+            ),
+            (
+                Callback {
+                    external_task_id: Some("job-1"),
+                    sig: Some(&sig),
+                    content_type: Some("text/plain"),
+                    webhook: WebhookHeaders::default(),
+                    body: &good,
+                },
+                CallbackError::UnsupportedContentType,
+            ),
+            (
+                Callback {
+                    external_task_id: Some("job-1"),
+                    sig: Some(&sig),
+                    content_type: None,
+                    webhook: WebhookHeaders::default(),
+                    body: &Body::TooLarge,
+                },
+                CallbackError::TooLarge,
+            ),
+            (
+                Callback {
+                    external_task_id: Some("job-1"),
+                    sig: Some(&sig),
+                    content_type: None,
+                    webhook: WebhookHeaders::default(),
+                    body: &other_ext,
+                },
+                CallbackError::ExternalTaskIdMismatch,
+            ),
+            (
+                Callback {
+                    external_task_id: None,
+                    sig: None,
+                    content_type: None,
+                    webhook: WebhookHeaders::default(),
+                    body: &good,
+                },
+                CallbackError::WebhookSigningNotConfigured,
+            ),
+        ];
+        for (callback, expected) in cases {
+            assert_eq!(
+                receive(&callback, &config(false), &kv, NOW_MS).unwrap_err(),
+                expected
+            );
+        }
+        assert_eq!(kv.round_trips.get(), 0);
+    }
+
+    #[test]
+    fn a_task_bound_to_one_kling_id_refuses_another() {
+        let kv = MemoryKv::default();
+        deliver(&kv, &body("submitted", 1))
+            .unwrap()
+            .bookkeeping
+            .apply(&kv)
+            .unwrap();
+        let keys_before = kv.keys();
+        let other = Body::Bytes(br#"{"task_id":"99","task_status":"succeed"}"#.to_vec());
+        assert_eq!(
+            deliver(&kv, &other).unwrap_err(),
+            CallbackError::Ledger(LedgerError::BoundToAnotherTask)
+        );
+        assert_eq!(kv.keys(), keys_before);
+    }
+
+    #[test]
+    fn the_unnamed_route_needs_a_valid_standard_webhooks_signature() {
+        let kv = MemoryKv::default();
+        let payload = br#"{"id":"1234567890","status":"succeeded","message":"","create_time":1781080778802,"update_time":1781080794151}"#;
+        let body = Body::Bytes(payload.to_vec());
+        let mut callback = Callback {
+            external_task_id: None,
+            sig: None,
+            content_type: Some("application/json; charset=utf-8"),
+            webhook: WebhookHeaders {
+                id: Some("9876543210"),
+                timestamp: Some("1781080794"),
+                signature: Some("v1,UsKlJP00XoQyOn410NM9xv34sP+Gl0jnOO9Lcpr7NJ4="),
+            },
+            body: &body,
+        };
+        let received = receive(&callback, &config(true), &kv, NOW_MS).unwrap();
+        assert_eq!(received.verdict, Verdict::Apply(Slot::Final));
+        assert!(kv.keys().contains(&"task:#1234567890:final".to_string()));
+
+        callback.webhook.signature = Some("v1,UsKlJP00XoQyOn410NM9xv34sP+Gl0jnOO9Lcpr7NJ5=");
+        assert_eq!(
+            receive(&callback, &config(true), &kv, NOW_MS).unwrap_err(),
+            CallbackError::Webhook(WebhookError::NoMatchingSignature)
+        );
+        callback.webhook = WebhookHeaders::default();
+        assert_eq!(
+            receive(&callback, &config(true), &kv, NOW_MS).unwrap_err(),
+            CallbackError::Webhook(WebhookError::MissingHeader("webhook-id"))
+        );
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            None,
+            Some("application/json"),
+            Some("Application/JSON; charset=UTF-8"),
+            Some("application/vnd.kling+json"),
+        ] {
+            assert!(is_json(ok), "{ok:?}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "application/jsonp",
+            "",
+        ] {
+            assert!(!is_json(Some(bad)), "{bad}");
+        }
+    }
+}

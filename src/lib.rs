@@ -1,0 +1,31 @@
+//! kling-webhook: receives Kling AI task callbacks in a Spin component and keeps the
+//! truth about every task in Spin's key-value store.
+//!
+//! Where things are:
+//! - [`callback::receive`]: the callback route, verify → parse → judge → store.
+//! - [`signatures`]: the URL `sig` and Standard Webhooks signatures.
+//! - [`callback::parse`]: every body shape Kling sends, to one [`task::TaskEvent`].
+//! - [`ledger`]: the task state machine (never backwards; duplicates recognised).
+//! - [`store`]: the key layout and task persistence behind the [`store::KeyValue`] trait.
+//! - [`api`]: the authenticated task API.
+//! - [`app`], [`router`], [`response`], [`error`]: HTTP dispatch, routes, the response
+//!   builder and the one error → status mapping.
+//! - `spin_edge` (wasm32 only): the thin Spin glue.
+//!
+//! Everything but `spin_edge` is plain Rust that builds and tests natively.
+
+pub mod api;
+pub mod app;
+pub mod callback;
+pub mod config;
+pub mod error;
+pub mod ledger;
+pub mod response;
+pub mod router;
+pub mod signatures;
+pub mod store;
+pub mod task;
+pub mod validate;
+
+#[cfg(target_arch = "wasm32")]
+mod spin_edge;
