@@ -1,0 +1,313 @@
+//! A Spin-like host on wasmtime 48: runs a component's `wasi:http/incoming-handler`
+//! with WASI p2, outbound `wasi:http`, and Spin's key-value and variables interfaces
+//! (bound from the WIT that ships inside the spin-sdk crate, see `tests/wit`).
+//!
+//! Every request gets a fresh instance from a shared, pre-linked `ProxyPre`, as Spin does.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::kv::KvStore;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "spin-host",
+        imports: { default: async | trappable },
+        with: { "fermyon:spin/key-value.store": super::OpenStore },
+    });
+}
+
+use bindings::fermyon::spin::key_value::{self, Error as KvError};
+use bindings::fermyon::spin::variables::{self, Error as VarError};
+
+/// An open `store` resource. Spin's components use the `default` label.
+pub struct OpenStore;
+
+pub struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    kv: KvStore,
+    variables: Arc<HashMap<String, String>>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+impl key_value::Host for HostState {}
+
+impl key_value::HostStore for HostState {
+    async fn open(&mut self, label: String) -> wasmtime::Result<Result<Resource<OpenStore>, KvError>> {
+        if label != "default" {
+            return Ok(Err(KvError::NoSuchStore));
+        }
+        Ok(Ok(self.table.push(OpenStore)?))
+    }
+
+    async fn get(
+        &mut self,
+        _store: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, KvError>> {
+        Ok(self.kv.get(&key).await.map_err(KvError::Other))
+    }
+
+    async fn set(
+        &mut self,
+        _store: Resource<OpenStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), KvError>> {
+        Ok(self.kv.set(&key, value).await.map_err(KvError::Other))
+    }
+
+    async fn delete(&mut self, _store: Resource<OpenStore>, key: String) -> wasmtime::Result<Result<(), KvError>> {
+        self.kv.delete(&key).await;
+        Ok(Ok(()))
+    }
+
+    async fn exists(&mut self, _store: Resource<OpenStore>, key: String) -> wasmtime::Result<Result<bool, KvError>> {
+        Ok(Ok(self.kv.exists(&key).await))
+    }
+
+    async fn get_keys(&mut self, _store: Resource<OpenStore>) -> wasmtime::Result<Result<Vec<String>, KvError>> {
+        Ok(Ok(self.kv.all_keys().await))
+    }
+
+    async fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.table.delete(store)?;
+        Ok(())
+    }
+}
+
+impl variables::Host for HostState {
+    async fn get(&mut self, name: String) -> wasmtime::Result<Result<String, VarError>> {
+        Ok(self
+            .variables
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| VarError::Undefined(format!("no variable for {name:?}"))))
+    }
+}
+
+/// A compiled component, ready to instantiate per request.
+pub struct Loaded {
+    pre: ProxyPre<HostState>,
+}
+
+impl Loaded {
+    pub fn load(engine: &Engine, wasm: &Path) -> Result<Self> {
+        let component = Component::from_file(engine, wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("compiling {}", wasm.display()))?;
+        let mut linker = Linker::<HostState>::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        bindings::SpinHost::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("linking: the component imports something the host does not provide")?;
+        Ok(Self {
+            pre: ProxyPre::new(pre).map_err(anyhow::Error::from)?,
+        })
+    }
+}
+
+pub fn engine() -> Engine {
+    Engine::new(&Config::new()).expect("wasmtime engine")
+}
+
+/// One deployment of a component: its variables and its store (which other
+/// deployments may share, like replicas sharing one Redis).
+#[derive(Clone)]
+pub struct SpinApp {
+    loaded: &'static Loaded,
+    pub kv: KvStore,
+    variables: Arc<HashMap<String, String>>,
+    /// A fixed wall clock (seconds since the epoch), for signature timestamps.
+    clock: Option<u64>,
+}
+
+/// A wall clock stopped at one instant.
+struct FixedClock(Duration);
+
+impl wasmtime_wasi::HostWallClock for FixedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn now(&self) -> Duration {
+        self.0
+    }
+}
+
+/// A response, read in full.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The machine-readable code of an error response.
+    pub fn error_code(&self) -> String {
+        let json = self.json();
+        let code = json["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error body: {json}"));
+        assert!(
+            json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without a message: {json}"
+        );
+        code.to_string()
+    }
+}
+
+/// Timings of one request, for the benchmark.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Until the response (head and whole body) was in hand.
+    pub response: Duration,
+    /// Until the guest's handler returned (after-acknowledgement work included).
+    pub done: Duration,
+}
+
+impl SpinApp {
+    pub fn new(loaded: &'static Loaded, variables: &[(&str, &str)], kv: KvStore) -> Self {
+        Self {
+            loaded,
+            kv,
+            variables: Arc::new(
+                variables
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            clock: None,
+        }
+    }
+
+    /// The same deployment with the guest's wall clock stopped at `unix_secs`.
+    pub fn at_time(mut self, unix_secs: u64) -> Self {
+        self.clock = Some(unix_secs);
+        self
+    }
+
+    /// Sends one request and waits until the guest is completely done.
+    pub async fn send(&self, request: http::Request<Bytes>) -> Reply {
+        self.send_timed(request).await.0
+    }
+
+    pub async fn send_timed(&self, request: http::Request<Bytes>) -> (Reply, Timing) {
+        self.try_send(request).await.expect("host failure")
+    }
+
+    async fn try_send(&self, request: http::Request<Bytes>) -> Result<(Reply, Timing)> {
+        let started = Instant::now();
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stderr();
+        if let Some(secs) = self.clock {
+            wasi.wall_clock(FixedClock(Duration::from_secs(secs)));
+        }
+        let mut store = Store::new(
+            self.loaded.pre.engine(),
+            HostState {
+                wasi: wasi.build(),
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                kv: self.kv.clone(),
+                variables: self.variables.clone(),
+            },
+        );
+        let (parts, body) = request.into_parts();
+        let request = http::Request::from_parts(parts, Full::new(body));
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(anyhow::Error::from)?;
+        let outparam = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(anyhow::Error::from)?;
+        let pre = self.loaded.pre.clone();
+        let guest = tokio::spawn(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, outparam)
+                .await
+        });
+
+        let response = match receiver.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => return Err(anyhow!("guest answered with an error code: {code:?}")),
+            Err(_) => {
+                let outcome = guest.await?;
+                return Err(anyhow!("guest never set a response: {outcome:?}"));
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading the response body: {e:?}"))?
+            .to_bytes();
+        let response_at = started.elapsed();
+        guest
+            .await?
+            .map_err(anyhow::Error::from)
+            .context("guest trapped")?;
+        let done_at = started.elapsed();
+        Ok((
+            Reply {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body,
+            },
+            Timing {
+                response: response_at,
+                done: done_at,
+            },
+        ))
+    }
+}
