@@ -21,10 +21,13 @@ struct State {
     log: Vec<(Op, String)>,
     fail_gets: usize,
     fail_sets: usize,
-    /// Upper bound of a pseudo-random pause before each operation, so that concurrent
-    /// requests interleave at store calls.
-    jitter: Duration,
+    fail_set_to: Option<String>,
+    /// When set, each operation first yields to the scheduler a pseudo-random number
+    /// of times (seeded), so concurrent requests interleave at store calls.
+    interleave: bool,
     rng: u64,
+    /// A fixed cost per operation, like a networked store's round trip.
+    latency: Duration,
 }
 
 /// A shareable store. Cloning shares it.
@@ -49,13 +52,25 @@ impl KvStore {
         self.state().fail_sets = n;
     }
 
-    /// Pause up to `max` before each operation (seeded, so runs are reproducible).
-    pub fn with_jitter(self, max: Duration, seed: u64) -> Self {
+    /// The next set to exactly `key` fails.
+    pub fn fail_next_set_to(&self, key: &str) {
+        self.state().fail_set_to = Some(key.to_string());
+    }
+
+    /// Interleave concurrent requests at every store call (seeded: reproducible).
+    pub fn interleaved(self, seed: u64) -> Self {
         {
             let mut state = self.state();
-            state.jitter = max;
-            state.rng = seed | 1;
+            state.interleave = true;
+            state.rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         }
+        self
+    }
+
+    /// Every operation costs `latency` (blocking the calling thread, as a synchronous
+    /// store client does; meant for sequential benchmarks).
+    pub fn with_latency(self, latency: Duration) -> Self {
+        self.state().latency = latency;
         self
     }
 
@@ -87,20 +102,27 @@ impl KvStore {
     }
 
     async fn pause(&self) {
-        let pause = {
+        let (yields, latency) = {
             let mut state = self.state();
-            if state.jitter.is_zero() {
-                return;
-            }
-            // xorshift64
-            let mut x = state.rng;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            state.rng = x;
-            state.jitter.mul_f64((x % 1000) as f64 / 1000.0)
+            let yields = if state.interleave {
+                // xorshift64
+                let mut x = state.rng;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                state.rng = x;
+                x % 8
+            } else {
+                0
+            };
+            (yields, state.latency)
         };
-        tokio::time::sleep(pause).await;
+        for _ in 0..yields {
+            tokio::task::yield_now().await;
+        }
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
@@ -120,6 +142,10 @@ impl KvStore {
         state.log.push((Op::Set, key.to_string()));
         if state.fail_sets > 0 {
             state.fail_sets -= 1;
+            return Err(INJECTED_FAILURE.into());
+        }
+        if state.fail_set_to.as_deref() == Some(key) {
+            state.fail_set_to = None;
             return Err(INJECTED_FAILURE.into());
         }
         state.map.insert(key.to_string(), value);

@@ -12,8 +12,10 @@ pub const API_TOKEN: &str = "test-api-token";
 /// Kling's published Standard Webhooks example secret (`../shared/kling-api.md`).
 pub const WEBHOOK_SECRET: &str = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI=";
 
-pub const STANDARD_VARIABLES: [(&str, &str); 2] =
-    [("callback_secret", CALLBACK_SECRET), ("api_token", API_TOKEN)];
+pub const STANDARD_VARIABLES: [(&str, &str); 2] = [
+    ("callback_secret", CALLBACK_SECRET),
+    ("api_token", API_TOKEN),
+];
 
 pub const WITH_WEBHOOK_SECRET: [(&str, &str); 3] = [
     ("callback_secret", CALLBACK_SECRET),
@@ -30,7 +32,9 @@ pub fn sig(external_task_id: &str) -> String {
 
 /// `v1,` + base64(HMAC-SHA256(base64decode(secret sans whsec_), "{id}.{ts}.{body}")).
 pub fn webhook_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let key = STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let key = STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(body);
@@ -48,11 +52,18 @@ pub fn callback(external_task_id: &str, body: impl Into<Bytes>) -> http::Request
     callback_with_sig(external_task_id, &sig(external_task_id), body)
 }
 
-pub fn callback_with_sig(external_task_id: &str, sig: &str, body: impl Into<Bytes>) -> http::Request<Bytes> {
-    request("POST", &format!("/callbacks/kling/{external_task_id}?sig={sig}"))
-        .header("content-type", "application/json")
-        .body(body.into())
-        .unwrap()
+pub fn callback_with_sig(
+    external_task_id: &str,
+    sig: &str,
+    body: impl Into<Bytes>,
+) -> http::Request<Bytes> {
+    request(
+        "POST",
+        &format!("/callbacks/kling/{external_task_id}?sig={sig}"),
+    )
+    .header("content-type", "application/json")
+    .body(body.into())
+    .unwrap()
 }
 
 pub fn get_task(id: &str) -> http::Request<Bytes> {
@@ -65,7 +76,9 @@ pub fn get_task(id: &str) -> http::Request<Bytes> {
 /// A flat Kling callback body.
 pub fn flat(task_id: &str, external_task_id: &str, status: &str, updated_at: u64) -> String {
     let result = if status == "succeed" {
-        format!(r#","task_result":{{"videos":[{{"id":"v-{task_id}","url":"https://cdn.example/{task_id}.mp4","duration":"5.1"}}]}}"#)
+        format!(
+            r#","task_result":{{"videos":[{{"id":"v-{task_id}","url":"https://cdn.example/{task_id}.mp4","duration":"5.1"}}]}}"#
+        )
     } else {
         String::new()
     };

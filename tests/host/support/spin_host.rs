@@ -66,7 +66,10 @@ impl WasiHttpView for HostState {
 impl key_value::Host for HostState {}
 
 impl key_value::HostStore for HostState {
-    async fn open(&mut self, label: String) -> wasmtime::Result<Result<Resource<OpenStore>, KvError>> {
+    async fn open(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<OpenStore>, KvError>> {
         if label != "default" {
             return Ok(Err(KvError::NoSuchStore));
         }
@@ -90,16 +93,27 @@ impl key_value::HostStore for HostState {
         Ok(self.kv.set(&key, value).await.map_err(KvError::Other))
     }
 
-    async fn delete(&mut self, _store: Resource<OpenStore>, key: String) -> wasmtime::Result<Result<(), KvError>> {
+    async fn delete(
+        &mut self,
+        _store: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), KvError>> {
         self.kv.delete(&key).await;
         Ok(Ok(()))
     }
 
-    async fn exists(&mut self, _store: Resource<OpenStore>, key: String) -> wasmtime::Result<Result<bool, KvError>> {
+    async fn exists(
+        &mut self,
+        _store: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, KvError>> {
         Ok(Ok(self.kv.exists(&key).await))
     }
 
-    async fn get_keys(&mut self, _store: Resource<OpenStore>) -> wasmtime::Result<Result<Vec<String>, KvError>> {
+    async fn get_keys(
+        &mut self,
+        _store: Resource<OpenStore>,
+    ) -> wasmtime::Result<Result<Vec<String>, KvError>> {
         Ok(Ok(self.kv.all_keys().await))
     }
 
@@ -131,7 +145,8 @@ impl Loaded {
             .with_context(|| format!("compiling {}", wasm.display()))?;
         let mut linker = Linker::<HostState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)?;
         bindings::SpinHost::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)?;
         let pre = linker
@@ -182,8 +197,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// The machine-readable code of an error response.
@@ -193,7 +212,9 @@ impl Reply {
             .as_str()
             .unwrap_or_else(|| panic!("not an error body: {json}"));
         assert!(
-            json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "error without a message: {json}"
         );
         code.to_string()

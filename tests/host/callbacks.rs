@@ -1,0 +1,364 @@
+//! The callback route through the real component: shapes, ordering, duplicates, and
+//! the store traffic each delivery costs.
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::support::components::kling_app;
+use crate::support::kv::{KvStore, Op};
+use crate::support::requests::{callback, flat, get_task};
+use crate::support::spin_host::SpinApp;
+
+async fn status_of(app: &SpinApp, id: &str) -> String {
+    let reply = app.send(get_task(id)).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    reply.json()["status"].as_str().unwrap().to_string()
+}
+
+fn rank(status: &str) -> u8 {
+    match status {
+        "submitted" => 1,
+        "processing" => 2,
+        "succeed" | "failed" => 3,
+        other => panic!("unexpected status {other}"),
+    }
+}
+
+#[tokio::test]
+async fn the_documented_flat_callback_is_stored_and_served_by_either_id() {
+    let app = kling_app();
+    // `../shared/kling-api.md`'s example, with a real external id.
+    let body = r#"{"task_id":"867283741759111202","task_status":"succeed","task_status_msg":"",
+ "created_at":1722769557708,"updated_at":1722769600123,"final_unit_deduction":"1",
+ "task_info":{"parent_video":{"id":"p","url":"https://p","duration":"5"},"external_task_id":"job-doc"},
+ "task_result":{"images":[{"index":0,"url":"https://i/0.png"}],
+                "videos":[{"id":"867283741759111300","url":"https://v/1.mp4","duration":"5.1"}]}}"#;
+    let reply = app.send(callback("job-doc", body)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.json(),
+        json!({"received": true, "outcome": "applied"})
+    );
+
+    for id in ["job-doc", "867283741759111202"] {
+        let task = app.send(get_task(id)).await.json();
+        assert_eq!(task["task_id"], "867283741759111202");
+        assert_eq!(task["external_task_id"], "job-doc");
+        assert_eq!(task["status"], "succeed");
+        assert_eq!(task["status_msg"], "");
+        assert_eq!(task["created_at"], 1722769557708u64);
+        assert_eq!(task["updated_at"], 1722769600123u64);
+        assert_eq!(task["final_unit_deduction"], "1");
+        assert_eq!(
+            task["videos"],
+            json!([{"id": "867283741759111300", "url": "https://v/1.mp4", "duration": "5.1"}])
+        );
+        assert_eq!(
+            task["images"],
+            json!([{"index": 0, "url": "https://i/0.png"}])
+        );
+        assert_eq!(task["deliveries"], 1);
+        assert!(task["last_delivery_at"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+}
+
+#[tokio::test]
+async fn the_wrapped_and_the_new_standard_shapes_are_stored() {
+    let app = kling_app();
+    let wrapped = format!(
+        r#"{{"code":0,"message":"SUCCEED","data":{}}}"#,
+        flat("1001", "job-wrapped", "failed", 9)
+    );
+    assert_eq!(app.send(callback("job-wrapped", wrapped)).await.status, 200);
+    assert_eq!(status_of(&app, "job-wrapped").await, "failed");
+
+    let new_standard = r#"{"id":"1002","status":"succeeded","message":"","create_time":1781080778802,"update_time":1781080794151,
+        "external_id":"job-new","outputs":[{"type":"video","id":"v9","url":"https://v/9.mp4","watermark_url":"https://w/9.mp4","duration":"10"}],
+        "billing":[{"units":1}]}"#;
+    assert_eq!(
+        app.send(callback("job-new", new_standard)).await.status,
+        200
+    );
+    let task = app.send(get_task("1002")).await.json();
+    assert_eq!(task["status"], "succeed");
+    assert_eq!(task["external_task_id"], "job-new");
+    assert_eq!(task["videos"][0]["watermark_url"], "https://w/9.mp4");
+    assert_eq!(task["updated_at"], 1781080794151u64);
+}
+
+#[tokio::test]
+async fn minimal_and_older_deliveries_are_accepted() {
+    let app = kling_app();
+    // Older deliveries: no task_info, no final_unit_deduction; empty objects; unknown fields.
+    let bodies = [
+        r#"{"task_id":"2001","task_status":"submitted"}"#,
+        r#"{"task_id":"2001","task_status":"processing","task_info":{},"task_result":{},"updated_at":5}"#,
+        r#"{"task_id":"2001","task_status":"succeed","updated_at":6,"final_balance_deduction":{"quota":"1","list_price":"2"},"something_new":[1]}"#,
+    ];
+    for body in bodies {
+        let reply = app.send(callback("job-min", body)).await;
+        assert_eq!(reply.status, 200, "{body}: {:?}", reply.body);
+    }
+    let task = app.send(get_task("job-min")).await.json();
+    assert_eq!(
+        (task["status"].as_str(), task["deliveries"].as_u64()),
+        (Some("succeed"), Some(3))
+    );
+}
+
+#[tokio::test]
+async fn every_order_of_a_lifecycle_ends_final_and_never_goes_back() {
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for final_status in ["succeed", "failed"] {
+        for order in orders {
+            let app = kling_app();
+            let lifecycle = [
+                flat("3001", "job-order", "submitted", 10),
+                flat("3001", "job-order", "processing", 20),
+                flat("3001", "job-order", final_status, 30),
+            ];
+            let mut highest = 0;
+            for i in order {
+                assert_eq!(
+                    app.send(callback("job-order", lifecycle[i].clone()))
+                        .await
+                        .status,
+                    200
+                );
+                let status = status_of(&app, "job-order").await;
+                assert!(rank(&status) >= highest, "{order:?}: went back to {status}");
+                highest = rank(&status);
+            }
+            assert_eq!(status_of(&app, "3001").await, final_status, "{order:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_second_final_status_does_not_replace_the_first() {
+    let app = kling_app();
+    app.send(callback("job-ff", flat("4001", "job-ff", "succeed", 30)))
+        .await;
+    let reply = app
+        .send(callback("job-ff", flat("4001", "job-ff", "failed", 40)))
+        .await;
+    assert_eq!(
+        (reply.status, reply.json()["outcome"].as_str()),
+        (200, Some("stale"))
+    );
+    let task = app.send(get_task("job-ff")).await.json();
+    assert_eq!(task["status"], "succeed");
+    assert_eq!(task["deliveries"], 2);
+}
+
+#[tokio::test]
+async fn a_newer_update_of_the_same_status_refreshes_and_an_older_one_does_not() {
+    let app = kling_app();
+    let with_msg = |msg: &str, updated_at: u64| {
+        format!(
+            r#"{{"task_id":"5001","task_status":"processing","task_status_msg":"{msg}","updated_at":{updated_at}}}"#
+        )
+    };
+    app.send(callback("job-refresh", with_msg("queued", 10)))
+        .await;
+    let newer = app
+        .send(callback("job-refresh", with_msg("rendering", 20)))
+        .await;
+    assert_eq!(newer.json()["outcome"], "applied");
+    let older = app
+        .send(callback("job-refresh", with_msg("stale", 15)))
+        .await;
+    assert_eq!(older.json()["outcome"], "duplicate");
+    assert_eq!(
+        app.send(get_task("job-refresh")).await.json()["status_msg"],
+        "rendering"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_changes_nothing_but_the_counter_and_costs_one_read_before_the_ack() {
+    let app = kling_app();
+    let body = flat("6001", "job-dup", "processing", 20);
+    app.send(callback("job-dup", body.clone())).await;
+    let slot_before = app.kv.get_now("task:job-dup:processing");
+    let head_before = app.kv.json("task:job-dup").unwrap();
+
+    let start = app.kv.log_len();
+    let reply = app.send(callback("job-dup", body)).await;
+    assert_eq!(
+        reply.json(),
+        json!({"received": true, "outcome": "duplicate"})
+    );
+    // One read decides; the only write is the head's counter, made after the answer.
+    assert_eq!(
+        app.kv.ops_since(start),
+        [
+            (Op::Get, "task:job-dup".to_string()),
+            (Op::Set, "task:job-dup".to_string())
+        ]
+    );
+    assert_eq!(app.kv.get_now("task:job-dup:processing"), slot_before);
+    let head_after = app.kv.json("task:job-dup").unwrap();
+    assert_eq!(head_after["seen"], head_before["seen"]);
+    assert_eq!(head_after["deliveries"], 2);
+}
+
+#[tokio::test]
+async fn store_traffic_per_delivery_is_as_documented() {
+    let app = kling_app();
+    let cases = [
+        // First delivery: read head, write slot; after the answer, bind (index) and head.
+        (
+            flat("7001", "job-ops", "submitted", 1),
+            vec![
+                (Op::Get, "task:job-ops"),
+                (Op::Set, "task:job-ops:submitted"),
+                (Op::Set, "taskid:7001"),
+                (Op::Set, "task:job-ops"),
+            ],
+        ),
+        // Later news: read head, write slot; after the answer, head.
+        (
+            flat("7001", "job-ops", "succeed", 3),
+            vec![
+                (Op::Get, "task:job-ops"),
+                (Op::Set, "task:job-ops:final"),
+                (Op::Set, "task:job-ops"),
+            ],
+        ),
+        // Late news: read head only, then the counter.
+        (
+            flat("7001", "job-ops", "processing", 2),
+            vec![(Op::Get, "task:job-ops"), (Op::Set, "task:job-ops")],
+        ),
+    ];
+    for (body, expected) in cases {
+        let start = app.kv.log_len();
+        assert_eq!(app.send(callback("job-ops", body)).await.status, 200);
+        let expected: Vec<(Op, String)> = expected
+            .into_iter()
+            .map(|(op, k)| (op, k.to_string()))
+            .collect();
+        assert_eq!(app.kv.ops_since(start), expected);
+    }
+}
+
+#[tokio::test]
+async fn the_task_id_index_binds_once_and_another_kling_task_is_refused() {
+    let app = kling_app();
+    app.send(callback(
+        "job-bind",
+        flat("8001", "job-bind", "submitted", 1),
+    ))
+    .await;
+    let before = app.kv.snapshot();
+    for other in [
+        flat("8002", "job-bind", "processing", 2),
+        r#"{"task_id":"8002","task_status":"succeed"}"#.to_string(),
+    ] {
+        let reply = app.send(callback("job-bind", other)).await;
+        assert_eq!(
+            (reply.status, reply.error_code()),
+            (409, "task_id_mismatch".into())
+        );
+    }
+    assert_eq!(app.kv.snapshot(), before);
+    assert_eq!(app.send(get_task("8002")).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_body_naming_another_external_id_is_refused_and_stores_nothing() {
+    let app = kling_app();
+    let reply = app
+        .send(callback("job-a", flat("9001", "job-b", "succeed", 1)))
+        .await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (409, "external_task_id_mismatch".into())
+    );
+    assert!(app.kv.keys().is_empty());
+    assert_eq!(app.kv.log_len(), 0, "rejected before any store access");
+}
+
+#[tokio::test]
+async fn a_failing_store_answers_503_and_the_retried_delivery_lands() {
+    let body = flat("9101", "job-retry", "succeed", 5);
+    // The head read fails, then the slot write fails: each time nothing is acknowledged.
+    for fail in [KvStore::fail_next_gets, KvStore::fail_next_sets] {
+        let app = kling_app();
+        fail(&app.kv, 1);
+        let reply = app.send(callback("job-retry", body.clone())).await;
+        assert_eq!(
+            (reply.status, reply.error_code()),
+            (503, "store_unavailable".into())
+        );
+        assert!(app.kv.keys().is_empty(), "{:?}", app.kv.keys());
+
+        let retried = app.send(callback("job-retry", body.clone())).await;
+        assert_eq!(retried.status, 200);
+        let task = app.send(get_task("9101")).await.json();
+        assert_eq!(
+            (task["status"].as_str(), task["deliveries"].as_u64()),
+            (Some("succeed"), Some(1))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_store_failure_after_the_ack_loses_no_state_and_the_next_delivery_rebinds() {
+    let app = kling_app();
+    // The head read and the slot write succeed; the binding write after the answer fails.
+    app.kv.fail_next_set_to("taskid:9201");
+    let reply = app
+        .send(callback(
+            "job-late",
+            flat("9201", "job-late", "processing", 5),
+        ))
+        .await;
+    assert_eq!(reply.status, 200, "the state was stored before answering");
+    assert!(app.kv.get_now("task:job-late:processing").is_some());
+    assert!(
+        app.kv.get_now("task:job-late").is_none(),
+        "no head claiming a binding without its index"
+    );
+    // The state is served by its external id even without its head.
+    let task = app.send(get_task("job-late")).await.json();
+    assert_eq!(
+        (task["status"].as_str(), task["deliveries"].as_u64()),
+        (Some("processing"), Some(0))
+    );
+
+    // The next delivery finds the task unbound and binds it.
+    app.send(callback("job-late", flat("9201", "job-late", "succeed", 9)))
+        .await;
+    assert_eq!(
+        app.kv.get_now("taskid:9201").as_deref(),
+        Some(&b"job-late"[..])
+    );
+    assert_eq!(status_of(&app, "9201").await, "succeed");
+}
+
+#[tokio::test]
+async fn the_unnamed_route_without_a_webhook_secret_refuses_everything() {
+    let app = kling_app();
+    let reply = app
+        .send(
+            crate::support::requests::request("POST", "/callbacks/kling")
+                .header("content-type", "application/json")
+                .body(Bytes::from(flat("1", "job-x", "succeed", 1)))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (401, "webhook_signing_not_configured".into())
+    );
+    assert_eq!(app.kv.log_len(), 0);
+}
