@@ -1,6 +1,6 @@
 //! A Spin-like host on wasmtime 48: runs a component's `wasi:http/incoming-handler`
 //! with WASI p2, outbound `wasi:http`, and Spin's key-value and variables interfaces
-//! (bound from the WIT that ships inside the spin-sdk crate, see `tests/wit`).
+//! (bound from the WIT that ships inside the spin-sdk crate, see `wit/spin-imports`).
 //!
 //! Every request gets a fresh instance from a shared, pre-linked `ProxyPre`, as Spin does.
 
@@ -23,7 +23,7 @@ use super::kv::KvStore;
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "wit",
+        path: "../wit/spin-imports",
         world: "spin-host",
         imports: { default: async | trappable },
         with: { "fermyon:spin/key-value.store": super::OpenStore },
