@@ -3,10 +3,13 @@
 
 use serde_json::json;
 
-use crate::api::tasks::get_task;
-use crate::callback::receive::{Body, Callback, receive};
-use crate::config::{CallbackConfig, Variables};
+use crate::api::submit::{SubmitRequest, submit};
+use crate::api::tasks::{check_bearer, get_task};
+use crate::callback::receive::{Body, Callback, CallbackError, receive};
+use crate::config::{CallbackConfig, SubmitConfig, Variables, api_token};
 use crate::error::ApiError;
+use crate::kling::KlingTransport;
+use crate::kling::kind::TaskKind;
 use crate::response::Response;
 use crate::router::Route;
 use crate::signatures::standard_webhooks::WebhookHeaders;
@@ -38,12 +41,15 @@ impl Request {
     }
 }
 
-/// What the handlers may use: the store, the variables and the clock (injected, so
-/// tests are deterministic).
+/// What the handlers may use: the store, the variables, outbound HTTP to Kling, the
+/// clock and a source of fresh ids (injected, so tests are deterministic).
 pub struct Env<'a> {
     pub kv: &'a dyn KeyValue,
     pub vars: &'a dyn Variables,
+    pub kling: &'a dyn KlingTransport,
     pub now_ms: u64,
+    /// 128 random bits, URL-safe: the `external_task_id` of a submit that names none.
+    pub new_id: &'a dyn Fn() -> String,
 }
 
 pub struct Handled {
@@ -65,14 +71,22 @@ pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
     let Some(route) = Route::parse(&request.path) else {
         return Response::error(&ApiError::NotFound).into();
     };
-    if request.method != route.method() {
-        return Response::error(&ApiError::MethodNotAllowed(route.method())).into();
+    if !route.allows(&request.method) {
+        return Response::error(&ApiError::MethodNotAllowed(route.allow())).into();
     }
     let handled = match route {
         Route::Health => Ok(health().into()),
         Route::Callback { external_task_id } => callback(request, external_task_id, env),
-        Route::Task { id } => get_task(id, request.header("authorization"), env.vars, env.kv)
-            .map(|task| Response::json(200, &task).into()),
+        Route::Task { id_or_kind } if request.method == "POST" => {
+            submit_task(request, id_or_kind, env)
+        }
+        Route::Task { id_or_kind } => get_task(
+            id_or_kind,
+            request.header("authorization"),
+            env.vars,
+            env.kv,
+        )
+        .map(|task| Response::json(200, &task).into()),
     };
     handled.unwrap_or_else(|error| {
         if error.status_and_code().0 >= 500 {
@@ -88,6 +102,31 @@ fn health() -> Response {
         200,
         &json!({ "status": "ok", "service": "kling-webhook", "version": env!("CARGO_PKG_VERSION") }),
     )
+}
+
+fn submit_task(request: &Request, kind: &str, env: &Env<'_>) -> Result<Handled, ApiError> {
+    check_bearer(request.header("authorization"), &api_token(env.vars)?)?;
+    let kind = TaskKind::from_name(kind).ok_or(ApiError::UnknownKind)?;
+    let config = SubmitConfig::load(env.vars)?;
+    let body = match &request.body {
+        Body::Bytes(bytes) => bytes.as_slice(),
+        Body::TooLarge => return Err(CallbackError::TooLarge.into()),
+        Body::Unreadable => return Err(CallbackError::UnreadableBody.into()),
+    };
+    let submitted = submit(
+        &SubmitRequest {
+            kind,
+            body,
+            idempotency_key: request.header("idempotency-key"),
+        },
+        &config,
+        env.kv,
+        env.kling,
+        env.now_ms,
+        env.new_id,
+    )?;
+    let status = if submitted.created { 202 } else { 200 };
+    Ok(Response::json(status, &submitted.record).into())
 }
 
 fn callback(

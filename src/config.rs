@@ -42,6 +42,133 @@ pub enum ConfigError {
 pub const CALLBACK_SECRET: &str = "callback_secret";
 pub const API_TOKEN: &str = "api_token";
 pub const WEBHOOK_SIGNING_SECRET: &str = "webhook_signing_secret";
+pub const KLING_ACCESS_KEY: &str = "kling_access_key";
+pub const KLING_SECRET_KEY: &str = "kling_secret_key";
+pub const KLING_API_KEY: &str = "kling_api_key";
+pub const KLING_BASE_URL: &str = "kling_base_url";
+pub const KLING_TIMEOUT_MS: &str = "kling_timeout_ms";
+pub const PUBLIC_BASE_URL: &str = "public_base_url";
+
+/// Kling's global host; the Beijing host and the stand-in are set with `kling_base_url`.
+pub const DEFAULT_KLING_BASE_URL: &str = "https://api-singapore.klingai.com";
+/// How long one Kling call may take before it counts as a timeout.
+pub const DEFAULT_KLING_TIMEOUT_MS: u64 = 20_000;
+
+/// How the component authenticates to Kling.
+#[derive(Debug, Clone)]
+pub enum KlingAuth {
+    /// A plain API key as the bearer (accepted since mid-2026).
+    ApiKey(Secret),
+    /// Access key / secret key: a fresh HS256 JWT per call.
+    AccessKey {
+        access_key: Secret,
+        secret_key: Secret,
+    },
+}
+
+impl KlingAuth {
+    pub fn bearer(&self, now_secs: u64) -> String {
+        match self {
+            KlingAuth::ApiKey(key) => key.expose().to_string(),
+            KlingAuth::AccessKey {
+                access_key,
+                secret_key,
+            } => crate::kling::jwt::token(access_key, secret_key, now_secs),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KlingConfig {
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub auth: KlingAuth,
+    pub timeout_ms: u64,
+}
+
+impl KlingConfig {
+    pub fn load(vars: &dyn Variables) -> Result<Self, ConfigError> {
+        let auth = match (
+            vars.get(KLING_API_KEY),
+            vars.get(KLING_ACCESS_KEY),
+            vars.get(KLING_SECRET_KEY),
+        ) {
+            (Some(key), _, _) => KlingAuth::ApiKey(Secret(key)),
+            (None, Some(access_key), Some(secret_key)) => KlingAuth::AccessKey {
+                access_key: Secret(access_key),
+                secret_key: Secret(secret_key),
+            },
+            (None, Some(_), None) => return Err(ConfigError::Missing(KLING_SECRET_KEY)),
+            (None, None, _) => {
+                return Err(ConfigError::Missing(
+                    "kling_api_key (or kling_access_key and kling_secret_key)",
+                ));
+            }
+        };
+        let base_url = vars
+            .get(KLING_BASE_URL)
+            .unwrap_or_else(|| DEFAULT_KLING_BASE_URL.to_string());
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+            return Err(ConfigError::Invalid(
+                KLING_BASE_URL,
+                "expected an http(s):// URL",
+            ));
+        }
+        let timeout_ms = match vars.get(KLING_TIMEOUT_MS) {
+            None => DEFAULT_KLING_TIMEOUT_MS,
+            Some(ms) => ms
+                .parse()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .ok_or(ConfigError::Invalid(
+                    KLING_TIMEOUT_MS,
+                    "expected a positive number of milliseconds",
+                ))?,
+        };
+        Ok(Self {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            auth,
+            timeout_ms,
+        })
+    }
+}
+
+/// What submitting needs: Kling, where Kling calls back, and the key that signs it.
+#[derive(Debug, Clone)]
+pub struct SubmitConfig {
+    pub kling: KlingConfig,
+    /// The app's public URL as Kling reaches it, without a trailing slash.
+    pub public_base_url: String,
+    pub callback_secret: Secret,
+}
+
+impl SubmitConfig {
+    pub fn load(vars: &dyn Variables) -> Result<Self, ConfigError> {
+        let public_base_url = vars
+            .get(PUBLIC_BASE_URL)
+            .ok_or(ConfigError::Missing(PUBLIC_BASE_URL))?;
+        if !(public_base_url.starts_with("https://") || public_base_url.starts_with("http://")) {
+            return Err(ConfigError::Invalid(
+                PUBLIC_BASE_URL,
+                "expected an http(s):// URL",
+            ));
+        }
+        Ok(Self {
+            kling: KlingConfig::load(vars)?,
+            public_base_url: public_base_url.trim_end_matches('/').to_string(),
+            callback_secret: required(vars, CALLBACK_SECRET)?,
+        })
+    }
+
+    /// `{public_base_url}/callbacks/kling/{external_task_id}?sig={sig}`
+    pub fn callback_url(&self, external_task_id: &str) -> String {
+        format!(
+            "{}/callbacks/kling/{external_task_id}?sig={}",
+            self.public_base_url,
+            crate::signatures::callback_url::sign(&self.callback_secret, external_task_id)
+        )
+    }
+}
 
 /// What the callback routes need.
 #[derive(Debug)]
@@ -132,6 +259,53 @@ pub(crate) mod tests {
             )
         );
         assert!(!err.to_string().contains("not*base64"));
+    }
+
+    #[test]
+    fn kling_auth_prefers_the_api_key_and_needs_both_halves_of_a_key_pair() {
+        let vars = MapVariables(HashMap::from([
+            (KLING_API_KEY, "k"),
+            (KLING_ACCESS_KEY, "a"),
+        ]));
+        let config = KlingConfig::load(&vars).unwrap();
+        assert_eq!(config.auth.bearer(0), "k");
+        assert_eq!(config.base_url, DEFAULT_KLING_BASE_URL);
+        let vars = MapVariables(HashMap::from([(KLING_ACCESS_KEY, "a")]));
+        assert_eq!(
+            KlingConfig::load(&vars).unwrap_err(),
+            ConfigError::Missing(KLING_SECRET_KEY)
+        );
+        let vars = MapVariables(HashMap::from([
+            (KLING_ACCESS_KEY, "access-hunter2"),
+            (KLING_SECRET_KEY, "secret-hunter2"),
+            (KLING_BASE_URL, "http://127.0.0.1:9/"),
+        ]));
+        let config = KlingConfig::load(&vars).unwrap();
+        assert_eq!(config.base_url, "http://127.0.0.1:9");
+        assert!(config.auth.bearer(100).starts_with("eyJ"));
+        assert!(!format!("{config:?}").contains("hunter2"), "{config:?}");
+    }
+
+    #[test]
+    fn the_callback_url_carries_the_sig() {
+        let vars = MapVariables(HashMap::from([
+            (KLING_API_KEY, "k"),
+            (CALLBACK_SECRET, "test-callback-secret"),
+            (PUBLIC_BASE_URL, "https://hooks.example/"),
+        ]));
+        let config = SubmitConfig::load(&vars).unwrap();
+        assert_eq!(
+            config.callback_url("job-1"),
+            "https://hooks.example/callbacks/kling/job-1?sig=V2ucXnrDxfowJok8DZQ7EDP7WSR1cOwBTCE3n54VYbA"
+        );
+        let vars = MapVariables(HashMap::from([
+            (KLING_API_KEY, "k"),
+            (CALLBACK_SECRET, "s"),
+        ]));
+        assert_eq!(
+            SubmitConfig::load(&vars).unwrap_err(),
+            ConfigError::Missing(PUBLIC_BASE_URL)
+        );
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! Every error the HTTP routes can answer, and the one mapping from errors to HTTP
 //! statuses and machine-readable codes.
 
+use serde_json::{Value, json};
+
+use crate::api::submit::SubmitError;
 use crate::callback::parse::PayloadError;
 use crate::callback::receive::CallbackError;
 use crate::config::ConfigError;
+use crate::kling::client::{KlingApiError, KlingError};
 use crate::ledger::LedgerError;
 use crate::signatures::callback_url::CallbackSigError;
 use crate::signatures::standard_webhooks::WebhookError;
@@ -19,6 +23,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("no task with this id")]
     TaskNotFound,
+    #[error(
+        "unknown task kind; one of text2video, image2video, multi-image2video, video-extend, lip-sync, effects, image-generation"
+    )]
+    UnknownKind,
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -35,11 +45,87 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (405, "method_not_allowed"),
             ApiError::Unauthorized => (401, "unauthorized"),
             ApiError::TaskNotFound => (404, "task_not_found"),
+            ApiError::UnknownKind => (404, "unknown_kind"),
+            ApiError::Submit(e) => submit(e),
             ApiError::Config(ConfigError::Missing(_)) => (500, "config_missing"),
             ApiError::Config(ConfigError::Invalid(..)) => (500, "config_invalid"),
             ApiError::Store(e) | ApiError::Callback(CallbackError::Store(e)) => store(e),
             ApiError::Callback(e) => callback(e),
         }
+    }
+
+    /// The human-readable message: the error's text, plus what to do where that is known.
+    pub fn message(&self) -> String {
+        let hint = match self.kling() {
+            Some(e) if e.code == 1003 => {
+                " (the token is not valid yet: this host's clock is behind Kling's)"
+            }
+            Some(e) if e.code == 1004 => {
+                " (the token has expired: this host's clock is ahead of Kling's)"
+            }
+            Some(e) if (1000..=1002).contains(&e.code) || e.code == 1103 => {
+                " (check kling_api_key, or kling_access_key and kling_secret_key, and that they belong to this Kling host)"
+            }
+            _ => "",
+        };
+        format!("{self}{hint}")
+    }
+
+    /// Extra fields for the error body: Kling's own answer, or the offending field.
+    pub fn details(&self) -> Option<(&'static str, Value)> {
+        if let Some(e) = self.kling() {
+            return Some((
+                "kling",
+                json!({ "code": e.code, "message": e.message, "request_id": e.request_id }),
+            ));
+        }
+        match self {
+            ApiError::Submit(SubmitError::InvalidRequest(e)) => Some(("field", json!(e.field))),
+            _ => None,
+        }
+    }
+
+    /// Seconds to wait before retrying, for rate limits.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        // Kling: back off from at least one second on 1302/1303.
+        self.kling()
+            .filter(|e| matches!(e.code, 1302 | 1303))
+            .map(|_| 1)
+    }
+
+    fn kling(&self) -> Option<&KlingApiError> {
+        match self {
+            ApiError::Submit(SubmitError::Kling(KlingError::Api(e))) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn submit(e: &SubmitError) -> (u16, &'static str) {
+    match e {
+        SubmitError::InvalidRequest(_) => (400, "invalid_request"),
+        SubmitError::InvalidExternalTaskId => (400, "invalid_external_task_id"),
+        SubmitError::InvalidIdempotencyKey => (400, "invalid_idempotency_key"),
+        SubmitError::IdempotencyKeyMismatch => (400, "idempotency_key_mismatch"),
+        SubmitError::Store(e) => store(e),
+        SubmitError::Kling(KlingError::Api(e)) => kling(e.code),
+        SubmitError::Kling(KlingError::Transport(_)) => (502, "kling_unreachable"),
+        SubmitError::Kling(KlingError::InvalidResponse(_)) => (502, "kling_bad_response"),
+    }
+}
+
+/// Kling's error codes (`../shared/kling-api.md`), mapped so the caller knows what to do.
+fn kling(code: i64) -> (u16, &'static str) {
+    match code {
+        // The deployment's credentials or clock are wrong, not the caller's request.
+        1000..=1004 | 1103 => (502, "kling_auth_failed"),
+        1100..=1102 => (402, "kling_account"),
+        1200..=1203 => (400, "kling_invalid_request"),
+        1300 | 1301 => (422, "kling_content_rejected"),
+        1302 | 1303 => (429, "kling_rate_limited"),
+        1304 => (502, "kling_ip_not_allowed"),
+        5001 => (503, "kling_maintenance"),
+        _ => (502, "kling_unavailable"),
     }
 }
 
@@ -92,6 +178,43 @@ fn payload(e: &PayloadError) -> &'static str {
 mod tests {
     use super::*;
 
+    fn kling_error(code: i64) -> ApiError {
+        SubmitError::Kling(KlingError::Api(KlingApiError {
+            http_status: 400,
+            code,
+            message: "m".into(),
+            request_id: Some("r".into()),
+        }))
+        .into()
+    }
+
+    #[test]
+    fn kling_codes_map_to_what_the_caller_should_do() {
+        let cases = [
+            (1000, 502, "kling_auth_failed"),
+            (1003, 502, "kling_auth_failed"),
+            (1103, 502, "kling_auth_failed"),
+            (1101, 402, "kling_account"),
+            (1201, 400, "kling_invalid_request"),
+            (1203, 400, "kling_invalid_request"),
+            (1301, 422, "kling_content_rejected"),
+            (1303, 429, "kling_rate_limited"),
+            (5000, 502, "kling_unavailable"),
+            (5001, 503, "kling_maintenance"),
+        ];
+        for (code, status, name) in cases {
+            assert_eq!(
+                kling_error(code).status_and_code(),
+                (status, name),
+                "{code}"
+            );
+        }
+        assert_eq!(kling_error(1303).retry_after_secs(), Some(1));
+        assert_eq!(kling_error(1201).retry_after_secs(), None);
+        assert!(kling_error(1003).message().contains("clock is behind"));
+        assert_eq!(kling_error(1201).details().unwrap().1["request_id"], "r");
+    }
+
     #[test]
     fn statuses_follow_the_documented_contract() {
         let cases: Vec<(ApiError, u16)> = vec![
@@ -127,6 +250,8 @@ mod tests {
             (ConfigError::Missing("api_token").into(), 500),
             (ApiError::MethodNotAllowed("POST"), 405),
             (ApiError::TaskNotFound, 404),
+            (ApiError::UnknownKind, 404),
+            (SubmitError::IdempotencyKeyMismatch.into(), 400),
         ];
         for (error, status) in cases {
             assert_eq!(error.status_and_code().0, status, "{error:?}");

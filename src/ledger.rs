@@ -29,7 +29,7 @@ impl Slot {
 
     pub fn of(status: TaskStatus) -> Self {
         match status {
-            TaskStatus::Submitted => Slot::Submitted,
+            TaskStatus::Submitting | TaskStatus::Submitted => Slot::Submitted,
             TaskStatus::Processing => Slot::Processing,
             TaskStatus::Succeed | TaskStatus::Failed => Slot::Final,
         }
@@ -137,6 +137,19 @@ pub struct TaskHead {
     pub deliveries: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_delivery_at: Option<u64>,
+    /// Set when this component submitted the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission: Option<Submission>,
+}
+
+/// A task this component submitted to Kling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    pub kind: String,
+    /// `submitting` until Kling's create answer binds a `task_id`, then `submitted`.
+    pub status: TaskStatus,
+    /// Our clock, milliseconds.
+    pub submitted_at: u64,
 }
 
 impl TaskHead {
@@ -181,7 +194,10 @@ pub fn assemble(head: Option<&TaskHead>, current: TaskEvent) -> TaskRecord {
         external_task_id: current
             .external_task_id
             .or_else(|| head.and_then(|h| h.external_task_id.clone())),
-        task_id: current.task_id,
+        task_id: Some(current.task_id),
+        kind: head
+            .and_then(|h| h.submission.as_ref())
+            .map(|s| s.kind.clone()),
         status: current.status,
         status_msg: current.status_msg,
         videos: current.videos,
@@ -191,6 +207,24 @@ pub fn assemble(head: Option<&TaskHead>, current: TaskEvent) -> TaskRecord {
         final_unit_deduction: current.final_unit_deduction,
         deliveries: head.map_or(0, |h| h.deliveries),
         last_delivery_at: head.and_then(|h| h.last_delivery_at),
+    }
+}
+
+/// The record of a task submitted but not yet reported on by Kling.
+pub fn assemble_submission(head: &TaskHead, submission: &Submission) -> TaskRecord {
+    TaskRecord {
+        task_id: head.task_id.clone(),
+        external_task_id: head.external_task_id.clone(),
+        kind: Some(submission.kind.clone()),
+        status: submission.status,
+        status_msg: String::new(),
+        videos: Vec::new(),
+        images: Vec::new(),
+        created_at: None,
+        updated_at: None,
+        final_unit_deduction: None,
+        deliveries: head.deliveries,
+        last_delivery_at: head.last_delivery_at,
     }
 }
 

@@ -19,6 +19,7 @@ pub mod app;
 pub mod callback;
 pub mod config;
 pub mod error;
+pub mod kling;
 pub mod ledger;
 pub mod response;
 pub mod router;

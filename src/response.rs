@@ -24,10 +24,14 @@ impl Response {
 
     pub fn error(error: &ApiError) -> Self {
         let (status, code) = error.status_and_code();
-        let mut response = Self::json(
-            status,
-            &json!({ "error": { "code": code, "message": error.to_string() } }),
-        );
+        let mut body = json!({ "code": code, "message": error.message() });
+        if let Some((name, value)) = error.details() {
+            body[name] = value;
+        }
+        let mut response = Self::json(status, &json!({ "error": body }));
+        if let Some(secs) = error.retry_after_secs() {
+            response.headers.push(("retry-after", secs.to_string()));
+        }
         match error {
             ApiError::MethodNotAllowed(allow) => {
                 response.headers.push(("allow", allow.to_string()))

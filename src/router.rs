@@ -7,9 +7,10 @@ pub enum Route<'a> {
     Callback {
         external_task_id: Option<&'a str>,
     },
-    /// `GET /tasks/{id}`: Kling `task_id` or `external_task_id`.
+    /// `GET /tasks/{id}` (Kling `task_id` or `external_task_id`), or
+    /// `POST /tasks/{kind}` (submit).
     Task {
-        id: &'a str,
+        id_or_kind: &'a str,
     },
 }
 
@@ -24,17 +25,22 @@ impl<'a> Route<'a> {
             ["callbacks", "kling", id] if !id.is_empty() => Some(Route::Callback {
                 external_task_id: Some(id),
             }),
-            ["tasks", id] if !id.is_empty() => Some(Route::Task { id }),
+            ["tasks", id] if !id.is_empty() => Some(Route::Task { id_or_kind: id }),
             _ => None,
         }
     }
 
-    /// The one method each route answers.
-    pub fn method(&self) -> &'static str {
+    /// The methods a route answers, as an `Allow` header lists them.
+    pub fn allow(&self) -> &'static str {
         match self {
-            Route::Health | Route::Task { .. } => "GET",
+            Route::Health => "GET",
+            Route::Task { .. } => "GET, POST",
             Route::Callback { .. } => "POST",
         }
+    }
+
+    pub fn allows(&self, method: &str) -> bool {
+        self.allow().split(", ").any(|m| m == method)
     }
 }
 
@@ -57,7 +63,12 @@ mod tests {
                 external_task_id: Some("job-1")
             })
         );
-        assert_eq!(Route::parse("/tasks/86"), Some(Route::Task { id: "86" }));
+        assert_eq!(
+            Route::parse("/tasks/86"),
+            Some(Route::Task { id_or_kind: "86" })
+        );
+        assert!(Route::Task { id_or_kind: "x" }.allows("POST"));
+        assert!(!Route::Health.allows("POST"));
         for unknown in [
             "",
             "/",

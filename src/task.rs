@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
+    /// Ours, never Kling's: recorded, and Kling's create answer is not known yet.
+    Submitting,
     Submitted,
     Processing,
     Succeed,
@@ -15,6 +17,7 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// The statuses Kling sends.
     pub const ALL: [TaskStatus; 4] = [
         TaskStatus::Submitted,
         TaskStatus::Processing,
@@ -35,6 +38,7 @@ impl TaskStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Submitting => "submitting",
             Self::Submitted => "submitted",
             Self::Processing => "processing",
             Self::Succeed => "succeed",
@@ -95,8 +99,12 @@ pub struct TaskEvent {
 /// A task as `GET /tasks/{id}` returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {
-    pub task_id: String,
+    /// `None` while the task is `submitting` and Kling's id is not known yet.
+    pub task_id: Option<String>,
     pub external_task_id: Option<String>,
+    /// The kind it was submitted as (`text2video`, ...), for tasks this component submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub status: TaskStatus,
     pub status_msg: String,
     pub videos: Vec<Video>,

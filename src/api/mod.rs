@@ -1,3 +1,4 @@
 //! The management API: task state for people and programs, behind a bearer token.
 
+pub mod submit;
 pub mod tasks;

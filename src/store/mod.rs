@@ -12,6 +12,7 @@ pub mod tasks;
 pub trait KeyValue {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&self, key: &str) -> Result<(), StoreError>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +67,12 @@ pub(crate) mod memory {
             self.map
                 .borrow_mut()
                 .insert(key.to_string(), value.to_vec());
+            Ok(())
+        }
+
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.trip()?;
+            self.map.borrow_mut().remove(key);
             Ok(())
         }
     }

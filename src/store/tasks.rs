@@ -5,8 +5,8 @@ use serde::de::DeserializeOwned;
 
 use super::layout::{TaskKey, task_id_index};
 use super::{KeyValue, StoreError};
-use crate::ledger::{Slot, TaskHead, Verdict, assemble};
-use crate::task::{TaskEvent, TaskRecord};
+use crate::ledger::{Slot, Submission, TaskHead, Verdict, assemble, assemble_submission};
+use crate::task::{TaskEvent, TaskRecord, TaskStatus};
 use crate::validate::{is_valid_external_task_id, is_valid_task_id};
 
 pub struct TaskStore<'a> {
@@ -75,6 +75,53 @@ impl<'a> TaskStore<'a> {
         Bookkeeping { writes }
     }
 
+    /// Records a task about to be submitted, before Kling is called, so that a callback
+    /// which outruns Kling's create answer finds it.
+    pub fn record_submission(
+        &self,
+        key: &TaskKey,
+        external_task_id: &str,
+        kind: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let head = TaskHead {
+            external_task_id: Some(external_task_id.to_string()),
+            submission: Some(Submission {
+                kind: kind.to_string(),
+                status: TaskStatus::Submitting,
+                submitted_at: now_ms,
+            }),
+            ..TaskHead::default()
+        };
+        self.kv.set(&key.head(), &to_json(&head))
+    }
+
+    /// Binds Kling's `task_id` to a submitted task. Re-reads the head: a callback may have
+    /// bound it (and counted deliveries) meanwhile.
+    pub fn bind_submission(&self, key: &TaskKey, task_id: &str) -> Result<(), StoreError> {
+        let mut head = self.head(key)?.unwrap_or_default();
+        if head.task_id.is_none() {
+            head.task_id = Some(task_id.to_string());
+        }
+        if let Some(submission) = &mut head.submission {
+            submission.status = TaskStatus::Submitted;
+        }
+        self.kv
+            .set(&task_id_index(task_id), key.as_str().as_bytes())?;
+        self.kv.set(&key.head(), &to_json(&head))
+    }
+
+    /// Forgets a submission Kling refused: nothing may be left looking like a live task.
+    pub fn forget_submission(&self, key: &TaskKey) -> Result<(), StoreError> {
+        self.kv.delete(&key.head())
+    }
+
+    /// A task by its key, whatever is stored of it (head, slots, or both).
+    pub fn find_by_key(&self, key: &TaskKey) -> Result<Option<TaskRecord>, StoreError> {
+        let head = self.head(key)?;
+        self.record(key, head)
+    }
+
     /// A task by Kling `task_id` or by `external_task_id`; external ids win a tie.
     pub fn find(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
         if !is_valid_external_task_id(id) && !is_valid_task_id(id) {
@@ -117,7 +164,11 @@ impl<'a> TaskStore<'a> {
                 return Ok(Some(assemble(head.as_ref(), state)));
             }
         }
-        Ok(None)
+        // Kling has not reported on it yet: what we submitted.
+        Ok(head.and_then(|head| {
+            let submission = head.submission.clone()?;
+            Some(assemble_submission(&head, &submission))
+        }))
     }
 
     fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
@@ -138,7 +189,6 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryKv;
-    use crate::task::TaskStatus;
 
     fn event(task_id: &str, ext: Option<&str>, status: TaskStatus) -> TaskEvent {
         TaskEvent {
@@ -222,7 +272,45 @@ mod tests {
             (record.status, record.deliveries),
             (TaskStatus::Processing, 0)
         );
-        assert_eq!(store.find("job-7").unwrap().unwrap().task_id, "87");
+        assert_eq!(
+            store.find("job-7").unwrap().unwrap().task_id.as_deref(),
+            Some("87")
+        );
+    }
+
+    #[test]
+    fn a_submission_is_served_until_kling_reports_and_then_the_report_wins() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-s");
+        store
+            .record_submission(&key, "job-s", "text2video", 5)
+            .unwrap();
+        let record = store.find("job-s").unwrap().unwrap();
+        assert_eq!(
+            (record.status, record.task_id, record.kind.as_deref()),
+            (TaskStatus::Submitting, None, Some("text2video"))
+        );
+
+        store.bind_submission(&key, "86").unwrap();
+        let record = store.find("86").unwrap().unwrap();
+        assert_eq!(
+            (record.status, record.task_id.as_deref()),
+            (TaskStatus::Submitted, Some("86"))
+        );
+
+        let e = event("86", Some("job-s"), TaskStatus::Processing);
+        store.write_slot(&key, Slot::Processing, &e).unwrap();
+        let record = store.find("job-s").unwrap().unwrap();
+        assert_eq!(
+            (record.status, record.kind.as_deref()),
+            (TaskStatus::Processing, Some("text2video"))
+        );
+
+        store
+            .forget_submission(&TaskKey::external("job-s"))
+            .unwrap();
+        assert_eq!(kv.get("task:job-s").unwrap(), None);
     }
 
     #[test]

@@ -31,7 +31,8 @@ fn vendored_spin_wit_matches_the_spin_sdk_crate() {
         .parent()
         .unwrap()
         .join("wit/deps/spin@2.0.0");
-    let ours = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../wit/spin-imports/deps/spin@2.0.0");
+    let ours =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../wit/spin-imports/deps/spin@2.0.0");
     for file in ["key-value.wit", "variables.wit"] {
         assert_eq!(
             std::fs::read_to_string(ours.join(file)).unwrap(),

@@ -4,19 +4,22 @@
 //!
 //! Nothing here decides anything; it is glue over spin-sdk 5.2 (`wasi:http` 0.2).
 
-use std::cell::OnceCell;
+mod host_apis;
+mod outbound;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::StreamExt;
 use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, ResponseOutparam};
 use spin_sdk::http_component;
-use spin_sdk::key_value::{self, Store};
 
 use crate::app::{self, Env, Request};
 use crate::callback::receive::{Body, MAX_BODY_BYTES};
-use crate::config::Variables;
 use crate::response::Response;
-use crate::store::{KeyValue, StoreError};
+use host_apis::{SpinKeyValue, SpinVariables};
+use outbound::SpinOutbound;
 
 #[http_component]
 async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
@@ -25,7 +28,9 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
     let env = Env {
         kv: &kv,
         vars: &SpinVariables,
+        kling: &SpinOutbound,
         now_ms: now_ms(),
+        new_id: &new_id,
     };
     let handled = app::handle(&request, &env);
     send(response_out, handled.response).await;
@@ -114,50 +119,15 @@ async fn send(response_out: ResponseOutparam, response: Response) {
     }
 }
 
+/// 128 random bits from the host, base64url: a valid `external_task_id`.
+fn new_id() -> String {
+    URL_SAFE_NO_PAD.encode(spin_sdk::wit::wasi::random0_2_0::random::get_random_bytes(
+        16,
+    ))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-struct SpinVariables;
-
-impl Variables for SpinVariables {
-    fn get(&self, name: &str) -> Option<String> {
-        spin_sdk::variables::get(name)
-            .ok()
-            .filter(|value| !value.is_empty())
-    }
-}
-
-/// Spin's `default` store, opened on first use (routes that need no store never open it).
-#[derive(Default)]
-struct SpinKeyValue {
-    store: OnceCell<Result<Store, StoreError>>,
-}
-
-impl SpinKeyValue {
-    fn store(&self) -> Result<&Store, StoreError> {
-        self.store
-            .get_or_init(|| Store::open_default().map_err(store_error))
-            .as_ref()
-            .map_err(Clone::clone)
-    }
-}
-
-impl KeyValue for SpinKeyValue {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store()?.get(key).map_err(store_error)
-    }
-
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.store()?.set(key, value).map_err(store_error)
-    }
-}
-
-fn store_error(error: key_value::Error) -> StoreError {
-    match error {
-        key_value::Error::AccessDenied | key_value::Error::NoSuchStore => StoreError::NotConfigured,
-        other => StoreError::Unavailable(other.to_string()),
-    }
 }

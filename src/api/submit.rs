@@ -1,0 +1,333 @@
+//! `POST /tasks/{kind}`: submit a Kling task whose callback comes back to us, signed.
+//!
+//! 1. Validate what Kling would obviously reject; `callback_url` is ours to set.
+//! 2. Choose the `external_task_id` (body, `Idempotency-Key`, or 128 random bits).
+//! 3. A task already recorded under that id is returned as it is: Kling is not called twice.
+//! 4. Record the task as `submitting` *before* calling Kling, so a callback that outruns
+//!    Kling's create answer is matched.
+//! 5. Create it at Kling; bind the `task_id` it returns.
+//!    - A refusal forgets the record: nothing refused is left looking like a live task.
+//!    - No answer, or 5002 (Kling's own timeout), may still have created it: look it up
+//!      by `external_task_id` instead of creating it again. Still unknown, it stays
+//!      `submitting` for the reconciler, and the caller gets 202.
+
+use crate::config::SubmitConfig;
+use crate::kling::KlingTransport;
+use crate::kling::client::{KlingClient, KlingError};
+use crate::kling::kind::TaskKind;
+use crate::kling::request::{RequestError, validate};
+use crate::store::layout::TaskKey;
+use crate::store::tasks::TaskStore;
+use crate::store::{KeyValue, StoreError};
+use crate::task::TaskRecord;
+use crate::validate::is_valid_external_task_id;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    InvalidRequest(#[from] RequestError),
+    #[error("`external_task_id` must be 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    InvalidExternalTaskId,
+    #[error("`Idempotency-Key` must be 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    InvalidIdempotencyKey,
+    #[error("`Idempotency-Key` and the body's `external_task_id` differ")]
+    IdempotencyKeyMismatch,
+    #[error(transparent)]
+    Kling(#[from] KlingError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the caller gets back.
+#[derive(Debug)]
+pub struct Submitted {
+    pub record: TaskRecord,
+    /// `false` when the external id was already recorded and Kling was not called.
+    pub created: bool,
+}
+
+pub struct SubmitRequest<'a> {
+    pub kind: TaskKind,
+    pub body: &'a [u8],
+    pub idempotency_key: Option<&'a str>,
+}
+
+pub fn submit(
+    request: &SubmitRequest<'_>,
+    config: &SubmitConfig,
+    kv: &dyn KeyValue,
+    transport: &dyn KlingTransport,
+    now_ms: u64,
+    new_id: &dyn Fn() -> String,
+) -> Result<Submitted, SubmitError> {
+    let mut body = validate(request.kind, request.body)?;
+    let external_task_id = choose_external_task_id(
+        body.get("external_task_id"),
+        request.idempotency_key,
+        new_id,
+    )?;
+    let store = TaskStore::new(kv);
+    let key = TaskKey::external(&external_task_id);
+    if let Some(record) = store.find_by_key(&key)? {
+        return Ok(Submitted {
+            record,
+            created: false,
+        });
+    }
+
+    store.record_submission(&key, &external_task_id, request.kind.name(), now_ms)?;
+    body.insert("external_task_id".into(), external_task_id.clone().into());
+    body.insert(
+        "callback_url".into(),
+        config.callback_url(&external_task_id).into(),
+    );
+
+    let kling = KlingClient::new(&config.kling, transport, now_ms / 1000);
+    match kling.create(request.kind, &body) {
+        Ok(task_id) => store.bind_submission(&key, &task_id)?,
+        Err(error) if error.may_have_created() => {
+            // Never create twice: ask Kling whether the task exists.
+            if let Ok(Some(found)) = kling.query(request.kind, &external_task_id) {
+                store.bind_submission(&key, &found.task_id)?;
+            }
+        }
+        Err(error) => {
+            store.forget_submission(&key)?;
+            return Err(error.into());
+        }
+    }
+    let record = store.find_by_key(&key)?.ok_or_else(|| {
+        StoreError::Unavailable("the submitted task was not found after recording it".into())
+    })?;
+    Ok(Submitted {
+        record,
+        created: true,
+    })
+}
+
+fn choose_external_task_id(
+    in_body: Option<&serde_json::Value>,
+    idempotency_key: Option<&str>,
+    new_id: &dyn Fn() -> String,
+) -> Result<String, SubmitError> {
+    let in_body = match in_body {
+        None => None,
+        Some(value) => match value.as_str() {
+            Some(id) if is_valid_external_task_id(id) => Some(id),
+            _ => return Err(SubmitError::InvalidExternalTaskId),
+        },
+    };
+    if let Some(key) = idempotency_key
+        && !is_valid_external_task_id(key)
+    {
+        return Err(SubmitError::InvalidIdempotencyKey);
+    }
+    match (in_body, idempotency_key) {
+        (Some(a), Some(b)) if a != b => Err(SubmitError::IdempotencyKeyMismatch),
+        (Some(id), _) | (None, Some(id)) => Ok(id.to_string()),
+        (None, None) => Ok(new_id()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KlingAuth, KlingConfig, Secret};
+    use crate::kling::{OutboundRequest, OutboundResponse, TransportError};
+    use crate::store::memory::MemoryKv;
+    use crate::task::TaskStatus;
+    use std::cell::RefCell;
+
+    /// Kling's answers in order, and what was sent.
+    struct Scripted {
+        answers: RefCell<Vec<Result<(u16, &'static str), TransportError>>>,
+        sent: RefCell<Vec<OutboundRequest>>,
+    }
+
+    impl Scripted {
+        fn new(mut answers: Vec<Result<(u16, &'static str), TransportError>>) -> Self {
+            answers.reverse();
+            Self {
+                answers: RefCell::new(answers),
+                sent: RefCell::default(),
+            }
+        }
+    }
+
+    impl KlingTransport for Scripted {
+        fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
+            self.sent.borrow_mut().push(request);
+            let (status, body) = self.answers.borrow_mut().pop().expect("scripted answer")?;
+            Ok(OutboundResponse {
+                status,
+                body: body.as_bytes().to_vec(),
+            })
+        }
+    }
+
+    const CREATED: &str = r#"{"code":0,"message":"SUCCEED","request_id":"r","data":{"task_id":"86","task_status":"submitted"}}"#;
+
+    fn config() -> SubmitConfig {
+        SubmitConfig {
+            kling: KlingConfig {
+                base_url: "http://kling.test".into(),
+                auth: KlingAuth::ApiKey(Secret::new("k")),
+                timeout_ms: 100,
+            },
+            public_base_url: "https://hooks.example".into(),
+            callback_secret: Secret::new("test-callback-secret"),
+        }
+    }
+
+    fn run(
+        kv: &MemoryKv,
+        kling: &Scripted,
+        body: &str,
+        key: Option<&str>,
+    ) -> Result<Submitted, SubmitError> {
+        let request = SubmitRequest {
+            kind: TaskKind::Text2Video,
+            body: body.as_bytes(),
+            idempotency_key: key,
+        };
+        submit(&request, &config(), kv, kling, 1_000_000, &|| {
+            "generated-id".to_string()
+        })
+    }
+
+    #[test]
+    fn submits_with_a_signed_callback_and_binds_the_task_id() {
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![Ok((200, CREATED))]);
+        let submitted = run(&kv, &kling, r#"{"prompt":"a cat","duration":"5"}"#, None).unwrap();
+        assert!(submitted.created);
+        let record = submitted.record;
+        assert_eq!(record.status, TaskStatus::Submitted);
+        assert_eq!(record.task_id.as_deref(), Some("86"));
+        assert_eq!(record.external_task_id.as_deref(), Some("generated-id"));
+        assert_eq!(record.kind.as_deref(), Some("text2video"));
+
+        let sent: serde_json::Value = serde_json::from_slice(&kling.sent.borrow()[0].body).unwrap();
+        assert_eq!(sent["prompt"], "a cat");
+        assert_eq!(sent["duration"], "5");
+        assert_eq!(sent["external_task_id"], "generated-id");
+        assert_eq!(
+            sent["callback_url"],
+            format!(
+                "https://hooks.example/callbacks/kling/generated-id?sig={}",
+                crate::signatures::callback_url::sign(
+                    &Secret::new("test-callback-secret"),
+                    "generated-id"
+                )
+            )
+        );
+    }
+
+    #[test]
+    fn a_known_external_id_returns_the_stored_task_without_calling_kling() {
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![Ok((200, CREATED))]);
+        run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
+        let again = run(
+            &kv,
+            &kling,
+            r#"{"prompt":"p","external_task_id":"job-1"}"#,
+            None,
+        )
+        .unwrap();
+        assert!(!again.created);
+        assert_eq!(again.record.task_id.as_deref(), Some("86"));
+        assert_eq!(kling.sent.borrow().len(), 1);
+    }
+
+    #[test]
+    fn a_refusal_leaves_nothing_behind() {
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![Ok((
+            429,
+            r#"{"code":1303,"message":"too many","request_id":"r"}"#,
+        ))]);
+        let err = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap_err();
+        assert!(
+            matches!(err, SubmitError::Kling(KlingError::Api(ref e)) if e.code == 1303),
+            "{err:?}"
+        );
+        assert!(kv.keys().is_empty(), "{:?}", kv.keys());
+    }
+
+    #[test]
+    fn an_ambiguous_create_is_looked_up_not_repeated() {
+        let found = r#"{"code":0,"message":"SUCCEED","data":{"task_id":"86","task_status":"processing","task_info":{"external_task_id":"job-1"}}}"#;
+        for first in [
+            Ok((504, r#"{"code":5002,"message":"timeout"}"#)),
+            Err(TransportError::Timeout),
+        ] {
+            let kv = MemoryKv::default();
+            let kling = Scripted::new(vec![first, Ok((200, found))]);
+            let record = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1"))
+                .unwrap()
+                .record;
+            assert_eq!(
+                (record.status, record.task_id.as_deref()),
+                (TaskStatus::Submitted, Some("86"))
+            );
+            let sent = kling.sent.borrow();
+            assert_eq!(
+                (sent[1].method, sent[1].url.as_str()),
+                ("GET", "http://kling.test/v1/videos/text2video/job-1")
+            );
+            assert_eq!(sent.len(), 2, "created once at most");
+        }
+    }
+
+    #[test]
+    fn still_unknown_after_the_lookup_stays_submitting() {
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![
+            Err(TransportError::Timeout),
+            Err(TransportError::Timeout),
+        ]);
+        let record = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1"))
+            .unwrap()
+            .record;
+        assert_eq!(
+            (record.status, record.task_id),
+            (TaskStatus::Submitting, None)
+        );
+    }
+
+    #[test]
+    fn invalid_requests_and_ids_never_reach_kling_or_the_store() {
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![]);
+        let cases: [(&str, Option<&str>, SubmitError); 4] = [
+            (
+                r#"{"prompt":"p","callback_url":"https://evil"}"#,
+                None,
+                SubmitError::InvalidRequest(RequestError {
+                    field: "callback_url".into(),
+                    problem: "is set by kling-webhook (signed, pointing at its callback route); leave it out",
+                }),
+            ),
+            (
+                r#"{"prompt":"p","external_task_id":"a b"}"#,
+                None,
+                SubmitError::InvalidExternalTaskId,
+            ),
+            (
+                r#"{"prompt":"p"}"#,
+                Some("a/b"),
+                SubmitError::InvalidIdempotencyKey,
+            ),
+            (
+                r#"{"prompt":"p","external_task_id":"a"}"#,
+                Some("b"),
+                SubmitError::IdempotencyKeyMismatch,
+            ),
+        ];
+        for (body, key, expected) in cases {
+            assert_eq!(run(&kv, &kling, body, key).unwrap_err(), expected);
+        }
+        assert_eq!(kv.round_trips.get(), 0);
+    }
+}

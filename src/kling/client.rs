@@ -1,0 +1,277 @@
+//! Creating and querying Kling tasks over a [`KlingTransport`].
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::kind::TaskKind;
+use super::{KlingTransport, OutboundRequest, TransportError};
+use crate::callback::parse::parse_callback;
+use crate::config::KlingConfig;
+use crate::task::TaskEvent;
+
+/// An error body from Kling: `{"code":N,"message":"…","request_id":"…"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KlingApiError {
+    pub http_status: u16,
+    pub code: i64,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KlingError {
+    #[error("Kling refused the request (code {}): {}", .0.code, .0.message)]
+    Api(KlingApiError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("Kling answered HTTP {0} with a body that is not Kling's envelope")]
+    InvalidResponse(u16),
+}
+
+/// Kling's "internal timeout" on a create: the task may exist anyway.
+pub const CODE_TIMEOUT: i64 = 5002;
+
+impl KlingError {
+    /// Whether a failed create may nevertheless have created the task (so it must be
+    /// looked up, never blindly created again).
+    pub fn may_have_created(&self) -> bool {
+        match self {
+            KlingError::Transport(_) => true,
+            KlingError::Api(e) => e.code == CODE_TIMEOUT,
+            KlingError::InvalidResponse(status) => *status >= 500,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    code: i64,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+pub struct KlingClient<'a> {
+    config: &'a KlingConfig,
+    transport: &'a dyn KlingTransport,
+    now_secs: u64,
+}
+
+impl<'a> KlingClient<'a> {
+    pub fn new(config: &'a KlingConfig, transport: &'a dyn KlingTransport, now_secs: u64) -> Self {
+        Self {
+            config,
+            transport,
+            now_secs,
+        }
+    }
+
+    /// `POST {path}`; returns Kling's `task_id`.
+    pub fn create(
+        &self,
+        kind: TaskKind,
+        request: &Map<String, Value>,
+    ) -> Result<String, KlingError> {
+        let body = serde_json::to_vec(request).expect("a JSON object serializes");
+        let data = self.call("POST", kind.path().to_string(), body)?;
+        data.as_ref()
+            .and_then(|d| d.get("task_id"))
+            .and_then(|id| match id {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+                _ => None,
+            })
+            .ok_or(KlingError::InvalidResponse(200))
+    }
+
+    /// `GET {path}/{id}` by `task_id` or `external_task_id`; `None` when Kling does not
+    /// know the task.
+    pub fn query(&self, kind: TaskKind, id: &str) -> Result<Option<TaskEvent>, KlingError> {
+        match self.call("GET", format!("{}/{id}", kind.path()), Vec::new()) {
+            Ok(Some(data)) => parse_callback(data.to_string().as_bytes())
+                .map(Some)
+                .map_err(|_| KlingError::InvalidResponse(200)),
+            Ok(None) => Err(KlingError::InvalidResponse(200)),
+            Err(KlingError::Api(e)) if e.http_status == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn call(
+        &self,
+        method: &'static str,
+        path: String,
+        body: Vec<u8>,
+    ) -> Result<Option<Value>, KlingError> {
+        let response = self.transport.send(OutboundRequest {
+            method,
+            url: format!("{}{path}", self.config.base_url),
+            headers: vec![
+                (
+                    "authorization",
+                    format!("Bearer {}", self.config.auth.bearer(self.now_secs)),
+                ),
+                ("content-type", "application/json".to_string()),
+            ],
+            body,
+            timeout_ms: self.config.timeout_ms,
+        })?;
+        let envelope: Envelope = serde_json::from_slice(&response.body)
+            .map_err(|_| KlingError::InvalidResponse(response.status))?;
+        if envelope.code != 0 || response.status >= 400 {
+            return Err(KlingError::Api(KlingApiError {
+                http_status: response.status,
+                code: envelope.code,
+                message: envelope.message,
+                request_id: envelope.request_id,
+            }));
+        }
+        Ok(envelope.data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KlingAuth, Secret};
+    use crate::kling::OutboundResponse;
+    use std::cell::RefCell;
+
+    /// A scripted answer: (HTTP status, body), or no answer at all.
+    type Answer<'a> = Result<(u16, &'a str), TransportError>;
+
+    /// Kling's answers, scripted, and the requests the client made.
+    struct Scripted {
+        answers: RefCell<Vec<Result<OutboundResponse, TransportError>>>,
+        sent: RefCell<Vec<OutboundRequest>>,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Answer<'_>>) -> Self {
+            Self {
+                answers: RefCell::new(
+                    answers
+                        .into_iter()
+                        .rev()
+                        .map(|a| {
+                            a.map(|(status, body)| OutboundResponse {
+                                status,
+                                body: body.as_bytes().to_vec(),
+                            })
+                        })
+                        .collect(),
+                ),
+                sent: RefCell::new(vec![]),
+            }
+        }
+    }
+
+    impl KlingTransport for Scripted {
+        fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
+            self.sent.borrow_mut().push(request);
+            self.answers
+                .borrow_mut()
+                .pop()
+                .expect("an answer is scripted")
+        }
+    }
+
+    fn config() -> KlingConfig {
+        KlingConfig {
+            base_url: "http://kling.test".into(),
+            auth: KlingAuth::ApiKey(Secret::new("key-1")),
+            timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn create_posts_to_the_kind_s_endpoint_with_the_bearer_and_returns_the_task_id() {
+        let transport = Scripted::new(vec![Ok((
+            200,
+            r#"{"code":0,"message":"SUCCEED","request_id":"r1","data":{"task_id":"867283741759111202","task_status":"submitted"}}"#,
+        ))]);
+        let config = config();
+        let client = KlingClient::new(&config, &transport, 0);
+        let body = serde_json::json!({"prompt": "p"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            client.create(TaskKind::VideoExtend, &body).unwrap(),
+            "867283741759111202"
+        );
+        let sent = &transport.sent.borrow()[0];
+        assert_eq!(
+            (sent.method, sent.url.as_str()),
+            ("POST", "http://kling.test/v1/videos/video-extend")
+        );
+        assert!(
+            sent.headers
+                .contains(&("authorization", "Bearer key-1".to_string()))
+        );
+    }
+
+    #[test]
+    fn error_envelopes_become_api_errors_and_5002_or_no_answer_may_have_created() {
+        let cases: Vec<(Answer<'_>, bool)> = vec![
+            (
+                Ok((
+                    429,
+                    r#"{"code":1303,"message":"parallel task over resource pack limit","request_id":"r2"}"#,
+                )),
+                false,
+            ),
+            (
+                Ok((400, r#"{"code":1201,"message":"bad","request_id":"r3"}"#)),
+                false,
+            ),
+            (
+                Ok((
+                    504,
+                    r#"{"code":5002,"message":"timeout","request_id":"r4"}"#,
+                )),
+                true,
+            ),
+            (Ok((502, "<html>bad gateway</html>")), true),
+            (Err(TransportError::Timeout), true),
+        ];
+        let config = config();
+        for (answer, may_exist) in cases {
+            let transport = Scripted::new(vec![answer]);
+            let client = KlingClient::new(&config, &transport, 0);
+            let err = client
+                .create(TaskKind::Text2Video, &Map::new())
+                .unwrap_err();
+            assert_eq!(err.may_have_created(), may_exist, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn query_reads_the_task_and_a_404_means_unknown() {
+        let transport = Scripted::new(vec![
+            Ok((
+                200,
+                r#"{"code":0,"message":"SUCCEED","data":{"task_id":"86","task_status":"succeed","task_info":{"external_task_id":"job-1"},"task_result":{"videos":[{"id":"v","url":"u","duration":"5"}]}}}"#,
+            )),
+            Ok((
+                404,
+                r#"{"code":1203,"message":"task not found","request_id":"r"}"#,
+            )),
+        ]);
+        let config = config();
+        let client = KlingClient::new(&config, &transport, 0);
+        let task = client
+            .query(TaskKind::Text2Video, "job-1")
+            .unwrap()
+            .unwrap();
+        assert_eq!((task.task_id.as_str(), task.videos.len()), ("86", 1));
+        assert_eq!(
+            transport.sent.borrow()[0].url,
+            "http://kling.test/v1/videos/text2video/job-1"
+        );
+        assert_eq!(client.query(TaskKind::Text2Video, "job-2").unwrap(), None);
+    }
+}

@@ -1,0 +1,38 @@
+//! Talking to Kling: endpoints per task kind, the auth token, request validation, the
+//! response envelope, and a client over the [`KlingTransport`] trait (outbound HTTP is
+//! Spin's in the component, a loopback server in tests).
+
+pub mod client;
+pub mod jwt;
+pub mod kind;
+pub mod request;
+
+/// One outbound HTTP exchange, as the core describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRequest {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    /// Connect, first byte and between bytes, each.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("Kling did not answer in time")]
+    Timeout,
+    #[error("could not reach Kling: {0}")]
+    Failed(String),
+}
+
+/// Outbound HTTP, so the core never names Spin.
+pub trait KlingTransport {
+    fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError>;
+}
