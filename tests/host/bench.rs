@@ -59,7 +59,7 @@ async fn run(latency: Duration, tasks: usize) {
         &STANDARD_VARIABLES,
         KvStore::default().with_latency(latency),
     );
-    let baseline = SpinApp::new(
+    let baseline = SpinApp::new::<&str, &str>(
         &components().baseline,
         &[],
         KvStore::default().with_latency(latency),

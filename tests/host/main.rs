@@ -7,5 +7,6 @@ mod bench;
 mod callbacks;
 mod concurrency;
 mod rejections;
+mod submit;
 mod task_api;
 mod wit_sync;

@@ -158,8 +158,8 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404() {
     for (method, path, allow) in [
         ("GET", path.as_str(), "POST"),
         ("PUT", path.as_str(), "POST"),
-        ("POST", "/tasks/job-1", "GET"),
-        ("DELETE", "/tasks/job-1", "GET"),
+        ("PUT", "/tasks/job-1", "GET, POST"),
+        ("DELETE", "/tasks/job-1", "GET, POST"),
         ("POST", "/health", "GET"),
     ] {
         let reply = refused(

@@ -78,7 +78,7 @@ async fn a_failing_store_is_503_on_reads_too() {
 #[tokio::test]
 async fn health_needs_nothing_and_reveals_nothing() {
     // Even unconfigured, and without touching the store.
-    let app = kling_app_with(&[], KvStore::default());
+    let app = kling_app_with::<&str, &str>(&[], KvStore::default());
     let reply = app
         .send(request("GET", "/health").body(Bytes::new()).unwrap())
         .await;

@@ -69,6 +69,6 @@ pub fn kling_app() -> SpinApp {
     kling_app_with(&super::requests::STANDARD_VARIABLES, KvStore::default())
 }
 
-pub fn kling_app_with(variables: &[(&str, &str)], kv: KvStore) -> SpinApp {
+pub fn kling_app_with<K: AsRef<str>, V: AsRef<str>>(variables: &[(K, V)], kv: KvStore) -> SpinApp {
     SpinApp::new(&components().kling, variables, kv)
 }

@@ -231,14 +231,18 @@ pub struct Timing {
 }
 
 impl SpinApp {
-    pub fn new(loaded: &'static Loaded, variables: &[(&str, &str)], kv: KvStore) -> Self {
+    pub fn new<K: AsRef<str>, V: AsRef<str>>(
+        loaded: &'static Loaded,
+        variables: &[(K, V)],
+        kv: KvStore,
+    ) -> Self {
         Self {
             loaded,
             kv,
             variables: Arc::new(
                 variables
                     .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
                     .collect(),
             ),
             clock: None,
@@ -249,6 +253,41 @@ impl SpinApp {
     pub fn at_time(mut self, unix_secs: u64) -> Self {
         self.clock = Some(unix_secs);
         self
+    }
+
+    /// Serves this deployment over real HTTP on `listener`, one instance per request, the
+    /// way Spin does: this is how the Kling stand-in calls the component back.
+    pub fn serve(&self, listener: tokio::net::TcpListener) {
+        let app = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let app = app.clone();
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let reply = app.send(http::Request::from_parts(parts, body)).await;
+                                let mut response = hyper::Response::new(Full::new(reply.body));
+                                *response.status_mut() =
+                                    http::StatusCode::from_u16(reply.status).expect("status");
+                                *response.headers_mut() = reply.headers;
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
     }
 
     /// Sends one request and waits until the guest is completely done.

@@ -1,0 +1,485 @@
+//! A stand-in for Kling's API, following `../shared/kling-api.md`, for end-to-end tests
+//! and local demos (Kling itself is unreachable from our build machines).
+//!
+//! - `POST` to every create endpoint, `GET {endpoint}/{task_id or external_task_id}`,
+//!   `GET {endpoint}?pageNum=&pageSize=`; envelopes `{code,message,request_id,data}`.
+//! - Auth: `Authorization: Bearer <JWT>` verified exactly (HS256 signature, `iss`, `nbf`,
+//!   `exp`: codes 1001 to 1004), or the configured API key.
+//! - Long numeric string task ids; `external_task_id` unique per account.
+//! - After a create, calls back `callback_url` with Kling's flat body: `submitted`,
+//!   `processing`, then `succeed` with a video (or `failed`).
+//! - Per-task scripts ([`Script`]): refuse the create with a code, create then answer
+//!   5002, create then answer slowly; duplicate, reverse, drop or delay callbacks, or send
+//!   them before answering the create.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The create endpoints, as Kling names them.
+pub const CREATE_PATHS: [&str; 7] = [
+    "/v1/videos/text2video",
+    "/v1/videos/image2video",
+    "/v1/videos/multi-image2video",
+    "/v1/videos/video-extend",
+    "/v1/videos/lip-sync",
+    "/v1/videos/effects",
+    "/v1/images/generations",
+];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub access_key: String,
+    pub secret_key: String,
+    /// Accepted as a plain bearer when set.
+    pub api_key: Option<String>,
+    /// Pause between two callbacks of one task.
+    pub callback_spacing: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            access_key: "standin-access-key".into(),
+            secret_key: "standin-secret-key".into(),
+            api_key: Some("standin-api-key".into()),
+            callback_spacing: Duration::from_millis(5),
+        }
+    }
+}
+
+/// How the stand-in answers a create.
+#[derive(Debug, Clone, Default)]
+pub enum CreateBehaviour {
+    #[default]
+    Normal,
+    /// Refuse with this HTTP status and Kling code; no task is created.
+    Refuse { http: u16, code: i64 },
+    /// Create the task, then answer 5002 (Kling's "internal timeout").
+    CreateThenTimeout,
+    /// Create the task, then answer only after this long.
+    CreateThenSlow(Duration),
+}
+
+/// One task's fate, chosen by its `external_task_id`.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    pub create: CreateBehaviour,
+    /// `true`: the task ends `failed`.
+    pub fails: bool,
+    /// Statuses whose callback is never sent.
+    pub drop: Vec<&'static str>,
+    /// Send every callback twice.
+    pub duplicate: bool,
+    /// Send the callbacks last status first.
+    pub reverse: bool,
+    /// Wait this long before the first callback.
+    pub delay: Duration,
+    /// Send all callbacks (and wait for their answers) before answering the create.
+    pub callbacks_before_answer: bool,
+}
+
+/// A request the stand-in received, for assertions.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+/// A task as the stand-in holds it.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub task_id: String,
+    pub external_task_id: Option<String>,
+    pub path: &'static str,
+    pub status: &'static str,
+    pub callback_url: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub request: Value,
+}
+
+/// A callback the stand-in sent, and the answer it got.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub task_id: String,
+    pub status: &'static str,
+    pub answered: Option<u16>,
+}
+
+#[derive(Default)]
+struct State {
+    tasks: Vec<Task>,
+    scripts: HashMap<String, Script>,
+    received: Vec<Received>,
+    deliveries: Vec<Delivery>,
+    next_id: u64,
+}
+
+#[derive(Clone)]
+pub struct StandIn {
+    addr: SocketAddr,
+    config: Arc<Config>,
+    state: Arc<Mutex<State>>,
+}
+
+impl StandIn {
+    /// Starts serving on `addr` (port 0 for any free port) in the current tokio runtime.
+    pub async fn start(config: Config, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let standin = Self {
+            addr: listener.local_addr()?,
+            config: Arc::new(config),
+            state: Arc::new(Mutex::new(State {
+                next_id: 867_283_741_759_111_202,
+                ..State::default()
+            })),
+        };
+        let server = standin.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(request).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(standin)
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Scripts the fate of the task created with this `external_task_id`.
+    pub fn script(&self, external_task_id: &str, script: Script) {
+        self.state()
+            .scripts
+            .insert(external_task_id.to_string(), script);
+    }
+
+    pub fn tasks(&self) -> Vec<Task> {
+        self.state().tasks.clone()
+    }
+
+    pub fn tasks_with_external_id(&self, external_task_id: &str) -> Vec<Task> {
+        self.tasks()
+            .into_iter()
+            .filter(|t| t.external_task_id.as_deref() == Some(external_task_id))
+            .collect()
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state().received.clone()
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.state().deliveries.clone()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("stand-in state")
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let method = request.method().to_string();
+        let path = request.uri().path().to_string();
+        let authorization = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = match request.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return error(400, 1200, "could not read the request body"),
+        };
+        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        self.state().received.push(Received {
+            method: method.clone(),
+            path: path.clone(),
+            authorization: authorization.clone(),
+            body: json.clone(),
+        });
+        if let Err((code, message)) = self.authenticate(authorization.as_deref()) {
+            return error(401, code, message);
+        }
+        if let Some(endpoint) = CREATE_PATHS.iter().find(|p| **p == path) {
+            return match method.as_str() {
+                "POST" => self.create(endpoint, json).await,
+                "GET" => self.list(endpoint),
+                _ => error(404, 1202, "wrong method"),
+            };
+        }
+        if method == "GET"
+            && let Some((endpoint, id)) = path.rsplit_once('/')
+            && CREATE_PATHS.contains(&endpoint)
+        {
+            return self.query(id);
+        }
+        error(404, 1203, "resource does not exist")
+    }
+
+    /// Kling's codes: 1001 empty, 1002 invalid, 1003 not yet valid, 1004 expired.
+    fn authenticate(&self, authorization: Option<&str>) -> Result<(), (i64, &'static str)> {
+        let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
+            return Err((1001, "authorization is empty"));
+        };
+        if self.config.api_key.as_deref() == Some(token) {
+            return Ok(());
+        }
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "nbf", "iss"]);
+        validation.set_issuer(&[&self.config.access_key]);
+        let key = jsonwebtoken::DecodingKey::from_secret(self.config.secret_key.as_bytes());
+        match jsonwebtoken::decode::<Value>(token, &key, &validation) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    (1003, "token is not yet valid")
+                }
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => (1004, "token has expired"),
+                _ => (1002, "authorization is invalid"),
+            }),
+        }
+    }
+
+    async fn create(&self, endpoint: &'static str, request: Value) -> Response<Full<Bytes>> {
+        if !request.is_object() {
+            return error(400, 1200, "invalid request parameters");
+        }
+        let external_task_id = request
+            .get("external_task_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let script = external_task_id
+            .as_ref()
+            .and_then(|id| self.state().scripts.get(id).cloned())
+            .unwrap_or_default();
+        if let CreateBehaviour::Refuse { http, code } = script.create {
+            return error(http, code, "refused as scripted");
+        }
+        let task = {
+            let mut state = self.state();
+            if let Some(id) = &external_task_id
+                && state
+                    .tasks
+                    .iter()
+                    .any(|t| t.external_task_id.as_ref() == Some(id))
+            {
+                return error(400, 1201, "external_task_id already exists");
+            }
+            let now = now_ms();
+            state.next_id += 97;
+            let task = Task {
+                task_id: state.next_id.to_string(),
+                external_task_id,
+                path: endpoint,
+                status: "submitted",
+                callback_url: request
+                    .get("callback_url")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                created_at: now,
+                updated_at: now,
+                request,
+            };
+            state.tasks.push(task.clone());
+            task
+        };
+        if script.callbacks_before_answer {
+            self.run_callbacks(&task.task_id, &script).await;
+        } else {
+            let server = self.clone();
+            let (task_id, script_copy) = (task.task_id.clone(), script.clone());
+            tokio::spawn(async move { server.run_callbacks(&task_id, &script_copy).await });
+        }
+        match script.create {
+            CreateBehaviour::CreateThenTimeout => error(504, 5002, "internal timeout"),
+            CreateBehaviour::CreateThenSlow(pause) => {
+                tokio::time::sleep(pause).await;
+                envelope(
+                    200,
+                    json!({"task_id": task.task_id, "task_status": "submitted", "task_info": {"external_task_id": task.external_task_id}, "created_at": task.created_at, "updated_at": task.updated_at}),
+                )
+            }
+            _ => envelope(
+                200,
+                json!({"task_id": task.task_id, "task_status": "submitted", "task_info": {"external_task_id": task.external_task_id}, "created_at": task.created_at, "updated_at": task.updated_at}),
+            ),
+        }
+    }
+
+    /// Moves the task through its statuses, calling back for each as scripted.
+    async fn run_callbacks(&self, task_id: &str, script: &Script) {
+        tokio::time::sleep(script.delay).await;
+        let last = if script.fails { "failed" } else { "succeed" };
+        let mut statuses = vec!["submitted", "processing", last];
+        for status in ["processing", last] {
+            tokio::time::sleep(self.config.callback_spacing).await;
+            self.set_status(task_id, status);
+        }
+        if script.reverse {
+            statuses.reverse();
+        }
+        for status in statuses {
+            if script.drop.contains(&status) {
+                continue;
+            }
+            let copies = if script.duplicate { 2 } else { 1 };
+            for _ in 0..copies {
+                self.deliver(task_id, status).await;
+                tokio::time::sleep(self.config.callback_spacing).await;
+            }
+        }
+    }
+
+    fn set_status(&self, task_id: &str, status: &'static str) {
+        let mut state = self.state();
+        if let Some(task) = state.tasks.iter_mut().find(|t| t.task_id == task_id) {
+            task.status = status;
+            task.updated_at = now_ms();
+        }
+    }
+
+    async fn deliver(&self, task_id: &str, status: &'static str) {
+        let Some(task) = self.tasks().into_iter().find(|t| t.task_id == task_id) else {
+            return;
+        };
+        let Some(url) = task.callback_url.clone() else {
+            return;
+        };
+        let rank = ["submitted", "processing", "succeed", "failed"]
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(0) as u64;
+        let body = task_json(&task, status, task.created_at + 1000 * (rank + 1));
+        let answered = post_json(&url, &body).await;
+        self.state().deliveries.push(Delivery {
+            task_id: task_id.to_string(),
+            status,
+            answered,
+        });
+    }
+
+    fn query(&self, id: &str) -> Response<Full<Bytes>> {
+        let task = self
+            .tasks()
+            .into_iter()
+            .find(|t| t.task_id == id || t.external_task_id.as_deref() == Some(id));
+        match task {
+            Some(task) => envelope(200, task_json(&task, task.status, task.updated_at)),
+            None => error(404, 1203, "task not found"),
+        }
+    }
+
+    fn list(&self, endpoint: &'static str) -> Response<Full<Bytes>> {
+        let tasks: Vec<Value> = self
+            .tasks()
+            .iter()
+            .rev()
+            .filter(|t| t.path == endpoint)
+            .take(500)
+            .map(|t| task_json(t, t.status, t.updated_at))
+            .collect();
+        envelope(200, Value::Array(tasks))
+    }
+}
+
+/// Kling's flat task object (query `data`, and the callback body).
+fn task_json(task: &Task, status: &str, updated_at: u64) -> Value {
+    let mut body = json!({
+        "task_id": task.task_id,
+        "task_status": status,
+        "task_status_msg": if status == "failed" { "generation failed (scripted)" } else { "" },
+        "created_at": task.created_at,
+        "updated_at": updated_at,
+        "task_info": {"external_task_id": task.external_task_id.clone().unwrap_or_default()},
+    });
+    if status == "succeed" {
+        body["final_unit_deduction"] = json!("1");
+        body["task_result"] = json!({"videos": [{
+            "id": format!("{}9", task.task_id),
+            "url": format!("https://cdn.standin.example/{}.mp4", task.task_id),
+            "duration": "5.1",
+        }]});
+    }
+    body
+}
+
+fn envelope(status: u16, data: Value) -> Response<Full<Bytes>> {
+    respond(
+        status,
+        json!({"code": 0, "message": "SUCCEED", "request_id": request_id(), "data": data}),
+    )
+}
+
+fn error(status: u16, code: i64, message: &str) -> Response<Full<Bytes>> {
+    respond(
+        status,
+        json!({"code": code, "message": message, "request_id": request_id()}),
+    )
+}
+
+fn respond(status: u16, body: Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
+}
+
+fn request_id() -> String {
+    format!("standin-{}", now_ms())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// POSTs JSON to an `http://` URL; the status it answered, or `None` if it did not.
+async fn post_json(url: &str, body: &Value) -> Option<u16> {
+    let uri: hyper::Uri = url.parse().ok()?;
+    let authority = uri.authority()?.clone();
+    let stream = TcpStream::connect(authority.as_str()).await.ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let request = Request::post(uri.path_and_query()?.as_str())
+        .header("host", authority.as_str())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    Some(status)
+}

@@ -1,0 +1,549 @@
+//! Submitting end to end: the component (served over loopback HTTP) calls the Kling
+//! stand-in, which calls the component back.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kling_standin::{Config, CreateBehaviour, Script, StandIn};
+use serde_json::{Value, json};
+
+use crate::support::components::kling_app_with;
+use crate::support::kv::KvStore;
+use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, get_task, request};
+use crate::support::spin_host::{Reply, SpinApp};
+
+enum Auth {
+    KeyPair,
+    ApiKey,
+    WrongSecret,
+}
+
+struct Deployment {
+    app: SpinApp,
+    standin: StandIn,
+}
+
+async fn deploy_with(auth: Auth, clock: Option<u64>) -> Deployment {
+    let standin = StandIn::start(Config::default(), SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!("http://{}", listener.local_addr().unwrap());
+    let config = standin.config().clone();
+    let mut variables = vec![
+        ("callback_secret", CALLBACK_SECRET.to_string()),
+        ("api_token", API_TOKEN.to_string()),
+        ("kling_base_url", standin.base_url()),
+        ("public_base_url", public),
+        ("kling_timeout_ms", "400".to_string()),
+    ];
+    match auth {
+        Auth::KeyPair => {
+            variables.push(("kling_access_key", config.access_key.clone()));
+            variables.push(("kling_secret_key", config.secret_key.clone()));
+        }
+        Auth::ApiKey => variables.push(("kling_api_key", config.api_key.clone().unwrap())),
+        Auth::WrongSecret => {
+            variables.push(("kling_access_key", config.access_key.clone()));
+            variables.push(("kling_secret_key", "not-the-secret".to_string()));
+        }
+    }
+    let mut app = kling_app_with(&variables, KvStore::default());
+    if let Some(secs) = clock {
+        app = app.at_time(secs);
+    }
+    app.serve(listener);
+    Deployment { app, standin }
+}
+
+async fn deploy() -> Deployment {
+    deploy_with(Auth::KeyPair, None).await
+}
+
+fn submit_request(kind: &str, body: Value, idempotency_key: Option<&str>) -> http::Request<Bytes> {
+    let mut builder = request("POST", &format!("/tasks/{kind}"))
+        .header("authorization", format!("Bearer {API_TOKEN}"))
+        .header("content-type", "application/json");
+    if let Some(key) = idempotency_key {
+        builder = builder.header("idempotency-key", key);
+    }
+    builder.body(Bytes::from(body.to_string())).unwrap()
+}
+
+impl Deployment {
+    async fn submit(&self, kind: &str, body: Value) -> Reply {
+        self.app.send(submit_request(kind, body, None)).await
+    }
+
+    /// Polls `GET /tasks/{id}` until it shows `status` (callbacks arrive asynchronously).
+    async fn wait_for(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = self.app.send(get_task(id)).await;
+            if reply.status == 200 && reply.json()["status"] == status {
+                return reply.json();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never reached {status}: {:?}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn valid_body(kind: &str) -> Value {
+    match kind {
+        "text2video" => {
+            json!({"prompt": "a fox in snow", "duration": "5", "mode": "std", "aspect_ratio": "16:9"})
+        }
+        "image2video" => json!({"image": "https://img.example/fox.png", "prompt": "it runs"}),
+        "multi-image2video" => {
+            json!({"image_list": [{"image": "https://img.example/1.png"}, {"image": "https://img.example/2.png"}], "prompt": "p"})
+        }
+        "video-extend" => json!({"video_id": "867283741759111300", "prompt": "and then"}),
+        "lip-sync" => {
+            json!({"input": {"video_id": "867283741759111300", "mode": "text2video", "text": "hello", "voice_id": "v1"}})
+        }
+        "effects" => {
+            json!({"effect_scene": "hug", "input": {"model_name": "kling-v1-6", "images": ["https://a", "https://b"]}})
+        }
+        "image-generation" => json!({"prompt": "a fox", "n": 1}),
+        other => panic!("{other}"),
+    }
+}
+
+const KINDS: [&str; 7] = [
+    "text2video",
+    "image2video",
+    "multi-image2video",
+    "video-extend",
+    "lip-sync",
+    "effects",
+    "image-generation",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_is_submitted_called_back_and_ends_with_its_video() {
+    let d = deploy().await;
+    for kind in KINDS {
+        let reply = d.submit(kind, valid_body(kind)).await;
+        assert_eq!(
+            reply.status,
+            202,
+            "{kind}: {:?}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let record = reply.json();
+        assert_eq!(record["kind"], kind);
+        assert!(
+            matches!(
+                record["status"].as_str(),
+                Some("submitted" | "processing" | "succeed")
+            ),
+            "{record}"
+        );
+        let task_id = record["task_id"].as_str().unwrap().to_string();
+        let external_task_id = record["external_task_id"].as_str().unwrap().to_string();
+        assert_eq!(external_task_id.len(), 22, "128 random bits, base64url");
+        assert!(
+            record.get("callback_url").is_none(),
+            "the signed URL is never echoed"
+        );
+
+        let done = d.wait_for(&task_id, "succeed").await;
+        assert_eq!(done["external_task_id"], external_task_id.as_str());
+        assert_eq!(done["kind"], kind);
+        assert_eq!(
+            done["videos"][0]["url"],
+            format!("https://cdn.standin.example/{task_id}.mp4")
+        );
+        assert_eq!(d.standin.tasks_with_external_id(&external_task_id).len(), 1);
+
+        // What reached Kling: the body unchanged but for our two fields.
+        let sent = d.standin.tasks_with_external_id(&external_task_id)[0]
+            .request
+            .clone();
+        for (field, value) in valid_body(kind).as_object().unwrap() {
+            assert_eq!(&sent[field], value, "{kind}.{field}");
+        }
+        let callback_url = sent["callback_url"].as_str().unwrap();
+        assert!(
+            callback_url.contains(&format!("/callbacks/kling/{external_task_id}?sig=")),
+            "{callback_url}"
+        );
+    }
+    // Every callback the stand-in sent was acknowledged.
+    assert!(
+        d.standin
+            .deliveries()
+            .iter()
+            .all(|delivery| delivery.answered == Some(200))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwt_the_component_sends_verifies_with_a_standard_library() {
+    let d = deploy().await;
+    d.submit("text2video", valid_body("text2video")).await;
+    let received = d.standin.received();
+    let bearer = received[0]
+        .authorization
+        .as_deref()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap();
+    let config = d.standin.config();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_issuer(&[&config.access_key]);
+    validation.validate_nbf = true;
+    let token = jsonwebtoken::decode::<Value>(
+        bearer,
+        &jsonwebtoken::DecodingKey::from_secret(config.secret_key.as_bytes()),
+        &validation,
+    )
+    .unwrap();
+    assert_eq!(token.header.alg, jsonwebtoken::Algorithm::HS256);
+    assert_eq!(token.header.typ.as_deref(), Some("JWT"));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let exp = token.claims["exp"].as_i64().unwrap();
+    let nbf = token.claims["nbf"].as_i64().unwrap();
+    assert_eq!(token.claims["iss"], config.access_key.as_str());
+    assert_eq!(exp - nbf, 1805, "exp = now + 1800, nbf = now - 5");
+    assert!((exp - 1800 - now).abs() <= 5, "exp is about now + 1800");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_is_sent_as_the_bearer_when_set() {
+    let d = deploy_with(Auth::ApiKey, None).await;
+    assert_eq!(
+        d.submit("image-generation", valid_body("image-generation"))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        d.standin.received()[0].authorization.as_deref(),
+        Some("Bearer standin-api-key")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_outruns_kling_s_answer_is_stored_and_bound() {
+    let d = deploy().await;
+    d.standin.script(
+        "job-early",
+        Script {
+            callbacks_before_answer: true,
+            ..Script::default()
+        },
+    );
+    let reply = d
+        .app
+        .send(submit_request(
+            "text2video",
+            valid_body("text2video"),
+            Some("job-early"),
+        ))
+        .await;
+    assert_eq!(reply.status, 202);
+    let task_id = d.standin.tasks_with_external_id("job-early")[0]
+        .task_id
+        .clone();
+    assert_eq!(reply.json()["task_id"], task_id.as_str());
+    let done = d.wait_for(&task_id, "succeed").await;
+    assert_eq!(done["external_task_id"], "job-early");
+    assert_eq!(done["kind"], "text2video");
+    assert_eq!(
+        d.app.send(get_task("job-early")).await.json()["task_id"],
+        task_id.as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmitting_an_external_id_returns_the_task_and_creates_one_at_kling() {
+    let d = deploy().await;
+    let first = d
+        .app
+        .send(submit_request(
+            "text2video",
+            valid_body("text2video"),
+            Some("job-idem"),
+        ))
+        .await;
+    assert_eq!(first.status, 202);
+    let mut body = valid_body("text2video");
+    body["external_task_id"] = json!("job-idem");
+    for again in [
+        submit_request("text2video", valid_body("text2video"), Some("job-idem")),
+        submit_request("text2video", body, None),
+    ] {
+        let reply = d.app.send(again).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["task_id"], first.json()["task_id"]);
+    }
+    assert_eq!(d.standin.tasks_with_external_id("job-idem").len(), 1);
+    let creates = d
+        .standin
+        .received()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(creates, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_create_is_looked_up_and_never_repeated() {
+    let d = deploy().await;
+    d.standin.script(
+        "job-5002",
+        Script {
+            create: CreateBehaviour::CreateThenTimeout,
+            ..Script::default()
+        },
+    );
+    d.standin.script(
+        "job-slow",
+        Script {
+            create: CreateBehaviour::CreateThenSlow(Duration::from_secs(2)),
+            delay: Duration::from_millis(600),
+            ..Script::default()
+        },
+    );
+    for ext in ["job-5002", "job-slow"] {
+        let reply = d
+            .app
+            .send(submit_request(
+                "text2video",
+                valid_body("text2video"),
+                Some(ext),
+            ))
+            .await;
+        assert_eq!(
+            reply.status,
+            202,
+            "{ext}: {:?}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let record = reply.json();
+        let at_kling = d.standin.tasks_with_external_id(ext);
+        assert_eq!(at_kling.len(), 1, "{ext}: exactly one task at Kling");
+        assert_eq!(
+            record["task_id"],
+            at_kling[0].task_id.as_str(),
+            "{ext}: bound by the lookup"
+        );
+        assert_eq!(record["status"], "submitted", "{ext}");
+        d.wait_for(ext, "succeed").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_429_with_retry_after_and_leave_nothing_behind() {
+    let d = deploy().await;
+    d.standin.script(
+        "job-busy",
+        Script {
+            create: CreateBehaviour::Refuse {
+                http: 429,
+                code: 1303,
+            },
+            ..Script::default()
+        },
+    );
+    let reply = d
+        .app
+        .send(submit_request(
+            "text2video",
+            valid_body("text2video"),
+            Some("job-busy"),
+        ))
+        .await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (429, "kling_rate_limited".into())
+    );
+    assert_eq!(reply.headers.get("retry-after").unwrap(), "1");
+    let kling = &reply.json()["error"]["kling"];
+    assert_eq!(kling["code"], 1303);
+    assert!(
+        kling["request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("standin-")
+    );
+    assert_eq!(
+        d.app.send(get_task("job-busy")).await.status,
+        404,
+        "nothing left looking like a live task"
+    );
+    assert!(d.app.kv.keys().is_empty(), "{:?}", d.app.kv.keys());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_refusals_map_to_what_the_caller_should_do() {
+    let d = deploy().await;
+    for (code, http, status, name) in [
+        (1101, 429, 402, "kling_account"),
+        (1201, 400, 400, "kling_invalid_request"),
+        (1301, 400, 422, "kling_content_rejected"),
+        (5000, 500, 502, "kling_unavailable"),
+        (5001, 503, 503, "kling_maintenance"),
+    ] {
+        let ext = format!("job-{code}");
+        d.standin.script(
+            &ext,
+            Script {
+                create: CreateBehaviour::Refuse { http, code },
+                ..Script::default()
+            },
+        );
+        let reply = d
+            .app
+            .send(submit_request(
+                "text2video",
+                valid_body("text2video"),
+                Some(&ext),
+            ))
+            .await;
+        assert_eq!(
+            (reply.status, reply.error_code()),
+            (status, name.to_string()),
+            "{code}"
+        );
+        assert_eq!(reply.json()["error"]["kling"]["code"], code);
+        assert_eq!(d.app.send(get_task(&ext)).await.status, 404);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_keys_or_clocks_are_kling_auth_failed_and_say_which() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (auth, clock, kling_code, hint) in [
+        (Auth::WrongSecret, None, 1002, "check kling_api_key"),
+        (Auth::KeyPair, Some(now + 3600), 1003, "clock is behind"),
+        (Auth::KeyPair, Some(now - 3600), 1004, "clock is ahead"),
+    ] {
+        let d = deploy_with(auth, clock).await;
+        let reply = d.submit("text2video", valid_body("text2video")).await;
+        assert_eq!(
+            (reply.status, reply.error_code()),
+            (502, "kling_auth_failed".into()),
+            "{kling_code}"
+        );
+        let error = &reply.json()["error"];
+        assert_eq!(error["kling"]["code"], kling_code);
+        assert!(error["message"].as_str().unwrap().contains(hint), "{error}");
+        assert!(d.standin.tasks().is_empty());
+        assert!(d.app.kv.keys().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_are_400_naming_the_field_and_reach_neither_kling_nor_the_store() {
+    let d = deploy().await;
+    let long = "x".repeat(2501);
+    let cases = [
+        (
+            "text2video",
+            json!({"prompt": "p", "callback_url": "https://elsewhere"}),
+            "callback_url",
+        ),
+        ("text2video", json!({"prompt": long}), "prompt"),
+        (
+            "text2video",
+            json!({"prompt": "p", "negative_prompt": long}),
+            "negative_prompt",
+        ),
+        (
+            "text2video",
+            json!({"prompt": "p", "duration": 5}),
+            "duration",
+        ),
+        (
+            "text2video",
+            json!({"prompt": "p", "mode": "turbo"}),
+            "mode",
+        ),
+        ("text2video", json!({}), "prompt"),
+        (
+            "image2video",
+            json!({"image": "data:image/png;base64,iVBORw0KGgo="}),
+            "image",
+        ),
+        ("video-extend", json!({"prompt": "p"}), "video_id"),
+        (
+            "lip-sync",
+            json!({"input": {"video_id": "1"}}),
+            "input.mode",
+        ),
+        ("text2video", json!(["not", "an", "object"]), "body"),
+    ];
+    for (kind, body, field) in cases {
+        let reply = d.submit(kind, body).await;
+        assert_eq!(
+            (reply.status, reply.error_code()),
+            (400, "invalid_request".into()),
+            "{field}"
+        );
+        assert_eq!(reply.json()["error"]["field"], field);
+    }
+    let bad_key = d
+        .app
+        .send(submit_request(
+            "text2video",
+            valid_body("text2video"),
+            Some("has space"),
+        ))
+        .await;
+    assert_eq!(
+        (bad_key.status, bad_key.error_code()),
+        (400, "invalid_idempotency_key".into())
+    );
+    assert!(d.standin.received().is_empty());
+    assert!(d.app.kv.keys().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitting_needs_the_bearer_a_known_kind_and_configuration() {
+    let d = deploy().await;
+    let no_token = request("POST", "/tasks/text2video")
+        .body(Bytes::from(valid_body("text2video").to_string()))
+        .unwrap();
+    assert_eq!(d.app.send(no_token).await.error_code(), "unauthorized");
+    let unknown = d.submit("omni-video", json!({"prompt": "p"})).await;
+    assert_eq!(
+        (unknown.status, unknown.error_code()),
+        (404, "unknown_kind".into())
+    );
+
+    let unconfigured = kling_app_with(
+        &[
+            ("api_token", API_TOKEN),
+            ("callback_secret", CALLBACK_SECRET),
+        ],
+        KvStore::default(),
+    );
+    let reply = unconfigured
+        .send(submit_request("text2video", valid_body("text2video"), None))
+        .await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (500, "config_missing".into())
+    );
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("public_base_url")
+    );
+    assert!(d.standin.received().is_empty());
+}
