@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::api::submit::{SubmitRequest, submit};
-use crate::api::tasks::{check_bearer, get_task};
+use crate::api::tasks::{check_bearer, get_task, list_tasks};
 use crate::callback::receive::{Body, Callback, CallbackError, receive};
 use crate::config::{CallbackConfig, SubmitConfig, Variables, api_token};
 use crate::error::ApiError;
@@ -77,6 +77,7 @@ pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
     let handled = match route {
         Route::Health => Ok(health().into()),
         Route::Callback { external_task_id } => callback(request, external_task_id, env),
+        Route::Tasks => list(request, env),
         Route::Task { id_or_kind } if request.method == "POST" => {
             submit_task(request, id_or_kind, env)
         }
@@ -102,6 +103,23 @@ fn health() -> Response {
         200,
         &json!({ "status": "ok", "service": "kling-webhook", "version": env!("CARGO_PKG_VERSION") }),
     )
+}
+
+fn list(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> {
+    let page = list_tasks(
+        request.query_param("status").as_deref(),
+        request.query_param("limit").as_deref(),
+        request.query_param("cursor").as_deref(),
+        request.header("authorization"),
+        env.vars,
+        env.kv,
+    )?;
+    let next_cursor = page.next_cursor.map(|c| c.to_string());
+    Ok(Response::json(
+        200,
+        &json!({ "tasks": page.tasks, "next_cursor": next_cursor }),
+    )
+    .into())
 }
 
 fn submit_task(request: &Request, kind: &str, env: &Env<'_>) -> Result<Handled, ApiError> {

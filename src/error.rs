@@ -24,6 +24,10 @@ pub enum ApiError {
     #[error("no task with this id")]
     TaskNotFound,
     #[error(
+        "query parameter `{0}` is not valid (status: submitting, submitted, processing, succeed or failed; limit: 1 to 100; cursor: as returned)"
+    )]
+    InvalidQuery(&'static str),
+    #[error(
         "unknown task kind; one of text2video, image2video, multi-image2video, video-extend, lip-sync, effects, image-generation"
     )]
     UnknownKind,
@@ -45,6 +49,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (405, "method_not_allowed"),
             ApiError::Unauthorized => (401, "unauthorized"),
             ApiError::TaskNotFound => (404, "task_not_found"),
+            ApiError::InvalidQuery(_) => (400, "invalid_query"),
             ApiError::UnknownKind => (404, "unknown_kind"),
             ApiError::Submit(e) => submit(e),
             ApiError::Config(ConfigError::Missing(_)) => (500, "config_missing"),
@@ -81,6 +86,7 @@ impl ApiError {
         }
         match self {
             ApiError::Submit(SubmitError::InvalidRequest(e)) => Some(("field", json!(e.field))),
+            ApiError::InvalidQuery(parameter) => Some(("parameter", json!(parameter))),
             _ => None,
         }
     }

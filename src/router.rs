@@ -12,6 +12,8 @@ pub enum Route<'a> {
     Task {
         id_or_kind: &'a str,
     },
+    /// `GET /tasks?status=&limit=&cursor=`: recent tasks, newest first.
+    Tasks,
 }
 
 impl<'a> Route<'a> {
@@ -25,6 +27,7 @@ impl<'a> Route<'a> {
             ["callbacks", "kling", id] if !id.is_empty() => Some(Route::Callback {
                 external_task_id: Some(id),
             }),
+            ["tasks"] => Some(Route::Tasks),
             ["tasks", id] if !id.is_empty() => Some(Route::Task { id_or_kind: id }),
             _ => None,
         }
@@ -33,7 +36,7 @@ impl<'a> Route<'a> {
     /// The methods a route answers, as an `Allow` header lists them.
     pub fn allow(&self) -> &'static str {
         match self {
-            Route::Health => "GET",
+            Route::Health | Route::Tasks => "GET",
             Route::Task { .. } => "GET, POST",
             Route::Callback { .. } => "POST",
         }
@@ -69,10 +72,10 @@ mod tests {
         );
         assert!(Route::Task { id_or_kind: "x" }.allows("POST"));
         assert!(!Route::Health.allows("POST"));
+        assert_eq!(Route::parse("/tasks"), Some(Route::Tasks));
         for unknown in [
             "",
             "/",
-            "/tasks",
             "/tasks/",
             "/tasks/a/b",
             "/callbacks/kling/",

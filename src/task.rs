@@ -36,6 +36,19 @@ impl TaskStatus {
         }
     }
 
+    /// Parses a status as this component spells it (`submitting` included).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Submitting,
+            Self::Submitted,
+            Self::Processing,
+            Self::Succeed,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Submitting => "submitting",

@@ -76,6 +76,7 @@ pub fn submit(
     }
 
     store.record_submission(&key, &external_task_id, request.kind.name(), now_ms)?;
+    store.remember(&key)?;
     body.insert("external_task_id".into(), external_task_id.clone().into());
     body.insert(
         "callback_url".into(),
@@ -92,6 +93,7 @@ pub fn submit(
             }
         }
         Err(error) => {
+            // Its entry in the recent log stays, harmless: listing skips what it cannot find.
             store.forget_submission(&key)?;
             return Err(error.into());
         }
@@ -252,7 +254,15 @@ mod tests {
             matches!(err, SubmitError::Kling(KlingError::Api(ref e)) if e.code == 1303),
             "{err:?}"
         );
-        assert!(kv.keys().is_empty(), "{:?}", kv.keys());
+        // Only its (harmless) entry in the recent log remains.
+        assert!(
+            kv.keys().iter().all(|k| k.starts_with("index:recent")),
+            "{:?}",
+            kv.keys()
+        );
+        let store = TaskStore::new(&kv);
+        assert!(store.find("job-1").unwrap().is_none());
+        assert!(store.list(None, 10, None).unwrap().tasks.is_empty());
     }
 
     #[test]

@@ -6,8 +6,11 @@ use subtle::ConstantTimeEq;
 use crate::config::{Secret, Variables, api_token};
 use crate::error::ApiError;
 use crate::store::KeyValue;
-use crate::store::tasks::TaskStore;
-use crate::task::TaskRecord;
+use crate::store::tasks::{Cursor, TaskPage, TaskStore};
+use crate::task::{TaskRecord, TaskStatus};
+
+pub const DEFAULT_LIMIT: usize = 20;
+pub const MAX_LIMIT: usize = 100;
 
 pub fn get_task(
     id: &str,
@@ -17,6 +20,33 @@ pub fn get_task(
 ) -> Result<TaskRecord, ApiError> {
     check_bearer(authorization, &api_token(vars)?)?;
     TaskStore::new(kv).find(id)?.ok_or(ApiError::TaskNotFound)
+}
+
+/// `GET /tasks?status={status}&limit={n}&cursor={cursor}`: recent tasks, newest first.
+pub fn list_tasks(
+    status: Option<&str>,
+    limit: Option<&str>,
+    cursor: Option<&str>,
+    authorization: Option<&str>,
+    vars: &dyn Variables,
+    kv: &dyn KeyValue,
+) -> Result<TaskPage, ApiError> {
+    check_bearer(authorization, &api_token(vars)?)?;
+    let status = status
+        .map(|s| TaskStatus::from_name(s).ok_or(ApiError::InvalidQuery("status")))
+        .transpose()?;
+    let limit = match limit {
+        None => DEFAULT_LIMIT,
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or(ApiError::InvalidQuery("limit"))?,
+    };
+    let cursor = cursor
+        .map(|c| Cursor::parse(c).ok_or(ApiError::InvalidQuery("cursor")))
+        .transpose()?;
+    Ok(TaskStore::new(kv).list(status, limit, cursor)?)
 }
 
 /// `Authorization: Bearer {api_token}`, compared in constant time. Comparing digests

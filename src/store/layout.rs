@@ -5,6 +5,8 @@
 //! | `task:{key}` | head: binding, what was seen, counters ([`TaskHead`]) | every accepted delivery, after the acknowledgement |
 //! | `task:{key}:submitted` / `:processing` / `:final` | the latest state of that rank ([`TaskEvent`]) | only deliveries of that rank, before the acknowledgement |
 //! | `taskid:{task_id}` | `{key}` | the first delivery that binds the task, after the acknowledgement |
+//! | `index:recent` | the newest page number of the recent-tasks log | appends that open a page |
+//! | `index:recent:{n}` | up to 100 task `{key}`s, oldest first | submits, and first bindings of tasks not submitted here |
 //!
 //! `{key}` is the task's `external_task_id`, or `#` followed by Kling's `task_id` for a
 //! task reported without one (`#` cannot occur in an external id, so the two never
@@ -50,6 +52,13 @@ impl TaskKey {
 
 pub fn task_id_index(task_id: &str) -> String {
     format!("taskid:{task_id}")
+}
+
+/// The newest page of the recent-tasks log (`GET /tasks` reads it backwards).
+pub const RECENT_HEAD: &str = "index:recent";
+
+pub fn recent_page(page: u64) -> String {
+    format!("index:recent:{page}")
 }
 
 #[cfg(test)]

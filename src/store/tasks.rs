@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::layout::{TaskKey, task_id_index};
+use super::layout::{RECENT_HEAD, TaskKey, recent_page, task_id_index};
 use super::{KeyValue, StoreError};
 use crate::ledger::{Slot, Submission, TaskHead, Verdict, assemble, assemble_submission};
 use crate::task::{TaskEvent, TaskRecord, TaskStatus};
@@ -13,6 +13,40 @@ pub struct TaskStore<'a> {
     kv: &'a dyn KeyValue,
 }
 
+/// Entries per page of the recent-tasks log.
+pub const RECENT_PAGE_SIZE: usize = 100;
+/// Log entries one `GET /tasks` reads at most.
+pub const MAX_SCAN: usize = 200;
+
+/// Where a listing stopped: before entry `before` of page `page`. Shown as `{page}.{before}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub page: u64,
+    pub before: usize,
+}
+
+impl Cursor {
+    pub fn parse(text: &str) -> Option<Self> {
+        let (page, before) = text.split_once('.')?;
+        Some(Self {
+            page: page.parse().ok()?,
+            before: before.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.page, self.before)
+    }
+}
+
+#[derive(Debug)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskRecord>,
+    pub next_cursor: Option<Cursor>,
+}
+
 /// Writes that follow an accepted delivery and may happen after the acknowledgement:
 /// the task_id index (first binding only) and the head. Applied in order; the first
 /// failure stops the rest, so the head never claims a binding whose index is missing.
@@ -20,13 +54,19 @@ pub struct TaskStore<'a> {
 #[must_use = "bookkeeping does nothing until applied"]
 pub struct Bookkeeping {
     writes: Vec<(String, Vec<u8>)>,
+    /// A task seen for the first time, not submitted here: add it to the recent log.
+    remember: Option<TaskKey>,
 }
 
 impl Bookkeeping {
     pub fn apply(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
         self.writes
             .iter()
-            .try_for_each(|(key, value)| kv.set(key, value))
+            .try_for_each(|(key, value)| kv.set(key, value))?;
+        match &self.remember {
+            Some(key) => TaskStore::new(kv).remember(key),
+            None => Ok(()),
+        }
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -61,6 +101,7 @@ impl<'a> TaskStore<'a> {
         now_ms: u64,
     ) -> Bookkeeping {
         let first_binding = head.as_ref().is_none_or(|h| h.task_id.is_none());
+        let submitted_here = head.as_ref().is_some_and(|h| h.submission.is_some());
         let head = head
             .unwrap_or_default()
             .after_delivery(event, verdict, now_ms);
@@ -72,7 +113,82 @@ impl<'a> TaskStore<'a> {
             ));
         }
         writes.push((key.head(), to_json(&head)));
-        Bookkeeping { writes }
+        Bookkeeping {
+            writes,
+            remember: (first_binding && !submitted_here).then(|| key.clone()),
+        }
+    }
+
+    /// Appends a task to the recent-tasks log. Spin's store has no compare-and-swap, so
+    /// the append is read back and retried if a concurrent append overwrote it; a loss
+    /// in the remaining race only hides the task from `GET /tasks`, never from
+    /// `GET /tasks/{id}`.
+    pub fn remember(&self, key: &TaskKey) -> Result<(), StoreError> {
+        for _ in 0..3 {
+            let newest: u64 = self.get_json(RECENT_HEAD)?.unwrap_or(0);
+            let mut entries: Vec<String> = self.get_json(&recent_page(newest))?.unwrap_or_default();
+            if entries.iter().any(|e| e == key.as_str()) {
+                return Ok(());
+            }
+            let page = if entries.len() >= RECENT_PAGE_SIZE {
+                self.kv.set(RECENT_HEAD, &to_json(&(newest + 1)))?;
+                entries.clear();
+                newest + 1
+            } else {
+                newest
+            };
+            entries.push(key.as_str().to_string());
+            self.kv.set(&recent_page(page), &to_json(&entries))?;
+            let stored: Vec<String> = self.get_json(&recent_page(page))?.unwrap_or_default();
+            if stored.iter().any(|e| e == key.as_str()) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Recent tasks, newest first, optionally of one status. Reads at most
+    /// [`MAX_SCAN`] log entries per call; `next_cursor` continues where it stopped.
+    pub fn list(
+        &self,
+        status: Option<TaskStatus>,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<TaskPage, StoreError> {
+        let (mut page, mut before) = match cursor {
+            Some(cursor) => (cursor.page, cursor.before),
+            None => (self.get_json(RECENT_HEAD)?.unwrap_or(0), usize::MAX),
+        };
+        let mut tasks = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let entries: Vec<String> = self.get_json(&recent_page(page))?.unwrap_or_default();
+            let mut i = before.min(entries.len());
+            while i > 0 {
+                if tasks.len() == limit || scanned == MAX_SCAN {
+                    return Ok(TaskPage {
+                        tasks,
+                        next_cursor: Some(Cursor { page, before: i }),
+                    });
+                }
+                i -= 1;
+                scanned += 1;
+                let key = TaskKey::from_stored(entries[i].clone());
+                if let Some(record) = self.find_by_key(&key)?
+                    && status.is_none_or(|s| record.status == s)
+                {
+                    tasks.push(record);
+                }
+            }
+            if page == 0 {
+                return Ok(TaskPage {
+                    tasks,
+                    next_cursor: None,
+                });
+            }
+            page -= 1;
+            before = usize::MAX;
+        }
     }
 
     /// Records a task about to be submitted, before Kling is called, so that a callback
@@ -311,6 +427,96 @@ mod tests {
             .forget_submission(&TaskKey::external("job-s"))
             .unwrap();
         assert_eq!(kv.get("task:job-s").unwrap(), None);
+    }
+
+    #[test]
+    fn listing_is_newest_first_filtered_by_status_and_pages_with_a_cursor() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        // 250 tasks over three pages; every third has succeeded.
+        for i in 0..250 {
+            let ext = format!("job-{i}");
+            let key = TaskKey::external(&ext);
+            store
+                .record_submission(&key, &ext, "text2video", i)
+                .unwrap();
+            store.remember(&key).unwrap();
+            if i % 3 == 0 {
+                let e = event(&format!("{i}"), Some(&ext), TaskStatus::Succeed);
+                store.write_slot(&key, Slot::Final, &e).unwrap();
+            }
+        }
+        assert_eq!(kv.get(RECENT_HEAD).unwrap().as_deref(), Some(&b"2"[..]));
+
+        let first = store.list(None, 5, None).unwrap();
+        let exts: Vec<_> = first
+            .tasks
+            .iter()
+            .map(|t| t.external_task_id.clone().unwrap())
+            .collect();
+        assert_eq!(
+            exts,
+            ["job-249", "job-248", "job-247", "job-246", "job-245"]
+        );
+
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store.list(Some(TaskStatus::Succeed), 30, cursor).unwrap();
+            seen.extend(
+                page.tasks
+                    .iter()
+                    .map(|t| t.external_task_id.clone().unwrap()),
+            );
+            assert!(page.tasks.iter().all(|t| t.status == TaskStatus::Succeed));
+            match page.next_cursor {
+                Some(next) => cursor = Some(Cursor::parse(&next.to_string()).unwrap()),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..250)
+            .rev()
+            .filter(|i| i % 3 == 0)
+            .map(|i| format!("job-{i}"))
+            .collect();
+        assert_eq!(seen, expected, "every matching task once, newest first");
+    }
+
+    #[test]
+    fn a_listing_reads_a_bounded_number_of_entries() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        for i in 0..300 {
+            let ext = format!("job-{i}");
+            let key = TaskKey::external(&ext);
+            store
+                .record_submission(&key, &ext, "text2video", i)
+                .unwrap();
+            store.remember(&key).unwrap();
+        }
+        let page = store.list(Some(TaskStatus::Failed), 10, None).unwrap();
+        assert!(page.tasks.is_empty());
+        assert_eq!(
+            page.next_cursor,
+            Some(Cursor {
+                page: 0,
+                before: 100
+            }),
+            "stopped after {MAX_SCAN} entries"
+        );
+    }
+
+    #[test]
+    fn remembering_twice_keeps_one_entry() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        store.remember(&key).unwrap();
+        store.remember(&key).unwrap();
+        assert_eq!(
+            kv.get("index:recent:0").unwrap().as_deref(),
+            Some(&br#"["job-1"]"#[..])
+        );
     }
 
     #[test]

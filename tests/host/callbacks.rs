@@ -214,7 +214,8 @@ async fn a_duplicate_changes_nothing_but_the_counter_and_costs_one_read_before_t
 async fn store_traffic_per_delivery_is_as_documented() {
     let app = kling_app();
     let cases = [
-        // First delivery: read head, write slot; after the answer, bind (index) and head.
+        // First delivery: read head, write slot; after the answer, bind (index), head,
+        // and append to the recent-tasks log (read back to survive concurrent appends).
         (
             flat("7001", "job-ops", "submitted", 1),
             vec![
@@ -222,6 +223,10 @@ async fn store_traffic_per_delivery_is_as_documented() {
                 (Op::Set, "task:job-ops:submitted"),
                 (Op::Set, "taskid:7001"),
                 (Op::Set, "task:job-ops"),
+                (Op::Get, "index:recent"),
+                (Op::Get, "index:recent:0"),
+                (Op::Set, "index:recent:0"),
+                (Op::Get, "index:recent:0"),
             ],
         ),
         // Later news: read head, write slot; after the answer, head.

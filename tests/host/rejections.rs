@@ -171,7 +171,13 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404() {
         .await;
         assert_eq!(reply.headers.get("allow").unwrap(), allow);
     }
-    for path in ["/", "/callbacks", "/callbacks/kling/a/b", "/tasks", "/nope"] {
+    for path in [
+        "/",
+        "/callbacks",
+        "/callbacks/kling/a/b",
+        "/tasks/a/b",
+        "/nope",
+    ] {
         refused(
             &app,
             request("GET", path).body(Bytes::new()).unwrap(),

@@ -94,6 +94,24 @@ impl Deployment {
     }
 }
 
+async fn list(app: &SpinApp, query: &str) -> Value {
+    let reply = app
+        .send(
+            request("GET", &format!("/tasks{query}"))
+                .header("authorization", format!("Bearer {API_TOKEN}"))
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
 fn valid_body(kind: &str) -> Value {
     match kind {
         "text2video" => {
@@ -382,7 +400,7 @@ async fn rate_limits_are_429_with_retry_after_and_leave_nothing_behind() {
         404,
         "nothing left looking like a live task"
     );
-    assert!(d.app.kv.keys().is_empty(), "{:?}", d.app.kv.keys());
+    assert_eq!(list(&d.app, "").await["tasks"], json!([]), "nor listed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,7 +461,7 @@ async fn wrong_keys_or_clocks_are_kling_auth_failed_and_say_which() {
         assert_eq!(error["kling"]["code"], kling_code);
         assert!(error["message"].as_str().unwrap().contains(hint), "{error}");
         assert!(d.standin.tasks().is_empty());
-        assert!(d.app.kv.keys().is_empty());
+        assert_eq!(list(&d.app, "").await["tasks"], json!([]));
     }
 }
 
@@ -546,4 +564,80 @@ async fn submitting_needs_the_bearer_a_known_kind_and_configuration() {
             .contains("public_base_url")
     );
     assert!(d.standin.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_listed_newest_first_by_status_a_page_at_a_time() {
+    let d = deploy().await;
+    for (ext, fails) in [
+        ("job-l1", false),
+        ("job-l2", true),
+        ("job-l3", false),
+        ("job-l4", false),
+    ] {
+        d.standin.script(
+            ext,
+            Script {
+                fails,
+                ..Script::default()
+            },
+        );
+        let reply = d
+            .app
+            .send(submit_request(
+                "text2video",
+                valid_body("text2video"),
+                Some(ext),
+            ))
+            .await;
+        assert_eq!(reply.status, 202);
+        d.wait_for(ext, if fails { "failed" } else { "succeed" })
+            .await;
+    }
+    let exts = |page: &Value| -> Vec<String> {
+        page["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["external_task_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let all = list(&d.app, "").await;
+    assert_eq!(exts(&all), ["job-l4", "job-l3", "job-l2", "job-l1"]);
+    assert_eq!(all["next_cursor"], Value::Null);
+
+    let succeeded = list(&d.app, "?status=succeed&limit=2").await;
+    assert_eq!(exts(&succeeded), ["job-l4", "job-l3"]);
+    let cursor = succeeded["next_cursor"].as_str().unwrap().to_string();
+    let rest = list(&d.app, &format!("?status=succeed&limit=2&cursor={cursor}")).await;
+    assert_eq!(exts(&rest), ["job-l1"]);
+    assert_eq!(exts(&list(&d.app, "?status=failed").await), ["job-l2"]);
+
+    for (query, parameter) in [
+        ("?status=done", "status"),
+        ("?limit=0", "limit"),
+        ("?limit=101", "limit"),
+        ("?cursor=x", "cursor"),
+    ] {
+        let reply = d
+            .app
+            .send(
+                request("GET", &format!("/tasks{query}"))
+                    .header("authorization", format!("Bearer {API_TOKEN}"))
+                    .body(Bytes::new())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.error_code()),
+            (400, "invalid_query".into()),
+            "{query}"
+        );
+        assert_eq!(reply.json()["error"]["parameter"], parameter);
+    }
+    let anonymous = d
+        .app
+        .send(request("GET", "/tasks").body(Bytes::new()).unwrap())
+        .await;
+    assert_eq!(anonymous.status, 401);
 }
