@@ -641,3 +641,42 @@ async fn tasks_are_listed_newest_first_by_status_a_page_at_a_time() {
         .await;
     assert_eq!(anonymous.status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_reversed_and_dropped_callbacks_still_end_in_the_final_state() {
+    let d = deploy().await;
+    d.standin.script(
+        "job-messy",
+        Script {
+            duplicate: true,
+            reverse: true,
+            drop: vec!["submitted"],
+            ..Script::default()
+        },
+    );
+    let reply = d
+        .app
+        .send(submit_request(
+            "text2video",
+            valid_body("text2video"),
+            Some("job-messy"),
+        ))
+        .await;
+    assert_eq!(reply.status, 202);
+    let task = d.wait_for("job-messy", "succeed").await;
+    // Let the stand-in finish sending (final, final, processing, processing).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.standin.deliveries().len() < 4 {
+        assert!(Instant::now() < deadline, "{:?}", d.standin.deliveries());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent: Vec<_> = d.standin.deliveries().iter().map(|x| x.status).collect();
+    assert_eq!(sent, ["succeed", "succeed", "processing", "processing"]);
+    let after = d.app.send(get_task("job-messy")).await.json();
+    assert_eq!(
+        after["status"], "succeed",
+        "late processing callbacks moved nothing back"
+    );
+    assert_eq!(after["videos"], task["videos"]);
+    assert_eq!(after["deliveries"], 4);
+}
