@@ -3,3 +3,6 @@
 
 pub mod parse;
 pub mod receive;
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod properties;

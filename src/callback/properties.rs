@@ -1,0 +1,118 @@
+//! Property tests (native only): the ledger through the real receive path, and the
+//! parser on arbitrary input.
+
+use proptest::prelude::*;
+
+use super::parse::parse_callback;
+use super::receive::{Body, Callback, receive};
+use crate::config::{CallbackConfig, Secret};
+use crate::signatures::callback_url;
+use crate::signatures::standard_webhooks::WebhookHeaders;
+use crate::store::memory::MemoryKv;
+use crate::store::tasks::TaskStore;
+use crate::task::TaskStatus;
+
+const STATUSES: [&str; 4] = ["submitted", "processing", "succeed", "failed"];
+
+/// One delivery: a status, Kling's `updated_at`, and a message that tells versions apart.
+#[derive(Debug, Clone)]
+struct Event {
+    status: usize,
+    updated_at: u64,
+    tag: u8,
+}
+
+fn rank(status: usize) -> u8 {
+    [1, 2, 3, 3][status]
+}
+
+/// The ledger's order, stated independently of its code: the state is the highest rank
+/// delivered; among finals the first final status delivered wins; within the winning
+/// status the largest `updated_at` wins, the earliest delivery on a tie.
+fn expected(events: &[Event]) -> (TaskStatus, String) {
+    let top = events
+        .iter()
+        .map(|e| rank(e.status))
+        .max()
+        .expect("at least one event");
+    let winning_status = events
+        .iter()
+        .find(|e| rank(e.status) == top)
+        .unwrap()
+        .status;
+    let mut best: Option<&Event> = None;
+    for e in events.iter().filter(|e| e.status == winning_status) {
+        if best.is_none_or(|b| e.updated_at > b.updated_at) {
+            best = Some(e);
+        }
+    }
+    let best = best.unwrap();
+    (
+        TaskStatus::from_kling(STATUSES[best.status]).unwrap(),
+        format!("v{}", best.tag),
+    )
+}
+
+fn deliver(kv: &MemoryKv, event: &Event) {
+    let body = Body::Bytes(
+        format!(
+            r#"{{"task_id":"86","task_status":"{}","task_status_msg":"v{}","updated_at":{}}}"#,
+            STATUSES[event.status], event.tag, event.updated_at
+        )
+        .into_bytes(),
+    );
+    let secret = Secret::new("s");
+    let sig = callback_url::sign(&secret, "job-p");
+    let callback = Callback {
+        external_task_id: Some("job-p"),
+        sig: Some(&sig),
+        content_type: None,
+        webhook: WebhookHeaders::default(),
+        body: &body,
+    };
+    let config = CallbackConfig {
+        callback_secret: secret,
+        webhook_secret: None,
+    };
+    let received = receive(&callback, &config, kv, 1).expect("a valid delivery is accepted");
+    received.bookkeeping.apply(kv).expect("memory store");
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    (0..4usize, 0..4u64, any::<u8>()).prop_map(|(status, updated_at, tag)| Event {
+        status,
+        updated_at,
+        tag,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_stored_state_is_the_maximum_by_the_ledger_s_order(events in prop::collection::vec(event(), 1..12)) {
+        let kv = MemoryKv::default();
+        for e in &events {
+            deliver(&kv, e);
+        }
+        let record = TaskStore::new(&kv).find("job-p").unwrap().unwrap();
+        prop_assert_eq!((record.status, record.status_msg), expected(&events));
+        prop_assert_eq!(record.deliveries, events.len() as u64);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_parser_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse_callback(&bytes);
+    }
+
+    #[test]
+    fn the_parser_never_panics_on_json_shaped_input(
+        text in r#"\{("(task_id|task_status|id|status|data|task_info|task_result|videos|outputs|updated_at|external_id)":(\{|\[|"[a-z0-9]{0,20}"|-?[0-9]{1,25}(\.[0-9]+)?|null|true)[,\}\]]{0,3}){0,8}"#
+    ) {
+        let _ = parse_callback(text.as_bytes());
+    }
+}
