@@ -6,10 +6,14 @@ use serde_json::json;
 use crate::api::submit::{SubmitRequest, submit};
 use crate::api::tasks::{check_bearer, get_task, list_tasks};
 use crate::callback::receive::{Body, Callback, CallbackError, receive};
-use crate::config::{CallbackConfig, SubmitConfig, Variables, api_token};
+use crate::clock::Clock;
+use crate::config::{
+    CallbackConfig, KlingConfig, SubmitConfig, Variables, api_token, stale_after_ms,
+};
 use crate::error::ApiError;
 use crate::kling::KlingTransport;
 use crate::kling::kind::TaskKind;
+use crate::reconcile::{DEFAULT_LIMIT, MAX_LIMIT, ReconcileOptions, reconcile};
 use crate::response::Response;
 use crate::router::Route;
 use crate::signatures::standard_webhooks::WebhookHeaders;
@@ -47,7 +51,10 @@ pub struct Env<'a> {
     pub kv: &'a dyn KeyValue,
     pub vars: &'a dyn Variables,
     pub kling: &'a dyn KlingTransport,
+    /// When the request arrived (ms since the epoch).
     pub now_ms: u64,
+    /// For waits and fresh readings during a request (the pending index's lease).
+    pub clock: &'a dyn Clock,
     /// 128 random bits, URL-safe: the `external_task_id` of a submit that names none.
     pub new_id: &'a dyn Fn() -> String,
 }
@@ -78,6 +85,7 @@ pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
         Route::Health => Ok(health().into()),
         Route::Callback { external_task_id } => callback(request, external_task_id, env),
         Route::Tasks => list(request, env),
+        Route::Reconcile => run_reconcile(request, env),
         Route::Task { id_or_kind } if request.method == "POST" => {
             submit_task(request, id_or_kind, env)
         }
@@ -122,6 +130,25 @@ fn list(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> {
     .into())
 }
 
+fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> {
+    check_bearer(request.header("authorization"), &api_token(env.vars)?)?;
+    let limit = match request.query_param("limit") {
+        None => DEFAULT_LIMIT,
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or(ApiError::InvalidQuery("limit"))?,
+    };
+    let options = ReconcileOptions {
+        limit,
+        stale_after_ms: stale_after_ms(env.vars)?,
+    };
+    let kling = KlingConfig::load(env.vars)?;
+    let report = reconcile(env.kv, &kling, env.kling, env.clock, options)?;
+    Ok(Response::json(200, &report).into())
+}
+
 fn submit_task(request: &Request, kind: &str, env: &Env<'_>) -> Result<Handled, ApiError> {
     check_bearer(request.header("authorization"), &api_token(env.vars)?)?;
     let kind = TaskKind::from_name(kind).ok_or(ApiError::UnknownKind)?;
@@ -140,7 +167,7 @@ fn submit_task(request: &Request, kind: &str, env: &Env<'_>) -> Result<Handled, 
         &config,
         env.kv,
         env.kling,
-        env.now_ms,
+        env.clock,
         env.new_id,
     )?;
     let status = if submitted.created { 202 } else { 200 };

@@ -48,6 +48,7 @@ pub const KLING_API_KEY: &str = "kling_api_key";
 pub const KLING_BASE_URL: &str = "kling_base_url";
 pub const KLING_TIMEOUT_MS: &str = "kling_timeout_ms";
 pub const PUBLIC_BASE_URL: &str = "public_base_url";
+pub const STALE_AFTER_SECONDS: &str = "stale_after_seconds";
 
 /// Kling's global host; the Beijing host and the stand-in are set with `kling_base_url`.
 pub const DEFAULT_KLING_BASE_URL: &str = "https://api-singapore.klingai.com";
@@ -130,6 +131,17 @@ impl KlingConfig {
             auth,
             timeout_ms,
         })
+    }
+}
+
+/// How old a pending task's last news must be before the reconciler asks Kling.
+pub fn stale_after_ms(vars: &dyn Variables) -> Result<u64, ConfigError> {
+    match vars.get(STALE_AFTER_SECONDS) {
+        None => Ok(crate::reconcile::DEFAULT_STALE_AFTER_SECS * 1000),
+        Some(secs) => secs
+            .parse::<u64>()
+            .map(|secs| secs * 1000)
+            .map_err(|_| ConfigError::Invalid(STALE_AFTER_SECONDS, "expected a number of seconds")),
     }
 }
 

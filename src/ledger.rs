@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::task::{TaskEvent, TaskRecord, TaskStatus};
+use crate::task::{EventSource, TaskEvent, TaskRecord, TaskStatus};
 
 /// The status ranks, each with a slot of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -137,6 +137,9 @@ pub struct TaskHead {
     pub deliveries: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_delivery_at: Option<u64>,
+    /// When the reconciler last asked Kling about the task (our clock, ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_polled_at: Option<u64>,
     /// Set when this component submitted the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submission: Option<Submission>,
@@ -182,8 +185,13 @@ impl TaskHead {
                 }
             }
         }
-        self.deliveries += 1;
-        self.last_delivery_at = Some(now_ms);
+        match event.source {
+            EventSource::Callback => {
+                self.deliveries += 1;
+                self.last_delivery_at = Some(now_ms);
+            }
+            EventSource::Poll => self.last_polled_at = Some(now_ms),
+        }
         self
     }
 }
@@ -205,6 +213,7 @@ pub fn assemble(head: Option<&TaskHead>, current: TaskEvent) -> TaskRecord {
         created_at: current.created_at,
         updated_at: current.updated_at,
         final_unit_deduction: current.final_unit_deduction,
+        source: Some(current.source),
         deliveries: head.map_or(0, |h| h.deliveries),
         last_delivery_at: head.and_then(|h| h.last_delivery_at),
     }
@@ -223,6 +232,7 @@ pub fn assemble_submission(head: &TaskHead, submission: &Submission) -> TaskReco
         created_at: None,
         updated_at: None,
         final_unit_deduction: None,
+        source: None,
         deliveries: head.deliveries,
         last_delivery_at: head.last_delivery_at,
     }
@@ -243,6 +253,7 @@ mod tests {
             videos: vec![],
             images: vec![],
             final_unit_deduction: None,
+            source: Default::default(),
         }
     }
 

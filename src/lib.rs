@@ -17,10 +17,12 @@
 pub mod api;
 pub mod app;
 pub mod callback;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod kling;
 pub mod ledger;
+pub mod reconcile;
 pub mod response;
 pub mod router;
 pub mod signatures;

@@ -14,6 +14,8 @@ pub enum Route<'a> {
     },
     /// `GET /tasks?status=&limit=&cursor=`: recent tasks, newest first.
     Tasks,
+    /// `POST /tasks/reconcile?limit=`: ask Kling about tasks whose callbacks never came.
+    Reconcile,
 }
 
 impl<'a> Route<'a> {
@@ -28,6 +30,7 @@ impl<'a> Route<'a> {
                 external_task_id: Some(id),
             }),
             ["tasks"] => Some(Route::Tasks),
+            ["tasks", "reconcile"] => Some(Route::Reconcile),
             ["tasks", id] if !id.is_empty() => Some(Route::Task { id_or_kind: id }),
             _ => None,
         }
@@ -38,7 +41,7 @@ impl<'a> Route<'a> {
         match self {
             Route::Health | Route::Tasks => "GET",
             Route::Task { .. } => "GET, POST",
-            Route::Callback { .. } => "POST",
+            Route::Callback { .. } | Route::Reconcile => "POST",
         }
     }
 
@@ -73,6 +76,7 @@ mod tests {
         assert!(Route::Task { id_or_kind: "x" }.allows("POST"));
         assert!(!Route::Health.allows("POST"));
         assert_eq!(Route::parse("/tasks"), Some(Route::Tasks));
+        assert_eq!(Route::parse("/tasks/reconcile"), Some(Route::Reconcile));
         for unknown in [
             "",
             "/",

@@ -85,7 +85,18 @@ pub struct Image {
     pub url: Option<String>,
 }
 
-/// What one delivery (a callback, later a poll) says about a task.
+/// Where a task event came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSource {
+    /// Kling called us back.
+    #[default]
+    Callback,
+    /// The reconciler asked Kling.
+    Poll,
+}
+
+/// What one delivery (a callback, or a poll) says about a task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskEvent {
     /// Kling's task id: a long numeric string, never a number (it exceeds 2^53).
@@ -107,6 +118,8 @@ pub struct TaskEvent {
     pub images: Vec<Image>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_unit_deduction: Option<String>,
+    #[serde(default)]
+    pub source: EventSource,
 }
 
 /// A task as `GET /tasks/{id}` returns it.
@@ -126,6 +139,9 @@ pub struct TaskRecord {
     pub updated_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_unit_deduction: Option<String>,
+    /// Where the current state came from: `callback`, or `poll` (the reconciler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<EventSource>,
     /// Callbacks accepted for this task, duplicates and late ones included.
     pub deliveries: u64,
     /// When the last accepted callback arrived, milliseconds on our clock.

@@ -11,12 +11,14 @@
 //!      by `external_task_id` instead of creating it again. Still unknown, it stays
 //!      `submitting` for the reconciler, and the caller gets 202.
 
+use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::kling::KlingTransport;
 use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
 use crate::kling::request::{RequestError, validate};
 use crate::store::layout::TaskKey;
+use crate::store::pending::PendingIndex;
 use crate::store::tasks::TaskStore;
 use crate::store::{KeyValue, StoreError};
 use crate::task::TaskRecord;
@@ -57,9 +59,10 @@ pub fn submit(
     config: &SubmitConfig,
     kv: &dyn KeyValue,
     transport: &dyn KlingTransport,
-    now_ms: u64,
+    clock: &dyn Clock,
     new_id: &dyn Fn() -> String,
 ) -> Result<Submitted, SubmitError> {
+    let now_ms = clock.now_ms();
     let mut body = validate(request.kind, request.body)?;
     let external_task_id = choose_external_task_id(
         body.get("external_task_id"),
@@ -77,6 +80,8 @@ pub fn submit(
 
     store.record_submission(&key, &external_task_id, request.kind.name(), now_ms)?;
     store.remember(&key)?;
+    // Before Kling is called: a task Kling creates is never missing from reconciliation.
+    PendingIndex::new(kv, clock).add(&key)?;
     body.insert("external_task_id".into(), external_task_id.clone().into());
     body.insert(
         "callback_url".into(),
@@ -134,6 +139,7 @@ fn choose_external_task_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::manual::ManualClock;
     use crate::config::{KlingAuth, KlingConfig, Secret};
     use crate::kling::{OutboundRequest, OutboundResponse, TransportError};
     use crate::store::memory::MemoryKv;
@@ -192,7 +198,8 @@ mod tests {
             body: body.as_bytes(),
             idempotency_key: key,
         };
-        submit(&request, &config(), kv, kling, 1_000_000, &|| {
+        let clock = ManualClock(std::cell::Cell::new(1_000_000));
+        submit(&request, &config(), kv, kling, &clock, &|| {
             "generated-id".to_string()
         })
     }
@@ -254,9 +261,9 @@ mod tests {
             matches!(err, SubmitError::Kling(KlingError::Api(ref e)) if e.code == 1303),
             "{err:?}"
         );
-        // Only its (harmless) entry in the recent log remains.
+        // Only its (harmless, skipped) index entries remain.
         assert!(
-            kv.keys().iter().all(|k| k.starts_with("index:recent")),
+            kv.keys().iter().all(|k| k.starts_with("index:")),
             "{:?}",
             kv.keys()
         );

@@ -11,7 +11,7 @@
 
 use serde::Deserialize;
 
-use crate::task::{Image, TaskEvent, TaskStatus, Video};
+use crate::task::{EventSource, Image, TaskEvent, TaskStatus, Video};
 use crate::validate::{is_valid_external_task_id, is_valid_task_id};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -190,6 +190,7 @@ impl RawCallback {
                 })
                 .collect(),
             final_unit_deduction: self.final_unit_deduction.map(Lenient::into_text),
+            source: EventSource::Callback,
         })
     }
 
@@ -223,6 +224,7 @@ impl RawCallback {
             videos,
             images,
             final_unit_deduction: None,
+            source: EventSource::Callback,
         })
     }
 }
@@ -300,6 +302,7 @@ mod tests {
                     url: Some("https://i/0.png".into()),
                 }],
                 final_unit_deduction: Some("1".into()),
+                source: EventSource::Callback,
             }
         );
     }

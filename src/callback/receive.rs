@@ -8,11 +8,11 @@
 
 use crate::callback::parse::{PayloadError, parse_callback};
 use crate::config::CallbackConfig;
-use crate::ledger::{LedgerError, Verdict, judge};
+use crate::ledger::{LedgerError, Verdict};
 use crate::signatures::callback_url::{self, CallbackSigError};
 use crate::signatures::standard_webhooks::{self, WebhookError, WebhookHeaders};
 use crate::store::layout::TaskKey;
-use crate::store::tasks::{Bookkeeping, TaskStore};
+use crate::store::tasks::{Bookkeeping, RecordError, TaskStore};
 use crate::store::{KeyValue, StoreError};
 use crate::validate::is_valid_external_task_id;
 
@@ -67,6 +67,15 @@ pub enum CallbackError {
     Store(#[from] StoreError),
 }
 
+impl From<RecordError> for CallbackError {
+    fn from(error: RecordError) -> Self {
+        match error {
+            RecordError::Ledger(e) => CallbackError::Ledger(e),
+            RecordError::Store(e) => CallbackError::Store(e),
+        }
+    }
+}
+
 /// A delivery that was stored (or recognised as already stored).
 #[derive(Debug)]
 pub struct Received {
@@ -102,21 +111,10 @@ pub fn receive(
         (None, None) => TaskKey::kling(&event.task_id),
     };
 
-    let store = TaskStore::new(kv);
-    let head = store.head(&key)?;
-    if let Some(head) = &head {
-        head.check_binding(&event)?;
-    }
-    let verdict = judge(
-        &head.as_ref().map(|h| h.seen.clone()).unwrap_or_default(),
-        &event,
-    );
-    if let Verdict::Apply(slot) = verdict {
-        store.write_slot(&key, slot, &event)?;
-    }
+    let (verdict, bookkeeping) = TaskStore::new(kv).record_event(&key, &event, now_ms)?;
     Ok(Received {
         verdict,
-        bookkeeping: TaskStore::bookkeeping(&key, head, &event, verdict, now_ms),
+        bookkeeping,
     })
 }
 

@@ -17,6 +17,7 @@ use spin_sdk::http_component;
 
 use crate::app::{self, Env, Request};
 use crate::callback::receive::{Body, MAX_BODY_BYTES};
+use crate::clock::Clock;
 use crate::response::Response;
 use host_apis::{SpinKeyValue, SpinVariables};
 use outbound::SpinOutbound;
@@ -30,6 +31,7 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         vars: &SpinVariables,
         kling: &SpinOutbound,
         now_ms: now_ms(),
+        clock: &HostClock,
         new_id: &new_id,
     };
     let handled = app::handle(&request, &env);
@@ -124,6 +126,22 @@ fn new_id() -> String {
     URL_SAFE_NO_PAD.encode(spin_sdk::wit::wasi::random0_2_0::random::get_random_bytes(
         16,
     ))
+}
+
+/// The host's clocks: wall time, and `wasi:clocks` monotonic waits.
+struct HostClock;
+
+impl Clock for HostClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn sleep_ms(&self, ms: u64) {
+        spin_sdk::wit::wasi::clocks0_2_0::monotonic_clock::subscribe_duration(
+            ms.saturating_mul(1_000_000),
+        )
+        .block();
+    }
 }
 
 fn now_ms() -> u64 {

@@ -6,6 +6,7 @@
 //! - [`tasks`]: reading and writing task heads, status slots and the task_id index.
 
 pub mod layout;
+pub mod pending;
 pub mod tasks;
 
 /// A key-value store with Spin's semantics: no transactions, last write wins.

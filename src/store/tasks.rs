@@ -5,12 +5,22 @@ use serde::de::DeserializeOwned;
 
 use super::layout::{RECENT_HEAD, TaskKey, recent_page, task_id_index};
 use super::{KeyValue, StoreError};
-use crate::ledger::{Slot, Submission, TaskHead, Verdict, assemble, assemble_submission};
+use crate::ledger::{
+    LedgerError, Slot, Submission, TaskHead, Verdict, assemble, assemble_submission, judge,
+};
 use crate::task::{TaskEvent, TaskRecord, TaskStatus};
 use crate::validate::{is_valid_external_task_id, is_valid_task_id};
 
 pub struct TaskStore<'a> {
     kv: &'a dyn KeyValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Entries per page of the recent-tasks log.
@@ -81,6 +91,30 @@ impl<'a> TaskStore<'a> {
 
     pub fn head(&self, key: &TaskKey) -> Result<Option<TaskHead>, StoreError> {
         self.get_json(&key.head())
+    }
+
+    /// Applies one event through the ledger, the same way for callbacks and polls: read
+    /// the head, refuse another Kling task, judge, write the slot for news. Returns the
+    /// verdict and the head's bookkeeping (callbacks apply it after acknowledging).
+    pub fn record_event(
+        &self,
+        key: &TaskKey,
+        event: &TaskEvent,
+        now_ms: u64,
+    ) -> Result<(Verdict, Bookkeeping), RecordError> {
+        let head = self.head(key)?;
+        if let Some(head) = &head {
+            head.check_binding(event)?;
+        }
+        let seen = head.as_ref().map(|h| h.seen.clone()).unwrap_or_default();
+        let verdict = judge(&seen, event);
+        if let Verdict::Apply(slot) = verdict {
+            self.write_slot(key, slot, event)?;
+        }
+        Ok((
+            verdict,
+            Self::bookkeeping(key, head, event, verdict, now_ms),
+        ))
     }
 
     pub fn write_slot(
@@ -317,6 +351,7 @@ mod tests {
             videos: vec![],
             images: vec![],
             final_unit_deduction: None,
+            source: Default::default(),
         }
     }
 

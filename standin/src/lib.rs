@@ -89,6 +89,8 @@ pub struct Script {
     pub delay: Duration,
     /// Send all callbacks (and wait for their answers) before answering the create.
     pub callbacks_before_answer: bool,
+    /// Answer queries for this task with this HTTP status and Kling code.
+    pub query_error: Option<(u16, i64)>,
 }
 
 /// A request the stand-in received, for assertions.
@@ -393,7 +395,16 @@ impl StandIn {
             .into_iter()
             .find(|t| t.task_id == id || t.external_task_id.as_deref() == Some(id));
         match task {
-            Some(task) => envelope(200, task_json(&task, task.status, task.updated_at)),
+            Some(task) => {
+                let scripted = task
+                    .external_task_id
+                    .as_ref()
+                    .and_then(|ext| self.state().scripts.get(ext).and_then(|s| s.query_error));
+                match scripted {
+                    Some((http, code)) => error(http, code, "refused as scripted"),
+                    None => envelope(200, task_json(&task, task.status, task.updated_at)),
+                }
+            }
             None => error(404, 1203, "task not found"),
         }
     }

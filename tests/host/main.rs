@@ -6,6 +6,7 @@ mod support;
 mod bench;
 mod callbacks;
 mod concurrency;
+mod reconcile;
 mod rejections;
 mod submit;
 mod task_api;

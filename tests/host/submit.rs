@@ -1,137 +1,16 @@
 //! Submitting end to end: the component (served over loopback HTTP) calls the Kling
 //! stand-in, which calls the component back.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use kling_standin::{Config, CreateBehaviour, Script, StandIn};
+use kling_standin::{CreateBehaviour, Script};
 use serde_json::{Value, json};
 
 use crate::support::components::kling_app_with;
+use crate::support::deployment::{Auth, deploy, deploy_with, list, submit_request, valid_body};
 use crate::support::kv::KvStore;
 use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, get_task, request};
-use crate::support::spin_host::{Reply, SpinApp};
-
-enum Auth {
-    KeyPair,
-    ApiKey,
-    WrongSecret,
-}
-
-struct Deployment {
-    app: SpinApp,
-    standin: StandIn,
-}
-
-async fn deploy_with(auth: Auth, clock: Option<u64>) -> Deployment {
-    let standin = StandIn::start(Config::default(), SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let public = format!("http://{}", listener.local_addr().unwrap());
-    let config = standin.config().clone();
-    let mut variables = vec![
-        ("callback_secret", CALLBACK_SECRET.to_string()),
-        ("api_token", API_TOKEN.to_string()),
-        ("kling_base_url", standin.base_url()),
-        ("public_base_url", public),
-        ("kling_timeout_ms", "400".to_string()),
-    ];
-    match auth {
-        Auth::KeyPair => {
-            variables.push(("kling_access_key", config.access_key.clone()));
-            variables.push(("kling_secret_key", config.secret_key.clone()));
-        }
-        Auth::ApiKey => variables.push(("kling_api_key", config.api_key.clone().unwrap())),
-        Auth::WrongSecret => {
-            variables.push(("kling_access_key", config.access_key.clone()));
-            variables.push(("kling_secret_key", "not-the-secret".to_string()));
-        }
-    }
-    let mut app = kling_app_with(&variables, KvStore::default());
-    if let Some(secs) = clock {
-        app = app.at_time(secs);
-    }
-    app.serve(listener);
-    Deployment { app, standin }
-}
-
-async fn deploy() -> Deployment {
-    deploy_with(Auth::KeyPair, None).await
-}
-
-fn submit_request(kind: &str, body: Value, idempotency_key: Option<&str>) -> http::Request<Bytes> {
-    let mut builder = request("POST", &format!("/tasks/{kind}"))
-        .header("authorization", format!("Bearer {API_TOKEN}"))
-        .header("content-type", "application/json");
-    if let Some(key) = idempotency_key {
-        builder = builder.header("idempotency-key", key);
-    }
-    builder.body(Bytes::from(body.to_string())).unwrap()
-}
-
-impl Deployment {
-    async fn submit(&self, kind: &str, body: Value) -> Reply {
-        self.app.send(submit_request(kind, body, None)).await
-    }
-
-    /// Polls `GET /tasks/{id}` until it shows `status` (callbacks arrive asynchronously).
-    async fn wait_for(&self, id: &str, status: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let reply = self.app.send(get_task(id)).await;
-            if reply.status == 200 && reply.json()["status"] == status {
-                return reply.json();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{id} never reached {status}: {:?}",
-                String::from_utf8_lossy(&reply.body)
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-async fn list(app: &SpinApp, query: &str) -> Value {
-    let reply = app
-        .send(
-            request("GET", &format!("/tasks{query}"))
-                .header("authorization", format!("Bearer {API_TOKEN}"))
-                .body(Bytes::new())
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()
-}
-
-fn valid_body(kind: &str) -> Value {
-    match kind {
-        "text2video" => {
-            json!({"prompt": "a fox in snow", "duration": "5", "mode": "std", "aspect_ratio": "16:9"})
-        }
-        "image2video" => json!({"image": "https://img.example/fox.png", "prompt": "it runs"}),
-        "multi-image2video" => {
-            json!({"image_list": [{"image": "https://img.example/1.png"}, {"image": "https://img.example/2.png"}], "prompt": "p"})
-        }
-        "video-extend" => json!({"video_id": "867283741759111300", "prompt": "and then"}),
-        "lip-sync" => {
-            json!({"input": {"video_id": "867283741759111300", "mode": "text2video", "text": "hello", "voice_id": "v1"}})
-        }
-        "effects" => {
-            json!({"effect_scene": "hug", "input": {"model_name": "kling-v1-6", "images": ["https://a", "https://b"]}})
-        }
-        "image-generation" => json!({"prompt": "a fox", "n": 1}),
-        other => panic!("{other}"),
-    }
-}
 
 const KINDS: [&str; 7] = [
     "text2video",
@@ -238,7 +117,7 @@ async fn the_jwt_the_component_sends_verifies_with_a_standard_library() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_key_is_sent_as_the_bearer_when_set() {
-    let d = deploy_with(Auth::ApiKey, None).await;
+    let d = deploy_with(Auth::ApiKey, None, &[]).await;
     assert_eq!(
         d.submit("image-generation", valid_body("image-generation"))
             .await
@@ -450,7 +329,7 @@ async fn wrong_keys_or_clocks_are_kling_auth_failed_and_say_which() {
         (Auth::KeyPair, Some(now + 3600), 1003, "clock is behind"),
         (Auth::KeyPair, Some(now - 3600), 1004, "clock is ahead"),
     ] {
-        let d = deploy_with(auth, clock).await;
+        let d = deploy_with(auth, clock, &[]).await;
         let reply = d.submit("text2video", valid_body("text2video")).await;
         assert_eq!(
             (reply.status, reply.error_code()),

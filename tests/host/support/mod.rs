@@ -3,6 +3,7 @@
 //! the component's code).
 
 pub mod components;
+pub mod deployment;
 pub mod kv;
 pub mod requests;
 pub mod spin_host;

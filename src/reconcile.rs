@@ -1,0 +1,195 @@
+//! Reconciling: asking Kling about submitted tasks whose callbacks never came, so that a
+//! task reaches its true final state even when Kling's callback is lost.
+//!
+//! One run reads the pending index (cost grows with pending tasks, not with every task
+//! ever stored), drops entries whose task is final or gone, queries Kling for the oldest
+//! `limit` tasks whose last news is older than `stale_after`, applies each answer through
+//! the same ledger rules as a callback (source `poll`), and removes what became final.
+//! Two runs at once are harmless: the ledger makes every apply idempotent and monotonic,
+//! and a removal lost to a concurrent run is only a stale entry.
+
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::config::KlingConfig;
+use crate::kling::KlingTransport;
+use crate::kling::client::{KlingClient, KlingError};
+use crate::kling::kind::TaskKind;
+use crate::ledger::{TaskHead, Verdict};
+use crate::store::layout::TaskKey;
+use crate::store::pending::PendingIndex;
+use crate::store::tasks::{RecordError, TaskStore};
+use crate::store::{KeyValue, StoreError};
+use crate::task::EventSource;
+
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 500;
+pub const DEFAULT_STALE_AFTER_SECS: u64 = 300;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ReconcileOptions {
+    /// Kling queries one run makes at most.
+    pub limit: usize,
+    /// A task is due when its last news (callback, poll or submit) is at least this old.
+    pub stale_after_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Tasks Kling was asked about.
+    pub checked: usize,
+    /// Tasks whose stored state changed.
+    pub updated: usize,
+    /// Tasks still pending after the run.
+    pub pending: usize,
+    pub errors: Vec<ReconcileIssue>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ReconcileIssue {
+    pub external_task_id: String,
+    pub code: String,
+    pub message: String,
+}
+
+impl ReconcileIssue {
+    fn new(key: &TaskKey, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            external_task_id: key.as_str().to_string(),
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+struct Due {
+    last_news: u64,
+    key: TaskKey,
+    head: TaskHead,
+}
+
+pub fn reconcile(
+    kv: &dyn KeyValue,
+    kling: &KlingConfig,
+    transport: &dyn KlingTransport,
+    clock: &dyn Clock,
+    options: ReconcileOptions,
+) -> Result<ReconcileReport, StoreError> {
+    let now = clock.now_ms();
+    let store = TaskStore::new(kv);
+    let index = PendingIndex::new(kv, clock);
+    let mut report = ReconcileReport::default();
+    let mut done = Vec::new();
+    let mut due = Vec::new();
+
+    for entry in index.read()? {
+        let key = TaskKey::from_stored(entry.clone());
+        let head = store.head(&key)?;
+        let record = store.find_by_key(&key)?;
+        match (head, record) {
+            (Some(head), Some(record))
+                if !record.status.is_final() && head.submission.is_some() =>
+            {
+                let last_news = [
+                    head.last_delivery_at,
+                    head.last_polled_at,
+                    head.submission.as_ref().map(|s| s.submitted_at),
+                ]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(0);
+                if now.saturating_sub(last_news) >= options.stale_after_ms {
+                    due.push(Due {
+                        last_news,
+                        key,
+                        head,
+                    });
+                }
+            }
+            // Final, forgotten (refused), or not ours to query: nothing left to do.
+            _ => done.push(entry),
+        }
+    }
+    due.sort_by_key(|d| d.last_news);
+
+    let client = KlingClient::new(kling, transport, now / 1000);
+    for Due { key, head, .. } in due.into_iter().take(options.limit) {
+        let Some(kind) = head
+            .submission
+            .as_ref()
+            .and_then(|s| TaskKind::from_name(&s.kind))
+        else {
+            done.push(key.as_str().to_string());
+            continue;
+        };
+        // A task left `submitting` has no Kling id yet: ask by external id.
+        let id = head
+            .task_id
+            .clone()
+            .unwrap_or_else(|| key.as_str().to_string());
+        report.checked += 1;
+        match client.query(kind, &id) {
+            Ok(Some(mut event)) => {
+                event.source = EventSource::Poll;
+                if head.task_id.is_none() {
+                    store.bind_submission(&key, &event.task_id)?;
+                }
+                let (verdict, bookkeeping) = match store.record_event(&key, &event, now) {
+                    Ok(outcome) => outcome,
+                    Err(RecordError::Store(e)) => return Err(e),
+                    Err(RecordError::Ledger(e)) => {
+                        report.errors.push(ReconcileIssue::new(
+                            &key,
+                            "task_id_mismatch",
+                            e.to_string(),
+                        ));
+                        continue;
+                    }
+                };
+                bookkeeping.apply(kv)?;
+                if matches!(verdict, Verdict::Apply(_)) {
+                    report.updated += 1;
+                }
+                if event.status.is_final() {
+                    done.push(key.as_str().to_string());
+                }
+            }
+            Ok(None) if head.task_id.is_none() => {
+                // The ambiguous create never went through: forget it, so that the same
+                // external id can be submitted again without creating a second task.
+                store.forget_submission(&key)?;
+                report.updated += 1;
+                done.push(key.as_str().to_string());
+                report.errors.push(ReconcileIssue::new(
+                    &key,
+                    "not_created",
+                    "Kling has no task with this external_task_id: the create did not go through; submit it again",
+                ));
+            }
+            Ok(None) => report.errors.push(ReconcileIssue::new(
+                &key,
+                "unknown_at_kling",
+                "Kling no longer knows this task (results are deleted after 30 days)",
+            )),
+            Err(KlingError::Api(e)) if matches!(e.code, 1302 | 1303) => {
+                report
+                    .errors
+                    .push(ReconcileIssue::new(&key, "kling_rate_limited", e.message));
+                break; // Kling asked us to back off: the next run continues.
+            }
+            Err(error) => {
+                let code = match &error {
+                    KlingError::Api(e) => format!("kling_{}", e.code),
+                    KlingError::Transport(_) => "kling_unreachable".into(),
+                    KlingError::InvalidResponse(_) => "kling_bad_response".into(),
+                };
+                report
+                    .errors
+                    .push(ReconcileIssue::new(&key, code, error.to_string()));
+            }
+        }
+    }
+    report.pending = index.remove(&done)?;
+    Ok(report)
+}

@@ -1,0 +1,300 @@
+//! Nothing lost: `POST /tasks/reconcile` brings tasks whose callbacks never came to their
+//! true final state, against the stand-in, through faults.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kling_standin::Script;
+use serde_json::{Value, json};
+
+use crate::support::components::kling_app_with;
+use crate::support::deployment::{Auth, Deployment, deploy_with, submit_request, valid_body};
+use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, get_task, request};
+use crate::support::spin_host::{Reply, SpinApp};
+
+async fn reconcile(app: &SpinApp) -> Reply {
+    app.send(
+        request("POST", "/tasks/reconcile")
+            .header("authorization", format!("Bearer {API_TOKEN}"))
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await
+}
+
+async fn report(app: &SpinApp) -> Value {
+    let reply = reconcile(app).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+/// Every task stale at once, so a run considers all of them.
+async fn deploy() -> Deployment {
+    deploy_with(Auth::KeyPair, None, &[("stale_after_seconds", "0")]).await
+}
+
+/// Waits until the stand-in itself holds the task as final (its callbacks may be dropped).
+async fn until_final_at_kling(d: &Deployment, ext: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d
+        .standin
+        .tasks_with_external_id(ext)
+        .iter()
+        .any(|t| matches!(t.status, "succeed" | "failed"))
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn submit_silent(d: &Deployment, ext: &str, fails: bool) {
+    // Kling never calls back.
+    d.standin.script(
+        ext,
+        Script {
+            fails,
+            drop: vec!["submitted", "processing", "succeed", "failed"],
+            ..Script::default()
+        },
+    );
+    let reply = d
+        .app
+        .send(submit_request(
+            "text2video",
+            valid_body("text2video"),
+            Some(ext),
+        ))
+        .await;
+    assert_eq!(reply.status, 202);
+    until_final_at_kling(d, ext).await;
+}
+
+async fn status(app: &SpinApp, id: &str) -> Value {
+    app.send(get_task(id)).await.json()
+}
+
+/// The same deployment (same store) with Kling unreachable.
+fn kling_down(d: &Deployment) -> SpinApp {
+    let variables = [
+        ("callback_secret", CALLBACK_SECRET),
+        ("api_token", API_TOKEN),
+        ("kling_api_key", "standin-api-key"),
+        ("kling_base_url", "http://127.0.0.1:9"),
+        ("public_base_url", "http://127.0.0.1:9"),
+        ("kling_timeout_ms", "300"),
+        ("stale_after_seconds", "0"),
+    ];
+    kling_app_with(&variables, d.app.kv.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_that_never_arrive_are_reconciled_to_the_true_final_state() {
+    let d = deploy().await;
+    submit_silent(&d, "job-lost-ok", false).await;
+    submit_silent(&d, "job-lost-bad", true).await;
+    assert_eq!(status(&d.app, "job-lost-ok").await["status"], "submitted");
+
+    let run = report(&d.app).await;
+    assert_eq!(
+        run,
+        json!({"checked": 2, "updated": 2, "pending": 0, "errors": []})
+    );
+    let ok = status(&d.app, "job-lost-ok").await;
+    assert_eq!(
+        (ok["status"].as_str(), ok["source"].as_str()),
+        (Some("succeed"), Some("poll"))
+    );
+    assert_eq!(
+        ok["videos"][0]["url"],
+        format!(
+            "https://cdn.standin.example/{}.mp4",
+            ok["task_id"].as_str().unwrap()
+        )
+    );
+    assert_eq!(ok["deliveries"], 0, "polls are not callbacks");
+    assert_eq!(status(&d.app, "job-lost-bad").await["status"], "failed");
+    assert_eq!(d.app.kv.json("index:pending").unwrap(), json!([]));
+
+    // Nothing pending: the next run asks Kling nothing.
+    let queries_before = d.standin.received().len();
+    assert_eq!(
+        report(&d.app).await,
+        json!({"checked": 0, "updated": 0, "pending": 0, "errors": []})
+    );
+    assert_eq!(d.standin.received().len(), queries_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_stale_tasks_are_asked_about() {
+    let d = deploy_with(Auth::KeyPair, None, &[("stale_after_seconds", "3600")]).await;
+    submit_silent(&d, "job-fresh", false).await;
+    assert_eq!(
+        report(&d.app).await,
+        json!({"checked": 0, "updated": 0, "pending": 1, "errors": []})
+    );
+    assert_eq!(status(&d.app, "job-fresh").await["status"], "submitted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kling_down_during_a_run_reports_errors_changes_nothing_and_the_next_run_succeeds() {
+    let d = deploy().await;
+    submit_silent(&d, "job-down", false).await;
+    let before = d.app.kv.snapshot();
+    let down = kling_down(&d);
+    let run = report(&down).await;
+    assert_eq!(
+        (
+            run["checked"].as_u64(),
+            run["updated"].as_u64(),
+            run["pending"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1))
+    );
+    assert_eq!(run["errors"][0]["external_task_id"], "job-down");
+    assert_eq!(run["errors"][0]["code"], "kling_unreachable");
+    assert_eq!(d.app.kv.snapshot(), before, "a failed run changes nothing");
+
+    assert_eq!(report(&d.app).await["updated"], 1);
+    assert_eq!(status(&d.app, "job-down").await["status"], "succeed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_stops_the_run_early_and_other_errors_do_not() {
+    let d = deploy().await;
+    submit_silent(&d, "job-a", false).await;
+    submit_silent(&d, "job-b", false).await;
+    submit_silent(&d, "job-c", false).await;
+    // job-a (oldest) is refused with 5000: reported, the run goes on; job-b's 1303 stops it.
+    d.standin.script(
+        "job-a",
+        Script {
+            query_error: Some((500, 5000)),
+            ..Script::default()
+        },
+    );
+    d.standin.script(
+        "job-b",
+        Script {
+            query_error: Some((429, 1303)),
+            ..Script::default()
+        },
+    );
+    let run = report(&d.app).await;
+    assert_eq!(run["checked"], 2, "{run}");
+    let codes: Vec<_> = run["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(codes, ["kling_5000", "kling_rate_limited"]);
+    assert_eq!(
+        status(&d.app, "job-c").await["status"],
+        "submitted",
+        "not reached this run"
+    );
+
+    d.standin.script("job-a", Script::default());
+    d.standin.script("job-b", Script::default());
+    let run = report(&d.app).await;
+    assert_eq!(
+        (run["updated"].as_u64(), run["pending"].as_u64()),
+        (Some(3), Some(0)),
+        "{run}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_mid_run_is_a_503_and_the_retry_lands() {
+    let d = deploy().await;
+    submit_silent(&d, "job-store", false).await;
+    d.app.kv.fail_next_set_to("task:job-store:final");
+    let reply = reconcile(&d.app).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (503, "store_unavailable".into())
+    );
+    assert_eq!(
+        d.app.kv.json("index:pending").unwrap(),
+        json!(["job-store"]),
+        "still pending"
+    );
+
+    assert_eq!(report(&d.app).await["updated"], 1);
+    assert_eq!(status(&d.app, "job-store").await["status"], "succeed");
+    assert_eq!(d.app.kv.json("index:pending").unwrap(), json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_left_submitting_is_bound_or_forgotten_by_what_kling_says() {
+    let d = deploy().await;
+    // Kling unreachable while submitting: the task stays `submitting`, Kling never saw it.
+    let down = kling_down(&d);
+    let reply = down
+        .send(submit_request(
+            "text2video",
+            valid_body("text2video"),
+            Some("job-never"),
+        ))
+        .await;
+    assert_eq!(
+        (reply.status, reply.json()["status"].as_str()),
+        (202, Some("submitting"))
+    );
+
+    let run = report(&d.app).await;
+    assert_eq!(run["errors"][0]["code"], "not_created", "{run}");
+    assert_eq!(
+        d.app.send(get_task("job-never")).await.status,
+        404,
+        "forgotten: safe to submit again"
+    );
+    assert!(d.standin.tasks_with_external_id("job-never").is_empty());
+
+    // Submitted again, it is created once.
+    let again = d
+        .app
+        .send(submit_request(
+            "text2video",
+            valid_body("text2video"),
+            Some("job-never"),
+        ))
+        .await;
+    assert_eq!(again.status, 202);
+    assert_eq!(d.standin.tasks_with_external_id("job-never").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciling_needs_the_bearer_and_a_sane_limit() {
+    let d = deploy().await;
+    let anonymous = d
+        .app
+        .send(
+            request("POST", "/tasks/reconcile")
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(anonymous.status, 401);
+    for limit in ["0", "501", "x"] {
+        let reply = d
+            .app
+            .send(
+                request("POST", &format!("/tasks/reconcile?limit={limit}"))
+                    .header("authorization", format!("Bearer {API_TOKEN}"))
+                    .body(Bytes::new())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.error_code()),
+            (400, "invalid_query".into()),
+            "{limit}"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! A deployment for end-to-end tests: the component served over loopback HTTP, pointed
+//! at a fresh Kling stand-in that calls it back.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kling_standin::{Config, StandIn};
+use serde_json::{Value, json};
+
+use super::components::kling_app_with;
+use super::kv::KvStore;
+use super::requests::{API_TOKEN, CALLBACK_SECRET, get_task, request};
+use super::spin_host::{Reply, SpinApp};
+
+pub enum Auth {
+    KeyPair,
+    ApiKey,
+    WrongSecret,
+}
+
+pub struct Deployment {
+    pub app: SpinApp,
+    pub standin: StandIn,
+}
+
+/// The component served on loopback, talking to a fresh stand-in; `extra` variables
+/// are added (or override) last.
+pub async fn deploy_with(
+    auth: Auth,
+    clock: Option<u64>,
+    extra: &[(&'static str, &str)],
+) -> Deployment {
+    let standin = StandIn::start(Config::default(), SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!("http://{}", listener.local_addr().unwrap());
+    let config = standin.config().clone();
+    let mut variables = vec![
+        ("callback_secret", CALLBACK_SECRET.to_string()),
+        ("api_token", API_TOKEN.to_string()),
+        ("kling_base_url", standin.base_url()),
+        ("public_base_url", public),
+        ("kling_timeout_ms", "400".to_string()),
+    ];
+    match auth {
+        Auth::KeyPair => {
+            variables.push(("kling_access_key", config.access_key.clone()));
+            variables.push(("kling_secret_key", config.secret_key.clone()));
+        }
+        Auth::ApiKey => variables.push(("kling_api_key", config.api_key.clone().unwrap())),
+        Auth::WrongSecret => {
+            variables.push(("kling_access_key", config.access_key.clone()));
+            variables.push(("kling_secret_key", "not-the-secret".to_string()));
+        }
+    }
+    for (name, value) in extra {
+        variables.retain(|(n, _)| n != name);
+        variables.push((name, value.to_string()));
+    }
+    let mut app = kling_app_with(&variables, KvStore::default());
+    if let Some(secs) = clock {
+        app = app.at_time(secs);
+    }
+    app.serve(listener);
+    Deployment { app, standin }
+}
+
+pub async fn deploy() -> Deployment {
+    deploy_with(Auth::KeyPair, None, &[]).await
+}
+
+pub fn submit_request(
+    kind: &str,
+    body: Value,
+    idempotency_key: Option<&str>,
+) -> http::Request<Bytes> {
+    let mut builder = request("POST", &format!("/tasks/{kind}"))
+        .header("authorization", format!("Bearer {API_TOKEN}"))
+        .header("content-type", "application/json");
+    if let Some(key) = idempotency_key {
+        builder = builder.header("idempotency-key", key);
+    }
+    builder.body(Bytes::from(body.to_string())).unwrap()
+}
+
+impl Deployment {
+    pub async fn submit(&self, kind: &str, body: Value) -> Reply {
+        self.app.send(submit_request(kind, body, None)).await
+    }
+
+    /// Polls `GET /tasks/{id}` until it shows `status` (callbacks arrive asynchronously).
+    pub async fn wait_for(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = self.app.send(get_task(id)).await;
+            if reply.status == 200 && reply.json()["status"] == status {
+                return reply.json();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never reached {status}: {:?}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+pub async fn list(app: &SpinApp, query: &str) -> Value {
+    let reply = app
+        .send(
+            request("GET", &format!("/tasks{query}"))
+                .header("authorization", format!("Bearer {API_TOKEN}"))
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+pub fn valid_body(kind: &str) -> Value {
+    match kind {
+        "text2video" => {
+            json!({"prompt": "a fox in snow", "duration": "5", "mode": "std", "aspect_ratio": "16:9"})
+        }
+        "image2video" => json!({"image": "https://img.example/fox.png", "prompt": "it runs"}),
+        "multi-image2video" => {
+            json!({"image_list": [{"image": "https://img.example/1.png"}, {"image": "https://img.example/2.png"}], "prompt": "p"})
+        }
+        "video-extend" => json!({"video_id": "867283741759111300", "prompt": "and then"}),
+        "lip-sync" => {
+            json!({"input": {"video_id": "867283741759111300", "mode": "text2video", "text": "hello", "voice_id": "v1"}})
+        }
+        "effects" => {
+            json!({"effect_scene": "hug", "input": {"model_name": "kling-v1-6", "images": ["https://a", "https://b"]}})
+        }
+        "image-generation" => json!({"prompt": "a fox", "n": 1}),
+        other => panic!("{other}"),
+    }
+}
