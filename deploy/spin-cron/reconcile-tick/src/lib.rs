@@ -1,0 +1,22 @@
+//! Calls kling-webhook's `POST /tasks/reconcile` on every cron tick.
+
+use spin_cron_sdk::{Error, Metadata, cron_component};
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::variables;
+
+#[cron_component]
+async fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
+    let url = variables::get("reconcile_url").map_err(|e| Error::Other(e.to_string()))?;
+    let token = variables::get("api_token").map_err(|e| Error::Other(e.to_string()))?;
+    let request = Request::builder()
+        .method(Method::Post)
+        .uri(url)
+        .header("authorization", format!("Bearer {token}"))
+        .build();
+    let response: Response = spin_sdk::http::send(request)
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+    // The report, e.g. {"checked":3,"updated":2,"pending":1,"errors":[]}.
+    println!("reconcile: {} {}", response.status(), String::from_utf8_lossy(response.body()));
+    Ok(())
+}
