@@ -5,13 +5,15 @@ use serde_json::json;
 
 use crate::api::submit::{SubmitRequest, submit};
 use crate::api::tasks::{check_bearer, get_task, list_tasks};
-use crate::callback::receive::{Body, Callback, CallbackError, receive};
+use crate::callback::receive::{Body, Callback, CallbackError, FinalVerifier, receive};
 use crate::clock::Clock;
 use crate::config::{
     CallbackConfig, KlingConfig, SubmitConfig, Variables, api_token, stale_after_ms,
+    verify_callbacks,
 };
 use crate::error::ApiError;
 use crate::kling::KlingTransport;
+use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
 use crate::reconcile::{DEFAULT_LIMIT, MAX_LIMIT, ReconcileOptions, reconcile};
 use crate::response::Response;
@@ -19,6 +21,7 @@ use crate::router::Route;
 use crate::signatures::standard_webhooks::WebhookHeaders;
 use crate::store::KeyValue;
 use crate::store::tasks::Bookkeeping;
+use crate::task::TaskEvent;
 
 /// An HTTP request, as the edge read it. Header names are lowercase.
 #[derive(Debug)]
@@ -130,6 +133,16 @@ fn list(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> {
     .into())
 }
 
+struct KlingVerifier<'a> {
+    client: KlingClient<'a>,
+}
+
+impl FinalVerifier for KlingVerifier<'_> {
+    fn fetch(&self, kind: TaskKind, task_id: &str) -> Result<Option<TaskEvent>, KlingError> {
+        self.client.query(kind, task_id)
+    }
+}
+
 fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> {
     check_bearer(request.header("authorization"), &api_token(env.vars)?)?;
     let limit = match request.query_param("limit") {
@@ -192,7 +205,21 @@ fn callback(
         },
         body: &request.body,
     };
-    let received = receive(&delivery, &config, env.kv, env.now_ms)?;
+    let kling = if verify_callbacks(env.vars)? {
+        Some(KlingConfig::load(env.vars)?)
+    } else {
+        None
+    };
+    let verifier = kling.as_ref().map(|config| KlingVerifier {
+        client: KlingClient::new(config, env.kling, env.now_ms / 1000),
+    });
+    let received = receive(
+        &delivery,
+        &config,
+        env.kv,
+        verifier.as_ref().map(|v| v as &dyn FinalVerifier),
+        env.now_ms,
+    )?;
     Ok(Handled {
         response: Response::json(
             200,

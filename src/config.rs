@@ -49,6 +49,19 @@ pub const KLING_BASE_URL: &str = "kling_base_url";
 pub const KLING_TIMEOUT_MS: &str = "kling_timeout_ms";
 pub const PUBLIC_BASE_URL: &str = "public_base_url";
 pub const STALE_AFTER_SECONDS: &str = "stale_after_seconds";
+pub const VERIFY_CALLBACKS: &str = "verify_callbacks";
+
+/// `verify_callbacks` = `true`: re-fetch final callbacks from Kling before trusting them.
+pub fn verify_callbacks(vars: &dyn Variables) -> Result<bool, ConfigError> {
+    match vars.get(VERIFY_CALLBACKS).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ConfigError::Invalid(
+            VERIFY_CALLBACKS,
+            "expected true or false",
+        )),
+    }
+}
 
 /// Kling's global host; the Beijing host and the stand-in are set with `kling_base_url`.
 pub const DEFAULT_KLING_BASE_URL: &str = "https://api-singapore.klingai.com";

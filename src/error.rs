@@ -165,6 +165,8 @@ fn callback(e: &CallbackError) -> (u16, &'static str) {
         CallbackError::ExternalTaskIdMismatch => (409, "external_task_id_mismatch"),
         CallbackError::Ledger(LedgerError::BoundToAnotherTask) => (409, "task_id_mismatch"),
         CallbackError::Store(e) => store(e),
+        // Not acknowledged: Kling retries once we can reach it.
+        CallbackError::Verification(_) => (503, "verification_unavailable"),
     }
 }
 

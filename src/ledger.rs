@@ -72,6 +72,8 @@ pub enum Verdict {
     /// Older news than what is stored (a lower rank, or another final after the first):
     /// nothing to write.
     Stale,
+    /// A final callback that Kling contradicted (`verify_callbacks`): nothing written.
+    Rejected,
 }
 
 impl Verdict {
@@ -80,6 +82,7 @@ impl Verdict {
             Verdict::Apply(_) => "applied",
             Verdict::Duplicate => "duplicate",
             Verdict::Stale => "stale",
+            Verdict::Rejected => "rejected",
         }
     }
 }
@@ -137,12 +140,19 @@ pub struct TaskHead {
     pub deliveries: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_delivery_at: Option<u64>,
+    /// Final callbacks that Kling contradicted (`verify_callbacks`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rejected: u64,
     /// When the reconciler last asked Kling about the task (our clock, ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_polled_at: Option<u64>,
     /// Set when this component submitted the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submission: Option<Submission>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A task this component submitted to Kling.

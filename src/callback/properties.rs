@@ -74,7 +74,7 @@ fn deliver(kv: &MemoryKv, event: &Event) {
         callback_secret: secret,
         webhook_secret: None,
     };
-    let received = receive(&callback, &config, kv, 1).expect("a valid delivery is accepted");
+    let received = receive(&callback, &config, kv, None, 1).expect("a valid delivery is accepted");
     received.bookkeeping.apply(kv).expect("memory store");
 }
 

@@ -8,12 +8,15 @@
 
 use crate::callback::parse::{PayloadError, parse_callback};
 use crate::config::CallbackConfig;
-use crate::ledger::{LedgerError, Verdict};
+use crate::kling::client::KlingError;
+use crate::kling::kind::TaskKind;
+use crate::ledger::{LedgerError, TaskHead, Verdict};
 use crate::signatures::callback_url::{self, CallbackSigError};
 use crate::signatures::standard_webhooks::{self, WebhookError, WebhookHeaders};
 use crate::store::layout::TaskKey;
 use crate::store::tasks::{Bookkeeping, RecordError, TaskStore};
 use crate::store::{KeyValue, StoreError};
+use crate::task::{EventSource, TaskEvent};
 use crate::validate::is_valid_external_task_id;
 
 /// Largest callback body accepted (Kling's are a few KiB).
@@ -65,6 +68,8 @@ pub enum CallbackError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("could not verify the callback with Kling: {0}")]
+    Verification(KlingError),
 }
 
 impl From<RecordError> for CallbackError {
@@ -89,6 +94,7 @@ pub fn receive(
     callback: &Callback<'_>,
     config: &CallbackConfig,
     kv: &dyn KeyValue,
+    verifier: Option<&dyn FinalVerifier>,
     now_ms: u64,
 ) -> Result<Received, CallbackError> {
     authenticate_url(callback, config)?;
@@ -111,11 +117,75 @@ pub fn receive(
         (None, None) => TaskKey::kling(&event.task_id),
     };
 
-    let (verdict, bookkeeping) = TaskStore::new(kv).record_event(&key, &event, now_ms)?;
+    let store = TaskStore::new(kv);
+    let head = store.head(&key)?;
+    if let Some(head) = &head {
+        head.check_binding(&event)?;
+    }
+    let event = match verifier {
+        Some(verifier) if event.status.is_final() => {
+            match verified(verifier, head.as_ref(), event)? {
+                Some(event) => event,
+                None => {
+                    return Ok(Received {
+                        verdict: Verdict::Rejected,
+                        bookkeeping: TaskStore::bookkeeping_rejected(&key, head),
+                    });
+                }
+            }
+        }
+        _ => event,
+    };
+    let (verdict, bookkeeping) = store.record_event_with_head(&key, head, &event, now_ms)?;
     Ok(Received {
         verdict,
         bookkeeping,
     })
+}
+
+/// Re-fetches a task from Kling with the component's own credentials
+/// (`verify_callbacks`): Kling's legacy callbacks are unsigned, so a leaked callback URL
+/// could otherwise post any result.
+pub trait FinalVerifier {
+    fn fetch(&self, kind: TaskKind, task_id: &str) -> Result<Option<TaskEvent>, KlingError>;
+}
+
+/// What Kling says about a task whose final callback arrived, if it agrees with the
+/// callback (same status, same result URLs); `None` when it does not, or when the task
+/// was not submitted here (its kind, and so its Kling endpoint, is unknown).
+fn verified(
+    verifier: &dyn FinalVerifier,
+    head: Option<&TaskHead>,
+    callback: TaskEvent,
+) -> Result<Option<TaskEvent>, CallbackError> {
+    let Some(kind) = head
+        .and_then(|h| h.submission.as_ref())
+        .and_then(|s| TaskKind::from_name(&s.kind))
+    else {
+        return Ok(None);
+    };
+    let Some(mut kling) = verifier
+        .fetch(kind, &callback.task_id)
+        .map_err(CallbackError::Verification)?
+    else {
+        return Ok(None);
+    };
+    let urls = |e: &TaskEvent| -> Vec<Option<String>> {
+        e.videos
+            .iter()
+            .map(|v| v.url.clone())
+            .chain(e.images.iter().map(|i| i.url.clone()))
+            .collect()
+    };
+    if kling.task_id != callback.task_id
+        || kling.status != callback.status
+        || urls(&kling) != urls(&callback)
+    {
+        return Ok(None);
+    }
+    kling.external_task_id = kling.external_task_id.or(callback.external_task_id);
+    kling.source = EventSource::Callback;
+    Ok(Some(kling))
 }
 
 /// The URL's proof: `sig` on `/callbacks/kling/{id}`; on `/callbacks/kling` the
@@ -205,7 +275,7 @@ mod tests {
             webhook: WebhookHeaders::default(),
             body,
         };
-        receive(&callback, &config(false), kv, NOW_MS)
+        receive(&callback, &config(false), kv, None, NOW_MS)
     }
 
     #[test]
@@ -295,7 +365,7 @@ mod tests {
         ];
         for (callback, expected) in cases {
             assert_eq!(
-                receive(&callback, &config(false), &kv, NOW_MS).unwrap_err(),
+                receive(&callback, &config(false), &kv, None, NOW_MS).unwrap_err(),
                 expected
             );
         }
@@ -335,18 +405,18 @@ mod tests {
             },
             body: &body,
         };
-        let received = receive(&callback, &config(true), &kv, NOW_MS).unwrap();
+        let received = receive(&callback, &config(true), &kv, None, NOW_MS).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Final));
         assert!(kv.keys().contains(&"task:#1234567890:final".to_string()));
 
         callback.webhook.signature = Some("v1,UsKlJP00XoQyOn410NM9xv34sP+Gl0jnOO9Lcpr7NJ5=");
         assert_eq!(
-            receive(&callback, &config(true), &kv, NOW_MS).unwrap_err(),
+            receive(&callback, &config(true), &kv, None, NOW_MS).unwrap_err(),
             CallbackError::Webhook(WebhookError::NoMatchingSignature)
         );
         callback.webhook = WebhookHeaders::default();
         assert_eq!(
-            receive(&callback, &config(true), &kv, NOW_MS).unwrap_err(),
+            receive(&callback, &config(true), &kv, None, NOW_MS).unwrap_err(),
             CallbackError::Webhook(WebhookError::MissingHeader("webhook-id"))
         );
     }

@@ -103,6 +103,17 @@ impl<'a> TaskStore<'a> {
         now_ms: u64,
     ) -> Result<(Verdict, Bookkeeping), RecordError> {
         let head = self.head(key)?;
+        self.record_event_with_head(key, head, event, now_ms)
+    }
+
+    /// [`Self::record_event`] for a caller that has just read the head itself.
+    pub fn record_event_with_head(
+        &self,
+        key: &TaskKey,
+        head: Option<TaskHead>,
+        event: &TaskEvent,
+        now_ms: u64,
+    ) -> Result<(Verdict, Bookkeeping), RecordError> {
         if let Some(head) = &head {
             head.check_binding(event)?;
         }
@@ -150,6 +161,17 @@ impl<'a> TaskStore<'a> {
         Bookkeeping {
             writes,
             remember: (first_binding && !submitted_here).then(|| key.clone()),
+        }
+    }
+
+    /// The head's bookkeeping for a callback refused by verification: counted as rejected,
+    /// nothing else changes.
+    pub fn bookkeeping_rejected(key: &TaskKey, head: Option<TaskHead>) -> Bookkeeping {
+        let mut head = head.unwrap_or_default();
+        head.rejected += 1;
+        Bookkeeping {
+            writes: vec![(key.head(), to_json(&head))],
+            remember: None,
         }
     }
 

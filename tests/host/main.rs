@@ -10,4 +10,5 @@ mod reconcile;
 mod rejections;
 mod submit;
 mod task_api;
+mod verify;
 mod wit_sync;

@@ -1,0 +1,107 @@
+//! `verify_callbacks`: a final callback is checked with Kling before it is trusted.
+
+use std::time::{Duration, Instant};
+
+use kling_standin::Script;
+use serde_json::json;
+
+use crate::support::deployment::{Auth, Deployment, deploy_with, submit_request, valid_body};
+use crate::support::requests::{callback, get_task};
+
+async fn deploy() -> Deployment {
+    deploy_with(Auth::KeyPair, None, &[("verify_callbacks", "true")]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_final_callback_with_a_valid_sig_is_rejected_and_changes_nothing() {
+    let d = deploy().await;
+    // Kling finishes the task but never calls back; someone who learned the URL does.
+    d.standin.script(
+        "job-forged",
+        Script {
+            drop: vec!["submitted", "processing", "succeed"],
+            ..Script::default()
+        },
+    );
+    let submitted = d
+        .app
+        .send(submit_request(
+            "text2video",
+            valid_body("text2video"),
+            Some("job-forged"),
+        ))
+        .await
+        .json();
+    let task_id = submitted["task_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.standin.tasks_with_external_id("job-forged")[0].status != "succeed" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = d.app.kv.snapshot();
+
+    let forged = [
+        json!({"task_id": task_id, "task_status": "succeed", "updated_at": 9_999_999_999_999u64,
+               "task_result": {"videos": [{"id": "x", "url": "https://evil.example/fake.mp4", "duration": "5"}]}}),
+        json!({"task_id": task_id, "task_status": "failed", "task_status_msg": "forged"}),
+    ];
+    for body in forged {
+        let reply = d.app.send(callback("job-forged", body.to_string())).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["outcome"], "rejected");
+    }
+    let task = d.app.send(get_task("job-forged")).await.json();
+    assert_eq!(
+        task["status"], "submitted",
+        "nothing stored from the forgeries"
+    );
+    let changed: Vec<_> = d
+        .app
+        .kv
+        .snapshot()
+        .into_iter()
+        .filter(|(k, v)| before.get(k) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        changed,
+        ["task:job-forged"],
+        "only the head, to count the rejections"
+    );
+    assert_eq!(d.app.kv.json("task:job-forged").unwrap()["rejected"], 2);
+
+    // The genuine final callback (Kling's own body) is accepted, and Kling's version stored.
+    let genuine = json!({"task_id": task_id, "task_status": "succeed", "task_info": {"external_task_id": "job-forged"},
+        "task_result": {"videos": [{"id": format!("{task_id}9"), "url": format!("https://cdn.standin.example/{task_id}.mp4"), "duration": "5.1"}]}});
+    let reply = d
+        .app
+        .send(callback("job-forged", genuine.to_string()))
+        .await;
+    assert_eq!(reply.json()["outcome"], "applied");
+    let task = d.app.send(get_task(&task_id)).await.json();
+    assert_eq!(task["status"], "succeed");
+    assert_eq!(
+        task["final_unit_deduction"], "1",
+        "Kling's record, not just the callback's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_deployments_still_complete_normally() {
+    let d = deploy().await;
+    let reply = d.submit("text2video", valid_body("text2video")).await;
+    let ext = reply.json()["external_task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.wait_for(&ext, "succeed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_callback_for_a_task_not_submitted_here_cannot_be_verified_and_is_rejected() {
+    let d = deploy().await;
+    let body = json!({"task_id": "555", "task_status": "succeed", "task_result": {"videos": [{"url": "https://x"}]}});
+    let reply = d.app.send(callback("job-foreign", body.to_string())).await;
+    assert_eq!(reply.json()["outcome"], "rejected");
+    assert_eq!(d.app.send(get_task("job-foreign")).await.status, 404);
+}
