@@ -8,7 +8,7 @@ use crate::api::tasks::{check_bearer, get_task, list_tasks};
 use crate::callback::receive::{Body, Callback, CallbackError, FinalVerifier, receive};
 use crate::clock::Clock;
 use crate::config::{
-    CallbackConfig, KlingConfig, SubmitConfig, Variables, api_token, stale_after_ms,
+    CallbackConfig, KlingConfig, SubmitConfig, Variables, api_token, retention_ms, stale_after_ms,
     verify_callbacks,
 };
 use crate::error::ApiError;
@@ -156,6 +156,7 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
     let options = ReconcileOptions {
         limit,
         stale_after_ms: stale_after_ms(env.vars)?,
+        retention_ms: retention_ms(env.vars)?,
     };
     let kling = KlingConfig::load(env.vars)?;
     let report = reconcile(env.kv, &kling, env.kling, env.clock, options)?;

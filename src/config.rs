@@ -50,6 +50,21 @@ pub const KLING_TIMEOUT_MS: &str = "kling_timeout_ms";
 pub const PUBLIC_BASE_URL: &str = "public_base_url";
 pub const STALE_AFTER_SECONDS: &str = "stale_after_seconds";
 pub const VERIFY_CALLBACKS: &str = "verify_callbacks";
+pub const RETENTION_DAYS: &str = "retention_days";
+
+/// How long final tasks are kept; `0` keeps them forever.
+pub fn retention_ms(vars: &dyn Variables) -> Result<Option<u64>, ConfigError> {
+    let days = match vars.get(RETENTION_DAYS) {
+        None => crate::reconcile::DEFAULT_RETENTION_DAYS,
+        Some(days) => days.parse::<u64>().map_err(|_| {
+            ConfigError::Invalid(
+                RETENTION_DAYS,
+                "expected a number of days (0 keeps tasks forever)",
+            )
+        })?,
+    };
+    Ok((days > 0).then(|| days * 24 * 60 * 60 * 1000))
+}
 
 /// `verify_callbacks` = `true`: re-fetch final callbacks from Kling before trusting them.
 pub fn verify_callbacks(vars: &dyn Variables) -> Result<bool, ConfigError> {

@@ -25,6 +25,10 @@ use crate::task::EventSource;
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
 pub const DEFAULT_STALE_AFTER_SECS: u64 = 300;
+/// Kling deletes results after 30 days; so do we, by default.
+pub const DEFAULT_RETENTION_DAYS: u64 = 30;
+/// Tasks one run deletes at most.
+pub const MAX_PURGED_PER_RUN: usize = 50;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ReconcileOptions {
@@ -32,6 +36,8 @@ pub struct ReconcileOptions {
     pub limit: usize,
     /// A task is due when its last news (callback, poll or submit) is at least this old.
     pub stale_after_ms: u64,
+    /// Final tasks whose last news is older than this are deleted; `None` keeps them.
+    pub retention_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
@@ -42,6 +48,8 @@ pub struct ReconcileReport {
     pub updated: usize,
     /// Tasks still pending after the run.
     pub pending: usize,
+    /// Final tasks deleted by retention.
+    pub purged: usize,
     pub errors: Vec<ReconcileIssue>,
 }
 
@@ -191,5 +199,8 @@ pub fn reconcile(
         }
     }
     report.pending = index.remove(&done)?;
+    if let Some(retention) = options.retention_ms {
+        report.purged = store.purge_before(now.saturating_sub(retention), MAX_PURGED_PER_RUN)?;
+    }
     Ok(report)
 }

@@ -7,6 +7,8 @@
 //! | `taskid:{task_id}` | `{key}` | the first delivery that binds the task, after the acknowledgement |
 //! | `index:recent` | the newest page number of the recent-tasks log | appends that open a page |
 //! | `index:recent:{n}` | up to 100 task `{key}`s, oldest first | submits, and first bindings of tasks not submitted here |
+//! | `index:recent:oldest` | the oldest page retention has not emptied | retention |
+//! | `index:pending` | keys of submitted tasks not final yet | submits (add), reconcile (remove) |
 //!
 //! `{key}` is the task's `external_task_id`, or `#` followed by Kling's `task_id` for a
 //! task reported without one (`#` cannot occur in an external id, so the two never
@@ -56,6 +58,8 @@ pub fn task_id_index(task_id: &str) -> String {
 
 /// The newest page of the recent-tasks log (`GET /tasks` reads it backwards).
 pub const RECENT_HEAD: &str = "index:recent";
+/// The oldest page of the log that retention has not emptied yet.
+pub const RECENT_OLDEST: &str = "index:recent:oldest";
 
 pub fn recent_page(page: u64) -> String {
     format!("index:recent:{page}")

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::layout::{RECENT_HEAD, TaskKey, recent_page, task_id_index};
+use super::layout::{RECENT_HEAD, RECENT_OLDEST, TaskKey, recent_page, task_id_index};
 use super::{KeyValue, StoreError};
 use crate::ledger::{
     LedgerError, Slot, Submission, TaskHead, Verdict, assemble, assemble_submission, judge,
@@ -201,6 +201,72 @@ impl<'a> TaskStore<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Deletes final tasks whose last news is older than `cutoff_ms` (record, slots, index),
+    /// oldest first, at most `max_purged` per call and reading at most [`MAX_SCAN`] log
+    /// entries. Log pages older than the newest are dropped once nothing in them is left.
+    /// Returns how many tasks were deleted.
+    pub fn purge_before(&self, cutoff_ms: u64, max_purged: usize) -> Result<usize, StoreError> {
+        let newest: u64 = self.get_json(RECENT_HEAD)?.unwrap_or(0);
+        let oldest: u64 = self.get_json(RECENT_OLDEST)?.unwrap_or(0);
+        let (mut purged, mut scanned) = (0, 0);
+        let mut all_gone_so_far = true;
+        for page in oldest..=newest {
+            let entries: Vec<String> = self.get_json(&recent_page(page))?.unwrap_or_default();
+            let mut page_gone = true;
+            for entry in entries {
+                if purged == max_purged || scanned == MAX_SCAN {
+                    return Ok(purged);
+                }
+                scanned += 1;
+                let key = TaskKey::from_stored(entry);
+                let head = self.head(&key)?;
+                match self.record(&key, head.clone())? {
+                    None => {}
+                    Some(record) if record.status.is_final() => {
+                        let last_news = head
+                            .as_ref()
+                            .and_then(|h| {
+                                [
+                                    h.last_delivery_at,
+                                    h.last_polled_at,
+                                    h.submission.as_ref().map(|s| s.submitted_at),
+                                ]
+                                .into_iter()
+                                .flatten()
+                                .max()
+                            })
+                            .unwrap_or(0);
+                        if last_news < cutoff_ms {
+                            self.delete_task(&key, record.task_id.as_deref())?;
+                            purged += 1;
+                        } else {
+                            page_gone = false;
+                        }
+                    }
+                    Some(_) => page_gone = false,
+                }
+            }
+            // Only a page that no submit appends to any more, and with nothing older left.
+            all_gone_so_far &= page_gone;
+            if all_gone_so_far && page < newest {
+                self.kv.delete(&recent_page(page))?;
+                self.kv.set(RECENT_OLDEST, &to_json(&(page + 1)))?;
+            }
+        }
+        Ok(purged)
+    }
+
+    fn delete_task(&self, key: &TaskKey, task_id: Option<&str>) -> Result<(), StoreError> {
+        for slot in Slot::BY_RANK_DESC {
+            self.kv.delete(&key.slot(slot))?;
+        }
+        if let Some(task_id) = task_id {
+            self.kv.delete(&task_id_index(task_id))?;
+        }
+        // The head last: a failure above leaves a task that the next run finds again.
+        self.kv.delete(&key.head())
     }
 
     /// Recent tasks, newest first, optionally of one status. Reads at most
@@ -561,6 +627,73 @@ mod tests {
             }),
             "stopped after {MAX_SCAN} entries"
         );
+    }
+
+    #[test]
+    fn retention_deletes_old_final_tasks_only_and_drops_emptied_pages() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        // 150 tasks over two pages, submitted at t = i; the odd ones finished.
+        for i in 0..150u64 {
+            let ext = format!("job-{i}");
+            let key = TaskKey::external(&ext);
+            store
+                .record_submission(&key, &ext, "text2video", i)
+                .unwrap();
+            store.remember(&key).unwrap();
+            if i % 2 == 1 {
+                let e = event(&format!("{i}"), Some(&ext), TaskStatus::Succeed);
+                let (_, books) = store.record_event(&key, &e, i).unwrap();
+                books.apply(&kv).unwrap();
+            }
+        }
+        // Old enough: everything before t = 120; at most 10 per call.
+        assert_eq!(store.purge_before(120, 10).unwrap(), 10);
+        assert!(store.find("job-1").unwrap().is_none());
+        assert!(
+            store.find("1").unwrap().is_none(),
+            "the task_id index went too"
+        );
+        assert!(store.find("job-0").unwrap().is_some(), "not final: kept");
+        assert!(store.find("job-121").unwrap().is_some(), "too recent: kept");
+        let mut total = 10;
+        loop {
+            let n = store.purge_before(120, 10).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        assert_eq!(total, 60, "the odd tasks below 120");
+        // Page 0 still holds unfinished tasks: not dropped.
+        assert!(kv.get("index:recent:0").unwrap().is_some());
+        assert_eq!(kv.get(RECENT_OLDEST).unwrap(), None);
+    }
+
+    #[test]
+    fn pages_emptied_by_retention_are_dropped_but_never_the_newest() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        for i in 0..250u64 {
+            let ext = format!("job-{i}");
+            let key = TaskKey::external(&ext);
+            store
+                .record_submission(&key, &ext, "text2video", i)
+                .unwrap();
+            store.remember(&key).unwrap();
+            let e = event(&format!("{i}"), Some(&ext), TaskStatus::Failed);
+            let (_, books) = store.record_event(&key, &e, i).unwrap();
+            books.apply(&kv).unwrap();
+        }
+        while store.purge_before(1000, 50).unwrap() > 0 {}
+        assert_eq!(kv.get("index:recent:0").unwrap(), None);
+        assert_eq!(kv.get("index:recent:1").unwrap(), None);
+        assert!(
+            kv.get("index:recent:2").unwrap().is_some(),
+            "submits still append here"
+        );
+        assert_eq!(kv.get(RECENT_OLDEST).unwrap().as_deref(), Some(&b"2"[..]));
+        assert!(store.list(None, 100, None).unwrap().tasks.is_empty());
     }
 
     #[test]

@@ -78,18 +78,27 @@ async fn status(app: &SpinApp, id: &str) -> Value {
     app.send(get_task(id)).await.json()
 }
 
-/// The same deployment (same store) with Kling unreachable.
-fn kling_down(d: &Deployment) -> SpinApp {
+/// The same deployment (same store) with other variables; `clock` stops its wall clock.
+fn same_store(d: &Deployment, kling_base_url: &str, clock: Option<u64>) -> SpinApp {
     let variables = [
         ("callback_secret", CALLBACK_SECRET),
         ("api_token", API_TOKEN),
         ("kling_api_key", "standin-api-key"),
-        ("kling_base_url", "http://127.0.0.1:9"),
+        ("kling_base_url", kling_base_url),
         ("public_base_url", "http://127.0.0.1:9"),
         ("kling_timeout_ms", "300"),
         ("stale_after_seconds", "0"),
     ];
-    kling_app_with(&variables, d.app.kv.clone())
+    let app = kling_app_with(&variables, d.app.kv.clone());
+    match clock {
+        Some(secs) => app.at_time(secs),
+        None => app,
+    }
+}
+
+/// The same deployment (same store) with Kling unreachable.
+fn kling_down(d: &Deployment) -> SpinApp {
+    same_store(d, "http://127.0.0.1:9", None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +111,7 @@ async fn callbacks_that_never_arrive_are_reconciled_to_the_true_final_state() {
     let run = report(&d.app).await;
     assert_eq!(
         run,
-        json!({"checked": 2, "updated": 2, "pending": 0, "errors": []})
+        json!({"checked": 2, "updated": 2, "pending": 0, "purged": 0, "errors": []})
     );
     let ok = status(&d.app, "job-lost-ok").await;
     assert_eq!(
@@ -124,7 +133,7 @@ async fn callbacks_that_never_arrive_are_reconciled_to_the_true_final_state() {
     let queries_before = d.standin.received().len();
     assert_eq!(
         report(&d.app).await,
-        json!({"checked": 0, "updated": 0, "pending": 0, "errors": []})
+        json!({"checked": 0, "updated": 0, "pending": 0, "purged": 0, "errors": []})
     );
     assert_eq!(d.standin.received().len(), queries_before);
 }
@@ -135,7 +144,7 @@ async fn only_stale_tasks_are_asked_about() {
     submit_silent(&d, "job-fresh", false).await;
     assert_eq!(
         report(&d.app).await,
-        json!({"checked": 0, "updated": 0, "pending": 1, "errors": []})
+        json!({"checked": 0, "updated": 0, "pending": 1, "purged": 0, "errors": []})
     );
     assert_eq!(status(&d.app, "job-fresh").await["status"], "submitted");
 }
@@ -297,4 +306,55 @@ async fn reconciling_needs_the_bearer_and_a_sane_limit() {
             "{limit}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_tasks_past_retention_are_deleted_by_the_run_and_then_unknown() {
+    let d = deploy().await;
+    submit_silent(&d, "job-old", false).await;
+    submit_silent(&d, "job-running", false).await;
+    d.standin.script(
+        "job-running",
+        Script {
+            query_error: Some((500, 5000)),
+            ..Script::default()
+        },
+    );
+    let run = report(&d.app).await;
+    assert_eq!(
+        (run["updated"].as_u64(), run["purged"].as_u64()),
+        (Some(1), Some(0)),
+        "{run}"
+    );
+    let task_id = status(&d.app, "job-old").await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // 31 days later (retention_days defaults to 30).
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 31 * 24 * 3600;
+    let future = same_store(&d, &d.standin.base_url(), Some(later));
+    let run = report(&future).await;
+    assert_eq!(run["purged"], 1, "{run}");
+    for id in ["job-old", task_id.as_str()] {
+        assert_eq!(d.app.send(get_task(id)).await.status, 404, "{id}");
+    }
+    assert!(
+        d.app
+            .kv
+            .keys()
+            .iter()
+            .all(|k| !k.contains("job-old") && !k.contains(&task_id)),
+        "{:?}",
+        d.app.kv.keys()
+    );
+    assert_eq!(
+        status(&d.app, "job-running").await["status"],
+        "submitted",
+        "not final: kept"
+    );
 }
