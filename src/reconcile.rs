@@ -29,6 +29,10 @@ pub const DEFAULT_STALE_AFTER_SECS: u64 = 300;
 pub const DEFAULT_RETENTION_DAYS: u64 = 30;
 /// Tasks one run deletes at most.
 pub const MAX_PURGED_PER_RUN: usize = 50;
+/// How long a task may stay `submitting` before a Kling that does not know it means the
+/// create never went through. Far longer than any submit takes (the pending index's
+/// lease and Kling's timeouts), so an in-flight submit is never forgotten under it.
+pub const SUBMITTING_GRACE_MS: u64 = 10 * 60 * 1000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ReconcileOptions {
@@ -163,7 +167,12 @@ pub fn reconcile(
                     done.push(key.as_str().to_string());
                 }
             }
-            Ok(None) if head.task_id.is_none() => {
+            Ok(None)
+                if head.task_id.is_none()
+                    && head.submission.as_ref().is_some_and(|s| {
+                        now.saturating_sub(s.submitted_at) > SUBMITTING_GRACE_MS
+                    }) =>
+            {
                 // The ambiguous create never went through: forget it, so that the same
                 // external id can be submitted again without creating a second task.
                 store.forget_submission(&key)?;
@@ -175,6 +184,8 @@ pub fn reconcile(
                     "Kling has no task with this external_task_id: the create did not go through; submit it again",
                 ));
             }
+            // Still being submitted, or Kling has not caught up: ask again next run.
+            Ok(None) if head.task_id.is_none() => {}
             Ok(None) => report.errors.push(ReconcileIssue::new(
                 &key,
                 "unknown_at_kling",

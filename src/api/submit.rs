@@ -79,9 +79,16 @@ pub fn submit(
     }
 
     store.record_submission(&key, &external_task_id, request.kind.name(), now_ms)?;
-    store.remember(&key)?;
-    // Before Kling is called: a task Kling creates is never missing from reconciliation.
-    PendingIndex::new(kv, clock).add(&key)?;
+    // Listed, and pending (so a task Kling creates is never missing from reconciliation),
+    // before Kling is called. If either fails, forget the record too: the caller's retry
+    // then starts afresh instead of finding a `submitting` task nothing would reconcile.
+    let indexed = store
+        .remember(&key)
+        .and_then(|()| PendingIndex::new(kv, clock).add(&key));
+    if let Err(error) = indexed {
+        store.forget_submission(&key)?;
+        return Err(error.into());
+    }
     body.insert("external_task_id".into(), external_task_id.clone().into());
     body.insert(
         "callback_url".into(),
@@ -294,6 +301,27 @@ mod tests {
                 ("GET", "http://kling.test/v1/videos/text2video/job-1")
             );
             assert_eq!(sent.len(), 2, "created once at most");
+        }
+    }
+
+    #[test]
+    fn a_submit_that_cannot_be_indexed_is_forgotten_so_its_retry_creates_it() {
+        // The 2nd set is the recent-log append, the 3rd the pending shard's.
+        for nth in [2, 3] {
+            let kv = MemoryKv::default();
+            let kling = Scripted::new(vec![Ok((200, CREATED))]);
+            kv.fail_nth_set.set(Some(nth));
+            let err = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap_err();
+            assert!(matches!(err, SubmitError::Store(_)), "{err:?}");
+            assert!(
+                TaskStore::new(&kv).find("job-1").unwrap().is_none(),
+                "{nth}"
+            );
+            assert!(kling.sent.borrow().is_empty(), "Kling was not called");
+
+            let retried = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
+            assert!(retried.created, "{nth}");
+            assert_eq!(retried.record.task_id.as_deref(), Some("86"));
         }
     }
 

@@ -41,6 +41,9 @@ pub(crate) mod memory {
         pub map: RefCell<BTreeMap<String, Vec<u8>>>,
         pub round_trips: Cell<usize>,
         pub fail_next: Cell<bool>,
+        /// Fail the set with this 1-based number (counted from the last reset).
+        pub fail_nth_set: Cell<Option<usize>>,
+        pub sets: Cell<usize>,
     }
 
     impl MemoryKv {
@@ -65,6 +68,10 @@ pub(crate) mod memory {
 
         fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
             self.trip()?;
+            self.sets.set(self.sets.get() + 1);
+            if self.fail_nth_set.get() == Some(self.sets.get()) {
+                return Err(StoreError::Unavailable("injected".into()));
+            }
             self.map
                 .borrow_mut()
                 .insert(key.to_string(), value.to_vec());

@@ -4,8 +4,9 @@
 //! A stale entry is harmless (the reconciler drops entries whose task is final or gone);
 //! a missing one would leave a task whose callback never comes unreconciled forever. Spin's
 //! store has no compare-and-swap, so two read-modify-writes can overwrite each other.
-//! Losing an addition is prevented by a lease: every writer of the index writes within
-//! [`LEASE_MS`] of its read, or not at all; an adder then reads the index back after
+//! The index is sharded over [`SHARDS`] keys to divide contention. Losing an addition is
+//! prevented by a lease: every writer of a shard writes within
+//! [`LEASE_MS`] of its read, or not at all; an adder then reads its shard back after
 //! [`LEASE_MS`] + [`MARGIN_MS`], when no write based on a read older than its own can
 //! still land, and appends again if its entry was overwritten. Removals (the reconciler)
 //! need no read-back: a lost removal is only a stale entry.
@@ -14,12 +15,25 @@ use super::layout::TaskKey;
 use super::{KeyValue, StoreError};
 use crate::clock::Clock;
 
-pub const PENDING_INDEX: &str = "index:pending";
-/// The longest a writer may take from reading the index to writing it.
+/// The index is split over this many keys, `index:pending:{0..16}`, by a hash of the
+/// task key, so concurrent submits rarely touch the same key.
+pub const SHARDS: u64 = 16;
+/// The longest a writer may take from reading a shard to writing it.
 pub const LEASE_MS: u64 = 250;
 /// Slack for a write still in flight when its lease ran out.
 pub const MARGIN_MS: u64 = 50;
-const ATTEMPTS: usize = 5;
+const ATTEMPTS: u64 = 10;
+
+pub fn shard_key(shard: u64) -> String {
+    format!("index:pending:{shard}")
+}
+
+/// FNV-1a: stable across builds and platforms (unlike std's hasher).
+fn hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
 
 pub struct PendingIndex<'a> {
     kv: &'a dyn KeyValue,
@@ -31,33 +45,50 @@ impl<'a> PendingIndex<'a> {
         Self { kv, clock }
     }
 
-    pub fn read(&self) -> Result<Vec<String>, StoreError> {
-        match self.kv.get(PENDING_INDEX)? {
+    fn read_shard(&self, shard: u64) -> Result<Vec<String>, StoreError> {
+        let key = shard_key(shard);
+        match self.kv.get(&key)? {
             None => Ok(Vec::new()),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|_| StoreError::Corrupt(PENDING_INDEX.into())),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt(key)),
         }
     }
 
-    fn write(&self, entries: &[String]) -> Result<(), StoreError> {
+    fn write_shard(&self, shard: u64, entries: &[String]) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(entries).expect("strings serialize");
-        self.kv.set(PENDING_INDEX, &bytes)
+        self.kv.set(&shard_key(shard), &bytes)
+    }
+
+    /// Every pending task key, shard by shard.
+    pub fn read(&self) -> Result<Vec<String>, StoreError> {
+        let mut all = Vec::new();
+        for shard in 0..SHARDS {
+            all.extend(self.read_shard(shard)?);
+        }
+        Ok(all)
     }
 
     /// Adds a task and returns once its entry has survived every concurrent writer.
     pub fn add(&self, key: &TaskKey) -> Result<(), StoreError> {
-        for _ in 0..ATTEMPTS {
+        let hash = hash(key.as_str());
+        let shard = hash % SHARDS;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                // Adders that collided back off by different amounts, so they do not
+                // collide again in lockstep.
+                self.clock
+                    .sleep_ms(hash.wrapping_add(attempt.wrapping_mul(7919)) % LEASE_MS);
+            }
             let read_at = self.clock.now_ms();
-            let mut entries = self.read()?;
+            let mut entries = self.read_shard(shard)?;
             if !entries.iter().any(|e| e == key.as_str()) {
                 if self.clock.now_ms().saturating_sub(read_at) > LEASE_MS {
                     continue; // too slow to write safely: read again
                 }
                 entries.push(key.as_str().to_string());
-                self.write(&entries)?;
+                self.write_shard(shard, &entries)?;
             }
             self.clock.sleep_ms(LEASE_MS + MARGIN_MS);
-            if self.read()?.iter().any(|e| e == key.as_str()) {
+            if self.read_shard(shard)?.iter().any(|e| e == key.as_str()) {
                 return Ok(());
             }
         }
@@ -66,23 +97,28 @@ impl<'a> PendingIndex<'a> {
         ))
     }
 
-    /// Removes entries, re-reading first so that only what was asked is removed. Returns
-    /// how many remain. Skips the write (leaving stale entries) if it could not be made
-    /// within the lease.
+    /// Removes entries, re-reading each shard first so that only what was asked is
+    /// removed. Returns how many remain. A shard whose write could not be made within the
+    /// lease is left as it was (stale entries, harmless).
     pub fn remove(&self, done: &[String]) -> Result<usize, StoreError> {
-        let read_at = self.clock.now_ms();
-        let entries = self.read()?;
-        let remaining: Vec<String> = entries
-            .iter()
-            .filter(|e| !done.contains(e))
-            .cloned()
-            .collect();
-        if remaining.len() != entries.len()
-            && self.clock.now_ms().saturating_sub(read_at) <= LEASE_MS
-        {
-            self.write(&remaining)?;
+        let mut remaining_total = 0;
+        for shard in 0..SHARDS {
+            let read_at = self.clock.now_ms();
+            let entries = self.read_shard(shard)?;
+            let remaining: Vec<String> = entries
+                .iter()
+                .filter(|e| !done.contains(e))
+                .cloned()
+                .collect();
+            let in_time = self.clock.now_ms().saturating_sub(read_at) <= LEASE_MS;
+            if remaining.len() != entries.len() && in_time {
+                self.write_shard(shard, &remaining)?;
+                remaining_total += remaining.len();
+            } else {
+                remaining_total += entries.len();
+            }
         }
-        Ok(remaining.len())
+        Ok(remaining_total)
     }
 }
 
@@ -101,9 +137,13 @@ mod tests {
         for key in ["a", "b", "a", "c"] {
             index.add(&TaskKey::external(key)).unwrap();
         }
-        assert_eq!(index.read().unwrap(), ["a", "b", "c"]);
+        let mut all = index.read().unwrap();
+        all.sort();
+        assert_eq!(all, ["a", "b", "c"]);
         assert_eq!(index.remove(&["b".into(), "zz".into()]).unwrap(), 2);
-        assert_eq!(index.read().unwrap(), ["a", "c"]);
+        let mut all = index.read().unwrap();
+        all.sort();
+        assert_eq!(all, ["a", "c"]);
     }
 
     /// A store where another writer overwrites the index with what it read before our
@@ -145,6 +185,14 @@ mod tests {
         );
     }
 
+    #[test]
+    fn keys_spread_over_the_shards() {
+        let used: std::collections::BTreeSet<u64> = (0..200)
+            .map(|i| hash(&format!("storm-{i}")) % SHARDS)
+            .collect();
+        assert_eq!(used.len() as u64, SHARDS);
+    }
+
     /// A clock that jumps past the lease between a read and the write.
     struct SlowClock(Cell<u64>);
 
@@ -159,10 +207,10 @@ mod tests {
     #[test]
     fn writers_that_outlive_their_lease_do_not_write() {
         let kv = MemoryKv::default();
-        kv.set(PENDING_INDEX, br#"["a","b"]"#).unwrap();
+        kv.set(&shard_key(3), br#"["a","b"]"#).unwrap();
         let clock = SlowClock(Cell::new(0));
         let index = PendingIndex::new(&kv, &clock);
-        assert_eq!(index.remove(&["a".into()]).unwrap(), 1);
+        assert_eq!(index.remove(&["a".into()]).unwrap(), 2, "nothing removed");
         assert_eq!(
             index.read().unwrap(),
             ["a", "b"],

@@ -8,6 +8,7 @@ mod callbacks;
 mod concurrency;
 mod reconcile;
 mod rejections;
+mod storm;
 mod submit;
 mod task_api;
 mod verify;

@@ -127,7 +127,7 @@ async fn callbacks_that_never_arrive_are_reconciled_to_the_true_final_state() {
     );
     assert_eq!(ok["deliveries"], 0, "polls are not callbacks");
     assert_eq!(status(&d.app, "job-lost-bad").await["status"], "failed");
-    assert_eq!(d.app.kv.json("index:pending").unwrap(), json!([]));
+    assert_eq!(d.app.kv.pending(), Vec::<String>::new());
 
     // Nothing pending: the next run asks Kling nothing.
     let queries_before = d.standin.received().len();
@@ -228,15 +228,11 @@ async fn a_store_failure_mid_run_is_a_503_and_the_retry_lands() {
         (reply.status, reply.error_code()),
         (503, "store_unavailable".into())
     );
-    assert_eq!(
-        d.app.kv.json("index:pending").unwrap(),
-        json!(["job-store"]),
-        "still pending"
-    );
+    assert_eq!(d.app.kv.pending(), ["job-store"], "still pending");
 
     assert_eq!(report(&d.app).await["updated"], 1);
     assert_eq!(status(&d.app, "job-store").await["status"], "succeed");
-    assert_eq!(d.app.kv.json("index:pending").unwrap(), json!([]));
+    assert_eq!(d.app.kv.pending(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +252,28 @@ async fn a_submit_left_submitting_is_bound_or_forgotten_by_what_kling_says() {
         (202, Some("submitting"))
     );
 
+    // Within the grace period an in-flight submit may look like this: left alone.
     let run = report(&d.app).await;
+    assert_eq!(
+        (
+            run["errors"].as_array().unwrap().len(),
+            run["pending"].as_u64()
+        ),
+        (0, Some(1)),
+        "{run}"
+    );
+    assert_eq!(
+        d.app.send(get_task("job-never")).await.json()["status"],
+        "submitting"
+    );
+
+    // Past it, Kling's silence means the create never went through.
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 11 * 60;
+    let run = report(&same_store(&d, &d.standin.base_url(), Some(later))).await;
     assert_eq!(run["errors"][0]["code"], "not_created", "{run}");
     assert_eq!(
         d.app.send(get_task("job-never")).await.status,

@@ -83,6 +83,17 @@ impl KvStore {
             .map(|bytes| serde_json::from_slice(&bytes).expect("stored JSON"))
     }
 
+    /// Every entry of the component's pending index (`index:pending:{0..16}`).
+    pub fn pending(&self) -> Vec<String> {
+        let state = self.state();
+        let mut all: Vec<String> = (0..16)
+            .filter_map(|shard| state.map.get(&format!("index:pending:{shard}")))
+            .flat_map(|bytes| serde_json::from_slice::<Vec<String>>(bytes).expect("pending shard"))
+            .collect();
+        all.sort();
+        all
+    }
+
     pub fn keys(&self) -> Vec<String> {
         self.state().map.keys().cloned().collect()
     }

@@ -1,0 +1,215 @@
+//! The storm: 200 tasks submitted through 4 replicas sharing one store; the stand-in
+//! duplicates and reorders every task's callbacks (and drops some finals) while
+//! reconciles run concurrently. Every task must end in its true final state, never
+//! move backwards, and leave the pending index empty.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kling_standin::{Config, Script, StandIn};
+
+use crate::support::components::kling_app_with;
+use crate::support::deployment::{submit_request, valid_body};
+use crate::support::kv::KvStore;
+use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, get_task, request};
+use crate::support::spin_host::SpinApp;
+
+const TASKS: usize = 200;
+const REPLICAS: usize = 4;
+
+fn rank(status: &str) -> u8 {
+    match status {
+        "submitting" => 0,
+        "submitted" => 1,
+        "processing" => 2,
+        _ => 3,
+    }
+}
+
+async fn reconcile(app: &SpinApp) -> serde_json::Value {
+    let reply = app
+        .send(
+            request("POST", "/tasks/reconcile?limit=500")
+                .header("authorization", format!("Bearer {API_TOKEN}"))
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_of_duplicated_reordered_and_lost_callbacks_ends_every_task_in_its_true_state() {
+    let standin = StandIn::start(
+        Config {
+            callback_spacing: Duration::from_millis(1),
+            ..Config::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    let kv = KvStore::default().interleaved(2026);
+    let mut replicas = Vec::new();
+    for _ in 0..REPLICAS {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let public = format!("http://{}", listener.local_addr().unwrap());
+        let variables = [
+            ("callback_secret", CALLBACK_SECRET.to_string()),
+            ("api_token", API_TOKEN.to_string()),
+            ("kling_api_key", standin.config().api_key.clone().unwrap()),
+            ("kling_base_url", standin.base_url()),
+            ("public_base_url", public),
+            ("stale_after_seconds", "0".to_string()),
+        ];
+        let app = kling_app_with(&variables, kv.clone());
+        app.serve(listener);
+        replicas.push(app);
+    }
+
+    // Every task's callbacks are duplicated; odd ones arrive in reverse; every tenth
+    // final is never delivered, and every third task fails.
+    let exts: Vec<String> = (0..TASKS).map(|i| format!("storm-{i}")).collect();
+    for (i, ext) in exts.iter().enumerate() {
+        let fails = i % 3 == 0;
+        let mut drop = Vec::new();
+        if i % 10 == 0 {
+            drop = vec!["succeed", "failed"];
+        }
+        standin.script(
+            ext,
+            Script {
+                fails,
+                duplicate: true,
+                reverse: i % 2 == 1,
+                drop,
+                ..Script::default()
+            },
+        );
+    }
+
+    // Concurrent reconciles and a reader that must never see a task go back.
+    let storming = Arc::new(AtomicBool::new(true));
+    let reconcilers: Vec<_> = replicas[..2]
+        .iter()
+        .cloned()
+        .map(|app| {
+            let storming = storming.clone();
+            tokio::spawn(async move {
+                while storming.load(Ordering::Relaxed) {
+                    reconcile(&app).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        })
+        .collect();
+    let reader = {
+        let app = replicas[3].clone();
+        let watched: Vec<String> = exts.iter().step_by(17).cloned().collect();
+        let storming = storming.clone();
+        tokio::spawn(async move {
+            let mut highest = vec![0u8; watched.len()];
+            while storming.load(Ordering::Relaxed) {
+                for (i, ext) in watched.iter().enumerate() {
+                    let reply = app.send(get_task(ext)).await;
+                    if reply.status == 200 {
+                        let r = rank(reply.json()["status"].as_str().unwrap());
+                        assert!(
+                            r >= highest[i],
+                            "{ext} went back from rank {} to {r}",
+                            highest[i]
+                        );
+                        highest[i] = r;
+                    }
+                }
+            }
+        })
+    };
+
+    // Submit through the replicas, a few at a time (each submit waits out the pending
+    // index's lease).
+    let started = Instant::now();
+    for batch in exts.chunks(16) {
+        let submits: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, ext)| {
+                let app = replicas[i % REPLICAS].clone();
+                let ext = ext.clone();
+                // A client that retries a 503 with the same Idempotency-Key.
+                tokio::spawn(async move {
+                    for _ in 0..5 {
+                        let status = app
+                            .send(submit_request(
+                                "text2video",
+                                valid_body("text2video"),
+                                Some(&ext),
+                            ))
+                            .await
+                            .status;
+                        if status != 503 {
+                            return status;
+                        }
+                    }
+                    503
+                })
+            })
+            .collect();
+        for submit in submits {
+            assert_eq!(submit.await.unwrap(), 202);
+        }
+    }
+    // Let the stand-in finish every task and its callbacks.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standin
+        .tasks()
+        .iter()
+        .any(|t| !matches!(t.status, "succeed" | "failed"))
+    {
+        assert!(Instant::now() < deadline, "the stand-in did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    storming.store(false, Ordering::Relaxed);
+    for reconciler in reconcilers {
+        reconciler.await.unwrap();
+    }
+    reader.await.unwrap();
+
+    // One last run picks up whatever is left (lost finals).
+    let mut last = reconcile(&replicas[0]).await;
+    for _ in 0..3 {
+        if last["pending"] == 0 {
+            break;
+        }
+        last = reconcile(&replicas[0]).await;
+    }
+    assert_eq!(last["pending"], 0, "{last}");
+    assert_eq!(kv.pending(), Vec::<String>::new());
+
+    assert_eq!(
+        standin.tasks().len(),
+        TASKS,
+        "exactly one Kling task per submit"
+    );
+    for task in standin.tasks() {
+        let ext = task.external_task_id.clone().unwrap();
+        let stored = replicas[1].send(get_task(&task.task_id)).await.json();
+        assert_eq!(stored["status"], task.status, "{ext}");
+        assert_eq!(stored["external_task_id"], ext.as_str());
+    }
+    println!(
+        "storm: {TASKS} tasks through {REPLICAS} replicas in {:?}, {} callbacks sent",
+        started.elapsed(),
+        standin.deliveries().len()
+    );
+}
