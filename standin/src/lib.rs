@@ -91,6 +91,8 @@ pub struct Script {
     pub callbacks_before_answer: bool,
     /// Answer queries for this task with this HTTP status and Kling code.
     pub query_error: Option<(u16, i64)>,
+    /// Answer queries for this task only after this long.
+    pub query_delay: Option<Duration>,
 }
 
 /// A request the stand-in received, for assertions.
@@ -240,6 +242,9 @@ impl StandIn {
             && let Some((endpoint, id)) = path.rsplit_once('/')
             && CREATE_PATHS.contains(&endpoint)
         {
+            if let Some(delay) = self.script_for(id).and_then(|s| s.query_delay) {
+                tokio::time::sleep(delay).await;
+            }
             return self.query(id);
         }
         error(404, 1203, "resource does not exist")
@@ -387,6 +392,18 @@ impl StandIn {
             status,
             answered,
         });
+    }
+
+    /// The script of the task known by this `task_id` or `external_task_id`.
+    fn script_for(&self, id: &str) -> Option<Script> {
+        let state = self.state();
+        let ext = state
+            .tasks
+            .iter()
+            .find(|t| t.task_id == id || t.external_task_id.as_deref() == Some(id))?
+            .external_task_id
+            .clone()?;
+        state.scripts.get(&ext).cloned()
     }
 
     fn query(&self, id: &str) -> Response<Full<Bytes>> {

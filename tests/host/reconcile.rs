@@ -173,6 +173,39 @@ async fn kling_down_during_a_run_reports_errors_changes_nothing_and_the_next_run
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kling_too_slow_during_a_run_times_out_changes_nothing_and_the_next_run_succeeds() {
+    let d = deploy_with(
+        Auth::KeyPair,
+        None,
+        &[("stale_after_seconds", "0"), ("kling_timeout_ms", "300")],
+    )
+    .await;
+    submit_silent(&d, "job-slow", false).await;
+    d.standin.script(
+        "job-slow",
+        Script {
+            query_delay: Some(Duration::from_secs(2)),
+            ..Script::default()
+        },
+    );
+    let before = d.app.kv.snapshot();
+    let run = report(&d.app).await;
+    assert_eq!(run["errors"][0]["code"], "kling_unreachable", "{run}");
+    assert!(
+        run["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("in time"),
+        "{run}"
+    );
+    assert_eq!(d.app.kv.snapshot(), before);
+
+    d.standin.script("job-slow", Script::default());
+    assert_eq!(report(&d.app).await["updated"], 1);
+    assert_eq!(status(&d.app, "job-slow").await["status"], "succeed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_stops_the_run_early_and_other_errors_do_not() {
     let d = deploy().await;
     submit_silent(&d, "job-a", false).await;
