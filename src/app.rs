@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::api::submit::{SubmitRequest, submit};
-use crate::api::tasks::{check_bearer, get_task, list_tasks};
+use crate::api::tasks::{check_bearer, get_task, list_tasks, parse_limit};
 use crate::callback::receive::{Body, Callback, CallbackError, FinalVerifier, receive};
 use crate::clock::Clock;
 use crate::config::{
@@ -145,14 +145,11 @@ impl FinalVerifier for KlingVerifier<'_> {
 
 fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> {
     check_bearer(request.header("authorization"), &api_token(env.vars)?)?;
-    let limit = match request.query_param("limit") {
-        None => DEFAULT_LIMIT,
-        Some(n) => n
-            .parse()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or(ApiError::InvalidQuery("limit"))?,
-    };
+    let limit = parse_limit(
+        request.query_param("limit").as_deref(),
+        DEFAULT_LIMIT,
+        MAX_LIMIT,
+    )?;
     let options = ReconcileOptions {
         limit,
         stale_after_ms: stale_after_ms(env.vars)?,

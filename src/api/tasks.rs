@@ -35,18 +35,23 @@ pub fn list_tasks(
     let status = status
         .map(|s| TaskStatus::from_name(s).ok_or(ApiError::InvalidQuery("status")))
         .transpose()?;
-    let limit = match limit {
-        None => DEFAULT_LIMIT,
-        Some(n) => n
-            .parse()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or(ApiError::InvalidQuery("limit"))?,
-    };
+    let limit = parse_limit(limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let cursor = cursor
         .map(|c| Cursor::parse(c).ok_or(ApiError::InvalidQuery("cursor")))
         .transpose()?;
     Ok(TaskStore::new(kv).list(status, limit, cursor)?)
+}
+
+/// A `limit` query parameter: `default` when absent, else 1 to `max`.
+pub fn parse_limit(limit: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or(ApiError::InvalidQuery("limit")),
+    }
 }
 
 /// `Authorization: Bearer {api_token}`, compared in constant time. Comparing digests

@@ -9,17 +9,11 @@ use serde_json::{Value, json};
 
 use crate::support::components::kling_app_with;
 use crate::support::deployment::{Auth, Deployment, deploy_with, submit_request, valid_body};
-use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, get_task, request};
+use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task, request};
 use crate::support::spin_host::{Reply, SpinApp};
 
 async fn reconcile(app: &SpinApp) -> Reply {
-    app.send(
-        request("POST", "/tasks/reconcile")
-            .header("authorization", format!("Bearer {API_TOKEN}"))
-            .body(Bytes::new())
-            .unwrap(),
-    )
-    .await
+    app.send(authorized("POST", "/tasks/reconcile")).await
 }
 
 async fn report(app: &SpinApp) -> Value {
@@ -343,12 +337,10 @@ async fn reconciling_needs_the_bearer_and_a_sane_limit() {
     for limit in ["0", "501", "x"] {
         let reply = d
             .app
-            .send(
-                request("POST", &format!("/tasks/reconcile?limit={limit}"))
-                    .header("authorization", format!("Bearer {API_TOKEN}"))
-                    .body(Bytes::new())
-                    .unwrap(),
-            )
+            .send(authorized(
+                "POST",
+                &format!("/tasks/reconcile?limit={limit}"),
+            ))
             .await;
         assert_eq!(
             (reply.status, reply.error_code()),

@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use kling_standin::{Config, Script, StandIn};
 
 use crate::support::components::kling_app_with;
 use crate::support::deployment::{submit_request, valid_body};
 use crate::support::kv::KvStore;
-use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, get_task, request};
+use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task};
 use crate::support::spin_host::SpinApp;
 
 const TASKS: usize = 200;
@@ -31,12 +30,7 @@ fn rank(status: &str) -> u8 {
 
 async fn reconcile(app: &SpinApp) -> serde_json::Value {
     let reply = app
-        .send(
-            request("POST", "/tasks/reconcile?limit=500")
-                .header("authorization", format!("Bearer {API_TOKEN}"))
-                .body(Bytes::new())
-                .unwrap(),
-        )
+        .send(authorized("POST", "/tasks/reconcile?limit=500"))
         .await;
     assert_eq!(
         reply.status,

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::support::components::kling_app_with;
 use crate::support::deployment::{Auth, deploy, deploy_with, list, submit_request, valid_body};
 use crate::support::kv::KvStore;
-use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, get_task, request};
+use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task, request};
 
 const KINDS: [&str; 7] = [
     "text2video",
@@ -500,12 +500,7 @@ async fn tasks_are_listed_newest_first_by_status_a_page_at_a_time() {
     ] {
         let reply = d
             .app
-            .send(
-                request("GET", &format!("/tasks{query}"))
-                    .header("authorization", format!("Bearer {API_TOKEN}"))
-                    .body(Bytes::new())
-                    .unwrap(),
-            )
+            .send(authorized("GET", &format!("/tasks{query}")))
             .await;
         assert_eq!(
             (reply.status, reply.error_code()),

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::components::kling_app_with;
 use super::kv::KvStore;
-use super::requests::{API_TOKEN, CALLBACK_SECRET, get_task, request};
+use super::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task, request};
 use super::spin_host::{Reply, SpinApp};
 
 pub enum Auth {
@@ -109,14 +109,7 @@ impl Deployment {
 }
 
 pub async fn list(app: &SpinApp, query: &str) -> Value {
-    let reply = app
-        .send(
-            request("GET", &format!("/tasks{query}"))
-                .header("authorization", format!("Bearer {API_TOKEN}"))
-                .body(Bytes::new())
-                .unwrap(),
-        )
-        .await;
+    let reply = app.send(authorized("GET", &format!("/tasks{query}"))).await;
     assert_eq!(
         reply.status,
         200,

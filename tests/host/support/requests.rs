@@ -66,11 +66,16 @@ pub fn callback_with_sig(
     .unwrap()
 }
 
-pub fn get_task(id: &str) -> http::Request<Bytes> {
-    request("GET", &format!("/tasks/{id}"))
+/// A bodiless request with `Authorization: Bearer {api_token}`.
+pub fn authorized(method: &str, path_and_query: &str) -> http::Request<Bytes> {
+    request(method, path_and_query)
         .header("authorization", format!("Bearer {API_TOKEN}"))
         .body(Bytes::new())
         .unwrap()
+}
+
+pub fn get_task(id: &str) -> http::Request<Bytes> {
+    authorized("GET", &format!("/tasks/{id}"))
 }
 
 /// A flat Kling callback body.
