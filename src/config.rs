@@ -78,6 +78,23 @@ pub fn verify_callbacks(vars: &dyn Variables) -> Result<bool, ConfigError> {
     }
 }
 
+/// Every variable the component reads; `spin.toml` must declare and map each (a host
+/// test checks it).
+pub const ALL_VARIABLES: [&str; 12] = [
+    CALLBACK_SECRET,
+    API_TOKEN,
+    WEBHOOK_SIGNING_SECRET,
+    KLING_ACCESS_KEY,
+    KLING_SECRET_KEY,
+    KLING_API_KEY,
+    KLING_BASE_URL,
+    KLING_TIMEOUT_MS,
+    PUBLIC_BASE_URL,
+    STALE_AFTER_SECONDS,
+    VERIFY_CALLBACKS,
+    RETENTION_DAYS,
+];
+
 /// Kling's global host; the Beijing host and the stand-in are set with `kling_base_url`.
 pub const DEFAULT_KLING_BASE_URL: &str = "https://api-singapore.klingai.com";
 /// How long one Kling call may take before it counts as a timeout.
@@ -346,6 +363,37 @@ pub(crate) mod tests {
             SubmitConfig::load(&vars).unwrap_err(),
             ConfigError::Missing(PUBLIC_BASE_URL)
         );
+    }
+
+    #[test]
+    fn spin_toml_declares_and_maps_every_variable_the_component_reads() {
+        let manifest = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/spin.toml"));
+        for name in ALL_VARIABLES {
+            assert!(
+                manifest.contains(&format!("\n{name} = {{ ")),
+                "{name} is not declared in [variables]"
+            );
+            assert!(
+                manifest.contains(&format!("\n{name} = \"{{{{ {name} }}}}\"")),
+                "{name} is not mapped to the component"
+            );
+        }
+        // And the list is complete: every variable-name constant in this file is in it.
+        for line in include_str!("config.rs").lines() {
+            let Some(rest) = line.strip_prefix("pub const ") else {
+                continue;
+            };
+            let Some((_, value)) = rest.split_once(": &str = \"") else {
+                continue;
+            };
+            let value = value.trim_end_matches("\";");
+            if value.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                assert!(
+                    ALL_VARIABLES.contains(&value),
+                    "{value} is missing from ALL_VARIABLES"
+                );
+            }
+        }
     }
 
     #[test]
