@@ -6,6 +6,7 @@
 
 mod host_apis;
 mod outbound;
+mod wit_exports;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -122,14 +123,14 @@ async fn send(response_out: ResponseOutparam, response: Response) {
 }
 
 /// 128 random bits from the host, base64url: a valid `external_task_id`.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     URL_SAFE_NO_PAD.encode(spin_sdk::wit::wasi::random0_2_0::random::get_random_bytes(
         16,
     ))
 }
 
 /// The host's clocks: wall time, and `wasi:clocks` monotonic waits.
-struct HostClock;
+pub(crate) struct HostClock;
 
 impl Clock for HostClock {
     fn now_ms(&self) -> u64 {

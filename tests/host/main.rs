@@ -12,4 +12,5 @@ mod storm;
 mod submit;
 mod task_api;
 mod verify;
+mod wit_interface;
 mod wit_sync;

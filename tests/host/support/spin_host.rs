@@ -299,14 +299,14 @@ impl SpinApp {
         self.try_send(request).await.expect("host failure")
     }
 
-    async fn try_send(&self, request: http::Request<Bytes>) -> Result<(Reply, Timing)> {
-        let started = Instant::now();
+    /// A fresh store for one instance of this deployment, as Spin makes per request.
+    pub fn new_store(&self) -> Store<HostState> {
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stderr();
         if let Some(secs) = self.clock {
             wasi.wall_clock(FixedClock(Duration::from_secs(secs)));
         }
-        let mut store = Store::new(
+        Store::new(
             self.loaded.pre.engine(),
             HostState {
                 wasi: wasi.build(),
@@ -315,7 +315,17 @@ impl SpinApp {
                 kv: self.kv.clone(),
                 variables: self.variables.clone(),
             },
-        );
+        )
+    }
+
+    /// The pre-linked component, for calling exports other than the HTTP handler.
+    pub fn instance_pre(&self) -> &wasmtime::component::InstancePre<HostState> {
+        self.loaded.pre.instance_pre()
+    }
+
+    async fn try_send(&self, request: http::Request<Bytes>) -> Result<(Reply, Timing)> {
+        let started = Instant::now();
+        let mut store = self.new_store();
         let (parts, body) = request.into_parts();
         let request = http::Request::from_parts(parts, Full::new(body));
         let (sender, receiver) = tokio::sync::oneshot::channel();

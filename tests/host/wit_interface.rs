@@ -1,0 +1,195 @@
+//! The `kling:video/tasks` interface the component exports beside its HTTP handler:
+//! loaded and called through wasmtime, so a build that stops exporting the published
+//! interface (or changes it) fails here.
+
+use kling_standin::{CreateBehaviour, Script};
+use wasmtime::Store;
+
+use crate::support::components::kling_app;
+use crate::support::deployment::{Deployment, deploy, valid_body};
+use crate::support::requests::{callback, flat};
+use crate::support::spin_host::{HostState, SpinApp};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/video",
+        world: "kling-video",
+        exports: { default: async },
+    });
+}
+
+use bindings::KlingVideoPre;
+use bindings::kling::video::types::{Error, TaskKind, TaskStatus};
+
+async fn instance(app: &SpinApp) -> (Store<HostState>, bindings::KlingVideo) {
+    let mut store = app.new_store();
+    let pre = KlingVideoPre::new(app.instance_pre().clone())
+        .expect("the component exports kling:video/tasks@0.1.0");
+    let instance = pre
+        .instantiate_async(&mut store)
+        .await
+        .expect("instantiate");
+    (store, instance)
+}
+
+#[tokio::test]
+async fn parse_reads_every_shape_without_touching_the_store() {
+    let app = kling_app();
+    let (mut store, video) = instance(&app).await;
+    let tasks = video.kling_video_tasks();
+    let flat_body = flat("867283741759111202", "job-w", "succeed", 7);
+    let event = tasks
+        .call_parse(&mut store, flat_body.as_bytes())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.task_id, "867283741759111202");
+    assert_eq!(event.status, TaskStatus::Succeed);
+    assert_eq!(event.external_task_id.as_deref(), Some("job-w"));
+    assert_eq!(event.videos[0].duration.as_deref(), Some("5.1"));
+
+    let newer = br#"{"id":"1","status":"succeeded","outputs":[{"type":"video","url":"u"}]}"#;
+    let event = tasks.call_parse(&mut store, newer).await.unwrap().unwrap();
+    assert_eq!((event.status, event.videos.len()), (TaskStatus::Succeed, 1));
+
+    let bad = tasks.call_parse(&mut store, b"{not json").await.unwrap();
+    assert!(matches!(bad, Err(Error::InvalidPayload(_))), "{bad:?}");
+    assert_eq!(app.kv.log_len(), 0, "parse is pure");
+}
+
+#[tokio::test]
+async fn get_serves_tasks_by_either_id() {
+    let app = kling_app();
+    let (mut store, video) = instance(&app).await;
+    assert!(
+        video
+            .kling_video_tasks()
+            .call_get(&mut store, "job-g")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_none()
+    );
+    app.send(callback("job-g", flat("9090", "job-g", "processing", 3)))
+        .await;
+    let (mut store, video) = instance(&app).await;
+    for id in ["job-g", "9090"] {
+        let task = video
+            .kling_video_tasks()
+            .call_get(&mut store, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (task.status, task.deliveries),
+            (TaskStatus::Processing, 1),
+            "{id}"
+        );
+    }
+}
+
+async fn submit(
+    d: &Deployment,
+    kind: TaskKind,
+    json: &str,
+    ext: Option<&str>,
+) -> Result<bindings::kling::video::types::Task, Error> {
+    let (mut store, video) = instance(&d.app).await;
+    video
+        .kling_video_tasks()
+        .call_submit(&mut store, kind, json, ext)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_behaves_like_the_http_route() {
+    let d = deploy().await;
+    let task = submit(
+        &d,
+        TaskKind::Text2video,
+        &valid_body("text2video").to_string(),
+        Some("job-wit"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (task.status, task.kind),
+        (TaskStatus::Submitted, Some(TaskKind::Text2video))
+    );
+    assert_eq!(task.external_task_id.as_deref(), Some("job-wit"));
+    let again = submit(
+        &d,
+        TaskKind::Text2video,
+        &valid_body("text2video").to_string(),
+        Some("job-wit"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.task_id, task.task_id);
+    assert_eq!(
+        d.standin.tasks_with_external_id("job-wit").len(),
+        1,
+        "idempotent"
+    );
+    d.wait_for("job-wit", "succeed").await;
+
+    let invalid = submit(
+        &d,
+        TaskKind::Text2video,
+        r#"{"prompt":"p","duration":5}"#,
+        None,
+    )
+    .await;
+    assert!(
+        matches!(&invalid, Err(Error::InvalidRequest(m)) if m.contains("duration")),
+        "{invalid:?}"
+    );
+
+    d.standin.script(
+        "job-busy-wit",
+        Script {
+            create: CreateBehaviour::Refuse {
+                http: 429,
+                code: 1303,
+            },
+            ..Script::default()
+        },
+    );
+    let busy = submit(
+        &d,
+        TaskKind::Text2video,
+        &valid_body("text2video").to_string(),
+        Some("job-busy-wit"),
+    )
+    .await;
+    match busy {
+        Err(Error::RateLimited((kling, retry_after))) => {
+            assert_eq!((kling.code, retry_after), (1303, 1));
+            assert!(kling.request_id.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    d.standin.script(
+        "job-content",
+        Script {
+            create: CreateBehaviour::Refuse {
+                http: 400,
+                code: 1301,
+            },
+            ..Script::default()
+        },
+    );
+    let refused = submit(
+        &d,
+        TaskKind::Text2video,
+        &valid_body("text2video").to_string(),
+        Some("job-content"),
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(Error::Kling(k)) if k.code == 1301),
+        "{refused:?}"
+    );
+}
