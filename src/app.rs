@@ -5,7 +5,9 @@ use serde_json::json;
 
 use crate::api::submit::{SubmitRequest, submit};
 use crate::api::tasks::{check_bearer, get_task, list_tasks, parse_limit};
-use crate::callback::receive::{Body, Callback, CallbackError, FinalVerifier, receive};
+use crate::callback::receive::{
+    Body, Callback, CallbackError, FinalVerifier, MAX_BODY_BYTES, receive,
+};
 use crate::clock::Clock;
 use crate::config::{
     CallbackConfig, KlingConfig, SubmitConfig, Variables, api_token, retention_ms, stale_after_ms,
@@ -74,6 +76,18 @@ impl From<Response> for Handled {
             response,
             after_ack: None,
         }
+    }
+}
+
+/// Largest submit body accepted: Kling takes images as raw base64 of up to 10 MB.
+pub const MAX_SUBMIT_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// How much of a request body the edge reads before calling it too large: callbacks are
+/// a few KiB, a submit may carry base64 images.
+pub fn body_limit(path: &str) -> usize {
+    match Route::parse(path) {
+        Some(Route::Callback { .. }) | None => MAX_BODY_BYTES,
+        Some(_) => MAX_SUBMIT_BODY_BYTES,
     }
 }
 
@@ -166,7 +180,7 @@ fn submit_task(request: &Request, kind: &str, env: &Env<'_>) -> Result<Handled, 
     let config = SubmitConfig::load(env.vars)?;
     let body = match &request.body {
         Body::Bytes(bytes) => bytes.as_slice(),
-        Body::TooLarge => return Err(CallbackError::TooLarge.into()),
+        Body::TooLarge => return Err(ApiError::SubmitTooLarge),
         Body::Unreadable => return Err(CallbackError::UnreadableBody.into()),
     };
     let submitted = submit(
@@ -225,4 +239,17 @@ fn callback(
         ),
         after_ack: Some(received.bookkeeping),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callbacks_are_limited_to_256_kib_and_submits_to_16_mib() {
+        assert_eq!(body_limit("/callbacks/kling/job-1"), 256 * 1024);
+        assert_eq!(body_limit("/callbacks/kling"), 256 * 1024);
+        assert_eq!(body_limit("/tasks/image2video"), 16 * 1024 * 1024);
+        assert_eq!(body_limit("/nowhere"), 256 * 1024);
+    }
 }

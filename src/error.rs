@@ -33,6 +33,8 @@ pub enum ApiError {
     UnknownKind,
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    #[error("body is larger than 16 MiB")]
+    SubmitTooLarge,
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -52,6 +54,7 @@ impl ApiError {
             ApiError::InvalidQuery(_) => (400, "invalid_query"),
             ApiError::UnknownKind => (404, "unknown_kind"),
             ApiError::Submit(e) => submit(e),
+            ApiError::SubmitTooLarge => (413, "payload_too_large"),
             ApiError::Config(ConfigError::Missing(_)) => (500, "config_missing"),
             ApiError::Config(ConfigError::Invalid(..)) => (500, "config_invalid"),
             ApiError::Store(e) | ApiError::Callback(CallbackError::Store(e)) => store(e),

@@ -22,7 +22,8 @@ use crate::validate::is_valid_external_task_id;
 /// Largest callback body accepted (Kling's are a few KiB).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// A request body as the edge read it, never more than [`MAX_BODY_BYTES`] + 1 bytes.
+/// A request body as the edge read it, never more than its route's limit + 1 bytes
+/// ([`crate::app::body_limit`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     Bytes(Vec<u8>),

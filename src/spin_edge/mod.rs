@@ -17,7 +17,7 @@ use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, Response
 use spin_sdk::http_component;
 
 use crate::app::{self, Env, Request};
-use crate::callback::receive::{Body, MAX_BODY_BYTES};
+use crate::callback::receive::Body;
 use crate::clock::Clock;
 use crate::response::Response;
 use host_apis::{SpinKeyValue, SpinVariables};
@@ -66,7 +66,7 @@ async fn read_request(request: IncomingRequest) -> Request {
         .collect::<Vec<_>>();
     // Only POST routes have bodies; never read one the router will refuse anyway.
     let body = if method == "POST" {
-        read_body(request, &headers).await
+        read_body(request, &headers, app::body_limit(&path)).await
     } else {
         Body::Bytes(Vec::new())
     };
@@ -79,23 +79,23 @@ async fn read_request(request: IncomingRequest) -> Request {
     }
 }
 
-/// Reads at most [`MAX_BODY_BYTES`] + 1 bytes: enough to know a body is too large
-/// without buffering all of it.
-async fn read_body(request: IncomingRequest, headers: &[(String, String)]) -> Body {
+/// Reads at most `limit` + 1 bytes: enough to know a body is too large without
+/// buffering all of it.
+async fn read_body(request: IncomingRequest, headers: &[(String, String)], limit: usize) -> Body {
     let declared = headers
         .iter()
         .find(|(name, _)| name == "content-length")
         .and_then(|(_, value)| value.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
+    if declared.is_some_and(|length| length > limit) {
         return Body::TooLarge;
     }
     let mut stream = request.into_body_stream();
-    let mut body = Vec::with_capacity(declared.unwrap_or(4096).min(MAX_BODY_BYTES));
+    let mut body = Vec::with_capacity(declared.unwrap_or(4096).min(limit));
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(chunk) => {
                 body.extend_from_slice(&chunk);
-                if body.len() > MAX_BODY_BYTES {
+                if body.len() > limit {
                     return Body::TooLarge;
                 }
             }

@@ -554,3 +554,41 @@ async fn duplicated_reversed_and_dropped_callbacks_still_end_in_the_final_state(
     assert_eq!(after["videos"], task["videos"]);
     assert_eq!(after["deliveries"], 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base64_image_of_a_mebibyte_is_submitted_and_over_16_mib_is_413() {
+    let d = deploy().await;
+    let image = "A".repeat(1024 * 1024);
+    let reply = d
+        .submit("image2video", json!({"image": image, "prompt": "move"}))
+        .await;
+    assert_eq!(
+        reply.status,
+        202,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let ext = reply.json()["external_task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        d.standin.tasks_with_external_id(&ext)[0].request["image"]
+            .as_str()
+            .unwrap()
+            .len(),
+        1024 * 1024
+    );
+
+    let huge = "A".repeat(16 * 1024 * 1024);
+    let reply = d.submit("image2video", json!({"image": huge})).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (413, "payload_too_large".into())
+    );
+    assert_eq!(
+        d.standin.tasks().len(),
+        1,
+        "the huge one never reached Kling"
+    );
+}
