@@ -17,14 +17,7 @@ async fn reconcile(app: &SpinApp) -> Reply {
 }
 
 async fn report(app: &SpinApp) -> Value {
-    let reply = reconcile(app).await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()
+    app.ok_json(authorized("POST", "/tasks/reconcile")).await
 }
 
 /// Every task stale at once, so a run considers all of them.
@@ -48,23 +41,15 @@ async fn until_final_at_kling(d: &Deployment, ext: &str) {
 
 async fn submit_silent(d: &Deployment, ext: &str, fails: bool) {
     // Kling never calls back.
-    d.standin.script(
+    d.submit_scripted(
         ext,
         Script {
             fails,
             drop: vec!["submitted", "processing", "succeed", "failed"],
             ..Script::default()
         },
-    );
-    let reply = d
-        .app
-        .send(submit_request(
-            "text2video",
-            valid_body("text2video"),
-            Some(ext),
-        ))
-        .await;
-    assert_eq!(reply.status, 202);
+    )
+    .await;
     until_final_at_kling(d, ext).await;
 }
 

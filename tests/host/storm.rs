@@ -29,16 +29,8 @@ fn rank(status: &str) -> u8 {
 }
 
 async fn reconcile(app: &SpinApp) -> serde_json::Value {
-    let reply = app
-        .send(authorized("POST", "/tasks/reconcile?limit=500"))
-        .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()
+    app.ok_json(authorized("POST", "/tasks/reconcile?limit=500"))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -133,26 +133,19 @@ async fn an_api_key_is_sent_as_the_bearer_when_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_that_outruns_kling_s_answer_is_stored_and_bound() {
     let d = deploy().await;
-    d.standin.script(
-        "job-early",
-        Script {
-            callbacks_before_answer: true,
-            ..Script::default()
-        },
-    );
     let reply = d
-        .app
-        .send(submit_request(
-            "text2video",
-            valid_body("text2video"),
-            Some("job-early"),
-        ))
+        .submit_scripted(
+            "job-early",
+            Script {
+                callbacks_before_answer: true,
+                ..Script::default()
+            },
+        )
         .await;
-    assert_eq!(reply.status, 202);
     let task_id = d.standin.tasks_with_external_id("job-early")[0]
         .task_id
         .clone();
-    assert_eq!(reply.json()["task_id"], task_id.as_str());
+    assert_eq!(reply["task_id"], task_id.as_str());
     let done = d.wait_for(&task_id, "succeed").await;
     assert_eq!(done["external_task_id"], "job-early");
     assert_eq!(done["kind"], "text2video");
@@ -519,7 +512,7 @@ async fn tasks_are_listed_newest_first_by_status_a_page_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_reversed_and_dropped_callbacks_still_end_in_the_final_state() {
     let d = deploy().await;
-    d.standin.script(
+    d.submit_scripted(
         "job-messy",
         Script {
             duplicate: true,
@@ -527,16 +520,8 @@ async fn duplicated_reversed_and_dropped_callbacks_still_end_in_the_final_state(
             drop: vec!["submitted"],
             ..Script::default()
         },
-    );
-    let reply = d
-        .app
-        .send(submit_request(
-            "text2video",
-            valid_body("text2video"),
-            Some("job-messy"),
-        ))
-        .await;
-    assert_eq!(reply.status, 202);
+    )
+    .await;
     let task = d.wait_for("job-messy", "succeed").await;
     // Let the stand-in finish sending (final, final, processing, processing).
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use kling_standin::Script;
 use serde_json::json;
 
-use crate::support::deployment::{Auth, Deployment, deploy_with, submit_request, valid_body};
+use crate::support::deployment::{Auth, Deployment, deploy_with, valid_body};
 use crate::support::requests::{callback, get_task};
 
 async fn deploy() -> Deployment {
@@ -16,22 +16,15 @@ async fn deploy() -> Deployment {
 async fn a_forged_final_callback_with_a_valid_sig_is_rejected_and_changes_nothing() {
     let d = deploy().await;
     // Kling finishes the task but never calls back; someone who learned the URL does.
-    d.standin.script(
-        "job-forged",
-        Script {
-            drop: vec!["submitted", "processing", "succeed"],
-            ..Script::default()
-        },
-    );
     let submitted = d
-        .app
-        .send(submit_request(
-            "text2video",
-            valid_body("text2video"),
-            Some("job-forged"),
-        ))
-        .await
-        .json();
+        .submit_scripted(
+            "job-forged",
+            Script {
+                drop: vec!["submitted", "processing", "succeed"],
+                ..Script::default()
+            },
+        )
+        .await;
     let task_id = submitted["task_id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(5);
     while d.standin.tasks_with_external_id("job-forged")[0].status != "succeed" {

@@ -86,6 +86,31 @@ pub fn submit_request(
 }
 
 impl Deployment {
+    /// Scripts the fate of `external_task_id` at the stand-in, submits a text2video under
+    /// it, and expects 202; returns the task record.
+    pub async fn submit_scripted(
+        &self,
+        external_task_id: &str,
+        script: kling_standin::Script,
+    ) -> Value {
+        self.standin.script(external_task_id, script);
+        let reply = self
+            .app
+            .send(submit_request(
+                "text2video",
+                valid_body("text2video"),
+                Some(external_task_id),
+            ))
+            .await;
+        assert_eq!(
+            reply.status,
+            202,
+            "{:?}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()
+    }
+
     pub async fn submit(&self, kind: &str, body: Value) -> Reply {
         self.app.send(submit_request(kind, body, None)).await
     }
@@ -109,14 +134,8 @@ impl Deployment {
 }
 
 pub async fn list(app: &SpinApp, query: &str) -> Value {
-    let reply = app.send(authorized("GET", &format!("/tasks{query}"))).await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()
+    app.ok_json(authorized("GET", &format!("/tasks{query}")))
+        .await
 }
 
 pub fn valid_body(kind: &str) -> Value {

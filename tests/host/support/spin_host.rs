@@ -290,6 +290,18 @@ impl SpinApp {
         });
     }
 
+    /// Sends a request that must answer 200, and returns its JSON body.
+    pub async fn ok_json(&self, request: http::Request<Bytes>) -> serde_json::Value {
+        let reply = self.send(request).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{:?}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()
+    }
+
     /// Sends one request and waits until the guest is completely done.
     pub async fn send(&self, request: http::Request<Bytes>) -> Reply {
         self.send_timed(request).await.0
