@@ -552,23 +552,31 @@ mod tests {
         assert_eq!(kv.get("task:job-s").unwrap(), None);
     }
 
-    #[test]
-    fn listing_is_newest_first_filtered_by_status_and_pages_with_a_cursor() {
-        let kv = MemoryKv::default();
-        let store = TaskStore::new(&kv);
-        // 250 tasks over three pages; every third has succeeded.
-        for i in 0..250 {
+    /// Submits tasks `job-0` .. `job-{count-1}` at t = i, listed in the recent log, and
+    /// reports `outcome(i)` for each through the ledger where it is `Some`.
+    fn submitted_tasks(kv: &MemoryKv, count: u64, outcome: impl Fn(u64) -> Option<TaskStatus>) {
+        let store = TaskStore::new(kv);
+        for i in 0..count {
             let ext = format!("job-{i}");
             let key = TaskKey::external(&ext);
             store
                 .record_submission(&key, &ext, "text2video", i)
                 .unwrap();
             store.remember(&key).unwrap();
-            if i % 3 == 0 {
-                let e = event(&format!("{i}"), Some(&ext), TaskStatus::Succeed);
-                store.write_slot(&key, Slot::Final, &e).unwrap();
+            if let Some(status) = outcome(i) {
+                let e = event(&format!("{i}"), Some(&ext), status);
+                let (_, books) = store.record_event(&key, &e, i).unwrap();
+                books.apply(kv).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn listing_is_newest_first_filtered_by_status_and_pages_with_a_cursor() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        // 250 tasks over three pages; every third has succeeded.
+        submitted_tasks(&kv, 250, |i| (i % 3 == 0).then_some(TaskStatus::Succeed));
         assert_eq!(kv.get(RECENT_HEAD).unwrap().as_deref(), Some(&b"2"[..]));
 
         let first = store.list(None, 5, None).unwrap();
@@ -609,14 +617,7 @@ mod tests {
     fn a_listing_reads_a_bounded_number_of_entries() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
-        for i in 0..300 {
-            let ext = format!("job-{i}");
-            let key = TaskKey::external(&ext);
-            store
-                .record_submission(&key, &ext, "text2video", i)
-                .unwrap();
-            store.remember(&key).unwrap();
-        }
+        submitted_tasks(&kv, 300, |_| None);
         let page = store.list(Some(TaskStatus::Failed), 10, None).unwrap();
         assert!(page.tasks.is_empty());
         assert_eq!(
@@ -634,19 +635,7 @@ mod tests {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         // 150 tasks over two pages, submitted at t = i; the odd ones finished.
-        for i in 0..150u64 {
-            let ext = format!("job-{i}");
-            let key = TaskKey::external(&ext);
-            store
-                .record_submission(&key, &ext, "text2video", i)
-                .unwrap();
-            store.remember(&key).unwrap();
-            if i % 2 == 1 {
-                let e = event(&format!("{i}"), Some(&ext), TaskStatus::Succeed);
-                let (_, books) = store.record_event(&key, &e, i).unwrap();
-                books.apply(&kv).unwrap();
-            }
-        }
+        submitted_tasks(&kv, 150, |i| (i % 2 == 1).then_some(TaskStatus::Succeed));
         // Old enough: everything before t = 120; at most 10 per call.
         assert_eq!(store.purge_before(120, 10).unwrap(), 10);
         assert!(store.find("job-1").unwrap().is_none());
@@ -674,17 +663,7 @@ mod tests {
     fn pages_emptied_by_retention_are_dropped_but_never_the_newest() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
-        for i in 0..250u64 {
-            let ext = format!("job-{i}");
-            let key = TaskKey::external(&ext);
-            store
-                .record_submission(&key, &ext, "text2video", i)
-                .unwrap();
-            store.remember(&key).unwrap();
-            let e = event(&format!("{i}"), Some(&ext), TaskStatus::Failed);
-            let (_, books) = store.record_event(&key, &e, i).unwrap();
-            books.apply(&kv).unwrap();
-        }
+        submitted_tasks(&kv, 250, |_| Some(TaskStatus::Failed));
         while store.purge_before(1000, 50).unwrap() > 0 {}
         assert_eq!(kv.get("index:recent:0").unwrap(), None);
         assert_eq!(kv.get("index:recent:1").unwrap(), None);
