@@ -269,10 +269,7 @@ async fn the_task_id_index_binds_once_and_another_kling_task_is_refused() {
         r#"{"task_id":"8002","task_status":"succeed"}"#.to_string(),
     ] {
         let reply = app.send(callback("job-bind", other)).await;
-        assert_eq!(
-            (reply.status, reply.error_code()),
-            (409, "task_id_mismatch".into())
-        );
+        reply.expect_error(409, "task_id_mismatch", "");
     }
     assert_eq!(app.kv.snapshot(), before);
     assert_eq!(app.send(get_task("8002")).await.status, 404);
@@ -284,10 +281,7 @@ async fn a_body_naming_another_external_id_is_refused_and_stores_nothing() {
     let reply = app
         .send(callback("job-a", flat("9001", "job-b", "succeed", 1)))
         .await;
-    assert_eq!(
-        (reply.status, reply.error_code()),
-        (409, "external_task_id_mismatch".into())
-    );
+    reply.expect_error(409, "external_task_id_mismatch", "");
     assert!(app.kv.keys().is_empty());
     assert_eq!(app.kv.log_len(), 0, "rejected before any store access");
 }
@@ -300,10 +294,7 @@ async fn a_failing_store_answers_503_and_the_retried_delivery_lands() {
         let app = kling_app();
         fail(&app.kv, 1);
         let reply = app.send(callback("job-retry", body.clone())).await;
-        assert_eq!(
-            (reply.status, reply.error_code()),
-            (503, "store_unavailable".into())
-        );
+        reply.expect_error(503, "store_unavailable", "");
         assert!(app.kv.keys().is_empty(), "{:?}", app.kv.keys());
 
         let retried = app.send(callback("job-retry", body.clone())).await;
@@ -361,9 +352,6 @@ async fn the_unnamed_route_without_a_webhook_secret_refuses_everything() {
                 .unwrap(),
         )
         .await;
-    assert_eq!(
-        (reply.status, reply.error_code()),
-        (401, "webhook_signing_not_configured".into())
-    );
+    reply.expect_error(401, "webhook_signing_not_configured", "");
     assert_eq!(app.kv.log_len(), 0);
 }

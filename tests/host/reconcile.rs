@@ -236,10 +236,7 @@ async fn a_store_failure_mid_run_is_a_503_and_the_retry_lands() {
     submit_silent(&d, "job-store", false).await;
     d.app.kv.fail_next_set_to("task:job-store:final");
     let reply = reconcile(&d.app).await;
-    assert_eq!(
-        (reply.status, reply.error_code()),
-        (503, "store_unavailable".into())
-    );
+    reply.expect_error(503, "store_unavailable", "");
     assert_eq!(d.app.kv.pending(), ["job-store"], "still pending");
 
     assert_eq!(report(&d.app).await["updated"], 1);
@@ -327,11 +324,7 @@ async fn reconciling_needs_the_bearer_and_a_sane_limit() {
                 &format!("/tasks/reconcile?limit={limit}"),
             ))
             .await;
-        assert_eq!(
-            (reply.status, reply.error_code()),
-            (400, "invalid_query".into()),
-            "{limit}"
-        );
+        reply.expect_error(400, "invalid_query", limit);
     }
 }
 

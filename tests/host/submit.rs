@@ -254,10 +254,7 @@ async fn rate_limits_are_429_with_retry_after_and_leave_nothing_behind() {
             Some("job-busy"),
         ))
         .await;
-    assert_eq!(
-        (reply.status, reply.error_code()),
-        (429, "kling_rate_limited".into())
-    );
+    reply.expect_error(429, "kling_rate_limited", "");
     assert_eq!(reply.headers.get("retry-after").unwrap(), "1");
     let kling = &reply.json()["error"]["kling"];
     assert_eq!(kling["code"], 1303);
@@ -324,11 +321,7 @@ async fn wrong_keys_or_clocks_are_kling_auth_failed_and_say_which() {
     ] {
         let d = deploy_with(auth, clock, &[]).await;
         let reply = d.submit("text2video", valid_body("text2video")).await;
-        assert_eq!(
-            (reply.status, reply.error_code()),
-            (502, "kling_auth_failed".into()),
-            "{kling_code}"
-        );
+        reply.expect_error(502, "kling_auth_failed", &kling_code.to_string());
         let error = &reply.json()["error"];
         assert_eq!(error["kling"]["code"], kling_code);
         assert!(error["message"].as_str().unwrap().contains(hint), "{error}");
@@ -379,11 +372,7 @@ async fn invalid_requests_are_400_naming_the_field_and_reach_neither_kling_nor_t
     ];
     for (kind, body, field) in cases {
         let reply = d.submit(kind, body).await;
-        assert_eq!(
-            (reply.status, reply.error_code()),
-            (400, "invalid_request".into()),
-            "{field}"
-        );
+        reply.expect_error(400, "invalid_request", field);
         assert_eq!(reply.json()["error"]["field"], field);
     }
     let bad_key = d
@@ -394,10 +383,7 @@ async fn invalid_requests_are_400_naming_the_field_and_reach_neither_kling_nor_t
             Some("has space"),
         ))
         .await;
-    assert_eq!(
-        (bad_key.status, bad_key.error_code()),
-        (400, "invalid_idempotency_key".into())
-    );
+    bad_key.expect_error(400, "invalid_idempotency_key", "");
     assert!(d.standin.received().is_empty());
     assert!(d.app.kv.keys().is_empty());
 }
@@ -410,10 +396,7 @@ async fn submitting_needs_the_bearer_a_known_kind_and_configuration() {
         .unwrap();
     assert_eq!(d.app.send(no_token).await.error_code(), "unauthorized");
     let unknown = d.submit("omni-video", json!({"prompt": "p"})).await;
-    assert_eq!(
-        (unknown.status, unknown.error_code()),
-        (404, "unknown_kind".into())
-    );
+    unknown.expect_error(404, "unknown_kind", "");
 
     let unconfigured = kling_app_with(
         &[
@@ -425,15 +408,13 @@ async fn submitting_needs_the_bearer_a_known_kind_and_configuration() {
     let reply = unconfigured
         .send(submit_request("text2video", valid_body("text2video"), None))
         .await;
-    assert_eq!(
-        (reply.status, reply.error_code()),
-        (500, "config_missing".into())
-    );
+    let error = reply.expect_error(500, "config_missing", "");
     assert!(
-        reply.json()["error"]["message"]
+        error["message"]
             .as_str()
             .unwrap()
-            .contains("public_base_url")
+            .contains("public_base_url"),
+        "{error}"
     );
     assert!(d.standin.received().is_empty());
 }
@@ -495,11 +476,7 @@ async fn tasks_are_listed_newest_first_by_status_a_page_at_a_time() {
             .app
             .send(authorized("GET", &format!("/tasks{query}")))
             .await;
-        assert_eq!(
-            (reply.status, reply.error_code()),
-            (400, "invalid_query".into()),
-            "{query}"
-        );
+        reply.expect_error(400, "invalid_query", query);
         assert_eq!(reply.json()["error"]["parameter"], parameter);
     }
     let anonymous = d
@@ -567,10 +544,7 @@ async fn a_base64_image_of_a_mebibyte_is_submitted_and_over_16_mib_is_413() {
 
     let huge = "A".repeat(16 * 1024 * 1024);
     let reply = d.submit("image2video", json!({"image": huge})).await;
-    assert_eq!(
-        (reply.status, reply.error_code()),
-        (413, "payload_too_large".into())
-    );
+    reply.expect_error(413, "payload_too_large", "");
     assert_eq!(
         d.standin.tasks().len(),
         1,

@@ -24,11 +24,7 @@ async fn tasks_need_the_bearer_token() {
             req = req.header("authorization", value);
         }
         let reply = app.send(req.body(Bytes::new()).unwrap()).await;
-        assert_eq!(
-            (reply.status, reply.error_code()),
-            (401, "unauthorized".into()),
-            "{authorization:?}"
-        );
+        reply.expect_error(401, "unauthorized", &format!("{authorization:?}"));
         assert_eq!(reply.headers.get("www-authenticate").unwrap(), "Bearer");
         assert!(!String::from_utf8_lossy(&reply.body).contains("succeed"));
     }
@@ -40,11 +36,7 @@ async fn unknown_tasks_are_404() {
     let app = kling_app();
     for id in ["job-404", "867283741759111202", "a.b"] {
         let reply = app.send(get_task(id)).await;
-        assert_eq!(
-            (reply.status, reply.error_code()),
-            (404, "task_not_found".into()),
-            "{id}"
-        );
+        reply.expect_error(404, "task_not_found", id);
     }
 }
 
@@ -52,15 +44,10 @@ async fn unknown_tasks_are_404() {
 async fn a_missing_api_token_is_500_naming_it() {
     let app = kling_app_with(&[("callback_secret", CALLBACK_SECRET)], KvStore::default());
     let reply = app.send(get_task("job-1")).await;
-    assert_eq!(
-        (reply.status, reply.error_code()),
-        (500, "config_missing".into())
-    );
+    let error = reply.expect_error(500, "config_missing", "");
     assert!(
-        reply.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("api_token")
+        error["message"].as_str().unwrap().contains("api_token"),
+        "{error}"
     );
 }
 
@@ -69,10 +56,7 @@ async fn a_failing_store_is_503_on_reads_too() {
     let app = kling_app();
     app.kv.fail_next_gets(1);
     let reply = app.send(get_task("job-1")).await;
-    assert_eq!(
-        (reply.status, reply.error_code()),
-        (503, "store_unavailable".into())
-    );
+    reply.expect_error(503, "store_unavailable", "");
 }
 
 #[tokio::test]

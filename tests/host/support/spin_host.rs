@@ -205,6 +205,17 @@ impl Reply {
         })
     }
 
+    /// Checks an error response's status and code; returns its `error` object.
+    pub fn expect_error(&self, status: u16, code: &str, context: &str) -> serde_json::Value {
+        assert_eq!(
+            (self.status, self.error_code().as_str()),
+            (status, code),
+            "{context} {:?}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self.json()["error"].clone()
+    }
+
     /// The machine-readable code of an error response.
     pub fn error_code(&self) -> String {
         let json = self.json();
