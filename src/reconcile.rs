@@ -97,7 +97,7 @@ pub fn reconcile(
     for entry in index.read()? {
         let key = TaskKey::from_stored(entry.clone());
         let head = store.head(&key)?;
-        let record = store.find_by_key(&key)?;
+        let record = store.record(&key, head.clone())?;
         match (head, record) {
             (Some(head), Some(record))
                 if !record.status.is_final() && head.submission.is_some() =>

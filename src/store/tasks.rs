@@ -391,8 +391,9 @@ impl<'a> TaskStore<'a> {
         Ok(None)
     }
 
-    /// The highest-ranked stored state of a task, with the head's counters.
-    fn record(
+    /// The record of a task whose head the caller has read: the highest-ranked stored
+    /// state with the head's counters or, before Kling reported anything, its submission.
+    pub fn record(
         &self,
         key: &TaskKey,
         head: Option<TaskHead>,
