@@ -543,7 +543,13 @@ async fn a_base64_image_of_a_mebibyte_is_submitted_and_over_16_mib_is_413() {
     );
 
     let huge = "A".repeat(16 * 1024 * 1024);
+    let ops_before = d.app.kv.log_len();
     let reply = d.submit("image2video", json!({"image": huge})).await;
+    assert_eq!(
+        d.app.kv.log_len(),
+        ops_before,
+        "refused before touching the store"
+    );
     reply.expect_error(413, "payload_too_large", "");
     assert_eq!(
         d.standin.tasks().len(),
