@@ -3,6 +3,7 @@
 
 use serde_json::json;
 
+use crate::api::pipelines::{self, NewPipeline, PipelineError, Submitter, advance};
 use crate::api::submit::{SubmitRequest, submit};
 use crate::api::tasks::{check_bearer, get_task, list_tasks, parse_limit};
 use crate::callback::receive::{
@@ -10,20 +11,26 @@ use crate::callback::receive::{
 };
 use crate::clock::Clock;
 use crate::config::{
-    CallbackConfig, KlingConfig, SubmitConfig, Variables, api_token, retention_ms, stale_after_ms,
-    verify_callbacks,
+    CallbackConfig, KlingConfig, NotifyConfig, SubmitConfig, Variables, api_token, retention_ms,
+    stale_after_ms, verify_callbacks,
 };
 use crate::error::ApiError;
-use crate::kling::KlingTransport;
+use crate::kling::HttpTransport;
 use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
-use crate::reconcile::{DEFAULT_LIMIT, MAX_LIMIT, ReconcileOptions, reconcile};
+use crate::ledger::{Slot, Verdict};
+use crate::notify::{Notification, Notifier};
+use crate::pipeline::progress::Next;
+use crate::pipeline::spec::parse_description;
+use crate::reconcile::{
+    DEFAULT_LIMIT, MAX_LIMIT, ReconcileOptions, reconcile, reconcile_pipelines,
+};
 use crate::response::Response;
 use crate::router::Route;
 use crate::signatures::standard_webhooks::WebhookHeaders;
 use crate::store::KeyValue;
 use crate::store::tasks::Bookkeeping;
-use crate::task::TaskEvent;
+use crate::task::{TaskEvent, TaskRecord};
 
 /// An HTTP request, as the edge read it. Header names are lowercase.
 #[derive(Debug)]
@@ -55,7 +62,7 @@ impl Request {
 pub struct Env<'a> {
     pub kv: &'a dyn KeyValue,
     pub vars: &'a dyn Variables,
-    pub kling: &'a dyn KlingTransport,
+    pub http: &'a dyn HttpTransport,
     /// When the request arrived (ms since the epoch).
     pub now_ms: u64,
     /// For waits and fresh readings during a request (the pending index's lease).
@@ -66,16 +73,92 @@ pub struct Env<'a> {
 
 pub struct Handled {
     pub response: Response,
-    /// Writes to make after the response is sent (a callback's bookkeeping).
-    pub after_ack: Option<Bookkeeping>,
+    /// Work to do after the response is sent ([`after_ack`]).
+    pub after_ack: AfterAck,
 }
 
 impl From<Response> for Handled {
     fn from(response: Response) -> Self {
         Self {
             response,
-            after_ack: None,
+            after_ack: AfterAck::default(),
         }
+    }
+}
+
+/// What a callback leaves to do once Kling has its acknowledgement: nothing here may
+/// lose the delivery, which is already stored.
+#[derive(Debug, Default)]
+pub struct AfterAck {
+    /// The head's counters and binding.
+    pub bookkeeping: Option<Bookkeeping>,
+    /// A task whose state changed: tell `notify_url`.
+    pub notify_task: Option<TaskRecord>,
+    /// A pipeline one of whose steps just ended: submit its next step.
+    pub advance_pipeline: Option<String>,
+}
+
+/// Runs the work a handler left for after the acknowledgement. Failures are logged: the
+/// delivery's state is stored, and the reconciler redoes what is missing (a pipeline's
+/// next step); only counters or the task_id index may stay behind, until the next
+/// delivery for the task writes them again.
+pub fn after_ack(work: AfterAck, env: &Env<'_>) {
+    if let Some(bookkeeping) = work.bookkeeping
+        && let Err(error) = bookkeeping.apply(env.kv)
+    {
+        eprintln!("callback bookkeeping after the acknowledgement failed: {error}");
+    }
+    let notify = NotifyConfig::load(env.vars).unwrap_or_else(|error| {
+        eprintln!("notifications are off: {error}");
+        None
+    });
+    let notifier = notify.as_ref().map(|config| notifier(config, env));
+    if let (Some(notifier), Some(task)) = (&notifier, &work.notify_task) {
+        deliver(notifier, Notification::task(task, env.now_ms));
+    }
+    if let Some(id) = work.advance_pipeline {
+        let advanced = SubmitConfig::load(env.vars)
+            .map_err(ApiError::from)
+            .and_then(|config| advance(&id, &submitter(&config, env)).map_err(ApiError::from));
+        match advanced {
+            Ok(Some(advanced)) => {
+                let finished = matches!(advanced.view.next(), Next::Finished(_));
+                if let Some(notifier) = &notifier
+                    && (advanced.changed || finished)
+                {
+                    deliver(notifier, Notification::pipeline(&advanced.view, env.now_ms));
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                eprintln!("pipeline {id}: the next step waits for the reconciler: {error}")
+            }
+        }
+    }
+}
+
+fn deliver(notifier: &Notifier<'_>, notification: Notification) {
+    let id = notification.webhook_id.clone();
+    if let Err(error) = notifier.deliver(notification) {
+        eprintln!("notification {id} could not be sent nor kept in the outbox: {error}");
+    }
+}
+
+fn notifier<'a>(config: &'a NotifyConfig, env: &'a Env<'_>) -> Notifier<'a> {
+    Notifier {
+        config,
+        kv: env.kv,
+        transport: env.http,
+        clock: env.clock,
+    }
+}
+
+fn submitter<'a>(config: &'a SubmitConfig, env: &'a Env<'_>) -> Submitter<'a> {
+    Submitter {
+        config,
+        kv: env.kv,
+        transport: env.http,
+        clock: env.clock,
     }
 }
 
@@ -103,6 +186,8 @@ pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
         Route::Callback { external_task_id } => callback(request, external_task_id, env),
         Route::Tasks => list(request, env),
         Route::Reconcile => run_reconcile(request, env),
+        Route::Pipelines => create_pipeline(request, env),
+        Route::Pipeline { id } => show_pipeline(request, id, env),
         Route::Task { id_or_kind } if request.method == "POST" => {
             submit_task(request, id_or_kind, env)
         }
@@ -170,28 +255,72 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
         retention_ms: retention_ms(env.vars)?,
     };
     let kling = KlingConfig::load(env.vars)?;
-    let report = reconcile(env.kv, &kling, env.kling, env.clock, options)?;
+    let mut report = reconcile(env.kv, &kling, env.http, env.clock, options)?;
+    // Only a deployment that can submit has pipelines to move on.
+    if let Ok(config) = SubmitConfig::load(env.vars) {
+        reconcile_pipelines(&submitter(&config, env), &mut report)?;
+    }
+    if let Some(config) = NotifyConfig::load(env.vars)? {
+        let notifier = notifier(&config, env);
+        let now = env.clock.now_ms();
+        for task in &report.changed_tasks {
+            notifier.deliver(Notification::task(task, now))?;
+        }
+        for pipeline in &report.changed_pipelines {
+            notifier.deliver(Notification::pipeline(pipeline, now))?;
+        }
+        let outbox = notifier.retry_due()?;
+        report.notifications_sent = outbox.sent;
+        report.notifications_pending = outbox.pending;
+    }
     Ok(Response::json(200, &report).into())
+}
+
+fn request_body(request: &Request) -> Result<&[u8], ApiError> {
+    match &request.body {
+        Body::Bytes(bytes) => Ok(bytes.as_slice()),
+        Body::TooLarge => Err(ApiError::SubmitTooLarge),
+        Body::Unreadable => Err(CallbackError::UnreadableBody.into()),
+    }
+}
+
+fn create_pipeline(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> {
+    check_bearer(request.header("authorization"), &api_token(env.vars)?)?;
+    let config = SubmitConfig::load(env.vars)?;
+    let (id, steps) = parse_description(request_body(request)?).map_err(PipelineError::from)?;
+    let created = pipelines::create(
+        NewPipeline {
+            id,
+            steps,
+            idempotency_key: request.header("idempotency-key"),
+        },
+        &submitter(&config, env),
+        env.new_id,
+    )?;
+    let status = if created.created { 202 } else { 200 };
+    Ok(Response::json(status, &created.view).into())
+}
+
+fn show_pipeline(request: &Request, id: &str, env: &Env<'_>) -> Result<Handled, ApiError> {
+    check_bearer(request.header("authorization"), &api_token(env.vars)?)?;
+    let view = pipelines::get(id, env.kv)?.ok_or(ApiError::PipelineNotFound)?;
+    Ok(Response::json(200, &view).into())
 }
 
 fn submit_task(request: &Request, kind: &str, env: &Env<'_>) -> Result<Handled, ApiError> {
     check_bearer(request.header("authorization"), &api_token(env.vars)?)?;
     let kind = TaskKind::from_name(kind).ok_or(ApiError::UnknownKind)?;
     let config = SubmitConfig::load(env.vars)?;
-    let body = match &request.body {
-        Body::Bytes(bytes) => bytes.as_slice(),
-        Body::TooLarge => return Err(ApiError::SubmitTooLarge),
-        Body::Unreadable => return Err(CallbackError::UnreadableBody.into()),
-    };
     let submitted = submit(
         &SubmitRequest {
             kind,
-            body,
+            body: request_body(request)?,
             idempotency_key: request.header("idempotency-key"),
+            pipeline: None,
         },
         &config,
         env.kv,
-        env.kling,
+        env.http,
         env.clock,
         env.new_id,
     )?;
@@ -223,7 +352,7 @@ fn callback(
         None
     };
     let verifier = kling.as_ref().map(|config| KlingVerifier {
-        client: KlingClient::new(config, env.kling, env.now_ms / 1000),
+        client: KlingClient::new(config, env.http, env.now_ms / 1000),
     });
     let received = receive(
         &delivery,
@@ -232,12 +361,22 @@ fn callback(
         verifier.as_ref().map(|v| v as &dyn FinalVerifier),
         env.now_ms,
     )?;
+    let step_ended = matches!(received.verdict, Verdict::Apply(Slot::Final));
     Ok(Handled {
         response: Response::json(
             200,
             &json!({ "received": true, "outcome": received.verdict.as_str() }),
         ),
-        after_ack: Some(received.bookkeeping),
+        after_ack: AfterAck {
+            bookkeeping: Some(received.bookkeeping),
+            advance_pipeline: received
+                .applied
+                .as_ref()
+                .and_then(|task| task.pipeline.as_ref())
+                .filter(|_| step_ended)
+                .map(|step| step.pipeline_id.clone()),
+            notify_task: received.applied,
+        },
     })
 }
 

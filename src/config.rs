@@ -51,6 +51,9 @@ pub const PUBLIC_BASE_URL: &str = "public_base_url";
 pub const STALE_AFTER_SECONDS: &str = "stale_after_seconds";
 pub const VERIFY_CALLBACKS: &str = "verify_callbacks";
 pub const RETENTION_DAYS: &str = "retention_days";
+pub const NOTIFY_URL: &str = "notify_url";
+pub const NOTIFY_SECRET: &str = "notify_secret";
+pub const NOTIFY_RETRY_SECONDS: &str = "notify_retry_seconds";
 
 /// How long final tasks are kept; `0` keeps them forever.
 pub fn retention_ms(vars: &dyn Variables) -> Result<Option<u64>, ConfigError> {
@@ -80,7 +83,7 @@ pub fn verify_callbacks(vars: &dyn Variables) -> Result<bool, ConfigError> {
 
 /// Every variable the component reads; `spin.toml` must declare and map each (a host
 /// test checks it).
-pub const ALL_VARIABLES: [&str; 12] = [
+pub const ALL_VARIABLES: [&str; 15] = [
     CALLBACK_SECRET,
     API_TOKEN,
     WEBHOOK_SIGNING_SECRET,
@@ -93,7 +96,54 @@ pub const ALL_VARIABLES: [&str; 12] = [
     STALE_AFTER_SECONDS,
     VERIFY_CALLBACKS,
     RETENTION_DAYS,
+    NOTIFY_URL,
+    NOTIFY_SECRET,
+    NOTIFY_RETRY_SECONDS,
 ];
+
+/// The first retry of a failed notification waits this long by default.
+pub const DEFAULT_NOTIFY_RETRY_SECONDS: u64 = 30;
+
+/// Where state changes are announced (`notify_url`), and the key that signs them.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    pub url: String,
+    pub secret: WebhookSecret,
+    /// The wait before the first retry; it doubles with each failure.
+    pub retry_after_ms: u64,
+}
+
+impl NotifyConfig {
+    /// `None` when `notify_url` is not set: notifications are off.
+    pub fn load(vars: &dyn Variables) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = vars.get(NOTIFY_URL) else {
+            return Ok(None);
+        };
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ConfigError::Invalid(
+                NOTIFY_URL,
+                "expected an http(s):// URL",
+            ));
+        }
+        let secret = vars
+            .get(NOTIFY_SECRET)
+            .ok_or(ConfigError::Missing(NOTIFY_SECRET))?;
+        let secret = WebhookSecret::parse(&secret).map_err(|_| {
+            ConfigError::Invalid(NOTIFY_SECRET, "expected `whsec_` followed by base64")
+        })?;
+        let retry_secs = match vars.get(NOTIFY_RETRY_SECONDS) {
+            None => DEFAULT_NOTIFY_RETRY_SECONDS,
+            Some(secs) => secs.parse::<u64>().map_err(|_| {
+                ConfigError::Invalid(NOTIFY_RETRY_SECONDS, "expected a number of seconds")
+            })?,
+        };
+        Ok(Some(Self {
+            url,
+            secret,
+            retry_after_ms: retry_secs * 1000,
+        }))
+    }
+}
 
 /// Kling's global host; the Beijing host and the stand-in are set with `kling_base_url`.
 pub const DEFAULT_KLING_BASE_URL: &str = "https://api-singapore.klingai.com";

@@ -3,12 +3,14 @@
 
 use serde_json::{Value, json};
 
+use crate::api::pipelines::PipelineError;
 use crate::api::submit::SubmitError;
 use crate::callback::parse::PayloadError;
 use crate::callback::receive::CallbackError;
 use crate::config::ConfigError;
 use crate::kling::client::{KlingApiError, KlingError};
 use crate::ledger::LedgerError;
+use crate::pipeline::spec::SpecError;
 use crate::signatures::callback_url::CallbackSigError;
 use crate::signatures::standard_webhooks::WebhookError;
 use crate::store::StoreError;
@@ -33,6 +35,10 @@ pub enum ApiError {
     UnknownKind,
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    #[error("no pipeline with this id")]
+    PipelineNotFound,
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
     #[error("body is larger than 16 MiB")]
     SubmitTooLarge,
     #[error(transparent)]
@@ -54,6 +60,8 @@ impl ApiError {
             ApiError::InvalidQuery(_) => (400, "invalid_query"),
             ApiError::UnknownKind => (404, "unknown_kind"),
             ApiError::Submit(e) => submit(e),
+            ApiError::PipelineNotFound => (404, "pipeline_not_found"),
+            ApiError::Pipeline(e) => pipeline(e),
             ApiError::SubmitTooLarge => (413, "payload_too_large"),
             ApiError::Config(ConfigError::Missing(_)) => (500, "config_missing"),
             ApiError::Config(ConfigError::Invalid(..)) => (500, "config_invalid"),
@@ -64,7 +72,7 @@ impl ApiError {
 
     /// The human-readable message: the error's text, plus what to do where that is known.
     pub fn message(&self) -> String {
-        let hint = match self.kling() {
+        let hint = match self.kling_error() {
             Some(e) if e.code == 1003 => {
                 " (the token is not valid yet: this host's clock is behind Kling's)"
             }
@@ -81,7 +89,7 @@ impl ApiError {
 
     /// Extra fields for the error body: Kling's own answer, or the offending field.
     pub fn details(&self) -> Option<(&'static str, Value)> {
-        if let Some(e) = self.kling() {
+        if let Some(e) = self.kling_error() {
             return Some((
                 "kling",
                 json!({ "code": e.code, "message": e.message, "request_id": e.request_id }),
@@ -90,6 +98,23 @@ impl ApiError {
         match self {
             ApiError::Submit(SubmitError::InvalidRequest(e)) => Some(("field", json!(e.field))),
             ApiError::InvalidQuery(parameter) => Some(("parameter", json!(parameter))),
+            ApiError::Pipeline(PipelineError::Spec(e)) => {
+                let field = match e {
+                    SpecError::UnknownKind(step) => format!("steps[{step}].kind"),
+                    SpecError::InvalidRequest { step, error } => {
+                        format!("steps[{step}].request.{}", error.field)
+                    }
+                    SpecError::ExternalTaskIdInStep { step } => {
+                        format!("steps[{step}].request.external_task_id")
+                    }
+                    SpecError::InvalidInput { step, target, .. } => {
+                        format!("steps[{step}].inputs.{target}")
+                    }
+                    SpecError::InvalidId | SpecError::IdempotencyKeyMismatch => "id".into(),
+                    SpecError::InvalidBody | SpecError::StepCount => "steps".into(),
+                };
+                Some(("field", json!(field)))
+            }
             _ => None,
         }
     }
@@ -97,14 +122,19 @@ impl ApiError {
     /// Seconds to wait before retrying, for rate limits.
     pub fn retry_after_secs(&self) -> Option<u32> {
         // Kling: back off from at least one second on 1302/1303.
-        self.kling()
+        self.kling_error()
             .filter(|e| matches!(e.code, 1302 | 1303))
             .map(|_| 1)
     }
 
-    fn kling(&self) -> Option<&KlingApiError> {
+    /// Kling's own answer, when the error is Kling refusing a submit.
+    pub fn kling_error(&self) -> Option<&KlingApiError> {
         match self {
-            ApiError::Submit(SubmitError::Kling(KlingError::Api(e))) => Some(e),
+            ApiError::Submit(SubmitError::Kling(KlingError::Api(e)))
+            | ApiError::Pipeline(PipelineError::Step {
+                error: SubmitError::Kling(KlingError::Api(e)),
+                ..
+            }) => Some(e),
             _ => None,
         }
     }
@@ -120,6 +150,17 @@ fn submit(e: &SubmitError) -> (u16, &'static str) {
         SubmitError::Kling(KlingError::Api(e)) => kling(e.code),
         SubmitError::Kling(KlingError::Transport(_)) => (502, "kling_unreachable"),
         SubmitError::Kling(KlingError::InvalidResponse(_)) => (502, "kling_bad_response"),
+    }
+}
+
+fn pipeline(e: &PipelineError) -> (u16, &'static str) {
+    match e {
+        PipelineError::Spec(SpecError::InvalidId) => (400, "invalid_pipeline_id"),
+        PipelineError::Spec(SpecError::IdempotencyKeyMismatch) => (400, "idempotency_key_mismatch"),
+        PipelineError::Spec(_) => (400, "invalid_pipeline"),
+        PipelineError::Step { error, .. } => submit(error),
+        PipelineError::Input { .. } => (400, "input_missing"),
+        PipelineError::Store(e) => store(e),
     }
 }
 

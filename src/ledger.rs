@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::task::{EventSource, TaskEvent, TaskRecord, TaskStatus};
+use crate::task::{EventSource, StepRef, TaskEvent, TaskRecord, TaskStatus};
 
 /// The status ranks, each with a slot of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -163,6 +163,9 @@ pub struct Submission {
     pub status: TaskStatus,
     /// Our clock, milliseconds.
     pub submitted_at: u64,
+    /// Set when a pipeline submitted the task as one of its steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<StepRef>,
 }
 
 impl TaskHead {
@@ -226,7 +229,25 @@ pub fn assemble(head: Option<&TaskHead>, current: TaskEvent) -> TaskRecord {
         source: Some(current.source),
         deliveries: head.map_or(0, |h| h.deliveries),
         last_delivery_at: head.and_then(|h| h.last_delivery_at),
+        pipeline: head
+            .and_then(|h| h.submission.as_ref())
+            .and_then(|s| s.pipeline.clone()),
     }
+}
+
+/// The task as it stands after `event` was judged `verdict`, when that was news.
+pub fn applied_record(
+    head: Option<TaskHead>,
+    event: &TaskEvent,
+    verdict: Verdict,
+    now_ms: u64,
+) -> Option<TaskRecord> {
+    matches!(verdict, Verdict::Apply(_)).then(|| {
+        let head = head
+            .unwrap_or_default()
+            .after_delivery(event, verdict, now_ms);
+        assemble(Some(&head), event.clone())
+    })
 }
 
 /// The record of a task submitted but not yet reported on by Kling.
@@ -245,6 +266,7 @@ pub fn assemble_submission(head: &TaskHead, submission: &Submission) -> TaskReco
         source: None,
         deliveries: head.deliveries,
         last_delivery_at: head.last_delivery_at,
+        pipeline: submission.pipeline.clone(),
     }
 }
 

@@ -22,6 +22,8 @@ pub mod config;
 pub mod error;
 pub mod kling;
 pub mod ledger;
+pub mod notify;
+pub mod pipeline;
 pub mod reconcile;
 pub mod response;
 pub mod router;

@@ -10,17 +10,20 @@
 
 use serde::Serialize;
 
+use crate::api::pipelines::{PipelineError, Submitter, advance};
+use crate::api::submit::SubmitError;
 use crate::clock::Clock;
 use crate::config::KlingConfig;
-use crate::kling::KlingTransport;
+use crate::kling::HttpTransport;
 use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
-use crate::ledger::{TaskHead, Verdict};
+use crate::ledger::{TaskHead, applied_record};
+use crate::pipeline::progress::{Next, PipelineView};
 use crate::store::layout::TaskKey;
 use crate::store::pending::PendingIndex;
 use crate::store::tasks::{RecordError, TaskStore};
 use crate::store::{KeyValue, StoreError};
-use crate::task::EventSource;
+use crate::task::{EventSource, TaskRecord};
 
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
@@ -44,7 +47,7 @@ pub struct ReconcileOptions {
     pub retention_ms: Option<u64>,
 }
 
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Serialize, PartialEq)]
 pub struct ReconcileReport {
     /// Tasks Kling was asked about.
     pub checked: usize,
@@ -54,20 +57,35 @@ pub struct ReconcileReport {
     pub pending: usize,
     /// Final tasks deleted by retention.
     pub purged: usize,
+    /// Pipelines whose next step this run submitted, or which it failed.
+    pub pipelines_advanced: usize,
+    /// Pipelines still running after the run.
+    pub pipelines_pending: usize,
     pub errors: Vec<ReconcileIssue>,
+    /// Notifications sent from the outbox.
+    pub notifications_sent: usize,
+    /// Notifications still in the outbox after the run.
+    pub notifications_pending: usize,
+    /// Tasks whose state this run changed, as they now stand (to notify).
+    #[serde(skip)]
+    pub changed_tasks: Vec<TaskRecord>,
+    /// Pipelines this run moved on or found finished (to notify).
+    #[serde(skip)]
+    pub changed_pipelines: Vec<PipelineView>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct ReconcileIssue {
+    /// The task's `external_task_id` (for a pipeline, the pipeline's id).
     pub external_task_id: String,
     pub code: String,
     pub message: String,
 }
 
 impl ReconcileIssue {
-    fn new(key: &TaskKey, code: impl Into<String>, message: impl Into<String>) -> Self {
+    fn new(key: &str, code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            external_task_id: key.as_str().to_string(),
+            external_task_id: key.to_string(),
             code: code.into(),
             message: message.into(),
         }
@@ -83,13 +101,13 @@ struct Due {
 pub fn reconcile(
     kv: &dyn KeyValue,
     kling: &KlingConfig,
-    transport: &dyn KlingTransport,
+    transport: &dyn HttpTransport,
     clock: &dyn Clock,
     options: ReconcileOptions,
 ) -> Result<ReconcileReport, StoreError> {
     let now = clock.now_ms();
     let store = TaskStore::new(kv);
-    let index = PendingIndex::new(kv, clock);
+    let index = PendingIndex::tasks(kv, clock);
     let mut report = ReconcileReport::default();
     let mut done = Vec::new();
     let mut due = Vec::new();
@@ -144,24 +162,29 @@ pub fn reconcile(
         match client.query(kind, &id) {
             Ok(Some(mut event)) => {
                 event.source = EventSource::Poll;
-                if head.task_id.is_none() {
+                let head = if head.task_id.is_none() {
                     store.bind_submission(&key, &event.task_id)?;
-                }
-                let (verdict, bookkeeping) = match store.record_event(&key, &event, now) {
-                    Ok(outcome) => outcome,
-                    Err(RecordError::Store(e)) => return Err(e),
-                    Err(RecordError::Ledger(e)) => {
-                        report.errors.push(ReconcileIssue::new(
-                            &key,
-                            "task_id_mismatch",
-                            e.to_string(),
-                        ));
-                        continue;
-                    }
+                    store.head(&key)?
+                } else {
+                    Some(head)
                 };
+                let (verdict, bookkeeping) =
+                    match store.record_event_with_head(&key, head.clone(), &event, now) {
+                        Ok(outcome) => outcome,
+                        Err(RecordError::Store(e)) => return Err(e),
+                        Err(RecordError::Ledger(e)) => {
+                            report.errors.push(ReconcileIssue::new(
+                                key.as_str(),
+                                "task_id_mismatch",
+                                e.to_string(),
+                            ));
+                            continue;
+                        }
+                    };
                 bookkeeping.apply(kv)?;
-                if matches!(verdict, Verdict::Apply(_)) {
+                if let Some(record) = applied_record(head, &event, verdict, now) {
                     report.updated += 1;
+                    report.changed_tasks.push(record);
                 }
                 if event.status.is_final() {
                     done.push(key.as_str().to_string());
@@ -179,7 +202,7 @@ pub fn reconcile(
                 report.updated += 1;
                 done.push(key.as_str().to_string());
                 report.errors.push(ReconcileIssue::new(
-                    &key,
+                    key.as_str(),
                     "not_created",
                     "Kling has no task with this external_task_id: the create did not go through; submit it again",
                 ));
@@ -187,14 +210,16 @@ pub fn reconcile(
             // Still being submitted, or Kling has not caught up: ask again next run.
             Ok(None) if head.task_id.is_none() => {}
             Ok(None) => report.errors.push(ReconcileIssue::new(
-                &key,
+                key.as_str(),
                 "unknown_at_kling",
                 "Kling no longer knows this task (results are deleted after 30 days)",
             )),
             Err(KlingError::Api(e)) if matches!(e.code, 1302 | 1303) => {
-                report
-                    .errors
-                    .push(ReconcileIssue::new(&key, "kling_rate_limited", e.message));
+                report.errors.push(ReconcileIssue::new(
+                    key.as_str(),
+                    "kling_rate_limited",
+                    e.message,
+                ));
                 break; // Kling asked us to back off: the next run continues.
             }
             Err(error) => {
@@ -205,7 +230,7 @@ pub fn reconcile(
                 };
                 report
                     .errors
-                    .push(ReconcileIssue::new(&key, code, error.to_string()));
+                    .push(ReconcileIssue::new(key.as_str(), code, error.to_string()));
             }
         }
     }
@@ -214,4 +239,49 @@ pub fn reconcile(
         report.purged = store.purge_before(now.saturating_sub(retention), MAX_PURGED_PER_RUN)?;
     }
     Ok(report)
+}
+
+/// Moves on every pipeline not finished yet: submits the step after one that ended while
+/// its callback's follow-up was lost, and drops finished (or forgotten) pipelines from
+/// the index. Runs after the tasks, so a step the run just found finished moves on now.
+pub fn reconcile_pipelines(
+    submitter: &Submitter<'_>,
+    report: &mut ReconcileReport,
+) -> Result<(), StoreError> {
+    let index = PendingIndex::pipelines(submitter.kv, submitter.clock);
+    let mut done = Vec::new();
+    for id in index.read()? {
+        match advance(&id, submitter) {
+            Ok(Some(advanced)) => {
+                if advanced.changed {
+                    report.pipelines_advanced += 1;
+                }
+                let finished = matches!(advanced.view.next(), Next::Finished(_));
+                if finished {
+                    done.push(id);
+                }
+                if advanced.changed || finished {
+                    report.changed_pipelines.push(advanced.view);
+                }
+            }
+            Ok(None) => done.push(id),
+            Err(PipelineError::Store(e)) => return Err(e),
+            Err(error) => {
+                let rate_limited = matches!(
+                    &error,
+                    PipelineError::Step { error: SubmitError::Kling(e), .. } if e.is_rate_limited()
+                );
+                report.errors.push(ReconcileIssue::new(
+                    &id,
+                    "pipeline_step_not_submitted",
+                    error.to_string(),
+                ));
+                if rate_limited {
+                    break; // Kling asked us to back off: the next run continues.
+                }
+            }
+        }
+    }
+    report.pipelines_pending = index.remove(&done)?;
+    Ok(())
 }

@@ -16,6 +16,12 @@ pub enum Route<'a> {
     Tasks,
     /// `POST /tasks/reconcile?limit=`: ask Kling about tasks whose callbacks never came.
     Reconcile,
+    /// `POST /pipelines`: start a pipeline.
+    Pipelines,
+    /// `GET /pipelines/{id}`.
+    Pipeline {
+        id: &'a str,
+    },
 }
 
 impl<'a> Route<'a> {
@@ -32,6 +38,8 @@ impl<'a> Route<'a> {
             ["tasks"] => Some(Route::Tasks),
             ["tasks", "reconcile"] => Some(Route::Reconcile),
             ["tasks", id] if !id.is_empty() => Some(Route::Task { id_or_kind: id }),
+            ["pipelines"] => Some(Route::Pipelines),
+            ["pipelines", id] if !id.is_empty() => Some(Route::Pipeline { id }),
             _ => None,
         }
     }
@@ -39,9 +47,9 @@ impl<'a> Route<'a> {
     /// The methods a route answers, as an `Allow` header lists them.
     pub fn allow(&self) -> &'static str {
         match self {
-            Route::Health | Route::Tasks => "GET",
+            Route::Health | Route::Tasks | Route::Pipeline { .. } => "GET",
             Route::Task { .. } => "GET, POST",
-            Route::Callback { .. } | Route::Reconcile => "POST",
+            Route::Callback { .. } | Route::Reconcile | Route::Pipelines => "POST",
         }
     }
 
@@ -77,6 +85,12 @@ mod tests {
         assert!(!Route::Health.allows("POST"));
         assert_eq!(Route::parse("/tasks"), Some(Route::Tasks));
         assert_eq!(Route::parse("/tasks/reconcile"), Some(Route::Reconcile));
+        assert_eq!(Route::parse("/pipelines"), Some(Route::Pipelines));
+        assert_eq!(
+            Route::parse("/pipelines/promo-7"),
+            Some(Route::Pipeline { id: "promo-7" })
+        );
+        assert!(Route::Pipelines.allows("POST") && !Route::Pipelines.allows("GET"));
         for unknown in [
             "",
             "/",
@@ -85,6 +99,8 @@ mod tests {
             "/callbacks/kling/",
             "/callbacks/kling/a/b",
             "/healthz",
+            "/pipelines/",
+            "/pipelines/a/b",
             "health",
         ] {
             assert_eq!(Route::parse(unknown), None, "{unknown}");

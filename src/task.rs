@@ -146,6 +146,16 @@ pub struct TaskRecord {
     pub deliveries: u64,
     /// When the last accepted callback arrived, milliseconds on our clock.
     pub last_delivery_at: Option<u64>,
+    /// The pipeline step this task runs, for tasks a pipeline submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<StepRef>,
+}
+
+/// A step of a pipeline: the pipeline's id and the step's index (0-based).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRef {
+    pub pipeline_id: String,
+    pub step: usize,
 }
 
 #[cfg(test)]

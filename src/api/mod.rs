@@ -1,4 +1,5 @@
 //! The management API: task state for people and programs, behind a bearer token.
 
+pub mod pipelines;
 pub mod submit;
 pub mod tasks;

@@ -13,7 +13,7 @@
 
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
-use crate::kling::KlingTransport;
+use crate::kling::HttpTransport;
 use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
 use crate::kling::request::{RequestError, validate};
@@ -21,7 +21,7 @@ use crate::store::layout::TaskKey;
 use crate::store::pending::PendingIndex;
 use crate::store::tasks::TaskStore;
 use crate::store::{KeyValue, StoreError};
-use crate::task::TaskRecord;
+use crate::task::{StepRef, TaskRecord};
 use crate::validate::is_valid_external_task_id;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,13 +52,15 @@ pub struct SubmitRequest<'a> {
     pub kind: TaskKind,
     pub body: &'a [u8],
     pub idempotency_key: Option<&'a str>,
+    /// Set when a pipeline submits one of its steps.
+    pub pipeline: Option<&'a StepRef>,
 }
 
 pub fn submit(
     request: &SubmitRequest<'_>,
     config: &SubmitConfig,
     kv: &dyn KeyValue,
-    transport: &dyn KlingTransport,
+    transport: &dyn HttpTransport,
     clock: &dyn Clock,
     new_id: &dyn Fn() -> String,
 ) -> Result<Submitted, SubmitError> {
@@ -78,13 +80,19 @@ pub fn submit(
         });
     }
 
-    store.record_submission(&key, &external_task_id, request.kind.name(), now_ms)?;
+    store.record_submission(
+        &key,
+        &external_task_id,
+        request.kind.name(),
+        request.pipeline,
+        now_ms,
+    )?;
     // Listed, and pending (so a task Kling creates is never missing from reconciliation),
     // before Kling is called. If either fails, forget the record too: the caller's retry
     // then starts afresh instead of finding a `submitting` task nothing would reconcile.
     let indexed = store
         .remember(&key)
-        .and_then(|()| PendingIndex::new(kv, clock).add(&key));
+        .and_then(|()| PendingIndex::tasks(kv, clock).add(key.as_str()));
     if let Err(error) = indexed {
         store.forget_submission(&key)?;
         return Err(error.into());
@@ -105,6 +113,22 @@ pub fn submit(
             }
         }
         Err(error) => {
+            // Kling refuses an `external_task_id` it already has (1201): a concurrent
+            // submit of the same id won the race, so bind its task instead of forgetting.
+            if error.is_invalid_request()
+                && let Ok(Some(found)) = kling.query(request.kind, &external_task_id)
+            {
+                store.bind_submission(&key, &found.task_id)?;
+                let record = store.find_by_key(&key)?.ok_or_else(|| {
+                    StoreError::Unavailable(
+                        "the submitted task was not found after binding it".into(),
+                    )
+                })?;
+                return Ok(Submitted {
+                    record,
+                    created: false,
+                });
+            }
             // Its entry in the recent log stays, harmless: listing skips what it cannot find.
             store.forget_submission(&key)?;
             return Err(error.into());
@@ -169,7 +193,7 @@ mod tests {
         }
     }
 
-    impl KlingTransport for Scripted {
+    impl HttpTransport for Scripted {
         fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
             self.sent.borrow_mut().push(request);
             let (status, body) = self.answers.borrow_mut().pop().expect("scripted answer")?;
@@ -204,6 +228,7 @@ mod tests {
             kind: TaskKind::Text2Video,
             body: body.as_bytes(),
             idempotency_key: key,
+            pipeline: None,
         };
         let clock = ManualClock(std::cell::Cell::new(1_000_000));
         submit(&request, &config(), kv, kling, &clock, &|| {
@@ -323,6 +348,37 @@ mod tests {
             assert!(retried.created, "{nth}");
             assert_eq!(retried.record.task_id.as_deref(), Some("86"));
         }
+    }
+
+    #[test]
+    fn a_duplicate_external_id_refusal_binds_the_task_kling_has() {
+        // Two submits of one id raced; Kling created the other one's and refuses ours.
+        let found = r#"{"code":0,"message":"SUCCEED","data":{"task_id":"86","task_status":"processing","task_info":{"external_task_id":"job-1"}}}"#;
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![
+            Ok((
+                400,
+                r#"{"code":1201,"message":"external_task_id already exists"}"#,
+            )),
+            Ok((200, found)),
+        ]);
+        let submitted = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
+        assert!(!submitted.created);
+        assert_eq!(submitted.record.task_id.as_deref(), Some("86"));
+        assert!(TaskStore::new(&kv).find("job-1").unwrap().is_some());
+
+        // A 1201 for anything else is a refusal: nothing is left.
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![
+            Ok((400, r#"{"code":1201,"message":"duration must be 5 or 10"}"#)),
+            Ok((404, r#"{"code":1203,"message":"task not found"}"#)),
+        ]);
+        let err = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap_err();
+        assert!(
+            matches!(err, SubmitError::Kling(KlingError::Api(ref e)) if e.code == 1201),
+            "{err:?}"
+        );
+        assert!(TaskStore::new(&kv).find("job-1").unwrap().is_none());
     }
 
     #[test]

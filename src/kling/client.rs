@@ -1,10 +1,10 @@
-//! Creating and querying Kling tasks over a [`KlingTransport`].
+//! Creating and querying Kling tasks over a [`HttpTransport`].
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::kind::TaskKind;
-use super::{KlingTransport, OutboundRequest, TransportError};
+use super::{HttpTransport, OutboundRequest, TransportError};
 use crate::callback::parse::parse_callback;
 use crate::config::KlingConfig;
 use crate::task::TaskEvent;
@@ -41,7 +41,21 @@ impl KlingError {
             KlingError::InvalidResponse(status) => *status >= 500,
         }
     }
+
+    /// Kling's "invalid request parameters" (1201), which is also how it refuses an
+    /// `external_task_id` it already has.
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(self, KlingError::Api(e) if e.code == CODE_INVALID_PARAMS)
+    }
+
+    /// Kling asked us to back off (1302, 1303).
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, KlingError::Api(e) if matches!(e.code, 1302 | 1303))
+    }
 }
+
+/// Kling's "invalid request parameters".
+pub const CODE_INVALID_PARAMS: i64 = 1201;
 
 #[derive(Deserialize)]
 struct Envelope {
@@ -56,12 +70,12 @@ struct Envelope {
 
 pub struct KlingClient<'a> {
     config: &'a KlingConfig,
-    transport: &'a dyn KlingTransport,
+    transport: &'a dyn HttpTransport,
     now_secs: u64,
 }
 
 impl<'a> KlingClient<'a> {
-    pub fn new(config: &'a KlingConfig, transport: &'a dyn KlingTransport, now_secs: u64) -> Self {
+    pub fn new(config: &'a KlingConfig, transport: &'a dyn HttpTransport, now_secs: u64) -> Self {
         Self {
             config,
             transport,
@@ -169,7 +183,7 @@ mod tests {
         }
     }
 
-    impl KlingTransport for Scripted {
+    impl HttpTransport for Scripted {
         fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
             self.sent.borrow_mut().push(request);
             self.answers

@@ -1,5 +1,5 @@
 //! Talking to Kling: endpoints per task kind, the auth token, request validation, the
-//! response envelope, and a client over the [`KlingTransport`] trait (outbound HTTP is
+//! response envelope, and a client over the [`HttpTransport`] trait (outbound HTTP is
 //! Spin's in the component, a loopback server in tests).
 
 pub mod client;
@@ -32,7 +32,7 @@ pub enum TransportError {
     Failed(String),
 }
 
-/// Outbound HTTP, so the core never names Spin.
-pub trait KlingTransport {
+/// Outbound HTTP (to Kling, and to `notify_url`), so the core never names Spin.
+pub trait HttpTransport {
     fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError>;
 }

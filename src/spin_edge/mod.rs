@@ -30,20 +30,14 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
     let env = Env {
         kv: &kv,
         vars: &SpinVariables,
-        kling: &SpinOutbound,
+        http: &SpinOutbound,
         now_ms: now_ms(),
         clock: &HostClock,
         new_id: &new_id,
     };
     let handled = app::handle(&request, &env);
     send(response_out, handled.response).await;
-    if let Some(bookkeeping) = handled.after_ack
-        && let Err(error) = bookkeeping.apply(&kv)
-    {
-        // The delivery's state is stored; only counters or the task_id index are
-        // behind, and the next delivery for the task writes them again.
-        eprintln!("callback bookkeeping after the acknowledgement failed: {error}");
-    }
+    app::after_ack(handled.after_ack, &env);
 }
 
 async fn read_request(request: IncomingRequest) -> Request {

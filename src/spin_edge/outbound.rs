@@ -10,14 +10,14 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
 };
 use wasi::io::streams::StreamError;
 
-use crate::kling::{KlingTransport, OutboundRequest, OutboundResponse, TransportError};
+use crate::kling::{HttpTransport, OutboundRequest, OutboundResponse, TransportError};
 
 pub struct SpinOutbound;
 
 /// `wasi:io` writes take at most 4096 bytes at a time.
 const WRITE_CHUNK: usize = 4096;
 
-impl KlingTransport for SpinOutbound {
+impl HttpTransport for SpinOutbound {
     fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
         let (scheme, rest) = request
             .url

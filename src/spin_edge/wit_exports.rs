@@ -38,6 +38,7 @@ impl Guest for Exports {
             kind: kind_from_wit(kind),
             body: request_json.as_bytes(),
             idempotency_key: external_task_id.as_deref(),
+            pipeline: None,
         };
         submit(
             &request,

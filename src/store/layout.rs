@@ -8,13 +8,22 @@
 //! | `index:recent` | the newest page number of the recent-tasks log | appends that open a page |
 //! | `index:recent:{n}` | up to 100 task `{key}`s, oldest first | submits, and first bindings of tasks not submitted here |
 //! | `index:recent:oldest` | the oldest page retention has not emptied | retention |
-//! | `index:pending` | keys of submitted tasks not final yet | submits (add), reconcile (remove) |
+//! | `index:pending:{0..16}` | keys of submitted tasks not final yet | submits (add), reconcile (remove) |
+//! | `pipeline:{id}` | a pipeline's description ([`PipelineSpec`]) | `POST /pipelines`, once |
+//! | `pipeline:{id}:failure` | why a pipeline failed, when no step's task says it | a refused step |
+//! | `index:pipelines:{0..16}` | ids of pipelines not finished yet | `POST /pipelines` (add), reconcile (remove) |
+//! | `outbox:{webhook_id}` | a notification whose send failed ([`Pending`]) | the send (add), reconcile (retry, delete) |
+//! | `index:outbox:{0..16}` | the outbox's webhook ids | the send (add), reconcile (remove) |
 //!
 //! `{key}` is the task's `external_task_id`, or `#` followed by Kling's `task_id` for a
 //! task reported without one (`#` cannot occur in an external id, so the two never
 //! collide).
 //!
+//! A pipeline's steps are tasks whose `external_task_id` is `{id}-{step}`.
+//!
 //! [`TaskHead`]: crate::ledger::TaskHead
+//! [`PipelineSpec`]: crate::pipeline::spec::PipelineSpec
+//! [`Pending`]: crate::notify::Pending
 //! [`TaskEvent`]: crate::task::TaskEvent
 
 use crate::ledger::Slot;
@@ -65,6 +74,18 @@ pub fn recent_page(page: u64) -> String {
     format!("index:recent:{page}")
 }
 
+pub fn pipeline_key(id: &str) -> String {
+    format!("pipeline:{id}")
+}
+
+pub fn pipeline_failure_key(id: &str) -> String {
+    format!("pipeline:{id}:failure")
+}
+
+pub fn outbox_key(webhook_id: &str) -> String {
+    format!("outbox:{webhook_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +99,11 @@ mod tests {
         assert_eq!(key.slot(Slot::Final), "task:job-1:final");
         assert_eq!(TaskKey::kling("86").head(), "task:#86");
         assert_eq!(task_id_index("86"), "taskid:86");
+        assert_eq!(pipeline_key("p"), "pipeline:p");
+        assert_eq!(pipeline_failure_key("p"), "pipeline:p:failure");
+        assert_eq!(
+            outbox_key("task_job-1_succeed"),
+            "outbox:task_job-1_succeed"
+        );
     }
 }

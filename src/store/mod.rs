@@ -7,7 +7,11 @@
 
 pub mod layout;
 pub mod pending;
+pub mod pipelines;
 pub mod tasks;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// A key-value store with Spin's semantics: no transactions, last write wins.
 pub trait KeyValue {
@@ -27,6 +31,23 @@ pub enum StoreError {
     /// A value under one of our keys is not what we wrote.
     #[error("stored value under `{0}` is not valid")]
     Corrupt(String),
+}
+
+/// Reads a JSON value we wrote; anything else under our key is [`StoreError::Corrupt`].
+pub(crate) fn get_json<T: DeserializeOwned>(
+    kv: &dyn KeyValue,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match kv.get(key)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt(key.to_string())),
+    }
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("stored types serialize to JSON")
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 //! still land, and appends again if its entry was overwritten. Removals (the reconciler)
 //! need no read-back: a lost removal is only a stale entry.
 
-use super::layout::TaskKey;
 use super::{KeyValue, StoreError};
 use crate::clock::Clock;
 
@@ -24,8 +23,9 @@ pub const LEASE_MS: u64 = 250;
 pub const MARGIN_MS: u64 = 50;
 const ATTEMPTS: u64 = 10;
 
-pub fn shard_key(shard: u64) -> String {
-    format!("index:pending:{shard}")
+/// The shard key of the index named `name`: `index:{name}:{shard}`.
+pub fn shard_key(name: &str, shard: u64) -> String {
+    format!("index:{name}:{shard}")
 }
 
 /// FNV-1a: stable across builds and platforms (unlike std's hasher).
@@ -35,18 +35,45 @@ fn hash(key: &str) -> u64 {
     })
 }
 
+/// A set of keys the reconciler must visit, kept without compare-and-swap (see above).
+/// Three exist: submitted tasks not final yet, pipelines not finished, and notifications
+/// whose send failed.
 pub struct PendingIndex<'a> {
     kv: &'a dyn KeyValue,
     clock: &'a dyn Clock,
+    name: &'static str,
 }
 
 impl<'a> PendingIndex<'a> {
-    pub fn new(kv: &'a dyn KeyValue, clock: &'a dyn Clock) -> Self {
-        Self { kv, clock }
+    /// Tasks submitted here and not final yet: `index:pending:{shard}`.
+    pub fn tasks(kv: &'a dyn KeyValue, clock: &'a dyn Clock) -> Self {
+        Self {
+            kv,
+            clock,
+            name: "pending",
+        }
+    }
+
+    /// Pipelines not finished yet: `index:pipelines:{shard}`.
+    pub fn pipelines(kv: &'a dyn KeyValue, clock: &'a dyn Clock) -> Self {
+        Self {
+            kv,
+            clock,
+            name: "pipelines",
+        }
+    }
+
+    /// Notifications whose send failed: `index:outbox:{shard}`.
+    pub fn outbox(kv: &'a dyn KeyValue, clock: &'a dyn Clock) -> Self {
+        Self {
+            kv,
+            clock,
+            name: "outbox",
+        }
     }
 
     fn read_shard(&self, shard: u64) -> Result<Vec<String>, StoreError> {
-        let key = shard_key(shard);
+        let key = shard_key(self.name, shard);
         match self.kv.get(&key)? {
             None => Ok(Vec::new()),
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt(key)),
@@ -55,7 +82,7 @@ impl<'a> PendingIndex<'a> {
 
     fn write_shard(&self, shard: u64, entries: &[String]) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(entries).expect("strings serialize");
-        self.kv.set(&shard_key(shard), &bytes)
+        self.kv.set(&shard_key(self.name, shard), &bytes)
     }
 
     /// Every pending task key, shard by shard.
@@ -68,8 +95,8 @@ impl<'a> PendingIndex<'a> {
     }
 
     /// Adds a task and returns once its entry has survived every concurrent writer.
-    pub fn add(&self, key: &TaskKey) -> Result<(), StoreError> {
-        let hash = hash(key.as_str());
+    pub fn add(&self, key: &str) -> Result<(), StoreError> {
+        let hash = hash(key);
         let shard = hash % SHARDS;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -80,15 +107,15 @@ impl<'a> PendingIndex<'a> {
             }
             let read_at = self.clock.now_ms();
             let mut entries = self.read_shard(shard)?;
-            if !entries.iter().any(|e| e == key.as_str()) {
+            if !entries.iter().any(|e| e == key) {
                 if self.clock.now_ms().saturating_sub(read_at) > LEASE_MS {
                     continue; // too slow to write safely: read again
                 }
-                entries.push(key.as_str().to_string());
+                entries.push(key.to_string());
                 self.write_shard(shard, &entries)?;
             }
             self.clock.sleep_ms(LEASE_MS + MARGIN_MS);
-            if self.read_shard(shard)?.iter().any(|e| e == key.as_str()) {
+            if self.read_shard(shard)?.iter().any(|e| e == key) {
                 return Ok(());
             }
         }
@@ -133,9 +160,9 @@ mod tests {
     fn add_is_idempotent_and_remove_removes_only_what_was_asked() {
         let kv = MemoryKv::default();
         let clock = ManualClock(Cell::new(0));
-        let index = PendingIndex::new(&kv, &clock);
+        let index = PendingIndex::tasks(&kv, &clock);
         for key in ["a", "b", "a", "c"] {
-            index.add(&TaskKey::external(key)).unwrap();
+            index.add(key).unwrap();
         }
         let mut all = index.read().unwrap();
         all.sort();
@@ -176,8 +203,8 @@ mod tests {
             stale: std::cell::RefCell::new(Some(br#"["other"]"#.to_vec())),
         };
         let clock = ManualClock(Cell::new(0));
-        let index = PendingIndex::new(&kv, &clock);
-        index.add(&TaskKey::external("mine")).unwrap();
+        let index = PendingIndex::tasks(&kv, &clock);
+        index.add("mine").unwrap();
         assert_eq!(index.read().unwrap(), ["other", "mine"]);
         assert!(
             clock.now_ms() >= 2 * (LEASE_MS + MARGIN_MS),
@@ -207,19 +234,16 @@ mod tests {
     #[test]
     fn writers_that_outlive_their_lease_do_not_write() {
         let kv = MemoryKv::default();
-        kv.set(&shard_key(3), br#"["a","b"]"#).unwrap();
+        kv.set(&shard_key("pending", 3), br#"["a","b"]"#).unwrap();
         let clock = SlowClock(Cell::new(0));
-        let index = PendingIndex::new(&kv, &clock);
+        let index = PendingIndex::tasks(&kv, &clock);
         assert_eq!(index.remove(&["a".into()]).unwrap(), 2, "nothing removed");
         assert_eq!(
             index.read().unwrap(),
             ["a", "b"],
             "removal skipped: a stale entry, harmless"
         );
-        assert!(
-            index.add(&TaskKey::external("c")).is_err(),
-            "never wrote late; gave up"
-        );
+        assert!(index.add("c").is_err(), "never wrote late; gave up");
         assert_eq!(index.read().unwrap(), ["a", "b"]);
     }
 }

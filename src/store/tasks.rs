@@ -1,14 +1,13 @@
 //! Task heads, status slots and the task_id index over a [`KeyValue`] store.
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::layout::{RECENT_HEAD, RECENT_OLDEST, TaskKey, recent_page, task_id_index};
-use super::{KeyValue, StoreError};
+use super::{KeyValue, StoreError, get_json, to_json};
 use crate::ledger::{
     LedgerError, Slot, Submission, TaskHead, Verdict, assemble, assemble_submission, judge,
 };
-use crate::task::{TaskEvent, TaskRecord, TaskStatus};
+use crate::task::{StepRef, TaskEvent, TaskRecord, TaskStatus};
 use crate::validate::{is_valid_external_task_id, is_valid_task_id};
 
 pub struct TaskStore<'a> {
@@ -320,6 +319,7 @@ impl<'a> TaskStore<'a> {
         key: &TaskKey,
         external_task_id: &str,
         kind: &str,
+        pipeline: Option<&StepRef>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let head = TaskHead {
@@ -328,6 +328,7 @@ impl<'a> TaskStore<'a> {
                 kind: kind.to_string(),
                 status: TaskStatus::Submitting,
                 submitted_at: now_ms,
+                pipeline: pipeline.cloned(),
             }),
             ..TaskHead::default()
         };
@@ -411,17 +412,8 @@ impl<'a> TaskStore<'a> {
     }
 
     fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        match self.kv.get(key)? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|_| StoreError::Corrupt(key.to_string())),
-        }
+        get_json(self.kv, key)
     }
-}
-
-fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("task types serialize to JSON")
 }
 
 #[cfg(test)]
@@ -524,7 +516,7 @@ mod tests {
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-s");
         store
-            .record_submission(&key, "job-s", "text2video", 5)
+            .record_submission(&key, "job-s", "text2video", None, 5)
             .unwrap();
         let record = store.find("job-s").unwrap().unwrap();
         assert_eq!(
@@ -561,7 +553,7 @@ mod tests {
             let ext = format!("job-{i}");
             let key = TaskKey::external(&ext);
             store
-                .record_submission(&key, &ext, "text2video", i)
+                .record_submission(&key, &ext, "text2video", None, i)
                 .unwrap();
             store.remember(&key).unwrap();
             if let Some(status) = outcome(i) {

@@ -6,6 +6,8 @@ mod support;
 mod bench;
 mod callbacks;
 mod concurrency;
+mod notify;
+mod pipelines;
 mod reconcile;
 mod rejections;
 mod storm;

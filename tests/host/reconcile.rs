@@ -90,7 +90,7 @@ async fn callbacks_that_never_arrive_are_reconciled_to_the_true_final_state() {
     let run = report(&d.app).await;
     assert_eq!(
         run,
-        json!({"checked": 2, "updated": 2, "pending": 0, "purged": 0, "errors": []})
+        json!({"checked": 2, "updated": 2, "pending": 0, "purged": 0, "errors": [], "pipelines_advanced": 0, "pipelines_pending": 0, "notifications_sent": 0, "notifications_pending": 0})
     );
     let ok = status(&d.app, "job-lost-ok").await;
     assert_eq!(
@@ -112,7 +112,7 @@ async fn callbacks_that_never_arrive_are_reconciled_to_the_true_final_state() {
     let queries_before = d.standin.received().len();
     assert_eq!(
         report(&d.app).await,
-        json!({"checked": 0, "updated": 0, "pending": 0, "purged": 0, "errors": []})
+        json!({"checked": 0, "updated": 0, "pending": 0, "purged": 0, "errors": [], "pipelines_advanced": 0, "pipelines_pending": 0, "notifications_sent": 0, "notifications_pending": 0})
     );
     assert_eq!(d.standin.received().len(), queries_before);
 }
@@ -123,7 +123,7 @@ async fn only_stale_tasks_are_asked_about() {
     submit_silent(&d, "job-fresh", false).await;
     assert_eq!(
         report(&d.app).await,
-        json!({"checked": 0, "updated": 0, "pending": 1, "purged": 0, "errors": []})
+        json!({"checked": 0, "updated": 0, "pending": 1, "purged": 0, "errors": [], "pipelines_advanced": 0, "pipelines_pending": 0, "notifications_sent": 0, "notifications_pending": 0})
     );
     assert_eq!(status(&d.app, "job-fresh").await["status"], "submitted");
 }

@@ -5,5 +5,6 @@
 pub mod components;
 pub mod deployment;
 pub mod kv;
+pub mod receiver;
 pub mod requests;
 pub mod spin_host;

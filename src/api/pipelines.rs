@@ -1,0 +1,206 @@
+//! Running pipelines: `POST /pipelines` (create and submit step 0), advancing one when a
+//! step's task ends (from the callback path and from the reconciler), and
+//! `GET /pipelines/{id}`.
+//!
+//! Exactly one Kling task per step, whatever the callbacks do: a step is submitted with
+//! the `external_task_id` `{pipeline}-{step}`, so a second advance for the same step
+//! (a duplicate callback, a concurrent replica, the reconciler) finds the first task, and
+//! Kling itself refuses a second create of that id.
+
+use crate::api::submit::{SubmitError, SubmitRequest, Submitted, submit};
+use crate::clock::Clock;
+use crate::config::SubmitConfig;
+use crate::error::ApiError;
+use crate::kling::HttpTransport;
+use crate::kling::client::KlingError;
+use crate::kling::kind::TaskKind;
+use crate::pipeline::progress::{Next, PipelineFailure, PipelineView, step_external_id};
+use crate::pipeline::spec::{NewStep, PipelineSpec, SpecError, build, request_for};
+use crate::store::pending::PendingIndex;
+use crate::store::pipelines::PipelineStore;
+use crate::store::{KeyValue, StoreError};
+use crate::task::StepRef;
+use crate::validate::is_valid_external_task_id;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Submitting a step failed; at creation, nothing was kept.
+    #[error("step {step}: {error}")]
+    Step { step: usize, error: SubmitError },
+    /// A step's request could not be built from the previous step's result.
+    #[error("step {step}: {message}")]
+    Input { step: usize, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `POST /pipelines` and the WIT `create-pipeline` take.
+pub struct NewPipeline<'a> {
+    pub id: Option<String>,
+    pub steps: Vec<NewStep>,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// Where submits happen: the same configuration, store, transport and clock as a task
+/// submit.
+pub struct Submitter<'a> {
+    pub config: &'a SubmitConfig,
+    pub kv: &'a dyn KeyValue,
+    pub transport: &'a dyn HttpTransport,
+    pub clock: &'a dyn Clock,
+}
+
+pub struct Created {
+    pub view: PipelineView,
+    /// `false` when a pipeline with this id already existed and nothing was done.
+    pub created: bool,
+}
+
+/// Validates every step, stores the description, indexes the pipeline for the
+/// reconciler, and submits step 0. If step 0 is refused, the pipeline is forgotten and
+/// the refusal returned, so a corrected request can use the same id.
+pub fn create(
+    new: NewPipeline<'_>,
+    submitter: &Submitter<'_>,
+    new_id: &dyn Fn() -> String,
+) -> Result<Created, PipelineError> {
+    let id = choose_id(new.id, new.idempotency_key, new_id)?;
+    let spec = build(id, new.steps, submitter.clock.now_ms())?;
+    let store = PipelineStore::new(submitter.kv);
+    if let Some(view) = store.view(&spec.id)? {
+        return Ok(Created {
+            view,
+            created: false,
+        });
+    }
+    store.save_spec(&spec)?;
+    if let Err(error) = PendingIndex::pipelines(submitter.kv, submitter.clock).add(&spec.id) {
+        store.forget(&spec.id)?;
+        return Err(error.into());
+    }
+    if let Err(error) = submit_step(&spec, None, 0, submitter) {
+        store.forget(&spec.id)?;
+        return Err(match error {
+            StepError::Submit(error) => PipelineError::Step { step: 0, error },
+            StepError::Input(message) => PipelineError::Input { step: 0, message },
+        });
+    }
+    Ok(Created {
+        view: store.view_of(&spec)?,
+        created: true,
+    })
+}
+
+pub fn get(id: &str, kv: &dyn KeyValue) -> Result<Option<PipelineView>, StoreError> {
+    if !is_valid_external_task_id(id) {
+        return Ok(None);
+    }
+    PipelineStore::new(kv).view(id)
+}
+
+/// A pipeline after [`advance`].
+#[derive(Debug)]
+pub struct Advanced {
+    pub view: PipelineView,
+    /// Whether this call submitted a step or failed the pipeline.
+    pub changed: bool,
+}
+
+/// Moves a pipeline on if it can: submits the step after one that succeeded, or fails
+/// the pipeline when Kling refuses that step or the previous result lacks an input.
+/// Rate limits, timeouts and store errors are returned and leave it as it was, for the
+/// reconciler to retry. `None` for an unknown pipeline.
+pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, PipelineError> {
+    let store = PipelineStore::new(submitter.kv);
+    let Some(spec) = store.spec(id)? else {
+        return Ok(None);
+    };
+    let view = store.view_of(&spec)?;
+    let Next::Submit(step) = view.next() else {
+        return Ok(Some(Advanced {
+            view,
+            changed: false,
+        }));
+    };
+    let failure = match submit_step(&spec, Some(&view), step, submitter) {
+        Ok(_) => None,
+        Err(StepError::Input(message)) => Some(PipelineFailure {
+            step,
+            code: "input_missing".into(),
+            message,
+        }),
+        Err(StepError::Submit(SubmitError::Kling(error @ KlingError::Api(_))))
+            if !error.is_rate_limited() =>
+        {
+            // Kling refused the request itself: retrying cannot help.
+            let error = ApiError::from(SubmitError::Kling(error));
+            Some(PipelineFailure {
+                step,
+                code: error.status_and_code().1.into(),
+                message: error.message(),
+            })
+        }
+        Err(StepError::Submit(error)) => return Err(PipelineError::Step { step, error }),
+    };
+    if let Some(failure) = &failure {
+        store.fail(id, failure)?;
+    }
+    Ok(Some(Advanced {
+        view: store.view_of(&spec)?,
+        changed: true,
+    }))
+}
+
+enum StepError {
+    Input(String),
+    Submit(SubmitError),
+}
+
+fn submit_step(
+    spec: &PipelineSpec,
+    view: Option<&PipelineView>,
+    step: usize,
+    submitter: &Submitter<'_>,
+) -> Result<Submitted, StepError> {
+    let step_spec = &spec.steps[step];
+    let previous = view.and_then(|v| v.previous_task(step));
+    let request = request_for(step_spec, previous).map_err(|e| StepError::Input(e.to_string()))?;
+    let body = serde_json::to_vec(&request).map_err(|e| StepError::Input(e.to_string()))?;
+    let external_task_id = step_external_id(&spec.id, step);
+    let kind = TaskKind::from_name(&step_spec.kind)
+        .ok_or_else(|| StepError::Input(format!("unknown kind {}", step_spec.kind)))?;
+    let pipeline = StepRef {
+        pipeline_id: spec.id.clone(),
+        step,
+    };
+    submit(
+        &SubmitRequest {
+            kind,
+            body: &body,
+            idempotency_key: Some(&external_task_id),
+            pipeline: Some(&pipeline),
+        },
+        submitter.config,
+        submitter.kv,
+        submitter.transport,
+        submitter.clock,
+        // The idempotency key always names the id.
+        &String::new,
+    )
+    .map_err(StepError::Submit)
+}
+
+fn choose_id(
+    in_body: Option<String>,
+    idempotency_key: Option<&str>,
+    new_id: &dyn Fn() -> String,
+) -> Result<String, SpecError> {
+    match (in_body, idempotency_key) {
+        (Some(a), Some(b)) if a != b => Err(SpecError::IdempotencyKeyMismatch),
+        (Some(id), _) => Ok(id),
+        (None, Some(key)) => Ok(key.to_string()),
+        (None, None) => Ok(new_id()),
+    }
+}

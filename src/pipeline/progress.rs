@@ -1,0 +1,288 @@
+//! Where a pipeline stands, derived from its steps' tasks: nothing about progress is
+//! stored but the steps' own task records (and a failure that no task carries, such as
+//! Kling refusing a step's request). Being derived, it cannot disagree with the tasks,
+//! whatever order callbacks arrive in.
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::PipelineSpec;
+use crate::task::{Image, TaskRecord, TaskStatus, Video};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineStatus {
+    Running,
+    Succeed,
+    Failed,
+}
+
+impl PipelineStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeed => "succeed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Why a pipeline failed, when no step's task says so itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineFailure {
+    pub step: usize,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepView {
+    pub index: usize,
+    pub kind: String,
+    pub external_task_id: String,
+    /// `None` until the step is submitted.
+    pub task: Option<TaskRecord>,
+}
+
+/// A pipeline as `GET /pipelines/{id}` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PipelineView {
+    pub id: String,
+    pub status: PipelineStatus,
+    /// The step running now, or the one that ended the pipeline.
+    pub current_step: usize,
+    pub steps: Vec<StepView>,
+    /// The last step's results, once the pipeline succeeded.
+    pub outputs: Option<Outputs>,
+    pub error: Option<PipelineFailure>,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outputs {
+    pub videos: Vec<Video>,
+    pub images: Vec<Image>,
+}
+
+/// What should happen next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Submit this step: the previous one succeeded (or it is the first).
+    Submit(usize),
+    /// A step is still running at Kling.
+    Wait,
+    /// Nothing more will happen.
+    Finished(PipelineStatus),
+}
+
+/// The external id of a step's task: derived, so submitting a step twice finds the first.
+pub fn step_external_id(pipeline_id: &str, step: usize) -> String {
+    format!("{pipeline_id}-{step}")
+}
+
+/// `tasks[i]` is step `i`'s task; the list may stop early (steps not reached are `None`).
+pub fn view(
+    spec: &PipelineSpec,
+    tasks: &[Option<TaskRecord>],
+    failure: Option<PipelineFailure>,
+) -> PipelineView {
+    let steps: Vec<StepView> = spec
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(index, step)| StepView {
+            index,
+            kind: step.kind.clone(),
+            external_task_id: step_external_id(&spec.id, index),
+            task: tasks.get(index).cloned().flatten(),
+        })
+        .collect();
+    let status_of = |i: usize| steps[i].task.as_ref().map(|t| t.status);
+    // The first step that has not succeeded is where the pipeline stands.
+    let current = (0..steps.len())
+        .find(|&i| status_of(i) != Some(TaskStatus::Succeed))
+        .unwrap_or(steps.len() - 1);
+    let failed_task = steps.iter().find_map(|s| {
+        let task = s.task.as_ref()?;
+        (task.status == TaskStatus::Failed).then(|| PipelineFailure {
+            step: s.index,
+            code: "step_failed".into(),
+            message: if task.status_msg.is_empty() {
+                "Kling reported the task as failed".into()
+            } else {
+                task.status_msg.clone()
+            },
+        })
+    });
+    let error = failed_task.or(failure);
+    let status = match (&error, status_of(steps.len() - 1)) {
+        (Some(_), _) => PipelineStatus::Failed,
+        (None, Some(TaskStatus::Succeed)) => PipelineStatus::Succeed,
+        (None, _) => PipelineStatus::Running,
+    };
+    let outputs = (status == PipelineStatus::Succeed).then(|| {
+        let last = steps[steps.len() - 1].task.as_ref();
+        Outputs {
+            videos: last.map(|t| t.videos.clone()).unwrap_or_default(),
+            images: last.map(|t| t.images.clone()).unwrap_or_default(),
+        }
+    });
+    PipelineView {
+        id: spec.id.clone(),
+        status,
+        current_step: error.as_ref().map_or(current, |e| e.step),
+        steps,
+        outputs,
+        error,
+        created_at: spec.created_at,
+    }
+}
+
+impl PipelineView {
+    pub fn next(&self) -> Next {
+        if self.status != PipelineStatus::Running {
+            return Next::Finished(self.status);
+        }
+        let step = &self.steps[self.current_step];
+        match &step.task {
+            None => Next::Submit(self.current_step),
+            Some(_) => Next::Wait,
+        }
+    }
+
+    /// The task of the step before `step`, whose result feeds it.
+    pub fn previous_task(&self, step: usize) -> Option<&TaskRecord> {
+        step.checked_sub(1)
+            .and_then(|p| self.steps.get(p))
+            .and_then(|s| s.task.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::spec::StepSpec;
+
+    fn spec(steps: usize) -> PipelineSpec {
+        PipelineSpec {
+            id: "p".into(),
+            steps: (0..steps)
+                .map(|_| StepSpec {
+                    kind: "text2video".into(),
+                    request: Default::default(),
+                    inputs: Default::default(),
+                })
+                .collect(),
+            created_at: 1,
+        }
+    }
+
+    fn task(status: TaskStatus) -> Option<TaskRecord> {
+        Some(TaskRecord {
+            task_id: Some("1".into()),
+            external_task_id: None,
+            kind: None,
+            status,
+            status_msg: if status == TaskStatus::Failed {
+                "content rejected".into()
+            } else {
+                String::new()
+            },
+            videos: vec![Video {
+                id: Some(format!("{status:?}")),
+                ..Video::default()
+            }],
+            images: Vec::new(),
+            created_at: None,
+            updated_at: None,
+            final_unit_deduction: None,
+            source: None,
+            deliveries: 0,
+            last_delivery_at: None,
+            pipeline: None,
+        })
+    }
+
+    #[test]
+    fn a_pipeline_moves_step_by_step() {
+        use TaskStatus::*;
+        let spec = spec(3);
+        let cases: Vec<(Vec<Option<TaskRecord>>, PipelineStatus, usize, Next)> = vec![
+            (vec![], PipelineStatus::Running, 0, Next::Submit(0)),
+            (
+                vec![task(Processing)],
+                PipelineStatus::Running,
+                0,
+                Next::Wait,
+            ),
+            (
+                vec![task(Succeed)],
+                PipelineStatus::Running,
+                1,
+                Next::Submit(1),
+            ),
+            (
+                vec![task(Succeed), task(Submitting)],
+                PipelineStatus::Running,
+                1,
+                Next::Wait,
+            ),
+            (
+                vec![task(Succeed), task(Failed)],
+                PipelineStatus::Failed,
+                1,
+                Next::Finished(PipelineStatus::Failed),
+            ),
+            (
+                vec![task(Succeed), task(Succeed), task(Succeed)],
+                PipelineStatus::Succeed,
+                2,
+                Next::Finished(PipelineStatus::Succeed),
+            ),
+        ];
+        for (tasks, status, current, next) in cases {
+            let view = view(&spec, &tasks, None);
+            assert_eq!(
+                (view.status, view.current_step, view.next()),
+                (status, current, next),
+                "{:?}",
+                tasks
+                    .iter()
+                    .map(|t| t.as_ref().map(|t| t.status))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn outputs_are_the_last_steps_and_a_failure_names_its_step() {
+        use TaskStatus::*;
+        let done = view(&spec(2), &[task(Succeed), task(Succeed)], None);
+        assert_eq!(
+            done.outputs.unwrap().videos[0].id.as_deref(),
+            Some("Succeed")
+        );
+        let failed = view(&spec(2), &[task(Succeed), task(Failed)], None);
+        let error = failed.error.unwrap();
+        assert_eq!(
+            (error.step, error.message.as_str()),
+            (1, "content rejected")
+        );
+        assert!(failed.outputs.is_none());
+
+        let refused = PipelineFailure {
+            step: 1,
+            code: "kling_invalid_request".into(),
+            message: "bad".into(),
+        };
+        let view = view(&spec(2), &[task(Succeed)], Some(refused.clone()));
+        assert_eq!(
+            (view.status, view.current_step, view.error),
+            (PipelineStatus::Failed, 1, Some(refused))
+        );
+    }
+
+    #[test]
+    fn step_ids_are_derived_from_the_pipeline() {
+        assert_eq!(step_external_id("promo-7", 2), "promo-7-2");
+    }
+}

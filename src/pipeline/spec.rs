@@ -1,0 +1,448 @@
+//! A pipeline's description: ordered steps, each a Kling task kind and its request, and
+//! which fields of the previous step's result fill which fields of the next request.
+//!
+//! ```json
+//! {"id": "promo-7", "steps": [
+//!   {"kind": "text2video", "request": {"prompt": "a cat on a skateboard"}},
+//!   {"kind": "video-extend", "request": {"prompt": "it jumps"}},
+//!   {"kind": "lip-sync", "request": {"input": {"mode": "text2video", "text": "hi"}},
+//!    "inputs": {"input.video_id": "videos.0.id"}}
+//! ]}
+//! ```
+//!
+//! `inputs` maps a request field (dot path) to a field of the previous step's task record
+//! (dot path, numbers index lists: `videos.0.id`, `videos.0.url`, `images.0.url`,
+//! `task_id`). Left out, a step takes the obvious value: `video_id` for `video-extend`
+//! and `input.video_id` for `lip-sync` from a previous video, `image` for `image2video`
+//! from a previous image. `"inputs": {}` takes nothing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::kling::kind::TaskKind;
+use crate::kling::request::{RequestError, validate};
+use crate::task::TaskRecord;
+use crate::validate::is_valid_external_task_id;
+
+pub const MAX_STEPS: usize = 10;
+/// A pipeline id leaves room for `-{step}` within an `external_task_id`'s 64 characters.
+pub const MAX_ID_CHARS: usize = 60;
+
+/// A pipeline as stored: written once, when it is created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineSpec {
+    pub id: String,
+    pub steps: Vec<StepSpec>,
+    /// Our clock, milliseconds.
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSpec {
+    /// The task kind's name (`text2video`, ...), checked when the pipeline is created.
+    pub kind: String,
+    pub request: Map<String, Value>,
+    /// Request field ← previous result field, both dot paths.
+    pub inputs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("body must be a JSON object with `steps`: a list of {{kind, request, inputs}}")]
+    InvalidBody,
+    #[error("a pipeline has 1 to 10 steps")]
+    StepCount,
+    #[error("`steps[{0}].kind` is not a task kind this component submits")]
+    UnknownKind(usize),
+    #[error("`steps[{step}].request`: {error}")]
+    InvalidRequest { step: usize, error: RequestError },
+    #[error("`steps[{step}].request.external_task_id` is set by the pipeline; leave it out")]
+    ExternalTaskIdInStep { step: usize },
+    #[error("`steps[{step}].inputs.{target}` is not valid: {problem}")]
+    InvalidInput {
+        step: usize,
+        target: String,
+        problem: &'static str,
+    },
+    #[error("pipeline `id` must be 1 to 60 characters of A-Z a-z 0-9 _ -")]
+    InvalidId,
+    #[error("`Idempotency-Key` and the body's `id` differ")]
+    IdempotencyKeyMismatch,
+}
+
+/// The body of `POST /pipelines`, before validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Description {
+    #[serde(default)]
+    id: Option<String>,
+    steps: Vec<StepDescription>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepDescription {
+    kind: String,
+    request: Map<String, Value>,
+    #[serde(default)]
+    inputs: Option<BTreeMap<String, String>>,
+}
+
+/// A step as described by a caller: the WIT function's input, and each element of the
+/// HTTP body's `steps`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewStep {
+    pub kind: String,
+    pub request: Map<String, Value>,
+    /// `None`: the kind's obvious inputs (module docs).
+    pub inputs: Option<BTreeMap<String, String>>,
+}
+
+/// Reads an HTTP body into an optional id and steps; [`build`] checks them.
+pub fn parse_description(body: &[u8]) -> Result<(Option<String>, Vec<NewStep>), SpecError> {
+    let description: Description =
+        serde_json::from_slice(body).map_err(|_| SpecError::InvalidBody)?;
+    let steps = description
+        .steps
+        .into_iter()
+        .map(|s| NewStep {
+            kind: s.kind,
+            request: s.request,
+            inputs: s.inputs,
+        })
+        .collect();
+    Ok((description.id, steps))
+}
+
+/// Checks a described pipeline the way each step's submit would, so a pipeline that is
+/// accepted does not fail later on a request Kling would obviously refuse. Fields filled
+/// from a previous step are checked with a stand-in value.
+pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpec, SpecError> {
+    if id.len() > MAX_ID_CHARS || !is_valid_external_task_id(&id) {
+        return Err(SpecError::InvalidId);
+    }
+    if steps.is_empty() || steps.len() > MAX_STEPS {
+        return Err(SpecError::StepCount);
+    }
+    let mut built: Vec<StepSpec> = Vec::with_capacity(steps.len());
+    for (index, step) in steps.into_iter().enumerate() {
+        let kind = TaskKind::from_name(&step.kind).ok_or(SpecError::UnknownKind(index))?;
+        if step.request.contains_key("external_task_id") {
+            return Err(SpecError::ExternalTaskIdInStep { step: index });
+        }
+        let previous = built.last().and_then(|p| TaskKind::from_name(&p.kind));
+        let inputs = step
+            .inputs
+            .unwrap_or_else(|| default_inputs(previous, kind));
+        if index == 0
+            && let Some(target) = inputs.keys().next()
+        {
+            return Err(SpecError::InvalidInput {
+                step: 0,
+                target: target.clone(),
+                problem: "the first step has no previous step to take it from",
+            });
+        }
+        let mut checked = step.request.clone();
+        for (target, source) in &inputs {
+            let invalid = |problem| SpecError::InvalidInput {
+                step: index,
+                target: target.clone(),
+                problem,
+            };
+            if !is_path(source) {
+                return Err(invalid("the source must be a dot path such as videos.0.id"));
+            }
+            if !is_path(target) || target.split('.').any(|s| s.parse::<usize>().is_ok()) {
+                return Err(invalid("the target must be a dot path of field names"));
+            }
+            if matches!(target.as_str(), "callback_url" | "external_task_id") {
+                return Err(invalid("this field is set by kling-webhook"));
+            }
+            set_path(
+                &mut checked,
+                target,
+                Value::String("from-previous-step".into()),
+            )
+            .map_err(|()| invalid("the target crosses a field that is not an object"))?;
+        }
+        let bytes = serde_json::to_vec(&checked).map_err(|_| SpecError::InvalidBody)?;
+        validate(kind, &bytes).map_err(|error| SpecError::InvalidRequest { step: index, error })?;
+        built.push(StepSpec {
+            kind: step.kind,
+            request: step.request,
+            inputs,
+        });
+    }
+    Ok(PipelineSpec {
+        id,
+        steps: built,
+        created_at: now_ms,
+    })
+}
+
+/// What a step takes from the previous one when its description names nothing.
+fn default_inputs(previous: Option<TaskKind>, kind: TaskKind) -> BTreeMap<String, String> {
+    let makes_video = previous.is_some_and(|p| p != TaskKind::ImageGeneration);
+    let pair = match kind {
+        TaskKind::VideoExtend if makes_video => Some(("video_id", "videos.0.id")),
+        TaskKind::LipSync if makes_video => Some(("input.video_id", "videos.0.id")),
+        TaskKind::Image2Video if previous == Some(TaskKind::ImageGeneration) => {
+            Some(("image", "images.0.url"))
+        }
+        _ => None,
+    };
+    pair.map(|(target, source)| (target.to_string(), source.to_string()))
+        .into_iter()
+        .collect()
+}
+
+fn is_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('.').all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+}
+
+/// Sets `value` at a dot path, creating objects on the way.
+fn set_path(object: &mut Map<String, Value>, path: &str, value: Value) -> Result<(), ()> {
+    let (parents, last) = match path.rsplit_once('.') {
+        Some((parents, last)) => (Some(parents), last),
+        None => (None, path),
+    };
+    let mut current = object;
+    for segment in parents.into_iter().flat_map(|p| p.split('.')) {
+        let next = current
+            .entry(segment.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        current = next.as_object_mut().ok_or(())?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// The value at a dot path of a task record, if there is one.
+fn get_path(record: &TaskRecord, path: &str) -> Option<Value> {
+    let mut value = serde_json::to_value(record).ok()?;
+    for segment in path.split('.') {
+        value = match value {
+            Value::Object(mut map) => map.remove(segment)?,
+            Value::Array(mut list) => {
+                let index = segment.parse::<usize>().ok()?;
+                (index < list.len()).then(|| list.swap_remove(index))?
+            }
+            _ => return None,
+        };
+    }
+    (!value.is_null()).then_some(value)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the previous step's result has no `{source_path}` for `{target}`")]
+pub struct MissingInput {
+    pub target: String,
+    pub source_path: String,
+}
+
+/// The request to send for `step`, with its inputs filled from the previous step's task.
+pub fn request_for(
+    step: &StepSpec,
+    previous: Option<&TaskRecord>,
+) -> Result<Map<String, Value>, MissingInput> {
+    let mut request = step.request.clone();
+    for (target, source) in &step.inputs {
+        let missing = || MissingInput {
+            target: target.clone(),
+            source_path: source.clone(),
+        };
+        let value = previous
+            .and_then(|p| get_path(p, source))
+            .ok_or_else(missing)?;
+        set_path(&mut request, target, value).map_err(|()| missing())?;
+    }
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{TaskStatus, Video};
+    use serde_json::json;
+
+    fn steps(value: Value) -> Vec<NewStep> {
+        let body = json!({ "steps": value }).to_string();
+        parse_description(body.as_bytes()).unwrap().1
+    }
+
+    fn three_steps() -> Vec<NewStep> {
+        steps(json!([
+            {"kind": "text2video", "request": {"prompt": "a cat"}},
+            {"kind": "video-extend", "request": {"prompt": "it jumps"}},
+            {"kind": "lip-sync", "request": {"input": {"mode": "text2video", "text": "hi"}}},
+        ]))
+    }
+
+    fn succeeded(video_id: &str) -> TaskRecord {
+        TaskRecord {
+            task_id: Some("86".into()),
+            external_task_id: Some("p-0".into()),
+            kind: Some("text2video".into()),
+            status: TaskStatus::Succeed,
+            status_msg: String::new(),
+            videos: vec![Video {
+                id: Some(video_id.into()),
+                url: Some("https://cdn/v.mp4".into()),
+                duration: Some("5".into()),
+                watermark_url: None,
+            }],
+            images: Vec::new(),
+            created_at: None,
+            updated_at: None,
+            final_unit_deduction: None,
+            source: None,
+            deliveries: 1,
+            last_delivery_at: None,
+            pipeline: None,
+        }
+    }
+
+    #[test]
+    fn video_steps_take_the_previous_video_by_default() {
+        let spec = build("p".into(), three_steps(), 7).unwrap();
+        assert!(spec.steps[0].inputs.is_empty());
+        let previous = succeeded("v-1");
+        let extend = request_for(&spec.steps[1], Some(&previous)).unwrap();
+        assert_eq!(extend["video_id"], "v-1");
+        assert_eq!(extend["prompt"], "it jumps");
+        let lip_sync = request_for(&spec.steps[2], Some(&previous)).unwrap();
+        assert_eq!(lip_sync["input"]["video_id"], "v-1");
+        assert_eq!(
+            lip_sync["input"]["text"], "hi",
+            "the rest of `input` is kept"
+        );
+    }
+
+    #[test]
+    fn explicit_inputs_take_any_field_and_an_empty_map_takes_none() {
+        let spec = build(
+            "p".into(),
+            steps(json!([
+                {"kind": "text2video", "request": {"prompt": "a"}},
+                {"kind": "lip-sync", "request": {"input": {"mode": "audio2video", "audio_url": "https://a/b.mp3"}},
+                 "inputs": {"input.video_url": "videos.0.url"}},
+                {"kind": "text2video", "request": {"prompt": "b"}, "inputs": {}},
+            ])),
+            7,
+        )
+        .unwrap();
+        let request = request_for(&spec.steps[1], Some(&succeeded("v"))).unwrap();
+        assert_eq!(request["input"]["video_url"], "https://cdn/v.mp4");
+        assert!(request["input"].get("video_id").is_none());
+        assert!(spec.steps[2].inputs.is_empty());
+    }
+
+    #[test]
+    fn an_image_feeds_image2video() {
+        let spec = build(
+            "p".into(),
+            steps(json!([
+                {"kind": "image-generation", "request": {"prompt": "a"}},
+                {"kind": "image2video", "request": {"prompt": "move"}},
+            ])),
+            7,
+        )
+        .unwrap();
+        assert_eq!(spec.steps[1].inputs["image"], "images.0.url");
+    }
+
+    #[test]
+    fn a_missing_source_is_named() {
+        let spec = build("p".into(), three_steps(), 7).unwrap();
+        let mut previous = succeeded("v");
+        previous.videos.clear();
+        assert_eq!(
+            request_for(&spec.steps[1], Some(&previous)).unwrap_err(),
+            MissingInput {
+                target: "video_id".into(),
+                source_path: "videos.0.id".into()
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_descriptions_are_named() {
+        let cases: Vec<(Value, SpecError)> = vec![
+            (json!([]), SpecError::StepCount),
+            (
+                json!([{"kind": "text2audio", "request": {}}]),
+                SpecError::UnknownKind(0),
+            ),
+            (
+                json!([{"kind": "text2video", "request": {"prompt": "a", "external_task_id": "x"}}]),
+                SpecError::ExternalTaskIdInStep { step: 0 },
+            ),
+            (
+                json!([{"kind": "text2video", "request": {"prompt": "a"}, "inputs": {"prompt": "task_id"}}]),
+                SpecError::InvalidInput {
+                    step: 0,
+                    target: "prompt".into(),
+                    problem: "the first step has no previous step to take it from",
+                },
+            ),
+            (
+                json!([{"kind": "text2video", "request": {"prompt": "a"}},
+                       {"kind": "video-extend", "request": {}, "inputs": {"callback_url": "videos.0.url"}}]),
+                SpecError::InvalidInput {
+                    step: 1,
+                    target: "callback_url".into(),
+                    problem: "this field is set by kling-webhook",
+                },
+            ),
+            (
+                json!([{"kind": "text2video", "request": {"prompt": "a"}},
+                       {"kind": "video-extend", "request": {}, "inputs": {"video_id": "videos..id"}}]),
+                SpecError::InvalidInput {
+                    step: 1,
+                    target: "video_id".into(),
+                    problem: "the source must be a dot path such as videos.0.id",
+                },
+            ),
+            (
+                // video-extend without inputs after an image has no video_id.
+                json!([{"kind": "image-generation", "request": {"prompt": "a"}},
+                       {"kind": "video-extend", "request": {}}]),
+                SpecError::InvalidRequest {
+                    step: 1,
+                    error: validate(TaskKind::VideoExtend, b"{}").unwrap_err(),
+                },
+            ),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                build("p".into(), steps(value.clone()), 7).unwrap_err(),
+                expected,
+                "{value}"
+            );
+        }
+        assert_eq!(
+            build("a.b".into(), three_steps(), 7).unwrap_err(),
+            SpecError::InvalidId
+        );
+        assert_eq!(
+            build("x".repeat(61), three_steps(), 7).unwrap_err(),
+            SpecError::InvalidId
+        );
+        for body in [&b"[]"[..], b"{}", br#"{"steps":[],"extra":1}"#, b"nope"] {
+            assert!(
+                matches!(parse_description(body), Err(SpecError::InvalidBody)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Notifications to the next system: signed with Standard Webhooks headers (verified by
+//! the reference library), sent after the acknowledgement, kept in the outbox when the
+//! receiver fails, and retried by reconcile until it succeeds.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::deployment::{Auth, Deployment, deploy_with};
+use crate::support::receiver::{Message, NOTIFY_SECRET, Receiver};
+use crate::support::requests::{API_TOKEN, authorized, callback, flat, request};
+
+async fn deploy_notifying(receiver: &Receiver) -> Deployment {
+    deploy_with(
+        Auth::KeyPair,
+        None,
+        &[
+            ("notify_url", receiver.url()),
+            ("notify_secret", NOTIFY_SECRET),
+            ("notify_retry_seconds", "0"),
+        ],
+    )
+    .await
+}
+
+/// Waits until the receiver has accepted a message with this id.
+async fn wait_for_message(receiver: &Receiver, webhook_id: &str) -> Message {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(message) = receiver
+            .accepted()
+            .into_iter()
+            .find(|m| m.webhook_id == webhook_id)
+        {
+            return message;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{webhook_id} never arrived; got {:?}",
+            receiver
+                .accepted()
+                .iter()
+                .map(|m| m.webhook_id.clone())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_and_pipeline_changes_reach_the_next_system_signed_once_per_status() {
+    let receiver = Receiver::start(0).await;
+    let d = deploy_notifying(&receiver).await;
+    let body = json!({"id": "clip", "steps": [
+        {"kind": "text2video", "request": {"prompt": "a fox"}},
+        {"kind": "video-extend", "request": {"prompt": "it runs"}},
+    ]});
+    let reply = d
+        .app
+        .send(
+            request("POST", "/pipelines")
+                .header("authorization", format!("Bearer {API_TOKEN}"))
+                .body(body.to_string().into())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 202);
+
+    let task = wait_for_message(&receiver, "task_clip-0_succeed").await;
+    assert_eq!(task.body["type"], "task.updated");
+    assert_eq!(task.body["data"]["external_task_id"], "clip-0");
+    assert_eq!(task.body["data"]["status"], "succeed");
+    assert!(task.body["data"]["videos"][0]["url"].is_string());
+    assert!(
+        task.body["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+
+    let started = wait_for_message(&receiver, "pipeline_clip_running_1").await;
+    assert_eq!(started.body["type"], "pipeline.updated");
+    assert_eq!(
+        started.body["data"]["steps"][1]["task"]["external_task_id"],
+        "clip-1"
+    );
+    let done = wait_for_message(&receiver, "pipeline_clip_succeed_1").await;
+    assert_eq!(done.body["data"]["status"], "succeed");
+    assert!(done.body["data"]["outputs"]["videos"][0]["id"].is_string());
+    for status in ["submitted", "processing", "succeed"] {
+        wait_for_message(&receiver, &format!("task_clip-1_{status}")).await;
+    }
+    assert_eq!(receiver.forged(), 0, "every signature verified");
+    let serialized = serde_json::to_string(
+        &receiver
+            .accepted()
+            .iter()
+            .map(|m| m.body.clone())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(
+        !serialized.contains(&d.standin.config().secret_key) && !serialized.contains(API_TOKEN),
+        "no secret is ever sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_fails_twice_gets_the_event_once_it_succeeds_and_the_outbox_empties() {
+    let receiver = Receiver::start(2).await;
+    let d = deploy_notifying(&receiver).await;
+    let reply = d
+        .app
+        .send(callback("late-job", flat("5100", "late-job", "succeed", 9)))
+        .await;
+    assert_eq!(reply.status, 200, "the callback is acknowledged regardless");
+
+    // The first send failed after the acknowledgement: the message waits in the outbox,
+    // and its index, for reconcile.
+    let in_outbox = || {
+        d.app.kv.json("outbox:task_late-job_succeed").is_some()
+            && d.app.kv.keys().iter().any(|k| {
+                k.starts_with("index:outbox:")
+                    && d.app.kv.json(k).is_some_and(|ids| {
+                        ids.as_array()
+                            .is_some_and(|ids| ids.iter().any(|id| id == "task_late-job_succeed"))
+                    })
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !in_outbox() {
+        assert!(Instant::now() < deadline, "nothing reached the outbox");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(receiver.refused(), 1);
+    assert!(receiver.accepted().is_empty());
+
+    let second = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    assert_eq!(
+        (
+            &second["notifications_sent"],
+            &second["notifications_pending"]
+        ),
+        (&json!(0), &json!(1)),
+        "{second}"
+    );
+    assert_eq!(receiver.refused(), 2);
+    let pending = d.app.kv.json("outbox:task_late-job_succeed").unwrap();
+    assert_eq!(pending["attempts"], 2);
+
+    let third = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    assert_eq!(
+        (
+            &third["notifications_sent"],
+            &third["notifications_pending"]
+        ),
+        (&json!(1), &json!(0)),
+        "{third}"
+    );
+    let accepted = receiver.accepted();
+    assert_eq!(
+        accepted.len(),
+        1,
+        "delivered once it succeeded, and only then"
+    );
+    assert_eq!(accepted[0].webhook_id, "task_late-job_succeed");
+    assert_eq!(accepted[0].body["data"]["task_id"], "5100");
+    assert!(
+        d.app.kv.keys().iter().all(|k| !k.starts_with("outbox:")),
+        "{:?}",
+        d.app.kv.keys()
+    );
+    let quiet = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    assert_eq!(quiet["notifications_sent"], 0);
+    assert_eq!(receiver.accepted().len(), 1);
+}

@@ -1,0 +1,360 @@
+//! Pipelines end to end: the component submits step 0, and each step's callback (or the
+//! reconciler) submits the next, against the Kling stand-in.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kling_standin::{Config, CreateBehaviour, Script, StandIn};
+use serde_json::{Value, json};
+
+use crate::support::components::kling_app_with;
+use crate::support::deployment::{Deployment, deploy};
+use crate::support::kv::KvStore;
+use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, request};
+use crate::support::spin_host::{Reply, SpinApp};
+
+fn create_request(body: &Value) -> http::Request<Bytes> {
+    request("POST", "/pipelines")
+        .header("authorization", format!("Bearer {API_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_string()))
+        .unwrap()
+}
+
+/// text2video, then video-extend, then lip-sync, each taking the previous video.
+fn three_steps(id: &str) -> Value {
+    json!({"id": id, "steps": [
+        {"kind": "text2video", "request": {"prompt": "a fox in snow", "duration": "5"}},
+        {"kind": "video-extend", "request": {"prompt": "it runs off"}},
+        {"kind": "lip-sync", "request": {"input": {"mode": "text2video", "text": "hello", "voice_id": "v1", "voice_language": "en"}}},
+    ]})
+}
+
+async fn create(app: &SpinApp, body: &Value) -> Reply {
+    app.send(create_request(body)).await
+}
+
+/// Polls `GET /pipelines/{id}` until it is no longer `running`.
+async fn wait_until_finished(app: &SpinApp, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = app
+            .ok_json(authorized("GET", &format!("/pipelines/{id}")))
+            .await;
+        if view["status"] != "running" {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "{id} never finished: {view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn video_id(standin: &StandIn, external_task_id: &str) -> String {
+    let tasks = standin.tasks_with_external_id(external_task_id);
+    assert_eq!(
+        tasks.len(),
+        1,
+        "exactly one Kling task for {external_task_id}"
+    );
+    // The stand-in's video ids are the task id followed by 9.
+    format!("{}9", tasks[0].task_id)
+}
+
+fn request_of(standin: &StandIn, external_task_id: &str) -> Value {
+    standin.tasks_with_external_id(external_task_id)[0]
+        .request
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_step_pipeline_runs_to_the_end_each_step_taking_the_previous_video() {
+    let d = deploy().await;
+    let reply = create(&d.app, &three_steps("promo")).await;
+    assert_eq!(
+        reply.status,
+        202,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let started = reply.json();
+    assert_eq!(started["id"], "promo");
+    assert_eq!(started["status"], "running");
+    assert_eq!(started["steps"][0]["external_task_id"], "promo-0");
+    assert!(
+        started["steps"][0]["task"]["task_id"].is_string(),
+        "{started}"
+    );
+    assert!(started["steps"][1]["task"].is_null());
+
+    let done = wait_until_finished(&d.app, "promo").await;
+    assert_eq!(done["status"], "succeed", "{done}");
+    assert_eq!(done["current_step"], 2);
+
+    let first_video = video_id(&d.standin, "promo-0");
+    let second_video = video_id(&d.standin, "promo-1");
+    let last_video = video_id(&d.standin, "promo-2");
+    assert_eq!(request_of(&d.standin, "promo-1")["video_id"], first_video);
+    assert_eq!(request_of(&d.standin, "promo-1")["prompt"], "it runs off");
+    let lip_sync = request_of(&d.standin, "promo-2");
+    assert_eq!(lip_sync["input"]["video_id"], second_video);
+    assert_eq!(lip_sync["input"]["text"], "hello");
+    assert_eq!(done["outputs"]["videos"][0]["id"], last_video);
+    assert_eq!(d.standin.tasks().len(), 3);
+    for step in 0..3 {
+        let task = &done["steps"][step]["task"];
+        assert_eq!(task["status"], "succeed");
+        assert_eq!(
+            task["pipeline"],
+            json!({"pipeline_id": "promo", "step": step})
+        );
+    }
+
+    // Creating it again changes nothing and says so.
+    let again = create(&d.app, &three_steps("promo")).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["status"], "succeed");
+    assert_eq!(d.standin.tasks().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_middle_step_fails_the_pipeline_and_nothing_after_it_starts() {
+    let d = deploy().await;
+    d.standin.script(
+        "doomed-1",
+        Script {
+            fails: true,
+            ..Script::default()
+        },
+    );
+    assert_eq!(create(&d.app, &three_steps("doomed")).await.status, 202);
+    let done = wait_until_finished(&d.app, "doomed").await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["current_step"], 1);
+    assert_eq!(done["error"]["step"], 1);
+    assert_eq!(done["error"]["code"], "step_failed");
+    assert!(
+        done["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    assert!(done["outputs"].is_null());
+    // Give a wrongly started step 2 time to show up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(d.standin.tasks_with_external_id("doomed-2").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_kling_refuses_fails_the_pipeline_with_kling_s_reason() {
+    let d = deploy().await;
+    d.standin.script(
+        "refused-1",
+        Script {
+            create: CreateBehaviour::Refuse {
+                http: 400,
+                code: 1301,
+            },
+            ..Script::default()
+        },
+    );
+    assert_eq!(create(&d.app, &three_steps("refused")).await.status, 202);
+    let done = wait_until_finished(&d.app, "refused").await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["step"], 1);
+    assert_eq!(done["error"]["code"], "kling_content_rejected");
+    assert!(done["steps"][1]["task"].is_null(), "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_descriptions_and_refused_first_steps_store_nothing() {
+    let d = deploy().await;
+    let before = d.app.kv.snapshot();
+    let cases = [
+        (json!({"steps": []}), 400, "invalid_pipeline", "steps"),
+        (
+            json!({"steps": [{"kind": "text2video", "request": {"prompt": "a"}},
+                             {"kind": "video-extend", "request": {"prompt": 7}}]}),
+            400,
+            "invalid_pipeline",
+            "steps[1].request.prompt",
+        ),
+        (
+            json!({"steps": [{"kind": "text2song", "request": {}}]}),
+            400,
+            "invalid_pipeline",
+            "steps[0].kind",
+        ),
+        (
+            json!({"id": "no spaces", "steps": [{"kind": "text2video", "request": {"prompt": "a"}}]}),
+            400,
+            "invalid_pipeline_id",
+            "id",
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let reply = create(&d.app, &body).await;
+        let error = reply.expect_error(status, code, &body.to_string());
+        assert_eq!(error["field"], field, "{body}");
+    }
+    let unauthenticated = d
+        .app
+        .send(
+            request("POST", "/pipelines")
+                .body(Bytes::from(three_steps("x").to_string()))
+                .unwrap(),
+        )
+        .await;
+    unauthenticated.expect_error(401, "unauthorized", "no bearer");
+    assert_eq!(d.app.kv.snapshot(), before, "nothing stored");
+    assert!(d.standin.tasks().is_empty(), "Kling never called");
+
+    // Kling refuses step 0: the caller gets Kling's reason and the id stays free.
+    d.standin.script(
+        "busy-0",
+        Script {
+            create: CreateBehaviour::Refuse {
+                http: 429,
+                code: 1303,
+            },
+            ..Script::default()
+        },
+    );
+    let refused = create(&d.app, &three_steps("busy")).await;
+    refused.expect_error(429, "kling_rate_limited", "step 0 refused");
+    d.app
+        .send(authorized("GET", "/pipelines/busy"))
+        .await
+        .expect_error(404, "pipeline_not_found", "forgotten");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_moves_a_pipeline_on_when_a_step_s_final_callback_is_lost() {
+    let d: Deployment = crate::support::deployment::deploy_with(
+        crate::support::deployment::Auth::KeyPair,
+        None,
+        &[("stale_after_seconds", "0")],
+    )
+    .await;
+    d.standin.script(
+        "quiet-0",
+        Script {
+            drop: vec!["succeed"],
+            ..Script::default()
+        },
+    );
+    assert_eq!(create(&d.app, &three_steps("quiet")).await.status, 202);
+    // Step 0 ends at Kling without telling us.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.standin.tasks_with_external_id("quiet-0")[0].status != "succeed" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(d.standin.tasks_with_external_id("quiet-1").is_empty());
+
+    let report = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    assert_eq!(report["pipelines_advanced"], 1, "{report}");
+    assert_eq!(d.standin.tasks_with_external_id("quiet-1").len(), 1);
+    let done = wait_until_finished(&d.app, "quiet").await;
+    assert_eq!(done["status"], "succeed", "{done}");
+    let report = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    assert_eq!(report["pipelines_pending"], 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_of_duplicated_reordered_callbacks_across_replicas_makes_one_task_per_step() {
+    const PIPELINES: usize = 12;
+    const REPLICAS: usize = 3;
+    let standin = StandIn::start(
+        Config {
+            callback_spacing: Duration::from_millis(1),
+            ..Config::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    let kv = KvStore::default().interleaved(7);
+    let mut replicas = Vec::new();
+    for _ in 0..REPLICAS {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let public = format!("http://{}", listener.local_addr().unwrap());
+        let variables = [
+            ("callback_secret", CALLBACK_SECRET.to_string()),
+            ("api_token", API_TOKEN.to_string()),
+            ("kling_api_key", standin.config().api_key.clone().unwrap()),
+            ("kling_base_url", standin.base_url()),
+            ("public_base_url", public),
+            ("stale_after_seconds", "0".to_string()),
+        ];
+        let app = kling_app_with(&variables, kv.clone());
+        app.serve(listener);
+        replicas.push(app);
+    }
+    // Every step's callbacks come twice, odd steps' in reverse, and some finals are lost.
+    let ids: Vec<String> = (0..PIPELINES).map(|i| format!("storm{i}")).collect();
+    for (p, id) in ids.iter().enumerate() {
+        for step in 0..3 {
+            standin.script(
+                &format!("{id}-{step}"),
+                Script {
+                    duplicate: true,
+                    reverse: step % 2 == 1,
+                    drop: if (p + step) % 5 == 0 {
+                        vec!["succeed"]
+                    } else {
+                        Vec::new()
+                    },
+                    ..Script::default()
+                },
+            );
+        }
+    }
+    let creates: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let app = replicas[i % REPLICAS].clone();
+            let body = three_steps(id);
+            tokio::spawn(async move { create(&app, &body).await.status })
+        })
+        .collect();
+    for create in creates {
+        assert_eq!(create.await.unwrap(), 202);
+    }
+    // Two replicas reconcile concurrently until every pipeline has finished.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (a, b) = tokio::join!(
+            replicas[0].ok_json(authorized("POST", "/tasks/reconcile?limit=500")),
+            replicas[1].ok_json(authorized("POST", "/tasks/reconcile?limit=500")),
+        );
+        if a["pipelines_pending"] == 0 && b["pipelines_pending"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pipelines still pending: {a} {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &ids {
+        let view = replicas[2]
+            .ok_json(authorized("GET", &format!("/pipelines/{id}")))
+            .await;
+        assert_eq!(view["status"], "succeed", "{view}");
+        for step in 0..3 {
+            let ext = format!("{id}-{step}");
+            assert_eq!(
+                standin.tasks_with_external_id(&ext).len(),
+                1,
+                "exactly one Kling task for {ext}"
+            );
+        }
+        assert_eq!(
+            request_of(&standin, &format!("{id}-1"))["video_id"],
+            video_id(&standin, &format!("{id}-0"))
+        );
+    }
+    assert_eq!(standin.tasks().len(), PIPELINES * 3);
+}

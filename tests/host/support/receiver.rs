@@ -1,0 +1,114 @@
+//! The next system: a loopback HTTP server that receives kling-webhook's notifications,
+//! verifies them with the Standard Webhooks reference library (`standardwebhooks`, an
+//! implementation independent of the component's), and can refuse the first few.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// The notification signing secret the tests deploy with.
+pub const NOTIFY_SECRET: &str = "whsec_bmV4dC1zeXN0ZW0tc2lnbmluZy1rZXktMzItYnl0ZXM=";
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub webhook_id: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    /// Verified messages this receiver accepted (answered 2xx).
+    accepted: Vec<Message>,
+    /// Requests answered 503 on purpose.
+    refused: usize,
+    /// Requests whose signature did not verify.
+    forged: usize,
+    refuse_next: usize,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    url: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl Receiver {
+    /// Serves on a free loopback port; refuses (503) the first `refuse_first` requests.
+    pub async fn start(refuse_first: usize) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver = Self {
+            url: format!("http://{}/hooks/kling", listener.local_addr().unwrap()),
+            state: Arc::new(Mutex::new(State {
+                refuse_next: refuse_first,
+                ..State::default()
+            })),
+        };
+        let server = receiver.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(request).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        receiver
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn accepted(&self) -> Vec<Message> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+
+    pub fn refused(&self) -> usize {
+        self.state.lock().unwrap().refused
+    }
+
+    pub fn forged(&self) -> usize {
+        self.state.lock().unwrap().forged
+    }
+
+    async fn handle(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let headers = request.headers().clone();
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        let webhook = standardwebhooks::Webhook::new(NOTIFY_SECRET).unwrap();
+        let mut state = self.state.lock().unwrap();
+        if webhook.verify(&body, &headers).is_err() {
+            state.forged += 1;
+            return reply(401);
+        }
+        if state.refuse_next > 0 {
+            state.refuse_next -= 1;
+            state.refused += 1;
+            return reply(503);
+        }
+        state.accepted.push(Message {
+            webhook_id: headers["webhook-id"].to_str().unwrap().to_string(),
+            body: serde_json::from_slice(&body).unwrap(),
+        });
+        reply(204)
+    }
+}
+
+fn reply(status: u16) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
