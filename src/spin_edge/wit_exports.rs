@@ -16,12 +16,14 @@ use bindings::kling::video::types as wit;
 use super::host_apis::{SpinKeyValue, SpinVariables};
 use super::outbound::SpinOutbound;
 use super::{HostClock, new_id};
-use crate::api::submit::{SubmitError, SubmitRequest, submit};
+use crate::api::pipelines::{self, NewPipeline, Submitter};
+use crate::api::submit::{SubmitRequest, submit};
 use crate::callback::parse::parse_callback;
 use crate::config::SubmitConfig;
 use crate::error::ApiError;
-use crate::kling::client::KlingError;
 use crate::kling::kind::TaskKind;
+use crate::pipeline::progress::{PipelineStatus, PipelineView};
+use crate::pipeline::spec::NewStep;
 use crate::store::tasks::TaskStore;
 use crate::task::{Image, TaskEvent, TaskRecord, TaskStatus, Video};
 
@@ -64,33 +66,105 @@ impl Guest for Exports {
             .map(|task| task.map(task_to_wit))
             .map_err(|e| to_wit(e.into()))
     }
+
+    fn start_pipeline(
+        id: Option<String>,
+        steps: Vec<wit::PipelineStep>,
+    ) -> Result<wit::Pipeline, wit::Error> {
+        let config = SubmitConfig::load(&SpinVariables).map_err(|e| to_wit(e.into()))?;
+        let steps = steps
+            .into_iter()
+            .enumerate()
+            .map(|(index, step)| step_from_wit(index, step))
+            .collect::<Result<Vec<_>, _>>()?;
+        let kv = SpinKeyValue::default();
+        let submitter = Submitter {
+            config: &config,
+            kv: &kv,
+            transport: &SpinOutbound,
+            clock: &HostClock,
+        };
+        let new = NewPipeline {
+            id,
+            steps,
+            idempotency_key: None,
+        };
+        pipelines::create(new, &submitter, &new_id)
+            .map(|created| pipeline_to_wit(created.view))
+            .map_err(|e| to_wit(e.into()))
+    }
+
+    fn get_pipeline(id: String) -> Result<Option<wit::Pipeline>, wit::Error> {
+        pipelines::get(&id, &SpinKeyValue::default())
+            .map(|view| view.map(pipeline_to_wit))
+            .map_err(|e| to_wit(e.into()))
+    }
+}
+
+fn step_from_wit(index: usize, step: wit::PipelineStep) -> Result<NewStep, wit::Error> {
+    let request = match serde_json::from_str(&step.request_json) {
+        Ok(serde_json::Value::Object(request)) => request,
+        _ => {
+            return Err(wit::Error::InvalidRequest(format!(
+                "steps[{index}].request-json must be a JSON object"
+            )));
+        }
+    };
+    Ok(NewStep {
+        kind: kind_from_wit(step.kind).name().to_string(),
+        request,
+        inputs: step.inputs.map(|inputs| {
+            inputs
+                .into_iter()
+                .map(|input| (input.target, input.source))
+                .collect()
+        }),
+    })
+}
+
+fn pipeline_to_wit(view: PipelineView) -> wit::Pipeline {
+    let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    wit::Pipeline {
+        id: view.id,
+        status: match view.status {
+            PipelineStatus::Running => wit::PipelineStatus::Running,
+            PipelineStatus::Succeed => wit::PipelineStatus::Succeed,
+            PipelineStatus::Failed => wit::PipelineStatus::Failed,
+        },
+        current_step: to_u32(view.current_step),
+        tasks: view
+            .steps
+            .into_iter()
+            .map(|step| step.task.map(task_to_wit))
+            .collect(),
+        error: view.error.map(|e| wit::PipelineFailure {
+            step: to_u32(e.step),
+            code: e.code,
+            message: e.message,
+        }),
+    }
 }
 
 bindings::export!(Exports with_types_in bindings);
 
-/// The one mapping from the core's errors to the WIT variant.
+/// The one mapping from the core's errors to the WIT variant, following the HTTP
+/// mapping (`ApiError::status_and_code`) so both surfaces agree.
 fn to_wit(error: ApiError) -> wit::Error {
     let message = error.message();
-    match error {
-        ApiError::Submit(SubmitError::Kling(KlingError::Api(e))) => {
-            let kling = wit::KlingError {
-                code: e.code,
-                message: e.message,
-                request_id: e.request_id,
-            };
-            if matches!(kling.code, 1302 | 1303) {
-                wit::Error::RateLimited((kling, 1))
-            } else {
-                wit::Error::Kling(kling)
-            }
-        }
-        ApiError::Submit(
-            SubmitError::InvalidRequest(_)
-            | SubmitError::InvalidExternalTaskId
-            | SubmitError::InvalidIdempotencyKey
-            | SubmitError::IdempotencyKeyMismatch,
-        ) => wit::Error::InvalidRequest(message),
-        ApiError::Config(_) => wit::Error::Config(message),
+    if let Some(e) = error.kling_error() {
+        let kling = wit::KlingError {
+            code: e.code,
+            message: e.message.clone(),
+            request_id: e.request_id.clone(),
+        };
+        return match error.retry_after_secs() {
+            Some(secs) => wit::Error::RateLimited((kling, secs)),
+            None => wit::Error::Kling(kling),
+        };
+    }
+    match error.status_and_code() {
+        (_, "config_missing" | "config_invalid") => wit::Error::Config(message),
+        (400 | 404 | 413, _) => wit::Error::InvalidRequest(message),
         _ => wit::Error::Unavailable(message),
     }
 }

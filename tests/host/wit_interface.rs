@@ -193,3 +193,79 @@ async fn submit_behaves_like_the_http_route() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_pipeline_chains_steps_like_the_http_route() {
+    use bindings::kling::video::types::{PipelineStatus, PipelineStep, StepInput};
+    let d = deploy().await;
+    let steps = [
+        PipelineStep {
+            kind: TaskKind::Text2video,
+            request_json: r#"{"prompt":"a fox"}"#.into(),
+            inputs: None,
+        },
+        PipelineStep {
+            kind: TaskKind::LipSync,
+            request_json: r#"{"input":{"mode":"audio2video","audio_type":"url","audio_url":"https://a.example/hi.mp3"}}"#.into(),
+            inputs: Some(vec![StepInput {
+                target: "input.video_url".into(),
+                source: "videos.0.url".into(),
+            }]),
+        },
+    ];
+    let (mut store, video) = instance(&d.app).await;
+    let started = video
+        .kling_video_tasks()
+        .call_start_pipeline(&mut store, Some("wit-p"), &steps)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (started.id.as_str(), started.status, started.tasks.len()),
+        ("wit-p", PipelineStatus::Running, 2)
+    );
+    assert!(started.tasks[0].is_some() && started.tasks[1].is_none());
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let done = loop {
+        let (mut store, video) = instance(&d.app).await;
+        let pipeline = video
+            .kling_video_tasks()
+            .call_get_pipeline(&mut store, "wit-p")
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if pipeline.status != PipelineStatus::Running {
+            break pipeline;
+        }
+        assert!(std::time::Instant::now() < deadline, "{pipeline:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(done.status, PipelineStatus::Succeed, "{done:?}");
+    let first = done.tasks[0].as_ref().unwrap();
+    let lip_sync = &d.standin.tasks_with_external_id("wit-p-1")[0].request;
+    assert_eq!(
+        lip_sync["input"]["video_url"],
+        first.videos[0].url.clone().unwrap()
+    );
+
+    let (mut store, video) = instance(&d.app).await;
+    let invalid = video
+        .kling_video_tasks()
+        .call_start_pipeline(&mut store, Some("bad id"), &steps)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&invalid, Err(Error::InvalidRequest(m)) if m.contains("id")),
+        "{invalid:?}"
+    );
+    let (mut store, video) = instance(&d.app).await;
+    let unknown = video
+        .kling_video_tasks()
+        .call_get_pipeline(&mut store, "nope")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(unknown.is_none());
+}
