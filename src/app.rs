@@ -108,6 +108,9 @@ pub fn after_ack(work: AfterAck, env: &Env<'_>) {
     {
         eprintln!("callback bookkeeping after the acknowledgement failed: {error}");
     }
+    if work.notify_task.is_none() && work.advance_pipeline.is_none() {
+        return; // a duplicate: nothing changed, nothing to announce
+    }
     let notify = NotifyConfig::load(env.vars).unwrap_or_else(|error| {
         eprintln!("notifications are off: {error}");
         None

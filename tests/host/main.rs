@@ -5,6 +5,7 @@ mod support;
 
 mod bench;
 mod callbacks;
+mod composition;
 mod concurrency;
 mod notify;
 mod pipelines;

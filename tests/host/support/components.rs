@@ -5,12 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use wac_graph::types::Package;
+use wac_graph::{CompositionGraph, EncodeOptions};
+
 use super::kv::KvStore;
 use super::spin_host::{Loaded, SpinApp, engine};
 
 pub struct Components {
     pub kling: Loaded,
     pub baseline: Loaded,
+    /// `examples/pipeline-starter` with kling-webhook plugged into its
+    /// `kling:video/tasks` import.
+    pub starter_composed: Loaded,
     pub wasm_dir: PathBuf,
 }
 
@@ -23,16 +29,43 @@ pub fn components() -> &'static Components {
         let load = |name: &str| {
             Loaded::load(&engine, &wasm_dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"))
         };
+        let composed = compose(
+            &wasm_dir.join("pipeline_starter.wasm"),
+            &wasm_dir.join("kling_webhook.wasm"),
+        );
+        std::fs::write(wasm_dir.join("pipeline_starter_composed.wasm"), composed)
+            .expect("writing the composition");
         Components {
             kling: load("kling_webhook.wasm"),
             baseline: load("bench_baseline.wasm"),
+            starter_composed: load("pipeline_starter_composed.wasm"),
             wasm_dir,
         }
     })
 }
 
-/// `cargo build --release --target wasm32-wasip2` for the component and the benchmark
-/// baseline, in the same target directory as this test binary.
+/// What `wac plug --plug kling_webhook.wasm pipeline_starter.wasm` does, with the
+/// `wac-graph` library `wac` is built on: every import of the socket that the plug
+/// exports (`kling:video/tasks`) is wired to it; the rest stay imports of the result.
+fn compose(socket: &Path, plug: &Path) -> Vec<u8> {
+    let mut graph = CompositionGraph::new();
+    let socket = Package::from_file("example:pipeline-starter", None, socket, graph.types_mut())
+        .expect("reading the example component");
+    let socket = graph
+        .register_package(socket)
+        .expect("registering the socket");
+    let plug = Package::from_file("kling:webhook", None, plug, graph.types_mut())
+        .expect("reading kling-webhook");
+    let plug = graph.register_package(plug).expect("registering the plug");
+    wac_graph::plug(&mut graph, vec![plug], socket)
+        .expect("kling-webhook satisfies the example's kling:video import");
+    graph
+        .encode(EncodeOptions::default())
+        .expect("encoding the composition")
+}
+
+/// `cargo build --release --target wasm32-wasip2` for the component, the benchmark
+/// baseline and the example, in the same target directory as this test binary.
 fn build_release_wasm() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -57,6 +90,8 @@ fn build_release_wasm() -> PathBuf {
             "kling-webhook",
             "-p",
             "bench-baseline",
+            "-p",
+            "pipeline-starter",
         ])
         .status()
         .expect("running cargo to build the components");
@@ -71,4 +106,10 @@ pub fn kling_app() -> SpinApp {
 
 pub fn kling_app_with<K: AsRef<str>, V: AsRef<str>>(variables: &[(K, V)], kv: KvStore) -> SpinApp {
     SpinApp::new(&components().kling, variables, kv)
+}
+
+/// The composed example, deployed beside `kling` (its variables and its store), the way
+/// a Spin app runs both components over one key-value store.
+pub fn starter_beside(kling: &SpinApp) -> SpinApp {
+    kling.with_component(&components().starter_composed)
 }

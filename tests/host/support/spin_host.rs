@@ -260,6 +260,14 @@ impl SpinApp {
         }
     }
 
+    /// Another component in the same deployment: same variables, same store, same clock.
+    pub fn with_component(&self, loaded: &'static Loaded) -> Self {
+        Self {
+            loaded,
+            ..self.clone()
+        }
+    }
+
     /// The same deployment with the guest's wall clock stopped at `unix_secs`.
     pub fn at_time(mut self, unix_secs: u64) -> Self {
         self.clock = Some(unix_secs);

@@ -1,0 +1,153 @@
+//! An example of a component that drives kling-webhook through `kling:video/tasks`
+//! instead of HTTP: it has no Kling keys, no callback route and no store of its own.
+//! Composed with kling-webhook (`wac plug`, or Spin's component dependencies), every
+//! call below runs kling-webhook's own code: validation, signing, idempotency, storage.
+//!
+//! - `POST /videos` `{"prompt": "..."}`: starts a text2video (`submit`); 202 with its id.
+//! - `GET /videos/{id}`: where it stands (`get`).
+//! - `POST /promos` `{"id": "...", "prompt": "...", "then": "..."}`: a text2video, then a
+//!   video-extend of its video (`start-pipeline`).
+//! - `GET /promos/{id}`: the pipeline (`get-pipeline`).
+#![cfg(target_arch = "wasm32")]
+
+mod bindings {
+    spin_sdk::wit_bindgen::generate!({
+        world: "client",
+        path: "../../wit/video",
+        runtime_path: "::spin_sdk::wit_bindgen::rt",
+    });
+}
+
+use bindings::kling::video::tasks;
+use bindings::kling::video::types::{
+    Error, Pipeline, PipelineStatus, PipelineStep, Task, TaskKind, TaskStatus,
+};
+use serde_json::{Value, json};
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
+
+#[http_component]
+fn handle(request: Request) -> Response {
+    // Under `/starter/...` Spin passes the rest of the path in `spin-path-info`.
+    let path = request
+        .header("spin-path-info")
+        .and_then(|value| value.as_str())
+        .unwrap_or(request.path())
+        .trim_end_matches('/')
+        .to_string();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match (request.method(), segments.as_slice()) {
+        (Method::Post, ["videos"]) => start_video(request.body()),
+        (Method::Get, ["videos", id]) => show_video(id),
+        (Method::Post, ["promos"]) => start_promo(request.body()),
+        (Method::Get, ["promos", id]) => show_promo(id),
+        _ => reply(404, json!({"error": "not found"})),
+    }
+}
+
+fn start_video(body: &[u8]) -> Response {
+    let Some(prompt) = prompt(body, "prompt") else {
+        return reply(400, json!({"error": "send {\"prompt\": \"...\"}"}));
+    };
+    let request = json!({ "prompt": prompt, "duration": "5" }).to_string();
+    match tasks::submit(TaskKind::Text2video, &request, None) {
+        Ok(task) => reply(202, task_json(&task)),
+        Err(error) => error_reply(error),
+    }
+}
+
+fn show_video(id: &str) -> Response {
+    match tasks::get(id) {
+        Ok(Some(task)) => reply(200, task_json(&task)),
+        Ok(None) => reply(404, json!({"error": "no such video"})),
+        Err(error) => error_reply(error),
+    }
+}
+
+fn start_promo(body: &[u8]) -> Response {
+    let (Some(first), Some(then)) = (prompt(body, "prompt"), prompt(body, "then")) else {
+        return reply(
+            400,
+            json!({"error": "send {\"prompt\": \"...\", \"then\": \"...\"}"}),
+        );
+    };
+    let id = prompt(body, "id");
+    let steps = [
+        PipelineStep {
+            kind: TaskKind::Text2video,
+            request_json: json!({ "prompt": first }).to_string(),
+            inputs: None,
+        },
+        // No inputs given: video-extend takes the previous video's id as `video_id`.
+        PipelineStep {
+            kind: TaskKind::VideoExtend,
+            request_json: json!({ "prompt": then }).to_string(),
+            inputs: None,
+        },
+    ];
+    match tasks::start_pipeline(id.as_deref(), &steps) {
+        Ok(pipeline) => reply(202, pipeline_json(&pipeline)),
+        Err(error) => error_reply(error),
+    }
+}
+
+fn show_promo(id: &str) -> Response {
+    match tasks::get_pipeline(id) {
+        Ok(Some(pipeline)) => reply(200, pipeline_json(&pipeline)),
+        Ok(None) => reply(404, json!({"error": "no such promo"})),
+        Err(error) => error_reply(error),
+    }
+}
+
+fn prompt(body: &[u8], field: &str) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value.get(field)?.as_str().map(str::to_string)
+}
+
+fn task_json(task: &Task) -> Value {
+    let status = match task.status {
+        TaskStatus::Submitting => "submitting",
+        TaskStatus::Submitted => "submitted",
+        TaskStatus::Processing => "processing",
+        TaskStatus::Succeed => "succeed",
+        TaskStatus::Failed => "failed",
+    };
+    json!({
+        "id": task.external_task_id,
+        "status": status,
+        "video_url": task.videos.first().and_then(|v| v.url.clone()),
+    })
+}
+
+fn pipeline_json(pipeline: &Pipeline) -> Value {
+    let status = match pipeline.status {
+        PipelineStatus::Running => "running",
+        PipelineStatus::Succeed => "succeed",
+        PipelineStatus::Failed => "failed",
+    };
+    json!({
+        "id": pipeline.id,
+        "status": status,
+        "step": pipeline.current_step,
+        "videos": pipeline.tasks.iter().flatten().map(task_json).collect::<Vec<_>>(),
+        "error": pipeline.error.as_ref().map(|e| e.message.clone()),
+    })
+}
+
+fn error_reply(error: Error) -> Response {
+    let (status, message) = match error {
+        Error::InvalidRequest(m) | Error::InvalidPayload(m) => (400, m),
+        Error::Kling(k) => (502, k.message),
+        Error::RateLimited((k, _)) => (429, k.message),
+        Error::Unavailable(m) | Error::Config(m) => (503, m),
+    };
+    reply(status, json!({ "error": message }))
+}
+
+fn reply(status: u16, body: Value) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .build()
+}

@@ -1,0 +1,144 @@
+//! The example component (`examples/pipeline-starter`) composed with kling-webhook as
+//! `wac plug` does, run beside kling-webhook's own HTTP component over one store, the
+//! way a Spin app with a component dependency runs: the example submits through
+//! `kling:video/tasks`, Kling calls kling-webhook back, and the example reads the result.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::support::components::starter_beside;
+use crate::support::deployment::deploy;
+use crate::support::requests::request;
+use crate::support::spin_host::SpinApp;
+
+fn post(path: &str, body: Value) -> http::Request<Bytes> {
+    request("POST", path)
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_string()))
+        .unwrap()
+}
+
+fn get(path: &str) -> http::Request<Bytes> {
+    request("GET", path).body(Bytes::new()).unwrap()
+}
+
+async fn wait_for(starter: &SpinApp, path: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = starter.send(get(path)).await;
+        if reply.status == 200 && reply.json()["status"] == status {
+            return reply.json();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never reached {status}: {:?}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_composed_example_submits_and_reads_through_kling_video() {
+    let d = deploy().await;
+    let starter = starter_beside(&d.app);
+
+    let reply = starter
+        .send(post("/videos", json!({"prompt": "a fox in snow"})))
+        .await;
+    assert_eq!(
+        reply.status,
+        202,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    let at_kling = d.standin.tasks_with_external_id(&id);
+    assert_eq!(at_kling.len(), 1, "the composed kling-webhook called Kling");
+    assert!(
+        at_kling[0]
+            .callback_url
+            .as_deref()
+            .is_some_and(|url| url.contains(&format!("/callbacks/kling/{id}?sig="))),
+        "with its own signed callback URL"
+    );
+
+    // Kling calls kling-webhook's HTTP component back; the example sees the result.
+    let done = wait_for(&starter, &format!("/videos/{id}"), "succeed").await;
+    assert_eq!(
+        done["video_url"],
+        format!("https://cdn.standin.example/{}.mp4", at_kling[0].task_id)
+    );
+
+    let bad = starter.send(post("/videos", json!({"prompt": 7}))).await;
+    assert_eq!(bad.status, 400);
+    let unknown = starter.send(get("/videos/nope")).await;
+    assert_eq!(unknown.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_composed_example_runs_a_pipeline() {
+    let d = deploy().await;
+    let starter = starter_beside(&d.app);
+    let reply = starter
+        .send(post(
+            "/promos",
+            json!({"id": "promo-wac", "prompt": "a fox", "then": "it runs"}),
+        ))
+        .await;
+    assert_eq!(
+        reply.status,
+        202,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let done = wait_for(&starter, "/promos/promo-wac", "succeed").await;
+    assert_eq!(done["videos"].as_array().unwrap().len(), 2, "{done}");
+    let first = &d.standin.tasks_with_external_id("promo-wac-0")[0];
+    let extend = &d.standin.tasks_with_external_id("promo-wac-1")[0];
+    assert_eq!(extend.request["video_id"], format!("{}9", first.task_id));
+}
+
+/// The example's Spin manifest wires the same thing through component dependencies: it
+/// must plug kling-webhook into the interface the component exports, let the dependency
+/// inherit what it needs, and map every variable kling-webhook reads to both components.
+#[test]
+fn the_example_manifest_plugs_kling_webhook_with_everything_it_needs() {
+    let root = include_str!("../../spin.toml");
+    let example = include_str!("../../examples/pipeline-starter/spin.toml");
+    assert!(example.contains(
+        r#""kling:video/tasks@0.1.0" = { path = "../../target/wasm32-wasip2/release/kling_webhook.wasm" }"#
+    ));
+    assert!(example.contains("\ndependencies_inherit_configuration = true\n"));
+    let tasks_wit = include_str!("../../wit/video/tasks.wit");
+    assert!(
+        tasks_wit.starts_with("package kling:video@0.1.0;")
+            && tasks_wit.contains("interface tasks")
+    );
+    let variables: Vec<&str> = root
+        .split("\n[variables]\n")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split_once(" = {").map(|(name, _)| name))
+        .collect();
+    assert!(variables.len() >= 15, "{variables:?}");
+    for name in variables {
+        assert!(
+            example.contains(&format!("\n{name} = {{ ")),
+            "{name} not declared"
+        );
+        assert_eq!(
+            example
+                .matches(&format!("\n{name} = \"{{{{ {name} }}}}\""))
+                .count(),
+            2,
+            "{name} is mapped to both components"
+        );
+    }
+}
