@@ -2,7 +2,10 @@
 
 use serde::de::DeserializeOwned;
 
-use super::layout::{RECENT_HEAD, RECENT_OLDEST, TaskKey, recent_page, task_id_index};
+use super::layout::{
+    RECENT_HEAD, RECENT_OLDEST, TaskKey, pipeline_failure_key, pipeline_key, recent_page,
+    task_id_index,
+};
 use super::{KeyValue, StoreError, get_json, to_json};
 use crate::ledger::{
     LedgerError, Slot, Submission, TaskHead, Verdict, assemble, assemble_submission, judge,
@@ -238,6 +241,12 @@ impl<'a> TaskStore<'a> {
                             })
                             .unwrap_or(0);
                         if last_news < cutoff_ms {
+                            // A pipeline goes with its steps: its view would otherwise
+                            // show steps whose tasks are gone.
+                            if let Some(step) = &record.pipeline {
+                                self.kv.delete(&pipeline_failure_key(&step.pipeline_id))?;
+                                self.kv.delete(&pipeline_key(&step.pipeline_id))?;
+                            }
                             self.delete_task(&key, record.task_id.as_deref())?;
                             purged += 1;
                         } else {
@@ -562,6 +571,33 @@ mod tests {
                 books.apply(kv).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn retention_takes_a_pipeline_with_its_steps() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("p-0");
+        let step = StepRef {
+            pipeline_id: "p".into(),
+            step: 0,
+        };
+        store
+            .record_submission(&key, "p-0", "text2video", Some(&step), 1)
+            .unwrap();
+        store.remember(&key).unwrap();
+        let (_, books) = store
+            .record_event(&key, &event("86", Some("p-0"), TaskStatus::Failed), 2)
+            .unwrap();
+        books.apply(&kv).unwrap();
+        kv.set("pipeline:p", b"{}").unwrap();
+        kv.set("pipeline:p:failure", b"{}").unwrap();
+        kv.set("pipeline:other", b"{}").unwrap();
+
+        assert_eq!(store.purge_before(3, 10).unwrap(), 1);
+        assert_eq!(kv.get("pipeline:p").unwrap(), None);
+        assert_eq!(kv.get("pipeline:p:failure").unwrap(), None);
+        assert!(kv.get("pipeline:other").unwrap().is_some());
     }
 
     #[test]
