@@ -7,7 +7,10 @@
 //! - [`callback::parse`]: every body shape Kling sends, to one [`task::TaskEvent`].
 //! - [`ledger`]: the task state machine (never backwards; duplicates recognised).
 //! - [`store`]: the key layout and task persistence behind the [`store::KeyValue`] trait.
-//! - [`api`]: the authenticated task API.
+//! - [`api`]: the authenticated task API, submitting, and running pipelines.
+//! - [`pipeline`]: a pipeline's description and its state, derived from its tasks.
+//! - [`notify`]: signed notifications to `notify_url`, and their outbox.
+//! - [`reconcile`]: polling Kling for lost callbacks, and moving pipelines on.
 //! - [`app`], [`router`], [`response`], [`error`]: HTTP dispatch, routes, the response
 //!   builder and the one error → status mapping.
 //! - `spin_edge` (wasm32 only): the thin Spin glue.

@@ -28,6 +28,11 @@ use crate::task::TaskRecord;
 pub const SEND_TIMEOUT_MS: u64 = 5_000;
 /// The longest wait between two attempts.
 pub const MAX_BACKOFF_MS: u64 = 60 * 60 * 1000;
+/// Sends one reconcile run attempts at most, so a slow receiver cannot stall it.
+pub const MAX_SENDS_PER_RUN: usize = 50;
+/// Failures in a row after which a run stops trying: the receiver is down, and each
+/// attempt would wait out the send timeout.
+pub const MAX_FAILURES_IN_A_ROW: usize = 3;
 
 /// One message, as signed and sent (its body is fixed when the change happens).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +135,7 @@ impl Notifier<'_> {
         let now = self.clock.now_ms();
         let mut report = OutboxReport::default();
         let mut done = Vec::new();
+        let (mut attempts, mut failures_in_a_row) = (0, 0);
         for id in index.read()? {
             let Some(mut pending) = get_json::<Pending>(self.kv, &outbox_key(&id))? else {
                 done.push(id);
@@ -138,14 +144,20 @@ impl Notifier<'_> {
             if pending.next_attempt_at > now {
                 continue;
             }
+            if attempts == MAX_SENDS_PER_RUN || failures_in_a_row == MAX_FAILURES_IN_A_ROW {
+                break;
+            }
+            attempts += 1;
             if self.send(&pending.notification).is_ok() {
                 self.kv.delete(&outbox_key(&id))?;
                 report.sent += 1;
+                failures_in_a_row = 0;
                 done.push(id);
             } else {
                 pending.attempts += 1;
                 pending.next_attempt_at = now + self.backoff_ms(pending.attempts);
                 self.kv.set(&outbox_key(&id), &to_json(&pending))?;
+                failures_in_a_row += 1;
             }
         }
         report.pending = index.remove(&done)?;
@@ -244,11 +256,39 @@ mod tests {
         }
     }
 
-    fn config() -> NotifyConfig {
-        NotifyConfig {
-            url: "https://next.example/hooks".into(),
-            secret: WebhookSecret::parse(WHSEC).unwrap(),
-            retry_after_ms: 1_000,
+    /// A store, a clock, a receiver answering `statuses` in turn, and a notifier over them.
+    struct Fixture {
+        kv: MemoryKv,
+        clock: ManualClock,
+        receiver: Receiver,
+        config: NotifyConfig,
+    }
+
+    impl Fixture {
+        fn new(now_ms: u64, mut statuses: Vec<u16>) -> Self {
+            statuses.reverse();
+            Self {
+                kv: MemoryKv::default(),
+                clock: ManualClock(Cell::new(now_ms)),
+                receiver: Receiver {
+                    statuses: RefCell::new(statuses),
+                    got: RefCell::default(),
+                },
+                config: NotifyConfig {
+                    url: "https://next.example/hooks".into(),
+                    secret: WebhookSecret::parse(WHSEC).unwrap(),
+                    retry_after_ms: 1_000,
+                },
+            }
+        }
+
+        fn notifier(&self) -> Notifier<'_> {
+            Notifier {
+                config: &self.config,
+                kv: &self.kv,
+                transport: &self.receiver,
+                clock: &self.clock,
+            }
         }
     }
 
@@ -263,22 +303,10 @@ mod tests {
 
     #[test]
     fn a_notification_is_signed_with_a_deterministic_id() {
-        let (kv, clock) = (
-            MemoryKv::default(),
-            ManualClock(Cell::new(1_781_080_794_000)),
-        );
-        let receiver = Receiver {
-            statuses: RefCell::new(vec![]),
-            got: RefCell::default(),
-        };
-        let config = config();
-        let notifier = Notifier {
-            config: &config,
-            kv: &kv,
-            transport: &receiver,
-            clock: &clock,
-        };
-        notifier
+        let fixture = Fixture::new(1_781_080_794_000, vec![]);
+        let (kv, clock, receiver) = (&fixture.kv, &fixture.clock, &fixture.receiver);
+        fixture
+            .notifier()
             .deliver(Notification::task(&record(), clock.now_ms()))
             .unwrap();
         let sent = &receiver.got.borrow()[0];
@@ -308,24 +336,15 @@ mod tests {
 
     #[test]
     fn a_failed_send_waits_in_the_outbox_with_backoff_until_it_succeeds() {
-        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(10_000)));
         // Fails twice (500, 503), then succeeds.
-        let receiver = Receiver {
-            statuses: RefCell::new(vec![503, 500]),
-            got: RefCell::default(),
-        };
-        let config = config();
-        let notifier = Notifier {
-            config: &config,
-            kv: &kv,
-            transport: &receiver,
-            clock: &clock,
-        };
+        let fixture = Fixture::new(10_000, vec![500, 503]);
+        let (kv, clock, receiver) = (&fixture.kv, &fixture.clock, &fixture.receiver);
+        let notifier = fixture.notifier();
         let failed_at = clock.now_ms();
         notifier
             .deliver(Notification::task(&record(), failed_at))
             .unwrap();
-        let pending: Pending = get_json(&kv, "outbox:task_job-1_succeed").unwrap().unwrap();
+        let pending: Pending = get_json(kv, "outbox:task_job-1_succeed").unwrap().unwrap();
         assert_eq!(pending.attempts, 1);
         assert_eq!(pending.next_attempt_at, failed_at + 1_000);
         // Adding to the outbox index waited out its lease (the clock moved on).
@@ -348,7 +367,7 @@ mod tests {
                 pending: 1
             }
         );
-        let pending: Pending = get_json(&kv, "outbox:task_job-1_succeed").unwrap().unwrap();
+        let pending: Pending = get_json(kv, "outbox:task_job-1_succeed").unwrap().unwrap();
         assert_eq!(pending.attempts, 2);
         assert_eq!(pending.next_attempt_at, clock.now_ms() + 2_000, "doubled");
         clock.0.set(clock.now_ms() + 2_000);
@@ -363,6 +382,33 @@ mod tests {
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].body, got[2].body, "the same message each time");
         assert!(kv.get("outbox:task_job-1_succeed").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_run_stops_after_three_failures_in_a_row() {
+        let fixture = Fixture::new(10_000, vec![500; 10]);
+        let notifier = fixture.notifier();
+        for n in 0..5 {
+            let mut record = record();
+            record.external_task_id = Some(format!("job-{n}"));
+            notifier
+                .deliver(Notification::task(&record, 10_000))
+                .unwrap();
+        }
+        assert_eq!(fixture.receiver.got.borrow().len(), 5, "each tried once");
+        fixture.clock.0.set(fixture.clock.now_ms() + 1_000);
+        assert_eq!(
+            notifier.retry_due().unwrap(),
+            OutboxReport {
+                sent: 0,
+                pending: 5
+            }
+        );
+        assert_eq!(
+            fixture.receiver.got.borrow().len(),
+            5 + MAX_FAILURES_IN_A_ROW,
+            "the receiver is down: the run gave up after three"
+        );
     }
 
     #[test]

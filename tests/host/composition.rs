@@ -3,8 +3,6 @@
 //! way a Spin app with a component dependency runs: the example submits through
 //! `kling:video/tasks`, Kling calls kling-webhook back, and the example reads the result.
 
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -25,19 +23,12 @@ fn get(path: &str) -> http::Request<Bytes> {
 }
 
 async fn wait_for(starter: &SpinApp, path: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let reply = starter.send(get(path)).await;
-        if reply.status == 200 && reply.json()["status"] == status {
-            return reply.json();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never reached {status}: {:?}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    starter
+        .poll_json(
+            || get(path),
+            |reply| reply.status == 200 && reply.json()["status"] == status,
+        )
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

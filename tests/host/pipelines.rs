@@ -1,17 +1,15 @@
 //! Pipelines end to end: the component submits step 0, and each step's callback (or the
 //! reconciler) submits the next, against the Kling stand-in.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kling_standin::{Config, CreateBehaviour, Script, StandIn};
+use kling_standin::{CreateBehaviour, Script, StandIn};
 use serde_json::{Value, json};
 
-use crate::support::components::kling_app_with;
-use crate::support::deployment::{Deployment, deploy};
+use crate::support::deployment::{Deployment, deploy, fast_standin, replicas};
 use crate::support::kv::KvStore;
-use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, request};
+use crate::support::requests::{API_TOKEN, authorized, request};
 use crate::support::spin_host::{Reply, SpinApp};
 
 fn create_request(body: &Value) -> http::Request<Bytes> {
@@ -37,17 +35,11 @@ async fn create(app: &SpinApp, body: &Value) -> Reply {
 
 /// Polls `GET /pipelines/{id}` until it is no longer `running`.
 async fn wait_until_finished(app: &SpinApp, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let view = app
-            .ok_json(authorized("GET", &format!("/pipelines/{id}")))
-            .await;
-        if view["status"] != "running" {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "{id} never finished: {view}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.poll_json(
+        || authorized("GET", &format!("/pipelines/{id}")),
+        |reply| reply.status == 200 && reply.json()["status"] != "running",
+    )
+    .await
 }
 
 fn video_id(standin: &StandIn, external_task_id: &str) -> String {
@@ -208,6 +200,30 @@ async fn bad_descriptions_and_refused_first_steps_store_nothing() {
     assert_eq!(d.app.kv.snapshot(), before, "nothing stored");
     assert!(d.standin.tasks().is_empty(), "Kling never called");
 
+    // The store fails to take the pipeline: 503, so the client retries; nothing is left.
+    d.app.kv.fail_next_set_to("pipeline:flaky");
+    create(&d.app, &three_steps("flaky")).await.expect_error(
+        503,
+        "store_unavailable",
+        "store down",
+    );
+    d.app
+        .send(authorized("GET", "/pipelines/flaky"))
+        .await
+        .expect_error(404, "pipeline_not_found", "not stored");
+    assert!(d.standin.tasks().is_empty(), "Kling never called");
+    // The step 0 task cannot be recorded: the pipeline is forgotten again.
+    d.app.kv.fail_next_set_to("task:flaky-0");
+    create(&d.app, &three_steps("flaky")).await.expect_error(
+        503,
+        "store_unavailable",
+        "step 0 not recorded",
+    );
+    assert!(d.app.kv.json("pipeline:flaky").is_none());
+    assert!(d.standin.tasks().is_empty(), "Kling never called");
+    let retried = create(&d.app, &three_steps("flaky")).await.expect_json(202);
+    assert_eq!(retried["steps"][0]["external_task_id"], "flaky-0");
+
     // Kling refuses step 0: the caller gets Kling's reason and the id stays free.
     d.standin.script(
         "busy-0",
@@ -265,32 +281,9 @@ async fn the_reconciler_moves_a_pipeline_on_when_a_step_s_final_callback_is_lost
 async fn a_storm_of_duplicated_reordered_callbacks_across_replicas_makes_one_task_per_step() {
     const PIPELINES: usize = 12;
     const REPLICAS: usize = 3;
-    let standin = StandIn::start(
-        Config {
-            callback_spacing: Duration::from_millis(1),
-            ..Config::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await
-    .unwrap();
+    let standin = fast_standin().await;
     let kv = KvStore::default().interleaved(7);
-    let mut replicas = Vec::new();
-    for _ in 0..REPLICAS {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let public = format!("http://{}", listener.local_addr().unwrap());
-        let variables = [
-            ("callback_secret", CALLBACK_SECRET.to_string()),
-            ("api_token", API_TOKEN.to_string()),
-            ("kling_api_key", standin.config().api_key.clone().unwrap()),
-            ("kling_base_url", standin.base_url()),
-            ("public_base_url", public),
-            ("stale_after_seconds", "0".to_string()),
-        ];
-        let app = kling_app_with(&variables, kv.clone());
-        app.serve(listener);
-        replicas.push(app);
-    }
+    let replicas = replicas(&standin, &kv, REPLICAS).await;
     // Every step's callbacks come twice, odd steps' in reverse, and some finals are lost.
     let ids: Vec<String> = (0..PIPELINES).map(|i| format!("storm{i}")).collect();
     for (p, id) in ids.iter().enumerate() {

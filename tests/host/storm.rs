@@ -3,17 +3,15 @@
 //! reconciles run concurrently. Every task must end in its true final state, never
 //! move backwards, and leave the pending index empty.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kling_standin::{Config, Script, StandIn};
+use kling_standin::Script;
 
-use crate::support::components::kling_app_with;
-use crate::support::deployment::{submit_request, valid_body};
+use crate::support::deployment::{fast_standin, replicas, submit_request, valid_body};
 use crate::support::kv::KvStore;
-use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task};
+use crate::support::requests::{authorized, get_task};
 use crate::support::spin_host::SpinApp;
 
 const TASKS: usize = 200;
@@ -35,32 +33,9 @@ async fn reconcile(app: &SpinApp) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_storm_of_duplicated_reordered_and_lost_callbacks_ends_every_task_in_its_true_state() {
-    let standin = StandIn::start(
-        Config {
-            callback_spacing: Duration::from_millis(1),
-            ..Config::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await
-    .unwrap();
+    let standin = fast_standin().await;
     let kv = KvStore::default().interleaved(2026);
-    let mut replicas = Vec::new();
-    for _ in 0..REPLICAS {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let public = format!("http://{}", listener.local_addr().unwrap());
-        let variables = [
-            ("callback_secret", CALLBACK_SECRET.to_string()),
-            ("api_token", API_TOKEN.to_string()),
-            ("kling_api_key", standin.config().api_key.clone().unwrap()),
-            ("kling_base_url", standin.base_url()),
-            ("public_base_url", public),
-            ("stale_after_seconds", "0".to_string()),
-        ];
-        let app = kling_app_with(&variables, kv.clone());
-        app.serve(listener);
-        replicas.push(app);
-    }
+    let replicas = replicas(&standin, &kv, REPLICAS).await;
 
     // Every task's callbacks are duplicated; odd ones arrive in reverse; every tenth
     // final is never delivered, and every third task fails.

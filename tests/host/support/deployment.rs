@@ -2,7 +2,7 @@
 //! at a fresh Kling stand-in that calls it back.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use kling_standin::{Config, StandIn};
@@ -117,20 +117,48 @@ impl Deployment {
 
     /// Polls `GET /tasks/{id}` until it shows `status` (callbacks arrive asynchronously).
     pub async fn wait_for(&self, id: &str, status: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let reply = self.app.send(get_task(id)).await;
-            if reply.status == 200 && reply.json()["status"] == status {
-                return reply.json();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{id} never reached {status}: {:?}",
-                String::from_utf8_lossy(&reply.body)
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.app
+            .poll_json(
+                || get_task(id),
+                |reply| reply.status == 200 && reply.json()["status"] == status,
+            )
+            .await
     }
+}
+
+/// A stand-in that spaces callbacks by 1 ms, for storms.
+pub async fn fast_standin() -> StandIn {
+    StandIn::start(
+        Config {
+            callback_spacing: Duration::from_millis(1),
+            ..Config::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap()
+}
+
+/// `count` replicas of the component sharing `kv`, each served on its own loopback
+/// port (Kling calls each back on its own `public_base_url`), reconciling with no delay.
+pub async fn replicas(standin: &StandIn, kv: &KvStore, count: usize) -> Vec<SpinApp> {
+    let mut replicas = Vec::new();
+    for _ in 0..count {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let public = format!("http://{}", listener.local_addr().unwrap());
+        let variables = [
+            ("callback_secret", CALLBACK_SECRET.to_string()),
+            ("api_token", API_TOKEN.to_string()),
+            ("kling_api_key", standin.config().api_key.clone().unwrap()),
+            ("kling_base_url", standin.base_url()),
+            ("public_base_url", public),
+            ("stale_after_seconds", "0".to_string()),
+        ];
+        let app = kling_app_with(&variables, kv.clone());
+        app.serve(listener);
+        replicas.push(app);
+    }
+    replicas
 }
 
 pub async fn list(app: &SpinApp, query: &str) -> Value {

@@ -205,6 +205,17 @@ impl Reply {
         })
     }
 
+    /// Checks the status; returns the JSON body.
+    pub fn expect_json(&self, status: u16) -> serde_json::Value {
+        assert_eq!(
+            self.status,
+            status,
+            "{:?}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self.json()
+    }
+
     /// Checks an error response's status and code; returns its `error` object.
     pub fn expect_error(&self, status: u16, code: &str, context: &str) -> serde_json::Value {
         assert_eq!(
@@ -309,16 +320,33 @@ impl SpinApp {
         });
     }
 
+    /// Sends a request again and again (a fresh one from `request` each time) until its
+    /// reply satisfies `done`, and returns that reply's JSON; fails after 20 seconds.
+    /// Callbacks, pipeline steps and notifications happen asynchronously.
+    pub async fn poll_json(
+        &self,
+        request: impl Fn() -> http::Request<Bytes>,
+        done: impl Fn(&Reply) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let reply = self.send(request()).await;
+            if done(&reply) {
+                return reply.json();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still waiting: {} {:?}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends a request that must answer 200, and returns its JSON body.
     pub async fn ok_json(&self, request: http::Request<Bytes>) -> serde_json::Value {
-        let reply = self.send(request).await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{:?}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        reply.json()
+        self.send(request).await.expect_json(200)
     }
 
     /// Sends one request and waits until the guest is completely done.
