@@ -38,14 +38,9 @@ async fn the_composed_example_submits_and_reads_through_kling_video() {
 
     let reply = starter
         .send(post("/videos", json!({"prompt": "a fox in snow"})))
-        .await;
-    assert_eq!(
-        reply.status,
-        202,
-        "{:?}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    let id = reply.json()["id"].as_str().unwrap().to_string();
+        .await
+        .expect_json(202);
+    let id = reply["id"].as_str().unwrap().to_string();
     let at_kling = d.standin.tasks_with_external_id(&id);
     assert_eq!(at_kling.len(), 1, "the composed kling-webhook called Kling");
     assert!(
@@ -79,12 +74,7 @@ async fn the_composed_example_runs_a_pipeline() {
             json!({"id": "promo-wac", "prompt": "a fox", "then": "it runs"}),
         ))
         .await;
-    assert_eq!(
-        reply.status,
-        202,
-        "{:?}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.expect_json(202);
     let done = wait_for(&starter, "/promos/promo-wac", "succeed").await;
     assert_eq!(done["videos"].as_array().unwrap().len(), 2, "{done}");
     let first = &d.standin.tasks_with_external_id("promo-wac-0")[0];

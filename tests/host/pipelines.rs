@@ -62,14 +62,7 @@ fn request_of(standin: &StandIn, external_task_id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_step_pipeline_runs_to_the_end_each_step_taking_the_previous_video() {
     let d = deploy().await;
-    let reply = create(&d.app, &three_steps("promo")).await;
-    assert_eq!(
-        reply.status,
-        202,
-        "{:?}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    let started = reply.json();
+    let started = create(&d.app, &three_steps("promo")).await.expect_json(202);
     assert_eq!(started["id"], "promo");
     assert_eq!(started["status"], "running");
     assert_eq!(started["steps"][0]["external_task_id"], "promo-0");

@@ -524,12 +524,7 @@ async fn a_base64_image_of_a_mebibyte_is_submitted_and_over_16_mib_is_413() {
     let reply = d
         .submit("image2video", json!({"image": image, "prompt": "move"}))
         .await;
-    assert_eq!(
-        reply.status,
-        202,
-        "{:?}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.expect_json(202);
     let ext = reply.json()["external_task_id"]
         .as_str()
         .unwrap()

@@ -94,21 +94,14 @@ impl Deployment {
         script: kling_standin::Script,
     ) -> Value {
         self.standin.script(external_task_id, script);
-        let reply = self
-            .app
+        self.app
             .send(submit_request(
                 "text2video",
                 valid_body("text2video"),
                 Some(external_task_id),
             ))
-            .await;
-        assert_eq!(
-            reply.status,
-            202,
-            "{:?}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        reply.json()
+            .await
+            .expect_json(202)
     }
 
     pub async fn submit(&self, kind: &str, body: Value) -> Reply {
