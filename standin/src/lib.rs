@@ -134,6 +134,29 @@ struct State {
     next_id: u64,
 }
 
+/// Serves `handler` over HTTP/1 on every connection `listener` accepts, in the current
+/// tokio runtime (the stand-in's server; the test host's notification receiver uses it too).
+pub fn serve<H, F>(listener: TcpListener, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let response = handler(request);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
 #[derive(Clone)]
 pub struct StandIn {
     addr: SocketAddr,
@@ -154,19 +177,9 @@ impl StandIn {
             })),
         };
         let server = standin.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.handle(request).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        serve(listener, move |request| {
+            let server = server.clone();
+            async move { server.handle(request).await }
         });
         Ok(standin)
     }

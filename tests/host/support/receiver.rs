@@ -2,15 +2,11 @@
 //! verifies them with the Standard Webhooks reference library (`standardwebhooks`, an
 //! implementation independent of the component's), and can refuse the first few.
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 /// The notification signing secret the tests deploy with.
@@ -51,19 +47,9 @@ impl Receiver {
             })),
         };
         let server = receiver.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.handle(request).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        kling_standin::serve(listener, move |request| {
+            let server = server.clone();
+            async move { server.handle(request).await }
         });
         receiver
     }
