@@ -96,11 +96,12 @@ pub fn view(
             task: tasks.get(index).cloned().flatten(),
         })
         .collect();
-    let status_of = |i: usize| steps[i].task.as_ref().map(|t| t.status);
+    let status_of = |i: usize| steps.get(i).and_then(|s| s.task.as_ref()).map(|t| t.status);
+    let last = steps.len().saturating_sub(1);
     // The first step that has not succeeded is where the pipeline stands.
     let current = (0..steps.len())
         .find(|&i| status_of(i) != Some(TaskStatus::Succeed))
-        .unwrap_or(steps.len() - 1);
+        .unwrap_or(last);
     let failed_task = steps.iter().find_map(|s| {
         let task = s.task.as_ref()?;
         (task.status == TaskStatus::Failed).then(|| PipelineFailure {
@@ -114,13 +115,13 @@ pub fn view(
         })
     });
     let error = failed_task.or(failure);
-    let status = match (&error, status_of(steps.len() - 1)) {
+    let status = match (&error, status_of(last)) {
         (Some(_), _) => PipelineStatus::Failed,
         (None, Some(TaskStatus::Succeed)) => PipelineStatus::Succeed,
         (None, _) => PipelineStatus::Running,
     };
     let outputs = (status == PipelineStatus::Succeed).then(|| {
-        let last = steps[steps.len() - 1].task.as_ref();
+        let last = steps.last().and_then(|s| s.task.as_ref());
         Outputs {
             videos: last.map(|t| t.videos.clone()).unwrap_or_default(),
             images: last.map(|t| t.images.clone()).unwrap_or_default(),
@@ -142,10 +143,11 @@ impl PipelineView {
         if self.status != PipelineStatus::Running {
             return Next::Finished(self.status);
         }
-        let step = &self.steps[self.current_step];
-        match &step.task {
-            None => Next::Submit(self.current_step),
-            Some(_) => Next::Wait,
+        match self.steps.get(self.current_step).map(|s| &s.task) {
+            Some(None) => Next::Submit(self.current_step),
+            Some(Some(_)) => Next::Wait,
+            // A stored description without steps (never written by `build`).
+            None => Next::Finished(PipelineStatus::Failed),
         }
     }
 
