@@ -114,20 +114,26 @@ pub fn submit(
         }
         Err(error) => {
             // Kling refuses an `external_task_id` it already has (1201): a concurrent
-            // submit of the same id won the race, so bind its task instead of forgetting.
-            if error.is_invalid_request()
-                && let Ok(Some(found)) = kling.query(request.kind, &external_task_id)
-            {
-                store.bind_submission(&key, &found.task_id)?;
-                let record = store.find_by_key(&key)?.ok_or_else(|| {
-                    StoreError::Unavailable(
-                        "the submitted task was not found after binding it".into(),
-                    )
-                })?;
-                return Ok(Submitted {
-                    record,
-                    created: false,
-                });
+            // submit of the same id won the race, so bind its task instead of forgetting
+            // (the record may be the winner's). If Kling cannot say, keep the record as
+            // `submitting` for the reconciler, exactly like an ambiguous create.
+            if error.is_invalid_request() {
+                match kling.query(request.kind, &external_task_id) {
+                    Ok(Some(found)) => {
+                        store.bind_submission(&key, &found.task_id)?;
+                        let record = store.find_by_key(&key)?.ok_or_else(|| {
+                            StoreError::Unavailable(
+                                "the submitted task was not found after binding it".into(),
+                            )
+                        })?;
+                        return Ok(Submitted {
+                            record,
+                            created: false,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(lookup) => return Err(lookup.into()),
+                }
             }
             // Its entry in the recent log stays, harmless: listing skips what it cannot find.
             store.forget_submission(&key)?;
@@ -366,6 +372,24 @@ mod tests {
         assert!(!submitted.created);
         assert_eq!(submitted.record.task_id.as_deref(), Some("86"));
         assert!(TaskStore::new(&kv).find("job-1").unwrap().is_some());
+
+        // Kling cannot be asked: the record stays (it may be the winner's) and the
+        // caller gets a retryable error, not the refusal.
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![
+            Ok((
+                400,
+                r#"{"code":1201,"message":"external_task_id already exists"}"#,
+            )),
+            Err(TransportError::Timeout),
+        ]);
+        let err = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap_err();
+        assert!(
+            matches!(err, SubmitError::Kling(KlingError::Transport(_))),
+            "{err:?}"
+        );
+        let kept = TaskStore::new(&kv).find("job-1").unwrap().unwrap();
+        assert_eq!(kept.status, TaskStatus::Submitting);
 
         // A 1201 for anything else is a refusal: nothing is left.
         let kv = MemoryKv::default();
