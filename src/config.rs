@@ -319,6 +319,20 @@ pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// What unit tests submit with: a Kling at `http://kling.test`, callbacks to
+    /// `https://hooks.example`.
+    pub fn submit_config() -> SubmitConfig {
+        SubmitConfig {
+            kling: KlingConfig {
+                base_url: "http://kling.test".into(),
+                auth: KlingAuth::ApiKey(Secret::new("k")),
+                timeout_ms: 100,
+            },
+            public_base_url: "https://hooks.example".into(),
+            callback_secret: Secret::new("test-callback-secret"),
+        }
+    }
+
     pub struct MapVariables(pub HashMap<&'static str, &'static str>);
 
     impl Variables for MapVariables {

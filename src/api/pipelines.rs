@@ -12,7 +12,6 @@ use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::error::ApiError;
 use crate::kling::HttpTransport;
-use crate::kling::client::KlingError;
 use crate::kling::kind::TaskKind;
 use crate::pipeline::progress::{Next, PipelineFailure, PipelineView, step_external_id};
 use crate::pipeline::spec::{NewStep, PipelineSpec, SpecError, build, request_for};
@@ -109,9 +108,10 @@ pub struct Advanced {
 }
 
 /// Moves a pipeline on if it can: submits the step after one that succeeded, or fails
-/// the pipeline when Kling refuses that step or the previous result lacks an input.
-/// Rate limits, timeouts and store errors are returned and leave it as it was, for the
-/// reconciler to retry. `None` for an unknown pipeline.
+/// the pipeline when Kling refuses that step's request (parameters or content) or the
+/// previous result lacks an input. Other errors (auth, balance, rate limits, Kling or the
+/// store unavailable) are returned and leave it as it was, for the reconciler to retry.
+/// `None` for an unknown pipeline.
 pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, PipelineError> {
     let store = PipelineStore::new(submitter.kv);
     let Some(spec) = store.spec(id)? else {
@@ -131,10 +131,9 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
             code: "input_missing".into(),
             message,
         }),
-        Err(StepError::Submit(SubmitError::Kling(error @ KlingError::Api(_))))
-            if !error.is_rate_limited() =>
-        {
-            // Kling refused the request itself: retrying cannot help.
+        Err(StepError::Submit(SubmitError::Kling(error))) if error.is_request_refused() => {
+            // Kling refused the request itself: retrying cannot help. Anything else
+            // (keys, balance, rate, Kling down) is left for the reconciler to retry.
             let error = ApiError::from(SubmitError::Kling(error));
             Some(PipelineFailure {
                 step,
@@ -202,5 +201,120 @@ fn choose_id(
         (Some(id), _) => Ok(id),
         (None, Some(key)) => Ok(key.to_string()),
         (None, None) => Ok(new_id()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::manual::ManualClock;
+    use crate::config::tests::submit_config;
+    use crate::kling::scripted::Scripted;
+    use crate::pipeline::progress::PipelineStatus;
+    use crate::pipeline::spec::parse_description;
+    use crate::store::layout::TaskKey;
+    use crate::store::memory::MemoryKv;
+    use crate::store::tasks::TaskStore;
+    use crate::task::{EventSource, TaskEvent, TaskStatus, Video};
+    use std::cell::Cell;
+
+    const CREATED: &str =
+        r#"{"code":0,"message":"SUCCEED","data":{"task_id":"86","task_status":"submitted"}}"#;
+
+    /// A two-step pipeline (text2video, then video-extend) whose step 0 has succeeded.
+    fn step_0_succeeded(kv: &MemoryKv, clock: &ManualClock) {
+        let (_, steps) = parse_description(
+            br#"{"steps":[{"kind":"text2video","request":{"prompt":"a"}},
+                          {"kind":"video-extend","request":{"prompt":"b"}}]}"#,
+        )
+        .unwrap();
+        let config = submit_config();
+        let kling = Scripted::new(vec![Ok((200, CREATED))]);
+        let submitter = Submitter {
+            config: &config,
+            kv,
+            transport: &kling,
+            clock,
+        };
+        let new = NewPipeline {
+            id: Some("p".into()),
+            steps,
+            idempotency_key: None,
+        };
+        assert!(create(new, &submitter, &String::new).unwrap().created);
+        let done = TaskEvent {
+            task_id: "86".into(),
+            status: TaskStatus::Succeed,
+            status_msg: String::new(),
+            external_task_id: Some("p-0".into()),
+            created_at: None,
+            updated_at: Some(5),
+            videos: vec![Video {
+                id: Some("v-86".into()),
+                ..Video::default()
+            }],
+            images: Vec::new(),
+            final_unit_deduction: None,
+            source: EventSource::Callback,
+        };
+        let key = TaskKey::external("p-0");
+        let (_, books) = TaskStore::new(kv).record_event(&key, &done, 6).unwrap();
+        books.apply(kv).unwrap();
+    }
+
+    fn advance_with(
+        kv: &MemoryKv,
+        clock: &ManualClock,
+        answer: (u16, &str),
+    ) -> Result<Option<Advanced>, PipelineError> {
+        let config = submit_config();
+        let kling = Scripted::new(vec![Ok(answer)]);
+        let submitter = Submitter {
+            config: &config,
+            kv,
+            transport: &kling,
+            clock,
+        };
+        let advanced = advance("p", &submitter);
+        let sent: serde_json::Value = serde_json::from_slice(&kling.sent.borrow()[0].body).unwrap();
+        assert_eq!(sent["video_id"], "v-86", "step 1 takes step 0's video");
+        assert_eq!(sent["external_task_id"], "p-1");
+        advanced
+    }
+
+    #[test]
+    fn only_a_refused_request_fails_the_pipeline_other_errors_wait_for_the_reconciler() {
+        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+        step_0_succeeded(&kv, &clock);
+        for (http, code) in [
+            (402, 1102),
+            (401, 1004),
+            (429, 1303),
+            (500, 5000),
+            (503, 5001),
+        ] {
+            let body = format!(r#"{{"code":{code},"message":"no"}}"#);
+            let error = advance_with(&kv, &clock, (http, &body)).unwrap_err();
+            assert!(
+                matches!(error, PipelineError::Step { step: 1, .. }),
+                "{code}: {error:?}"
+            );
+            let view = get("p", &kv).unwrap().unwrap();
+            assert_eq!(
+                (view.status, view.error),
+                (PipelineStatus::Running, None),
+                "{code}"
+            );
+        }
+        let refused = advance_with(&kv, &clock, (400, r#"{"code":1301,"message":"unsafe"}"#))
+            .unwrap()
+            .unwrap();
+        assert!(refused.changed);
+        assert_eq!(refused.view.status, PipelineStatus::Failed);
+        let error = refused.view.error.unwrap();
+        assert_eq!(
+            (error.step, error.code.as_str()),
+            (1, "kling_content_rejected")
+        );
     }
 }

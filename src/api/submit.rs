@@ -177,52 +177,14 @@ fn choose_external_task_id(
 mod tests {
     use super::*;
     use crate::clock::manual::ManualClock;
-    use crate::config::{KlingAuth, KlingConfig, Secret};
-    use crate::kling::{OutboundRequest, OutboundResponse, TransportError};
+    use crate::config::Secret;
+    use crate::config::tests::submit_config;
+    use crate::kling::TransportError;
+    use crate::kling::scripted::Scripted;
     use crate::store::memory::MemoryKv;
     use crate::task::TaskStatus;
-    use std::cell::RefCell;
-
-    /// Kling's answers in order, and what was sent.
-    struct Scripted {
-        answers: RefCell<Vec<Result<(u16, &'static str), TransportError>>>,
-        sent: RefCell<Vec<OutboundRequest>>,
-    }
-
-    impl Scripted {
-        fn new(mut answers: Vec<Result<(u16, &'static str), TransportError>>) -> Self {
-            answers.reverse();
-            Self {
-                answers: RefCell::new(answers),
-                sent: RefCell::default(),
-            }
-        }
-    }
-
-    impl HttpTransport for Scripted {
-        fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
-            self.sent.borrow_mut().push(request);
-            let (status, body) = self.answers.borrow_mut().pop().expect("scripted answer")?;
-            Ok(OutboundResponse {
-                status,
-                body: body.as_bytes().to_vec(),
-            })
-        }
-    }
 
     const CREATED: &str = r#"{"code":0,"message":"SUCCEED","request_id":"r","data":{"task_id":"86","task_status":"submitted"}}"#;
-
-    fn config() -> SubmitConfig {
-        SubmitConfig {
-            kling: KlingConfig {
-                base_url: "http://kling.test".into(),
-                auth: KlingAuth::ApiKey(Secret::new("k")),
-                timeout_ms: 100,
-            },
-            public_base_url: "https://hooks.example".into(),
-            callback_secret: Secret::new("test-callback-secret"),
-        }
-    }
 
     fn run(
         kv: &MemoryKv,
@@ -237,7 +199,7 @@ mod tests {
             pipeline: None,
         };
         let clock = ManualClock(std::cell::Cell::new(1_000_000));
-        submit(&request, &config(), kv, kling, &clock, &|| {
+        submit(&request, &submit_config(), kv, kling, &clock, &|| {
             "generated-id".to_string()
         })
     }

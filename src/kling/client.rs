@@ -48,6 +48,13 @@ impl KlingError {
         matches!(self, KlingError::Api(e) if e.code == CODE_INVALID_PARAMS)
     }
 
+    /// Kling refused the request itself (1200-1203 parameters, 1300-1301 content): the
+    /// same request will be refused again. Auth, account, rate and server errors are not
+    /// (they pass once the deployment, the balance or Kling is fixed).
+    pub fn is_request_refused(&self) -> bool {
+        matches!(self, KlingError::Api(e) if matches!(e.code, 1200..=1203 | 1300 | 1301))
+    }
+
     /// Kling asked us to back off (1302, 1303).
     pub fn is_rate_limited(&self) -> bool {
         matches!(self, KlingError::Api(e) if matches!(e.code, 1302 | 1303))
@@ -151,47 +158,7 @@ impl<'a> KlingClient<'a> {
 mod tests {
     use super::*;
     use crate::config::{KlingAuth, Secret};
-    use crate::kling::OutboundResponse;
-    use std::cell::RefCell;
-
-    /// A scripted answer: (HTTP status, body), or no answer at all.
-    type Answer<'a> = Result<(u16, &'a str), TransportError>;
-
-    /// Kling's answers, scripted, and the requests the client made.
-    struct Scripted {
-        answers: RefCell<Vec<Result<OutboundResponse, TransportError>>>,
-        sent: RefCell<Vec<OutboundRequest>>,
-    }
-
-    impl Scripted {
-        fn new(answers: Vec<Answer<'_>>) -> Self {
-            Self {
-                answers: RefCell::new(
-                    answers
-                        .into_iter()
-                        .rev()
-                        .map(|a| {
-                            a.map(|(status, body)| OutboundResponse {
-                                status,
-                                body: body.as_bytes().to_vec(),
-                            })
-                        })
-                        .collect(),
-                ),
-                sent: RefCell::new(vec![]),
-            }
-        }
-    }
-
-    impl HttpTransport for Scripted {
-        fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
-            self.sent.borrow_mut().push(request);
-            self.answers
-                .borrow_mut()
-                .pop()
-                .expect("an answer is scripted")
-        }
-    }
+    use crate::kling::scripted::{Answer, Scripted};
 
     fn config() -> KlingConfig {
         KlingConfig {

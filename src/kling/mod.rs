@@ -36,3 +36,47 @@ pub enum TransportError {
 pub trait HttpTransport {
     fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError>;
 }
+
+#[cfg(test)]
+pub(crate) mod scripted {
+    //! A [`HttpTransport`] for unit tests: scripted answers in order, and what was sent.
+    use super::*;
+    use std::cell::RefCell;
+
+    /// One scripted answer: (HTTP status, body), or no answer at all.
+    pub type Answer<'a> = Result<(u16, &'a str), TransportError>;
+
+    pub struct Scripted {
+        answers: RefCell<Vec<Result<OutboundResponse, TransportError>>>,
+        pub sent: RefCell<Vec<OutboundRequest>>,
+    }
+
+    impl Scripted {
+        pub fn new(answers: Vec<Answer<'_>>) -> Self {
+            let answers = answers
+                .into_iter()
+                .rev()
+                .map(|a| {
+                    a.map(|(status, body)| OutboundResponse {
+                        status,
+                        body: body.as_bytes().to_vec(),
+                    })
+                })
+                .collect();
+            Self {
+                answers: RefCell::new(answers),
+                sent: RefCell::default(),
+            }
+        }
+    }
+
+    impl HttpTransport for Scripted {
+        fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
+            self.sent.borrow_mut().push(request);
+            self.answers
+                .borrow_mut()
+                .pop()
+                .expect("an answer is scripted")
+        }
+    }
+}
