@@ -8,7 +8,7 @@ use kling_standin::Script;
 use serde_json::{Value, json};
 
 use crate::support::components::kling_app_with;
-use crate::support::deployment::{Auth, Deployment, deploy_with, submit_request, valid_body};
+use crate::support::deployment::{Auth, Deployment, deploy_with, text2video_as};
 use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task, request};
 use crate::support::spin_host::{Reply, SpinApp};
 
@@ -249,13 +249,7 @@ async fn a_submit_left_submitting_is_bound_or_forgotten_by_what_kling_says() {
     let d = deploy().await;
     // Kling unreachable while submitting: the task stays `submitting`, Kling never saw it.
     let down = kling_down(&d);
-    let reply = down
-        .send(submit_request(
-            "text2video",
-            valid_body("text2video"),
-            Some("job-never"),
-        ))
-        .await;
+    let reply = down.send(text2video_as("job-never")).await;
     assert_eq!(
         (reply.status, reply.json()["status"].as_str()),
         (202, Some("submitting"))
@@ -292,14 +286,7 @@ async fn a_submit_left_submitting_is_bound_or_forgotten_by_what_kling_says() {
     assert!(d.standin.tasks_with_external_id("job-never").is_empty());
 
     // Submitted again, it is created once.
-    let again = d
-        .app
-        .send(submit_request(
-            "text2video",
-            valid_body("text2video"),
-            Some("job-never"),
-        ))
-        .await;
+    let again = d.app.send(text2video_as("job-never")).await;
     assert_eq!(again.status, 202);
     assert_eq!(d.standin.tasks_with_external_id("job-never").len(), 1);
 }

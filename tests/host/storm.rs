@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kling_standin::Script;
 
-use crate::support::deployment::{fast_standin, replicas, submit_request, valid_body};
+use crate::support::deployment::{fast_standin, replicas, text2video_as};
 use crate::support::kv::KvStore;
 use crate::support::requests::{authorized, get_task};
 use crate::support::spin_host::SpinApp;
@@ -109,14 +109,7 @@ async fn a_storm_of_duplicated_reordered_and_lost_callbacks_ends_every_task_in_i
                 // A client that retries a 503 with the same Idempotency-Key.
                 tokio::spawn(async move {
                     for _ in 0..5 {
-                        let status = app
-                            .send(submit_request(
-                                "text2video",
-                                valid_body("text2video"),
-                                Some(&ext),
-                            ))
-                            .await
-                            .status;
+                        let status = app.send(text2video_as(&ext)).await.status;
                         if status != 503 {
                             return status;
                         }

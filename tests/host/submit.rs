@@ -8,7 +8,9 @@ use kling_standin::{CreateBehaviour, Script};
 use serde_json::{Value, json};
 
 use crate::support::components::kling_app_with;
-use crate::support::deployment::{Auth, deploy, deploy_with, list, submit_request, valid_body};
+use crate::support::deployment::{
+    Auth, deploy, deploy_with, list, submit_request, text2video_as, valid_body,
+};
 use crate::support::kv::KvStore;
 use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task, request};
 
@@ -158,19 +160,12 @@ async fn a_callback_that_outruns_kling_s_answer_is_stored_and_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resubmitting_an_external_id_returns_the_task_and_creates_one_at_kling() {
     let d = deploy().await;
-    let first = d
-        .app
-        .send(submit_request(
-            "text2video",
-            valid_body("text2video"),
-            Some("job-idem"),
-        ))
-        .await;
+    let first = d.app.send(text2video_as("job-idem")).await;
     assert_eq!(first.status, 202);
     let mut body = valid_body("text2video");
     body["external_task_id"] = json!("job-idem");
     for again in [
-        submit_request("text2video", valid_body("text2video"), Some("job-idem")),
+        text2video_as("job-idem"),
         submit_request("text2video", body, None),
     ] {
         let reply = d.app.send(again).await;
@@ -206,21 +201,7 @@ async fn an_ambiguous_create_is_looked_up_and_never_repeated() {
         },
     );
     for ext in ["job-5002", "job-slow"] {
-        let reply = d
-            .app
-            .send(submit_request(
-                "text2video",
-                valid_body("text2video"),
-                Some(ext),
-            ))
-            .await;
-        assert_eq!(
-            reply.status,
-            202,
-            "{ext}: {:?}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        let record = reply.json();
+        let record = d.app.send(text2video_as(ext)).await.expect_json(202);
         let at_kling = d.standin.tasks_with_external_id(ext);
         assert_eq!(at_kling.len(), 1, "{ext}: exactly one task at Kling");
         assert_eq!(
@@ -246,14 +227,7 @@ async fn rate_limits_are_429_with_retry_after_and_leave_nothing_behind() {
             ..Script::default()
         },
     );
-    let reply = d
-        .app
-        .send(submit_request(
-            "text2video",
-            valid_body("text2video"),
-            Some("job-busy"),
-        ))
-        .await;
+    let reply = d.app.send(text2video_as("job-busy")).await;
     reply.expect_error(429, "kling_rate_limited", "");
     assert_eq!(reply.headers.get("retry-after").unwrap(), "1");
     let kling = &reply.json()["error"]["kling"];
@@ -290,14 +264,7 @@ async fn other_refusals_map_to_what_the_caller_should_do() {
                 ..Script::default()
             },
         );
-        let reply = d
-            .app
-            .send(submit_request(
-                "text2video",
-                valid_body("text2video"),
-                Some(&ext),
-            ))
-            .await;
+        let reply = d.app.send(text2video_as(&ext)).await;
         assert_eq!(
             (reply.status, reply.error_code()),
             (status, name.to_string()),
@@ -375,14 +342,7 @@ async fn invalid_requests_are_400_naming_the_field_and_reach_neither_kling_nor_t
         reply.expect_error(400, "invalid_request", field);
         assert_eq!(reply.json()["error"]["field"], field);
     }
-    let bad_key = d
-        .app
-        .send(submit_request(
-            "text2video",
-            valid_body("text2video"),
-            Some("has space"),
-        ))
-        .await;
+    let bad_key = d.app.send(text2video_as("has space")).await;
     bad_key.expect_error(400, "invalid_idempotency_key", "");
     assert!(d.standin.received().is_empty());
     assert!(d.app.kv.keys().is_empty());
@@ -428,22 +388,14 @@ async fn tasks_are_listed_newest_first_by_status_a_page_at_a_time() {
         ("job-l3", false),
         ("job-l4", false),
     ] {
-        d.standin.script(
+        d.submit_scripted(
             ext,
             Script {
                 fails,
                 ..Script::default()
             },
-        );
-        let reply = d
-            .app
-            .send(submit_request(
-                "text2video",
-                valid_body("text2video"),
-                Some(ext),
-            ))
-            .await;
-        assert_eq!(reply.status, 202);
+        )
+        .await;
         d.wait_for(ext, if fails { "failed" } else { "succeed" })
             .await;
     }

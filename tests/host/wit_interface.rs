@@ -147,51 +147,41 @@ async fn submit_behaves_like_the_http_route() {
         "{invalid:?}"
     );
 
-    d.standin.script(
-        "job-busy-wit",
-        Script {
-            create: CreateBehaviour::Refuse {
-                http: 429,
-                code: 1303,
-            },
-            ..Script::default()
-        },
-    );
-    let busy = submit(
-        &d,
-        TaskKind::Text2video,
-        &valid_body("text2video").to_string(),
-        Some("job-busy-wit"),
-    )
-    .await;
-    match busy {
+    match refused_submit(&d, "job-busy-wit", 429, 1303).await {
         Err(Error::RateLimited((kling, retry_after))) => {
             assert_eq!((kling.code, retry_after), (1303, 1));
             assert!(kling.request_id.is_some());
         }
         other => panic!("{other:?}"),
     }
-    d.standin.script(
-        "job-content",
-        Script {
-            create: CreateBehaviour::Refuse {
-                http: 400,
-                code: 1301,
-            },
-            ..Script::default()
-        },
-    );
-    let refused = submit(
-        &d,
-        TaskKind::Text2video,
-        &valid_body("text2video").to_string(),
-        Some("job-content"),
-    )
-    .await;
+    let refused = refused_submit(&d, "job-content", 400, 1301).await;
     assert!(
         matches!(&refused, Err(Error::Kling(k)) if k.code == 1301),
         "{refused:?}"
     );
+}
+
+/// Submits under `ext` after scripting the stand-in to refuse it with `http` and `code`.
+async fn refused_submit(
+    d: &Deployment,
+    ext: &str,
+    http: u16,
+    code: i64,
+) -> Result<bindings::kling::video::types::Task, Error> {
+    d.standin.script(
+        ext,
+        Script {
+            create: CreateBehaviour::Refuse { http, code },
+            ..Script::default()
+        },
+    );
+    submit(
+        d,
+        TaskKind::Text2video,
+        &valid_body("text2video").to_string(),
+        Some(ext),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,6 +85,15 @@ pub fn submit_request(
     builder.body(Bytes::from(body.to_string())).unwrap()
 }
 
+/// A valid text2video submit under `external_task_id` (the `Idempotency-Key`).
+pub fn text2video_as(external_task_id: &str) -> http::Request<Bytes> {
+    submit_request(
+        "text2video",
+        valid_body("text2video"),
+        Some(external_task_id),
+    )
+}
+
 impl Deployment {
     /// Scripts the fate of `external_task_id` at the stand-in, submits a text2video under
     /// it, and expects 202; returns the task record.
@@ -95,11 +104,7 @@ impl Deployment {
     ) -> Value {
         self.standin.script(external_task_id, script);
         self.app
-            .send(submit_request(
-                "text2video",
-                valid_body("text2video"),
-                Some(external_task_id),
-            ))
+            .send(text2video_as(external_task_id))
             .await
             .expect_json(202)
     }
