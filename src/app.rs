@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::kling::HttpTransport;
 use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
-use crate::ledger::{Slot, Verdict};
+use crate::ledger::assemble;
 use crate::notify::{Notification, Notifier};
 use crate::pipeline::progress::Next;
 use crate::pipeline::spec::parse_description;
@@ -30,7 +30,7 @@ use crate::router::Route;
 use crate::signatures::standard_webhooks::WebhookHeaders;
 use crate::store::KeyValue;
 use crate::store::tasks::Bookkeeping;
-use crate::task::{TaskEvent, TaskRecord};
+use crate::task::TaskEvent;
 
 /// An HTTP request, as the edge read it. Header names are lowercase.
 #[derive(Debug)]
@@ -92,51 +92,53 @@ impl From<Response> for Handled {
 pub struct AfterAck {
     /// The head's counters and binding.
     pub bookkeeping: Option<Bookkeeping>,
-    /// A task whose state changed: tell `notify_url`.
-    pub notify_task: Option<TaskRecord>,
-    /// A pipeline one of whose steps just ended: submit its next step.
-    pub advance_pipeline: Option<String>,
+    /// The delivery's event, when it was news: announce it, and move its pipeline on
+    /// if it ended a step.
+    pub news: Option<TaskEvent>,
 }
 
 /// Runs the work a handler left for after the acknowledgement. Failures are logged: the
 /// delivery's state is stored, and the reconciler redoes what is missing (a pipeline's
-/// next step); only counters or the task_id index may stay behind, until the next
-/// delivery for the task writes them again.
+/// next step, a notification in the outbox); only counters or the task_id index may
+/// stay behind, until the next delivery for the task writes them again.
 pub fn after_ack(work: AfterAck, env: &Env<'_>) {
-    if let Some(bookkeeping) = work.bookkeeping
-        && let Err(error) = bookkeeping.apply(env.kv)
-    {
+    let Some(bookkeeping) = work.bookkeeping else {
+        return;
+    };
+    if let Err(error) = bookkeeping.apply(env.kv) {
         eprintln!("callback bookkeeping after the acknowledgement failed: {error}");
     }
-    if work.notify_task.is_none() && work.advance_pipeline.is_none() {
+    let Some(news) = work.news else {
         return; // a duplicate: nothing changed, nothing to announce
-    }
+    };
+    // The task as this delivery left it: its new state with the head's counters.
+    let task = assemble(Some(bookkeeping.head()), news);
     let notify = NotifyConfig::load(env.vars).unwrap_or_else(|error| {
         eprintln!("notifications are off: {error}");
         None
     });
     let notifier = notify.as_ref().map(|config| notifier(config, env));
-    if let (Some(notifier), Some(task)) = (&notifier, &work.notify_task) {
-        deliver(notifier, Notification::task(task, env.now_ms));
+    if let Some(notifier) = &notifier {
+        deliver(notifier, Notification::task(&task, env.now_ms));
     }
-    if let Some(id) = work.advance_pipeline {
-        let advanced = SubmitConfig::load(env.vars)
-            .map_err(ApiError::from)
-            .and_then(|config| advance(&id, &submitter(&config, env)).map_err(ApiError::from));
-        match advanced {
-            Ok(Some(advanced)) => {
-                let finished = matches!(advanced.view.next(), Next::Finished(_));
-                if let Some(notifier) = &notifier
-                    && (advanced.changed || finished)
-                {
-                    deliver(notifier, Notification::pipeline(&advanced.view, env.now_ms));
-                }
-            }
-            Ok(None) => {}
-            Err(error) => {
-                eprintln!("pipeline {id}: the next step waits for the reconciler: {error}")
+    let Some(step) = task.pipeline.filter(|_| task.status.is_final()) else {
+        return;
+    };
+    let id = step.pipeline_id;
+    let advanced = SubmitConfig::load(env.vars)
+        .map_err(ApiError::from)
+        .and_then(|config| advance(&id, &submitter(&config, env)).map_err(ApiError::from));
+    match advanced {
+        Ok(Some(advanced)) => {
+            let finished = matches!(advanced.view.next(), Next::Finished(_));
+            if let Some(notifier) = &notifier
+                && (advanced.changed || finished)
+            {
+                deliver(notifier, Notification::pipeline(&advanced.view, env.now_ms));
             }
         }
+        Ok(None) => {}
+        Err(error) => eprintln!("pipeline {id}: the next step waits for the reconciler: {error}"),
     }
 }
 
@@ -364,7 +366,6 @@ fn callback(
         verifier.as_ref().map(|v| v as &dyn FinalVerifier),
         env.now_ms,
     )?;
-    let step_ended = matches!(received.verdict, Verdict::Apply(Slot::Final));
     Ok(Handled {
         response: Response::json(
             200,
@@ -372,13 +373,7 @@ fn callback(
         ),
         after_ack: AfterAck {
             bookkeeping: Some(received.bookkeeping),
-            advance_pipeline: received
-                .applied
-                .as_ref()
-                .and_then(|task| task.pipeline.as_ref())
-                .filter(|_| step_ended)
-                .map(|step| step.pipeline_id.clone()),
-            notify_task: received.applied,
+            news: received.news,
         },
     })
 }

@@ -235,21 +235,6 @@ pub fn assemble(head: Option<&TaskHead>, current: TaskEvent) -> TaskRecord {
     }
 }
 
-/// The task as it stands after `event` was judged `verdict`, when that was news.
-pub fn applied_record(
-    head: Option<TaskHead>,
-    event: &TaskEvent,
-    verdict: Verdict,
-    now_ms: u64,
-) -> Option<TaskRecord> {
-    matches!(verdict, Verdict::Apply(_)).then(|| {
-        let head = head
-            .unwrap_or_default()
-            .after_delivery(event, verdict, now_ms);
-        assemble(Some(&head), event.clone())
-    })
-}
-
 /// The record of a task submitted but not yet reported on by Kling.
 pub fn assemble_submission(head: &TaskHead, submission: &Submission) -> TaskRecord {
     TaskRecord {

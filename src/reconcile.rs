@@ -17,7 +17,7 @@ use crate::config::KlingConfig;
 use crate::kling::HttpTransport;
 use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
-use crate::ledger::{TaskHead, applied_record};
+use crate::ledger::{TaskHead, Verdict, assemble};
 use crate::pipeline::progress::{Next, PipelineView};
 use crate::store::layout::TaskKey;
 use crate::store::pending::PendingIndex;
@@ -182,9 +182,11 @@ pub fn reconcile(
                         }
                     };
                 bookkeeping.apply(kv)?;
-                if let Some(record) = applied_record(head, &event, verdict, now) {
+                if matches!(verdict, Verdict::Apply(_)) {
                     report.updated += 1;
-                    report.changed_tasks.push(record);
+                    report
+                        .changed_tasks
+                        .push(assemble(Some(bookkeeping.head()), event.clone()));
                 }
                 if event.status.is_final() {
                     done.push(key.as_str().to_string());

@@ -10,13 +10,13 @@ use crate::callback::parse::{PayloadError, parse_callback};
 use crate::config::CallbackConfig;
 use crate::kling::client::KlingError;
 use crate::kling::kind::TaskKind;
-use crate::ledger::{LedgerError, TaskHead, Verdict, applied_record};
+use crate::ledger::{LedgerError, TaskHead, Verdict};
 use crate::signatures::callback_url::{self, CallbackSigError};
 use crate::signatures::standard_webhooks::{self, WebhookError, WebhookHeaders};
 use crate::store::layout::TaskKey;
 use crate::store::tasks::{Bookkeeping, RecordError, TaskStore};
 use crate::store::{KeyValue, StoreError};
-use crate::task::{EventSource, TaskEvent, TaskRecord};
+use crate::task::{EventSource, TaskEvent};
 use crate::validate::is_valid_external_task_id;
 
 /// Largest callback body accepted (Kling's are a few KiB).
@@ -88,8 +88,9 @@ pub struct Received {
     pub verdict: Verdict,
     /// To apply after acknowledging the sender.
     pub bookkeeping: Bookkeeping,
-    /// The task as it stands after this delivery, when the delivery was news.
-    pub applied: Option<TaskRecord>,
+    /// The delivery's event, when it was news (what changed, to act on after the
+    /// acknowledgement).
+    pub news: Option<TaskEvent>,
 }
 
 /// Handles one delivery. `now_ms` is our clock (Standard Webhooks tolerance, counters).
@@ -133,20 +134,18 @@ pub fn receive(
                     return Ok(Received {
                         verdict: Verdict::Rejected,
                         bookkeeping: TaskStore::bookkeeping_rejected(&key, head),
-                        applied: None,
+                        news: None,
                     });
                 }
             }
         }
         _ => event,
     };
-    let (verdict, bookkeeping) =
-        store.record_event_with_head(&key, head.clone(), &event, now_ms)?;
-    let applied = applied_record(head, &event, verdict, now_ms);
+    let (verdict, bookkeeping) = store.record_event_with_head(&key, head, &event, now_ms)?;
     Ok(Received {
         verdict,
         bookkeeping,
-        applied,
+        news: matches!(verdict, Verdict::Apply(_)).then_some(event),
     })
 }
 

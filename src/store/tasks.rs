@@ -62,27 +62,42 @@ pub struct TaskPage {
 /// Writes that follow an accepted delivery and may happen after the acknowledgement:
 /// the task_id index (first binding only) and the head. Applied in order; the first
 /// failure stops the rest, so the head never claims a binding whose index is missing.
+/// The head is kept as a value and serialized only when applied, after the
+/// acknowledgement; [`Bookkeeping::head`] is also what the task's record is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "bookkeeping does nothing until applied"]
 pub struct Bookkeeping {
-    writes: Vec<(String, Vec<u8>)>,
+    key: TaskKey,
+    head: TaskHead,
+    /// Set on the task's first binding: `taskid:{task_id}` → `{key}`.
+    index_task_id: Option<String>,
     /// A task seen for the first time, not submitted here: add it to the recent log.
-    remember: Option<TaskKey>,
+    remember: bool,
 }
 
 impl Bookkeeping {
     pub fn apply(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
-        self.writes
-            .iter()
-            .try_for_each(|(key, value)| kv.set(key, value))?;
-        match &self.remember {
-            Some(key) => TaskStore::new(kv).remember(key),
-            None => Ok(()),
+        if let Some(task_id) = &self.index_task_id {
+            kv.set(&task_id_index(task_id), self.key.as_str().as_bytes())?;
         }
+        kv.set(&self.key.head(), &to_json(&self.head))?;
+        if self.remember {
+            TaskStore::new(kv).remember(&self.key)?;
+        }
+        Ok(())
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.writes.iter().map(|(key, _)| key.as_str())
+    /// The head as this delivery leaves it.
+    pub fn head(&self) -> &TaskHead {
+        &self.head
+    }
+
+    /// The keys [`Self::apply`] writes, in order (the recent log aside).
+    pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.index_task_id
+            .iter()
+            .map(|task_id| task_id_index(task_id))
+            .chain(std::iter::once(self.key.head()))
     }
 }
 
@@ -149,20 +164,13 @@ impl<'a> TaskStore<'a> {
     ) -> Bookkeeping {
         let first_binding = head.as_ref().is_none_or(|h| h.task_id.is_none());
         let submitted_here = head.as_ref().is_some_and(|h| h.submission.is_some());
-        let head = head
-            .unwrap_or_default()
-            .after_delivery(event, verdict, now_ms);
-        let mut writes = Vec::with_capacity(2);
-        if first_binding {
-            writes.push((
-                task_id_index(&event.task_id),
-                key.as_str().as_bytes().to_vec(),
-            ));
-        }
-        writes.push((key.head(), to_json(&head)));
         Bookkeeping {
-            writes,
-            remember: (first_binding && !submitted_here).then(|| key.clone()),
+            key: key.clone(),
+            head: head
+                .unwrap_or_default()
+                .after_delivery(event, verdict, now_ms),
+            index_task_id: first_binding.then(|| event.task_id.clone()),
+            remember: first_binding && !submitted_here,
         }
     }
 
@@ -172,8 +180,10 @@ impl<'a> TaskStore<'a> {
         let mut head = head.unwrap_or_default();
         head.rejected += 1;
         Bookkeeping {
-            writes: vec![(key.head(), to_json(&head))],
-            remember: None,
+            key: key.clone(),
+            head,
+            index_task_id: None,
+            remember: false,
         }
     }
 
