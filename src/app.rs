@@ -260,13 +260,15 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
         retention_ms: retention_ms(env.vars)?,
     };
     let kling = KlingConfig::load(env.vars)?;
+    // Every variable is read before anything is done: a misconfigured run changes nothing.
+    let notify = NotifyConfig::load(env.vars)?;
     let mut report = reconcile(env.kv, &kling, env.http, env.clock, options)?;
     // Only a deployment that can submit has pipelines to move on.
     if let Ok(config) = SubmitConfig::load(env.vars) {
         reconcile_pipelines(&submitter(&config, env), &mut report)?;
     }
-    if let Some(config) = NotifyConfig::load(env.vars)? {
-        let notifier = notifier(&config, env);
+    if let Some(config) = &notify {
+        let notifier = notifier(config, env);
         let now = env.clock.now_ms();
         for task in &report.changed_tasks {
             notifier.deliver(Notification::task(task, now))?;
@@ -383,10 +385,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn callbacks_are_limited_to_256_kib_and_submits_to_16_mib() {
+    fn callbacks_are_limited_to_256_kib_and_submits_and_pipelines_to_16_mib() {
         assert_eq!(body_limit("/callbacks/kling/job-1"), 256 * 1024);
         assert_eq!(body_limit("/callbacks/kling"), 256 * 1024);
         assert_eq!(body_limit("/tasks/image2video"), 16 * 1024 * 1024);
+        assert_eq!(body_limit("/pipelines"), 16 * 1024 * 1024);
         assert_eq!(body_limit("/nowhere"), 256 * 1024);
     }
 }

@@ -383,6 +383,47 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn notifications_are_off_without_a_url_and_need_a_valid_secret_with_one() {
+        let off = MapVariables(HashMap::from([(NOTIFY_URL, ""), (NOTIFY_SECRET, "")]));
+        assert!(NotifyConfig::load(&off).unwrap().is_none());
+        let cases = [
+            (
+                [(NOTIFY_URL, "https://next.example"), (NOTIFY_SECRET, "")],
+                ConfigError::Missing(NOTIFY_SECRET),
+            ),
+            (
+                [
+                    (NOTIFY_URL, "next.example"),
+                    (NOTIFY_SECRET, "whsec_aHVudGVyMg=="),
+                ],
+                ConfigError::Invalid(NOTIFY_URL, "expected an http(s):// URL"),
+            ),
+            (
+                [
+                    (NOTIFY_URL, "https://next.example"),
+                    (NOTIFY_SECRET, "hunter*2"),
+                ],
+                ConfigError::Invalid(NOTIFY_SECRET, "expected `whsec_` followed by base64"),
+            ),
+        ];
+        for (vars, expected) in cases {
+            let err = NotifyConfig::load(&MapVariables(HashMap::from(vars))).unwrap_err();
+            assert!(!err.to_string().contains("hunter"), "{err}");
+            assert_eq!(err, expected);
+        }
+        let on = MapVariables(HashMap::from([
+            (NOTIFY_URL, "https://next.example/hooks"),
+            (NOTIFY_SECRET, "whsec_aHVudGVyMg=="),
+        ]));
+        let config = NotifyConfig::load(&on).unwrap().unwrap();
+        assert_eq!(config.retry_after_ms, DEFAULT_NOTIFY_RETRY_SECONDS * 1000);
+        assert!(
+            !format!("{config:?}").contains("aHVudGVyMg"),
+            "secret redacted"
+        );
+    }
+
+    #[test]
     fn kling_auth_prefers_the_api_key_and_needs_both_halves_of_a_key_pair() {
         let vars = MapVariables(HashMap::from([
             (KLING_API_KEY, "k"),

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use kling_standin::Script;
 use serde_json::json;
 
 use crate::support::deployment::{Auth, Deployment, deploy_with};
@@ -172,4 +173,58 @@ async fn a_receiver_that_fails_twice_gets_the_event_once_it_succeeds_and_the_out
     let quiet = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
     assert_eq!(quiet["notifications_sent"], 0);
     assert_eq!(receiver.accepted().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_url_without_its_secret_refuses_reconcile_but_never_a_callback() {
+    let d = deploy_with(
+        Auth::KeyPair,
+        None,
+        &[
+            ("notify_url", "https://next.example/hooks"),
+            ("stale_after_seconds", "0"),
+        ],
+    )
+    .await;
+    // Kling sends no callbacks for it, so nothing moves while we look.
+    let submitted = d
+        .submit_scripted(
+            "quiet-job",
+            Script {
+                drop: vec!["submitted", "processing", "succeed"],
+                ..Script::default()
+            },
+        )
+        .await;
+    let task_id = submitted["task_id"].as_str().unwrap();
+    let before = d.app.kv.snapshot();
+    let queries = d.standin.received().len();
+    let error = d
+        .app
+        .send(authorized("POST", "/tasks/reconcile"))
+        .await
+        .expect_error(500, "config_missing", "notify_secret unset");
+    assert!(error["message"].as_str().unwrap().contains("notify_secret"));
+    assert_eq!(d.app.kv.snapshot(), before, "the run changed nothing");
+    assert_eq!(
+        d.standin.received().len(),
+        queries,
+        "nor asked Kling anything"
+    );
+
+    // Kling's callbacks are still acknowledged and stored; only the announcement is off.
+    let reply = d
+        .app
+        .send(callback(
+            "quiet-job",
+            flat(task_id, "quiet-job", "succeed", 9),
+        ))
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    d.wait_for("quiet-job", "succeed").await;
 }

@@ -181,6 +181,32 @@ async fn bad_descriptions_and_refused_first_steps_store_nothing() {
         let error = reply.expect_error(status, code, &body.to_string());
         assert_eq!(error["field"], field, "{body}");
     }
+    // Not JSON; an Idempotency-Key that differs from the body's id, or is no valid id.
+    let with_key = |body: &str, key: &str| {
+        request("POST", "/pipelines")
+            .header("authorization", format!("Bearer {API_TOKEN}"))
+            .header("idempotency-key", key)
+            .body(Bytes::from(body.to_string()))
+            .unwrap()
+    };
+    let one_step =
+        json!({"id": "a", "steps": [{"kind": "text2video", "request": {"prompt": "a"}}]});
+    for (request, code) in [
+        (with_key("not json", "k"), "invalid_pipeline"),
+        (
+            with_key(&one_step.to_string(), "b"),
+            "idempotency_key_mismatch",
+        ),
+        (
+            with_key(
+                &json!({"steps": one_step["steps"]}).to_string(),
+                "has space",
+            ),
+            "invalid_pipeline_id",
+        ),
+    ] {
+        d.app.send(request).await.expect_error(400, code, code);
+    }
     let unauthenticated = d
         .app
         .send(
@@ -190,6 +216,22 @@ async fn bad_descriptions_and_refused_first_steps_store_nothing() {
         )
         .await;
     unauthenticated.expect_error(401, "unauthorized", "no bearer");
+    let unauthenticated_read = d
+        .app
+        .send(request("GET", "/pipelines/a").body(Bytes::new()).unwrap())
+        .await;
+    unauthenticated_read.expect_error(401, "unauthorized", "no bearer on GET");
+    for (method, path, status, code) in [
+        ("GET", "/pipelines", 405, "method_not_allowed"),
+        ("POST", "/pipelines/a", 405, "method_not_allowed"),
+        ("GET", "/pipelines/no%20such", 404, "pipeline_not_found"),
+        ("GET", "/pipelines/never-made", 404, "pipeline_not_found"),
+    ] {
+        d.app
+            .send(authorized(method, path))
+            .await
+            .expect_error(status, code, path);
+    }
     assert_eq!(d.app.kv.snapshot(), before, "nothing stored");
     assert!(d.standin.tasks().is_empty(), "Kling never called");
 

@@ -250,6 +250,23 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
         matches!(&invalid, Err(Error::InvalidRequest(m)) if m.contains("id")),
         "{invalid:?}"
     );
+    let not_an_object = [PipelineStep {
+        kind: TaskKind::Text2video,
+        request_json: "[1]".into(),
+        inputs: None,
+    }];
+    let (mut store, video) = instance(&d.app).await;
+    let invalid = video
+        .kling_video_tasks()
+        .call_start_pipeline(&mut store, Some("not-object"), &not_an_object)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&invalid, Err(Error::InvalidRequest(m)) if m.contains("steps[0].request-json")),
+        "{invalid:?}"
+    );
+    assert!(d.app.kv.json("pipeline:not-object").is_none());
+    assert!(d.app.kv.json("pipeline:bad id").is_none());
     let (mut store, video) = instance(&d.app).await;
     let unknown = video
         .kling_video_tasks()
