@@ -15,11 +15,11 @@ use crate::config::{
     stale_after_ms, verify_callbacks,
 };
 use crate::error::ApiError;
-use crate::kling::HttpTransport;
 use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
 use crate::ledger::assemble;
 use crate::notify::{Notification, Notifier};
+use crate::outbound::HttpTransport;
 use crate::pipeline::progress::Next;
 use crate::pipeline::spec::parse_description;
 use crate::reconcile::{

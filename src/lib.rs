@@ -26,6 +26,7 @@ pub mod error;
 pub mod kling;
 pub mod ledger;
 pub mod notify;
+pub mod outbound;
 pub mod pipeline;
 pub mod reconcile;
 pub mod response;

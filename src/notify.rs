@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::clock::Clock;
 use crate::config::NotifyConfig;
-use crate::kling::{HttpTransport, OutboundRequest};
+use crate::outbound::{HttpTransport, OutboundRequest};
 use crate::pipeline::progress::PipelineView;
 use crate::store::layout::outbox_key;
 use crate::store::pending::PendingIndex;
@@ -231,7 +231,7 @@ pub fn rfc3339(ms: u64) -> String {
 mod tests {
     use super::*;
     use crate::clock::manual::ManualClock;
-    use crate::kling::{OutboundResponse, TransportError};
+    use crate::outbound::{OutboundResponse, TransportError};
     use crate::signatures::standard_webhooks::{WebhookHeaders, WebhookSecret, verify};
     use crate::store::memory::MemoryKv;
     use crate::task::TaskStatus;

@@ -11,8 +11,8 @@ use crate::api::submit::{SubmitError, SubmitRequest, Submitted, submit};
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::error::ApiError;
-use crate::kling::HttpTransport;
 use crate::kling::kind::TaskKind;
+use crate::outbound::HttpTransport;
 use crate::pipeline::progress::{Next, PipelineFailure, PipelineView, step_external_id};
 use crate::pipeline::spec::{NewStep, PipelineSpec, SpecError, build, request_for};
 use crate::store::pending::PendingIndex;
@@ -209,7 +209,7 @@ mod tests {
     use super::*;
     use crate::clock::manual::ManualClock;
     use crate::config::tests::submit_config;
-    use crate::kling::scripted::Scripted;
+    use crate::outbound::scripted::Scripted;
     use crate::pipeline::progress::PipelineStatus;
     use crate::pipeline::spec::parse_description;
     use crate::store::layout::TaskKey;

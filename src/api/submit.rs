@@ -13,10 +13,10 @@
 
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
-use crate::kling::HttpTransport;
 use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
 use crate::kling::request::{RequestError, validate};
+use crate::outbound::HttpTransport;
 use crate::store::layout::TaskKey;
 use crate::store::pending::PendingIndex;
 use crate::store::tasks::TaskStore;
@@ -179,8 +179,8 @@ mod tests {
     use crate::clock::manual::ManualClock;
     use crate::config::Secret;
     use crate::config::tests::submit_config;
-    use crate::kling::TransportError;
-    use crate::kling::scripted::Scripted;
+    use crate::outbound::TransportError;
+    use crate::outbound::scripted::Scripted;
     use crate::store::memory::MemoryKv;
     use crate::task::TaskStatus;
 

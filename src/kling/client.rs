@@ -4,9 +4,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::kind::TaskKind;
-use super::{HttpTransport, OutboundRequest, TransportError};
 use crate::callback::parse::parse_callback;
 use crate::config::KlingConfig;
+use crate::outbound::{HttpTransport, OutboundRequest, TransportError};
 use crate::task::TaskEvent;
 
 /// An error body from Kling: `{"code":N,"message":"…","request_id":"…"}`.
@@ -22,7 +22,7 @@ pub struct KlingApiError {
 pub enum KlingError {
     #[error("Kling refused the request (code {}): {}", .0.code, .0.message)]
     Api(KlingApiError),
-    #[error(transparent)]
+    #[error("could not reach Kling: {0}")]
     Transport(#[from] TransportError),
     #[error("Kling answered HTTP {0} with a body that is not Kling's envelope")]
     InvalidResponse(u16),
@@ -158,7 +158,7 @@ impl<'a> KlingClient<'a> {
 mod tests {
     use super::*;
     use crate::config::{KlingAuth, Secret};
-    use crate::kling::scripted::{Answer, Scripted};
+    use crate::outbound::scripted::{Answer, Scripted};
 
     fn config() -> KlingConfig {
         KlingConfig {

@@ -1,82 +1,9 @@
 //! Talking to Kling: endpoints per task kind, the auth token, request validation, the
-//! response envelope, and a client over the [`HttpTransport`] trait (outbound HTTP is
-//! Spin's in the component, a loopback server in tests).
+//! response envelope, and a client over the [`HttpTransport`] trait.
+//!
+//! [`HttpTransport`]: crate::outbound::HttpTransport
 
 pub mod client;
 pub mod jwt;
 pub mod kind;
 pub mod request;
-
-/// One outbound HTTP exchange, as the core describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboundRequest {
-    pub method: &'static str,
-    pub url: String,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-    /// Connect, first byte and between bytes, each.
-    pub timeout_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboundResponse {
-    pub status: u16,
-    pub body: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransportError {
-    #[error("Kling did not answer in time")]
-    Timeout,
-    #[error("could not reach Kling: {0}")]
-    Failed(String),
-}
-
-/// Outbound HTTP (to Kling, and to `notify_url`), so the core never names Spin.
-pub trait HttpTransport {
-    fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError>;
-}
-
-#[cfg(test)]
-pub(crate) mod scripted {
-    //! A [`HttpTransport`] for unit tests: scripted answers in order, and what was sent.
-    use super::*;
-    use std::cell::RefCell;
-
-    /// One scripted answer: (HTTP status, body), or no answer at all.
-    pub type Answer<'a> = Result<(u16, &'a str), TransportError>;
-
-    pub struct Scripted {
-        answers: RefCell<Vec<Result<OutboundResponse, TransportError>>>,
-        pub sent: RefCell<Vec<OutboundRequest>>,
-    }
-
-    impl Scripted {
-        pub fn new(answers: Vec<Answer<'_>>) -> Self {
-            let answers = answers
-                .into_iter()
-                .rev()
-                .map(|a| {
-                    a.map(|(status, body)| OutboundResponse {
-                        status,
-                        body: body.as_bytes().to_vec(),
-                    })
-                })
-                .collect();
-            Self {
-                answers: RefCell::new(answers),
-                sent: RefCell::default(),
-            }
-        }
-    }
-
-    impl HttpTransport for Scripted {
-        fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
-            self.sent.borrow_mut().push(request);
-            self.answers
-                .borrow_mut()
-                .pop()
-                .expect("an answer is scripted")
-        }
-    }
-}

@@ -1,5 +1,6 @@
-//! Outbound HTTP to Kling over `wasi:http`, with timeouts (`spin_sdk::http::send` takes
-//! no request options, and a Kling that never answers must not hang a submit).
+//! Outbound HTTP (to Kling and to `notify_url`) over `wasi:http`, with timeouts
+//! (`spin_sdk::http::send` takes no request options, and a server that never answers
+//! must not hang a submit or a reconcile run).
 //!
 //! Synchronous on purpose: one instance serves one request, so blocking on the pollable
 //! costs nothing and keeps this short.
@@ -10,7 +11,7 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
 };
 use wasi::io::streams::StreamError;
 
-use crate::kling::{HttpTransport, OutboundRequest, OutboundResponse, TransportError};
+use crate::outbound::{HttpTransport, OutboundRequest, OutboundResponse, TransportError};
 
 pub struct SpinOutbound;
 
