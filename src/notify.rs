@@ -51,7 +51,7 @@ impl Notification {
         Self::new(
             format!("task_{id}_{}", record.status.as_str()),
             "task.updated",
-            serde_json::to_value(record),
+            record,
             now_ms,
         )
     }
@@ -65,21 +65,16 @@ impl Notification {
                 view.current_step
             ),
             "pipeline.updated",
-            serde_json::to_value(view),
+            view,
             now_ms,
         )
     }
 
-    fn new(
-        webhook_id: String,
-        kind: &str,
-        data: serde_json::Result<serde_json::Value>,
-        now_ms: u64,
-    ) -> Self {
+    fn new(webhook_id: String, kind: &str, data: &impl Serialize, now_ms: u64) -> Self {
         let body = json!({
             "type": kind,
             "timestamp": rfc3339(now_ms),
-            "data": data.unwrap_or_default(),
+            "data": data,
         });
         Self {
             webhook_id,

@@ -20,6 +20,20 @@ pub fn is_valid_task_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
+/// The id a create names: the body's, or the `Idempotency-Key`, or a fresh one. `None`
+/// when the body and the key name different ids. Shapes are the caller's to check.
+pub fn choose_id(
+    in_body: Option<&str>,
+    idempotency_key: Option<&str>,
+    new_id: &dyn Fn() -> String,
+) -> Option<String> {
+    match (in_body, idempotency_key) {
+        (Some(a), Some(b)) if a != b => None,
+        (Some(id), _) | (None, Some(id)) => Some(id.to_string()),
+        (None, None) => Some(new_id()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use crate::store::pending::PendingIndex;
 use crate::store::pipelines::PipelineStore;
 use crate::store::{KeyValue, StoreError};
 use crate::task::StepRef;
-use crate::validate::is_valid_external_task_id;
+use crate::validate::{choose_id, is_valid_external_task_id};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PipelineError {
@@ -65,7 +65,8 @@ pub fn create(
     submitter: &Submitter<'_>,
     new_id: &dyn Fn() -> String,
 ) -> Result<Created, PipelineError> {
-    let id = choose_id(new.id, new.idempotency_key, new_id)?;
+    let id = choose_id(new.id.as_deref(), new.idempotency_key, new_id)
+        .ok_or(SpecError::IdempotencyKeyMismatch)?;
     let spec = build(id, new.steps, submitter.clock.now_ms())?;
     let store = PipelineStore::new(submitter.kv);
     if let Some(view) = store.view(&spec.id)? {
@@ -189,19 +190,6 @@ fn submit_step(
         &String::new,
     )
     .map_err(StepError::Submit)
-}
-
-fn choose_id(
-    in_body: Option<String>,
-    idempotency_key: Option<&str>,
-    new_id: &dyn Fn() -> String,
-) -> Result<String, SpecError> {
-    match (in_body, idempotency_key) {
-        (Some(a), Some(b)) if a != b => Err(SpecError::IdempotencyKeyMismatch),
-        (Some(id), _) => Ok(id),
-        (None, Some(key)) => Ok(key.to_string()),
-        (None, None) => Ok(new_id()),
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::store::pending::PendingIndex;
 use crate::store::tasks::TaskStore;
 use crate::store::{KeyValue, StoreError};
 use crate::task::{StepRef, TaskRecord};
-use crate::validate::is_valid_external_task_id;
+use crate::validate::{choose_id, is_valid_external_task_id};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
@@ -166,11 +166,7 @@ fn choose_external_task_id(
     {
         return Err(SubmitError::InvalidIdempotencyKey);
     }
-    match (in_body, idempotency_key) {
-        (Some(a), Some(b)) if a != b => Err(SubmitError::IdempotencyKeyMismatch),
-        (Some(id), _) | (None, Some(id)) => Ok(id.to_string()),
-        (None, None) => Ok(new_id()),
-    }
+    choose_id(in_body, idempotency_key, new_id).ok_or(SubmitError::IdempotencyKeyMismatch)
 }
 
 #[cfg(test)]
