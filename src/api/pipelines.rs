@@ -13,7 +13,7 @@ use crate::config::SubmitConfig;
 use crate::error::ApiError;
 use crate::kling::kind::TaskKind;
 use crate::outbound::HttpTransport;
-use crate::pipeline::progress::{Next, PipelineFailure, PipelineView, step_external_id};
+use crate::pipeline::progress::{self, Next, PipelineFailure, PipelineView, step_external_id};
 use crate::pipeline::spec::{NewStep, PipelineSpec, SpecError, build, request_for};
 use crate::store::pending::PendingIndex;
 use crate::store::pipelines::PipelineStore;
@@ -80,17 +80,20 @@ pub fn create(
         store.forget(&spec.id)?;
         return Err(error.into());
     }
-    if let Err(error) = submit_step(&spec, None, 0, submitter) {
-        store.forget(&spec.id)?;
-        return Err(match error {
-            StepError::Submit(error) => PipelineError::Step { step: 0, error },
-            StepError::Input(message) => PipelineError::Input { step: 0, message },
-        });
+    match submit_step(&spec, None, 0, submitter) {
+        // Nothing else of it exists yet: its view is step 0's task.
+        Ok(submitted) => Ok(Created {
+            view: progress::view(&spec, &[Some(submitted.record)], None),
+            created: true,
+        }),
+        Err(error) => {
+            store.forget(&spec.id)?;
+            Err(match error {
+                StepError::Submit(error) => PipelineError::Step { step: 0, error },
+                StepError::Input(message) => PipelineError::Input { step: 0, message },
+            })
+        }
     }
-    Ok(Created {
-        view: store.view_of(&spec)?,
-        created: true,
-    })
 }
 
 pub fn get(id: &str, kv: &dyn KeyValue) -> Result<Option<PipelineView>, StoreError> {
@@ -125,8 +128,13 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
             changed: false,
         }));
     };
+    // The steps before this one, as just read; this step's outcome completes the view.
+    let mut tasks: Vec<_> = view.steps[..step].iter().map(|s| s.task.clone()).collect();
     let failure = match submit_step(&spec, Some(&view), step, submitter) {
-        Ok(_) => None,
+        Ok(submitted) => {
+            tasks.push(Some(submitted.record));
+            None
+        }
         Err(StepError::Input(message)) => Some(PipelineFailure {
             step,
             code: "input_missing".into(),
@@ -148,7 +156,7 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
         store.fail(id, failure)?;
     }
     Ok(Some(Advanced {
-        view: store.view_of(&spec)?,
+        view: progress::view(&spec, &tasks, failure),
         changed: true,
     }))
 }
