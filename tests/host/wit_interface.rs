@@ -240,33 +240,27 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
         first.videos[0].url.clone().unwrap()
     );
 
-    let (mut store, video) = instance(&d.app).await;
-    let invalid = video
-        .kling_video_tasks()
-        .call_start_pipeline(&mut store, Some("bad id"), &steps)
-        .await
-        .unwrap();
-    assert!(
-        matches!(&invalid, Err(Error::InvalidRequest(m)) if m.contains("id")),
-        "{invalid:?}"
-    );
     let not_an_object = [PipelineStep {
         kind: TaskKind::Text2video,
         request_json: "[1]".into(),
         inputs: None,
     }];
-    let (mut store, video) = instance(&d.app).await;
-    let invalid = video
-        .kling_video_tasks()
-        .call_start_pipeline(&mut store, Some("not-object"), &not_an_object)
-        .await
-        .unwrap();
-    assert!(
-        matches!(&invalid, Err(Error::InvalidRequest(m)) if m.contains("steps[0].request-json")),
-        "{invalid:?}"
-    );
-    assert!(d.app.kv.json("pipeline:not-object").is_none());
-    assert!(d.app.kv.json("pipeline:bad id").is_none());
+    for (id, steps, named) in [
+        ("bad id", &steps[..], "id"),
+        ("not-object", &not_an_object[..], "steps[0].request-json"),
+    ] {
+        let (mut store, video) = instance(&d.app).await;
+        let invalid = video
+            .kling_video_tasks()
+            .call_start_pipeline(&mut store, Some(id), steps)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&invalid, Err(Error::InvalidRequest(m)) if m.contains(named)),
+            "{invalid:?}"
+        );
+        assert!(d.app.kv.json(&format!("pipeline:{id}")).is_none());
+    }
     let (mut store, video) = instance(&d.app).await;
     let unknown = video
         .kling_video_tasks()
