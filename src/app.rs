@@ -3,7 +3,8 @@
 
 use serde_json::json;
 
-use crate::api::pipelines::{self, NewPipeline, PipelineError, Submitter, advance};
+use crate::after_ack::AfterAck;
+use crate::api::pipelines::{self, NewPipeline, PipelineError, Submitter};
 use crate::api::submit::{SubmitRequest, submit};
 use crate::api::tasks::{check_bearer, get_task, list_tasks, parse_limit};
 use crate::callback::receive::{
@@ -11,16 +12,14 @@ use crate::callback::receive::{
 };
 use crate::clock::Clock;
 use crate::config::{
-    CallbackConfig, KlingConfig, NotifyConfig, SubmitConfig, Variables, api_token, retention_ms,
-    stale_after_ms, verify_callbacks,
+    CallbackConfig, KlingConfig, NotifyConfig, ReconcileLimits, SubmitConfig, Variables, api_token,
+    retention_ms, stale_after_ms, verify_callbacks,
 };
 use crate::error::ApiError;
 use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
-use crate::ledger::assemble;
 use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
-use crate::pipeline::progress::Next;
 use crate::pipeline::spec::parse_description;
 use crate::reconcile::{
     DEFAULT_LIMIT, MAX_LIMIT, ReconcileOptions, reconcile, reconcile_pipelines,
@@ -29,7 +28,6 @@ use crate::response::Response;
 use crate::router::Route;
 use crate::signatures::standard_webhooks::WebhookHeaders;
 use crate::store::KeyValue;
-use crate::store::tasks::Bookkeeping;
 use crate::task::TaskEvent;
 
 /// An HTTP request, as the edge read it. Header names are lowercase.
@@ -65,7 +63,7 @@ pub struct Env<'a> {
     pub http: &'a dyn HttpTransport,
     /// When the request arrived (ms since the epoch).
     pub now_ms: u64,
-    /// For waits and fresh readings during a request (the pending index's lease).
+    /// Fresh readings during a request (a reconcile run's budget, backoffs).
     pub clock: &'a dyn Clock,
     /// 128 random bits, URL-safe: the `external_task_id` of a submit that names none.
     pub new_id: &'a dyn Fn() -> String,
@@ -73,7 +71,7 @@ pub struct Env<'a> {
 
 pub struct Handled {
     pub response: Response,
-    /// Work to do after the response is sent ([`after_ack`]).
+    /// Work to do after the response is sent ([`crate::after_ack`]).
     pub after_ack: AfterAck,
 }
 
@@ -86,84 +84,19 @@ impl From<Response> for Handled {
     }
 }
 
-/// What a callback leaves to do once Kling has its acknowledgement: nothing here may
-/// lose the delivery, which is already stored.
-#[derive(Debug, Default)]
-pub struct AfterAck {
-    /// The head's counters and binding.
-    pub bookkeeping: Option<Bookkeeping>,
-    /// The delivery's event, when it was news: announce it, and move its pipeline on
-    /// if it ended a step.
-    pub news: Option<TaskEvent>,
-}
+impl<'a> Env<'a> {
+    pub(crate) fn notifier(&'a self, config: &'a NotifyConfig) -> Notifier<'a> {
+        Notifier::new(config, self.kv, self.http, self.clock)
+    }
 
-/// Runs the work a handler left for after the acknowledgement. Failures are logged: the
-/// delivery's state is stored, and the reconciler redoes what is missing (a pipeline's
-/// next step, a notification in the outbox); only counters or the task_id index may
-/// stay behind, until the next delivery for the task writes them again.
-pub fn after_ack(work: AfterAck, env: &Env<'_>) {
-    let Some(bookkeeping) = work.bookkeeping else {
-        return;
-    };
-    if let Err(error) = bookkeeping.apply(env.kv) {
-        eprintln!("callback bookkeeping after the acknowledgement failed: {error}");
-    }
-    let Some(news) = work.news else {
-        return; // a duplicate: nothing changed, nothing to announce
-    };
-    // The task as this delivery left it: its new state with the head's counters.
-    let task = assemble(Some(bookkeeping.head()), news);
-    let notify = NotifyConfig::load(env.vars).unwrap_or_else(|error| {
-        eprintln!("notifications are off: {error}");
-        None
-    });
-    let notifier = notify.as_ref().map(|config| notifier(config, env));
-    if let Some(notifier) = &notifier {
-        deliver(notifier, Notification::task(&task, env.now_ms));
-    }
-    let Some(step) = task.pipeline.filter(|_| task.status.is_final()) else {
-        return;
-    };
-    let id = step.pipeline_id;
-    let advanced = SubmitConfig::load(env.vars)
-        .map_err(ApiError::from)
-        .and_then(|config| advance(&id, &submitter(&config, env)).map_err(ApiError::from));
-    match advanced {
-        Ok(Some(advanced)) => {
-            let finished = matches!(advanced.view.next(), Next::Finished(_));
-            if let Some(notifier) = &notifier
-                && (advanced.changed || finished)
-            {
-                deliver(notifier, Notification::pipeline(&advanced.view, env.now_ms));
-            }
+    pub(crate) fn submitter(&'a self, config: &'a SubmitConfig) -> Submitter<'a> {
+        Submitter {
+            config,
+            kv: self.kv,
+            transport: self.http,
+            clock: self.clock,
+            new_id: self.new_id,
         }
-        Ok(None) => {}
-        Err(error) => eprintln!("pipeline {id}: the next step waits for the reconciler: {error}"),
-    }
-}
-
-fn deliver(notifier: &Notifier<'_>, notification: Notification) {
-    let id = notification.webhook_id.clone();
-    if let Err(error) = notifier.deliver(notification) {
-        eprintln!("notification {id} could not be sent nor kept in the outbox: {error}");
-    }
-}
-
-fn notifier<'a>(config: &'a NotifyConfig, env: &'a Env<'_>) -> Notifier<'a> {
-    Notifier {
-        config,
-        kv: env.kv,
-        transport: env.http,
-        clock: env.clock,
-    }
-}
-
-fn submitter<'a>(config: &'a SubmitConfig, env: &'a Env<'_>) -> Submitter<'a> {
-    Submitter {
-        config,
-        kv: env.kv,
-        transport: env.http,
-        clock: env.clock,
     }
 }
 
@@ -196,13 +129,7 @@ pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
         Route::Task { id_or_kind } if request.method == "POST" => {
             submit_task(request, id_or_kind, env)
         }
-        Route::Task { id_or_kind } => get_task(
-            id_or_kind,
-            request.header("authorization"),
-            env.vars,
-            env.kv,
-        )
-        .map(|task| Response::json(200, &task).into()),
+        Route::Task { id_or_kind } => show_task(request, id_or_kind, env),
     };
     handled.unwrap_or_else(|error| {
         if error.status_and_code().0 >= 500 {
@@ -258,6 +185,7 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
         limit,
         stale_after_ms: stale_after_ms(env.vars)?,
         retention_ms: retention_ms(env.vars)?,
+        limits: ReconcileLimits::load(env.vars)?,
     };
     let kling = KlingConfig::load(env.vars)?;
     // Every variable is read before anything is done: a misconfigured run changes nothing.
@@ -265,10 +193,10 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
     let mut report = reconcile(env.kv, &kling, env.http, env.clock, options)?;
     // Only a deployment that can submit has pipelines to move on.
     if let Ok(config) = SubmitConfig::load(env.vars) {
-        reconcile_pipelines(&submitter(&config, env), &mut report)?;
+        reconcile_pipelines(&env.submitter(&config), &mut report)?;
     }
     if let Some(config) = &notify {
-        let notifier = notifier(config, env);
+        let notifier = env.notifier(config);
         let now = env.clock.now_ms();
         for task in &report.changed_tasks {
             notifier.deliver(Notification::task(task, now))?;
@@ -301,8 +229,7 @@ fn create_pipeline(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError
             steps,
             idempotency_key: request.header("idempotency-key"),
         },
-        &submitter(&config, env),
-        env.new_id,
+        &env.submitter(&config),
     )?;
     let status = if created.created { 202 } else { 200 };
     Ok(Response::json(status, &created.view).into())
@@ -376,6 +303,20 @@ fn callback(
         after_ack: AfterAck {
             bookkeeping: Some(received.bookkeeping),
             news: received.news,
+            changed: None,
+        },
+    })
+}
+
+/// `GET /tasks/{id}`, with read repair: a stale unfinished task is asked about once.
+fn show_task(request: &Request, id: &str, env: &Env<'_>) -> Result<Handled, ApiError> {
+    let shown = get_task(id, request.header("authorization"), env)?;
+    Ok(Handled {
+        response: Response::json(200, &shown.record),
+        after_ack: AfterAck {
+            bookkeeping: None,
+            news: None,
+            changed: shown.repaired.then_some(shown.record),
         },
     })
 }

@@ -54,6 +54,9 @@ pub const RETENTION_DAYS: &str = "retention_days";
 pub const NOTIFY_URL: &str = "notify_url";
 pub const NOTIFY_SECRET: &str = "notify_secret";
 pub const NOTIFY_RETRY_SECONDS: &str = "notify_retry_seconds";
+pub const LOST_AFTER_POLLS: &str = "lost_after_polls";
+pub const LOST_AFTER_SECONDS: &str = "lost_after_seconds";
+pub const RECONCILE_BUDGET_SECONDS: &str = "reconcile_budget_seconds";
 
 /// How long final tasks are kept; `0` keeps them forever.
 pub fn retention_ms(vars: &dyn Variables) -> Result<Option<u64>, ConfigError> {
@@ -66,7 +69,70 @@ pub fn retention_ms(vars: &dyn Variables) -> Result<Option<u64>, ConfigError> {
             )
         })?,
     };
-    Ok((days > 0).then(|| days * 24 * 60 * 60 * 1000))
+    let ms = days
+        .checked_mul(24 * 60 * 60 * 1000)
+        .ok_or(ConfigError::Invalid(RETENTION_DAYS, "too many days"))?;
+    Ok((days > 0).then_some(ms))
+}
+
+/// A whole number from a variable: `default` when unset, else `min` to `max`.
+fn bounded(
+    vars: &dyn Variables,
+    name: &'static str,
+    default: u64,
+    (min, max): (u64, u64),
+    expected: &'static str,
+) -> Result<u64, ConfigError> {
+    match vars.get(name) {
+        None => Ok(default),
+        Some(value) => value
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or(ConfigError::Invalid(name, expected)),
+    }
+}
+
+/// When the reconciler gives a task up, and how long one run may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileLimits {
+    /// "Not found" answers in a row before a task is `lost`...
+    pub lost_after_polls: u32,
+    /// ...spread over at least this long since the first of them.
+    pub lost_after_ms: u64,
+    /// A run starts no new Kling query after this long.
+    pub budget_ms: u64,
+}
+
+impl ReconcileLimits {
+    pub fn load(vars: &dyn Variables) -> Result<Self, ConfigError> {
+        let polls = bounded(
+            vars,
+            LOST_AFTER_POLLS,
+            crate::reconcile::DEFAULT_LOST_AFTER_POLLS.into(),
+            (1, 1000),
+            "expected a number of polls from 1 to 1000",
+        )?;
+        let lost_secs = bounded(
+            vars,
+            LOST_AFTER_SECONDS,
+            crate::reconcile::DEFAULT_LOST_AFTER_SECS,
+            (0, 365 * 24 * 3600),
+            "expected a number of seconds, at most a year",
+        )?;
+        let budget_secs = bounded(
+            vars,
+            RECONCILE_BUDGET_SECONDS,
+            crate::reconcile::DEFAULT_BUDGET_SECS,
+            (1, 3600),
+            "expected a number of seconds from 1 to 3600",
+        )?;
+        Ok(Self {
+            lost_after_polls: u32::try_from(polls).unwrap_or(u32::MAX),
+            lost_after_ms: lost_secs * 1000,
+            budget_ms: budget_secs * 1000,
+        })
+    }
 }
 
 /// `verify_callbacks` = `true`: re-fetch final callbacks from Kling before trusting them.
@@ -83,7 +149,7 @@ pub fn verify_callbacks(vars: &dyn Variables) -> Result<bool, ConfigError> {
 
 /// Every variable the component reads; `spin.toml` must declare and map each (a host
 /// test checks it).
-pub const ALL_VARIABLES: [&str; 15] = [
+pub const ALL_VARIABLES: [&str; 18] = [
     CALLBACK_SECRET,
     API_TOKEN,
     WEBHOOK_SIGNING_SECRET,
@@ -99,6 +165,9 @@ pub const ALL_VARIABLES: [&str; 15] = [
     NOTIFY_URL,
     NOTIFY_SECRET,
     NOTIFY_RETRY_SECONDS,
+    LOST_AFTER_POLLS,
+    LOST_AFTER_SECONDS,
+    RECONCILE_BUDGET_SECONDS,
 ];
 
 /// The first retry of a failed notification waits this long by default.
@@ -235,8 +304,12 @@ pub fn stale_after_ms(vars: &dyn Variables) -> Result<u64, ConfigError> {
         None => Ok(crate::reconcile::DEFAULT_STALE_AFTER_SECS * 1000),
         Some(secs) => secs
             .parse::<u64>()
-            .map(|secs| secs * 1000)
-            .map_err(|_| ConfigError::Invalid(STALE_AFTER_SECONDS, "expected a number of seconds")),
+            .ok()
+            .and_then(|secs| secs.checked_mul(1000))
+            .ok_or(ConfigError::Invalid(
+                STALE_AFTER_SECONDS,
+                "expected a number of seconds",
+            )),
     }
 }
 
@@ -247,6 +320,8 @@ pub struct SubmitConfig {
     /// The app's public URL as Kling reaches it, without a trailing slash.
     pub public_base_url: String,
     pub callback_secret: Secret,
+    /// When the reconciler first asks Kling about a task whose callbacks have not come.
+    pub stale_after_ms: u64,
 }
 
 impl SubmitConfig {
@@ -264,6 +339,7 @@ impl SubmitConfig {
             kling: KlingConfig::load(vars)?,
             public_base_url: public_base_url.trim_end_matches('/').to_string(),
             callback_secret: required(vars, CALLBACK_SECRET)?,
+            stale_after_ms: stale_after_ms(vars)?,
         })
     }
 
@@ -330,6 +406,7 @@ pub(crate) mod tests {
             },
             public_base_url: "https://hooks.example".into(),
             callback_secret: Secret::new("test-callback-secret"),
+            stale_after_ms: 300_000,
         }
     }
 

@@ -183,7 +183,7 @@ fn store(e: &StoreError) -> (u16, &'static str) {
     match e {
         // 503: the sender (Kling, a client) retries, and nothing was acknowledged.
         StoreError::Unavailable(_) => (503, "store_unavailable"),
-        StoreError::NotConfigured => (500, "store_not_configured"),
+        StoreError::NotConfigured(_) => (500, "store_not_configured"),
         StoreError::Corrupt(_) => (500, "store_corrupt"),
     }
 }

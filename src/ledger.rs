@@ -20,17 +20,25 @@ use crate::task::{EventSource, StepRef, TaskEvent, TaskRecord, TaskStatus};
 pub enum Slot {
     Submitted,
     Processing,
+    /// Our verdict that Kling lost the task: above every live state, below Kling's own
+    /// final word, so a `succeed` that still comes wins whatever order the writes land in.
+    Lost,
     Final,
 }
 
 impl Slot {
     /// Highest rank first: the order in which to look for a task's current state.
-    pub const BY_RANK_DESC: [Slot; 3] = [Slot::Final, Slot::Processing, Slot::Submitted];
+    pub const BY_RANK_DESC: [Slot; 4] =
+        [Slot::Final, Slot::Lost, Slot::Processing, Slot::Submitted];
+    /// Lowest rank first: the order in which retention deletes, so that no reader sees a
+    /// task move backwards while it goes.
+    pub const BY_RANK_ASC: [Slot; 4] = [Slot::Submitted, Slot::Processing, Slot::Lost, Slot::Final];
 
     pub fn of(status: TaskStatus) -> Self {
         match status {
             TaskStatus::Submitting | TaskStatus::Submitted => Slot::Submitted,
             TaskStatus::Processing => Slot::Processing,
+            TaskStatus::Lost => Slot::Lost,
             TaskStatus::Succeed | TaskStatus::Failed => Slot::Final,
         }
     }
@@ -39,6 +47,7 @@ impl Slot {
         match self {
             Slot::Submitted => "submitted",
             Slot::Processing => "processing",
+            Slot::Lost => "lost",
             Slot::Final => "final",
         }
     }
@@ -52,6 +61,8 @@ pub struct Seen {
     pub submitted: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processing: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
     #[serde(default, rename = "final", skip_serializing_if = "Option::is_none")]
     pub final_state: Option<FinalSeen>,
 }
@@ -119,6 +130,11 @@ pub fn judge(seen: &Seen, event: &TaskEvent) -> Verdict {
     }
     match slot {
         Slot::Final => Verdict::Apply(Slot::Final),
+        // `lost` is ours: once written it is never refreshed.
+        Slot::Lost => seen
+            .lost
+            .map_or(Verdict::Apply(slot), |_| Verdict::Duplicate),
+        _ if seen.lost.is_some() => Verdict::Stale,
         Slot::Processing => seen.processing.map_or(Verdict::Apply(slot), refresh),
         Slot::Submitted => match (seen.processing, seen.submitted) {
             (Some(_), _) => Verdict::Stale,
@@ -159,6 +175,10 @@ fn is_zero(n: &u64) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Submission {
     pub kind: String,
+    /// 128 random bits chosen by the submit that wrote this record: its pending entry
+    /// carries them, so the reconciler releases only the entry of this very submission.
+    #[serde(default)]
+    pub nonce: String,
     /// `submitting` until Kling's create answer binds a `task_id`, then `submitted`.
     pub status: TaskStatus,
     /// Our clock, milliseconds.
@@ -169,6 +189,18 @@ pub struct Submission {
 }
 
 impl TaskHead {
+    /// The latest news of the task on our clock: a callback, a poll, or its submission.
+    pub fn last_news(&self) -> Option<u64> {
+        [
+            self.last_delivery_at,
+            self.last_polled_at,
+            self.submission.as_ref().map(|s| s.submitted_at),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
+
     /// Rejects an event for another Kling task than the one this head is bound to.
     pub fn check_binding(&self, event: &TaskEvent) -> Result<(), LedgerError> {
         match &self.task_id {
@@ -190,6 +222,7 @@ impl TaskHead {
             match slot {
                 Slot::Submitted => self.seen.submitted = Some(updated_at),
                 Slot::Processing => self.seen.processing = Some(updated_at),
+                Slot::Lost => self.seen.lost = Some(updated_at),
                 Slot::Final => {
                     self.seen.final_state = Some(FinalSeen {
                         status: event.status,
@@ -207,6 +240,32 @@ impl TaskHead {
         }
         self
     }
+}
+
+/// The reconciler's polls of one task (`task:{key}:poll`), written after every poll
+/// whatever its outcome, so a task whose polls keep failing backs off instead of taking
+/// the front of every run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollState {
+    pub polls: u32,
+    /// Our clock, ms.
+    pub last_polled_at: u64,
+    /// Our clock, ms: the reconciler asks again from then on.
+    pub next_poll_at: u64,
+    /// What the last poll found: `changed`, `unchanged`, `not_found`, or an error code.
+    pub last_outcome: String,
+    /// What went wrong, when the last poll failed (Kling's message, or the transport's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// "Not found" answers in a row, and when the first of them came.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub not_found: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_found_since: Option<u64>,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The record the API serves: the highest-ranked stored state plus the head's counters.
@@ -232,6 +291,7 @@ pub fn assemble(head: Option<&TaskHead>, current: TaskEvent) -> TaskRecord {
         pipeline: head
             .and_then(|h| h.submission.as_ref())
             .and_then(|s| s.pipeline.clone()),
+        reconcile: None,
     }
 }
 
@@ -252,6 +312,7 @@ pub fn assemble_submission(head: &TaskHead, submission: &Submission) -> TaskReco
         deliveries: head.deliveries,
         last_delivery_at: head.last_delivery_at,
         pipeline: submission.pipeline.clone(),
+        reconcile: None,
     }
 }
 

@@ -10,13 +10,17 @@
 //! - [`api`]: the authenticated task API, submitting, and running pipelines.
 //! - [`pipeline`]: a pipeline's description and its state, derived from its tasks.
 //! - [`notify`]: signed notifications to `notify_url`, and their outbox.
-//! - [`reconcile`]: polling Kling for lost callbacks, and moving pipelines on.
+//! - [`reconcile`]: polling Kling for lost callbacks (and giving up tasks Kling lost),
+//!   moving pipelines on.
+//! - [`after_ack`]: what a request does once its response is sent (bookkeeping,
+//!   notifications, the next pipeline step).
 //! - [`app`], [`router`], [`response`], [`error`]: HTTP dispatch, routes, the response
 //!   builder and the one error → status mapping.
 //! - `spin_edge` (wasm32 only): the thin Spin glue.
 //!
 //! Everything but `spin_edge` is plain Rust that builds and tests natively.
 
+pub mod after_ack;
 pub mod api;
 pub mod app;
 pub mod callback;

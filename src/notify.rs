@@ -1,27 +1,34 @@
 //! Notifications to the next system: when a task or a pipeline changes state, its record
 //! is POSTed to `notify_url`, signed with Standard Webhooks headers.
 //!
-//! - `webhook-id` is deterministic: `task_{id}_{status}` or
+//! - `webhook-id` is deterministic and unique per content: `task_{id}_{status}_{digest}`
+//!   (the digest covers what Kling reported: status, message, `updated_at`, outputs) or
 //!   `pipeline_{id}_{status}_{step}`, so a receiver deduplicates what at-least-once
-//!   delivery repeats (a duplicate callback, a reconcile that finds the same change).
+//!   delivery repeats (a duplicate callback, a reconcile that finds the same change) and
+//!   never drops a real update (a `processing` refresh with new fields).
 //! - The body is `{"type": "task.updated" | "pipeline.updated", "timestamp": RFC 3339,
 //!   "data": record}`, the record exactly as `GET /tasks/{id}` or `GET /pipelines/{id}`
 //!   serves it.
-//! - Sends happen after Kling has its acknowledgement. One that fails is kept in the
-//!   outbox (`outbox:{webhook_id}`, indexed like pending tasks) and retried by each
-//!   reconcile run once due: `notify_retry_seconds` after the first failure, doubling up
-//!   to an hour, until the receiver answers 2xx. Nothing is dropped.
+//! - A transactional outbox: every notification is stored (`outbox/{webhook_id}` in the
+//!   `index` label, one key each) *before* it is sent, and deleted on the receiver's 2xx.
+//!   An instance that stops mid-send loses nothing: each reconcile run sends what is
+//!   due, `notify_retry_seconds` after a failure, doubling up to an hour.
+//! - A notifier that met [`MAX_FAILURES_IN_A_ROW`] transport failures in a row stops
+//!   sending for the rest of its request and only stores, so a dead receiver costs one
+//!   timeout per attempt, not one per changed task.
+
+use std::cell::Cell;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::config::NotifyConfig;
 use crate::outbound::{HttpTransport, OutboundRequest};
 use crate::pipeline::progress::PipelineView;
-use crate::store::layout::outbox_key;
-use crate::store::pending::PendingIndex;
-use crate::store::{KeyValue, StoreError, get_json, to_json};
+use crate::store::index::Index;
+use crate::store::{KeyValue, StoreError, to_json};
 use crate::task::TaskRecord;
 
 /// How long one send may take.
@@ -49,7 +56,11 @@ impl Notification {
             (None, None) => "unknown".into(),
         };
         Self::new(
-            format!("task_{id}_{}", record.status.as_str()),
+            format!(
+                "task_{id}_{}_{}",
+                record.status.as_str(),
+                content_digest(record)
+            ),
             "task.updated",
             record,
             now_ms,
@@ -83,6 +94,21 @@ impl Notification {
     }
 }
 
+/// 16 hex digits of SHA-256 over what Kling reported of a task (not our counters, which
+/// differ between the callback and the reconciler finding the same news).
+fn content_digest(record: &TaskRecord) -> String {
+    let content = json!([
+        record.status.as_str(),
+        record.status_msg,
+        record.updated_at,
+        record.videos,
+        record.images,
+        record.final_unit_deduction,
+    ]);
+    let digest = Sha256::digest(content.to_string().as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A notification waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
@@ -101,61 +127,99 @@ pub struct OutboxReport {
 }
 
 pub struct Notifier<'a> {
-    pub config: &'a NotifyConfig,
-    pub kv: &'a dyn KeyValue,
-    pub transport: &'a dyn HttpTransport,
-    pub clock: &'a dyn Clock,
+    config: &'a NotifyConfig,
+    kv: &'a dyn KeyValue,
+    transport: &'a dyn HttpTransport,
+    clock: &'a dyn Clock,
+    /// Sends that failed in a row during this request.
+    failures_in_a_row: Cell<usize>,
 }
 
-impl Notifier<'_> {
-    /// Sends now; a failed send goes to the outbox. An error means the outbox could not
-    /// be written either.
-    pub fn deliver(&self, notification: Notification) -> Result<(), StoreError> {
-        if self.send(&notification).is_ok() {
-            return Ok(());
+impl<'a> Notifier<'a> {
+    pub fn new(
+        config: &'a NotifyConfig,
+        kv: &'a dyn KeyValue,
+        transport: &'a dyn HttpTransport,
+        clock: &'a dyn Clock,
+    ) -> Self {
+        Self {
+            config,
+            kv,
+            transport,
+            clock,
+            failures_in_a_row: Cell::new(0),
         }
-        let pending = Pending {
-            notification,
-            attempts: 1,
-            next_attempt_at: self.clock.now_ms() + self.backoff_ms(1),
-        };
-        let id = &pending.notification.webhook_id;
-        self.kv.set(&outbox_key(id), &to_json(&pending))?;
-        PendingIndex::outbox(self.kv, self.clock).add(id)
     }
 
-    /// Retries every notification in the outbox that is due.
+    /// Stores the notification in the outbox, then sends it, and deletes it on a 2xx.
+    /// An error means it could not be stored (nothing was sent then).
+    pub fn deliver(&self, notification: Notification) -> Result<(), StoreError> {
+        let pending = Pending {
+            notification,
+            attempts: 0,
+            next_attempt_at: self.clock.now_ms(),
+        };
+        Index::outbox(self.kv).put(&pending.notification.webhook_id, &to_json(&pending))?;
+        self.attempt(pending)?;
+        Ok(())
+    }
+
+    /// Sends one stored notification unless the receiver is down; removes it on a 2xx,
+    /// else stores when to try again. Returns whether it was sent.
+    fn attempt(&self, mut pending: Pending) -> Result<bool, StoreError> {
+        if self.receiver_down() {
+            return Ok(false);
+        }
+        let outbox = Index::outbox(self.kv);
+        let id = pending.notification.webhook_id.clone();
+        if self.send(&pending.notification).is_ok() {
+            self.failures_in_a_row.set(0);
+            outbox.remove(&id)?;
+            return Ok(true);
+        }
+        self.failures_in_a_row.set(self.failures_in_a_row.get() + 1);
+        pending.attempts += 1;
+        pending.next_attempt_at = self
+            .clock
+            .now_ms()
+            .saturating_add(self.backoff_ms(pending.attempts));
+        outbox.put(&id, &to_json(&pending))?;
+        Ok(false)
+    }
+
+    fn receiver_down(&self) -> bool {
+        self.failures_in_a_row.get() >= MAX_FAILURES_IN_A_ROW
+    }
+
+    /// Sends every notification in the outbox that is due, at most
+    /// [`MAX_SENDS_PER_RUN`], and none once the receiver is down.
     pub fn retry_due(&self) -> Result<OutboxReport, StoreError> {
-        let index = PendingIndex::outbox(self.kv, self.clock);
+        let outbox = Index::outbox(self.kv);
         let now = self.clock.now_ms();
         let mut report = OutboxReport::default();
-        let mut done = Vec::new();
-        let (mut attempts, mut failures_in_a_row) = (0, 0);
-        for id in index.read()? {
-            let Some(mut pending) = get_json::<Pending>(self.kv, &outbox_key(&id))? else {
-                done.push(id);
+        let mut attempts = 0;
+        for id in outbox.entries()? {
+            // Removed since the listing (sent by another run), or not ours: skip.
+            let Some(pending) = outbox
+                .value(&id)?
+                .and_then(|bytes| serde_json::from_slice::<Pending>(&bytes).ok())
+            else {
                 continue;
             };
-            if pending.next_attempt_at > now {
+            if pending.next_attempt_at > now
+                || attempts == MAX_SENDS_PER_RUN
+                || self.receiver_down()
+            {
+                report.pending += 1;
                 continue;
             }
-            if attempts == MAX_SENDS_PER_RUN || failures_in_a_row == MAX_FAILURES_IN_A_ROW {
-                break;
-            }
             attempts += 1;
-            if self.send(&pending.notification).is_ok() {
-                self.kv.delete(&outbox_key(&id))?;
+            if self.attempt(pending)? {
                 report.sent += 1;
-                failures_in_a_row = 0;
-                done.push(id);
             } else {
-                pending.attempts += 1;
-                pending.next_attempt_at = now + self.backoff_ms(pending.attempts);
-                self.kv.set(&outbox_key(&id), &to_json(&pending))?;
-                failures_in_a_row += 1;
+                report.pending += 1;
             }
         }
-        report.pending = index.remove(&done)?;
         Ok(report)
     }
 
@@ -278,12 +342,12 @@ mod tests {
         }
 
         fn notifier(&self) -> Notifier<'_> {
-            Notifier {
-                config: &self.config,
-                kv: &self.kv,
-                transport: &self.receiver,
-                clock: &self.clock,
-            }
+            Notifier::new(&self.config, &self.kv, &self.receiver, &self.clock)
+        }
+
+        /// The outbox entry of `id`, if any.
+        fn pending(&self, id: &str) -> Option<Pending> {
+            crate::store::get_json(&self.kv, &format!("outbox/{id}")).unwrap()
         }
     }
 
@@ -311,7 +375,11 @@ mod tests {
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.as_str())
         };
-        assert_eq!(header("webhook-id"), Some("task_job-1_succeed"));
+        let id = header("webhook-id").unwrap();
+        assert!(
+            id.starts_with("task_job-1_succeed_") && id.len() == 35,
+            "{id}"
+        );
         let headers = WebhookHeaders {
             id: header("webhook-id"),
             timestamp: header("webhook-timestamp"),
@@ -330,20 +398,71 @@ mod tests {
     }
 
     #[test]
+    fn webhook_ids_are_unique_per_content_not_per_counter() {
+        let id = |record: &TaskRecord| Notification::task(record, 0).webhook_id;
+        let base = record();
+        let mut counted = base.clone();
+        counted.deliveries = 7;
+        assert_eq!(id(&base), id(&counted), "the same news found twice");
+        let mut refreshed = base.clone();
+        refreshed.updated_at = Some(99);
+        assert_ne!(id(&base), id(&refreshed), "a refresh is news");
+        let mut other = base.clone();
+        other.status = TaskStatus::Failed;
+        assert!(id(&other).starts_with("task_job-1_failed_"));
+    }
+
+    /// A receiver that looks into the outbox when a notification arrives.
+    struct Peeking<'a> {
+        kv: &'a MemoryKv,
+        stored_when_sent: RefCell<Vec<bool>>,
+    }
+
+    impl HttpTransport for Peeking<'_> {
+        fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
+            let id = request
+                .headers
+                .iter()
+                .find(|(n, _)| *n == "webhook-id")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let stored = self.kv.get(&format!("outbox/{id}")).unwrap().is_some();
+            self.stored_when_sent.borrow_mut().push(stored);
+            Err(TransportError::Timeout) // the instance "dies" before the answer
+        }
+    }
+
+    #[test]
+    fn a_notification_is_stored_before_it_is_sent() {
+        let fixture = Fixture::new(10_000, vec![]);
+        let peeking = Peeking {
+            kv: &fixture.kv,
+            stored_when_sent: RefCell::default(),
+        };
+        let notifier = Notifier::new(&fixture.config, &fixture.kv, &peeking, &fixture.clock);
+        let notification = Notification::task(&record(), 10_000);
+        let id = notification.webhook_id.clone();
+        notifier.deliver(notification).unwrap();
+        assert_eq!(*peeking.stored_when_sent.borrow(), [true]);
+        assert!(
+            fixture.pending(&id).is_some(),
+            "still there for the next run"
+        );
+    }
+
+    #[test]
     fn a_failed_send_waits_in_the_outbox_with_backoff_until_it_succeeds() {
         // Fails twice (500, 503), then succeeds.
         let fixture = Fixture::new(10_000, vec![500, 503]);
         let (kv, clock, receiver) = (&fixture.kv, &fixture.clock, &fixture.receiver);
         let notifier = fixture.notifier();
         let failed_at = clock.now_ms();
-        notifier
-            .deliver(Notification::task(&record(), failed_at))
-            .unwrap();
-        let pending: Pending = get_json(kv, "outbox:task_job-1_succeed").unwrap().unwrap();
+        let notification = Notification::task(&record(), failed_at);
+        let id = notification.webhook_id.clone();
+        notifier.deliver(notification).unwrap();
+        let pending = fixture.pending(&id).unwrap();
         assert_eq!(pending.attempts, 1);
         assert_eq!(pending.next_attempt_at, failed_at + 1_000);
-        // Adding to the outbox index waited out its lease (the clock moved on).
-        clock.0.set(failed_at);
 
         // Not due yet: nothing is sent.
         assert_eq!(
@@ -362,7 +481,7 @@ mod tests {
                 pending: 1
             }
         );
-        let pending: Pending = get_json(kv, "outbox:task_job-1_succeed").unwrap().unwrap();
+        let pending = fixture.pending(&id).unwrap();
         assert_eq!(pending.attempts, 2);
         assert_eq!(pending.next_attempt_at, clock.now_ms() + 2_000, "doubled");
         clock.0.set(clock.now_ms() + 2_000);
@@ -376,11 +495,11 @@ mod tests {
         let got = receiver.got.borrow();
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].body, got[2].body, "the same message each time");
-        assert!(kv.get("outbox:task_job-1_succeed").unwrap().is_none());
+        assert!(kv.keys().is_empty(), "{:?}", kv.keys());
     }
 
     #[test]
-    fn a_run_stops_after_three_failures_in_a_row() {
+    fn a_dead_receiver_is_tried_three_times_a_request_and_nothing_is_dropped() {
         let fixture = Fixture::new(10_000, vec![500; 10]);
         let notifier = fixture.notifier();
         for n in 0..5 {
@@ -390,10 +509,17 @@ mod tests {
                 .deliver(Notification::task(&record, 10_000))
                 .unwrap();
         }
-        assert_eq!(fixture.receiver.got.borrow().len(), 5, "each tried once");
-        fixture.clock.0.set(fixture.clock.now_ms() + 1_000);
         assert_eq!(
-            notifier.retry_due().unwrap(),
+            fixture.receiver.got.borrow().len(),
+            MAX_FAILURES_IN_A_ROW,
+            "after three failures in a row the rest are only stored"
+        );
+        assert_eq!(fixture.kv.keys().len(), 5, "every one kept");
+        fixture.clock.0.set(fixture.clock.now_ms() + 1_000);
+        // The next run tries again, three at most while the receiver stays down.
+        let next_run = fixture.notifier();
+        assert_eq!(
+            next_run.retry_due().unwrap(),
             OutboxReport {
                 sent: 0,
                 pending: 5
@@ -401,8 +527,7 @@ mod tests {
         );
         assert_eq!(
             fixture.receiver.got.borrow().len(),
-            5 + MAX_FAILURES_IN_A_ROW,
-            "the receiver is down: the run gave up after three"
+            2 * MAX_FAILURES_IN_A_ROW
         );
     }
 

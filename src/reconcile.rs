@@ -1,29 +1,40 @@
 //! Reconciling: asking Kling about submitted tasks whose callbacks never came, so that a
 //! task reaches its true final state even when Kling's callback is lost.
 //!
-//! One run reads the pending index (cost grows with pending tasks, not with every task
-//! ever stored), drops entries whose task is final or gone, queries Kling for the oldest
-//! `limit` tasks whose last news is older than `stale_after`, applies each answer through
-//! the same ledger rules as a callback (source `poll`), and removes what became final.
-//! Two runs at once are harmless: the ledger makes every apply idempotent and monotonic,
-//! and a removal lost to a concurrent run is only a stale entry.
+//! The pending index holds one entry per submission, named by when it is due, the
+//! submission's nonce and the task (`pending/{due_ms}/{nonce}/{key}`). One run:
+//! - reads the index (one `get-keys`) and takes what is due, oldest due first, so no
+//!   entry can keep another from its turn;
+//! - for each, reads the task and either releases the entry (the task is final, or the
+//!   entry belongs to a submission that is not the task's current one), or asks Kling
+//!   once and applies the answer through the same ledger rules as a callback (source
+//!   `poll`);
+//! - records every poll on the task whatever its outcome (`task:{key}:poll`), and moves
+//!   the entry to its next due time, backing off exponentially up to [`MAX_POLL_GAP_MS`]:
+//!   add the new entry, then remove the one it judged. Nothing is read-modify-written,
+//!   so two runs at once can only leave a spare entry, which the next run folds in;
+//! - gives a task up as `lost` when Kling keeps answering "not found" for it;
+//! - stops starting new queries once its wall-time budget is spent, and reports what it
+//!   left for the next run.
 
 use serde::Serialize;
 
-use crate::api::pipelines::{PipelineError, Submitter, advance};
 use crate::api::submit::SubmitError;
 use crate::clock::Clock;
-use crate::config::KlingConfig;
+use crate::config::{KlingConfig, ReconcileLimits};
 use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
-use crate::ledger::{TaskHead, Verdict, assemble};
+use crate::ledger::{PollState, TaskHead, Verdict, assemble};
 use crate::outbound::HttpTransport;
+use crate::pipeline::advance::{PipelineError, Submitter, advance};
 use crate::pipeline::progress::{Next, PipelineView};
+use crate::store::index::Index;
 use crate::store::layout::TaskKey;
-use crate::store::pending::PendingIndex;
-use crate::store::tasks::{RecordError, TaskStore};
+use crate::store::pipelines::{PipelineStore, pipeline_entry};
+use crate::store::retention::purge_expired;
+use crate::store::tasks::{PendingEntry, RecordError, TaskStore, final_entry, pending_entry};
 use crate::store::{KeyValue, StoreError};
-use crate::task::{EventSource, TaskRecord};
+use crate::task::{EventSource, TaskEvent, TaskRecord, TaskStatus};
 
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
@@ -33,18 +44,28 @@ pub const DEFAULT_RETENTION_DAYS: u64 = 30;
 /// Tasks one run deletes at most.
 pub const MAX_PURGED_PER_RUN: usize = 50;
 /// How long a task may stay `submitting` before a Kling that does not know it means the
-/// create never went through. Far longer than any submit takes (the pending index's
-/// lease and Kling's timeouts), so an in-flight submit is never forgotten under it.
+/// create never went through. Far longer than any submit takes, so an in-flight submit
+/// is never forgotten under it.
 pub const SUBMITTING_GRACE_MS: u64 = 10 * 60 * 1000;
+/// The longest wait between two polls of one task.
+pub const MAX_POLL_GAP_MS: u64 = 60 * 60 * 1000;
+/// "Not found" answers in a row, over at least [`DEFAULT_LOST_AFTER_SECS`], before a
+/// task is given up as `lost`.
+pub const DEFAULT_LOST_AFTER_POLLS: u8 = 10;
+pub const DEFAULT_LOST_AFTER_SECS: u64 = 24 * 60 * 60;
+/// A run's wall-time budget: well under the 120 s the shipped schedulers allow a run.
+pub const DEFAULT_BUDGET_SECS: u64 = 60;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ReconcileOptions {
     /// Kling queries one run makes at most.
     pub limit: usize,
-    /// A task is due when its last news (callback, poll or submit) is at least this old.
+    /// A task is first due this long after its submission, and never sooner than this
+    /// after its last news.
     pub stale_after_ms: u64,
-    /// Final tasks whose last news is older than this are deleted; `None` keeps them.
+    /// Final tasks whose day ended this long ago are deleted; `None` keeps them.
     pub retention_ms: Option<u64>,
+    pub limits: ReconcileLimits,
 }
 
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -53,8 +74,14 @@ pub struct ReconcileReport {
     pub checked: usize,
     /// Tasks whose stored state changed.
     pub updated: usize,
+    /// Tasks this run gave up as `lost`.
+    pub lost: usize,
     /// Tasks still pending after the run.
     pub pending: usize,
+    /// Pending tasks that were due but left for the next run (limit or budget).
+    pub left_due: usize,
+    /// Whether the run stopped because its wall-time budget was spent.
+    pub budget_exhausted: bool,
     /// Final tasks deleted by retention.
     pub purged: usize,
     /// Pipelines whose next step this run submitted, or which it failed.
@@ -92,10 +119,44 @@ impl ReconcileIssue {
     }
 }
 
-struct Due {
-    last_news: u64,
+/// The entries of one submission: normally one; a spare one where two runs moved it at
+/// once. All are judged together and replaced by one.
+struct Submission {
     key: TaskKey,
-    head: TaskHead,
+    nonce: String,
+    due_ms: u64,
+    entries: Vec<String>,
+}
+
+/// Groups the pending index's entries by submission, earliest due first.
+fn submissions(entries: Vec<String>) -> Vec<Submission> {
+    let mut grouped: Vec<Submission> = Vec::new();
+    // Names sort by due time, so each group's first entry is its earliest.
+    for entry in entries.iter().filter_map(|name| PendingEntry::parse(name)) {
+        match grouped
+            .iter_mut()
+            .find(|s| s.key == entry.key && s.nonce == entry.nonce)
+        {
+            Some(group) => group.entries.push(entry.name),
+            None => grouped.push(Submission {
+                key: entry.key,
+                nonce: entry.nonce,
+                due_ms: entry.due_ms,
+                entries: vec![entry.name],
+            }),
+        }
+    }
+    grouped
+}
+
+/// What a task's judgement leaves of its entries.
+enum Judged {
+    /// Final, forgotten, or superseded by a newer submission: remove its entries.
+    Release,
+    /// Still pending: due again then.
+    Due(u64),
+    /// Kling asked us to back off: stop the run, leave the entries as they are.
+    Stop,
 }
 
 pub fn reconcile(
@@ -105,142 +166,370 @@ pub fn reconcile(
     clock: &dyn Clock,
     options: ReconcileOptions,
 ) -> Result<ReconcileReport, StoreError> {
-    let now = clock.now_ms();
-    let store = TaskStore::new(kv);
-    let index = PendingIndex::tasks(kv, clock);
+    let started = clock.now_ms();
+    let index = Index::pending(kv);
     let mut report = ReconcileReport::default();
-    let mut done = Vec::new();
-    let mut due = Vec::new();
-
-    for entry in index.read()? {
-        let key = TaskKey::from_stored(entry.clone());
-        let head = store.head(&key)?;
-        let record = store.record(&key, head.clone())?;
-        match (head, record) {
-            (Some(head), Some(record))
-                if !record.status.is_final() && head.submission.is_some() =>
-            {
-                let last_news = [
-                    head.last_delivery_at,
-                    head.last_polled_at,
-                    head.submission.as_ref().map(|s| s.submitted_at),
-                ]
-                .into_iter()
-                .flatten()
-                .max()
-                .unwrap_or(0);
-                if now.saturating_sub(last_news) >= options.stale_after_ms {
-                    due.push(Due {
-                        last_news,
-                        key,
-                        head,
-                    });
+    let pending = submissions(index.entries()?);
+    let mut remaining = pending.len();
+    let mut stopped = false;
+    for submission in pending {
+        if submission.due_ms > started {
+            break; // sorted: nothing after is due either
+        }
+        if stopped || report.checked == options.limit {
+            report.left_due += 1;
+            continue;
+        }
+        if clock.now_ms().saturating_sub(started) >= options.limits.budget_ms {
+            report.budget_exhausted = true;
+            report.left_due += 1;
+            continue;
+        }
+        let poller = Poller {
+            kv,
+            kling,
+            transport,
+            clock,
+            options: &options,
+        };
+        match poller.judge(&submission, &mut report)? {
+            Judged::Release => {
+                remaining -= 1;
+                for entry in &submission.entries {
+                    index.remove(entry)?;
                 }
             }
-            // Final, forgotten (refused), or not ours to query: nothing left to do.
-            _ => done.push(entry),
+            Judged::Due(due_ms) => {
+                // The new entry first: at every moment at least one entry exists.
+                index.add(&pending_entry(&submission.key, &submission.nonce, due_ms))?;
+                for entry in &submission.entries {
+                    index.remove(entry)?;
+                }
+            }
+            Judged::Stop => {
+                stopped = true;
+                report.left_due += 1;
+            }
         }
     }
-    due.sort_by_key(|d| d.last_news);
+    report.pending = remaining;
+    if let Some(retention) = options.retention_ms {
+        report.purged =
+            purge_expired(kv, started.saturating_sub(retention), MAX_PURGED_PER_RUN)?.tasks;
+    }
+    Ok(report)
+}
 
-    let client = KlingClient::new(kling, transport, now / 1000);
-    for Due { key, head, .. } in due.into_iter().take(options.limit) {
-        let Some(kind) = head
+/// Asks Kling about one task and records what it said.
+pub struct Poller<'a> {
+    pub kv: &'a dyn KeyValue,
+    pub kling: &'a KlingConfig,
+    pub transport: &'a dyn HttpTransport,
+    pub clock: &'a dyn Clock,
+    pub options: &'a ReconcileOptions,
+}
+
+/// What one poll did to a task.
+pub struct Polled {
+    /// The task's new state, when the poll changed it (to notify, and to move its
+    /// pipeline on).
+    pub news: Option<TaskEvent>,
+    pub record: Option<TaskRecord>,
+    pub state: PollState,
+}
+
+impl Poller<'_> {
+    fn judge(
+        &self,
+        submission: &Submission,
+        report: &mut ReconcileReport,
+    ) -> Result<Judged, StoreError> {
+        let store = TaskStore::new(self.kv);
+        let key = &submission.key;
+        let Some(head) = store.head(key)? else {
+            return Ok(Judged::Release); // forgotten: Kling refused it
+        };
+        let ours = head
             .submission
             .as_ref()
-            .and_then(|s| TaskKind::from_name(&s.kind))
-        else {
-            done.push(key.as_str().to_string());
-            continue;
+            .is_some_and(|s| s.nonce == submission.nonce);
+        if !ours {
+            return Ok(Judged::Release); // a newer submission has an entry of its own
+        }
+        let record = store.record(key, Some(head.clone()))?;
+        if record.as_ref().is_some_and(|r| r.status.is_final()) {
+            // Its final callback may have lost its retention entry after the ack.
+            Index::finals(self.kv).add(&final_entry(key, self.clock.now_ms()))?;
+            return Ok(Judged::Release);
+        }
+        let now = self.clock.now_ms();
+        let previous = store.poll_state(key)?;
+        // A callback that came recently, or a concurrent run that polled, defers it.
+        let not_before = [
+            head.last_news()
+                .map(|at| at.saturating_add(self.options.stale_after_ms)),
+            previous.as_ref().map(|p| p.next_poll_at),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
+        if not_before > now {
+            return Ok(Judged::Due(not_before));
+        }
+        report.checked += 1;
+        let polled = match self.poll(key, head, previous.unwrap_or_default()) {
+            Ok(polled) => polled,
+            Err(PollError::Store(e)) => return Err(e),
+            Err(PollError::RateLimited(message)) => {
+                report.errors.push(ReconcileIssue::new(
+                    key.as_str(),
+                    "kling_rate_limited",
+                    message,
+                ));
+                return Ok(Judged::Stop);
+            }
+        };
+        if let Some(issue) = issue_of(key, &polled.state) {
+            report.errors.push(issue);
+        }
+        if polled.news.is_some() {
+            report.updated += 1;
+            if let Some(record) = &polled.record {
+                if record.status == TaskStatus::Lost {
+                    report.lost += 1;
+                }
+                report.changed_tasks.push(record.clone());
+            }
+        }
+        let finished = polled.record.as_ref().is_none_or(|r| r.status.is_final());
+        Ok(if finished {
+            if polled.record.is_some() {
+                Index::finals(self.kv).add(&final_entry(key, now))?;
+            }
+            Judged::Release
+        } else {
+            Judged::Due(polled.state.next_poll_at)
+        })
+    }
+
+    /// Asks Kling once about a task submitted here, applies the answer, and records the
+    /// poll on the task whatever its outcome. Used by the reconciler and by read repair.
+    pub fn poll(
+        &self,
+        key: &TaskKey,
+        head: TaskHead,
+        previous: PollState,
+    ) -> Result<Polled, PollError> {
+        let store = TaskStore::new(self.kv);
+        let now = self.clock.now_ms();
+        let mut state = PollState {
+            polls: previous.polls.saturating_add(1),
+            last_polled_at: now,
+            next_poll_at: now.saturating_add(self.backoff_ms(previous.polls)),
+            last_outcome: String::new(),
+            last_error: None,
+            not_found: 0,
+            not_found_since: None,
+        };
+        let Some(submission) = head.submission.clone() else {
+            return Err(PollError::Store(StoreError::Corrupt(key.head())));
+        };
+        let Some(kind) = TaskKind::from_name(&submission.kind) else {
+            // Not a kind this build knows: nothing to ask Kling; leave it be.
+            state.last_outcome = "unknown_kind".into();
+            store.save_poll_state(key, &state)?;
+            return Ok(Polled {
+                news: None,
+                record: store.record(key, Some(head))?,
+                state,
+            });
         };
         // A task left `submitting` has no Kling id yet: ask by external id.
         let id = head
             .task_id
             .clone()
             .unwrap_or_else(|| key.as_str().to_string());
-        report.checked += 1;
+        let client = KlingClient::new(self.kling, self.transport, now / 1000);
+        let mut news = None;
+        let mut forgotten = false;
         match client.query(kind, &id) {
+            // Kling's answer must be about this task: a task_id bound by mistake (or
+            // forged) must not pour another task's result into this one.
+            Ok(Some(event))
+                if event
+                    .external_task_id
+                    .as_ref()
+                    .is_some_and(|ext| head.external_task_id.as_ref() != Some(ext)) =>
+            {
+                state.last_outcome = "external_task_id_mismatch".into();
+            }
             Ok(Some(mut event)) => {
                 event.source = EventSource::Poll;
                 let head = if head.task_id.is_none() {
-                    store.bind_submission(&key, &event.task_id)?;
-                    store.head(&key)?
+                    store.bind_submission(key, &event.task_id)?;
+                    store.head(key)?
                 } else {
                     Some(head)
                 };
-                let (verdict, bookkeeping) =
-                    match store.record_event_with_head(&key, head.clone(), &event, now) {
-                        Ok(outcome) => outcome,
-                        Err(RecordError::Store(e)) => return Err(e),
-                        Err(RecordError::Ledger(e)) => {
-                            report.errors.push(ReconcileIssue::new(
-                                key.as_str(),
-                                "task_id_mismatch",
-                                e.to_string(),
-                            ));
-                            continue;
+                match store.record_event_with_head(key, head, &event, now) {
+                    Ok((verdict, bookkeeping)) => {
+                        bookkeeping.apply(self.kv)?;
+                        if matches!(verdict, Verdict::Apply(_)) {
+                            state.last_outcome = "changed".into();
+                            news = Some(event);
+                        } else {
+                            state.last_outcome = "unchanged".into();
                         }
-                    };
-                bookkeeping.apply(kv)?;
-                if matches!(verdict, Verdict::Apply(_)) {
-                    report.updated += 1;
-                    report
-                        .changed_tasks
-                        .push(assemble(Some(bookkeeping.head()), event.clone()));
-                }
-                if event.status.is_final() {
-                    done.push(key.as_str().to_string());
+                    }
+                    Err(RecordError::Store(e)) => return Err(e.into()),
+                    Err(RecordError::Ledger(_)) => state.last_outcome = "task_id_mismatch".into(),
                 }
             }
-            Ok(None)
-                if head.task_id.is_none()
-                    && head.submission.as_ref().is_some_and(|s| {
-                        now.saturating_sub(s.submitted_at) > SUBMITTING_GRACE_MS
-                    }) =>
-            {
-                // The ambiguous create never went through: forget it, so that the same
-                // external id can be submitted again without creating a second task.
-                store.forget_submission(&key)?;
-                report.updated += 1;
-                done.push(key.as_str().to_string());
-                report.errors.push(ReconcileIssue::new(
-                    key.as_str(),
-                    "not_created",
-                    "Kling has no task with this external_task_id: the create did not go through; submit it again",
-                ));
+            Ok(None) if head.task_id.is_none() => {
+                if now.saturating_sub(submission.submitted_at) > SUBMITTING_GRACE_MS {
+                    // The ambiguous create never went through: forget it, so that the
+                    // same external id can be submitted again without a second task.
+                    self.kv.delete(&key.head())?;
+                    state.last_outcome = "not_created".into();
+                    forgotten = true;
+                } else {
+                    state.last_outcome = "not_created_yet".into();
+                }
             }
-            // Still being submitted, or Kling has not caught up: ask again next run.
-            Ok(None) if head.task_id.is_none() => {}
-            Ok(None) => report.errors.push(ReconcileIssue::new(
-                key.as_str(),
-                "unknown_at_kling",
-                "Kling no longer knows this task (results are deleted after 30 days)",
-            )),
+            Ok(None) => {
+                state.last_outcome = "not_found".into();
+                state.not_found = previous.not_found.saturating_add(1);
+                let since = previous.not_found_since.unwrap_or(now);
+                state.not_found_since = Some(since);
+                let limits = &self.options.limits;
+                if state.not_found >= limits.lost_after_polls
+                    && now.saturating_sub(since) >= limits.lost_after_ms
+                {
+                    let event = lost_event(&head, key, &state, now);
+                    match store.record_event_with_head(key, Some(head.clone()), &event, now) {
+                        Ok((verdict, bookkeeping)) => {
+                            bookkeeping.apply(self.kv)?;
+                            if matches!(verdict, Verdict::Apply(_)) {
+                                state.last_outcome = "lost".into();
+                                news = Some(event);
+                            }
+                        }
+                        Err(RecordError::Store(e)) => return Err(e.into()),
+                        Err(RecordError::Ledger(_)) => {}
+                    }
+                }
+            }
             Err(KlingError::Api(e)) if matches!(e.code, 1302 | 1303) => {
-                report.errors.push(ReconcileIssue::new(
-                    key.as_str(),
-                    "kling_rate_limited",
-                    e.message,
-                ));
-                break; // Kling asked us to back off: the next run continues.
+                state.last_outcome = "kling_rate_limited".into();
+                store.save_poll_state(key, &state)?;
+                return Err(PollError::RateLimited(e.message));
             }
             Err(error) => {
-                let code = match &error {
+                state.last_outcome = match &error {
                     KlingError::Api(e) => format!("kling_{}", e.code),
                     KlingError::Transport(_) => "kling_unreachable".into(),
                     KlingError::InvalidResponse(_) => "kling_bad_response".into(),
                 };
-                report
-                    .errors
-                    .push(ReconcileIssue::new(key.as_str(), code, error.to_string()));
+                state.last_error = Some(error.to_string());
             }
         }
+        if forgotten {
+            return Ok(Polled {
+                news: None,
+                record: None,
+                state,
+            });
+        }
+        store.save_poll_state(key, &state)?;
+        let record = match &news {
+            Some(event) => store
+                .head(key)?
+                .map(|head| assemble(Some(&head), event.clone())),
+            None => None,
+        };
+        let record = match record {
+            Some(record) => Some(record),
+            None => store.find_by_key(key)?,
+        };
+        Ok(Polled {
+            news,
+            record,
+            state,
+        })
     }
-    report.pending = index.remove(&done)?;
-    if let Some(retention) = options.retention_ms {
-        report.purged = store.purge_before(now.saturating_sub(retention), MAX_PURGED_PER_RUN)?;
+
+    /// The wait after `polls` earlier polls: `stale_after`, doubling, capped.
+    fn backoff_ms(&self, polls: u32) -> u64 {
+        let doubling = 1u64 << polls.min(20);
+        self.options
+            .stale_after_ms
+            .saturating_mul(doubling)
+            .min(MAX_POLL_GAP_MS)
     }
-    Ok(report)
+}
+
+#[derive(Debug)]
+pub enum PollError {
+    Store(StoreError),
+    /// Kling answered 1302/1303: ask nothing more now.
+    RateLimited(String),
+}
+
+impl From<StoreError> for PollError {
+    fn from(error: StoreError) -> Self {
+        PollError::Store(error)
+    }
+}
+
+/// The final state a task that Kling no longer knows ends in.
+fn lost_event(head: &TaskHead, key: &TaskKey, state: &PollState, now: u64) -> TaskEvent {
+    let hours = now.saturating_sub(state.not_found_since.unwrap_or(now)) / 3_600_000;
+    TaskEvent {
+        task_id: head.task_id.clone().unwrap_or_default(),
+        status: TaskStatus::Lost,
+        status_msg: format!(
+            "Kling answered \"not found\" to {} polls in a row over {hours} h: it does not know this task (a different kling_base_url region, or results older than 30 days)",
+            state.not_found
+        ),
+        external_task_id: head
+            .external_task_id
+            .clone()
+            .or_else(|| Some(key.as_str().to_string())),
+        created_at: None,
+        updated_at: None,
+        videos: Vec::new(),
+        images: Vec::new(),
+        final_unit_deduction: None,
+        source: EventSource::Poll,
+    }
+}
+
+/// What a poll's outcome tells an operator, if anything.
+fn issue_of(key: &TaskKey, state: &PollState) -> Option<ReconcileIssue> {
+    let message = match state.last_outcome.as_str() {
+        "changed" | "unchanged" | "not_created_yet" | "lost" => return None,
+        "not_created" => {
+            "Kling has no task with this external_task_id: the create did not go through; submit it again"
+        }
+        "not_found" => {
+            "Kling does not know this task (yet); it is given up as lost after repeated answers like this"
+        }
+        "task_id_mismatch" => {
+            "Kling answered with another task_id than the one this task is bound to"
+        }
+        "external_task_id_mismatch" => "Kling answered about a task with another external_task_id",
+        "unknown_kind" => "the task's kind is not known to this build",
+        _ => state
+            .last_error
+            .as_deref()
+            .unwrap_or("Kling could not be asked; the task is polled again later"),
+    };
+    Some(ReconcileIssue::new(
+        key.as_str(),
+        state.last_outcome.clone(),
+        message,
+    ))
 }
 
 /// Moves on every pipeline not finished yet: submits the step after one that ended while
@@ -250,40 +539,91 @@ pub fn reconcile_pipelines(
     submitter: &Submitter<'_>,
     report: &mut ReconcileReport,
 ) -> Result<(), StoreError> {
-    let index = PendingIndex::pipelines(submitter.kv, submitter.clock);
-    let mut done = Vec::new();
-    for id in index.read()? {
-        match advance(&id, submitter) {
-            Ok(Some(advanced)) => {
-                if advanced.changed {
-                    report.pipelines_advanced += 1;
+    let index = Index::pipelines(submitter.kv);
+    let store = PipelineStore::new(submitter.kv);
+    let entries = index.entries()?;
+    let mut remaining = entries.len();
+    for entry in entries {
+        let Some((id, _generation)) = entry.split_once('/') else {
+            index.remove(&entry)?;
+            remaining -= 1;
+            continue;
+        };
+        // An entry of another creation of this id (forgotten, then created again) is
+        // not this pipeline's: the current one has its own entry.
+        let current = store
+            .spec(id)?
+            .is_some_and(|spec| pipeline_entry(&spec.id, &spec.generation) == entry);
+        let finished = if !current {
+            true
+        } else {
+            match advance(id, submitter) {
+                Ok(Some(advanced)) => {
+                    if advanced.changed {
+                        report.pipelines_advanced += 1;
+                    }
+                    let finished = matches!(advanced.view.next(), Next::Finished(_));
+                    if advanced.changed || finished {
+                        report.changed_pipelines.push(advanced.view);
+                    }
+                    finished
                 }
-                let finished = matches!(advanced.view.next(), Next::Finished(_));
-                if finished {
-                    done.push(id);
-                }
-                if advanced.changed || finished {
-                    report.changed_pipelines.push(advanced.view);
+                Ok(None) => true,
+                Err(PipelineError::Store(e)) => return Err(e),
+                Err(error) => {
+                    let rate_limited = matches!(
+                        &error,
+                        PipelineError::Step { error: SubmitError::Kling(e), .. } if e.is_rate_limited()
+                    );
+                    report.errors.push(ReconcileIssue::new(
+                        id,
+                        "pipeline_step_not_submitted",
+                        error.to_string(),
+                    ));
+                    if rate_limited {
+                        break; // Kling asked us to back off: the next run continues.
+                    }
+                    false
                 }
             }
-            Ok(None) => done.push(id),
-            Err(PipelineError::Store(e)) => return Err(e),
-            Err(error) => {
-                let rate_limited = matches!(
-                    &error,
-                    PipelineError::Step { error: SubmitError::Kling(e), .. } if e.is_rate_limited()
-                );
-                report.errors.push(ReconcileIssue::new(
-                    &id,
-                    "pipeline_step_not_submitted",
-                    error.to_string(),
-                ));
-                if rate_limited {
-                    break; // Kling asked us to back off: the next run continues.
-                }
-            }
+        };
+        if finished {
+            index.remove(&entry)?;
+            remaining -= 1;
         }
     }
-    report.pipelines_pending = index.remove(&done)?;
+    report.pipelines_pending = remaining;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_group_by_submission_earliest_due_first() {
+        let key = TaskKey::external("job-1");
+        let names = vec![
+            pending_entry(&key, "n1", 5),
+            pending_entry(&TaskKey::external("job-2"), "n2", 6),
+            pending_entry(&key, "n1", 7),
+            pending_entry(&key, "n0", 8),
+            "not an entry".to_string(),
+        ];
+        let mut sorted = names.clone();
+        sorted.sort();
+        let groups = submissions(sorted);
+        let summary: Vec<_> = groups
+            .iter()
+            .map(|g| (g.key.as_str(), g.nonce.as_str(), g.due_ms, g.entries.len()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("job-1", "n1", 5, 2),
+                ("job-2", "n2", 6, 1),
+                ("job-1", "n0", 8, 1)
+            ]
+        );
+    }
 }

@@ -14,6 +14,10 @@ pub enum TaskStatus {
     Processing,
     Succeed,
     Failed,
+    /// Ours, never Kling's: Kling kept answering "not found" for a task submitted here
+    /// (`lost_after_polls` times over at least `lost_after_seconds`). Final for the
+    /// reconciler, but a later `succeed` or `failed` from Kling still wins.
+    Lost,
 }
 
 impl TaskStatus {
@@ -44,6 +48,7 @@ impl TaskStatus {
             Self::Processing,
             Self::Succeed,
             Self::Failed,
+            Self::Lost,
         ]
         .into_iter()
         .find(|status| status.as_str() == name)
@@ -56,11 +61,13 @@ impl TaskStatus {
             Self::Processing => "processing",
             Self::Succeed => "succeed",
             Self::Failed => "failed",
+            Self::Lost => "lost",
         }
     }
 
+    /// No news will change it: Kling's `succeed` and `failed`, and our `lost`.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Succeed | Self::Failed)
+        matches!(self, Self::Succeed | Self::Failed | Self::Lost)
     }
 }
 
@@ -149,6 +156,9 @@ pub struct TaskRecord {
     /// The pipeline step this task runs, for tasks a pipeline submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<StepRef>,
+    /// The reconciler's polls of this task (`GET /tasks/{id}` only, once polled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<crate::ledger::PollState>,
 }
 
 /// A step of a pipeline: the pipeline's id and the step's index (0-based).

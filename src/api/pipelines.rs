@@ -1,54 +1,19 @@
-//! Running pipelines: `POST /pipelines` (create and submit step 0), advancing one when a
-//! step's task ends (from the callback path and from the reconciler), and
-//! `GET /pipelines/{id}`.
-//!
-//! Exactly one Kling task per step, whatever the callbacks do: a step is submitted with
-//! the `external_task_id` `{pipeline}-{step}`, so a second advance for the same step
-//! (a duplicate callback, a concurrent replica, the reconciler) finds the first task, and
-//! Kling itself refuses a second create of that id.
+//! `POST /pipelines` (create and submit step 0) and `GET /pipelines/{id}`. Moving a
+//! pipeline on is [`crate::pipeline::advance`].
 
-use crate::api::submit::{SubmitError, SubmitRequest, Submitted, submit};
-use crate::clock::Clock;
-use crate::config::SubmitConfig;
-use crate::error::ApiError;
-use crate::kling::kind::TaskKind;
-use crate::outbound::HttpTransport;
-use crate::pipeline::progress::{self, Next, PipelineFailure, PipelineView, step_external_id};
-use crate::pipeline::spec::{NewStep, PipelineSpec, SpecError, build, request_for};
-use crate::store::pending::PendingIndex;
+pub use crate::pipeline::advance::{PipelineError, Submitter};
+use crate::pipeline::advance::{StepError, submit_step};
+use crate::pipeline::progress::{self, PipelineView};
+use crate::pipeline::spec::{NewStep, SpecError, build};
 use crate::store::pipelines::PipelineStore;
 use crate::store::{KeyValue, StoreError};
-use crate::task::StepRef;
 use crate::validate::{choose_id, is_valid_external_task_id};
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PipelineError {
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-    /// Submitting a step failed; at creation, nothing was kept.
-    #[error("step {step}: {error}")]
-    Step { step: usize, error: SubmitError },
-    /// A step's request could not be built from the previous step's result.
-    #[error("step {step}: {message}")]
-    Input { step: usize, message: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// What `POST /pipelines` and the WIT `create-pipeline` take.
 pub struct NewPipeline<'a> {
     pub id: Option<String>,
     pub steps: Vec<NewStep>,
     pub idempotency_key: Option<&'a str>,
-}
-
-/// Where submits happen: the same configuration, store, transport and clock as a task
-/// submit.
-pub struct Submitter<'a> {
-    pub config: &'a SubmitConfig,
-    pub kv: &'a dyn KeyValue,
-    pub transport: &'a dyn HttpTransport,
-    pub clock: &'a dyn Clock,
 }
 
 pub struct Created {
@@ -60,14 +25,10 @@ pub struct Created {
 /// Validates every step, stores the description, indexes the pipeline for the
 /// reconciler, and submits step 0. If step 0 is refused, the pipeline is forgotten and
 /// the refusal returned, so a corrected request can use the same id.
-pub fn create(
-    new: NewPipeline<'_>,
-    submitter: &Submitter<'_>,
-    new_id: &dyn Fn() -> String,
-) -> Result<Created, PipelineError> {
-    let id = choose_id(new.id.as_deref(), new.idempotency_key, new_id)
+pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created, PipelineError> {
+    let id = choose_id(new.id.as_deref(), new.idempotency_key, submitter.new_id)
         .ok_or(SpecError::IdempotencyKeyMismatch)?;
-    let spec = build(id, new.steps, submitter.clock.now_ms())?;
+    let mut spec = build(id, new.steps, submitter.clock.now_ms())?;
     let store = PipelineStore::new(submitter.kv);
     if let Some(view) = store.view(&spec.id)? {
         return Ok(Created {
@@ -75,9 +36,12 @@ pub fn create(
             created: false,
         });
     }
+    // This creation's own generation: its index entry names it, so a reconciler that
+    // judged an earlier pipeline of the same id never removes this one's entry.
+    spec.generation = (submitter.new_id)();
     store.save_spec(&spec)?;
-    if let Err(error) = PendingIndex::pipelines(submitter.kv, submitter.clock).add(&spec.id) {
-        store.forget(&spec.id)?;
+    if let Err(error) = store.index(&spec) {
+        store.forget(&spec)?;
         return Err(error.into());
     }
     match submit_step(&spec, None, 0, submitter) {
@@ -87,7 +51,7 @@ pub fn create(
             created: true,
         }),
         Err(error) => {
-            store.forget(&spec.id)?;
+            store.forget(&spec)?;
             Err(match error {
                 StepError::Submit(error) => PipelineError::Step { step: 0, error },
                 StepError::Input(message) => PipelineError::Input { step: 0, message },
@@ -101,216 +65,4 @@ pub fn get(id: &str, kv: &dyn KeyValue) -> Result<Option<PipelineView>, StoreErr
         return Ok(None);
     }
     PipelineStore::new(kv).view(id)
-}
-
-/// A pipeline after [`advance`].
-#[derive(Debug)]
-pub struct Advanced {
-    pub view: PipelineView,
-    /// Whether this call submitted a step or failed the pipeline.
-    pub changed: bool,
-}
-
-/// Moves a pipeline on if it can: submits the step after one that succeeded, or fails
-/// the pipeline when Kling refuses that step's request (parameters or content) or the
-/// previous result lacks an input. Other errors (auth, balance, rate limits, Kling or the
-/// store unavailable) are returned and leave it as it was, for the reconciler to retry.
-/// `None` for an unknown pipeline.
-pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, PipelineError> {
-    let store = PipelineStore::new(submitter.kv);
-    let Some(spec) = store.spec(id)? else {
-        return Ok(None);
-    };
-    let view = store.view_of(&spec)?;
-    let Next::Submit(step) = view.next() else {
-        return Ok(Some(Advanced {
-            view,
-            changed: false,
-        }));
-    };
-    // The steps before this one, as just read; this step's outcome completes the view.
-    let mut tasks: Vec<_> = view.steps[..step].iter().map(|s| s.task.clone()).collect();
-    let failure = match submit_step(&spec, Some(&view), step, submitter) {
-        Ok(submitted) => {
-            tasks.push(Some(submitted.record));
-            None
-        }
-        Err(StepError::Input(message)) => Some(PipelineFailure {
-            step,
-            code: "input_missing".into(),
-            message,
-        }),
-        Err(StepError::Submit(SubmitError::Kling(error))) if error.is_request_refused() => {
-            // Kling refused the request itself: retrying cannot help. Anything else
-            // (keys, balance, rate, Kling down) is left for the reconciler to retry.
-            let error = ApiError::from(SubmitError::Kling(error));
-            Some(PipelineFailure {
-                step,
-                code: error.status_and_code().1.into(),
-                message: error.message(),
-            })
-        }
-        Err(StepError::Submit(error)) => return Err(PipelineError::Step { step, error }),
-    };
-    if let Some(failure) = &failure {
-        store.fail(id, failure)?;
-    }
-    Ok(Some(Advanced {
-        view: progress::view(&spec, &tasks, failure),
-        changed: true,
-    }))
-}
-
-enum StepError {
-    Input(String),
-    Submit(SubmitError),
-}
-
-fn submit_step(
-    spec: &PipelineSpec,
-    view: Option<&PipelineView>,
-    step: usize,
-    submitter: &Submitter<'_>,
-) -> Result<Submitted, StepError> {
-    let step_spec = &spec.steps[step];
-    let previous = view.and_then(|v| v.previous_task(step));
-    let request = request_for(step_spec, previous).map_err(|e| StepError::Input(e.to_string()))?;
-    let body = serde_json::to_vec(&request).map_err(|e| StepError::Input(e.to_string()))?;
-    let external_task_id = step_external_id(&spec.id, step);
-    let kind = TaskKind::from_name(&step_spec.kind)
-        .ok_or_else(|| StepError::Input(format!("unknown kind {}", step_spec.kind)))?;
-    let pipeline = StepRef {
-        pipeline_id: spec.id.clone(),
-        step,
-    };
-    submit(
-        &SubmitRequest {
-            kind,
-            body: &body,
-            idempotency_key: Some(&external_task_id),
-            pipeline: Some(&pipeline),
-        },
-        submitter.config,
-        submitter.kv,
-        submitter.transport,
-        submitter.clock,
-        // The idempotency key always names the id.
-        &String::new,
-    )
-    .map_err(StepError::Submit)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::manual::ManualClock;
-    use crate::config::tests::submit_config;
-    use crate::outbound::scripted::Scripted;
-    use crate::pipeline::progress::PipelineStatus;
-    use crate::pipeline::spec::parse_description;
-    use crate::store::layout::TaskKey;
-    use crate::store::memory::MemoryKv;
-    use crate::store::tasks::TaskStore;
-    use crate::task::{EventSource, TaskEvent, TaskStatus, Video};
-    use std::cell::Cell;
-
-    const CREATED: &str =
-        r#"{"code":0,"message":"SUCCEED","data":{"task_id":"86","task_status":"submitted"}}"#;
-
-    /// A two-step pipeline (text2video, then video-extend) whose step 0 has succeeded.
-    fn step_0_succeeded(kv: &MemoryKv, clock: &ManualClock) {
-        let (_, steps) = parse_description(
-            br#"{"steps":[{"kind":"text2video","request":{"prompt":"a"}},
-                          {"kind":"video-extend","request":{"prompt":"b"}}]}"#,
-        )
-        .unwrap();
-        let config = submit_config();
-        let kling = Scripted::new(vec![Ok((200, CREATED))]);
-        let submitter = Submitter {
-            config: &config,
-            kv,
-            transport: &kling,
-            clock,
-        };
-        let new = NewPipeline {
-            id: Some("p".into()),
-            steps,
-            idempotency_key: None,
-        };
-        assert!(create(new, &submitter, &String::new).unwrap().created);
-        let done = TaskEvent {
-            task_id: "86".into(),
-            status: TaskStatus::Succeed,
-            status_msg: String::new(),
-            external_task_id: Some("p-0".into()),
-            created_at: None,
-            updated_at: Some(5),
-            videos: vec![Video {
-                id: Some("v-86".into()),
-                ..Video::default()
-            }],
-            images: Vec::new(),
-            final_unit_deduction: None,
-            source: EventSource::Callback,
-        };
-        let key = TaskKey::external("p-0");
-        let (_, books) = TaskStore::new(kv).record_event(&key, &done, 6).unwrap();
-        books.apply(kv).unwrap();
-    }
-
-    fn advance_with(
-        kv: &MemoryKv,
-        clock: &ManualClock,
-        answer: (u16, &str),
-    ) -> Result<Option<Advanced>, PipelineError> {
-        let config = submit_config();
-        let kling = Scripted::new(vec![Ok(answer)]);
-        let submitter = Submitter {
-            config: &config,
-            kv,
-            transport: &kling,
-            clock,
-        };
-        let advanced = advance("p", &submitter);
-        let sent: serde_json::Value = serde_json::from_slice(&kling.sent.borrow()[0].body).unwrap();
-        assert_eq!(sent["video_id"], "v-86", "step 1 takes step 0's video");
-        assert_eq!(sent["external_task_id"], "p-1");
-        advanced
-    }
-
-    #[test]
-    fn only_a_refused_request_fails_the_pipeline_other_errors_wait_for_the_reconciler() {
-        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
-        step_0_succeeded(&kv, &clock);
-        for (http, code) in [
-            (402, 1102),
-            (401, 1004),
-            (429, 1303),
-            (500, 5000),
-            (503, 5001),
-        ] {
-            let body = format!(r#"{{"code":{code},"message":"no"}}"#);
-            let error = advance_with(&kv, &clock, (http, &body)).unwrap_err();
-            assert!(
-                matches!(error, PipelineError::Step { step: 1, .. }),
-                "{code}: {error:?}"
-            );
-            let view = get("p", &kv).unwrap().unwrap();
-            assert_eq!(
-                (view.status, view.error),
-                (PipelineStatus::Running, None),
-                "{code}"
-            );
-        }
-        let refused = advance_with(&kv, &clock, (400, r#"{"code":1301,"message":"unsafe"}"#))
-            .unwrap()
-            .unwrap();
-        assert!(refused.changed);
-        assert_eq!(refused.view.status, PipelineStatus::Failed);
-        let error = refused.view.error.unwrap();
-        assert_eq!(
-            (error.step, error.code.as_str()),
-            (1, "kling_content_rejected")
-        );
-    }
 }

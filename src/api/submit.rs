@@ -18,8 +18,7 @@ use crate::kling::kind::TaskKind;
 use crate::kling::request::{RequestError, validate};
 use crate::outbound::HttpTransport;
 use crate::store::layout::TaskKey;
-use crate::store::pending::PendingIndex;
-use crate::store::tasks::TaskStore;
+use crate::store::tasks::{NewSubmission, TaskStore};
 use crate::store::{KeyValue, StoreError};
 use crate::task::{StepRef, TaskRecord};
 use crate::validate::{choose_id, is_valid_external_task_id};
@@ -80,21 +79,22 @@ pub fn submit(
         });
     }
 
-    store.record_submission(
-        &key,
-        &external_task_id,
-        request.kind.name(),
-        request.pipeline,
+    let nonce = new_id();
+    let submission = NewSubmission {
+        key: &key,
+        external_task_id: &external_task_id,
+        kind: request.kind.name(),
+        pipeline: request.pipeline,
+        nonce: &nonce,
         now_ms,
-    )?;
-    // Listed, and pending (so a task Kling creates is never missing from reconciliation),
-    // before Kling is called. If either fails, forget the record too: the caller's retry
-    // then starts afresh instead of finding a `submitting` task nothing would reconcile.
-    let indexed = store
-        .remember(&key)
-        .and_then(|()| PendingIndex::tasks(kv, clock).add(key.as_str()));
-    if let Err(error) = indexed {
-        store.forget_submission(&key)?;
+        first_due_ms: now_ms.saturating_add(config.stale_after_ms),
+    };
+    // Recorded, listed and pending (so a task Kling creates is never missing from
+    // reconciliation) before Kling is called. If any write fails, forget the record too:
+    // the caller's retry then starts afresh instead of finding a `submitting` task
+    // nothing would reconcile.
+    if let Err(error) = store.record_submission(&submission) {
+        store.forget_submission(&submission)?;
         return Err(error.into());
     }
     body.insert("external_task_id".into(), external_task_id.clone().into());
@@ -135,8 +135,7 @@ pub fn submit(
                     Err(lookup) => return Err(lookup.into()),
                 }
             }
-            // Its entry in the recent log stays, harmless: listing skips what it cannot find.
-            store.forget_submission(&key)?;
+            store.forget_submission(&submission)?;
             return Err(error.into());
         }
     }

@@ -1,10 +1,13 @@
-//! `GET /tasks/{id}`: a task by Kling `task_id` or by `external_task_id`.
+//! `GET /tasks/{id}` (a task by Kling `task_id` or by `external_task_id`, with read
+//! repair) and `GET /tasks` (every task, newest first).
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Secret, Variables, api_token};
+use crate::app::Env;
+use crate::config::{KlingConfig, ReconcileLimits, Secret, Variables, api_token, stale_after_ms};
 use crate::error::ApiError;
+use crate::reconcile::{Poller, ReconcileOptions};
 use crate::store::KeyValue;
 use crate::store::tasks::{Cursor, TaskPage, TaskStore};
 use crate::task::{TaskRecord, TaskStatus};
@@ -12,14 +15,68 @@ use crate::task::{TaskRecord, TaskStatus};
 pub const DEFAULT_LIMIT: usize = 20;
 pub const MAX_LIMIT: usize = 100;
 
-pub fn get_task(
-    id: &str,
-    authorization: Option<&str>,
-    vars: &dyn Variables,
-    kv: &dyn KeyValue,
-) -> Result<TaskRecord, ApiError> {
-    check_bearer(authorization, &api_token(vars)?)?;
-    TaskStore::new(kv).find(id)?.ok_or(ApiError::TaskNotFound)
+/// A task as `GET /tasks/{id}` shows it.
+pub struct Shown {
+    pub record: TaskRecord,
+    /// Read repair asked Kling and the task changed.
+    pub repaired: bool,
+}
+
+/// A task by either id. Read repair: a task submitted here, not final, and without news
+/// for `stale_after_seconds` is asked about once (within `kling_timeout_ms`), the answer
+/// applied through the ledger, and the fresh state returned, so a client that polls
+/// this API sees the truth even where no scheduler runs reconcile. If Kling cannot be
+/// asked, the stored state is served as it is.
+pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<Shown, ApiError> {
+    check_bearer(authorization, &api_token(env.vars)?)?;
+    let store = TaskStore::new(env.kv);
+    let (key, head, mut record) = store.find_parts(id)?.ok_or(ApiError::TaskNotFound)?;
+    // Only tasks submitted here are polled (their Kling endpoint is known).
+    let Some(head) = head.filter(|h| h.submission.is_some()) else {
+        return Ok(Shown {
+            record,
+            repaired: false,
+        });
+    };
+    let previous = store.poll_state(&key)?.unwrap_or_default();
+    let stale_after = stale_after_ms(env.vars)?;
+    let last_news = head.last_news().unwrap_or(0).max(previous.last_polled_at);
+    let stale = env.clock.now_ms().saturating_sub(last_news) >= stale_after;
+    let kling = KlingConfig::load(env.vars).ok();
+    let (Some(kling), true) = (kling, stale && !record.status.is_final()) else {
+        record.reconcile = (previous.polls > 0).then_some(previous);
+        return Ok(Shown {
+            record,
+            repaired: false,
+        });
+    };
+    let options = ReconcileOptions {
+        limit: 1,
+        stale_after_ms: stale_after,
+        retention_ms: None,
+        limits: ReconcileLimits::load(env.vars)?,
+    };
+    let poller = Poller {
+        kv: env.kv,
+        kling: &kling,
+        transport: env.http,
+        clock: env.clock,
+        options: &options,
+    };
+    match poller.poll(&key, head, previous) {
+        Ok(polled) => {
+            let repaired = polled.news.is_some();
+            let mut record = polled.record.unwrap_or(record);
+            record.reconcile = Some(polled.state);
+            Ok(Shown { record, repaired })
+        }
+        // Kling asked us to wait, or the poll's record could not be written: the stored
+        // state is still the truth we have.
+        Err(_) => Ok(Shown {
+            record,
+            repaired: false,
+        }),
+    }
 }
 
 /// `GET /tasks?status={status}&limit={n}&cursor={cursor}`: recent tasks, newest first.
@@ -39,7 +96,7 @@ pub fn list_tasks(
     let cursor = cursor
         .map(|c| Cursor::parse(c).ok_or(ApiError::InvalidQuery("cursor")))
         .transpose()?;
-    Ok(TaskStore::new(kv).list(status, limit, cursor)?)
+    Ok(TaskStore::new(kv).list(status, limit, cursor.as_ref())?)
 }
 
 /// A `limit` query parameter: `default` when absent, else 1 to `max`.

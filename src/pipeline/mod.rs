@@ -6,8 +6,12 @@
 //!   previous step's result.
 //! - [`progress`]: where a pipeline stands, derived from its steps' tasks.
 //!
-//! Running them (create, advance, read) is [`crate::api::pipelines`]; storing them is
+//! - [`advance`]: moving one on when a step ends (after a callback's acknowledgement,
+//!   and from the reconciler).
+//!
+//! Creating and reading them is [`crate::api::pipelines`]; storing them is
 //! [`crate::store::pipelines`].
 
+pub mod advance;
 pub mod progress;
 pub mod spec;

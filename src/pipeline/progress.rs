@@ -104,9 +104,15 @@ pub fn view(
         .unwrap_or(last);
     let failed_task = steps.iter().find_map(|s| {
         let task = s.task.as_ref()?;
-        (task.status == TaskStatus::Failed).then(|| PipelineFailure {
+        // A step Kling lost (see `TaskStatus::Lost`) can no more succeed than a failed one.
+        let code = match task.status {
+            TaskStatus::Failed => "step_failed",
+            TaskStatus::Lost => "step_lost",
+            _ => return None,
+        };
+        Some(PipelineFailure {
             step: s.index,
-            code: "step_failed".into(),
+            code: code.into(),
             message: if task.status_msg.is_empty() {
                 "Kling reported the task as failed".into()
             } else {
@@ -175,6 +181,7 @@ mod tests {
                 })
                 .collect(),
             created_at: 1,
+            generation: String::new(),
         }
     }
 
@@ -201,6 +208,7 @@ mod tests {
             deliveries: 0,
             last_delivery_at: None,
             pipeline: None,
+            reconcile: None,
         })
     }
 

@@ -37,6 +37,10 @@ pub struct PipelineSpec {
     pub steps: Vec<StepSpec>,
     /// Our clock, milliseconds.
     pub created_at: u64,
+    /// Random, chosen by the creation that stored this description (see
+    /// [`crate::store::pipelines::pipeline_entry`]).
+    #[serde(default)]
+    pub generation: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +184,7 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
         id,
         steps: built,
         created_at: now_ms,
+        generation: String::new(),
     })
 }
 
@@ -308,6 +313,7 @@ mod tests {
             deliveries: 1,
             last_delivery_at: None,
             pipeline: None,
+            reconcile: None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::cell::OnceCell;
 use spin_sdk::key_value::{self, Store};
 
 use crate::config::Variables;
+use crate::store::layout::{Label, label_of};
 use crate::store::{KeyValue, StoreError};
 
 pub struct SpinVariables;
@@ -17,16 +18,19 @@ impl Variables for SpinVariables {
     }
 }
 
-/// Spin's `default` store, opened on first use (routes that need no store never open it).
+/// Spin's stores, each label opened on first use (a callback opens only `default`,
+/// unless it lists a new task). Every key goes to the label [`label_of`] names.
 #[derive(Default)]
 pub struct SpinKeyValue {
-    store: OnceCell<Result<Store, StoreError>>,
+    stores: [OnceCell<Result<Store, StoreError>>; 3],
 }
 
 impl SpinKeyValue {
-    fn store(&self) -> Result<&Store, StoreError> {
-        self.store
-            .get_or_init(|| Store::open_default().map_err(store_error))
+    fn store(&self, key: &str) -> Result<&Store, StoreError> {
+        let label = label_of(key);
+        let slot = Label::ALL.iter().position(|l| *l == label).unwrap_or(0);
+        self.stores[slot]
+            .get_or_init(|| Store::open(label.name()).map_err(|e| store_error(label, e)))
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -34,21 +38,38 @@ impl SpinKeyValue {
 
 impl KeyValue for SpinKeyValue {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store()?.get(key).map_err(store_error)
+        self.store(key)?
+            .get(key)
+            .map_err(|e| store_error(label_of(key), e))
     }
 
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.store()?.set(key, value).map_err(store_error)
+        self.store(key)?
+            .set(key, value)
+            .map_err(|e| store_error(label_of(key), e))
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.store()?.delete(key).map_err(store_error)
+        self.store(key)?
+            .delete(key)
+            .map_err(|e| store_error(label_of(key), e))
+    }
+
+    fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = self
+            .store(prefix)?
+            .get_keys()
+            .map_err(|e| store_error(label_of(prefix), e))?;
+        keys.retain(|key| key.starts_with(prefix));
+        Ok(keys)
     }
 }
 
-fn store_error(error: key_value::Error) -> StoreError {
+fn store_error(label: Label, error: key_value::Error) -> StoreError {
     match error {
-        key_value::Error::AccessDenied | key_value::Error::NoSuchStore => StoreError::NotConfigured,
+        key_value::Error::AccessDenied | key_value::Error::NoSuchStore => {
+            StoreError::NotConfigured(label.name())
+        }
         other => StoreError::Unavailable(other.to_string()),
     }
 }

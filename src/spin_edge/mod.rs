@@ -37,7 +37,7 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
     };
     let handled = app::handle(&request, &env);
     send(response_out, handled.response).await;
-    app::after_ack(handled.after_ack, &env);
+    crate::after_ack::run(handled.after_ack, &env);
 }
 
 async fn read_request(request: IncomingRequest) -> Request {

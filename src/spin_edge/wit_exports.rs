@@ -83,13 +83,14 @@ impl Guest for Exports {
             kv: &kv,
             transport: &SpinOutbound,
             clock: &HostClock,
+            new_id: &new_id,
         };
         let new = NewPipeline {
             id,
             steps,
             idempotency_key: None,
         };
-        pipelines::create(new, &submitter, &new_id)
+        pipelines::create(new, &submitter)
             .map(|created| pipeline_to_wit(created.view))
             .map_err(|e| to_wit(e.into()))
     }
@@ -199,7 +200,8 @@ fn status_to_wit(status: TaskStatus) -> wit::TaskStatus {
         TaskStatus::Submitted => wit::TaskStatus::Submitted,
         TaskStatus::Processing => wit::TaskStatus::Processing,
         TaskStatus::Succeed => wit::TaskStatus::Succeed,
-        TaskStatus::Failed => wit::TaskStatus::Failed,
+        // kling:video@0.1.0 has no `lost`; its status_msg says why it failed.
+        TaskStatus::Failed | TaskStatus::Lost => wit::TaskStatus::Failed,
     }
 }
 

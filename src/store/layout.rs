@@ -1,23 +1,36 @@
-//! Every key the component writes. The README's "Key layout" section mirrors this.
+//! Every key the component writes, and the store label that holds it. The README's "Key
+//! layout" section mirrors this.
+//!
+//! Label `default`, the tasks themselves:
 //!
 //! | key | value | written by |
 //! |---|---|---|
-//! | `task:{key}` | head: binding, what was seen, counters ([`TaskHead`]) | every accepted delivery, after the acknowledgement |
-//! | `task:{key}:submitted` / `:processing` / `:final` | the latest state of that rank ([`TaskEvent`]) | only deliveries of that rank, before the acknowledgement |
-//! | `taskid:{task_id}` | `{key}` | the first delivery that binds the task, after the acknowledgement |
-//! | `index:recent` | the newest page number of the recent-tasks log | appends that open a page |
-//! | `index:recent:{n}` | up to 100 task `{key}`s, oldest first | submits, and first bindings of tasks not submitted here |
-//! | `index:recent:oldest` | the oldest page retention has not emptied | retention |
-//! | `index:pending:{0..16}` | keys of submitted tasks not final yet | submits (add), reconcile (remove) |
+//! | `task:{key}` | head: binding, what was seen, counters, the submission ([`TaskHead`]) | submits; every accepted delivery, after the acknowledgement |
+//! | `task:{key}:submitted` / `:processing` / `:lost` / `:final` | the latest state of that rank ([`TaskEvent`]) | only deliveries (or polls) of that rank |
+//! | `task:{key}:poll` | the reconciler's polls of the task ([`PollState`]) | reconcile and read repair |
+//! | `taskid:{task_id}` | `{key}` | the first binding |
 //! | `pipeline:{id}` | a pipeline's description ([`PipelineSpec`]) | `POST /pipelines`, once |
 //! | `pipeline:{id}:failure` | why a pipeline failed, when no step's task says it | a refused step |
-//! | `index:pipelines:{0..16}` | ids of pipelines not finished yet | `POST /pipelines` (add), reconcile (remove) |
-//! | `outbox:{webhook_id}` | a notification whose send failed ([`Pending`]) | the send (add), reconcile (retry, delete) |
-//! | `index:outbox:{0..16}` | the outbox's webhook ids | the send (add), reconcile (remove) |
+//!
+//! Label `index`, the work still to do (small: it holds only what is outstanding, so its
+//! `get-keys` costs what the reconciler has to do, not what was ever stored):
+//!
+//! | key | value | added by | removed by |
+//! |---|---|---|---|
+//! | `pending/{due_ms}/{nonce}/{key}` | `1` | a submit | the reconciler, once the task is final, forgotten or re-submitted (a poll moves it to a later due time: add, then remove) |
+//! | `pipelines/{id}/{generation}` | `1` | `POST /pipelines` | the reconciler, once the pipeline finished |
+//! | `outbox/{webhook_id}` | the notification ([`Pending`]) | every notification, before it is sent | its 2xx |
+//!
+//! Label `listing`, one entry per task:
+//!
+//! | key | value | added by | removed by |
+//! |---|---|---|---|
+//! | `listed/{first_seen_ms}/{key}` | `1` | a submit; the first delivery of a task not submitted here | retention |
+//! | `final/{day}/{key}` | `1` | whoever stores a task's final state | retention, with the task |
 //!
 //! `{key}` is the task's `external_task_id`, or `#` followed by Kling's `task_id` for a
 //! task reported without one (`#` cannot occur in an external id, so the two never
-//! collide).
+//! collide). No id may contain `/` or `:`, so every key splits unambiguously.
 //!
 //! A pipeline's steps are tasks whose `external_task_id` is `{id}-{step}`.
 //!
@@ -25,6 +38,7 @@
 //! [`PipelineSpec`]: crate::pipeline::spec::PipelineSpec
 //! [`Pending`]: crate::notify::Pending
 //! [`TaskEvent`]: crate::task::TaskEvent
+//! [`PollState`]: crate::ledger::PollState
 
 use crate::ledger::Slot;
 
@@ -59,19 +73,55 @@ impl TaskKey {
     pub fn slot(&self, slot: Slot) -> String {
         format!("task:{}:{}", self.0, slot.name())
     }
+
+    /// The reconciler's record of its polls of this task.
+    pub fn poll(&self) -> String {
+        format!("task:{}:poll", self.0)
+    }
 }
 
 pub fn task_id_index(task_id: &str) -> String {
     format!("taskid:{task_id}")
 }
 
-/// The newest page of the recent-tasks log (`GET /tasks` reads it backwards).
-pub const RECENT_HEAD: &str = "index:recent";
-/// The oldest page of the log that retention has not emptied yet.
-pub const RECENT_OLDEST: &str = "index:recent:oldest";
+pub const PENDING_PREFIX: &str = "pending/";
+pub const PIPELINES_PREFIX: &str = "pipelines/";
+pub const OUTBOX_PREFIX: &str = "outbox/";
+pub const LISTED_PREFIX: &str = "listed/";
+pub const FINAL_PREFIX: &str = "final/";
 
-pub fn recent_page(page: u64) -> String {
-    format!("index:recent:{page}")
+/// The store labels, as `key_value_stores` in `spin.toml` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    Default,
+    Index,
+    Listing,
+}
+
+impl Label {
+    pub const ALL: [Label; 3] = [Label::Default, Label::Index, Label::Listing];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Label::Default => "default",
+            Label::Index => "index",
+            Label::Listing => "listing",
+        }
+    }
+}
+
+/// The label a key (or a key prefix) lives in.
+pub fn label_of(key: &str) -> Label {
+    if [PENDING_PREFIX, PIPELINES_PREFIX, OUTBOX_PREFIX]
+        .iter()
+        .any(|p| key.starts_with(p))
+    {
+        Label::Index
+    } else if key.starts_with(LISTED_PREFIX) || key.starts_with(FINAL_PREFIX) {
+        Label::Listing
+    } else {
+        Label::Default
+    }
 }
 
 pub fn pipeline_key(id: &str) -> String {
@@ -80,10 +130,6 @@ pub fn pipeline_key(id: &str) -> String {
 
 pub fn pipeline_failure_key(id: &str) -> String {
     format!("pipeline:{id}:failure")
-}
-
-pub fn outbox_key(webhook_id: &str) -> String {
-    format!("outbox:{webhook_id}")
 }
 
 #[cfg(test)]
@@ -101,9 +147,23 @@ mod tests {
         assert_eq!(task_id_index("86"), "taskid:86");
         assert_eq!(pipeline_key("p"), "pipeline:p");
         assert_eq!(pipeline_failure_key("p"), "pipeline:p:failure");
-        assert_eq!(
-            outbox_key("task_job-1_succeed"),
-            "outbox:task_job-1_succeed"
-        );
+        assert_eq!(key.poll(), "task:job-1:poll");
+    }
+
+    #[test]
+    fn every_key_lives_in_its_label() {
+        for (key, label) in [
+            ("task:job-1", Label::Default),
+            ("task:job-1:final", Label::Default),
+            ("taskid:86", Label::Default),
+            ("pipeline:p", Label::Default),
+            ("pending/0000000000001/n/job-1", Label::Index),
+            ("pipelines/p/g", Label::Index),
+            ("outbox/task_job-1_succeed_ab", Label::Index),
+            ("listed/0000000000001/job-1", Label::Listing),
+            ("final/20424/job-1", Label::Listing),
+        ] {
+            assert_eq!(label_of(key), label, "{key}");
+        }
     }
 }

@@ -1,23 +1,32 @@
 //! Persistence behind a small trait, so the core never names Spin.
 //!
-//! - [`KeyValue`]: the two operations the component uses (Spin's store in the
-//!   component, an in-memory map in unit tests).
-//! - [`layout`]: every key the component writes, in one place.
+//! - [`KeyValue`]: the operations the component uses (Spin's stores in the component,
+//!   an in-memory map in unit tests).
+//! - [`layout`]: every key the component writes, and which store label holds it.
+//! - [`index`]: the one index abstraction: a set with one key per entry, no
+//!   read-modify-write (pending tasks, unfinished pipelines, the outbox, the listing,
+//!   retention by day).
 //! - [`tasks`]: reading and writing task heads, status slots and the task_id index.
+//! - [`pipelines`]: a pipeline's description and its refusal.
 
+pub mod index;
 pub mod layout;
-pub mod pending;
 pub mod pipelines;
+pub mod retention;
 pub mod tasks;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// A key-value store with Spin's semantics: no transactions, last write wins.
+/// A key-value store with Spin's semantics: no transactions, last write wins. One
+/// handle reaches every label: [`layout::label_of`] says which label a key lives in, and
+/// the Spin edge routes each operation there.
 pub trait KeyValue {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Every key starting with `prefix` (one `get-keys` of the prefix's label).
+    fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,8 +35,10 @@ pub enum StoreError {
     #[error("key-value store unavailable: {0}")]
     Unavailable(String),
     /// The component is not allowed to use the store (missing `key_value_stores`).
-    #[error("key-value store `default` is not available to this component")]
-    NotConfigured,
+    #[error(
+        "key-value store `{0}` is not available to this component (key_value_stores, and a runtime-config entry for labels other than default)"
+    )]
+    NotConfigured(&'static str),
     /// A value under one of our keys is not what we wrote.
     #[error("stored value under `{0}` is not valid")]
     Corrupt(String),
@@ -103,6 +114,17 @@ pub(crate) mod memory {
             self.trip()?;
             self.map.borrow_mut().remove(key);
             Ok(())
+        }
+
+        fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.trip()?;
+            Ok(self
+                .map
+                .borrow()
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect())
         }
     }
 }

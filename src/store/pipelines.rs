@@ -1,6 +1,7 @@
 //! Pipelines over a [`KeyValue`] store: the description, written once, and a failure that
 //! no step's task records (a refused step). Progress itself is read from the steps' tasks.
 
+use super::index::Index;
 use super::layout::{TaskKey, pipeline_failure_key, pipeline_key};
 use super::tasks::TaskStore;
 use super::{KeyValue, StoreError, get_json, to_json};
@@ -25,9 +26,16 @@ impl<'a> PipelineStore<'a> {
         self.kv.set(&pipeline_key(&spec.id), &to_json(spec))
     }
 
-    /// Forgets a pipeline whose first step Kling refused, so creating it again starts afresh.
-    pub fn forget(&self, id: &str) -> Result<(), StoreError> {
-        self.kv.delete(&pipeline_key(id))
+    /// Lists a pipeline in the index of unfinished pipelines (one `set`).
+    pub fn index(&self, spec: &PipelineSpec) -> Result<(), StoreError> {
+        Index::pipelines(self.kv).add(&pipeline_entry(&spec.id, &spec.generation))
+    }
+
+    /// Forgets a pipeline whose first step Kling refused, so creating it again starts
+    /// afresh: its description, then its own index entry.
+    pub fn forget(&self, spec: &PipelineSpec) -> Result<(), StoreError> {
+        self.kv.delete(&pipeline_key(&spec.id))?;
+        Index::pipelines(self.kv).remove(&pipeline_entry(&spec.id, &spec.generation))
     }
 
     pub fn fail(&self, id: &str, failure: &PipelineFailure) -> Result<(), StoreError> {
@@ -60,4 +68,9 @@ impl<'a> PipelineStore<'a> {
         }
         Ok(view(spec, &found, failure))
     }
+}
+
+/// A pipeline's entry in the index of unfinished pipelines: `{id}/{generation}`.
+pub fn pipeline_entry(id: &str, generation: &str) -> String {
+    format!("{id}/{generation}")
 }

@@ -1,17 +1,21 @@
-//! Task heads, status slots and the task_id index over a [`KeyValue`] store.
+//! Task heads, status slots, poll records and the task_id index over a [`KeyValue`]
+//! store, with the task's entries in the listing and retention indexes.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
 
-use super::layout::{
-    RECENT_HEAD, RECENT_OLDEST, TaskKey, pipeline_failure_key, pipeline_key, recent_page,
-    task_id_index,
-};
+use super::index::{Index, sortable_ms};
+use super::layout::{TaskKey, pipeline_failure_key, pipeline_key, task_id_index};
 use super::{KeyValue, StoreError, get_json, to_json};
 use crate::ledger::{
-    LedgerError, Slot, Submission, TaskHead, Verdict, assemble, assemble_submission, judge,
+    LedgerError, PollState, Slot, Submission, TaskHead, Verdict, assemble, assemble_submission,
+    judge,
 };
 use crate::task::{StepRef, TaskEvent, TaskRecord, TaskStatus};
 use crate::validate::{is_valid_external_task_id, is_valid_task_id};
+
+pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 pub struct TaskStore<'a> {
     kv: &'a dyn KeyValue,
@@ -25,31 +29,74 @@ pub enum RecordError {
     Store(#[from] StoreError),
 }
 
-/// Entries per page of the recent-tasks log.
-pub const RECENT_PAGE_SIZE: usize = 100;
-/// Log entries one `GET /tasks` reads at most.
+/// Listing entries one `GET /tasks` reads at most.
 pub const MAX_SCAN: usize = 200;
 
-/// Where a listing stopped: before entry `before` of page `page`. Shown as `{page}.{before}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    pub page: u64,
-    pub before: usize,
-}
+/// Where a listing stopped: the listing entry (`{first_seen_ms}/{key}`) of the last task
+/// examined; the next page starts below it. Shown base64url-encoded, so it is safe in a
+/// query string. Entries only ever go down, so paging cannot loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(String);
 
 impl Cursor {
     pub fn parse(text: &str) -> Option<Self> {
-        let (page, before) = text.split_once('.')?;
-        Some(Self {
-            page: page.parse().ok()?,
-            before: before.parse().ok()?,
-        })
+        let entry = String::from_utf8(URL_SAFE_NO_PAD.decode(text).ok()?).ok()?;
+        listed_key(&entry)?;
+        Some(Self(entry))
     }
 }
 
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.page, self.before)
+        f.write_str(&URL_SAFE_NO_PAD.encode(&self.0))
+    }
+}
+
+/// The task key of a listing entry `{13 digits}/{key}`, if it is one.
+fn listed_key(entry: &str) -> Option<TaskKey> {
+    let (ms, key) = entry.split_once('/')?;
+    let valid_key =
+        is_valid_external_task_id(key) || key.strip_prefix('#').is_some_and(is_valid_task_id);
+    (ms.len() == 13 && ms.bytes().all(|b| b.is_ascii_digit()) && valid_key)
+        .then(|| TaskKey::from_stored(key.to_string()))
+}
+
+/// The entry that lists a task first seen at `ms`.
+pub fn listed_entry(key: &TaskKey, ms: u64) -> String {
+    format!("{}/{}", sortable_ms(ms), key.as_str())
+}
+
+/// The entry that puts a task in the retention index of the day `ms` falls in.
+pub fn final_entry(key: &TaskKey, ms: u64) -> String {
+    format!("{:06}/{}", ms / DAY_MS, key.as_str())
+}
+
+/// A task's entry in the pending index: due at `due_ms`, for the submission `nonce`.
+pub fn pending_entry(key: &TaskKey, nonce: &str, due_ms: u64) -> String {
+    format!("{}/{nonce}/{}", sortable_ms(due_ms), key.as_str())
+}
+
+/// A pending entry, read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEntry {
+    pub name: String,
+    pub due_ms: u64,
+    pub nonce: String,
+    pub key: TaskKey,
+}
+
+impl PendingEntry {
+    pub fn parse(name: &str) -> Option<Self> {
+        let mut parts = name.splitn(3, '/');
+        let due_ms = parts.next()?.parse().ok()?;
+        let nonce = parts.next()?.to_string();
+        let key = TaskKey::from_stored(parts.next()?.to_string());
+        Some(Self {
+            name: name.to_string(),
+            due_ms,
+            nonce,
+            key,
+        })
     }
 }
 
@@ -60,8 +107,11 @@ pub struct TaskPage {
 }
 
 /// Writes that follow an accepted delivery and may happen after the acknowledgement:
-/// the task_id index (first binding only) and the head. Applied in order; the first
-/// failure stops the rest, so the head never claims a binding whose index is missing.
+/// the task_id index (first binding only), the head, the listing entry of a task not
+/// submitted here, and the retention entry of a task that became final. Applied in
+/// order; the first failure stops the rest, so the head never claims a binding whose
+/// index is missing. Each is a key of this task alone: no delivery of another task
+/// waits on it.
 /// The head is kept as a value and serialized only when applied, after the
 /// acknowledgement; [`Bookkeeping::head`] is also what the task's record is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +121,10 @@ pub struct Bookkeeping {
     head: TaskHead,
     /// Set on the task's first binding: `taskid:{task_id}` → `{key}`.
     index_task_id: Option<String>,
-    /// A task seen for the first time, not submitted here: add it to the recent log.
-    remember: bool,
+    /// A task seen for the first time, not submitted here: list it (`listed/`).
+    list_at: Option<u64>,
+    /// The delivery stored a final state: index the task for retention (`final/`).
+    final_at: Option<u64>,
 }
 
 impl Bookkeeping {
@@ -81,8 +133,11 @@ impl Bookkeeping {
             kv.set(&task_id_index(task_id), self.key.as_str().as_bytes())?;
         }
         kv.set(&self.key.head(), &to_json(&self.head))?;
-        if self.remember {
-            TaskStore::new(kv).remember(&self.key)?;
+        if let Some(ms) = self.list_at {
+            Index::listed(kv).add(&listed_entry(&self.key, ms))?;
+        }
+        if let Some(ms) = self.final_at {
+            Index::finals(kv).add(&final_entry(&self.key, ms))?;
         }
         Ok(())
     }
@@ -92,7 +147,7 @@ impl Bookkeeping {
         &self.head
     }
 
-    /// The keys [`Self::apply`] writes, in order (the recent log aside).
+    /// The keys of the default store [`Self::apply`] writes, in order.
     pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
         self.index_task_id
             .iter()
@@ -163,14 +218,17 @@ impl<'a> TaskStore<'a> {
         now_ms: u64,
     ) -> Bookkeeping {
         let first_binding = head.as_ref().is_none_or(|h| h.task_id.is_none());
-        let submitted_here = head.as_ref().is_some_and(|h| h.submission.is_some());
+        let first_seen = head.is_none();
+        let became_final = matches!(verdict, Verdict::Apply(Slot::Final | Slot::Lost));
         Bookkeeping {
             key: key.clone(),
             head: head
                 .unwrap_or_default()
                 .after_delivery(event, verdict, now_ms),
             index_task_id: first_binding.then(|| event.task_id.clone()),
-            remember: first_binding && !submitted_here,
+            // Kling's `created_at` makes concurrent first deliveries write one entry.
+            list_at: first_seen.then(|| event.created_at.unwrap_or(now_ms)),
+            final_at: became_final.then_some(now_ms),
         }
     }
 
@@ -183,175 +241,115 @@ impl<'a> TaskStore<'a> {
             key: key.clone(),
             head,
             index_task_id: None,
-            remember: false,
+            list_at: None,
+            final_at: None,
         }
     }
 
-    /// Appends a task to the recent-tasks log. Spin's store has no compare-and-swap, so
-    /// the append is read back and retried if a concurrent append overwrote it; a loss
-    /// in the remaining race only hides the task from `GET /tasks`, never from
-    /// `GET /tasks/{id}`.
-    pub fn remember(&self, key: &TaskKey) -> Result<(), StoreError> {
-        for _ in 0..3 {
-            let newest: u64 = self.get_json(RECENT_HEAD)?.unwrap_or(0);
-            let mut entries: Vec<String> = self.get_json(&recent_page(newest))?.unwrap_or_default();
-            if entries.iter().any(|e| e == key.as_str()) {
-                return Ok(());
-            }
-            let page = if entries.len() >= RECENT_PAGE_SIZE {
-                self.kv.set(RECENT_HEAD, &to_json(&(newest + 1)))?;
-                entries.clear();
-                newest + 1
-            } else {
-                newest
-            };
-            entries.push(key.as_str().to_string());
-            self.kv.set(&recent_page(page), &to_json(&entries))?;
-            let stored: Vec<String> = self.get_json(&recent_page(page))?.unwrap_or_default();
-            if stored.iter().any(|e| e == key.as_str()) {
-                return Ok(());
-            }
+    /// Deletes a task, its lowest rank first, so that while it goes no reader sees it
+    /// move backwards; the head and the final state go last of the task's own keys.
+    /// The caller removes its index entries afterwards: a failure here leaves them, and
+    /// the next retention run finds the task again.
+    pub fn delete_task(&self, key: &TaskKey, task_id: Option<&str>) -> Result<(), StoreError> {
+        let (live, final_state) = Slot::BY_RANK_ASC.split_at(Slot::BY_RANK_ASC.len() - 1);
+        for slot in live {
+            self.kv.delete(&key.slot(*slot))?;
+        }
+        self.kv.delete(&key.poll())?;
+        self.kv.delete(&key.head())?;
+        if let Some(task_id) = task_id {
+            self.kv.delete(&task_id_index(task_id))?;
+        }
+        for slot in final_state {
+            self.kv.delete(&key.slot(*slot))?;
         }
         Ok(())
     }
 
-    /// Deletes final tasks whose last news is older than `cutoff_ms` (record, slots, index),
-    /// oldest first, at most `max_purged` per call and reading at most [`MAX_SCAN`] log
-    /// entries. Log pages older than the newest are dropped once nothing in them is left.
-    /// Returns how many tasks were deleted.
-    pub fn purge_before(&self, cutoff_ms: u64, max_purged: usize) -> Result<usize, StoreError> {
-        let newest: u64 = self.get_json(RECENT_HEAD)?.unwrap_or(0);
-        let oldest: u64 = self.get_json(RECENT_OLDEST)?.unwrap_or(0);
-        let (mut purged, mut scanned) = (0, 0);
-        let mut all_gone_so_far = true;
-        for page in oldest..=newest {
-            let entries: Vec<String> = self.get_json(&recent_page(page))?.unwrap_or_default();
-            let mut page_gone = true;
-            for entry in entries {
-                if purged == max_purged || scanned == MAX_SCAN {
-                    return Ok(purged);
-                }
-                scanned += 1;
-                let key = TaskKey::from_stored(entry);
-                let head = self.head(&key)?;
-                match self.record(&key, head.clone())? {
-                    None => {}
-                    Some(record) if record.status.is_final() => {
-                        let last_news = head
-                            .as_ref()
-                            .and_then(|h| {
-                                [
-                                    h.last_delivery_at,
-                                    h.last_polled_at,
-                                    h.submission.as_ref().map(|s| s.submitted_at),
-                                ]
-                                .into_iter()
-                                .flatten()
-                                .max()
-                            })
-                            .unwrap_or(0);
-                        if last_news < cutoff_ms {
-                            // A pipeline goes with its steps: its view would otherwise
-                            // show steps whose tasks are gone.
-                            if let Some(step) = &record.pipeline {
-                                self.kv.delete(&pipeline_failure_key(&step.pipeline_id))?;
-                                self.kv.delete(&pipeline_key(&step.pipeline_id))?;
-                            }
-                            self.delete_task(&key, record.task_id.as_deref())?;
-                            purged += 1;
-                        } else {
-                            page_gone = false;
-                        }
-                    }
-                    Some(_) => page_gone = false,
-                }
-            }
-            // Only a page that no submit appends to any more, and with nothing older left.
-            all_gone_so_far &= page_gone;
-            if all_gone_so_far && page < newest {
-                self.kv.delete(&recent_page(page))?;
-                self.kv.set(RECENT_OLDEST, &to_json(&(page + 1)))?;
-            }
+    /// Deletes a task and, when it ran a pipeline step, the pipeline with it (its view
+    /// would otherwise show steps whose tasks are gone).
+    pub fn purge(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), StoreError> {
+        if let Some(step) = &record.pipeline {
+            self.kv.delete(&pipeline_failure_key(&step.pipeline_id))?;
+            self.kv.delete(&pipeline_key(&step.pipeline_id))?;
         }
-        Ok(purged)
+        self.delete_task(key, record.task_id.as_deref())
     }
 
-    fn delete_task(&self, key: &TaskKey, task_id: Option<&str>) -> Result<(), StoreError> {
-        for slot in Slot::BY_RANK_DESC {
-            self.kv.delete(&key.slot(slot))?;
-        }
-        if let Some(task_id) = task_id {
-            self.kv.delete(&task_id_index(task_id))?;
-        }
-        // The head last: a failure above leaves a task that the next run finds again.
-        self.kv.delete(&key.head())
-    }
-
-    /// Recent tasks, newest first, optionally of one status. Reads at most
-    /// [`MAX_SCAN`] log entries per call; `next_cursor` continues where it stopped.
+    /// Every task, newest first, optionally of one status: one `get-keys` of the listing,
+    /// then the records of at most [`MAX_SCAN`] entries below `cursor`; `next_cursor`
+    /// continues where it stopped.
     pub fn list(
         &self,
         status: Option<TaskStatus>,
         limit: usize,
-        cursor: Option<Cursor>,
+        cursor: Option<&Cursor>,
     ) -> Result<TaskPage, StoreError> {
-        let (mut page, mut before) = match cursor {
-            Some(cursor) => (cursor.page, cursor.before),
-            None => (self.get_json(RECENT_HEAD)?.unwrap_or(0), usize::MAX),
+        let entries = Index::listed(self.kv).entries()?;
+        let below = match cursor {
+            Some(Cursor(after)) => entries.partition_point(|e| e < after),
+            None => entries.len(),
         };
-        let mut tasks = Vec::new();
-        let mut scanned = 0;
-        loop {
-            let entries: Vec<String> = self.get_json(&recent_page(page))?.unwrap_or_default();
-            let mut i = before.min(entries.len());
-            while i > 0 {
-                if tasks.len() == limit || scanned == MAX_SCAN {
-                    return Ok(TaskPage {
-                        tasks,
-                        next_cursor: Some(Cursor { page, before: i }),
-                    });
-                }
-                i -= 1;
-                scanned += 1;
-                let key = TaskKey::from_stored(entries[i].clone());
-                if let Some(record) = self.find_by_key(&key)?
-                    && status.is_none_or(|s| record.status == s)
-                {
-                    tasks.push(record);
-                }
-            }
-            if page == 0 {
+        let mut tasks: Vec<TaskRecord> = Vec::new();
+        let mut listed_keys: Vec<TaskKey> = Vec::new();
+        for (scanned, entry) in entries[..below].iter().rev().enumerate() {
+            if tasks.len() == limit.max(1) || scanned == MAX_SCAN {
                 return Ok(TaskPage {
                     tasks,
-                    next_cursor: None,
+                    // The last entry examined: the next page starts below it.
+                    next_cursor: Some(Cursor(entries[below - scanned].clone())),
                 });
             }
-            page -= 1;
-            before = usize::MAX;
+            // An entry of another shape is not ours to serve; two entries of one task
+            // (concurrent first deliveries without a `created_at`) list it once a page.
+            let Some(key) = listed_key(entry) else {
+                continue;
+            };
+            if listed_keys.contains(&key) {
+                continue;
+            }
+            if let Some(record) = self.find_by_key(&key)?
+                && status.is_none_or(|s| record.status == s)
+            {
+                tasks.push(record);
+            }
+            listed_keys.push(key);
         }
+        Ok(TaskPage {
+            tasks,
+            next_cursor: None,
+        })
+    }
+
+    /// What the reconciler last did with a task.
+    pub fn poll_state(&self, key: &TaskKey) -> Result<Option<PollState>, StoreError> {
+        self.get_json(&key.poll())
+    }
+
+    pub fn save_poll_state(&self, key: &TaskKey, state: &PollState) -> Result<(), StoreError> {
+        self.kv.set(&key.poll(), &to_json(state))
     }
 
     /// Records a task about to be submitted, before Kling is called, so that a callback
-    /// which outruns Kling's create answer finds it.
-    pub fn record_submission(
-        &self,
-        key: &TaskKey,
-        external_task_id: &str,
-        kind: &str,
-        pipeline: Option<&StepRef>,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
+    /// which outruns Kling's create answer finds it: the head, then its listing entry,
+    /// then its pending entry (due at `first_due_ms`), each one `set`. A record whose
+    /// pending entry is missing is never left: on any failure the caller forgets it.
+    pub fn record_submission(&self, submission: &NewSubmission<'_>) -> Result<(), StoreError> {
+        let key = submission.key;
         let head = TaskHead {
-            external_task_id: Some(external_task_id.to_string()),
+            external_task_id: Some(submission.external_task_id.to_string()),
             submission: Some(Submission {
-                kind: kind.to_string(),
+                kind: submission.kind.to_string(),
+                nonce: submission.nonce.to_string(),
                 status: TaskStatus::Submitting,
-                submitted_at: now_ms,
-                pipeline: pipeline.cloned(),
+                submitted_at: submission.now_ms,
+                pipeline: submission.pipeline.cloned(),
             }),
             ..TaskHead::default()
         };
-        self.kv.set(&key.head(), &to_json(&head))
+        self.kv.set(&key.head(), &to_json(&head))?;
+        Index::listed(self.kv).add(&listed_entry(key, submission.now_ms))?;
+        Index::pending(self.kv).add(&submission.pending_entry())
     }
 
     /// Binds Kling's `task_id` to a submitted task. Re-reads the head: a callback may have
@@ -370,8 +368,19 @@ impl<'a> TaskStore<'a> {
     }
 
     /// Forgets a submission Kling refused: nothing may be left looking like a live task.
-    pub fn forget_submission(&self, key: &TaskKey) -> Result<(), StoreError> {
-        self.kv.delete(&key.head())
+    /// Only this submission's own keys go: the head if it still names this nonce, and
+    /// the listing and pending entries this submission added (by name).
+    pub fn forget_submission(&self, submission: &NewSubmission<'_>) -> Result<(), StoreError> {
+        let key = submission.key;
+        let ours = self
+            .head(key)?
+            .and_then(|h| h.submission)
+            .is_some_and(|s| s.nonce == submission.nonce);
+        if ours {
+            self.kv.delete(&key.head())?;
+        }
+        Index::listed(self.kv).remove(&listed_entry(key, submission.now_ms))?;
+        Index::pending(self.kv).remove(&submission.pending_entry())
     }
 
     /// A task by its key, whatever is stored of it (head, slots, or both).
@@ -382,13 +391,27 @@ impl<'a> TaskStore<'a> {
 
     /// A task by Kling `task_id` or by `external_task_id`; external ids win a tie.
     pub fn find(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.find_parts(id)?.map(|(_, _, record)| record))
+    }
+
+    /// [`Self::find`], with the task's key and head.
+    #[allow(clippy::type_complexity)]
+    pub fn find_parts(
+        &self,
+        id: &str,
+    ) -> Result<Option<(TaskKey, Option<TaskHead>, TaskRecord)>, StoreError> {
         if !is_valid_external_task_id(id) && !is_valid_task_id(id) {
             return Ok(None);
         }
+        let with_head = |key: TaskKey, head: Option<TaskHead>| {
+            Ok(self
+                .record(&key, head.clone())?
+                .map(|record| (key, head, record)))
+        };
         if is_valid_external_task_id(id) {
             let key = TaskKey::external(id);
             if let Some(head) = self.head(&key)? {
-                return self.record(&key, Some(head));
+                return with_head(key, Some(head));
             }
         }
         if let Some(stored) = self.kv.get(&task_id_index(id))? {
@@ -396,7 +419,7 @@ impl<'a> TaskStore<'a> {
                 .map(TaskKey::from_stored)
                 .map_err(|_| StoreError::Corrupt(task_id_index(id)))?;
             let head = self.head(&key)?;
-            return self.record(&key, head);
+            return with_head(key, head);
         }
         // No head or index yet (its bookkeeping was lost): the slots still hold the truth.
         let mut candidates = vec![TaskKey::kling(id)];
@@ -404,8 +427,8 @@ impl<'a> TaskStore<'a> {
             candidates.insert(0, TaskKey::external(id));
         }
         for key in candidates {
-            if let Some(record) = self.record(&key, None)? {
-                return Ok(Some(record));
+            if let Some(found) = with_head(key, None)? {
+                return Ok(Some(found));
             }
         }
         Ok(None)
@@ -432,6 +455,26 @@ impl<'a> TaskStore<'a> {
 
     fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         get_json(self.kv, key)
+    }
+}
+
+/// One submit's record, as [`TaskStore::record_submission`] writes it and
+/// [`TaskStore::forget_submission`] takes it back.
+pub struct NewSubmission<'a> {
+    pub key: &'a TaskKey,
+    pub external_task_id: &'a str,
+    pub kind: &'a str,
+    pub pipeline: Option<&'a StepRef>,
+    /// 128 random bits of this submit's own.
+    pub nonce: &'a str,
+    pub now_ms: u64,
+    /// When the reconciler should first ask Kling, if no callback came by then.
+    pub first_due_ms: u64,
+}
+
+impl NewSubmission<'_> {
+    fn pending_entry(&self) -> String {
+        pending_entry(self.key, self.nonce, self.first_due_ms)
     }
 }
 
@@ -529,18 +572,43 @@ mod tests {
         );
     }
 
+    /// A submission of `ext` at `now_ms` with nonce `n-{ext}`.
+    fn submission<'a>(
+        key: &'a TaskKey,
+        ext: &'a str,
+        nonce: &'a str,
+        now_ms: u64,
+    ) -> NewSubmission<'a> {
+        NewSubmission {
+            key,
+            external_task_id: ext,
+            kind: "text2video",
+            pipeline: None,
+            nonce,
+            now_ms,
+            first_due_ms: now_ms + 100,
+        }
+    }
+
     #[test]
     fn a_submission_is_served_until_kling_reports_and_then_the_report_wins() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-s");
-        store
-            .record_submission(&key, "job-s", "text2video", None, 5)
-            .unwrap();
+        let ours = submission(&key, "job-s", "n1", 5);
+        store.record_submission(&ours).unwrap();
         let record = store.find("job-s").unwrap().unwrap();
         assert_eq!(
             (record.status, record.task_id, record.kind.as_deref()),
             (TaskStatus::Submitting, None, Some("text2video"))
+        );
+        assert_eq!(
+            Index::pending(&kv).entries().unwrap(),
+            ["0000000000105/n1/job-s"]
+        );
+        assert_eq!(
+            Index::listed(&kv).entries().unwrap(),
+            ["0000000000005/job-s"]
         );
 
         store.bind_submission(&key, "86").unwrap();
@@ -557,24 +625,50 @@ mod tests {
             (record.status, record.kind.as_deref()),
             (TaskStatus::Processing, Some("text2video"))
         );
-
-        store
-            .forget_submission(&TaskKey::external("job-s"))
-            .unwrap();
-        assert_eq!(kv.get("task:job-s").unwrap(), None);
     }
 
-    /// Submits tasks `job-0` .. `job-{count-1}` at t = i, listed in the recent log, and
-    /// reports `outcome(i)` for each through the ledger where it is `Some`.
+    #[test]
+    fn forgetting_a_submission_takes_only_its_own_keys() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-s");
+        let first = submission(&key, "job-s", "n1", 5);
+        store.record_submission(&first).unwrap();
+        // A second submit of the same id (a retry) recorded itself meanwhile.
+        let second = submission(&key, "job-s", "n2", 9);
+        store.record_submission(&second).unwrap();
+
+        store.forget_submission(&first).unwrap();
+        let head = store.head(&key).unwrap().unwrap();
+        assert_eq!(
+            head.submission.unwrap().nonce,
+            "n2",
+            "the newer record stays"
+        );
+        assert_eq!(
+            Index::pending(&kv).entries().unwrap(),
+            ["0000000000109/n2/job-s"]
+        );
+        assert_eq!(
+            Index::listed(&kv).entries().unwrap(),
+            ["0000000000009/job-s"]
+        );
+
+        store.forget_submission(&second).unwrap();
+        assert!(kv.keys().is_empty(), "{:?}", kv.keys());
+    }
+
+    /// Submits tasks `job-0` .. `job-{count-1}` at t = i, and reports `outcome(i)` for
+    /// each through the ledger where it is `Some` (at t = i too).
     fn submitted_tasks(kv: &MemoryKv, count: u64, outcome: impl Fn(u64) -> Option<TaskStatus>) {
         let store = TaskStore::new(kv);
         for i in 0..count {
             let ext = format!("job-{i}");
             let key = TaskKey::external(&ext);
+            let nonce = format!("n{i}");
             store
-                .record_submission(&key, &ext, "text2video", None, i)
+                .record_submission(&submission(&key, &ext, &nonce, i))
                 .unwrap();
-            store.remember(&key).unwrap();
             if let Some(status) = outcome(i) {
                 let e = event(&format!("{i}"), Some(&ext), status);
                 let (_, books) = store.record_event(&key, &e, i).unwrap();
@@ -583,64 +677,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn retention_takes_a_pipeline_with_its_steps() {
-        let kv = MemoryKv::default();
-        let store = TaskStore::new(&kv);
-        let key = TaskKey::external("p-0");
-        let step = StepRef {
-            pipeline_id: "p".into(),
-            step: 0,
-        };
-        store
-            .record_submission(&key, "p-0", "text2video", Some(&step), 1)
-            .unwrap();
-        store.remember(&key).unwrap();
-        let (_, books) = store
-            .record_event(&key, &event("86", Some("p-0"), TaskStatus::Failed), 2)
-            .unwrap();
-        books.apply(&kv).unwrap();
-        kv.set("pipeline:p", b"{}").unwrap();
-        kv.set("pipeline:p:failure", b"{}").unwrap();
-        kv.set("pipeline:other", b"{}").unwrap();
-
-        assert_eq!(store.purge_before(3, 10).unwrap(), 1);
-        assert_eq!(kv.get("pipeline:p").unwrap(), None);
-        assert_eq!(kv.get("pipeline:p:failure").unwrap(), None);
-        assert!(kv.get("pipeline:other").unwrap().is_some());
+    fn external_ids(tasks: &[TaskRecord]) -> Vec<String> {
+        tasks
+            .iter()
+            .map(|t| t.external_task_id.clone().unwrap())
+            .collect()
     }
 
     #[test]
     fn listing_is_newest_first_filtered_by_status_and_pages_with_a_cursor() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
-        // 250 tasks over three pages; every third has succeeded.
+        // Every third has succeeded.
         submitted_tasks(&kv, 250, |i| (i % 3 == 0).then_some(TaskStatus::Succeed));
-        assert_eq!(kv.get(RECENT_HEAD).unwrap().as_deref(), Some(&b"2"[..]));
 
         let first = store.list(None, 5, None).unwrap();
-        let exts: Vec<_> = first
-            .tasks
-            .iter()
-            .map(|t| t.external_task_id.clone().unwrap())
-            .collect();
         assert_eq!(
-            exts,
+            external_ids(&first.tasks),
             ["job-249", "job-248", "job-247", "job-246", "job-245"]
         );
 
         let mut seen = Vec::new();
-        let mut cursor = None;
+        let mut cursor: Option<Cursor> = None;
         loop {
-            let page = store.list(Some(TaskStatus::Succeed), 30, cursor).unwrap();
-            seen.extend(
-                page.tasks
-                    .iter()
-                    .map(|t| t.external_task_id.clone().unwrap()),
-            );
+            let page = store
+                .list(Some(TaskStatus::Succeed), 30, cursor.as_ref())
+                .unwrap();
+            seen.extend(external_ids(&page.tasks));
             assert!(page.tasks.iter().all(|t| t.status == TaskStatus::Succeed));
             match page.next_cursor {
-                Some(next) => cursor = Some(Cursor::parse(&next.to_string()).unwrap()),
+                Some(next) => {
+                    let parsed = Cursor::parse(&next.to_string()).unwrap();
+                    assert!(cursor.as_ref().is_none_or(|c| parsed.0 < c.0), "moves down");
+                    cursor = Some(parsed);
+                }
                 None => break,
             }
         }
@@ -653,78 +723,40 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_reads_a_bounded_number_of_entries() {
+    fn a_listing_reads_a_bounded_number_of_entries_and_cursors_are_checked() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         submitted_tasks(&kv, 300, |_| None);
         let page = store.list(Some(TaskStatus::Failed), 10, None).unwrap();
         assert!(page.tasks.is_empty());
-        assert_eq!(
-            page.next_cursor,
-            Some(Cursor {
-                page: 0,
-                before: 100
-            }),
-            "stopped after {MAX_SCAN} entries"
-        );
-    }
-
-    #[test]
-    fn retention_deletes_old_final_tasks_only_and_drops_emptied_pages() {
-        let kv = MemoryKv::default();
-        let store = TaskStore::new(&kv);
-        // 150 tasks over two pages, submitted at t = i; the odd ones finished.
-        submitted_tasks(&kv, 150, |i| (i % 2 == 1).then_some(TaskStatus::Succeed));
-        // Old enough: everything before t = 120; at most 10 per call.
-        assert_eq!(store.purge_before(120, 10).unwrap(), 10);
-        assert!(store.find("job-1").unwrap().is_none());
-        assert!(
-            store.find("1").unwrap().is_none(),
-            "the task_id index went too"
-        );
-        assert!(store.find("job-0").unwrap().is_some(), "not final: kept");
-        assert!(store.find("job-121").unwrap().is_some(), "too recent: kept");
-        let mut total = 10;
-        loop {
-            let n = store.purge_before(120, 10).unwrap();
-            if n == 0 {
-                break;
-            }
-            total += n;
+        let next = page.next_cursor.expect("stopped after MAX_SCAN entries");
+        assert_eq!(next.0, listed_entry(&TaskKey::external("job-100"), 100));
+        for bad in [
+            "",
+            "x",
+            "!!!",
+            &URL_SAFE_NO_PAD.encode("12/job-1"),
+            &URL_SAFE_NO_PAD.encode("0000000000001/a:b"),
+        ] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
         }
-        assert_eq!(total, 60, "the odd tasks below 120");
-        // Page 0 still holds unfinished tasks: not dropped.
-        assert!(kv.get("index:recent:0").unwrap().is_some());
-        assert_eq!(kv.get(RECENT_OLDEST).unwrap(), None);
     }
 
     #[test]
-    fn pages_emptied_by_retention_are_dropped_but_never_the_newest() {
+    fn a_task_first_seen_by_callback_is_listed_once() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
-        submitted_tasks(&kv, 250, |_| Some(TaskStatus::Failed));
-        while store.purge_before(1000, 50).unwrap() > 0 {}
-        assert_eq!(kv.get("index:recent:0").unwrap(), None);
-        assert_eq!(kv.get("index:recent:1").unwrap(), None);
-        assert!(
-            kv.get("index:recent:2").unwrap().is_some(),
-            "submits still append here"
-        );
-        assert_eq!(kv.get(RECENT_OLDEST).unwrap().as_deref(), Some(&b"2"[..]));
-        assert!(store.list(None, 100, None).unwrap().tasks.is_empty());
-    }
-
-    #[test]
-    fn remembering_twice_keeps_one_entry() {
-        let kv = MemoryKv::default();
-        let store = TaskStore::new(&kv);
-        let key = TaskKey::external("job-1");
-        store.remember(&key).unwrap();
-        store.remember(&key).unwrap();
-        assert_eq!(
-            kv.get("index:recent:0").unwrap().as_deref(),
-            Some(&br#"["job-1"]"#[..])
-        );
+        let key = TaskKey::kling("99");
+        let mut e = event("99", None, TaskStatus::Processing);
+        e.created_at = Some(42);
+        for _ in 0..2 {
+            // Two first deliveries at once: both read no head.
+            let (verdict, books) = store.record_event_with_head(&key, None, &e, 7).unwrap();
+            assert_eq!(verdict, Verdict::Apply(Slot::Processing));
+            books.apply(&kv).unwrap();
+        }
+        assert_eq!(Index::listed(&kv).entries().unwrap(), ["0000000000042/#99"]);
+        assert_eq!(store.list(None, 10, None).unwrap().tasks.len(), 1);
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Pause between two callbacks of one task.
     pub callback_spacing: Duration,
+    /// The first task's id (then every 97th number): two stand-ins playing two Kling
+    /// regions must not hand out the same ids, as two real regions never do.
+    pub first_task_id: u64,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             secret_key: "standin-secret-key".into(),
             api_key: Some("standin-api-key".into()),
             callback_spacing: Duration::from_millis(5),
+            first_task_id: 867_283_741_759_111_202,
         }
     }
 }
@@ -168,11 +172,12 @@ impl StandIn {
     /// Starts serving on `addr` (port 0 for any free port) in the current tokio runtime.
     pub async fn start(config: Config, addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
+        let first_task_id = config.first_task_id;
         let standin = Self {
             addr: listener.local_addr()?,
             config: Arc::new(config),
             state: Arc::new(Mutex::new(State {
-                next_id: 867_283_741_759_111_202,
+                next_id: first_task_id,
                 ..State::default()
             })),
         };

@@ -213,9 +213,15 @@ async fn a_duplicate_changes_nothing_but_the_counter_and_costs_one_read_before_t
 #[tokio::test]
 async fn store_traffic_per_delivery_is_as_documented() {
     let app = kling_app();
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        / 86_400_000;
+    let retention_entry = format!("final/{today:06}/job-ops");
     let cases = [
         // First delivery: read head, write slot; after the answer, bind (index), head,
-        // and append to the recent-tasks log (read back to survive concurrent appends).
+        // and list the task (one key of its own, named by Kling's created_at).
         (
             flat("7001", "job-ops", "submitted", 1),
             vec![
@@ -223,19 +229,18 @@ async fn store_traffic_per_delivery_is_as_documented() {
                 (Op::Set, "task:job-ops:submitted"),
                 (Op::Set, "taskid:7001"),
                 (Op::Set, "task:job-ops"),
-                (Op::Get, "index:recent"),
-                (Op::Get, "index:recent:0"),
-                (Op::Set, "index:recent:0"),
-                (Op::Get, "index:recent:0"),
+                (Op::Set, "listed/1722769557708/job-ops"),
             ],
         ),
-        // Later news: read head, write slot; after the answer, head.
+        // Final news: read head, write slot; after the answer, head, and the task's
+        // retention entry for today.
         (
             flat("7001", "job-ops", "succeed", 3),
             vec![
                 (Op::Get, "task:job-ops"),
                 (Op::Set, "task:job-ops:final"),
                 (Op::Set, "task:job-ops"),
+                (Op::Set, retention_entry.as_str()),
             ],
         ),
         // Late news: read head only, then the counter.

@@ -7,6 +7,7 @@ mod bench;
 mod callbacks;
 mod composition;
 mod concurrency;
+mod nothing_lost;
 mod notify;
 mod pipelines;
 mod reconcile;

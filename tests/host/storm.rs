@@ -1,7 +1,9 @@
-//! The storm: 200 tasks submitted through 4 replicas sharing one store; the stand-in
+//! The storms: tasks submitted through replicas sharing one store; the stand-in
 //! duplicates and reorders every task's callbacks (and drops some finals) while
 //! reconciles run concurrently. Every task must end in its true final state, never
-//! move backwards, and leave the pending index empty.
+//! move backwards, be listed, and leave the pending index empty. One storm is large over
+//! an interleaving store; one is small over a store whose every operation takes a
+//! random 0 to 2 s, so that concurrent writes land in any order.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,20 +11,17 @@ use std::time::{Duration, Instant};
 
 use kling_standin::Script;
 
-use crate::support::deployment::{fast_standin, replicas, text2video_as};
+use crate::support::deployment::{fast_standin, list, replicas, text2video_as};
 use crate::support::kv::KvStore;
 use crate::support::requests::{authorized, get_task};
 use crate::support::spin_host::SpinApp;
-
-const TASKS: usize = 200;
-const REPLICAS: usize = 4;
 
 fn rank(status: &str) -> u8 {
     match status {
         "submitting" => 0,
         "submitted" => 1,
         "processing" => 2,
-        _ => 3,
+        _ => 3, // succeed, failed, lost
     }
 }
 
@@ -33,13 +32,27 @@ async fn reconcile(app: &SpinApp) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_storm_of_duplicated_reordered_and_lost_callbacks_ends_every_task_in_its_true_state() {
+    storm(KvStore::default().interleaved(2026), 200, 4, 16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_over_a_slow_reordering_store_loses_nothing() {
+    storm(
+        KvStore::default().slow(Duration::from_secs(2), 2026),
+        12,
+        3,
+        12,
+    )
+    .await;
+}
+
+async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usize) {
     let standin = fast_standin().await;
-    let kv = KvStore::default().interleaved(2026);
-    let replicas = replicas(&standin, &kv, REPLICAS).await;
+    let replicas = replicas(&standin, &kv, replica_count).await;
 
     // Every task's callbacks are duplicated; odd ones arrive in reverse; every tenth
     // final is never delivered, and every third task fails.
-    let exts: Vec<String> = (0..TASKS).map(|i| format!("storm-{i}")).collect();
+    let exts: Vec<String> = (0..tasks).map(|i| format!("storm-{i}")).collect();
     for (i, ext) in exts.iter().enumerate() {
         let fails = i % 3 == 0;
         let mut drop = Vec::new();
@@ -74,7 +87,7 @@ async fn a_storm_of_duplicated_reordered_and_lost_callbacks_ends_every_task_in_i
         })
         .collect();
     let reader = {
-        let app = replicas[3].clone();
+        let app = replicas[replica_count - 1].clone();
         let watched: Vec<String> = exts.iter().step_by(17).cloned().collect();
         let storming = storming.clone();
         tokio::spawn(async move {
@@ -96,15 +109,14 @@ async fn a_storm_of_duplicated_reordered_and_lost_callbacks_ends_every_task_in_i
         })
     };
 
-    // Submit through the replicas, a few at a time (each submit waits out the pending
-    // index's lease).
+    // Submit through the replicas, a batch at a time.
     let started = Instant::now();
-    for batch in exts.chunks(16) {
+    for batch in exts.chunks(batch_size) {
         let submits: Vec<_> = batch
             .iter()
             .enumerate()
             .map(|(i, ext)| {
-                let app = replicas[i % REPLICAS].clone();
+                let app = replicas[i % replica_count].clone();
                 let ext = ext.clone();
                 // A client that retries a 503 with the same Idempotency-Key.
                 tokio::spawn(async move {
@@ -123,7 +135,7 @@ async fn a_storm_of_duplicated_reordered_and_lost_callbacks_ends_every_task_in_i
         }
     }
     // Let the stand-in finish every task and its callbacks.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while standin
         .tasks()
         .iter()
@@ -152,7 +164,7 @@ async fn a_storm_of_duplicated_reordered_and_lost_callbacks_ends_every_task_in_i
 
     assert_eq!(
         standin.tasks().len(),
-        TASKS,
+        tasks,
         "exactly one Kling task per submit"
     );
     for task in standin.tasks() {
@@ -161,8 +173,29 @@ async fn a_storm_of_duplicated_reordered_and_lost_callbacks_ends_every_task_in_i
         assert_eq!(stored["status"], task.status, "{ext}");
         assert_eq!(stored["external_task_id"], ext.as_str());
     }
+    // The listing is complete: every task once, paging down with the cursor.
+    let mut listed: Vec<String> = Vec::new();
+    let mut query = "?limit=100".to_string();
+    loop {
+        let page = list(&replicas[0], &query).await;
+        listed.extend(
+            page["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["external_task_id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("?limit=100&cursor={cursor}"),
+            None => break,
+        }
+    }
+    listed.sort();
+    let mut expected = exts.clone();
+    expected.sort();
+    assert_eq!(listed, expected, "every task listed, once");
     println!(
-        "storm: {TASKS} tasks through {REPLICAS} replicas in {:?}, {} callbacks sent",
+        "storm: {tasks} tasks through {replica_count} replicas in {:?}, {} callbacks sent",
         started.elapsed(),
         standin.deliveries().len()
     );

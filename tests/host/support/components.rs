@@ -35,8 +35,15 @@ pub fn components() -> &'static Components {
         );
         std::fs::write(wasm_dir.join("pipeline_starter_composed.wasm"), composed)
             .expect("writing the composition");
+        // KLING_WEBHOOK_WASM runs the suite against another build of the component (an
+        // older commit's, to show that a test catches what it was written for).
+        let kling = match std::env::var_os("KLING_WEBHOOK_WASM") {
+            Some(path) => Loaded::load(&engine, Path::new(&path))
+                .unwrap_or_else(|e| panic!("KLING_WEBHOOK_WASM: {e:#}")),
+            None => load("kling_webhook.wasm"),
+        };
         Components {
-            kling: load("kling_webhook.wasm"),
+            kling,
             baseline: load("bench_baseline.wasm"),
             starter_composed: load("pipeline_starter_composed.wasm"),
             wasm_dir,

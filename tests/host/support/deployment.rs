@@ -31,6 +31,16 @@ pub async fn deploy_with(
     clock: Option<u64>,
     extra: &[(&'static str, &str)],
 ) -> Deployment {
+    deploy_on(KvStore::default(), auth, clock, extra).await
+}
+
+/// [`deploy_with`] over the store `kv` (a slow one, say).
+pub async fn deploy_on(
+    kv: KvStore,
+    auth: Auth,
+    clock: Option<u64>,
+    extra: &[(&'static str, &str)],
+) -> Deployment {
     let standin = StandIn::start(Config::default(), SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
@@ -59,7 +69,7 @@ pub async fn deploy_with(
         variables.retain(|(n, _)| n != name);
         variables.push((name, value.to_string()));
     }
-    let mut app = kling_app_with(&variables, KvStore::default());
+    let mut app = kling_app_with(&variables, kv);
     if let Some(secs) = clock {
         app = app.at_time(secs);
     }

@@ -1,6 +1,9 @@
 //! Spin's key-value store for the test host: in memory, shared by every instance that
-//! is given the same handle (like replicas sharing one Redis), with an operation log and
-//! fault injection.
+//! is given the same handle (like replicas sharing one Redis), one map per store label
+//! (`get-keys` sees only its label's), with an operation log and fault injection:
+//! failures, interleaving, a fixed latency, and a slow store whose operations each take a
+//! random 0 to N ms and so complete out of the order they were issued in, plus single
+//! writes that land long after they were issued.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,9 +18,15 @@ pub enum Op {
     GetKeys,
 }
 
+/// The labels a component may open, as Spin's `key_value_stores` and runtime config
+/// would allow them.
+pub const LABELS: [&str; 3] = ["default", "index", "listing"];
+
 #[derive(Default)]
 struct State {
-    map: BTreeMap<String, Vec<u8>>,
+    /// label → its keys. Keys of the component are unique across labels, so the test
+    /// helpers below address them by key alone.
+    maps: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     log: Vec<(Op, String)>,
     fail_gets: usize,
     fail_sets: usize,
@@ -28,6 +37,24 @@ struct State {
     rng: u64,
     /// A fixed cost per operation, like a networked store's round trip.
     latency: Duration,
+    /// Each operation first waits a random 0 to this long (async, so concurrent
+    /// operations overtake each other).
+    max_delay: Duration,
+    /// The next writes (set or delete) to a key containing this text land this long
+    /// after they were issued.
+    late_writes: Vec<(String, Duration)>,
+}
+
+impl State {
+    /// xorshift64: seeded, so a run is reproducible.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
 }
 
 /// A shareable store. Cloning shares it.
@@ -67,6 +94,23 @@ impl KvStore {
         self
     }
 
+    /// A slow store: every operation waits a random 0 to `max` (seeded) before it
+    /// takes effect, so concurrent writes complete out of order.
+    pub fn slow(self, max: Duration, seed: u64) -> Self {
+        {
+            let mut state = self.state();
+            state.max_delay = max;
+            state.rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        }
+        self
+    }
+
+    /// The next write (set or delete) to a key containing `text` lands `after` it was
+    /// issued: a retransmit, a failover, a queue behind a lock.
+    pub fn delay_next_write_to(&self, text: &str, after: Duration) {
+        self.state().late_writes.push((text.to_string(), after));
+    }
+
     /// Every operation costs `latency` (blocking the calling thread, as a synchronous
     /// store client does; meant for sequential benchmarks).
     pub fn with_latency(self, latency: Duration) -> Self {
@@ -75,7 +119,10 @@ impl KvStore {
     }
 
     pub fn get_now(&self, key: &str) -> Option<Vec<u8>> {
-        self.state().map.get(key).cloned()
+        self.state()
+            .maps
+            .values()
+            .find_map(|map| map.get(key).cloned())
     }
 
     pub fn json(&self, key: &str) -> Option<serde_json::Value> {
@@ -83,24 +130,41 @@ impl KvStore {
             .map(|bytes| serde_json::from_slice(&bytes).expect("stored JSON"))
     }
 
-    /// Every entry of the component's pending index (`index:pending:{0..16}`).
+    /// The tasks in the component's pending index (`pending/{due}/{nonce}/{key}` in the
+    /// `index` label), each once, sorted.
     pub fn pending(&self) -> Vec<String> {
-        let state = self.state();
-        let mut all: Vec<String> = (0..16)
-            .filter_map(|shard| state.map.get(&format!("index:pending:{shard}")))
-            .flat_map(|bytes| serde_json::from_slice::<Vec<String>>(bytes).expect("pending shard"))
+        let mut all: Vec<String> = self
+            .label_keys("index")
+            .iter()
+            .filter_map(|k| k.strip_prefix("pending/"))
+            .filter_map(|rest| rest.splitn(3, '/').nth(2).map(str::to_string))
             .collect();
         all.sort();
+        all.dedup();
         all
     }
 
-    pub fn keys(&self) -> Vec<String> {
-        self.state().map.keys().cloned().collect()
+    /// The keys of one label.
+    pub fn label_keys(&self, label: &str) -> Vec<String> {
+        self.state()
+            .maps
+            .get(label)
+            .map(|map| map.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
-    /// Every value, for "nothing changed" comparisons.
+    /// Every key of every label.
+    pub fn keys(&self) -> Vec<String> {
+        self.snapshot().into_keys().collect()
+    }
+
+    /// Every value of every label, for "nothing changed" comparisons.
     pub fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
-        self.state().map.clone()
+        self.state()
+            .maps
+            .values()
+            .flat_map(|map| map.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect()
     }
 
     pub fn log_len(&self) -> usize {
@@ -112,21 +176,31 @@ impl KvStore {
         self.state().log[start..].to_vec()
     }
 
-    async fn pause(&self) {
-        let (yields, latency) = {
+    /// Waits before an operation takes effect: interleaving, latency, the slow store's
+    /// random delay, and a late write's delay.
+    async fn pause(&self, write_to: Option<&str>) {
+        let (yields, latency, delay) = {
             let mut state = self.state();
             let yields = if state.interleave {
-                // xorshift64
-                let mut x = state.rng;
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                state.rng = x;
-                x % 8
+                state.next_random() % 8
             } else {
                 0
             };
-            (yields, state.latency)
+            let mut delay = if state.max_delay.is_zero() {
+                Duration::ZERO
+            } else {
+                let max = u64::try_from(state.max_delay.as_micros()).unwrap_or(u64::MAX);
+                Duration::from_micros(state.next_random() % (max + 1))
+            };
+            if let Some(key) = write_to
+                && let Some(at) = state
+                    .late_writes
+                    .iter()
+                    .position(|(t, _)| key.contains(t.as_str()))
+            {
+                delay += state.late_writes.remove(at).1;
+            }
+            (yields, state.latency, delay)
         };
         for _ in 0..yields {
             tokio::task::yield_now().await;
@@ -134,21 +208,24 @@ impl KvStore {
         if !latency.is_zero() {
             std::thread::sleep(latency);
         }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.pause().await;
+    pub async fn get(&self, label: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.pause(None).await;
         let mut state = self.state();
         state.log.push((Op::Get, key.to_string()));
         if state.fail_gets > 0 {
             state.fail_gets -= 1;
             return Err(INJECTED_FAILURE.into());
         }
-        Ok(state.map.get(key).cloned())
+        Ok(state.maps.get(label).and_then(|m| m.get(key)).cloned())
     }
 
-    pub async fn set(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
-        self.pause().await;
+    pub async fn set(&self, label: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
+        self.pause(Some(key)).await;
         let mut state = self.state();
         state.log.push((Op::Set, key.to_string()));
         if state.fail_sets > 0 {
@@ -159,28 +236,38 @@ impl KvStore {
             state.fail_set_to = None;
             return Err(INJECTED_FAILURE.into());
         }
-        state.map.insert(key.to_string(), value);
+        state
+            .maps
+            .entry(label.to_string())
+            .or_default()
+            .insert(key.to_string(), value);
         Ok(())
     }
 
-    pub async fn delete(&self, key: &str) {
-        self.pause().await;
+    pub async fn delete(&self, label: &str, key: &str) {
+        self.pause(Some(key)).await;
         let mut state = self.state();
         state.log.push((Op::Delete, key.to_string()));
-        state.map.remove(key);
+        if let Some(map) = state.maps.get_mut(label) {
+            map.remove(key);
+        }
     }
 
-    pub async fn exists(&self, key: &str) -> bool {
-        self.pause().await;
+    pub async fn exists(&self, label: &str, key: &str) -> bool {
+        self.pause(None).await;
         let mut state = self.state();
         state.log.push((Op::Exists, key.to_string()));
-        state.map.contains_key(key)
+        state.maps.get(label).is_some_and(|m| m.contains_key(key))
     }
 
-    pub async fn all_keys(&self) -> Vec<String> {
-        self.pause().await;
+    pub async fn all_keys(&self, label: &str) -> Vec<String> {
+        self.pause(None).await;
         let mut state = self.state();
-        state.log.push((Op::GetKeys, String::new()));
-        state.map.keys().cloned().collect()
+        state.log.push((Op::GetKeys, label.to_string()));
+        state
+            .maps
+            .get(label)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 }

@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::kv::KvStore;
+use super::kv::{KvStore, LABELS};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -33,8 +33,8 @@ mod bindings {
 use bindings::fermyon::spin::key_value::{self, Error as KvError};
 use bindings::fermyon::spin::variables::{self, Error as VarError};
 
-/// An open `store` resource. Spin's components use the `default` label.
-pub struct OpenStore;
+/// An open `store` resource: the label it was opened with.
+pub struct OpenStore(&'static str);
 
 pub struct HostState {
     wasi: WasiCtx,
@@ -70,51 +70,60 @@ impl key_value::HostStore for HostState {
         &mut self,
         label: String,
     ) -> wasmtime::Result<Result<Resource<OpenStore>, KvError>> {
-        if label != "default" {
+        let Some(label) = LABELS.into_iter().find(|l| *l == label) else {
             return Ok(Err(KvError::NoSuchStore));
-        }
-        Ok(Ok(self.table.push(OpenStore)?))
+        };
+        Ok(Ok(self.table.push(OpenStore(label))?))
     }
 
     async fn get(
         &mut self,
-        _store: Resource<OpenStore>,
+        store: Resource<OpenStore>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, KvError>> {
-        Ok(self.kv.get(&key).await.map_err(KvError::Other))
+        let label = self.table.get(&store)?.0;
+        Ok(self.kv.get(label, &key).await.map_err(KvError::Other))
     }
 
     async fn set(
         &mut self,
-        _store: Resource<OpenStore>,
+        store: Resource<OpenStore>,
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), KvError>> {
-        Ok(self.kv.set(&key, value).await.map_err(KvError::Other))
+        let label = self.table.get(&store)?.0;
+        Ok(self
+            .kv
+            .set(label, &key, value)
+            .await
+            .map_err(KvError::Other))
     }
 
     async fn delete(
         &mut self,
-        _store: Resource<OpenStore>,
+        store: Resource<OpenStore>,
         key: String,
     ) -> wasmtime::Result<Result<(), KvError>> {
-        self.kv.delete(&key).await;
+        let label = self.table.get(&store)?.0;
+        self.kv.delete(label, &key).await;
         Ok(Ok(()))
     }
 
     async fn exists(
         &mut self,
-        _store: Resource<OpenStore>,
+        store: Resource<OpenStore>,
         key: String,
     ) -> wasmtime::Result<Result<bool, KvError>> {
-        Ok(Ok(self.kv.exists(&key).await))
+        let label = self.table.get(&store)?.0;
+        Ok(Ok(self.kv.exists(label, &key).await))
     }
 
     async fn get_keys(
         &mut self,
-        _store: Resource<OpenStore>,
+        store: Resource<OpenStore>,
     ) -> wasmtime::Result<Result<Vec<String>, KvError>> {
-        Ok(Ok(self.kv.all_keys().await))
+        let label = self.table.get(&store)?.0;
+        Ok(Ok(self.kv.all_keys(label).await))
     }
 
     async fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {

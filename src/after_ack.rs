@@ -1,0 +1,75 @@
+//! The work a request leaves for after its response is sent: a callback's bookkeeping,
+//! then announcing what changed and moving its pipeline on. Nothing here may lose the
+//! delivery, which is stored before the acknowledgement; whatever fails is redone by the
+//! reconciler (a pipeline's next step, a notification from the outbox), and only counters
+//! or the task_id index may stay behind until the next delivery writes them again.
+
+use crate::app::Env;
+use crate::config::{NotifyConfig, SubmitConfig};
+use crate::error::ApiError;
+use crate::ledger::assemble;
+use crate::notify::{Notification, Notifier};
+use crate::pipeline::advance::advance;
+use crate::pipeline::progress::Next;
+use crate::store::tasks::Bookkeeping;
+use crate::task::{TaskEvent, TaskRecord};
+
+/// What a request leaves to do once its sender has the answer.
+#[derive(Debug, Default)]
+pub struct AfterAck {
+    /// A callback's writes to the head, the task_id index and the listing.
+    pub bookkeeping: Option<Bookkeeping>,
+    /// A callback's event, when it was news: its record is built from the bookkeeping's
+    /// head here, not before the acknowledgement.
+    pub news: Option<TaskEvent>,
+    /// A task that changed and whose record is in hand (read repair).
+    pub changed: Option<TaskRecord>,
+}
+
+/// Runs the work; failures are logged, never returned (the sender has its answer).
+pub fn run(work: AfterAck, env: &Env<'_>) {
+    if let Some(bookkeeping) = &work.bookkeeping
+        && let Err(error) = bookkeeping.apply(env.kv)
+    {
+        eprintln!("callback bookkeeping after the acknowledgement failed: {error}");
+    }
+    let task = match (work.changed, work.news, &work.bookkeeping) {
+        (Some(record), _, _) => record,
+        (None, Some(news), Some(bookkeeping)) => assemble(Some(bookkeeping.head()), news),
+        _ => return, // a duplicate: nothing changed, nothing to announce
+    };
+    let notify = NotifyConfig::load(env.vars).unwrap_or_else(|error| {
+        eprintln!("notifications are off: {error}");
+        None
+    });
+    let notifier = notify.as_ref().map(|config| env.notifier(config));
+    if let Some(notifier) = &notifier {
+        deliver(notifier, Notification::task(&task, env.now_ms));
+    }
+    let Some(step) = task.pipeline.filter(|_| task.status.is_final()) else {
+        return;
+    };
+    let id = step.pipeline_id;
+    let advanced = SubmitConfig::load(env.vars)
+        .map_err(ApiError::from)
+        .and_then(|config| advance(&id, &env.submitter(&config)).map_err(ApiError::from));
+    match advanced {
+        Ok(Some(advanced)) => {
+            let finished = matches!(advanced.view.next(), Next::Finished(_));
+            if let Some(notifier) = &notifier
+                && (advanced.changed || finished)
+            {
+                deliver(notifier, Notification::pipeline(&advanced.view, env.now_ms));
+            }
+        }
+        Ok(None) => {}
+        Err(error) => eprintln!("pipeline {id}: the next step waits for the reconciler: {error}"),
+    }
+}
+
+fn deliver(notifier: &Notifier<'_>, notification: Notification) {
+    let id = notification.webhook_id.clone();
+    if let Err(error) = notifier.deliver(notification) {
+        eprintln!("notification {id} could not be stored in the outbox: {error}");
+    }
+}

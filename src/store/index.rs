@@ -1,0 +1,129 @@
+//! The one index abstraction: a set of entries kept as one key per entry, so that adding
+//! is one `set`, removing is one `delete`, and reading is one `get-keys`. Nothing is ever
+//! read, changed and written back, so no interleaving of writers, however late their
+//! writes land, can lose an entry another writer added: Spin's store needs no
+//! compare-and-swap for it.
+//!
+//! An entry's name carries what makes it unique to the writer that added it (a submit's
+//! nonce, a pipeline's generation, a due time), so a remover only ever deletes the exact
+//! entry it judged, never a newer one for the same task.
+
+use super::layout::{FINAL_PREFIX, LISTED_PREFIX, OUTBOX_PREFIX, PENDING_PREFIX, PIPELINES_PREFIX};
+use super::{KeyValue, StoreError};
+
+/// A set of entries under one key prefix.
+#[derive(Clone, Copy)]
+pub struct Index<'a> {
+    kv: &'a dyn KeyValue,
+    prefix: &'static str,
+}
+
+/// The value of an entry that carries nothing but its name.
+const PRESENT: &[u8] = b"1";
+
+impl<'a> Index<'a> {
+    /// Tasks submitted here and not released by the reconciler:
+    /// `pending/{due_ms}/{nonce}/{task key}`.
+    pub fn pending(kv: &'a dyn KeyValue) -> Self {
+        Self::new(kv, PENDING_PREFIX)
+    }
+
+    /// Pipelines not finished: `pipelines/{id}/{generation}`.
+    pub fn pipelines(kv: &'a dyn KeyValue) -> Self {
+        Self::new(kv, PIPELINES_PREFIX)
+    }
+
+    /// Notifications not yet answered with a 2xx: `outbox/{webhook_id}`, the value being
+    /// the notification itself.
+    pub fn outbox(kv: &'a dyn KeyValue) -> Self {
+        Self::new(kv, OUTBOX_PREFIX)
+    }
+
+    /// Every task, for `GET /tasks`: `listed/{first_seen_ms}/{task key}`.
+    pub fn listed(kv: &'a dyn KeyValue) -> Self {
+        Self::new(kv, LISTED_PREFIX)
+    }
+
+    /// Final tasks by the day they became final, for retention:
+    /// `final/{day}/{task key}`.
+    pub fn finals(kv: &'a dyn KeyValue) -> Self {
+        Self::new(kv, FINAL_PREFIX)
+    }
+
+    fn new(kv: &'a dyn KeyValue, prefix: &'static str) -> Self {
+        Self { kv, prefix }
+    }
+
+    fn key(&self, entry: &str) -> String {
+        format!("{}{entry}", self.prefix)
+    }
+
+    /// Adds an entry (one `set`). Adding it again is harmless.
+    pub fn add(&self, entry: &str) -> Result<(), StoreError> {
+        self.kv.set(&self.key(entry), PRESENT)
+    }
+
+    /// Adds an entry that carries a value (the outbox's notifications).
+    pub fn put(&self, entry: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.kv.set(&self.key(entry), value)
+    }
+
+    /// The value of an entry; `None` once it is removed.
+    pub fn value(&self, entry: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(&self.key(entry))
+    }
+
+    /// Removes exactly this entry (one `delete`).
+    pub fn remove(&self, entry: &str) -> Result<(), StoreError> {
+        self.kv.delete(&self.key(entry))
+    }
+
+    /// Every entry's name, in ascending order (one `get-keys`).
+    pub fn entries(&self) -> Result<Vec<String>, StoreError> {
+        let mut entries: Vec<String> = self
+            .kv
+            .keys_with_prefix(self.prefix)?
+            .into_iter()
+            .filter_map(|key| key.strip_prefix(self.prefix).map(str::to_string))
+            .collect();
+        entries.sort_unstable();
+        Ok(entries)
+    }
+}
+
+/// Milliseconds as a fixed-width decimal, so that entries sort by time as strings.
+pub fn sortable_ms(ms: u64) -> String {
+    format!("{ms:013}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryKv;
+
+    #[test]
+    fn entries_are_one_key_each_and_removal_takes_only_the_named_one() {
+        let kv = MemoryKv::default();
+        let pending = Index::pending(&kv);
+        pending.add("0000000000002/n2/job-1").unwrap();
+        pending.add("0000000000001/n1/job-1").unwrap();
+        pending.add("0000000000001/n1/job-1").unwrap();
+        Index::pipelines(&kv).add("p/g").unwrap();
+        assert_eq!(
+            pending.entries().unwrap(),
+            ["0000000000001/n1/job-1", "0000000000002/n2/job-1"]
+        );
+        // Each operation is one round trip, and none reads before writing.
+        kv.round_trips.set(0);
+        pending.remove("0000000000001/n1/job-1").unwrap();
+        assert_eq!(kv.round_trips.get(), 1);
+        assert_eq!(pending.entries().unwrap(), ["0000000000002/n2/job-1"]);
+        assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
+    }
+
+    #[test]
+    fn times_sort_as_strings() {
+        assert!(sortable_ms(999) < sortable_ms(1_000));
+        assert_eq!(sortable_ms(1_764_000_000_000).len(), 13);
+    }
+}

@@ -1,0 +1,315 @@
+//! Retention by day: final tasks are indexed by the day they became final
+//! (`final/{day}/{key}`), and a run deletes the tasks of whole past days, oldest day
+//! first. Nothing pins it: an unfinished task is simply not in that index.
+//!
+//! A backstop catches what the index missed (a retention entry whose write was lost
+//! after the acknowledgement): a listed task first seen before the cutoff whose last
+//! news is older than the cutoff is purged too if it is final, or if it was not
+//! submitted here (no reconciler will ever finish it). A pending task of ours is left
+//! to the reconciler, which ends it (`lost` at worst) and indexes it then.
+
+use super::index::Index;
+use super::layout::TaskKey;
+use super::tasks::{DAY_MS, TaskStore};
+use super::{KeyValue, StoreError};
+
+/// What one run deleted, and whether it stopped at its limit.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub tasks: usize,
+    pub more_left: bool,
+}
+
+/// Deletes at most `max` tasks that ended before `cutoff_ms` (whole days), and their
+/// index entries.
+pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Purged, StoreError> {
+    let store = TaskStore::new(kv);
+    let finals = Index::finals(kv);
+    let listed = Index::listed(kv);
+    let listed_entries = listed.entries()?;
+    // Whole days: everything before the start of the cutoff's day.
+    let cutoff_day = cutoff_ms / DAY_MS;
+    let cutoff_ms = cutoff_day * DAY_MS;
+    let mut purged = Purged::default();
+    let mut done: Vec<String> = Vec::new();
+
+    // Whole past days, oldest first (entries sort by day).
+    let expired = finals
+        .entries()?
+        .into_iter()
+        .filter_map(|entry| {
+            let (day, key) = entry.split_once('/')?;
+            let day: u64 = day.parse().ok()?;
+            (day < cutoff_day).then(|| (entry.clone(), key.to_string()))
+        })
+        .collect::<Vec<_>>();
+    for (entry, key) in expired {
+        if purged.tasks == max {
+            purged.more_left = true;
+            return Ok(purged);
+        }
+        let key = TaskKey::from_stored(key);
+        if !done.contains(&key.as_str().to_string()) {
+            if let Some(record) = store.find_by_key(&key)? {
+                // Indexed as final, so its record is final; anything else is left alone.
+                if !record.status.is_final() {
+                    finals.remove(&entry)?;
+                    continue;
+                }
+                store.purge(&key, &record)?;
+                purged.tasks += 1;
+            }
+            remove_listed(&listed, &listed_entries, &key)?;
+            done.push(key.as_str().to_string());
+        }
+        finals.remove(&entry)?;
+    }
+
+    // The backstop: listed before the cutoff, and no retention entry took it above.
+    for entry in &listed_entries {
+        let Some((ms, key)) = entry.split_once('/') else {
+            continue;
+        };
+        if ms.parse::<u64>().map_or(true, |ms| ms >= cutoff_ms) {
+            break; // sorted: everything after is newer
+        }
+        if done.iter().any(|d| d == key) {
+            continue;
+        }
+        if purged.tasks == max {
+            purged.more_left = true;
+            return Ok(purged);
+        }
+        let key = TaskKey::from_stored(key.to_string());
+        let head = store.head(&key)?;
+        let record = store.record(&key, head.clone())?;
+        // No head: only slots of a task not submitted here are left (a submit writes
+        // the head first), and it was first seen before the cutoff.
+        let expired = match (&head, &record) {
+            (None, _) | (_, None) => true,
+            (Some(head), Some(record)) => {
+                head.last_news().is_some_and(|at| at < cutoff_ms)
+                    && (record.status.is_final() || head.submission.is_none())
+            }
+        };
+        if !expired {
+            continue;
+        }
+        if let Some(record) = &record {
+            store.purge(&key, record)?;
+            purged.tasks += 1;
+        }
+        listed.remove(entry)?;
+        done.push(key.as_str().to_string());
+    }
+    Ok(purged)
+}
+
+fn remove_listed(listed: &Index<'_>, entries: &[String], key: &TaskKey) -> Result<(), StoreError> {
+    for entry in entries {
+        if entry
+            .split_once('/')
+            .is_some_and(|(_, k)| k == key.as_str())
+        {
+            listed.remove(entry)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Slot;
+    use crate::store::memory::MemoryKv;
+    use crate::store::tasks::NewSubmission;
+    use crate::task::{StepRef, TaskEvent, TaskStatus};
+
+    const DAY: u64 = DAY_MS;
+
+    fn event(task_id: &str, ext: &str, status: TaskStatus) -> TaskEvent {
+        TaskEvent {
+            task_id: task_id.into(),
+            status,
+            status_msg: String::new(),
+            external_task_id: Some(ext.into()),
+            created_at: None,
+            updated_at: Some(1),
+            videos: vec![],
+            images: vec![],
+            final_unit_deduction: None,
+            source: Default::default(),
+        }
+    }
+
+    /// Submits `ext` at `at` and, if `status` is given, reports it at `at` too.
+    fn task(kv: &MemoryKv, ext: &str, at: u64, status: Option<TaskStatus>, step: Option<&StepRef>) {
+        let store = TaskStore::new(kv);
+        let key = TaskKey::external(ext);
+        store
+            .record_submission(&NewSubmission {
+                key: &key,
+                external_task_id: ext,
+                kind: "text2video",
+                pipeline: step,
+                nonce: "n",
+                now_ms: at,
+                first_due_ms: at,
+            })
+            .unwrap();
+        if let Some(status) = status {
+            let e = event(&format!("t-{ext}"), ext, status);
+            let (_, books) = store.record_event(&key, &e, at).unwrap();
+            books.apply(kv).unwrap();
+        }
+    }
+
+    fn exists(kv: &MemoryKv, ext: &str) -> bool {
+        TaskStore::new(kv).find(ext).unwrap().is_some()
+    }
+
+    #[test]
+    fn whole_past_days_go_and_an_unfinished_task_pins_nothing() {
+        let kv = MemoryKv::default();
+        task(&kv, "never-done", 0, Some(TaskStatus::Processing), None);
+        for i in 0..30 {
+            task(
+                &kv,
+                &format!("old-{i}"),
+                DAY + i,
+                Some(TaskStatus::Succeed),
+                None,
+            );
+        }
+        task(&kv, "today", 3 * DAY + 5, Some(TaskStatus::Failed), None);
+        let step = StepRef {
+            pipeline_id: "p".into(),
+            step: 0,
+        };
+        task(&kv, "p-0", 2 * DAY, Some(TaskStatus::Failed), Some(&step));
+        kv.set("pipeline:p", b"{}").unwrap();
+
+        // Cutoff: the start of day 3; at most 20 a run.
+        let first = purge_expired(&kv, 3 * DAY + 7, 20).unwrap();
+        assert_eq!(
+            first,
+            Purged {
+                tasks: 20,
+                more_left: true
+            }
+        );
+        let second = purge_expired(&kv, 3 * DAY + 7, 20).unwrap();
+        assert_eq!(
+            second,
+            Purged {
+                tasks: 11,
+                more_left: false
+            }
+        );
+        assert!((0..30).all(|i| !exists(&kv, &format!("old-{i}"))));
+        assert!(!exists(&kv, "p-0"));
+        assert_eq!(
+            kv.get("pipeline:p").unwrap(),
+            None,
+            "the pipeline went with its step"
+        );
+        assert!(exists(&kv, "today"), "its day has not ended");
+        assert!(
+            exists(&kv, "never-done"),
+            "pending: the reconciler's to end"
+        );
+        // Only the survivors are listed, and only the survivor that ended is indexed.
+        let store = TaskStore::new(&kv);
+        assert_eq!(store.list(None, 100, None).unwrap().tasks.len(), 2);
+        assert_eq!(Index::finals(&kv).entries().unwrap().len(), 1);
+        // Pending entries are the reconciler's: it releases those of a task that is gone.
+        let left: Vec<String> = kv
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains("old-") && !k.starts_with("pending/"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn the_backstop_takes_what_lost_its_retention_entry() {
+        let kv = MemoryKv::default();
+        task(&kv, "done", 0, Some(TaskStatus::Succeed), None);
+        task(&kv, "ours-pending", 0, Some(TaskStatus::Processing), None);
+        // The retention entry of `done` was lost after its acknowledgement.
+        for entry in Index::finals(&kv).entries().unwrap() {
+            Index::finals(&kv).remove(&entry).unwrap();
+        }
+        // A task not submitted here that never finished.
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::kling("77");
+        let mut e = event("77", "x", TaskStatus::Processing);
+        e.external_task_id = None;
+        let (_, books) = store.record_event(&key, &e, 10).unwrap();
+        books.apply(&kv).unwrap();
+
+        assert_eq!(purge_expired(&kv, 2 * DAY, 10).unwrap().tasks, 2);
+        assert!(!exists(&kv, "done"));
+        assert!(!exists(&kv, "77"));
+        assert!(exists(&kv, "ours-pending"));
+    }
+
+    /// Records the order of deletes.
+    #[derive(Default)]
+    struct Deletes {
+        inner: MemoryKv,
+        deleted: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl KeyValue for Deletes {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.inner.set(key, value)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.deleted.borrow_mut().push(key.to_string());
+            self.inner.delete(key)
+        }
+        fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.inner.keys_with_prefix(prefix)
+        }
+    }
+
+    #[test]
+    fn a_task_is_deleted_from_its_lowest_rank_to_its_highest() {
+        let kv = Deletes::default();
+        task(&kv.inner, "job", 0, Some(TaskStatus::Processing), None);
+        let store = TaskStore::new(&kv.inner);
+        let key = TaskKey::external("job");
+        let done = event("t-job", "job", TaskStatus::Succeed);
+        store.write_slot(&key, Slot::Final, &done).unwrap();
+        Index::finals(&kv.inner).add("000000/job").unwrap();
+
+        purge_expired(&kv, 2 * DAY, 10).unwrap();
+        let deleted = kv.deleted.borrow();
+        let task_keys: Vec<&str> = deleted
+            .iter()
+            .map(String::as_str)
+            .filter(|k| k.starts_with("task"))
+            .collect();
+        assert_eq!(
+            task_keys,
+            [
+                "task:job:submitted",
+                "task:job:processing",
+                "task:job:lost",
+                "task:job:poll",
+                "task:job",
+                "taskid:t-job",
+                "task:job:final"
+            ]
+        );
+        assert_eq!(
+            deleted.last().map(String::as_str),
+            Some("final/000000/job"),
+            "the entry last"
+        );
+    }
+}
