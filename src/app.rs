@@ -190,10 +190,12 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
     let kling = KlingConfig::load(env.vars)?;
     // Every variable is read before anything is done: a misconfigured run changes nothing.
     let notify = NotifyConfig::load(env.vars)?;
+    // One budget for the whole run: tasks, then pipelines, then the outbox.
+    let deadline_ms = env.clock.now_ms().saturating_add(options.limits.budget_ms);
     let mut report = reconcile(env.kv, &kling, env.http, env.clock, options)?;
     // Only a deployment that can submit has pipelines to move on.
     if let Ok(config) = SubmitConfig::load(env.vars) {
-        reconcile_pipelines(&env.submitter(&config), &mut report)?;
+        reconcile_pipelines(&env.submitter(&config), deadline_ms, &mut report)?;
     }
     if let Some(config) = &notify {
         let notifier = env.notifier(config);
@@ -204,7 +206,7 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
         for pipeline in &report.changed_pipelines {
             notifier.deliver(Notification::pipeline(pipeline, now))?;
         }
-        let outbox = notifier.retry_due()?;
+        let outbox = notifier.retry_due(deadline_ms)?;
         report.notifications_sent = outbox.sent;
         report.notifications_pending = outbox.pending;
     }

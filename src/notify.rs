@@ -192,8 +192,9 @@ impl<'a> Notifier<'a> {
     }
 
     /// Sends every notification in the outbox that is due, at most
-    /// [`MAX_SENDS_PER_RUN`], and none once the receiver is down.
-    pub fn retry_due(&self) -> Result<OutboxReport, StoreError> {
+    /// [`MAX_SENDS_PER_RUN`], none once the receiver is down, and none after
+    /// `deadline_ms` (the run's budget).
+    pub fn retry_due(&self, deadline_ms: u64) -> Result<OutboxReport, StoreError> {
         let outbox = Index::outbox(self.kv);
         let now = self.clock.now_ms();
         let mut report = OutboxReport::default();
@@ -209,6 +210,7 @@ impl<'a> Notifier<'a> {
             if pending.next_attempt_at > now
                 || attempts == MAX_SENDS_PER_RUN
                 || self.receiver_down()
+                || self.clock.now_ms() >= deadline_ms
             {
                 report.pending += 1;
                 continue;
@@ -466,7 +468,7 @@ mod tests {
 
         // Not due yet: nothing is sent.
         assert_eq!(
-            notifier.retry_due().unwrap(),
+            notifier.retry_due(u64::MAX).unwrap(),
             OutboxReport {
                 sent: 0,
                 pending: 1
@@ -475,7 +477,7 @@ mod tests {
         assert_eq!(receiver.got.borrow().len(), 1);
         clock.0.set(clock.now_ms() + 1_000);
         assert_eq!(
-            notifier.retry_due().unwrap(),
+            notifier.retry_due(u64::MAX).unwrap(),
             OutboxReport {
                 sent: 0,
                 pending: 1
@@ -486,7 +488,7 @@ mod tests {
         assert_eq!(pending.next_attempt_at, clock.now_ms() + 2_000, "doubled");
         clock.0.set(clock.now_ms() + 2_000);
         assert_eq!(
-            notifier.retry_due().unwrap(),
+            notifier.retry_due(u64::MAX).unwrap(),
             OutboxReport {
                 sent: 1,
                 pending: 0
@@ -519,7 +521,7 @@ mod tests {
         // The next run tries again, three at most while the receiver stays down.
         let next_run = fixture.notifier();
         assert_eq!(
-            next_run.retry_due().unwrap(),
+            next_run.retry_due(u64::MAX).unwrap(),
             OutboxReport {
                 sent: 0,
                 pending: 5

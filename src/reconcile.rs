@@ -535,8 +535,10 @@ fn issue_of(key: &TaskKey, state: &PollState) -> Option<ReconcileIssue> {
 /// Moves on every pipeline not finished yet: submits the step after one that ended while
 /// its callback's follow-up was lost, and drops finished (or forgotten) pipelines from
 /// the index. Runs after the tasks, so a step the run just found finished moves on now.
+/// Past `deadline_ms` (the run's budget) the rest waits for the next run.
 pub fn reconcile_pipelines(
     submitter: &Submitter<'_>,
+    deadline_ms: u64,
     report: &mut ReconcileReport,
 ) -> Result<(), StoreError> {
     let index = Index::pipelines(submitter.kv);
@@ -544,6 +546,10 @@ pub fn reconcile_pipelines(
     let entries = index.entries()?;
     let mut remaining = entries.len();
     for entry in entries {
+        if submitter.clock.now_ms() >= deadline_ms {
+            report.budget_exhausted = true;
+            break;
+        }
         let Some((id, _generation)) = entry.split_once('/') else {
             index.remove(&entry)?;
             remaining -= 1;

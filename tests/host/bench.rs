@@ -3,11 +3,13 @@
 //! key-value write, in the same run. Prints figures; asserts nothing about time.
 //!
 //! `cargo test -p host-tests --test host -- --ignored --nocapture bench`
-//! (`BENCH_TASKS` sets how many task lifecycles to run, default 1000.)
+//! (`BENCH_TASKS` sets how many task lifecycles to run, default 1000; `BENCH_SUBMITS`
+//! how many submits, default 100.)
 
 use std::time::Duration;
 
 use crate::support::components::{components, kling_app_with};
+use crate::support::deployment::{Auth, deploy_on, text2video_as};
 use crate::support::kv::KvStore;
 use crate::support::requests::{STANDARD_VARIABLES, callback, flat, request};
 use crate::support::spin_host::{SpinApp, Timing};
@@ -130,4 +132,46 @@ async fn bench_callback_vs_baseline() {
     // (`../shared/wasm-host-notes.md`).
     run(Duration::ZERO, tasks).await;
     run(Duration::from_micros(700), tasks / 5).await;
+}
+
+/// Submit latency (`POST /tasks/text2video` against the stand-in, over loopback), in
+/// memory and at ~Redis latency. The lease design slept 300 ms per submit to read its
+/// pending-index shard back; one key per entry needs no wait.
+///
+/// `cargo test -p host-tests --test host -- --ignored --nocapture bench_submit`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+async fn bench_submit() {
+    let submits: usize = std::env::var("BENCH_SUBMITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    for latency in [Duration::ZERO, Duration::from_micros(700)] {
+        let d = deploy_on(
+            KvStore::default().with_latency(latency),
+            Auth::ApiKey,
+            None,
+            &[],
+        )
+        .await;
+        let mut times = Series::new();
+        for i in 0..submits {
+            let ext = format!("bench-submit-{i}");
+            d.standin.script(
+                &ext,
+                kling_standin::Script {
+                    drop: vec!["submitted", "processing", "succeed", "failed"],
+                    ..Default::default()
+                },
+            );
+            let (reply, timing) = d.app.send_timed(text2video_as(&ext)).await;
+            assert_eq!(reply.status, 202);
+            times.push(timing);
+        }
+        println!(
+            "submit, store latency {} µs per operation, {submits} submits:",
+            latency.as_micros()
+        );
+        report("POST /tasks/text2video", &mut times);
+    }
 }

@@ -16,7 +16,13 @@ async fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
     let response: Response = spin_sdk::http::send(request)
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
-    // The report, e.g. {"checked":3,"updated":2,"pending":1,"errors":[]}.
-    println!("reconcile: {} {}", response.status(), String::from_utf8_lossy(response.body()));
+    // The report, e.g. {"checked":3,"updated":2,"pending":1,"left_due":0,...}.
+    let status = *response.status();
+    let body = String::from_utf8_lossy(response.body());
+    println!("reconcile: {status} {body}");
+    // A refused or failed run is the tick's failure, not a silent success.
+    if !(200..300).contains(&status) {
+        return Err(Error::Other(format!("reconcile answered HTTP {status}: {body}")));
+    }
     Ok(())
 }
