@@ -192,17 +192,21 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
     let notify = NotifyConfig::load(env.vars)?;
     // One budget for the whole run: tasks, then pipelines, then the outbox.
     let deadline_ms = env.clock.now_ms().saturating_add(options.limits.budget_ms);
-    let mut report = reconcile(env.kv, &kling, env.http, env.clock, options)?;
+    let notifier = notify.as_ref().map(|config| env.notifier(config));
+    let mut report = reconcile(
+        env.kv,
+        &kling,
+        env.http,
+        env.clock,
+        options,
+        notifier.as_ref(),
+    )?;
     // Only a deployment that can submit has pipelines to move on.
     if let Ok(config) = SubmitConfig::load(env.vars) {
         reconcile_pipelines(&env.submitter(&config), deadline_ms, &mut report)?;
     }
-    if let Some(config) = &notify {
-        let notifier = env.notifier(config);
+    if let Some(notifier) = &notifier {
         let now = env.clock.now_ms();
-        for task in &report.changed_tasks {
-            notifier.deliver(Notification::task(task, now))?;
-        }
         for pipeline in &report.changed_pipelines {
             notifier.deliver(Notification::pipeline(pipeline, now))?;
         }

@@ -174,7 +174,10 @@ impl<'a> Notifier<'a> {
         let id = pending.notification.webhook_id.clone();
         if self.send(&pending.notification).is_ok() {
             self.failures_in_a_row.set(0);
-            outbox.remove(&id)?;
+            // Sent: a failed removal only means it is sent once more (same id).
+            if let Err(error) = outbox.remove(&id) {
+                eprintln!("notification {id} was sent but stays in the outbox: {error}");
+            }
             return Ok(true);
         }
         self.failures_in_a_row.set(self.failures_in_a_row.get() + 1);

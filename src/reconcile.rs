@@ -25,6 +25,7 @@ use crate::config::{KlingConfig, ReconcileLimits};
 use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
 use crate::ledger::{PollState, TaskHead, Verdict, assemble};
+use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
 use crate::pipeline::advance::{PipelineError, Submitter, advance};
 use crate::pipeline::progress::{Next, PipelineView};
@@ -93,9 +94,6 @@ pub struct ReconcileReport {
     pub notifications_sent: usize,
     /// Notifications still in the outbox after the run.
     pub notifications_pending: usize,
-    /// Tasks whose state this run changed, as they now stand (to notify).
-    #[serde(skip)]
-    pub changed_tasks: Vec<TaskRecord>,
     /// Pipelines this run moved on or found finished (to notify).
     #[serde(skip)]
     pub changed_pipelines: Vec<PipelineView>,
@@ -159,12 +157,16 @@ enum Judged {
     Stop,
 }
 
+/// `notifier`, when notifications are on, announces each change the run finds; it is
+/// stored in the outbox before the task's pending entry is released, so no failure later
+/// in the run can lose the announcement.
 pub fn reconcile(
     kv: &dyn KeyValue,
     kling: &KlingConfig,
     transport: &dyn HttpTransport,
     clock: &dyn Clock,
     options: ReconcileOptions,
+    notifier: Option<&Notifier<'_>>,
 ) -> Result<ReconcileReport, StoreError> {
     let started = clock.now_ms();
     let index = Index::pending(kv);
@@ -192,7 +194,7 @@ pub fn reconcile(
             clock,
             options: &options,
         };
-        match poller.judge(&submission, &mut report)? {
+        match poller.judge(&submission, notifier, &mut report)? {
             Judged::Release => {
                 remaining -= 1;
                 for entry in &submission.entries {
@@ -200,9 +202,11 @@ pub fn reconcile(
                 }
             }
             Judged::Due(due_ms) => {
-                // The new entry first: at every moment at least one entry exists.
-                index.add(&pending_entry(&submission.key, &submission.nonce, due_ms))?;
-                for entry in &submission.entries {
+                // The new entry first: at every moment at least one entry exists. A
+                // concurrent run may already have added this very name: never remove it.
+                let next = pending_entry(&submission.key, &submission.nonce, due_ms);
+                index.add(&next)?;
+                for entry in submission.entries.iter().filter(|e| **e != next) {
                     index.remove(entry)?;
                 }
             }
@@ -242,6 +246,7 @@ impl Poller<'_> {
     fn judge(
         &self,
         submission: &Submission,
+        notifier: Option<&Notifier<'_>>,
         report: &mut ReconcileReport,
     ) -> Result<Judged, StoreError> {
         let store = TaskStore::new(self.kv);
@@ -249,13 +254,6 @@ impl Poller<'_> {
         let Some(head) = store.head(key)? else {
             return Ok(Judged::Release); // forgotten: Kling refused it
         };
-        let ours = head
-            .submission
-            .as_ref()
-            .is_some_and(|s| s.nonce == submission.nonce);
-        if !ours {
-            return Ok(Judged::Release); // a newer submission has an entry of its own
-        }
         let record = store.record(key, Some(head.clone()))?;
         if record.as_ref().is_some_and(|r| r.status.is_final()) {
             // Its final callback may have lost its retention entry after the ack.
@@ -263,6 +261,19 @@ impl Poller<'_> {
             return Ok(Judged::Release);
         }
         let now = self.clock.now_ms();
+        let Some(owner) = &head.submission else {
+            // A head written from a read that missed the submission (a late write):
+            // keep the entry rather than lose the task; the next binding restores it.
+            report.errors.push(ReconcileIssue::new(
+                key.as_str(),
+                "submission_record_missing",
+                "the task's head lost its submission record; it is kept pending",
+            ));
+            return Ok(Judged::Due(now.saturating_add(MAX_POLL_GAP_MS)));
+        };
+        if owner.nonce != submission.nonce {
+            return Ok(Judged::Release); // another submission owns the task
+        }
         let previous = store.poll_state(key)?;
         // A callback that came recently, or a concurrent run that polled, defers it.
         let not_before = [
@@ -299,7 +310,9 @@ impl Poller<'_> {
                 if record.status == TaskStatus::Lost {
                     report.lost += 1;
                 }
-                report.changed_tasks.push(record.clone());
+                if let Some(notifier) = notifier {
+                    notifier.deliver(Notification::task(record, self.clock.now_ms()))?;
+                }
             }
         }
         let finished = polled.record.as_ref().is_none_or(|r| r.status.is_final());
@@ -329,8 +342,9 @@ impl Poller<'_> {
             next_poll_at: now.saturating_add(self.backoff_ms(previous.polls)),
             last_outcome: String::new(),
             last_error: None,
-            not_found: 0,
-            not_found_since: None,
+            // A streak of "not found" survives errors in between; only an answer ends it.
+            not_found: previous.not_found,
+            not_found_since: previous.not_found_since,
         };
         let Some(submission) = head.submission.clone() else {
             return Err(PollError::Store(StoreError::Corrupt(key.head())));
@@ -365,9 +379,10 @@ impl Poller<'_> {
                 state.last_outcome = "external_task_id_mismatch".into();
             }
             Ok(Some(mut event)) => {
+                (state.not_found, state.not_found_since) = (0, None);
                 event.source = EventSource::Poll;
                 let head = if head.task_id.is_none() {
-                    store.bind_submission(key, &event.task_id)?;
+                    store.bind_submission(key, &event.task_id, None)?;
                     store.head(key)?
                 } else {
                     Some(head)
@@ -605,6 +620,67 @@ pub fn reconcile_pipelines(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::manual::ManualClock;
+    use crate::config::tests::submit_config;
+    use crate::outbound::scripted::Scripted;
+    use crate::store::memory::MemoryKv;
+    use crate::store::tasks::NewSubmission;
+    use std::cell::Cell;
+
+    fn options() -> ReconcileOptions {
+        ReconcileOptions {
+            limit: 50,
+            stale_after_ms: 0,
+            retention_ms: None,
+            limits: ReconcileLimits {
+                lost_after_polls: 3,
+                lost_after_ms: 0,
+                budget_ms: 60_000,
+            },
+        }
+    }
+
+    #[test]
+    fn a_run_never_removes_the_entry_a_concurrent_run_just_added() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        let submission = NewSubmission {
+            key: &key,
+            external_task_id: "job-1",
+            kind: "text2video",
+            pipeline: None,
+            nonce: "n1",
+            now_ms: 0,
+            first_due_ms: 0,
+        };
+        store.record_submission(&submission).unwrap();
+        store
+            .bind_submission(&key, "86", Some(&submission))
+            .unwrap();
+        // Another run polled it, moved it to t = 50, and has not removed the old entry.
+        let polled = PollState {
+            polls: 1,
+            last_polled_at: 5,
+            next_poll_at: 50,
+            ..PollState::default()
+        };
+        store.save_poll_state(&key, &polled).unwrap();
+        Index::pending(&kv)
+            .add(&pending_entry(&key, "n1", 50))
+            .unwrap();
+
+        let clock = ManualClock(Cell::new(10));
+        let kling = Scripted::new(vec![]);
+        let report =
+            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        assert_eq!(report.checked, 0, "not due: the other run polled it");
+        assert_eq!(
+            Index::pending(&kv).entries().unwrap(),
+            [pending_entry(&key, "n1", 50)],
+            "the other run's entry survives"
+        );
+    }
 
     #[test]
     fn entries_group_by_submission_earliest_due_first() {

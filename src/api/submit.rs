@@ -105,11 +105,11 @@ pub fn submit(
 
     let kling = KlingClient::new(&config.kling, transport, now_ms / 1000);
     match kling.create(request.kind, &body) {
-        Ok(task_id) => store.bind_submission(&key, &task_id)?,
+        Ok(task_id) => store.bind_submission(&key, &task_id, Some(&submission))?,
         Err(error) if error.may_have_created() => {
             // Never create twice: ask Kling whether the task exists.
             if let Ok(Some(found)) = kling.query(request.kind, &external_task_id) {
-                store.bind_submission(&key, &found.task_id)?;
+                store.bind_submission(&key, &found.task_id, Some(&submission))?;
             }
         }
         Err(error) => {
@@ -120,7 +120,7 @@ pub fn submit(
             if error.is_invalid_request() {
                 match kling.query(request.kind, &external_task_id) {
                     Ok(Some(found)) => {
-                        store.bind_submission(&key, &found.task_id)?;
+                        store.bind_submission(&key, &found.task_id, Some(&submission))?;
                         let record = store.find_by_key(&key)?.ok_or_else(|| {
                             StoreError::Unavailable(
                                 "the submitted task was not found after binding it".into(),

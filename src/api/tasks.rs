@@ -41,7 +41,9 @@ pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<
     let previous = store.poll_state(&key)?.unwrap_or_default();
     let stale_after = stale_after_ms(env.vars)?;
     let last_news = head.last_news().unwrap_or(0).max(previous.last_polled_at);
-    let stale = env.clock.now_ms().saturating_sub(last_news) >= stale_after;
+    let now = env.clock.now_ms();
+    // Stale, and past the backoff the reconciler set: reading never polls faster.
+    let stale = now.saturating_sub(last_news) >= stale_after && now >= previous.next_poll_at;
     let kling = KlingConfig::load(env.vars).ok();
     let (Some(kling), true) = (kling, stale && !record.status.is_final()) else {
         record.reconcile = (previous.polls > 0).then_some(previous);
@@ -66,7 +68,8 @@ pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<
     match poller.poll(&key, head, previous) {
         Ok(polled) => {
             let repaired = polled.news.is_some();
-            let mut record = polled.record.unwrap_or(record);
+            // No record left: Kling never created it, and the poll forgot it.
+            let mut record = polled.record.ok_or(ApiError::TaskNotFound)?;
             record.reconcile = Some(polled.state);
             Ok(Shown { record, repaired })
         }

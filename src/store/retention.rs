@@ -70,8 +70,10 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
         let Some((ms, key)) = entry.split_once('/') else {
             continue;
         };
-        if ms.parse::<u64>().map_or(true, |ms| ms >= cutoff_ms) {
-            break; // sorted: everything after is newer
+        match ms.parse::<u64>() {
+            Ok(ms) if ms < cutoff_ms => {}
+            Ok(_) => break,     // sorted: everything after is newer
+            Err(_) => continue, // not an entry of ours
         }
         if done.iter().any(|d| d == key) {
             continue;

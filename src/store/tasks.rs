@@ -227,7 +227,13 @@ impl<'a> TaskStore<'a> {
                 .after_delivery(event, verdict, now_ms),
             index_task_id: first_binding.then(|| event.task_id.clone()),
             // Kling's `created_at` makes concurrent first deliveries write one entry.
-            list_at: first_seen.then(|| event.created_at.unwrap_or(now_ms)),
+            // (Within 13 digits, so the entry keeps its shape and sorts by time.)
+            list_at: first_seen.then(|| {
+                event
+                    .created_at
+                    .filter(|ms| *ms < 10_000_000_000_000)
+                    .unwrap_or(now_ms)
+            }),
             final_at: became_final.then_some(now_ms),
         }
     }
@@ -338,13 +344,7 @@ impl<'a> TaskStore<'a> {
         let key = submission.key;
         let head = TaskHead {
             external_task_id: Some(submission.external_task_id.to_string()),
-            submission: Some(Submission {
-                kind: submission.kind.to_string(),
-                nonce: submission.nonce.to_string(),
-                status: TaskStatus::Submitting,
-                submitted_at: submission.now_ms,
-                pipeline: submission.pipeline.cloned(),
-            }),
+            submission: Some(submission.submission()),
             ..TaskHead::default()
         };
         self.kv.set(&key.head(), &to_json(&head))?;
@@ -354,10 +354,25 @@ impl<'a> TaskStore<'a> {
 
     /// Binds Kling's `task_id` to a submitted task. Re-reads the head: a callback may have
     /// bound it (and counted deliveries) meanwhile.
-    pub fn bind_submission(&self, key: &TaskKey, task_id: &str) -> Result<(), StoreError> {
+    ///
+    /// `owner` is the submission whose create (or lookup) found this Kling task: it takes
+    /// the head's submission, nonce included. So the pending entry of the submit that
+    /// owns the Kling task is the one the reconciler keeps, and a head that a concurrent
+    /// submit of the same id deleted, or a late write left without its submission, is
+    /// whole again.
+    pub fn bind_submission(
+        &self,
+        key: &TaskKey,
+        task_id: &str,
+        owner: Option<&NewSubmission<'_>>,
+    ) -> Result<(), StoreError> {
         let mut head = self.head(key)?.unwrap_or_default();
         if head.task_id.is_none() {
             head.task_id = Some(task_id.to_string());
+        }
+        if let Some(owner) = owner {
+            head.external_task_id = Some(owner.external_task_id.to_string());
+            head.submission = Some(owner.submission());
         }
         if let Some(submission) = &mut head.submission {
             submission.status = TaskStatus::Submitted;
@@ -372,10 +387,10 @@ impl<'a> TaskStore<'a> {
     /// the listing and pending entries this submission added (by name).
     pub fn forget_submission(&self, submission: &NewSubmission<'_>) -> Result<(), StoreError> {
         let key = submission.key;
-        let ours = self
-            .head(key)?
-            .and_then(|h| h.submission)
-            .is_some_and(|s| s.nonce == submission.nonce);
+        // Never a bound head: a Kling task exists for it, whoever created it.
+        let ours = self.head(key)?.is_some_and(|h| {
+            h.task_id.is_none() && h.submission.is_some_and(|s| s.nonce == submission.nonce)
+        });
         if ours {
             self.kv.delete(&key.head())?;
         }
@@ -473,6 +488,17 @@ pub struct NewSubmission<'a> {
 }
 
 impl NewSubmission<'_> {
+    /// What the head records of it (`submitting` until a Kling task is bound).
+    fn submission(&self) -> Submission {
+        Submission {
+            kind: self.kind.to_string(),
+            nonce: self.nonce.to_string(),
+            status: TaskStatus::Submitting,
+            submitted_at: self.now_ms,
+            pipeline: self.pipeline.cloned(),
+        }
+    }
+
     fn pending_entry(&self) -> String {
         pending_entry(self.key, self.nonce, self.first_due_ms)
     }
@@ -611,7 +637,7 @@ mod tests {
             ["0000000000005/job-s"]
         );
 
-        store.bind_submission(&key, "86").unwrap();
+        store.bind_submission(&key, "86", None).unwrap();
         let record = store.find("86").unwrap().unwrap();
         assert_eq!(
             (record.status, record.task_id.as_deref()),
@@ -656,6 +682,42 @@ mod tests {
 
         store.forget_submission(&second).unwrap();
         assert!(kv.keys().is_empty(), "{:?}", kv.keys());
+    }
+
+    #[test]
+    fn two_submits_of_one_id_leave_the_bound_task_with_its_owners_entry() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-s");
+        let a = submission(&key, "job-s", "nA", 5);
+        let b = submission(&key, "job-s", "nB", 6);
+        store.record_submission(&a).unwrap();
+        store.record_submission(&b).unwrap(); // B's head lands last
+        store.bind_submission(&key, "86", Some(&a)).unwrap(); // A's create succeeded
+        store.forget_submission(&b).unwrap(); // B was refused (say 1303)
+        let head = store
+            .head(&key)
+            .unwrap()
+            .expect("the created task's head stays");
+        assert_eq!(head.task_id.as_deref(), Some("86"));
+        assert_eq!(head.submission.unwrap().nonce, "nA", "its owner's nonce");
+        assert_eq!(
+            Index::pending(&kv).entries().unwrap(),
+            ["0000000000105/nA/job-s"]
+        );
+
+        // B forgot first: A's binding writes the whole head again.
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        store.record_submission(&a).unwrap();
+        store.record_submission(&b).unwrap();
+        store.forget_submission(&b).unwrap();
+        store.bind_submission(&key, "86", Some(&a)).unwrap();
+        let head = store.head(&key).unwrap().unwrap();
+        assert_eq!(
+            (head.task_id.as_deref(), head.submission.map(|s| s.nonce)),
+            (Some("86"), Some("nA".to_string()))
+        );
     }
 
     /// Submits tasks `job-0` .. `job-{count-1}` at t = i, and reports `outcome(i)` for
