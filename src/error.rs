@@ -73,11 +73,12 @@ impl ApiError {
     /// The human-readable message: the error's text, plus what to do where that is known.
     pub fn message(&self) -> String {
         let hint = match self.kling_error() {
+            // The token's `nbf` and `exp` come from this host's clock.
             Some(e) if e.code == 1003 => {
-                " (the token is not valid yet: this host's clock is behind Kling's)"
+                " (the token is not valid yet: this host's clock is ahead of Kling's)"
             }
             Some(e) if e.code == 1004 => {
-                " (the token has expired: this host's clock is ahead of Kling's)"
+                " (the token has expired: this host's clock is behind Kling's)"
             }
             Some(e) if (1000..=1002).contains(&e.code) || e.code == 1103 => {
                 " (check kling_api_key, or kling_access_key and kling_secret_key, and that they belong to this Kling host)"
@@ -263,7 +264,8 @@ mod tests {
         }
         assert_eq!(kling_error(1303).retry_after_secs(), Some(1));
         assert_eq!(kling_error(1201).retry_after_secs(), None);
-        assert!(kling_error(1003).message().contains("clock is behind"));
+        assert!(kling_error(1003).message().contains("clock is ahead"));
+        assert!(kling_error(1004).message().contains("clock is behind"));
         assert_eq!(kling_error(1201).details().unwrap().1["request_id"], "r");
     }
 

@@ -283,8 +283,9 @@ async fn wrong_keys_or_clocks_are_kling_auth_failed_and_say_which() {
         .as_secs();
     for (auth, clock, kling_code, hint) in [
         (Auth::WrongSecret, None, 1002, "check kling_api_key"),
-        (Auth::KeyPair, Some(now + 3600), 1003, "clock is behind"),
-        (Auth::KeyPair, Some(now - 3600), 1004, "clock is ahead"),
+        // An hour ahead: the token is not valid yet at Kling (1003); behind: expired.
+        (Auth::KeyPair, Some(now + 3600), 1003, "clock is ahead"),
+        (Auth::KeyPair, Some(now - 3600), 1004, "clock is behind"),
     ] {
         let d = deploy_with(auth, clock, &[]).await;
         let reply = d.submit("text2video", valid_body("text2video")).await;
