@@ -32,9 +32,16 @@ impl<'a> PipelineStore<'a> {
     }
 
     /// Forgets a pipeline whose first step Kling refused, so creating it again starts
-    /// afresh: its description, then its own index entry.
+    /// afresh: its description, if it is still this creation's (a concurrent creation
+    /// of the same id may have replaced it; one whose write lands between the read and
+    /// the delete still loses it), then its own index entry.
     pub fn forget(&self, spec: &PipelineSpec) -> Result<(), StoreError> {
-        self.kv.delete(&pipeline_key(&spec.id))?;
+        if self
+            .spec(&spec.id)?
+            .is_some_and(|stored| stored.generation == spec.generation)
+        {
+            self.kv.delete(&pipeline_key(&spec.id))?;
+        }
         Index::pipelines(self.kv).remove(&pipeline_entry(&spec.id, &spec.generation))
     }
 
@@ -73,4 +80,36 @@ impl<'a> PipelineStore<'a> {
 /// A pipeline's entry in the index of unfinished pipelines: `{id}/{generation}`.
 pub fn pipeline_entry(id: &str, generation: &str) -> String {
     format!("{id}/{generation}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryKv;
+
+    fn spec(generation: &str) -> PipelineSpec {
+        PipelineSpec {
+            id: "p".into(),
+            steps: Vec::new(),
+            created_at: 1,
+            generation: generation.into(),
+        }
+    }
+
+    #[test]
+    fn forgetting_one_creation_leaves_a_concurrent_creation_of_the_same_id() {
+        let kv = MemoryKv::default();
+        let store = PipelineStore::new(&kv);
+        let (refused, winner) = (spec("g1"), spec("g2"));
+        for creation in [&refused, &winner] {
+            store.save_spec(creation).unwrap();
+            store.index(creation).unwrap();
+        }
+        store.forget(&refused).unwrap();
+        assert_eq!(store.spec("p").unwrap(), Some(winner.clone()));
+        assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g2"]);
+        store.forget(&winner).unwrap();
+        assert_eq!(store.spec("p").unwrap(), None);
+        assert!(Index::pipelines(&kv).entries().unwrap().is_empty());
+    }
 }
