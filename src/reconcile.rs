@@ -17,6 +17,9 @@
 //! - stops starting new queries once its wall-time budget is spent, and reports what it
 //!   left for the next run.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use serde::Serialize;
 
 use crate::api::submit::SubmitError;
@@ -129,19 +132,21 @@ struct Submission {
 /// Groups the pending index's entries by submission, earliest due first.
 fn submissions(entries: Vec<String>) -> Vec<Submission> {
     let mut grouped: Vec<Submission> = Vec::new();
+    let mut group_of: HashMap<(String, String), usize> = HashMap::new();
     // Names sort by due time, so each group's first entry is its earliest.
     for entry in entries.iter().filter_map(|name| PendingEntry::parse(name)) {
-        match grouped
-            .iter_mut()
-            .find(|s| s.key == entry.key && s.nonce == entry.nonce)
-        {
-            Some(group) => group.entries.push(entry.name),
-            None => grouped.push(Submission {
-                key: entry.key,
-                nonce: entry.nonce,
-                due_ms: entry.due_ms,
-                entries: vec![entry.name],
-            }),
+        let id = (entry.key.as_str().to_string(), entry.nonce.clone());
+        match group_of.entry(id) {
+            Entry::Occupied(group) => grouped[*group.get()].entries.push(entry.name),
+            Entry::Vacant(group) => {
+                group.insert(grouped.len());
+                grouped.push(Submission {
+                    key: entry.key,
+                    nonce: entry.nonce,
+                    due_ms: entry.due_ms,
+                    entries: vec![entry.name],
+                });
+            }
         }
     }
     grouped
@@ -194,7 +199,20 @@ pub fn reconcile(
             clock,
             options: &options,
         };
-        match poller.judge(&submission, notifier, &mut report)? {
+        let judged = match poller.judge(&submission, notifier, &mut report) {
+            // One value that does not parse must not stop every run: report it, and
+            // look at the task again after the longest gap.
+            Err(StoreError::Corrupt(bad)) => {
+                report.errors.push(ReconcileIssue::new(
+                    submission.key.as_str(),
+                    "store_corrupt",
+                    format!("the stored value under `{bad}` is not valid; skipped for now"),
+                ));
+                Judged::Due(clock.now_ms().saturating_add(MAX_POLL_GAP_MS))
+            }
+            judged => judged?,
+        };
+        match judged {
             Judged::Release => {
                 remaining -= 1;
                 for entry in &submission.entries {
@@ -217,6 +235,8 @@ pub fn reconcile(
         }
     }
     report.pending = remaining;
+    // Retention is bounded by its own count, not the budget: a run that always spends
+    // its budget must still purge.
     if let Some(retention) = options.retention_ms {
         report.purged =
             purge_expired(kv, started.saturating_sub(retention), MAX_PURGED_PER_RUN)?.tasks;
@@ -679,6 +699,63 @@ mod tests {
             Index::pending(&kv).entries().unwrap(),
             [pending_entry(&key, "n1", 50)],
             "the other run's entry survives"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_task_is_reported_and_skipped_and_the_run_goes_on() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        for (ext, nonce) in [("bad", "n0"), ("good", "n1")] {
+            let key = TaskKey::external(ext);
+            let submission = NewSubmission {
+                key: &key,
+                external_task_id: ext,
+                kind: "text2video",
+                pipeline: None,
+                nonce,
+                now_ms: 0,
+                first_due_ms: 0,
+            };
+            store.record_submission(&submission).unwrap();
+            store
+                .bind_submission(&key, &format!("t-{ext}"), Some(&submission))
+                .unwrap();
+        }
+        // The oldest due task's head is not what we wrote.
+        kv.set("task:bad", b"not json").unwrap();
+        let clock = ManualClock(Cell::new(10));
+        let answer = serde_json::json!({"code": 0, "message": "ok", "data": {
+            "task_id": "t-good", "task_status": "succeed",
+            "task_info": {"external_task_id": "good"}, "updated_at": 3,
+            "task_result": {"videos": [{"id": "v", "url": "https://cdn.example/v.mp4"}]}
+        }})
+        .to_string();
+        let kling = Scripted::new(vec![Ok((200, &answer))]);
+        let report =
+            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert_eq!(
+            (
+                report.errors[0].external_task_id.as_str(),
+                report.errors[0].code.as_str()
+            ),
+            ("bad", "store_corrupt")
+        );
+        assert_eq!(
+            (report.checked, report.updated),
+            (1, 1),
+            "the next task was polled"
+        );
+        let entries = Index::pending(&kv).entries().unwrap();
+        assert_eq!(
+            entries,
+            [pending_entry(
+                &TaskKey::external("bad"),
+                "n0",
+                10 + MAX_POLL_GAP_MS
+            )],
+            "the bad one waits its turn; the good one is released"
         );
     }
 
