@@ -20,7 +20,7 @@ use crate::outbound::HttpTransport;
 use crate::store::layout::TaskKey;
 use crate::store::tasks::{NewSubmission, TaskStore};
 use crate::store::{KeyValue, StoreError};
-use crate::task::{StepRef, TaskRecord};
+use crate::task::{StepRef, TaskRecord, TaskStatus};
 use crate::validate::{choose_id, is_valid_external_task_id};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,6 +73,12 @@ pub fn submit(
     let store = TaskStore::new(kv);
     let key = TaskKey::external(&external_task_id);
     if let Some(record) = store.find_by_key(&key)? {
+        // A `submitting` task whose submit stopped before storing its pending entry
+        // would never be reconciled: the retry stores it again (the same name, or a
+        // spare entry that the next reconcile run folds into the task's own).
+        if record.status == TaskStatus::Submitting {
+            store.ensure_pending(&key, config.stale_after_ms)?;
+        }
         return Ok(Submitted {
             record,
             created: false,
@@ -177,7 +183,6 @@ mod tests {
     use crate::outbound::TransportError;
     use crate::outbound::scripted::Scripted;
     use crate::store::memory::MemoryKv;
-    use crate::task::TaskStatus;
 
     const CREATED: &str = r#"{"code":0,"message":"SUCCEED","request_id":"r","data":{"task_id":"86","task_status":"submitted"}}"#;
 
@@ -360,6 +365,27 @@ mod tests {
             "{err:?}"
         );
         assert!(TaskStore::new(&kv).find("job-1").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_retry_of_a_submit_that_stopped_before_its_pending_entry_stores_it() {
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![
+            Err(TransportError::Timeout),
+            Err(TransportError::Timeout),
+        ]);
+        run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
+        let pending = || crate::store::index::Index::pending(&kv).entries().unwrap();
+        let entries = pending();
+        assert_eq!(entries.len(), 1);
+        // The instance stopped between the head and the pending entry: only the head.
+        kv.delete(&format!("pending/{}", entries[0])).unwrap();
+        assert!(pending().is_empty());
+
+        let retried = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
+        assert!(!retried.created, "Kling is not asked twice");
+        assert_eq!(retried.record.status, TaskStatus::Submitting);
+        assert_eq!(pending(), entries, "the reconciler will look it up");
     }
 
     #[test]
