@@ -11,6 +11,7 @@ use crate::ledger::assemble;
 use crate::notify::{Notification, Notifier};
 use crate::pipeline::advance::advance;
 use crate::pipeline::progress::Next;
+use crate::store::layout::TaskKey;
 use crate::store::tasks::Bookkeeping;
 use crate::task::{TaskEvent, TaskRecord};
 
@@ -22,8 +23,8 @@ pub struct AfterAck {
     /// A callback's event, when it was news: its record is built from the bookkeeping's
     /// head here, not before the acknowledgement.
     pub news: Option<TaskEvent>,
-    /// A task that changed and whose record is in hand (read repair).
-    pub changed: Option<TaskRecord>,
+    /// A task that changed and whose key and record are in hand (read repair).
+    pub changed: Option<(TaskKey, TaskRecord)>,
 }
 
 /// Runs the work; failures are logged, never returned (the sender has its answer).
@@ -33,9 +34,12 @@ pub fn run(work: AfterAck, env: &Env<'_>) {
     {
         eprintln!("callback bookkeeping after the acknowledgement failed: {error}");
     }
-    let task = match (work.changed, work.news, &work.bookkeeping) {
-        (Some(record), _, _) => record,
-        (None, Some(news), Some(bookkeeping)) => assemble(Some(bookkeeping.head()), news),
+    let (key, task) = match (work.changed, work.news, &work.bookkeeping) {
+        (Some(changed), _, _) => changed,
+        (None, Some(news), Some(bookkeeping)) => (
+            bookkeeping.key().clone(),
+            assemble(Some(bookkeeping.head()), news),
+        ),
         _ => return, // a duplicate: nothing changed, nothing to announce
     };
     let notify = NotifyConfig::load(env.vars).unwrap_or_else(|error| {
@@ -44,7 +48,7 @@ pub fn run(work: AfterAck, env: &Env<'_>) {
     });
     let notifier = notify.as_ref().map(|config| env.notifier(config));
     if let Some(notifier) = &notifier {
-        deliver(notifier, Notification::task(&task, env.now_ms));
+        deliver(notifier, Notification::task(&key, &task, env.now_ms));
     }
     let Some(step) = task.pipeline.filter(|_| task.status.is_final()) else {
         return;
@@ -70,6 +74,6 @@ pub fn run(work: AfterAck, env: &Env<'_>) {
 fn deliver(notifier: &Notifier<'_>, notification: Notification) {
     let id = notification.webhook_id.clone();
     if let Err(error) = notifier.deliver(notification) {
-        eprintln!("notification {id} could not be stored in the outbox: {error}");
+        eprintln!("notification {id} was not sent (the outbox keeps it if it was stored): {error}");
     }
 }

@@ -322,7 +322,7 @@ fn show_task(request: &Request, id: &str, env: &Env<'_>) -> Result<Handled, ApiE
         after_ack: AfterAck {
             bookkeeping: None,
             news: None,
-            changed: shown.repaired.then_some(shown.record),
+            changed: shown.repaired.then_some((shown.key, shown.record)),
         },
     })
 }

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::task::{EventSource, StepRef, TaskEvent, TaskRecord, TaskStatus};
+use crate::task::{EventSource, StepRef, TaskEvent, TaskRecord, TaskStatus, sequence};
 
 /// The status ranks, each with a slot of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -271,6 +271,7 @@ fn is_zero_u32(n: &u32) -> bool {
 /// The record the API serves: the highest-ranked stored state plus the head's counters.
 pub fn assemble(head: Option<&TaskHead>, current: TaskEvent) -> TaskRecord {
     TaskRecord {
+        sequence: sequence(current.status, current.updated_at),
         external_task_id: current
             .external_task_id
             .or_else(|| head.and_then(|h| h.external_task_id.clone())),
@@ -298,6 +299,7 @@ pub fn assemble(head: Option<&TaskHead>, current: TaskEvent) -> TaskRecord {
 /// The record of a task submitted but not yet reported on by Kling.
 pub fn assemble_submission(head: &TaskHead, submission: &Submission) -> TaskRecord {
     TaskRecord {
+        sequence: sequence(submission.status, None),
         task_id: head.task_id.clone(),
         external_task_id: head.external_task_id.clone(),
         kind: Some(submission.kind.clone()),

@@ -16,6 +16,16 @@
 //! - A notifier that met [`MAX_FAILURES_IN_A_ROW`] transport failures in a row stops
 //!   sending for the rest of its request and only stores, so a dead receiver costs one
 //!   timeout per attempt, not one per changed task.
+//! - A task's notifications go out in status order: each send reads the task's highest
+//!   stored state and sends that instead when it is newer than what was queued, so a
+//!   late `processing` never follows its `succeed` from one sender. Every record carries
+//!   its `sequence` (status rank, then Kling's `updated_at`): a receiver keeps the
+//!   largest it applied per task and drops the rest, which also orders what two
+//!   replicas send at once.
+//! - A 2xx for a task writes `task:{key}:notified` (that sequence). The reconciler,
+//!   releasing a final task, queues its final notification again when that marker is
+//!   lower: an instance that died between acknowledging a callback and queueing its
+//!   notification loses nothing.
 
 use std::cell::Cell;
 
@@ -28,6 +38,8 @@ use crate::config::NotifyConfig;
 use crate::outbound::{HttpTransport, OutboundRequest};
 use crate::pipeline::progress::PipelineView;
 use crate::store::index::Index;
+use crate::store::layout::TaskKey;
+use crate::store::tasks::TaskStore;
 use crate::store::{KeyValue, StoreError, to_json};
 use crate::task::TaskRecord;
 
@@ -41,21 +53,34 @@ pub const MAX_SENDS_PER_RUN: usize = 50;
 /// attempt would wait out the send timeout.
 pub const MAX_FAILURES_IN_A_ROW: usize = 3;
 
-/// One message, as signed and sent (its body is fixed when the change happens).
+/// One message, as signed and sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     pub webhook_id: String,
     pub body: String,
+    /// A task's notification: which task, and the sequence of the state it carries, so
+    /// that a send can carry the task's newer state instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<NotifiedTask>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifiedTask {
+    /// The task's store key ([`TaskKey`]).
+    pub key: String,
+    pub sequence: u64,
 }
 
 impl Notification {
-    pub fn task(record: &TaskRecord, now_ms: u64) -> Self {
+    /// `record`'s notification; `key` is the task's store key (a callback's record may
+    /// name no external id even where the task is stored under one).
+    pub fn task(key: &TaskKey, record: &TaskRecord, now_ms: u64) -> Self {
         let id = match (&record.external_task_id, &record.task_id) {
             (Some(external), _) => external.clone(),
             (None, Some(task_id)) => format!("kling-{task_id}"),
             (None, None) => "unknown".into(),
         };
-        Self::new(
+        let mut notification = Self::new(
             format!(
                 "task_{id}_{}_{}",
                 record.status.as_str(),
@@ -64,7 +89,12 @@ impl Notification {
             "task.updated",
             record,
             now_ms,
-        )
+        );
+        notification.task = Some(NotifiedTask {
+            key: key.as_str().to_string(),
+            sequence: record.sequence,
+        });
+        notification
     }
 
     pub fn pipeline(view: &PipelineView, now_ms: u64) -> Self {
@@ -90,6 +120,7 @@ impl Notification {
         Self {
             webhook_id,
             body: body.to_string(),
+            task: None,
         }
     }
 }
@@ -164,19 +195,57 @@ impl<'a> Notifier<'a> {
         Ok(())
     }
 
+    /// Queues a final task's notification again unless a receiver took it (or it is
+    /// queued): the reconciler calls this before releasing the task, so a notification
+    /// whose sender died before queueing it still goes out.
+    pub fn ensure_notified(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), StoreError> {
+        let notified = self
+            .kv
+            .get(&key.notified())?
+            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse::<u64>().ok());
+        if notified.is_some_and(|sequence| sequence >= record.sequence) {
+            return Ok(());
+        }
+        let notification = Notification::task(key, record, self.clock.now_ms());
+        if Index::outbox(self.kv)
+            .value(&notification.webhook_id)?
+            .is_some()
+        {
+            return Ok(()); // queued: the outbox's own retries take it from here
+        }
+        self.deliver(notification)
+    }
+
     /// Sends one stored notification unless the receiver is down; removes it on a 2xx,
-    /// else stores when to try again. Returns whether it was sent.
-    fn attempt(&self, mut pending: Pending) -> Result<bool, StoreError> {
+    /// else stores when to try again. Returns whether it was sent. A task's notification
+    /// carries the task's highest stored state: when that is newer than what was queued,
+    /// it is sent instead, and the queued entry is replaced (the new one added first).
+    fn attempt(&self, pending: Pending) -> Result<bool, StoreError> {
         if self.receiver_down() {
             return Ok(false);
         }
         let outbox = Index::outbox(self.kv);
+        let judged = pending.notification.webhook_id.clone();
+        let (mut pending, stored) = self.newest(pending)?;
         let id = pending.notification.webhook_id.clone();
         if self.send(&pending.notification).is_ok() {
             self.failures_in_a_row.set(0);
-            // Sent: a failed removal only means it is sent once more (same id).
-            if let Err(error) = outbox.remove(&id) {
-                eprintln!("notification {id} was sent but stays in the outbox: {error}");
+            // Sent: a failed write here only means it is sent once more (same id). A
+            // task retention deleted meanwhile gets no mark: nothing would delete it.
+            if let Some(task) = pending.notification.task.as_ref().filter(|_| stored) {
+                let key = TaskKey::from_stored(task.key.clone());
+                if let Err(error) = self
+                    .kv
+                    .set(&key.notified(), task.sequence.to_string().as_bytes())
+                {
+                    eprintln!("notification {id} was sent but not marked: {error}");
+                }
+            }
+            // Both names carry content the receiver now has (or newer).
+            for name in [&judged, &id] {
+                if let Err(error) = outbox.remove(name) {
+                    eprintln!("notification {name} was sent but stays in the outbox: {error}");
+                }
             }
             return Ok(true);
         }
@@ -187,7 +256,44 @@ impl<'a> Notifier<'a> {
             .now_ms()
             .saturating_add(self.backoff_ms(pending.attempts));
         outbox.put(&id, &to_json(&pending))?;
+        if judged != id {
+            outbox.remove(&judged)?;
+        }
         Ok(false)
+    }
+
+    /// `pending`, or the notification of its task's newer stored state; and whether
+    /// the task is still stored.
+    fn newest(&self, pending: Pending) -> Result<(Pending, bool), StoreError> {
+        let Some(task) = &pending.notification.task else {
+            return Ok((pending, false));
+        };
+        let key = TaskKey::from_stored(task.key.clone());
+        let stored = match TaskStore::new(self.kv).find_by_key(&key) {
+            Ok(stored) => stored,
+            // One unreadable task must not hold up the outbox: send what was queued.
+            Err(StoreError::Corrupt(bad)) => {
+                eprintln!(
+                    "notification of {}: `{bad}` is not valid; sent as queued",
+                    task.key
+                );
+                return Ok((pending, false));
+            }
+            Err(error) => return Err(error),
+        };
+        match stored {
+            Some(record) if record.sequence > task.sequence => {
+                let notification = Notification::task(&key, &record, self.clock.now_ms());
+                Ok((
+                    Pending {
+                        notification,
+                        ..pending
+                    },
+                    true,
+                ))
+            }
+            stored => Ok((pending, stored.is_some())),
+        }
     }
 
     fn receiver_down(&self) -> bool {
@@ -298,7 +404,7 @@ mod tests {
     use crate::outbound::{OutboundResponse, TransportError};
     use crate::signatures::standard_webhooks::{WebhookHeaders, WebhookSecret, verify};
     use crate::store::memory::MemoryKv;
-    use crate::task::TaskStatus;
+    use crate::task::{TaskEvent, TaskStatus};
     use std::cell::{Cell, RefCell};
 
     const WHSEC: &str = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI=";
@@ -354,15 +460,228 @@ mod tests {
         fn pending(&self, id: &str) -> Option<Pending> {
             crate::store::get_json(&self.kv, &format!("outbox/{id}")).unwrap()
         }
+
+        /// The sequence a receiver last took for the task `key`.
+        fn notified(&self, key: &str) -> Option<u64> {
+            let bytes = self.kv.get(&format!("task:{key}:notified")).unwrap()?;
+            Some(String::from_utf8(bytes).unwrap().parse().unwrap())
+        }
+
+        /// Stores `event` as the task's news (the way a callback does).
+        fn store(&self, event: &TaskEvent) -> TaskRecord {
+            let key = TaskKey::external("job-1");
+            let tasks = TaskStore::new(&self.kv);
+            let (_, bookkeeping) = tasks.record_event(&key, event, 1).unwrap();
+            bookkeeping.apply(&self.kv).unwrap();
+            tasks.find_by_key(&key).unwrap().unwrap()
+        }
+
+        /// The statuses of the task notifications the receiver got, in order.
+        fn statuses_sent(&self) -> Vec<String> {
+            self.receiver
+                .got
+                .borrow()
+                .iter()
+                .map(|request| {
+                    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+                    body["data"]["status"].as_str().unwrap().to_string()
+                })
+                .collect()
+        }
+    }
+
+    /// The notification of a record whose task is stored under its external id.
+    fn note(record: &TaskRecord, now_ms: u64) -> Notification {
+        let key = TaskKey::external(record.external_task_id.as_deref().unwrap());
+        Notification::task(&key, record, now_ms)
     }
 
     fn record() -> TaskRecord {
         serde_json::from_value(json!({
             "task_id": "86", "external_task_id": "job-1", "status": "succeed",
             "status_msg": "", "videos": [], "images": [], "created_at": null,
-            "updated_at": null, "deliveries": 1, "last_delivery_at": null
+            "updated_at": null, "deliveries": 1, "last_delivery_at": null,
+            "sequence": crate::task::sequence(TaskStatus::Succeed, None)
         }))
         .unwrap()
+    }
+
+    fn event(status: TaskStatus, updated_at: u64) -> TaskEvent {
+        TaskEvent {
+            task_id: "86".into(),
+            status,
+            status_msg: String::new(),
+            external_task_id: Some("job-1".into()),
+            created_at: None,
+            updated_at: Some(updated_at),
+            videos: Vec::new(),
+            images: Vec::new(),
+            final_unit_deduction: None,
+            source: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_late_notification_carries_the_tasks_highest_state_so_none_goes_backwards() {
+        let fixture = Fixture::new(10_000, vec![]);
+        let processing = fixture.store(&event(TaskStatus::Processing, 20));
+        // `succeed` lands while the `processing` delivery's notification is on its way.
+        let succeed = fixture.store(&event(TaskStatus::Succeed, 30));
+        let notifier = fixture.notifier();
+        notifier.deliver(note(&succeed, 10_000)).unwrap();
+        notifier.deliver(note(&processing, 10_000)).unwrap();
+        assert_eq!(fixture.statuses_sent(), ["succeed", "succeed"]);
+        let ids: Vec<String> = fixture
+            .receiver
+            .got
+            .borrow()
+            .iter()
+            .map(|r| {
+                r.headers
+                    .iter()
+                    .find(|(n, _)| *n == "webhook-id")
+                    .unwrap()
+                    .1
+                    .clone()
+            })
+            .collect();
+        assert_eq!(
+            ids[0], ids[1],
+            "the same content, the same id: deduplicated"
+        );
+        assert_eq!(fixture.notified("job-1"), Some(succeed.sequence));
+        assert_eq!(
+            fixture
+                .kv
+                .keys()
+                .iter()
+                .filter(|k| k.starts_with("outbox/"))
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_queued_notification_is_replaced_by_the_newer_state_when_it_is_retried() {
+        // The receiver refuses the first send.
+        let fixture = Fixture::new(10_000, vec![500]);
+        let processing = fixture.store(&event(TaskStatus::Processing, 20));
+        let notifier = fixture.notifier();
+        let queued = note(&processing, 10_000);
+        let queued_id = queued.webhook_id.clone();
+        notifier.deliver(queued).unwrap();
+        assert!(fixture.pending(&queued_id).is_some());
+        let failed = fixture.store(&event(TaskStatus::Failed, 30));
+        fixture.clock.0.set(20_000);
+        let report = fixture.notifier().retry_due(u64::MAX).unwrap();
+        assert_eq!(
+            report,
+            OutboxReport {
+                sent: 1,
+                pending: 0
+            }
+        );
+        assert_eq!(fixture.statuses_sent(), ["processing", "failed"]);
+        assert!(
+            fixture.pending(&queued_id).is_none(),
+            "the judged entry is gone"
+        );
+        assert_eq!(fixture.notified("job-1"), Some(failed.sequence));
+    }
+
+    #[test]
+    fn a_failed_send_of_a_newer_state_queues_it_in_place_of_the_judged_one() {
+        let fixture = Fixture::new(10_000, vec![500, 500]);
+        let processing = fixture.store(&event(TaskStatus::Processing, 20));
+        let queued = note(&processing, 10_000);
+        let queued_id = queued.webhook_id.clone();
+        fixture.notifier().deliver(queued).unwrap();
+        let succeed = fixture.store(&event(TaskStatus::Succeed, 30));
+        let newer_id = note(&succeed, 0).webhook_id;
+        fixture.clock.0.set(20_000);
+        let report = fixture.notifier().retry_due(u64::MAX).unwrap();
+        assert_eq!(
+            report,
+            OutboxReport {
+                sent: 0,
+                pending: 1
+            }
+        );
+        assert!(fixture.pending(&queued_id).is_none(), "replaced");
+        let newer = fixture.pending(&newer_id).expect("the newer state waits");
+        assert_eq!(newer.attempts, 2, "the attempts carry over");
+        assert_eq!(fixture.statuses_sent(), ["processing", "succeed"]);
+        assert_eq!(fixture.notified("job-1"), None, "no receiver took anything");
+    }
+
+    #[test]
+    fn an_unreadable_task_does_not_hold_up_the_outbox() {
+        let fixture = Fixture::new(10_000, vec![500]);
+        let processing = fixture.store(&event(TaskStatus::Processing, 20));
+        let queued = note(&processing, 10_000);
+        let queued_id = queued.webhook_id.clone();
+        fixture.notifier().deliver(queued).unwrap();
+        fixture.kv.set("task:job-1", b"not json").unwrap();
+        fixture.clock.0.set(20_000);
+        let report = fixture.notifier().retry_due(u64::MAX).unwrap();
+        assert_eq!(
+            report,
+            OutboxReport {
+                sent: 1,
+                pending: 0
+            },
+            "sent as queued"
+        );
+        assert!(fixture.pending(&queued_id).is_none());
+    }
+
+    #[test]
+    fn a_final_state_queued_or_taken_is_not_queued_again() {
+        let fixture = Fixture::new(10_000, vec![500]);
+        let key = TaskKey::external("job-1");
+        let succeed = fixture.store(&event(TaskStatus::Succeed, 30));
+        // Queued by the callback's instance, its first send refused.
+        fixture.notifier().deliver(note(&succeed, 10_000)).unwrap();
+        fixture.notifier().ensure_notified(&key, &succeed).unwrap();
+        assert_eq!(
+            fixture.statuses_sent(),
+            ["succeed"],
+            "the outbox retries it, not this"
+        );
+        // A receiver took a newer state of it (the mark is higher).
+        let mut older = succeed.clone();
+        older.sequence -= 1;
+        fixture
+            .kv
+            .set(
+                "task:job-1:notified",
+                succeed.sequence.to_string().as_bytes(),
+            )
+            .unwrap();
+        fixture
+            .kv
+            .delete(&format!("outbox/{}", note(&succeed, 0).webhook_id))
+            .unwrap();
+        fixture.notifier().ensure_notified(&key, &older).unwrap();
+        assert_eq!(fixture.statuses_sent(), ["succeed"]);
+    }
+
+    #[test]
+    fn a_final_state_no_receiver_took_is_queued_again_and_only_then() {
+        let fixture = Fixture::new(10_000, vec![]);
+        let key = TaskKey::external("job-1");
+        // The callback's instance died after the acknowledgement: nothing was queued.
+        let succeed = fixture.store(&event(TaskStatus::Succeed, 30));
+        let notifier = fixture.notifier();
+        notifier.ensure_notified(&key, &succeed).unwrap();
+        assert_eq!(fixture.statuses_sent(), ["succeed"]);
+        assert_eq!(fixture.notified("job-1"), Some(succeed.sequence));
+        notifier.ensure_notified(&key, &succeed).unwrap();
+        assert_eq!(
+            fixture.statuses_sent(),
+            ["succeed"],
+            "taken: not sent again"
+        );
     }
 
     #[test]
@@ -371,7 +690,7 @@ mod tests {
         let (kv, clock, receiver) = (&fixture.kv, &fixture.clock, &fixture.receiver);
         fixture
             .notifier()
-            .deliver(Notification::task(&record(), clock.now_ms()))
+            .deliver(note(&record(), clock.now_ms()))
             .unwrap();
         let sent = &receiver.got.borrow()[0];
         let header = |name: &str| {
@@ -399,12 +718,16 @@ mod tests {
         assert_eq!(body["type"], "task.updated");
         assert_eq!(body["timestamp"], "2026-06-10T08:39:54.000Z");
         assert_eq!(body["data"]["status"], TaskStatus::Succeed.as_str());
-        assert!(kv.keys().is_empty(), "a sent notification leaves nothing");
+        assert_eq!(body["data"]["sequence"], record().sequence);
+        assert!(
+            kv.keys().is_empty(),
+            "a sent notification of a task not stored leaves nothing, not even a mark"
+        );
     }
 
     #[test]
     fn webhook_ids_are_unique_per_content_not_per_counter() {
-        let id = |record: &TaskRecord| Notification::task(record, 0).webhook_id;
+        let id = |record: &TaskRecord| note(record, 0).webhook_id;
         let base = record();
         let mut counted = base.clone();
         counted.deliveries = 7;
@@ -445,7 +768,7 @@ mod tests {
             stored_when_sent: RefCell::default(),
         };
         let notifier = Notifier::new(&fixture.config, &fixture.kv, &peeking, &fixture.clock);
-        let notification = Notification::task(&record(), 10_000);
+        let notification = note(&record(), 10_000);
         let id = notification.webhook_id.clone();
         notifier.deliver(notification).unwrap();
         assert_eq!(*peeking.stored_when_sent.borrow(), [true]);
@@ -462,7 +785,7 @@ mod tests {
         let (kv, clock, receiver) = (&fixture.kv, &fixture.clock, &fixture.receiver);
         let notifier = fixture.notifier();
         let failed_at = clock.now_ms();
-        let notification = Notification::task(&record(), failed_at);
+        let notification = note(&record(), failed_at);
         let id = notification.webhook_id.clone();
         notifier.deliver(notification).unwrap();
         let pending = fixture.pending(&id).unwrap();
@@ -510,9 +833,7 @@ mod tests {
         for n in 0..5 {
             let mut record = record();
             record.external_task_id = Some(format!("job-{n}"));
-            notifier
-                .deliver(Notification::task(&record, 10_000))
-                .unwrap();
+            notifier.deliver(note(&record, 10_000)).unwrap();
         }
         assert_eq!(
             fixture.receiver.got.borrow().len(),

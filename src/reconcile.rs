@@ -275,9 +275,13 @@ impl Poller<'_> {
             return Ok(Judged::Release); // forgotten: Kling refused it
         };
         let record = store.record(key, Some(head.clone()))?;
-        if record.as_ref().is_some_and(|r| r.status.is_final()) {
-            // Its final callback may have lost its retention entry after the ack.
+        if let Some(record) = record.as_ref().filter(|r| r.status.is_final()) {
+            // Its final callback's instance may have stopped after the acknowledgement,
+            // before writing the retention entry or queueing the notification.
             Index::finals(self.kv).add(&final_entry(key, self.clock.now_ms()))?;
+            if let Some(notifier) = notifier {
+                notifier.ensure_notified(key, record)?;
+            }
             return Ok(Judged::Release);
         }
         let now = self.clock.now_ms();
@@ -331,7 +335,7 @@ impl Poller<'_> {
                     report.lost += 1;
                 }
                 if let Some(notifier) = notifier {
-                    notifier.deliver(Notification::task(record, self.clock.now_ms()))?;
+                    notifier.deliver(Notification::task(key, record, self.clock.now_ms()))?;
                 }
             }
         }

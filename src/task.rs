@@ -69,6 +69,29 @@ impl TaskStatus {
     pub fn is_final(self) -> bool {
         matches!(self, Self::Succeed | Self::Failed | Self::Lost)
     }
+
+    /// The status's rank in the ledger: a task only ever moves to a higher one.
+    pub fn rank(self) -> u64 {
+        match self {
+            Self::Submitting => 0,
+            Self::Submitted => 1,
+            Self::Processing => 2,
+            Self::Lost => 3,
+            Self::Succeed | Self::Failed => 4,
+        }
+    }
+}
+
+/// Kling's `updated_at` (ms) fits in 13 digits until the year 2286.
+const UPDATED_AT_SPAN: u64 = 10_000_000_000_000;
+
+/// A task's place in its own history: the status rank, then Kling's `updated_at`
+/// (`rank * 10^13 + updated_at`). The ledger only ever stores a state with a larger one,
+/// so a receiver that keeps the largest it has applied can drop anything not larger: a
+/// notification sent late, or by another replica, never moves it backwards. Below 2^53,
+/// so exact in any JSON reader.
+pub fn sequence(status: TaskStatus, updated_at: Option<u64>) -> u64 {
+    status.rank() * UPDATED_AT_SPAN + updated_at.unwrap_or(0).min(UPDATED_AT_SPAN - 1)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +179,9 @@ pub struct TaskRecord {
     /// The pipeline step this task runs, for tasks a pipeline submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<StepRef>,
+    /// [`sequence`] of the stored state: larger is newer.
+    #[serde(default)]
+    pub sequence: u64,
     /// The reconciler's polls of this task (`GET /tasks/{id}` only, once polled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconcile: Option<crate::ledger::PollState>,
@@ -192,5 +218,18 @@ mod tests {
             .filter(|s| s.is_final())
             .collect();
         assert_eq!(finals, [TaskStatus::Succeed, TaskStatus::Failed]);
+    }
+
+    #[test]
+    fn a_higher_rank_outranks_any_updated_at_and_within_a_rank_newer_is_larger() {
+        use TaskStatus::*;
+        let max = Some(u64::MAX);
+        assert!(sequence(Processing, Some(1)) > sequence(Submitted, max));
+        assert!(sequence(Lost, None) > sequence(Processing, max));
+        assert!(sequence(Succeed, None) > sequence(Lost, max));
+        assert_eq!(sequence(Succeed, Some(5)), sequence(Failed, Some(5)));
+        assert!(sequence(Processing, Some(2)) > sequence(Processing, Some(1)));
+        assert!(sequence(Submitted, None) > sequence(Submitting, None));
+        assert!(sequence(Succeed, max) < 1 << 53, "exact in JSON");
     }
 }

@@ -9,6 +9,7 @@ use crate::config::{KlingConfig, ReconcileLimits, Secret, Variables, api_token, 
 use crate::error::ApiError;
 use crate::reconcile::{Poller, ReconcileOptions};
 use crate::store::KeyValue;
+use crate::store::layout::TaskKey;
 use crate::store::tasks::{Cursor, TaskPage, TaskStore};
 use crate::task::{TaskRecord, TaskStatus};
 
@@ -17,6 +18,8 @@ pub const MAX_LIMIT: usize = 100;
 
 /// A task as `GET /tasks/{id}` shows it.
 pub struct Shown {
+    /// The task's store key (what its notifications name).
+    pub key: TaskKey,
     pub record: TaskRecord,
     /// Read repair asked Kling and the task changed.
     pub repaired: bool,
@@ -34,6 +37,7 @@ pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<
     // Only tasks submitted here are polled (their Kling endpoint is known).
     let Some(head) = head.filter(|h| h.submission.is_some()) else {
         return Ok(Shown {
+            key,
             record,
             repaired: false,
         });
@@ -48,6 +52,7 @@ pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<
     let (Some(kling), true) = (kling, stale && !record.status.is_final()) else {
         record.reconcile = (previous.polls > 0).then_some(previous);
         return Ok(Shown {
+            key,
             record,
             repaired: false,
         });
@@ -71,11 +76,16 @@ pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<
             // No record left: Kling never created it, and the poll forgot it.
             let mut record = polled.record.ok_or(ApiError::TaskNotFound)?;
             record.reconcile = Some(polled.state);
-            Ok(Shown { record, repaired })
+            Ok(Shown {
+                key,
+                record,
+                repaired,
+            })
         }
         // Kling asked us to wait, or the poll's record could not be written: the stored
         // state is still the truth we have.
         Err(_) => Ok(Shown {
+            key,
             record,
             repaired: false,
         }),

@@ -208,6 +208,7 @@ mod tests {
             deliveries: 0,
             last_delivery_at: None,
             pipeline: None,
+            sequence: 0,
             reconcile: None,
         })
     }

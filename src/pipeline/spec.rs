@@ -313,6 +313,7 @@ mod tests {
             deliveries: 1,
             last_delivery_at: None,
             pipeline: None,
+            sequence: 0,
             reconcile: None,
         }
     }

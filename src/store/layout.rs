@@ -8,6 +8,7 @@
 //! | `task:{key}` | head: binding, what was seen, counters, the submission ([`TaskHead`]) | submits; every accepted delivery, after the acknowledgement |
 //! | `task:{key}:submitted` / `:processing` / `:lost` / `:final` | the latest state of that rank ([`TaskEvent`]) | only deliveries (or polls) of that rank |
 //! | `task:{key}:poll` | the reconciler's polls of the task ([`PollState`]) | reconcile and read repair |
+//! | `task:{key}:notified` | the `sequence` of the task's last notification a receiver took | the notifier, on a 2xx |
 //! | `taskid:{task_id}` | `{key}` | the first binding |
 //! | `pipeline:{id}` | a pipeline's description ([`PipelineSpec`]) | `POST /pipelines`, once |
 //! | `pipeline:{id}:failure` | why a pipeline failed, when no step's task says it | a refused step |
@@ -77,6 +78,11 @@ impl TaskKey {
     /// The reconciler's record of its polls of this task.
     pub fn poll(&self) -> String {
         format!("task:{}:poll", self.0)
+    }
+
+    /// The `sequence` of the last notification of this task a receiver acknowledged.
+    pub fn notified(&self) -> String {
+        format!("task:{}:notified", self.0)
     }
 }
 
@@ -148,6 +154,7 @@ mod tests {
         assert_eq!(pipeline_key("p"), "pipeline:p");
         assert_eq!(pipeline_failure_key("p"), "pipeline:p:failure");
         assert_eq!(key.poll(), "task:job-1:poll");
+        assert_eq!(key.notified(), "task:job-1:notified");
     }
 
     #[test]

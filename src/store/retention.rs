@@ -303,6 +303,7 @@ mod tests {
                 "task:job:processing",
                 "task:job:lost",
                 "task:job:poll",
+                "task:job:notified",
                 "task:job",
                 "taskid:t-job",
                 "task:job:final"

@@ -147,6 +147,11 @@ impl Bookkeeping {
         &self.head
     }
 
+    /// The task's store key.
+    pub fn key(&self) -> &TaskKey {
+        &self.key
+    }
+
     /// The keys of the default store [`Self::apply`] writes, in order.
     pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
         self.index_task_id
@@ -262,6 +267,7 @@ impl<'a> TaskStore<'a> {
             self.kv.delete(&key.slot(*slot))?;
         }
         self.kv.delete(&key.poll())?;
+        self.kv.delete(&key.notified())?;
         self.kv.delete(&key.head())?;
         if let Some(task_id) = task_id {
             self.kv.delete(&task_id_index(task_id))?;

@@ -235,3 +235,136 @@ async fn a_notify_url_without_its_secret_refuses_reconcile_but_never_a_callback(
     );
     d.wait_for("quiet-job", "succeed").await;
 }
+
+/// Waits until the receiver has accepted at least `count` messages.
+async fn wait_for_count(receiver: &Receiver, count: usize) -> Vec<Message> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let accepted = receiver.accepted();
+        if accepted.len() >= count {
+            return accepted;
+        }
+        assert!(Instant::now() < deadline, "only {accepted:?} arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_processing_delivery_never_announces_itself_after_its_succeed() {
+    let receiver = Receiver::start(0).await;
+    let d = deploy_notifying(&receiver).await;
+    // `processing` is judged news, but its slot write lands a second late: `succeed`
+    // overtakes it and is announced first.
+    d.app
+        .kv
+        .delay_next_write_to("task:overlap:processing", Duration::from_secs(1));
+    let start = d.app.kv.log_len();
+    let app = d.app.clone();
+    let processing = tokio::spawn(async move {
+        app.send(callback(
+            "overlap",
+            flat("5200", "overlap", "processing", 20),
+        ))
+        .await
+        .status
+    });
+    // `succeed` goes once `processing` has read the task (and so judged itself news).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d
+        .app
+        .kv
+        .ops_since(start)
+        .iter()
+        .any(|(_, key)| key == "task:overlap")
+    {
+        assert!(Instant::now() < deadline, "processing never read the task");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reply = d
+        .app
+        .send(callback("overlap", flat("5200", "overlap", "succeed", 30)))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(processing.await.unwrap(), 200);
+
+    // Each delivery announced something; the late one carried the highest state.
+    let accepted = wait_for_count(&receiver, 2).await;
+    let stored = d.wait_for("overlap", "succeed").await;
+    let statuses: Vec<&str> = accepted
+        .iter()
+        .map(|m| m.body["data"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["succeed", "succeed"],
+        "never processing after succeed"
+    );
+    for message in &accepted {
+        assert_eq!(message.body["data"]["sequence"], stored["sequence"]);
+        assert_eq!(
+            message.webhook_id, accepted[0].webhook_id,
+            "one content, one id"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_notification_its_sender_never_queued_is_sent_by_the_reconciler() {
+    let receiver = Receiver::start(0).await;
+    let d = deploy_with(
+        Auth::KeyPair,
+        None,
+        &[
+            ("notify_url", receiver.url()),
+            ("notify_secret", NOTIFY_SECRET),
+            ("notify_retry_seconds", "0"),
+            ("stale_after_seconds", "0"),
+        ],
+    )
+    .await;
+    let submitted = d
+        .submit_scripted(
+            "orphan",
+            Script {
+                drop: vec!["submitted", "processing", "succeed"],
+                ..Script::default()
+            },
+        )
+        .await;
+    let task_id = submitted["task_id"].as_str().unwrap();
+    // The instance stops after acknowledging the final callback, before its
+    // notification reaches the outbox: that write never lands.
+    d.app
+        .kv
+        .fail_next_set_starting("outbox/task_orphan_succeed_");
+    let start = d.app.kv.log_len();
+    let reply = d
+        .app
+        .send(callback("orphan", flat(task_id, "orphan", "succeed", 9)))
+        .await;
+    assert_eq!(reply.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d
+        .app
+        .kv
+        .ops_since(start)
+        .iter()
+        .any(|(_, key)| key.starts_with("outbox/task_orphan_succeed_"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the notification was never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(receiver.accepted().is_empty(), "{:?}", receiver.accepted());
+
+    let run = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    assert_eq!(run["pending"], 0, "{run}");
+    let accepted = receiver.accepted();
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    assert!(accepted[0].webhook_id.starts_with("task_orphan_succeed_"));
+    let quiet = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    assert_eq!(quiet["notifications_sent"], 0);
+    assert_eq!(receiver.accepted().len(), 1, "sent once");
+}

@@ -1,18 +1,21 @@
 //! The storms: tasks submitted through replicas sharing one store; the stand-in
 //! duplicates and reorders every task's callbacks (and drops some finals) while
 //! reconciles run concurrently. Every task must end in its true final state, never
-//! move backwards, be listed, and leave the pending index empty. One storm is large over
-//! an interleaving store; one is small over a store whose every operation takes a
-//! random 0 to 2 s, so that concurrent writes land in any order.
+//! move backwards, be listed, and leave the pending index empty; its notifications,
+//! applied by `sequence` as the README tells receivers, must end at that state. One
+//! storm is large over an interleaving store; one is small over a store whose every
+//! operation takes a random 0 to 2 s, so that concurrent writes land in any order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kling_standin::Script;
 
-use crate::support::deployment::{fast_standin, list, replicas, text2video_as};
+use crate::support::deployment::{fast_standin, list, replicas_with, text2video_as};
 use crate::support::kv::KvStore;
+use crate::support::receiver::{NOTIFY_SECRET, Receiver};
 use crate::support::requests::{authorized, get_task};
 use crate::support::spin_host::SpinApp;
 
@@ -22,6 +25,17 @@ fn rank(status: &str) -> u8 {
         "submitted" => 1,
         "processing" => 2,
         _ => 3, // succeed, failed, lost
+    }
+}
+
+/// The rank a notification's `sequence` carries (`sequence / 10^13`).
+fn sequence_rank(status: &str) -> u64 {
+    match status {
+        "submitting" => 0,
+        "submitted" => 1,
+        "processing" => 2,
+        "lost" => 3,
+        _ => 4, // succeed, failed
     }
 }
 
@@ -48,7 +62,13 @@ async fn a_storm_over_a_slow_reordering_store_loses_nothing() {
 
 async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usize) {
     let standin = fast_standin().await;
-    let replicas = replicas(&standin, &kv, replica_count).await;
+    let receiver = Receiver::start(0).await;
+    let notifying = [
+        ("notify_url", receiver.url()),
+        ("notify_secret", NOTIFY_SECRET),
+        ("notify_retry_seconds", "0"),
+    ];
+    let replicas = replicas_with(&standin, &kv, replica_count, &notifying).await;
 
     // Every task's callbacks are duplicated; odd ones arrive in reverse; every tenth
     // final is never delivered, and every third task fails.
@@ -151,15 +171,16 @@ async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usiz
     }
     reader.await.unwrap();
 
-    // One last run picks up whatever is left (lost finals).
+    // One last run picks up whatever is left (lost finals, queued notifications).
     let mut last = reconcile(&replicas[0]).await;
-    for _ in 0..3 {
-        if last["pending"] == 0 {
+    for _ in 0..5 {
+        if last["pending"] == 0 && last["notifications_pending"] == 0 {
             break;
         }
         last = reconcile(&replicas[0]).await;
     }
     assert_eq!(last["pending"], 0, "{last}");
+    assert_eq!(last["notifications_pending"], 0, "{last}");
     assert_eq!(kv.pending(), Vec::<String>::new());
 
     assert_eq!(
@@ -167,11 +188,47 @@ async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usiz
         tasks,
         "exactly one Kling task per submit"
     );
+    // A receiver that keeps, per task, the largest `sequence` it applied.
+    assert_eq!(receiver.forged(), 0, "every notification verified");
+    let mut applied: HashMap<String, (u64, String)> = HashMap::new();
+    let mut late = 0;
+    let messages = receiver.accepted();
+    for message in &messages {
+        let data = &message.body["data"];
+        let ext = data["external_task_id"].as_str().unwrap().to_string();
+        let sequence = data["sequence"].as_u64().unwrap();
+        let status = data["status"].as_str().unwrap().to_string();
+        assert_eq!(
+            sequence / 10_000_000_000_000,
+            sequence_rank(&status),
+            "{ext}: {sequence} does not name {status}"
+        );
+        match applied.get(&ext) {
+            Some((kept, _)) if *kept >= sequence => late += usize::from(*kept > sequence),
+            _ => {
+                applied.insert(ext, (sequence, status));
+            }
+        }
+    }
     for task in standin.tasks() {
         let ext = task.external_task_id.clone().unwrap();
         let stored = replicas[1].send(get_task(&task.task_id)).await.json();
         assert_eq!(stored["status"], task.status, "{ext}");
         assert_eq!(stored["external_task_id"], ext.as_str());
+        // Two replicas refreshing one final at once may leave either version in the
+        // slot (the status is the same); the receiver keeps the newer of the two.
+        let (kept, status) = applied
+            .get(&ext)
+            .unwrap_or_else(|| panic!("{ext}: never notified"));
+        assert_eq!(
+            status, task.status,
+            "{ext}: the notifications end at the true state"
+        );
+        assert!(
+            *kept >= stored["sequence"].as_u64().unwrap(),
+            "{ext}: the receiver kept {kept}, older than the stored {}",
+            stored["sequence"]
+        );
     }
     // The listing is complete: every task once, paging down with the cursor.
     let mut listed: Vec<String> = Vec::new();
@@ -195,8 +252,10 @@ async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usiz
     expected.sort();
     assert_eq!(listed, expected, "every task listed, once");
     println!(
-        "storm: {tasks} tasks through {replica_count} replicas in {:?}, {} callbacks sent",
+        "storm: {tasks} tasks through {replica_count} replicas in {:?}, {} callbacks sent, \
+         {} notifications ({late} overtaken by a newer one and dropped by sequence)",
         started.elapsed(),
-        standin.deliveries().len()
+        standin.deliveries().len(),
+        messages.len(),
     );
 }

@@ -150,6 +150,16 @@ pub async fn fast_standin() -> StandIn {
 /// `count` replicas of the component sharing `kv`, each served on its own loopback
 /// port (Kling calls each back on its own `public_base_url`), reconciling with no delay.
 pub async fn replicas(standin: &StandIn, kv: &KvStore, count: usize) -> Vec<SpinApp> {
+    replicas_with(standin, kv, count, &[]).await
+}
+
+/// [`replicas`] with `extra` variables (notifications, say).
+pub async fn replicas_with(
+    standin: &StandIn,
+    kv: &KvStore,
+    count: usize,
+    extra: &[(&'static str, &str)],
+) -> Vec<SpinApp> {
     let mut replicas = Vec::new();
     for _ in 0..count {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -162,6 +172,8 @@ pub async fn replicas(standin: &StandIn, kv: &KvStore, count: usize) -> Vec<Spin
             ("public_base_url", public),
             ("stale_after_seconds", "0".to_string()),
         ];
+        let extra = extra.iter().map(|(name, value)| (*name, value.to_string()));
+        let variables: Vec<_> = variables.into_iter().chain(extra).collect();
         let app = kling_app_with(&variables, kv.clone());
         app.serve(listener);
         replicas.push(app);

@@ -31,6 +31,7 @@ struct State {
     fail_gets: usize,
     fail_sets: usize,
     fail_set_to: Option<String>,
+    fail_set_prefix: Option<String>,
     /// When set, each operation first yields to the scheduler a pseudo-random number
     /// of times (seeded), so concurrent requests interleave at store calls.
     interleave: bool,
@@ -82,6 +83,11 @@ impl KvStore {
     /// The next set to exactly `key` fails.
     pub fn fail_next_set_to(&self, key: &str) {
         self.state().fail_set_to = Some(key.to_string());
+    }
+
+    /// The next set to a key starting with `prefix` fails (a key whose end is a digest).
+    pub fn fail_next_set_starting(&self, prefix: &str) {
+        self.state().fail_set_prefix = Some(prefix.to_string());
     }
 
     /// Interleave concurrent requests at every store call (seeded: reproducible).
@@ -234,6 +240,14 @@ impl KvStore {
         }
         if state.fail_set_to.as_deref() == Some(key) {
             state.fail_set_to = None;
+            return Err(INJECTED_FAILURE.into());
+        }
+        if state
+            .fail_set_prefix
+            .as_deref()
+            .is_some_and(|prefix| key.starts_with(prefix))
+        {
+            state.fail_set_prefix = None;
             return Err(INJECTED_FAILURE.into());
         }
         state
