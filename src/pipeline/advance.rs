@@ -69,6 +69,10 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
             changed: false,
         }));
     };
+    // A pipeline with a step to submit is indexed first, whoever moves it on: one that
+    // a run released as finished (a step given up as `lost` that Kling then finished)
+    // is running again, and if this submit fails the reconciler must retry it.
+    store.index(&spec)?;
     // The steps before this one, as just read; this step's outcome completes the view.
     let mut tasks: Vec<_> = view.steps[..step].iter().map(|s| s.task.clone()).collect();
     let failure = match submit_step(&spec, Some(&view), step, submitter) {
@@ -150,6 +154,7 @@ mod tests {
     use crate::outbound::scripted::Scripted;
     use crate::pipeline::progress::PipelineStatus;
     use crate::pipeline::spec::parse_description;
+    use crate::store::index::Index;
     use crate::store::layout::TaskKey;
     use crate::store::memory::MemoryKv;
     use crate::store::tasks::TaskStore;
@@ -220,6 +225,28 @@ mod tests {
         assert_eq!(sent["video_id"], "v-86", "step 1 takes step 0's video");
         assert_eq!(sent["external_task_id"], "p-1");
         advanced
+    }
+
+    #[test]
+    fn a_pipeline_moved_on_after_a_run_released_it_is_indexed_again() {
+        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+        step_0_succeeded(&kv, &clock);
+        // Step 0 had been given up as lost, so a run released the pipeline as failed;
+        // Kling's succeed came later, and the next step cannot be submitted yet.
+        let index = Index::pipelines(&kv);
+        for entry in index.entries().unwrap() {
+            index.remove(&entry).unwrap();
+        }
+        let error = advance_with(&kv, &clock, (500, r#"{"code":5000,"message":"down"}"#));
+        assert!(
+            matches!(error, Err(PipelineError::Step { step: 1, .. })),
+            "{error:?}"
+        );
+        assert_eq!(
+            index.entries().unwrap(),
+            ["p/random"],
+            "the reconciler will retry it"
+        );
     }
 
     #[test]
