@@ -147,6 +147,7 @@ fn submit(e: &SubmitError) -> (u16, &'static str) {
         SubmitError::InvalidExternalTaskId => (400, "invalid_external_task_id"),
         SubmitError::InvalidIdempotencyKey => (400, "invalid_idempotency_key"),
         SubmitError::IdempotencyKeyMismatch => (400, "idempotency_key_mismatch"),
+        SubmitError::IdempotencyConflict => (422, "idempotency_conflict"),
         SubmitError::Store(e) => store(e),
         SubmitError::Kling(KlingError::Api(e)) => kling(e.code),
         SubmitError::Kling(KlingError::Transport(_)) => (502, "kling_unreachable"),

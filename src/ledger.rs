@@ -186,6 +186,11 @@ pub struct Submission {
     /// Set when a pipeline submitted the task as one of its steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<StepRef>,
+    /// A digest of the request Kling was sent (without its external id), so a retry
+    /// that reuses the `Idempotency-Key` with another body is refused, not answered
+    /// with the first task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_digest: Option<String>,
 }
 
 impl TaskHead {

@@ -677,6 +677,7 @@ mod tests {
             nonce: "n1",
             now_ms: 0,
             first_due_ms: 0,
+            body_digest: None,
         };
         store.record_submission(&submission).unwrap();
         store
@@ -720,6 +721,7 @@ mod tests {
                 nonce,
                 now_ms: 0,
                 first_due_ms: 0,
+                body_digest: None,
             };
             store.record_submission(&submission).unwrap();
             store

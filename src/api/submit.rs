@@ -11,6 +11,8 @@
 //!      by `external_task_id` instead of creating it again. Still unknown, it stays
 //!      `submitting` for the reconciler, and the caller gets 202.
 
+use sha2::{Digest, Sha256};
+
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::kling::client::{KlingClient, KlingError};
@@ -33,6 +35,8 @@ pub enum SubmitError {
     InvalidIdempotencyKey,
     #[error("`Idempotency-Key` and the body's `external_task_id` differ")]
     IdempotencyKeyMismatch,
+    #[error("this external_task_id was submitted with another request body")]
+    IdempotencyConflict,
     #[error(transparent)]
     Kling(#[from] KlingError),
     #[error(transparent)]
@@ -72,7 +76,19 @@ pub fn submit(
     )?;
     let store = TaskStore::new(kv);
     let key = TaskKey::external(&external_task_id);
-    if let Some(record) = store.find_by_key(&key)? {
+    let digest = body_digest(&body);
+    let head = store.head(&key)?;
+    // A pipeline step's request is rebuilt from the step before it on every advance;
+    // only a client's retry must repeat its body.
+    let conflicting = head
+        .as_ref()
+        .and_then(|h| h.submission.as_ref())
+        .and_then(|s| s.body_digest.as_deref())
+        .is_some_and(|stored| stored != digest && request.pipeline.is_none());
+    if conflicting {
+        return Err(SubmitError::IdempotencyConflict);
+    }
+    if let Some(record) = store.record(&key, head)? {
         // A `submitting` task whose submit stopped before storing its pending entry
         // would never be reconciled: the retry stores it again (the same name, or a
         // spare entry that the next reconcile run folds into the task's own).
@@ -94,6 +110,7 @@ pub fn submit(
         nonce: &nonce,
         now_ms,
         first_due_ms: now_ms.saturating_add(config.stale_after_ms),
+        body_digest: Some(&digest),
     };
     // Recorded, listed and pending (so a task Kling creates is never missing from
     // reconciliation) before Kling is called. If any write fails, forget the record too:
@@ -137,6 +154,20 @@ pub fn submit(
                             created: false,
                         });
                     }
+                    // "Already exists", but not listed yet: the winner's create is on
+                    // its way. Keep the record for the reconciler, which binds the
+                    // task once Kling lists it; forgetting could delete the winner's.
+                    Ok(None) if error.is_duplicate_external_id() => {
+                        let record = store.find_by_key(&key)?.ok_or_else(|| {
+                            StoreError::Unavailable(
+                                "the submitted task was not found after recording it".into(),
+                            )
+                        })?;
+                        return Ok(Submitted {
+                            record,
+                            created: false,
+                        });
+                    }
                     Ok(None) => {}
                     Err(lookup) => return Err(lookup.into()),
                 }
@@ -152,6 +183,19 @@ pub fn submit(
         record,
         created: true,
     })
+}
+
+/// 16 hex digits of SHA-256 over the request as Kling gets it, less the external id
+/// (which may come from the body or the `Idempotency-Key`). serde_json's maps are
+/// sorted, so the same request in another key order has the same digest.
+fn body_digest(body: &serde_json::Map<String, serde_json::Value>) -> String {
+    let mut request = body.clone();
+    request.remove("external_task_id");
+    let bytes = serde_json::to_vec(&request).unwrap_or_default();
+    Sha256::digest(bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn choose_external_task_id(
@@ -386,6 +430,78 @@ mod tests {
         assert!(!retried.created, "Kling is not asked twice");
         assert_eq!(retried.record.status, TaskStatus::Submitting);
         assert_eq!(pending(), entries, "the reconciler will look it up");
+    }
+
+    #[test]
+    fn an_idempotency_key_reused_with_another_body_is_a_conflict_and_changes_nothing() {
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![Ok((200, CREATED))]);
+        run(
+            &kv,
+            &kling,
+            r#"{"prompt":"p","duration":"5"}"#,
+            Some("job-1"),
+        )
+        .unwrap();
+        let before = kv.map.borrow().clone();
+        // The same request in another key order, its id in the body: the same task.
+        let same = r#"{"duration":"5","external_task_id":"job-1","prompt":"p"}"#;
+        assert!(!run(&kv, &kling, same, None).unwrap().created);
+        let err = run(
+            &kv,
+            &kling,
+            r#"{"prompt":"q","duration":"5"}"#,
+            Some("job-1"),
+        )
+        .unwrap_err();
+        assert_eq!(err, SubmitError::IdempotencyConflict);
+        assert_eq!(*kv.map.borrow(), before, "nothing changed");
+        assert_eq!(kling.sent.borrow().len(), 1, "Kling was called once");
+    }
+
+    #[test]
+    fn already_exists_but_not_listed_yet_keeps_the_record_for_the_reconciler() {
+        // Kling refuses the create (another submit of the id won) and does not list the
+        // winner's task yet.
+        let exists = r#"{"code":1201,"message":"external_task_id already exists"}"#;
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![
+            Ok((400, exists)),
+            Ok((404, r#"{"code":1203,"message":"not found"}"#)),
+        ]);
+        let submitted = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
+        assert_eq!(submitted.record.status, TaskStatus::Submitting);
+        assert_eq!(
+            crate::store::index::Index::pending(&kv)
+                .entries()
+                .unwrap()
+                .len(),
+            1,
+            "the reconciler binds it once Kling lists it"
+        );
+
+        // Any other invalid parameter is a refusal, and forgotten.
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![
+            Ok((400, r#"{"code":1201,"message":"duration must be 5 or 10"}"#)),
+            Ok((404, r#"{"code":1203,"message":"not found"}"#)),
+        ]);
+        let err = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap_err();
+        assert!(matches!(err, SubmitError::Kling(_)), "{err:?}");
+        assert!(TaskStore::new(&kv).find("job-1").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_2xx_create_without_a_task_id_is_looked_up_not_forgotten() {
+        let found = r#"{"code":0,"message":"SUCCEED","data":{"task_id":"86","task_status":"submitted","task_info":{"external_task_id":"job-1"}}}"#;
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![
+            Ok((200, r#"{"code":0,"message":"SUCCEED","data":{}}"#)),
+            Ok((200, found)),
+        ]);
+        let submitted = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
+        assert_eq!(submitted.record.task_id.as_deref(), Some("86"));
+        assert_eq!(submitted.record.status, TaskStatus::Submitted);
     }
 
     #[test]

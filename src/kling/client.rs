@@ -38,7 +38,8 @@ impl KlingError {
         match self {
             KlingError::Transport(_) => true,
             KlingError::Api(e) => e.code == CODE_TIMEOUT,
-            KlingError::InvalidResponse(status) => *status >= 500,
+            // A 2xx whose body is not what Kling documents (no `task_id`) was accepted.
+            KlingError::InvalidResponse(status) => *status >= 500 || (200..300).contains(status),
         }
     }
 
@@ -46,6 +47,13 @@ impl KlingError {
     /// `external_task_id` it already has.
     pub fn is_invalid_request(&self) -> bool {
         matches!(self, KlingError::Api(e) if e.code == CODE_INVALID_PARAMS)
+    }
+
+    /// Kling's 1201 for an `external_task_id` it already has (its message names the
+    /// field; other 1201s are about the request's own parameters).
+    pub fn is_duplicate_external_id(&self) -> bool {
+        matches!(self, KlingError::Api(e)
+            if e.code == CODE_INVALID_PARAMS && e.message.to_ascii_lowercase().contains("external_task_id"))
     }
 
     /// Kling refused the request itself (1200-1203 parameters, 1300-1301 content): the

@@ -165,7 +165,7 @@ fn to_wit(error: ApiError) -> wit::Error {
     }
     match error.status_and_code() {
         (_, "config_missing" | "config_invalid") => wit::Error::Config(message),
-        (400 | 404 | 413, _) => wit::Error::InvalidRequest(message),
+        (400 | 404 | 413 | 422, _) => wit::Error::InvalidRequest(message),
         _ => wit::Error::Unavailable(message),
     }
 }

@@ -157,6 +157,7 @@ mod tests {
                 nonce: "n",
                 now_ms: at,
                 first_due_ms: at,
+                body_digest: None,
             })
             .unwrap();
         if let Some(status) = status {

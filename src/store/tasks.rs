@@ -501,6 +501,8 @@ pub struct NewSubmission<'a> {
     pub now_ms: u64,
     /// When the reconciler should first ask Kling, if no callback came by then.
     pub first_due_ms: u64,
+    /// See [`Submission::body_digest`].
+    pub body_digest: Option<&'a str>,
 }
 
 impl NewSubmission<'_> {
@@ -512,6 +514,7 @@ impl NewSubmission<'_> {
             status: TaskStatus::Submitting,
             submitted_at: self.now_ms,
             pipeline: self.pipeline.cloned(),
+            body_digest: self.body_digest.map(str::to_string),
         }
     }
 
@@ -629,6 +632,7 @@ mod tests {
             nonce,
             now_ms,
             first_due_ms: now_ms + 100,
+            body_digest: None,
         }
     }
 

@@ -512,3 +512,48 @@ async fn a_base64_image_of_a_mebibyte_is_submitted_and_over_16_mib_is_413() {
         "the huge one never reached Kling"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_with_another_body_is_422_and_changes_nothing() {
+    let d = deploy().await;
+    // No callbacks, so nothing else changes the store while we look.
+    d.standin.script(
+        "fox-1",
+        Script {
+            drop: vec!["submitted", "processing", "succeed"],
+            ..Script::default()
+        },
+    );
+    let first = d
+        .app
+        .send(submit_request(
+            "text2video",
+            json!({"prompt": "a fox"}),
+            Some("fox-1"),
+        ))
+        .await
+        .expect_json(202);
+    // The same request again is the same task (200), whatever the key order.
+    let again = d
+        .app
+        .send(submit_request(
+            "text2video",
+            json!({"prompt": "a fox"}),
+            Some("fox-1"),
+        ))
+        .await
+        .expect_json(200);
+    assert_eq!(again["task_id"], first["task_id"]);
+    let before = d.app.kv.snapshot();
+    let creates = d.standin.tasks().len();
+    d.app
+        .send(submit_request(
+            "text2video",
+            json!({"prompt": "a cat"}),
+            Some("fox-1"),
+        ))
+        .await
+        .expect_error(422, "idempotency_conflict", "another request body");
+    assert_eq!(d.app.kv.snapshot(), before, "nothing stored");
+    assert_eq!(d.standin.tasks().len(), creates, "Kling not called");
+}
