@@ -60,22 +60,18 @@ pub const RECONCILE_BUDGET_SECONDS: &str = "reconcile_budget_seconds";
 
 /// How long final tasks are kept; `0` keeps them forever.
 pub fn retention_ms(vars: &dyn Variables) -> Result<Option<u64>, ConfigError> {
-    let days = match vars.get(RETENTION_DAYS) {
-        None => crate::reconcile::DEFAULT_RETENTION_DAYS,
-        Some(days) => days.parse::<u64>().map_err(|_| {
-            ConfigError::Invalid(
-                RETENTION_DAYS,
-                "expected a number of days (0 keeps tasks forever)",
-            )
-        })?,
-    };
-    let ms = days
-        .checked_mul(24 * 60 * 60 * 1000)
-        .ok_or(ConfigError::Invalid(RETENTION_DAYS, "too many days"))?;
-    Ok((days > 0).then_some(ms))
+    let days = bounded(
+        vars,
+        RETENTION_DAYS,
+        crate::reconcile::DEFAULT_RETENTION_DAYS,
+        (0, 36_500),
+        "expected a number of days up to 36500 (0 keeps tasks forever)",
+    )?;
+    Ok((days > 0).then_some(days * 24 * 60 * 60 * 1000))
 }
 
-/// A whole number from a variable: `default` when unset, else `min` to `max`.
+/// A whole number from a variable: `default` when unset, else `min` to `max`. Every
+/// duration and count goes through here, so its arithmetic (`* 1000`) cannot wrap.
 fn bounded(
     vars: &dyn Variables,
     name: &'static str,
@@ -200,12 +196,13 @@ impl NotifyConfig {
         let secret = WebhookSecret::parse(&secret).map_err(|_| {
             ConfigError::Invalid(NOTIFY_SECRET, "expected `whsec_` followed by base64")
         })?;
-        let retry_secs = match vars.get(NOTIFY_RETRY_SECONDS) {
-            None => DEFAULT_NOTIFY_RETRY_SECONDS,
-            Some(secs) => secs.parse::<u64>().map_err(|_| {
-                ConfigError::Invalid(NOTIFY_RETRY_SECONDS, "expected a number of seconds")
-            })?,
-        };
+        let retry_secs = bounded(
+            vars,
+            NOTIFY_RETRY_SECONDS,
+            DEFAULT_NOTIFY_RETRY_SECONDS,
+            (0, 24 * 3600),
+            "expected a number of seconds, at most a day",
+        )?;
         Ok(Some(Self {
             url,
             secret,
@@ -279,17 +276,13 @@ impl KlingConfig {
                 "expected an http(s):// URL",
             ));
         }
-        let timeout_ms = match vars.get(KLING_TIMEOUT_MS) {
-            None => DEFAULT_KLING_TIMEOUT_MS,
-            Some(ms) => ms
-                .parse()
-                .ok()
-                .filter(|ms| *ms > 0)
-                .ok_or(ConfigError::Invalid(
-                    KLING_TIMEOUT_MS,
-                    "expected a positive number of milliseconds",
-                ))?,
-        };
+        let timeout_ms = bounded(
+            vars,
+            KLING_TIMEOUT_MS,
+            DEFAULT_KLING_TIMEOUT_MS,
+            (1, 600_000),
+            "expected a number of milliseconds from 1 to 600000",
+        )?;
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_string(),
             auth,
@@ -300,17 +293,14 @@ impl KlingConfig {
 
 /// How old a pending task's last news must be before the reconciler asks Kling.
 pub fn stale_after_ms(vars: &dyn Variables) -> Result<u64, ConfigError> {
-    match vars.get(STALE_AFTER_SECONDS) {
-        None => Ok(crate::reconcile::DEFAULT_STALE_AFTER_SECS * 1000),
-        Some(secs) => secs
-            .parse::<u64>()
-            .ok()
-            .and_then(|secs| secs.checked_mul(1000))
-            .ok_or(ConfigError::Invalid(
-                STALE_AFTER_SECONDS,
-                "expected a number of seconds",
-            )),
-    }
+    let secs = bounded(
+        vars,
+        STALE_AFTER_SECONDS,
+        crate::reconcile::DEFAULT_STALE_AFTER_SECS,
+        (0, 30 * 24 * 3600),
+        "expected a number of seconds, at most 30 days",
+    )?;
+    Ok(secs * 1000)
 }
 
 /// What submitting needs: Kling, where Kling calls back, and the key that signs it.
@@ -430,6 +420,40 @@ pub(crate) mod tests {
         let shown = format!("{config:?} {:?}", Secret::new("hunter2"));
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("aHVudGVyMg"), "{shown}");
+    }
+
+    #[test]
+    fn every_duration_and_count_is_bounded_so_its_arithmetic_cannot_wrap() {
+        let kling = [(KLING_API_KEY, "k"), (KLING_BASE_URL, "https://kling.test")];
+        type Load = fn(&MapVariables) -> Result<(), ConfigError>;
+        let loaders: [(&'static str, Load); 7] = [
+            (RETENTION_DAYS, |v| retention_ms(v).map(drop)),
+            (STALE_AFTER_SECONDS, |v| stale_after_ms(v).map(drop)),
+            (LOST_AFTER_POLLS, |v| ReconcileLimits::load(v).map(drop)),
+            (LOST_AFTER_SECONDS, |v| ReconcileLimits::load(v).map(drop)),
+            (RECONCILE_BUDGET_SECONDS, |v| {
+                ReconcileLimits::load(v).map(drop)
+            }),
+            (KLING_TIMEOUT_MS, |v| KlingConfig::load(v).map(drop)),
+            (NOTIFY_RETRY_SECONDS, |v| NotifyConfig::load(v).map(drop)),
+        ];
+        for (name, load) in loaders {
+            for bad in ["18446744073709551615", "-1", "1e3", "twelve"] {
+                let mut vars = HashMap::from(kling);
+                vars.insert(NOTIFY_URL, "https://next.example");
+                vars.insert(NOTIFY_SECRET, "whsec_aHVudGVyMg==");
+                vars.insert(name, bad);
+                let err = load(&MapVariables(vars)).unwrap_err();
+                assert!(
+                    matches!(err, ConfigError::Invalid(n, _) if n == name),
+                    "{name}={bad}: {err:?}"
+                );
+                assert!(!err.to_string().contains(bad), "{err}");
+            }
+        }
+        // The largest accepted values still compute.
+        let vars = MapVariables(HashMap::from([(RETENTION_DAYS, "36500")]));
+        assert_eq!(retention_ms(&vars).unwrap(), Some(36_500 * 86_400_000));
     }
 
     #[test]
