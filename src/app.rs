@@ -307,7 +307,7 @@ fn callback(
             &json!({ "received": true, "outcome": received.verdict.as_str() }),
         ),
         after_ack: AfterAck {
-            bookkeeping: Some(received.bookkeeping),
+            bookkeeping: received.bookkeeping,
             news: received.news,
             changed: None,
         },

@@ -85,6 +85,9 @@ pub enum Verdict {
     Stale,
     /// A final callback that Kling contradicted (`verify_callbacks`): nothing written.
     Rejected,
+    /// A status this build does not know (Kling added one): acknowledged, logged, and
+    /// nothing written, so Kling does not retry what no retry can fix.
+    Ignored,
 }
 
 impl Verdict {
@@ -94,6 +97,7 @@ impl Verdict {
             Verdict::Duplicate => "duplicate",
             Verdict::Stale => "stale",
             Verdict::Rejected => "rejected",
+            Verdict::Ignored => "ignored",
         }
     }
 }

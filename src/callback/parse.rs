@@ -9,7 +9,9 @@
 //! Only the id and the status are required; unknown fields are ignored, ids stay strings,
 //! and an envelope's `message` never decides success.
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use crate::task::{EventSource, Image, TaskEvent, TaskStatus, Video};
 use crate::validate::{is_valid_external_task_id, is_valid_task_id};
@@ -49,64 +51,119 @@ pub fn parse_callback(body: &[u8]) -> Result<TaskEvent, PayloadError> {
 }
 
 /// Every field any accepted shape may carry; each is optional here and checked after.
+/// Only the id and the status decide whether a delivery can be judged: any other field
+/// that is `null` or of another type than documented is read as absent (a list keeps
+/// its readable elements), so a field Kling changes never loses the whole delivery.
 #[derive(Deserialize, Default)]
 struct RawCallback {
     // Flat (legacy) shape.
+    #[serde(default, deserialize_with = "lenient")]
     task_id: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
     task_status: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
     task_status_msg: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
     created_at: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
     updated_at: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
     final_unit_deduction: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
     task_info: Option<RawTaskInfo>,
+    #[serde(default, deserialize_with = "lenient")]
     task_result: Option<RawTaskResult>,
     // Third-party wrapper.
+    #[serde(default, deserialize_with = "lenient")]
     data: Option<Box<RawCallback>>,
     // Newer "model in the path" shape.
+    #[serde(default, deserialize_with = "lenient")]
     id: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
     status: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
     message: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
     create_time: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
     update_time: Option<Lenient>,
-    external_id: Option<String>,
-    outputs: Option<Vec<RawOutput>>,
+    #[serde(default, deserialize_with = "lenient")]
+    external_id: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient_list")]
+    outputs: Vec<RawOutput>,
 }
 
 #[derive(Deserialize, Default)]
 struct RawTaskInfo {
-    external_task_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    external_task_id: Option<Lenient>,
 }
 
 #[derive(Deserialize, Default)]
 struct RawTaskResult {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_list")]
     videos: Vec<RawVideo>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_list")]
     images: Vec<RawImage>,
 }
 
 #[derive(Deserialize, Default)]
 struct RawVideo {
+    #[serde(default, deserialize_with = "lenient")]
     id: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
     url: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
     duration: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
     watermark_url: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 struct RawImage {
-    index: Option<u32>,
+    #[serde(default, deserialize_with = "lenient")]
+    index: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
     url: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 struct RawOutput {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
     kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
     id: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
     url: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
     watermark_url: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
     duration: Option<Lenient>,
+}
+
+/// A field read as absent when it is `null` or not of the documented type.
+fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let value = Value::deserialize(deserializer)?;
+    Ok(T::deserialize(value).ok())
+}
+
+/// A list of which only the readable elements are kept; anything but a list is empty.
+fn lenient_list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    Ok(match Value::deserialize(deserializer)? {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|item| T::deserialize(item).ok())
+            .collect(),
+        _ => Vec::new(),
+    })
 }
 
 /// A scalar Kling documents as a string but that some senders emit as a number.
@@ -185,7 +242,10 @@ impl RawCallback {
                 .images
                 .into_iter()
                 .map(|image| Image {
-                    index: image.index,
+                    index: image
+                        .index
+                        .and_then(Lenient::into_millis)
+                        .and_then(|n| u32::try_from(n).ok()),
                     url: image.url,
                 })
                 .collect(),
@@ -199,7 +259,7 @@ impl RawCallback {
         let task_id = parse_task_id(self.id)?;
         let mut videos = Vec::new();
         let mut images = Vec::new();
-        for output in self.outputs.unwrap_or_default() {
+        for output in self.outputs {
             if output.kind.as_deref() == Some("image") {
                 images.push(Image {
                     index: u32::try_from(images.len()).ok(),
@@ -255,9 +315,18 @@ fn parse_task_id(id: Option<Lenient>) -> Result<String, PayloadError> {
     }
 }
 
-/// An empty external id means "none" (Kling sends `""` when the submitter set none).
-fn parse_external_task_id(id: Option<String>) -> Result<Option<String>, PayloadError> {
-    match id {
+/// An empty external id means "none" (Kling sends `""` when the submitter set none);
+/// a number is read digit for digit.
+fn parse_external_task_id(id: Option<Lenient>) -> Result<Option<String>, PayloadError> {
+    match id.map(Lenient::into_id) {
+        None => Ok(None),
+        Some(None) => Err(PayloadError::InvalidExternalTaskId),
+        Some(Some(id)) => check_external_task_id(id),
+    }
+}
+
+fn check_external_task_id(id: String) -> Result<Option<String>, PayloadError> {
+    match Some(id) {
         None => Ok(None),
         Some(id) if id.is_empty() => Ok(None),
         Some(id) if is_valid_external_task_id(&id) => Ok(Some(id)),
@@ -392,6 +461,54 @@ mod tests {
         assert_eq!(event.created_at, Some(1722769557708));
         assert_eq!(event.final_unit_deduction.as_deref(), Some("2"));
         assert_eq!(event.videos[0].duration.as_deref(), Some("5.1"));
+    }
+
+    #[test]
+    fn optional_fields_of_an_unexpected_type_are_read_as_absent() {
+        let body = r#"{"task_id":"86","task_status":"succeed","task_status_msg":null,
+            "created_at":"soon","updated_at":1722769600123,"final_unit_deduction":{"n":1},
+            "task_info":{"external_task_id":12345678901234567890},
+            "task_result":{"videos":[{"id":"v1","url":"https://v/1.mp4"},"junk",{"id":7.5,"duration":5}],
+                           "images":[{"index":"0","url":"https://i/0.png"},{"index":-1}]}}"#;
+        let event = parse_callback(body.as_bytes()).unwrap();
+        assert_eq!(event.status_msg, "");
+        assert_eq!(event.created_at, None);
+        assert_eq!(event.updated_at, Some(1722769600123));
+        assert_eq!(event.final_unit_deduction, None);
+        assert_eq!(
+            event.external_task_id.as_deref(),
+            Some("12345678901234567890"),
+            "a numeric id digit for digit"
+        );
+        assert_eq!(
+            event.videos.len(),
+            2,
+            "the readable elements: {:?}",
+            event.videos
+        );
+        assert_eq!(event.videos[0].url.as_deref(), Some("https://v/1.mp4"));
+        assert_eq!(
+            (
+                event.videos[1].id.clone(),
+                event.videos[1].duration.as_deref()
+            ),
+            (None, Some("5"))
+        );
+        assert_eq!(event.images[0].index, Some(0));
+        assert_eq!(event.images[1].index, None);
+
+        for null_result in [r#""videos":null"#, r#""videos":"none""#] {
+            let body = format!(
+                r#"{{"task_id":"86","task_status":"succeed","task_result":{{{null_result}}}}}"#
+            );
+            assert!(parse_callback(body.as_bytes()).unwrap().videos.is_empty());
+        }
+        let new_standard =
+            r#"{"id":"9","status":"succeeded","external_id":42,"outputs":null,"message":7}"#;
+        let event = parse_callback(new_standard.as_bytes()).unwrap();
+        assert_eq!(event.external_task_id.as_deref(), Some("42"));
+        assert!(event.videos.is_empty());
+        assert_eq!(event.status_msg, "");
     }
 
     #[test]

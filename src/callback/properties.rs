@@ -75,7 +75,8 @@ fn deliver(kv: &MemoryKv, event: &Event) {
         webhook_secret: None,
     };
     let received = receive(&callback, &config, kv, None, 1).expect("a valid delivery is accepted");
-    received.bookkeeping.apply(kv).expect("memory store");
+    let bookkeeping = received.bookkeeping.expect("a known status is bookkept");
+    bookkeeping.apply(kv).expect("memory store");
 }
 
 fn event() -> impl Strategy<Value = Event> {

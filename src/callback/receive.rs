@@ -86,8 +86,8 @@ impl From<RecordError> for CallbackError {
 #[derive(Debug)]
 pub struct Received {
     pub verdict: Verdict,
-    /// To apply after acknowledging the sender.
-    pub bookkeeping: Bookkeeping,
+    /// To apply after acknowledging the sender (none for an ignored delivery).
+    pub bookkeeping: Option<Bookkeeping>,
     /// The delivery's event, when it was news (what changed, to act on after the
     /// acknowledgement).
     pub news: Option<TaskEvent>,
@@ -112,7 +112,18 @@ pub fn receive(
     };
     authenticate_body(callback, config, body, now_ms)?;
 
-    let event = parse_callback(body)?;
+    let event = match parse_callback(body) {
+        Err(PayloadError::UnknownStatus) => {
+            // Never the body itself in the log: it is Kling's, not ours to print.
+            eprintln!("callback ignored: a task status this build does not know");
+            return Ok(Received {
+                verdict: Verdict::Ignored,
+                bookkeeping: None,
+                news: None,
+            });
+        }
+        parsed => parsed?,
+    };
     let key = match (callback.external_task_id, event.external_task_id.as_deref()) {
         (Some(url), Some(body)) if url != body => {
             return Err(CallbackError::ExternalTaskIdMismatch);
@@ -133,7 +144,7 @@ pub fn receive(
                 None => {
                     return Ok(Received {
                         verdict: Verdict::Rejected,
-                        bookkeeping: TaskStore::bookkeeping_rejected(&key, head),
+                        bookkeeping: Some(TaskStore::bookkeeping_rejected(&key, head)),
                         news: None,
                     });
                 }
@@ -144,7 +155,7 @@ pub fn receive(
     let (verdict, bookkeeping) = store.record_event_with_head(&key, head, &event, now_ms)?;
     Ok(Received {
         verdict,
-        bookkeeping,
+        bookkeeping: Some(bookkeeping),
         news: matches!(verdict, Verdict::Apply(_)).then_some(event),
     })
 }
@@ -290,12 +301,31 @@ mod tests {
         let received = deliver(&kv, &body("processing", 5)).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
         assert_eq!(kv.round_trips.get(), 2);
-        received.bookkeeping.apply(&kv).unwrap();
+        received.bookkeeping.as_ref().unwrap().apply(&kv).unwrap();
 
         kv.round_trips.set(0);
         let again = deliver(&kv, &body("processing", 5)).unwrap();
         assert_eq!(again.verdict, Verdict::Duplicate);
         assert_eq!(kv.round_trips.get(), 1);
+    }
+
+    #[test]
+    fn a_status_kling_added_later_is_acknowledged_as_ignored_and_touches_nothing() {
+        let kv = MemoryKv::default();
+        let received = deliver(&kv, &body("queued_for_review", 5)).unwrap();
+        assert_eq!(received.verdict, Verdict::Ignored);
+        assert_eq!(received.verdict.as_str(), "ignored");
+        assert!(received.bookkeeping.is_none() && received.news.is_none());
+        assert_eq!(kv.round_trips.get(), 0, "the store is not touched");
+        // Still authenticated first: a bad sig is refused whatever the status says.
+        let unsigned = Callback {
+            external_task_id: Some("job-1"),
+            sig: Some("forged"),
+            content_type: None,
+            webhook: WebhookHeaders::default(),
+            body: &body("queued_for_review", 5),
+        };
+        assert!(receive(&unsigned, &config(false), &kv, None, NOW_MS).is_err());
     }
 
     #[test]
@@ -384,6 +414,7 @@ mod tests {
         deliver(&kv, &body("submitted", 1))
             .unwrap()
             .bookkeeping
+            .unwrap()
             .apply(&kv)
             .unwrap();
         let keys_before = kv.keys();

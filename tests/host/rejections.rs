@@ -98,10 +98,6 @@ async fn malformed_bodies_are_400_with_a_reason() {
         (r#"{"task_status":"succeed"}"#, "missing_task_id"),
         (r#"{"task_id":"100"}"#, "missing_status"),
         (
-            r#"{"task_id":"100","task_status":"done"}"#,
-            "unknown_status",
-        ),
-        (
             r#"{"task_id":"1/2","task_status":"succeed"}"#,
             "invalid_task_id",
         ),
@@ -421,4 +417,34 @@ mod standard_webhooks {
         // Legacy Kling sends no webhook-* headers: the sig alone is enough.
         assert_eq!(app.send(callback("job-sw", body.clone())).await.status, 200);
     }
+}
+
+#[tokio::test]
+async fn a_status_kling_added_later_is_200_ignored_and_changes_nothing() {
+    let app = app_with_one_task().await;
+    let before = app.kv.snapshot();
+    let reply = app
+        .send(callback(
+            "job-1",
+            r#"{"task_id":"100","task_status":"done"}"#,
+        ))
+        .await;
+    assert_eq!(reply.expect_json(200)["outcome"], "ignored");
+    assert_eq!(app.kv.snapshot(), before, "nothing stored");
+}
+
+#[tokio::test]
+async fn optional_fields_of_another_type_do_not_lose_the_delivery() {
+    let app = app_with_one_task().await;
+    let body = r#"{"task_id":"100","task_status":"succeed","updated_at":9,"task_status_msg":null,
+        "task_info":{"external_task_id":"job-1"},
+        "task_result":{"videos":null,"images":[{"index":"0","url":"https://i/0.png"}]}}"#;
+    let reply = app.send(callback("job-1", body)).await;
+    assert_eq!(reply.expect_json(200)["outcome"], "applied");
+    let stored = app
+        .ok_json(crate::support::requests::get_task("job-1"))
+        .await;
+    assert_eq!(stored["status"], "succeed");
+    assert_eq!(stored["images"][0]["index"], 0);
+    assert_eq!(stored["videos"], serde_json::json!([]));
 }
