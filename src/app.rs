@@ -8,7 +8,7 @@ use crate::api::pipelines::{self, NewPipeline, PipelineError, Submitter};
 use crate::api::submit::{SubmitRequest, submit};
 use crate::api::tasks::{check_bearer, get_task, list_tasks, parse_limit};
 use crate::callback::receive::{
-    Body, Callback, CallbackError, FinalVerifier, MAX_BODY_BYTES, receive,
+    Body, Callback, CallbackError, KlingCheck, KlingLookup, MAX_BODY_BYTES, receive,
 };
 use crate::clock::Clock;
 use crate::config::{
@@ -16,7 +16,7 @@ use crate::config::{
     retention_ms, stale_after_ms, verify_callbacks,
 };
 use crate::error::ApiError;
-use crate::kling::client::{KlingClient, KlingError};
+use crate::kling::client::KlingClient;
 use crate::kling::kind::TaskKind;
 use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
@@ -164,13 +164,22 @@ fn list(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> {
     .into())
 }
 
-struct KlingVerifier<'a> {
-    client: KlingClient<'a>,
+/// Kling, reached only if a callback needs it: its configuration is read on first use,
+/// so the callbacks that never ask Kling (nearly all) read no Kling variable.
+struct LazyKling<'a> {
+    env: &'a Env<'a>,
 }
 
-impl FinalVerifier for KlingVerifier<'_> {
-    fn fetch(&self, kind: TaskKind, task_id: &str) -> Result<Option<TaskEvent>, KlingError> {
-        self.client.query(kind, task_id)
+impl KlingLookup for LazyKling<'_> {
+    fn find(
+        &self,
+        kind: TaskKind,
+        external_task_id: &str,
+    ) -> Result<Option<TaskEvent>, CallbackError> {
+        let config = KlingConfig::load(self.env.vars)?;
+        KlingClient::new(&config, self.env.http, self.env.now_ms / 1000)
+            .query(kind, external_task_id)
+            .map_err(CallbackError::Verification)
     }
 }
 
@@ -286,21 +295,11 @@ fn callback(
         },
         body: &request.body,
     };
-    let kling = if verify_callbacks(env.vars)? {
-        Some(KlingConfig::load(env.vars)?)
-    } else {
-        None
+    let kling = KlingCheck {
+        lookup: &LazyKling { env },
+        verify_finals: verify_callbacks(env.vars)?,
     };
-    let verifier = kling.as_ref().map(|config| KlingVerifier {
-        client: KlingClient::new(config, env.http, env.now_ms / 1000),
-    });
-    let received = receive(
-        &delivery,
-        &config,
-        env.kv,
-        verifier.as_ref().map(|v| v as &dyn FinalVerifier),
-        env.now_ms,
-    )?;
+    let received = receive(&delivery, &config, env.kv, &kling, env.now_ms)?;
     Ok(Handled {
         response: Response::json(
             200,

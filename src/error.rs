@@ -213,6 +213,10 @@ fn callback(e: &CallbackError) -> (u16, &'static str) {
         CallbackError::Store(e) => store(e),
         // Not acknowledged: Kling retries once we can reach it.
         CallbackError::Verification(_) => (503, "verification_unavailable"),
+        // Not acknowledged either; the reconciler binds the task from Kling's own answer.
+        CallbackError::BindingUnconfirmed => (503, "binding_unconfirmed"),
+        CallbackError::Config(ConfigError::Missing(_)) => (500, "config_missing"),
+        CallbackError::Config(ConfigError::Invalid(..)) => (500, "config_invalid"),
     }
 }
 

@@ -74,7 +74,14 @@ fn deliver(kv: &MemoryKv, event: &Event) {
         callback_secret: secret,
         webhook_secret: None,
     };
-    let received = receive(&callback, &config, kv, None, 1).expect("a valid delivery is accepted");
+    let received = receive(
+        &callback,
+        &config,
+        kv,
+        &crate::callback::receive::tests::no_kling(),
+        1,
+    )
+    .expect("a valid delivery is accepted");
     let bookkeeping = received.bookkeeping.expect("a known status is bookkept");
     bookkeeping.apply(kv).expect("memory store");
 }

@@ -7,7 +7,7 @@
 //! The head's bookkeeping is returned to be written after the acknowledgement.
 
 use crate::callback::parse::{PayloadError, parse_callback};
-use crate::config::CallbackConfig;
+use crate::config::{CallbackConfig, ConfigError};
 use crate::kling::client::KlingError;
 use crate::kling::kind::TaskKind;
 use crate::ledger::{LedgerError, TaskHead, Verdict};
@@ -71,6 +71,12 @@ pub enum CallbackError {
     Store(#[from] StoreError),
     #[error("could not verify the callback with Kling: {0}")]
     Verification(KlingError),
+    #[error(
+        "Kling does not list a task under this external_task_id yet, so this callback cannot be bound to it"
+    )]
+    BindingUnconfirmed,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 impl From<RecordError> for CallbackError {
@@ -98,7 +104,7 @@ pub fn receive(
     callback: &Callback<'_>,
     config: &CallbackConfig,
     kv: &dyn KeyValue,
-    verifier: Option<&dyn FinalVerifier>,
+    kling: &KlingCheck<'_>,
     now_ms: u64,
 ) -> Result<Received, CallbackError> {
     authenticate_url(callback, config)?;
@@ -137,20 +143,15 @@ pub fn receive(
     if let Some(head) = &head {
         head.check_binding(&event)?;
     }
-    let event = match verifier {
-        Some(verifier) if event.status.is_final() => {
-            match verified(verifier, head.as_ref(), event)? {
-                Some(event) => event,
-                None => {
-                    return Ok(Received {
-                        verdict: Verdict::Rejected,
-                        bookkeeping: Some(TaskStore::bookkeeping_rejected(&key, head)),
-                        news: None,
-                    });
-                }
-            }
+    let event = match checked_with_kling(kling, head.as_ref(), event)? {
+        Checked::Event(event) => event,
+        Checked::Rejected => {
+            return Ok(Received {
+                verdict: Verdict::Rejected,
+                bookkeeping: Some(TaskStore::bookkeeping_rejected(&key, head)),
+                news: None,
+            });
         }
-        _ => event,
     };
     let (verdict, bookkeeping) = store.record_event_with_head(&key, head, &event, now_ms)?;
     Ok(Received {
@@ -160,33 +161,78 @@ pub fn receive(
     })
 }
 
-/// Re-fetches a task from Kling with the component's own credentials
-/// (`verify_callbacks`): Kling's legacy callbacks are unsigned, so a leaked callback URL
-/// could otherwise post any result.
-pub trait FinalVerifier {
-    fn fetch(&self, kind: TaskKind, task_id: &str) -> Result<Option<TaskEvent>, KlingError>;
+/// Kling asked with the component's own credentials: binding a task submitted here, and
+/// `verify_callbacks`. Legacy callbacks are unsigned, so a leaked callback URL could
+/// otherwise post anything.
+pub struct KlingCheck<'a> {
+    pub lookup: &'a dyn KlingLookup,
+    /// `verify_callbacks`: a final callback is stored only as Kling confirms it.
+    pub verify_finals: bool,
 }
 
-/// What Kling says about a task whose final callback arrived, if it agrees with the
-/// callback (same status, same result URLs); `None` when it does not, or when the task
-/// was not submitted here (its kind, and so its Kling endpoint, is unknown).
-fn verified(
-    verifier: &dyn FinalVerifier,
+/// Kling's record of a task submitted here, asked by our own `external_task_id`.
+pub trait KlingLookup {
+    fn find(
+        &self,
+        kind: TaskKind,
+        external_task_id: &str,
+    ) -> Result<Option<TaskEvent>, CallbackError>;
+}
+
+enum Checked {
+    Event(TaskEvent),
+    /// A final callback Kling contradicted: counted, nothing stored.
+    Rejected,
+}
+
+/// What may be stored of `callback`, after asking Kling where that is needed:
+/// - A task submitted here whose `task_id` is not bound yet (a callback that outran
+///   Kling's create answer) is bound only to the task Kling lists under our external
+///   id: another `task_id` is refused (409), and a task Kling does not list yet is not
+///   acknowledged (503), so a forged callback can never bind it.
+/// - With `verify_callbacks`, a final callback is stored as Kling reports it if Kling
+///   agrees (same task, status and result URLs), and rejected otherwise; a task not
+///   submitted here (its Kling endpoint unknown) cannot be verified and is rejected.
+///
+/// Every other delivery is stored as it came, without asking Kling.
+fn checked_with_kling(
+    check: &KlingCheck<'_>,
     head: Option<&TaskHead>,
     callback: TaskEvent,
-) -> Result<Option<TaskEvent>, CallbackError> {
-    let Some(kind) = head
-        .and_then(|h| h.submission.as_ref())
-        .and_then(|s| TaskKind::from_name(&s.kind))
-    else {
-        return Ok(None);
+) -> Result<Checked, CallbackError> {
+    let verify = check.verify_finals && callback.status.is_final();
+    let submitted = head.and_then(|h| {
+        let kind = TaskKind::from_name(&h.submission.as_ref()?.kind)?;
+        Some((kind, h.external_task_id.clone()?, h.task_id.is_none()))
+    });
+    let Some((kind, external_task_id, unbound)) = submitted else {
+        return Ok(if verify {
+            Checked::Rejected
+        } else {
+            Checked::Event(callback)
+        });
     };
-    let Some(mut kling) = verifier
-        .fetch(kind, &callback.task_id)
-        .map_err(CallbackError::Verification)?
-    else {
-        return Ok(None);
-    };
+    if !unbound && !verify {
+        return Ok(Checked::Event(callback));
+    }
+    // Kling's answer must be about our external id, and its task the callback's.
+    let kling = check.lookup.find(kind, &external_task_id)?.filter(|k| {
+        k.external_task_id
+            .as_ref()
+            .is_none_or(|ext| *ext == external_task_id)
+    });
+    if unbound {
+        match &kling {
+            None => return Err(CallbackError::BindingUnconfirmed),
+            Some(k) if k.task_id != callback.task_id => {
+                return Err(LedgerError::BoundToAnotherTask.into());
+            }
+            Some(_) => {}
+        }
+    }
+    if !verify {
+        return Ok(Checked::Event(callback));
+    }
     let urls = |e: &TaskEvent| -> Vec<Option<String>> {
         e.videos
             .iter()
@@ -194,15 +240,18 @@ fn verified(
             .chain(e.images.iter().map(|i| i.url.clone()))
             .collect()
     };
-    if kling.task_id != callback.task_id
-        || kling.status != callback.status
-        || urls(&kling) != urls(&callback)
-    {
-        return Ok(None);
-    }
-    kling.external_task_id = kling.external_task_id.or(callback.external_task_id);
-    kling.source = EventSource::Callback;
-    Ok(Some(kling))
+    Ok(match kling {
+        Some(mut kling)
+            if kling.task_id == callback.task_id
+                && kling.status == callback.status
+                && urls(&kling) == urls(&callback) =>
+        {
+            kling.external_task_id = Some(external_task_id);
+            kling.source = EventSource::Callback;
+            Checked::Event(kling)
+        }
+        _ => Checked::Rejected,
+    })
 }
 
 /// The URL's proof: `sig` on `/callbacks/kling/{id}`; on `/callbacks/kling` the
@@ -258,12 +307,148 @@ fn is_json(content_type: Option<&str>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Secret;
     use crate::ledger::Slot;
     use crate::signatures::standard_webhooks::WebhookSecret;
     use crate::store::memory::MemoryKv;
+
+    /// For deliveries that must not ask Kling (none of these tasks was submitted here).
+    struct NotAsked;
+
+    impl KlingLookup for NotAsked {
+        fn find(&self, _: TaskKind, _: &str) -> Result<Option<TaskEvent>, CallbackError> {
+            panic!("Kling was asked")
+        }
+    }
+
+    pub(crate) fn no_kling() -> KlingCheck<'static> {
+        KlingCheck {
+            lookup: &NotAsked,
+            verify_finals: false,
+        }
+    }
+
+    /// Kling listing `task_id` under `job-1` (or nothing), counting the questions.
+    struct Lists {
+        task_id: Option<&'static str>,
+        external_task_id: &'static str,
+        asked: std::cell::Cell<usize>,
+    }
+
+    impl KlingLookup for Lists {
+        fn find(&self, _: TaskKind, ext: &str) -> Result<Option<TaskEvent>, CallbackError> {
+            assert_eq!(ext, "job-1", "asked by our own external id");
+            self.asked.set(self.asked.get() + 1);
+            Ok(self.task_id.map(|task_id| TaskEvent {
+                task_id: task_id.into(),
+                status: crate::task::TaskStatus::Succeed,
+                status_msg: String::new(),
+                external_task_id: Some(self.external_task_id.into()),
+                created_at: None,
+                updated_at: Some(9),
+                videos: Vec::new(),
+                images: Vec::new(),
+                final_unit_deduction: None,
+                source: EventSource::Poll,
+            }))
+        }
+    }
+
+    fn lists(task_id: Option<&'static str>) -> Lists {
+        Lists {
+            task_id,
+            external_task_id: "job-1",
+            asked: Default::default(),
+        }
+    }
+
+    /// `job-1` submitted here, its create answer not in yet (unbound), or bound to `bound`.
+    fn submitted(kv: &MemoryKv, bound: Option<&str>) {
+        let head = TaskHead {
+            task_id: bound.map(str::to_string),
+            external_task_id: Some("job-1".into()),
+            submission: Some(crate::ledger::Submission {
+                kind: "text2video".into(),
+                nonce: "n".into(),
+                status: crate::task::TaskStatus::Submitting,
+                submitted_at: 1,
+                pipeline: None,
+                body_digest: None,
+            }),
+            ..TaskHead::default()
+        };
+        kv.set("task:job-1", &crate::store::to_json(&head)).unwrap();
+    }
+
+    fn deliver_checked(
+        kv: &MemoryKv,
+        body: &Body,
+        lookup: &Lists,
+        verify_finals: bool,
+    ) -> Result<Received, CallbackError> {
+        let sig = callback_url::sign(&Secret::new(SECRET), "job-1");
+        let callback = Callback {
+            external_task_id: Some("job-1"),
+            sig: Some(&sig),
+            content_type: None,
+            webhook: WebhookHeaders::default(),
+            body,
+        };
+        let check = KlingCheck {
+            lookup,
+            verify_finals,
+        };
+        receive(&callback, &config(false), kv, &check, NOW_MS)
+    }
+
+    #[test]
+    fn an_unbound_task_submitted_here_is_bound_only_to_the_task_kling_lists() {
+        // Kling lists task 86 under our id: the callback for 86 is stored.
+        let kv = MemoryKv::default();
+        submitted(&kv, None);
+        let received = deliver_checked(&kv, &body("processing", 5), &lists(Some("86")), false);
+        assert_eq!(received.unwrap().verdict, Verdict::Apply(Slot::Processing));
+
+        // A forged callback naming another task: 409, nothing stored.
+        let kv = MemoryKv::default();
+        submitted(&kv, None);
+        let before = kv.map.borrow().clone();
+        let forged = deliver_checked(&kv, &body("processing", 5), &lists(Some("999")), false);
+        assert_eq!(
+            forged.unwrap_err(),
+            CallbackError::Ledger(LedgerError::BoundToAnotherTask)
+        );
+        // Kling does not list it yet: not acknowledged, nothing stored.
+        let unlisted = deliver_checked(&kv, &body("processing", 5), &lists(None), false);
+        assert_eq!(unlisted.unwrap_err(), CallbackError::BindingUnconfirmed);
+        // Kling answers about another external id: not a confirmation either.
+        let mut other = lists(Some("86"));
+        other.external_task_id = "job-2";
+        let unconfirmed = deliver_checked(&kv, &body("processing", 5), &other, false);
+        assert_eq!(unconfirmed.unwrap_err(), CallbackError::BindingUnconfirmed);
+        assert_eq!(*kv.map.borrow(), before);
+    }
+
+    #[test]
+    fn a_bound_task_s_callbacks_do_not_ask_kling_unless_verifying_a_final() {
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        let kling = lists(Some("86"));
+        deliver_checked(&kv, &body("processing", 5), &kling, true).unwrap();
+        deliver_checked(&kv, &body("succeed", 6), &kling, false).unwrap();
+        assert_eq!(kling.asked.get(), 0);
+        let verified = deliver_checked(&kv, &body("succeed", 7), &kling, true).unwrap();
+        assert_eq!(kling.asked.get(), 1);
+        assert_eq!(verified.verdict, Verdict::Apply(Slot::Final));
+
+        // Kling's answer about another external id contradicts the callback.
+        let mut other = lists(Some("86"));
+        other.external_task_id = "job-2";
+        let rejected = deliver_checked(&kv, &body("succeed", 8), &other, true).unwrap();
+        assert_eq!(rejected.verdict, Verdict::Rejected);
+    }
 
     const SECRET: &str = "test-callback-secret";
     const WHSEC: &str = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI=";
@@ -292,7 +477,7 @@ mod tests {
             webhook: WebhookHeaders::default(),
             body,
         };
-        receive(&callback, &config(false), kv, None, NOW_MS)
+        receive(&callback, &config(false), kv, &no_kling(), NOW_MS)
     }
 
     #[test]
@@ -325,7 +510,7 @@ mod tests {
             webhook: WebhookHeaders::default(),
             body: &body("queued_for_review", 5),
         };
-        assert!(receive(&unsigned, &config(false), &kv, None, NOW_MS).is_err());
+        assert!(receive(&unsigned, &config(false), &kv, &no_kling(), NOW_MS).is_err());
     }
 
     #[test]
@@ -401,7 +586,7 @@ mod tests {
         ];
         for (callback, expected) in cases {
             assert_eq!(
-                receive(&callback, &config(false), &kv, None, NOW_MS).unwrap_err(),
+                receive(&callback, &config(false), &kv, &no_kling(), NOW_MS).unwrap_err(),
                 expected
             );
         }
@@ -442,18 +627,18 @@ mod tests {
             },
             body: &body,
         };
-        let received = receive(&callback, &config(true), &kv, None, NOW_MS).unwrap();
+        let received = receive(&callback, &config(true), &kv, &no_kling(), NOW_MS).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Final));
         assert!(kv.keys().contains(&"task:#1234567890:final".to_string()));
 
         callback.webhook.signature = Some("v1,UsKlJP00XoQyOn410NM9xv34sP+Gl0jnOO9Lcpr7NJ5=");
         assert_eq!(
-            receive(&callback, &config(true), &kv, None, NOW_MS).unwrap_err(),
+            receive(&callback, &config(true), &kv, &no_kling(), NOW_MS).unwrap_err(),
             CallbackError::Webhook(WebhookError::NoMatchingSignature)
         );
         callback.webhook = WebhookHeaders::default();
         assert_eq!(
-            receive(&callback, &config(true), &kv, None, NOW_MS).unwrap_err(),
+            receive(&callback, &config(true), &kv, &no_kling(), NOW_MS).unwrap_err(),
             CallbackError::Webhook(WebhookError::MissingHeader("webhook-id"))
         );
     }

@@ -360,3 +360,50 @@ async fn the_unnamed_route_without_a_webhook_secret_refuses_everything() {
     reply.expect_error(401, "webhook_signing_not_configured", "");
     assert_eq!(app.kv.log_len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_callback_cannot_bind_a_task_whose_create_answer_is_on_its_way() {
+    use crate::support::deployment::{Auth, deploy_with, text2video_as};
+    use kling_standin::{CreateBehaviour, Script};
+    use std::time::{Duration, Instant};
+
+    let d = deploy_with(Auth::KeyPair, None, &[("kling_timeout_ms", "5000")]).await;
+    d.standin.script(
+        "forge-1",
+        Script {
+            create: CreateBehaviour::CreateThenSlow(Duration::from_secs(2)),
+            delay: Duration::from_millis(300),
+            ..Script::default()
+        },
+    );
+    let app = d.app.clone();
+    let submit = tokio::spawn(async move { app.send(text2video_as("forge-1")).await });
+    // The task is recorded, Kling's create answer not in yet: a leaked callback URL
+    // names another task.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.app.kv.get_now("task:forge-1").is_none() {
+        assert!(Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = d.app.kv.snapshot();
+    let forged = d
+        .app
+        .send(callback("forge-1", flat("999", "forge-1", "processing", 1)))
+        .await;
+    forged.expect_error(409, "task_id_mismatch", "a forged binding");
+    assert_eq!(
+        d.app.kv.get_now("task:forge-1:processing"),
+        before.get("task:forge-1:processing").cloned(),
+        "the forged state is not stored"
+    );
+
+    submit.await.unwrap().expect_json(202);
+    let done = d.wait_for("forge-1", "succeed").await;
+    let at_kling = d.standin.tasks_with_external_id("forge-1");
+    assert_eq!(
+        done["task_id"],
+        at_kling[0].task_id.as_str(),
+        "bound to Kling's task"
+    );
+    assert_eq!(d.app.send(get_task("999")).await.status, 404);
+}
