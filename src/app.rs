@@ -112,6 +112,26 @@ pub fn body_limit(path: &str) -> usize {
     }
 }
 
+/// Whether the edge may read the request's body at all, decided from the request line
+/// and the headers alone: a body its route refuses anyway (no such route, another
+/// method, a missing or wrong bearer) is never read, so an unauthenticated client
+/// cannot make an instance buffer megabytes. Callbacks are authenticated over their
+/// bytes, so they are read (up to their small limit).
+pub fn may_read_body(
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    vars: &dyn Variables,
+) -> bool {
+    match Route::parse(path) {
+        Some(route) if method == "POST" && route.allows(method) => match route {
+            Route::Callback { .. } => true,
+            _ => api_token(vars).is_ok_and(|token| check_bearer(authorization, &token).is_ok()),
+        },
+        _ => false,
+    }
+}
+
 pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
     let Some(route) = Route::parse(&request.path) else {
         return Response::error(&ApiError::NotFound).into();
@@ -329,6 +349,37 @@ fn show_task(request: &Request, id: &str, env: &Env<'_>) -> Result<Handled, ApiE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_is_read_only_for_a_route_that_takes_it_from_this_caller() {
+        use crate::config::tests::MapVariables;
+        let vars = MapVariables(std::collections::HashMap::from([(
+            crate::config::API_TOKEN,
+            "token-of-sixteen-bytes",
+        )]));
+        let bearer = Some("Bearer token-of-sixteen-bytes");
+        for (method, path, authorization, read) in [
+            ("POST", "/callbacks/kling/job-1", None, true),
+            ("POST", "/callbacks/kling", None, true),
+            ("POST", "/tasks/text2video", bearer, true),
+            ("POST", "/pipelines", bearer, true),
+            ("POST", "/tasks/reconcile", bearer, true),
+            ("POST", "/tasks/text2video", None, false),
+            ("POST", "/tasks/text2video", Some("Bearer wrong"), false),
+            ("POST", "/pipelines", Some("token-of-sixteen-bytes"), false),
+            ("GET", "/tasks/job-1", bearer, false),
+            ("POST", "/health", bearer, false),
+            ("POST", "/nowhere", bearer, false),
+        ] {
+            assert_eq!(
+                may_read_body(method, path, authorization, &vars),
+                read,
+                "{method} {path} {authorization:?}"
+            );
+        }
+        let unconfigured = MapVariables(Default::default());
+        assert!(!may_read_body("POST", "/pipelines", bearer, &unconfigured));
+    }
 
     #[test]
     fn callbacks_are_limited_to_256_kib_and_submits_and_pipelines_to_16_mib() {

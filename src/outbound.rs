@@ -25,7 +25,12 @@ pub enum TransportError {
     Timeout,
     #[error("could not connect: {0}")]
     Failed(String),
+    #[error("the response is larger than 4 MiB")]
+    ResponseTooLarge,
 }
+
+/// The largest response body a transport reads (Kling's answers are a few KiB).
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Outbound HTTP, so the core never names Spin.
 pub trait HttpTransport {

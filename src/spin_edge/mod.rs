@@ -58,8 +58,12 @@ async fn read_request(request: IncomingRequest) -> Request {
             Some((name.to_ascii_lowercase(), String::from_utf8(value).ok()?))
         })
         .collect::<Vec<_>>();
-    // Only POST routes have bodies; never read one the router will refuse anyway.
-    let body = if method == "POST" {
+    // Never read a body the router will refuse anyway, an unauthenticated one included.
+    let authorization = headers
+        .iter()
+        .find(|(name, _)| name == "authorization")
+        .map(|(_, value)| value.as_str());
+    let body = if app::may_read_body(&method, &path, authorization, &SpinVariables) {
         read_body(request, &headers, app::body_limit(&path)).await
     } else {
         Body::Bytes(Vec::new())
@@ -73,6 +77,9 @@ async fn read_request(request: IncomingRequest) -> Request {
     }
 }
 
+/// The most memory reserved up front for a body, whatever its `Content-Length` says.
+const MAX_PREALLOCATED: usize = 64 * 1024;
+
 /// Reads at most `limit` + 1 bytes: enough to know a body is too large without
 /// buffering all of it.
 async fn read_body(request: IncomingRequest, headers: &[(String, String)], limit: usize) -> Body {
@@ -84,7 +91,7 @@ async fn read_body(request: IncomingRequest, headers: &[(String, String)], limit
         return Body::TooLarge;
     }
     let mut stream = request.into_body_stream();
-    let mut body = Vec::with_capacity(declared.unwrap_or(4096).min(limit));
+    let mut body = Vec::with_capacity(declared.unwrap_or(4096).min(limit).min(MAX_PREALLOCATED));
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(chunk) => {

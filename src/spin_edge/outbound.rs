@@ -11,7 +11,9 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
 };
 use wasi::io::streams::StreamError;
 
-use crate::outbound::{HttpTransport, OutboundRequest, OutboundResponse, TransportError};
+use crate::outbound::{
+    HttpTransport, MAX_RESPONSE_BYTES, OutboundRequest, OutboundResponse, TransportError,
+};
 
 pub struct SpinOutbound;
 
@@ -96,7 +98,12 @@ impl HttpTransport for SpinOutbound {
                 .map_err(|_| failed("response body stream"))?;
             loop {
                 match stream.blocking_read(64 * 1024) {
-                    Ok(chunk) => bytes.extend_from_slice(&chunk),
+                    Ok(chunk) => {
+                        bytes.extend_from_slice(&chunk);
+                        if bytes.len() > MAX_RESPONSE_BYTES {
+                            return Err(TransportError::ResponseTooLarge);
+                        }
+                    }
                     Err(StreamError::Closed) => break,
                     Err(e) => return Err(failed(format!("reading the response: {e:?}"))),
                 }

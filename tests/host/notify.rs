@@ -368,3 +368,36 @@ async fn a_final_notification_its_sender_never_queued_is_sent_by_the_reconciler(
     assert_eq!(quiet["notifications_sent"], 0);
     assert_eq!(receiver.accepted().len(), 1, "sent once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_with_megabytes_is_a_failed_send_not_a_buffered_one() {
+    let receiver = Receiver::start(0).await;
+    receiver.flood_next(1);
+    let d = deploy_notifying(&receiver).await;
+    let reply = d
+        .app
+        .send(callback("flood", flat("5300", "flood", "succeed", 9)))
+        .await;
+    assert_eq!(reply.status, 200);
+    // The answer was cut at 4 MiB: the send counts as failed and waits in the outbox.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed_once = || {
+        d.app
+            .kv
+            .label_keys("index")
+            .into_iter()
+            .filter(|k| k.starts_with("outbox/task_flood_succeed_"))
+            .filter_map(|k| d.app.kv.json(&k))
+            .any(|pending| pending["attempts"] == 1)
+    };
+    while !failed_once() {
+        assert!(
+            Instant::now() < deadline,
+            "the flooded send was taken as sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let run = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    assert_eq!(run["notifications_sent"], 1, "{run}");
+    assert_eq!(receiver.accepted().len(), 1);
+}

@@ -448,3 +448,25 @@ async fn optional_fields_of_another_type_do_not_lose_the_delivery() {
     assert_eq!(stored["images"][0]["index"], 0);
     assert_eq!(stored["videos"], serde_json::json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_upload_is_refused_before_its_body_is_read() {
+    let app = kling_app();
+    for (path, authorization) in [
+        ("/tasks/text2video", None),
+        ("/pipelines", Some("Bearer wrong")),
+        ("/tasks/reconcile", None),
+    ] {
+        let mut builder = request("POST", path).header("content-length", "16000000");
+        if let Some(value) = authorization {
+            builder = builder.header("authorization", value);
+        }
+        let upload = builder.body(Bytes::from_static(b"{\"prompt\":")).unwrap();
+        let reply = app
+            .send_endless(upload, std::time::Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{path}: the guest waited for a body it must not read"));
+        reply.expect_error(401, "unauthorized", path);
+    }
+    assert!(app.kv.keys().is_empty(), "nothing stored");
+}

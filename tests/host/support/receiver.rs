@@ -27,6 +27,8 @@ struct State {
     /// Requests whose signature did not verify.
     forged: usize,
     refuse_next: usize,
+    /// Answer this many more with 200 and a 5 MiB body (a broken or hostile peer).
+    flood_next: usize,
 }
 
 #[derive(Clone)]
@@ -66,6 +68,11 @@ impl Receiver {
         self.state.lock().unwrap().refused
     }
 
+    /// The next `n` requests get 200 with a 5 MiB body, and are not accepted.
+    pub fn flood_next(&self, n: usize) {
+        self.state.lock().unwrap().flood_next = n;
+    }
+
     pub fn forged(&self) -> usize {
         self.state.lock().unwrap().forged
     }
@@ -78,6 +85,10 @@ impl Receiver {
         if webhook.verify(&body, &headers).is_err() {
             state.forged += 1;
             return reply(401);
+        }
+        if state.flood_next > 0 {
+            state.flood_next -= 1;
+            return Response::new(Full::new(Bytes::from(vec![b' '; 5 * 1024 * 1024])));
         }
         if state.refuse_next > 0 {
             state.refuse_next -= 1;

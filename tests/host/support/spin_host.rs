@@ -364,7 +364,25 @@ impl SpinApp {
     }
 
     pub async fn send_timed(&self, request: http::Request<Bytes>) -> (Reply, Timing) {
-        self.try_send(request).await.expect("host failure")
+        let (parts, body) = request.into_parts();
+        self.try_send(http::Request::from_parts(parts, Full::new(body)))
+            .await
+            .expect("host failure")
+    }
+
+    /// Sends a request whose body is `first` and then never ends (a client trickling an
+    /// upload), and gives the guest `within` to answer: `None` if it did not.
+    pub async fn send_endless(
+        &self,
+        request: http::Request<Bytes>,
+        within: Duration,
+    ) -> Option<Reply> {
+        let (parts, first) = request.into_parts();
+        let request = http::Request::from_parts(parts, Endless(Some(first)));
+        let reply = tokio::time::timeout(within, self.try_send(request))
+            .await
+            .ok()?;
+        Some(reply.expect("host failure").0)
     }
 
     /// A fresh store for one instance of this deployment, as Spin makes per request.
@@ -391,11 +409,12 @@ impl SpinApp {
         self.loaded.pre.instance_pre()
     }
 
-    async fn try_send(&self, request: http::Request<Bytes>) -> Result<(Reply, Timing)> {
+    async fn try_send<B>(&self, request: http::Request<B>) -> Result<(Reply, Timing)>
+    where
+        B: hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + 'static,
+    {
         let started = Instant::now();
         let mut store = self.new_store();
-        let (parts, body) = request.into_parts();
-        let request = http::Request::from_parts(parts, Full::new(body));
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store
             .data_mut()
@@ -447,5 +466,23 @@ impl SpinApp {
                 done: done_at,
             },
         ))
+    }
+}
+
+/// A request body that yields its first chunk and then never ends.
+struct Endless(Option<Bytes>);
+
+impl hyper::body::Body for Endless {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(first) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(first)))),
+            None => std::task::Poll::Pending,
+        }
     }
 }
