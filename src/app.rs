@@ -30,14 +30,36 @@ use crate::signatures::standard_webhooks::WebhookHeaders;
 use crate::store::KeyValue;
 use crate::task::TaskEvent;
 
-/// An HTTP request, as the edge read it. Header names are lowercase.
-#[derive(Debug)]
+/// An HTTP request, as the edge read it. Header names are lowercase. Its `Debug` shows
+/// no credential: not the bearer, not a signature, not the callback URL's `sig`.
 pub struct Request {
     pub method: String,
     pub path: String,
     pub query: String,
     pub headers: Vec<(String, String)>,
     pub body: Body,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let query: Vec<String> = form_urlencoded::parse(self.query.as_bytes())
+            .map(|(name, value)| match name.as_ref() {
+                "sig" => "sig=<redacted>".to_string(),
+                _ => format!("{name}={value}"),
+            })
+            .collect();
+        let body = match &self.body {
+            Body::Bytes(bytes) => format!("{} bytes", bytes.len()),
+            other => format!("{other:?}"),
+        };
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("query", &query.join("&"))
+            .field("headers", &crate::outbound::redacted_headers(&self.headers))
+            .field("body", &body)
+            .finish()
+    }
 }
 
 impl Request {
@@ -379,6 +401,38 @@ mod tests {
         }
         let unconfigured = MapVariables(Default::default());
         assert!(!may_read_body("POST", "/pipelines", bearer, &unconfigured));
+    }
+
+    #[test]
+    fn debug_prints_of_requests_show_no_credential() {
+        let request = Request {
+            method: "POST".into(),
+            path: "/callbacks/kling/job-1".into(),
+            query: "sig=SIG-VALUE&limit=5".into(),
+            headers: vec![
+                ("authorization".into(), "Bearer TOKEN-VALUE".into()),
+                ("webhook-signature".into(), "v1,SIGNATURE-VALUE".into()),
+                ("content-type".into(), "application/json".into()),
+            ],
+            body: Body::Bytes(b"{}".to_vec()),
+        };
+        let outbound = crate::outbound::OutboundRequest {
+            method: "POST",
+            url: "https://api.klingai.com/v1/videos/text2video".into(),
+            headers: vec![
+                ("authorization", "Bearer TOKEN-VALUE".into()),
+                ("webhook-signature", "v1,SIGNATURE-VALUE".into()),
+            ],
+            body: b"{}".to_vec(),
+            timeout_ms: 1,
+        };
+        for shown in [format!("{request:?}"), format!("{outbound:?}")] {
+            for secret in ["SIG-VALUE", "TOKEN-VALUE", "SIGNATURE-VALUE"] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        assert!(format!("{request:?}").contains("limit=5"));
     }
 
     #[test]

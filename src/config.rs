@@ -31,6 +31,33 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The shortest secret accepted (bytes): anything shorter can be guessed.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// One or more secrets from one variable, separated by spaces: the first signs, any
+/// verifies. A secret is rotated by putting the new one first, and the old one is
+/// dropped once nothing signed with it is in flight (a callback URL lives as long as its
+/// Kling task; a client keeps its token until redeployed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRing(Vec<Secret>);
+
+impl KeyRing {
+    /// A ring of one secret.
+    pub fn single(secret: Secret) -> Self {
+        Self(vec![secret])
+    }
+
+    /// The secret that signs.
+    pub fn signing(&self) -> &Secret {
+        &self.0[0]
+    }
+
+    /// Every secret that verifies, the signing one first.
+    pub fn all(&self) -> &[Secret] {
+        &self.0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("required variable `{0}` is not set")]
@@ -173,7 +200,9 @@ pub const DEFAULT_NOTIFY_RETRY_SECONDS: u64 = 30;
 #[derive(Debug, Clone)]
 pub struct NotifyConfig {
     pub url: String,
-    pub secret: WebhookSecret,
+    /// Every notification is signed with each (Standard Webhooks carries several
+    /// signatures), so a receiver can move to a new secret at its own pace.
+    pub secrets: Vec<WebhookSecret>,
     /// The wait before the first retry; it doubles with each failure.
     pub retry_after_ms: u64,
 }
@@ -190,12 +219,27 @@ impl NotifyConfig {
                 "expected an http(s):// URL",
             ));
         }
-        let secret = vars
+        let value = vars
             .get(NOTIFY_SECRET)
             .ok_or(ConfigError::Missing(NOTIFY_SECRET))?;
-        let secret = WebhookSecret::parse(&secret).map_err(|_| {
-            ConfigError::Invalid(NOTIFY_SECRET, "expected `whsec_` followed by base64")
-        })?;
+        let secrets = value
+            .split_whitespace()
+            .map(|secret| {
+                let secret = WebhookSecret::parse(secret).map_err(|_| {
+                    ConfigError::Invalid(NOTIFY_SECRET, "expected `whsec_` followed by base64")
+                })?;
+                if secret.key_len() < MIN_SECRET_BYTES {
+                    return Err(ConfigError::Invalid(
+                        NOTIFY_SECRET,
+                        "every secret must decode to at least 16 bytes",
+                    ));
+                }
+                Ok(secret)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if secrets.is_empty() {
+            return Err(ConfigError::Missing(NOTIFY_SECRET));
+        }
         let retry_secs = bounded(
             vars,
             NOTIFY_RETRY_SECONDS,
@@ -205,7 +249,7 @@ impl NotifyConfig {
         )?;
         Ok(Some(Self {
             url,
-            secret,
+            secrets,
             retry_after_ms: retry_secs * 1000,
         }))
     }
@@ -309,7 +353,7 @@ pub struct SubmitConfig {
     pub kling: KlingConfig,
     /// The app's public URL as Kling reaches it, without a trailing slash.
     pub public_base_url: String,
-    pub callback_secret: Secret,
+    pub callback_secret: KeyRing,
     /// When the reconciler first asks Kling about a task whose callbacks have not come.
     pub stale_after_ms: u64,
 }
@@ -328,7 +372,7 @@ impl SubmitConfig {
         Ok(Self {
             kling: KlingConfig::load(vars)?,
             public_base_url: public_base_url.trim_end_matches('/').to_string(),
-            callback_secret: required(vars, CALLBACK_SECRET)?,
+            callback_secret: key_ring(vars, CALLBACK_SECRET)?,
             stale_after_ms: stale_after_ms(vars)?,
         })
     }
@@ -338,7 +382,7 @@ impl SubmitConfig {
         format!(
             "{}/callbacks/kling/{external_task_id}?sig={}",
             self.public_base_url,
-            crate::signatures::callback_url::sign(&self.callback_secret, external_task_id)
+            crate::signatures::callback_url::sign(self.callback_secret.signing(), external_task_id)
         )
     }
 }
@@ -346,8 +390,8 @@ impl SubmitConfig {
 /// What the callback routes need.
 #[derive(Debug)]
 pub struct CallbackConfig {
-    /// Key of the `sig` on callback URLs (UTF-8 bytes of the value).
-    pub callback_secret: Secret,
+    /// Keys of the `sig` on callback URLs (UTF-8 bytes of each value); any verifies.
+    pub callback_secret: KeyRing,
     /// Standard Webhooks key, when the deployment opted in to Kling's signed callbacks.
     pub webhook_secret: Option<WebhookSecret>,
 }
@@ -355,7 +399,7 @@ pub struct CallbackConfig {
 impl CallbackConfig {
     pub fn load(vars: &dyn Variables) -> Result<Self, ConfigError> {
         Ok(Self {
-            callback_secret: required(vars, CALLBACK_SECRET)?,
+            callback_secret: key_ring(vars, CALLBACK_SECRET)?,
             webhook_secret: vars
                 .get(WEBHOOK_SIGNING_SECRET)
                 .map(|value| {
@@ -371,13 +415,29 @@ impl CallbackConfig {
     }
 }
 
-/// The management API's bearer token.
-pub fn api_token(vars: &dyn Variables) -> Result<Secret, ConfigError> {
-    required(vars, API_TOKEN)
+/// The management API's bearer tokens (any of them is accepted).
+pub fn api_token(vars: &dyn Variables) -> Result<KeyRing, ConfigError> {
+    key_ring(vars, API_TOKEN)
 }
 
-fn required(vars: &dyn Variables, name: &'static str) -> Result<Secret, ConfigError> {
-    vars.get(name).map(Secret).ok_or(ConfigError::Missing(name))
+/// A variable of one or more space-separated secrets, each at least
+/// [`MIN_SECRET_BYTES`] long.
+fn key_ring(vars: &dyn Variables, name: &'static str) -> Result<KeyRing, ConfigError> {
+    let value = vars.get(name).ok_or(ConfigError::Missing(name))?;
+    let secrets: Vec<Secret> = value
+        .split_whitespace()
+        .map(|secret| Secret(secret.to_string()))
+        .collect();
+    if secrets.is_empty() {
+        return Err(ConfigError::Missing(name));
+    }
+    if secrets.iter().any(|s| s.0.len() < MIN_SECRET_BYTES) {
+        return Err(ConfigError::Invalid(
+            name,
+            "every secret must be at least 16 bytes (several may be given, space-separated)",
+        ));
+    }
+    Ok(KeyRing(secrets))
 }
 
 #[cfg(test)]
@@ -395,7 +455,7 @@ pub(crate) mod tests {
                 timeout_ms: 100,
             },
             public_base_url: "https://hooks.example".into(),
-            callback_secret: Secret::new("test-callback-secret"),
+            callback_secret: KeyRing::single(Secret::new("test-callback-secret")),
             stale_after_ms: 300_000,
         }
     }
@@ -414,7 +474,7 @@ pub(crate) mod tests {
     #[test]
     fn secrets_never_show_in_debug_output() {
         let config = CallbackConfig {
-            callback_secret: Secret::new("hunter2-callback"),
+            callback_secret: KeyRing::single(Secret::new("hunter2-callback")),
             webhook_secret: Some(WebhookSecret::parse("whsec_aHVudGVyMg==").unwrap()),
         };
         let shown = format!("{config:?} {:?}", Secret::new("hunter2"));
@@ -441,7 +501,7 @@ pub(crate) mod tests {
             for bad in ["18446744073709551615", "-1", "1e3", "twelve"] {
                 let mut vars = HashMap::from(kling);
                 vars.insert(NOTIFY_URL, "https://next.example");
-                vars.insert(NOTIFY_SECRET, "whsec_aHVudGVyMg==");
+                vars.insert(NOTIFY_SECRET, "whsec_aHVudGVyMi1odW50ZXIyLWh1bnRlcjI=");
                 vars.insert(name, bad);
                 let err = load(&MapVariables(vars)).unwrap_err();
                 assert!(
@@ -468,8 +528,29 @@ pub(crate) mod tests {
             ConfigError::Missing(API_TOKEN)
         );
 
+        // Short secrets are refused, each of a ring, and never echoed.
+        for short in ["change-me", "a-long-enough-secret change-me"] {
+            let vars = MapVariables(HashMap::from([
+                (CALLBACK_SECRET, short),
+                (API_TOKEN, short),
+            ]));
+            let err = CallbackConfig::load(&vars).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid(CALLBACK_SECRET, _)),
+                "{err:?}"
+            );
+            assert!(!err.to_string().contains("change-me"));
+            let err = api_token(&vars).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid(API_TOKEN, _)), "{err:?}");
+        }
+        let spaces = MapVariables(HashMap::from([(API_TOKEN, "   ")]));
+        assert_eq!(
+            api_token(&spaces).unwrap_err(),
+            ConfigError::Missing(API_TOKEN)
+        );
+
         let vars = MapVariables(HashMap::from([
-            (CALLBACK_SECRET, "s"),
+            (CALLBACK_SECRET, "sixteen-bytes-ok"),
             (WEBHOOK_SIGNING_SECRET, "whsec_not*base64"),
         ]));
         let err = CallbackConfig::load(&vars).unwrap_err();
@@ -495,7 +576,7 @@ pub(crate) mod tests {
             (
                 [
                     (NOTIFY_URL, "next.example"),
-                    (NOTIFY_SECRET, "whsec_aHVudGVyMg=="),
+                    (NOTIFY_SECRET, "whsec_aHVudGVyMi1odW50ZXIyLWh1bnRlcjI="),
                 ],
                 ConfigError::Invalid(NOTIFY_URL, "expected an http(s):// URL"),
             ),
@@ -506,6 +587,16 @@ pub(crate) mod tests {
                 ],
                 ConfigError::Invalid(NOTIFY_SECRET, "expected `whsec_` followed by base64"),
             ),
+            (
+                [
+                    (NOTIFY_URL, "https://next.example"),
+                    (NOTIFY_SECRET, "whsec_aHVudGVyMg=="),
+                ],
+                ConfigError::Invalid(
+                    NOTIFY_SECRET,
+                    "every secret must decode to at least 16 bytes",
+                ),
+            ),
         ];
         for (vars, expected) in cases {
             let err = NotifyConfig::load(&MapVariables(HashMap::from(vars))).unwrap_err();
@@ -514,12 +605,12 @@ pub(crate) mod tests {
         }
         let on = MapVariables(HashMap::from([
             (NOTIFY_URL, "https://next.example/hooks"),
-            (NOTIFY_SECRET, "whsec_aHVudGVyMg=="),
+            (NOTIFY_SECRET, "whsec_aHVudGVyMi1odW50ZXIyLWh1bnRlcjI="),
         ]));
         let config = NotifyConfig::load(&on).unwrap().unwrap();
         assert_eq!(config.retry_after_ms, DEFAULT_NOTIFY_RETRY_SECONDS * 1000);
         assert!(
-            !format!("{config:?}").contains("aHVudGVyMg"),
+            !format!("{config:?}").contains("aHVudGVy"),
             "secret redacted"
         );
     }
@@ -604,9 +695,12 @@ pub(crate) mod tests {
 
     #[test]
     fn the_webhook_secret_is_optional() {
-        let vars = MapVariables(HashMap::from([(CALLBACK_SECRET, "s")]));
+        let vars = MapVariables(HashMap::from([(CALLBACK_SECRET, "sixteen-bytes-ok")]));
         let config = CallbackConfig::load(&vars).unwrap();
-        assert_eq!(config.callback_secret.expose(), "s");
+        assert_eq!(
+            config.callback_secret.signing().expose(),
+            "sixteen-bytes-ok"
+        );
         assert!(config.webhook_secret.is_none());
     }
 }

@@ -346,10 +346,14 @@ impl<'a> Notifier<'a> {
     fn send(&self, notification: &Notification) -> Result<(), String> {
         let timestamp = i64::try_from(self.clock.now_ms() / 1000).unwrap_or(i64::MAX);
         let body = notification.body.as_bytes();
+        // One signature per secret, space-separated, as Standard Webhooks defines.
         let signature = self
             .config
-            .secret
-            .sign(&notification.webhook_id, timestamp, body);
+            .secrets
+            .iter()
+            .map(|secret| secret.sign(&notification.webhook_id, timestamp, body))
+            .collect::<Vec<_>>()
+            .join(" ");
         let response = self
             .transport
             .send(OutboundRequest {
@@ -446,7 +450,7 @@ mod tests {
                 },
                 config: NotifyConfig {
                     url: "https://next.example/hooks".into(),
-                    secret: WebhookSecret::parse(WHSEC).unwrap(),
+                    secrets: vec![WebhookSecret::parse(WHSEC).unwrap()],
                     retry_after_ms: 1_000,
                 },
             }
@@ -723,6 +727,34 @@ mod tests {
             kv.keys().is_empty(),
             "a sent notification of a task not stored leaves nothing, not even a mark"
         );
+    }
+
+    #[test]
+    fn with_two_secrets_a_receiver_holding_either_verifies() {
+        const OTHER: &str = "whsec_aHVudGVyMi1odW50ZXIyLWh1bnRlcjI=";
+        let mut fixture = Fixture::new(1_781_080_794_000, vec![]);
+        fixture
+            .config
+            .secrets
+            .push(WebhookSecret::parse(OTHER).unwrap());
+        fixture.notifier().deliver(note(&record(), 0)).unwrap();
+        let sent = &fixture.receiver.got.borrow()[0];
+        let header = |name: &str| {
+            sent.headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let headers = WebhookHeaders {
+            id: header("webhook-id"),
+            timestamp: header("webhook-timestamp"),
+            signature: header("webhook-signature"),
+        };
+        assert_eq!(headers.signature.unwrap().split(' ').count(), 2);
+        for secret in [WHSEC, OTHER] {
+            let secret = WebhookSecret::parse(secret).unwrap();
+            verify(&secret, &headers, &sent.body, 1_781_080_794).unwrap();
+        }
     }
 
     #[test]

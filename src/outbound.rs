@@ -2,8 +2,9 @@
 //! `wasi:http` in the component (`spin_edge/outbound.rs`), a scripted one in unit tests,
 //! and a loopback server in the host tests.
 
-/// One outbound HTTP exchange, as the core describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One outbound HTTP exchange, as the core describes it. Its `Debug` shows no
+/// credential (see [`redacted_headers`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct OutboundRequest {
     pub method: &'static str,
     pub url: String,
@@ -11,6 +12,32 @@ pub struct OutboundRequest {
     pub body: Vec<u8>,
     /// Connect, first byte and between bytes, each.
     pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for OutboundRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &redacted_headers(&self.headers))
+            .field("body_bytes", &self.body.len())
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// Headers for a `Debug` print: the value of any that carries a credential (the Kling
+/// bearer, the API token, a signature) is replaced.
+pub fn redacted_headers<N: AsRef<str>, V: AsRef<str>>(headers: &[(N, V)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let name = name.as_ref();
+            let secret = name.eq_ignore_ascii_case("authorization") || name.ends_with("signature");
+            let value = if secret { "<redacted>" } else { value.as_ref() };
+            (name.to_string(), value.to_string())
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

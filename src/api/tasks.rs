@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::app::Env;
-use crate::config::{KlingConfig, ReconcileLimits, Secret, Variables, api_token, stale_after_ms};
+use crate::config::{KeyRing, KlingConfig, ReconcileLimits, Variables, api_token, stale_after_ms};
 use crate::error::ApiError;
 use crate::reconcile::{Poller, ReconcileOptions};
 use crate::store::KeyValue;
@@ -126,13 +126,17 @@ pub fn parse_limit(limit: Option<&str>, default: usize, max: usize) -> Result<us
 
 /// `Authorization: Bearer {api_token}`, compared in constant time. Comparing digests
 /// keeps the token's length out of the timing too.
-pub fn check_bearer(authorization: Option<&str>, token: &Secret) -> Result<(), ApiError> {
+pub fn check_bearer(authorization: Option<&str>, tokens: &KeyRing) -> Result<(), ApiError> {
     let presented = authorization
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
     let presented = Sha256::digest(presented.trim().as_bytes());
-    let expected = Sha256::digest(token.expose().as_bytes());
-    if bool::from(presented.ct_eq(&expected)) {
+    // Every token is compared, in constant time, whichever matches.
+    let matches = tokens.all().iter().fold(false, |matched, token| {
+        let expected = Sha256::digest(token.expose().as_bytes());
+        matched | bool::from(presented.ct_eq(&expected))
+    });
+    if matches {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
@@ -143,9 +147,38 @@ pub fn check_bearer(authorization: Option<&str>, token: &Secret) -> Result<(), A
 mod tests {
     use super::*;
 
+    use crate::config::Secret;
+
+    #[test]
+    fn any_token_of_the_ring_passes_during_a_rotation() {
+        let ring = KeyRing::single(Secret::new("the-new-token-0001"));
+        let vars = crate::config::tests::MapVariables(std::collections::HashMap::from([(
+            crate::config::API_TOKEN,
+            "the-new-token-0001 the-old-token-0000",
+        )]));
+        let rotated = api_token(&vars).unwrap();
+        for token in ["the-new-token-0001", "the-old-token-0000"] {
+            let bearer = format!("Bearer {token}");
+            assert_eq!(check_bearer(Some(&bearer), &rotated), Ok(()), "{token}");
+        }
+        assert_eq!(
+            check_bearer(Some("Bearer the-old-token-0000"), &ring),
+            Err(ApiError::Unauthorized),
+            "dropped"
+        );
+        assert_eq!(
+            check_bearer(
+                Some("Bearer the-new-token-0001 the-old-token-0000"),
+                &rotated
+            ),
+            Err(ApiError::Unauthorized),
+            "the variable's whole value is no token"
+        );
+    }
+
     #[test]
     fn only_the_exact_bearer_token_passes() {
-        let token = Secret::new("t0ken");
+        let token = KeyRing::single(Secret::new("t0ken"));
         assert_eq!(check_bearer(Some("Bearer t0ken"), &token), Ok(()));
         for bad in [
             None,

@@ -71,7 +71,7 @@ fn deliver(kv: &MemoryKv, event: &Event) {
         body: &body,
     };
     let config = CallbackConfig {
-        callback_secret: secret,
+        callback_secret: crate::config::KeyRing::single(secret),
         webhook_secret: None,
     };
     let received = receive(

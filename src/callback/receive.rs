@@ -456,7 +456,7 @@ pub(crate) mod tests {
 
     fn config(webhook: bool) -> CallbackConfig {
         CallbackConfig {
-            callback_secret: Secret::new(SECRET),
+            callback_secret: crate::config::KeyRing::single(Secret::new(SECRET)),
             webhook_secret: webhook.then(|| WebhookSecret::parse(WHSEC).unwrap()),
         }
     }

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::config::{KeyRing, Secret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CallbackSigError {
@@ -34,9 +34,10 @@ pub fn sign(secret: &Secret, external_task_id: &str) -> String {
     URL_SAFE_NO_PAD.encode(mac(secret, external_task_id).finalize().into_bytes())
 }
 
-/// Checks a `sig` in constant time. A truncated or padded `sig` does not verify.
+/// Checks a `sig` in constant time against every secret of the ring (a URL signed
+/// before a rotation still verifies). A truncated or padded `sig` does not verify.
 pub fn verify(
-    secret: &Secret,
+    secrets: &KeyRing,
     external_task_id: &str,
     sig: Option<&str>,
 ) -> Result<(), CallbackSigError> {
@@ -44,9 +45,12 @@ pub fn verify(
     let sig = URL_SAFE_NO_PAD
         .decode(sig)
         .map_err(|_| CallbackSigError::Malformed)?;
-    mac(secret, external_task_id)
-        .verify_slice(&sig)
-        .map_err(|_| CallbackSigError::Mismatch)
+    secrets
+        .all()
+        .iter()
+        .any(|secret| mac(secret, external_task_id).verify_slice(&sig).is_ok())
+        .then_some(())
+        .ok_or(CallbackSigError::Mismatch)
 }
 
 #[cfg(test)]
@@ -61,10 +65,46 @@ mod tests {
         Secret::new("test-callback-secret")
     }
 
+    fn ring() -> KeyRing {
+        KeyRing::single(secret())
+    }
+
     #[test]
     fn signs_the_golden_vector() {
         assert_eq!(sign(&secret(), "job-1"), GOLDEN_SIG);
-        assert_eq!(verify(&secret(), "job-1", Some(GOLDEN_SIG)), Ok(()));
+        assert_eq!(verify(&ring(), "job-1", Some(GOLDEN_SIG)), Ok(()));
+    }
+
+    #[test]
+    fn after_a_rotation_urls_signed_with_the_old_secret_still_verify() {
+        use crate::config::{CALLBACK_SECRET, CallbackConfig, tests::MapVariables};
+        let rotated = MapVariables(std::collections::HashMap::from([(
+            CALLBACK_SECRET,
+            "a-brand-new-callback-secret test-callback-secret",
+        )]));
+        let config = CallbackConfig::load(&rotated).unwrap();
+        assert_eq!(
+            config.callback_secret.signing().expose(),
+            "a-brand-new-callback-secret"
+        );
+        assert_eq!(
+            verify(&config.callback_secret, "job-1", Some(GOLDEN_SIG)),
+            Ok(())
+        );
+        let new_sig = sign(config.callback_secret.signing(), "job-1");
+        assert_eq!(
+            verify(&config.callback_secret, "job-1", Some(&new_sig)),
+            Ok(())
+        );
+        // Once the old one is dropped, its URLs no longer verify.
+        assert_eq!(
+            verify(
+                &KeyRing::single(Secret::new("a-brand-new-callback-secret")),
+                "job-1",
+                Some(GOLDEN_SIG)
+            ),
+            Err(CallbackSigError::Mismatch)
+        );
     }
 
     #[test]
@@ -92,7 +132,7 @@ mod tests {
             ),
         ];
         for (sig, expected) in cases {
-            assert_eq!(verify(&secret(), "job-1", *sig), Err(*expected), "{sig:?}");
+            assert_eq!(verify(&ring(), "job-1", *sig), Err(*expected), "{sig:?}");
         }
     }
 }

@@ -73,6 +73,11 @@ impl WebhookSecret {
         mac
     }
 
+    /// How long the decoded key is (bytes).
+    pub fn key_len(&self) -> usize {
+        self.key.len()
+    }
+
     /// The `webhook-signature` value (`v1,<base64>`) for one message.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         let signature = self.mac(id, timestamp, body).finalize().into_bytes();

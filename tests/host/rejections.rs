@@ -5,8 +5,8 @@ use bytes::Bytes;
 use crate::support::components::{kling_app, kling_app_with};
 use crate::support::kv::KvStore;
 use crate::support::requests::{
-    WEBHOOK_SECRET, WITH_WEBHOOK_SECRET, callback, callback_with_sig, flat, request, sig,
-    webhook_signature,
+    API_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET, WITH_WEBHOOK_SECRET, callback, callback_with_sig,
+    flat, request, sig, webhook_signature,
 };
 use crate::support::spin_host::{Reply, SpinApp};
 
@@ -291,8 +291,8 @@ mod standard_webhooks {
         ];
         for (secret, id, ts, body, signature) in vectors {
             let vars = [
-                ("callback_secret", "c"),
-                ("api_token", "t"),
+                ("callback_secret", CALLBACK_SECRET),
+                ("api_token", API_TOKEN),
                 ("webhook_signing_secret", secret),
             ];
             let app = kling_app_with(&vars, KvStore::default()).at_time(ts);

@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 pub const CALLBACK_SECRET: &str = "test-callback-secret";
-pub const API_TOKEN: &str = "test-api-token";
+pub const API_TOKEN: &str = "test-api-token-0001";
 /// Kling's published Standard Webhooks example secret (`../shared/kling-api.md`).
 pub const WEBHOOK_SECRET: &str = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI=";
 
