@@ -42,3 +42,6 @@ pub mod validate;
 
 #[cfg(target_arch = "wasm32")]
 mod spin_edge;
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod identity_properties;
