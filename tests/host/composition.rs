@@ -8,18 +8,22 @@ use serde_json::{Value, json};
 
 use crate::support::components::starter_beside;
 use crate::support::deployment::deploy;
-use crate::support::requests::request;
+use crate::support::requests::{API_TOKEN, request};
 use crate::support::spin_host::SpinApp;
 
 fn post(path: &str, body: Value) -> http::Request<Bytes> {
     request("POST", path)
+        .header("authorization", format!("Bearer {API_TOKEN}"))
         .header("content-type", "application/json")
         .body(Bytes::from(body.to_string()))
         .unwrap()
 }
 
 fn get(path: &str) -> http::Request<Bytes> {
-    request("GET", path).body(Bytes::new()).unwrap()
+    request("GET", path)
+        .header("authorization", format!("Bearer {API_TOKEN}"))
+        .body(Bytes::new())
+        .unwrap()
 }
 
 async fn wait_for(starter: &SpinApp, path: &str, status: &str) -> Value {
@@ -58,6 +62,23 @@ async fn the_composed_example_submits_and_reads_through_kling_video() {
         format!("https://cdn.standin.example/{}.mp4", at_kling[0].task_id)
     );
 
+    // Its routes spend Kling credits: without the bearer, nothing is submitted.
+    for bearer in [None, Some("Bearer not-the-api-token")] {
+        let mut unauthorized = request("POST", "/videos");
+        if let Some(bearer) = bearer {
+            unauthorized = unauthorized.header("authorization", bearer);
+        }
+        let reply = starter
+            .send(
+                unauthorized
+                    .body(Bytes::from(r#"{"prompt":"a cat"}"#))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(reply.status, 401, "{bearer:?}");
+    }
+    assert_eq!(d.standin.tasks().len(), 1, "Kling was not called");
+
     let bad = starter.send(post("/videos", json!({"prompt": 7}))).await;
     assert_eq!(bad.status, 400);
     let unknown = starter.send(get("/videos/nope")).await;
@@ -82,9 +103,24 @@ async fn the_composed_example_runs_a_pipeline() {
     assert_eq!(extend.request["video_id"], format!("{}9", first.task_id));
 }
 
+/// What the starter is granted: its own bearer, and what kling-webhook's `submit` reads
+/// (`SubmitConfig`). Nothing about callbacks, notifications or reconcile.
+const STARTER_VARIABLES: [&str; 9] = [
+    "api_token",
+    "callback_secret",
+    "kling_api_key",
+    "kling_access_key",
+    "kling_secret_key",
+    "kling_base_url",
+    "kling_timeout_ms",
+    "public_base_url",
+    "stale_after_seconds",
+];
+
 /// The example's Spin manifest wires the same thing through component dependencies: it
 /// must plug kling-webhook into the interface the component exports, let the dependency
-/// inherit what it needs, and map every variable kling-webhook reads to both components.
+/// inherit what it needs, map every variable kling-webhook reads to its HTTP component,
+/// and grant the starter only [`STARTER_VARIABLES`].
 #[test]
 fn the_example_manifest_plugs_kling_webhook_with_everything_it_needs() {
     let root = include_str!("../../spin.toml");
@@ -109,17 +145,25 @@ fn the_example_manifest_plugs_kling_webhook_with_everything_it_needs() {
         .filter_map(|line| line.split_once(" = {").map(|(name, _)| name))
         .collect();
     assert!(variables.len() >= 15, "{variables:?}");
+    let starter = example
+        .split("\n[component.starter.variables]\n")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap();
     for name in variables {
         assert!(
             example.contains(&format!("\n{name} = {{ ")),
             "{name} not declared"
         );
+        let mapping = format!("\n{name} = \"{{{{ {name} }}}}\"");
+        let granted = STARTER_VARIABLES.contains(&name);
         assert_eq!(
-            example
-                .matches(&format!("\n{name} = \"{{{{ {name} }}}}\""))
-                .count(),
-            2,
-            "{name} is mapped to both components"
+            example.matches(&mapping).count(),
+            1 + usize::from(granted),
+            "{name} is mapped to kling-webhook, and to the starter only if it uses it"
         );
+        assert_eq!(format!("\n{starter}").contains(&mapping), granted, "{name}");
     }
 }

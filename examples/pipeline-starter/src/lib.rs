@@ -8,6 +8,9 @@
 //! - `POST /promos` `{"id": "...", "prompt": "...", "then": "..."}`: a text2video, then a
 //!   video-extend of its video (`start-pipeline`).
 //! - `GET /promos/{id}`: the pipeline (`get-pipeline`).
+//!
+//! Every route wants `Authorization: Bearer {api_token}` (any of its space-separated
+//! values), as kling-webhook's own task API does: these routes spend Kling credits.
 #![cfg(target_arch = "wasm32")]
 
 mod bindings {
@@ -35,6 +38,12 @@ fn handle(request: Request) -> Response {
         .unwrap_or(request.path())
         .trim_end_matches('/')
         .to_string();
+    if !authorized(&request) {
+        return reply(
+            401,
+            json!({"error": "send Authorization: Bearer {api_token}"}),
+        );
+    }
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match (request.method(), segments.as_slice()) {
         (Method::Post, ["videos"]) => start_video(request.body()),
@@ -43,6 +52,30 @@ fn handle(request: Request) -> Response {
         (Method::Get, ["promos", id]) => show_promo(id),
         _ => reply(404, json!({"error": "not found"})),
     }
+}
+
+/// Whether the request carries one of `api_token`'s values as its bearer. Unset, or
+/// shorter than 16 bytes, nothing is authorized.
+fn authorized(request: &Request) -> bool {
+    let Some(presented) = request
+        .header("authorization")
+        .and_then(|value| value.as_str())
+        .and_then(|value| value.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let tokens = spin_sdk::variables::get("api_token").unwrap_or_default();
+    tokens
+        .split_whitespace()
+        .filter(|token| token.len() >= 16)
+        .fold(false, |found, token| {
+            found | same(token.as_bytes(), presented.as_bytes())
+        })
+}
+
+/// Equal bytes, compared without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 fn start_video(body: &[u8]) -> Response {
