@@ -470,3 +470,33 @@ async fn an_unauthenticated_upload_is_refused_before_its_body_is_read() {
     }
     assert!(app.kv.keys().is_empty(), "nothing stored");
 }
+
+#[tokio::test]
+async fn a_rotated_callback_secret_still_verifies_urls_signed_with_the_old_one() {
+    // The new secret first (it signs new URLs); the old one still verifies.
+    let rotated = [
+        (
+            "callback_secret",
+            "a-brand-new-callback-secret-01 test-callback-secret",
+        ),
+        ("api_token", API_TOKEN),
+    ];
+    let app = kling_app_with(&rotated, KvStore::default());
+    let reply = app
+        .send(callback("job-1", flat("100", "job-1", "processing", 5)))
+        .await;
+    assert_eq!(reply.expect_json(200)["outcome"], "applied");
+
+    // A secret that can be guessed is refused, and named, not echoed.
+    let short = [("callback_secret", "change-me"), ("api_token", API_TOKEN)];
+    let app = kling_app_with(&short, KvStore::default());
+    let reply = refused(
+        &app,
+        callback("job-1", flat("100", "job-1", "processing", 5)),
+        500,
+        "config_invalid",
+    )
+    .await;
+    let message = reply.json()["error"]["message"].to_string();
+    assert!(message.contains("callback_secret") && !message.contains("change-me"));
+}

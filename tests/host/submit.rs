@@ -557,3 +557,41 @@ async fn an_idempotency_key_reused_with_another_body_is_422_and_changes_nothing(
     assert_eq!(d.app.kv.snapshot(), before, "nothing stored");
     assert_eq!(d.standin.tasks().len(), creates, "Kling not called");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_losing_submit_keeps_its_record_while_kling_does_not_list_the_winner_yet() {
+    use crate::support::deployment::{fast_standin, replicas};
+    let standin = fast_standin().await;
+    // Another replica won the race: its create reached Kling, its record another store
+    // (a write that has not landed where this replica reads).
+    let winner = &replicas(&standin, &KvStore::default(), 1).await[0];
+    let kv = KvStore::default();
+    let loser = &replicas(&standin, &kv, 1).await[0];
+    winner.send(text2video_as("race-1")).await.expect_json(202);
+    // Kling does not list the winner's task yet.
+    standin.script(
+        "race-1",
+        Script {
+            query_error: Some((404, 1203)),
+            ..Script::default()
+        },
+    );
+    let kept = loser.send(text2video_as("race-1")).await.expect_json(200);
+    assert_eq!(kept["status"], "submitting", "{kept}");
+    assert_eq!(
+        standin.tasks_with_external_id("race-1").len(),
+        1,
+        "no second task"
+    );
+    assert_eq!(kv.pending().len(), 1, "the reconciler will bind it");
+
+    // Once Kling lists it, the reconciler binds the loser's record to the one task.
+    standin.script("race-1", Script::default());
+    let run = loser.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    assert_eq!(run["checked"], 1, "{run}");
+    let task = loser.ok_json(get_task("race-1")).await;
+    assert_eq!(
+        task["task_id"],
+        standin.tasks_with_external_id("race-1")[0].task_id.as_str()
+    );
+}
