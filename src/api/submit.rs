@@ -144,29 +144,13 @@ pub fn submit(
                 match kling.query(request.kind, &external_task_id) {
                     Ok(Some(found)) => {
                         store.bind_submission(&key, &found.task_id, Some(&submission))?;
-                        let record = store.find_by_key(&key)?.ok_or_else(|| {
-                            StoreError::Unavailable(
-                                "the submitted task was not found after binding it".into(),
-                            )
-                        })?;
-                        return Ok(Submitted {
-                            record,
-                            created: false,
-                        });
+                        return answer(&store, &key, false);
                     }
                     // "Already exists", but not listed yet: the winner's create is on
                     // its way. Keep the record for the reconciler, which binds the
                     // task once Kling lists it; forgetting could delete the winner's.
                     Ok(None) if error.is_duplicate_external_id() => {
-                        let record = store.find_by_key(&key)?.ok_or_else(|| {
-                            StoreError::Unavailable(
-                                "the submitted task was not found after recording it".into(),
-                            )
-                        })?;
-                        return Ok(Submitted {
-                            record,
-                            created: false,
-                        });
+                        return answer(&store, &key, false);
                     }
                     Ok(None) => {}
                     Err(lookup) => return Err(lookup.into()),
@@ -176,13 +160,15 @@ pub fn submit(
             return Err(error.into());
         }
     }
-    let record = store.find_by_key(&key)?.ok_or_else(|| {
+    answer(&store, &key, true)
+}
+
+/// The task as this submit left it, for the caller.
+fn answer(store: &TaskStore<'_>, key: &TaskKey, created: bool) -> Result<Submitted, SubmitError> {
+    let record = store.find_by_key(key)?.ok_or_else(|| {
         StoreError::Unavailable("the submitted task was not found after recording it".into())
     })?;
-    Ok(Submitted {
-        record,
-        created: true,
-    })
+    Ok(Submitted { record, created })
 }
 
 /// 16 hex digits of SHA-256 over the request as Kling gets it, less the external id
