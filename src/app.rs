@@ -16,7 +16,7 @@ use crate::config::{
     retention_ms, stale_after_ms, verify_callbacks,
 };
 use crate::error::ApiError;
-use crate::kling::client::KlingClient;
+use crate::kling::client::{Found, KlingClient};
 use crate::kling::kind::TaskKind;
 use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
@@ -28,7 +28,6 @@ use crate::response::Response;
 use crate::router::Route;
 use crate::signatures::standard_webhooks::WebhookHeaders;
 use crate::store::KeyValue;
-use crate::task::TaskEvent;
 
 /// An HTTP request, as the edge read it. Header names are lowercase. Its `Debug` shows
 /// no credential: not the bearer, not a signature, not the callback URL's `sig`.
@@ -213,14 +212,10 @@ struct LazyKling<'a> {
 }
 
 impl KlingLookup for LazyKling<'_> {
-    fn find(
-        &self,
-        kind: TaskKind,
-        external_task_id: &str,
-    ) -> Result<Option<TaskEvent>, CallbackError> {
+    fn find(&self, kind: TaskKind, external_task_id: &str) -> Result<Option<Found>, CallbackError> {
         let config = KlingConfig::load(self.env.vars)?;
         KlingClient::new(&config, self.env.http, self.env.now_ms / 1000)
-            .query(kind, external_task_id)
+            .find(kind, external_task_id)
             .map_err(CallbackError::Verification)
     }
 }

@@ -431,10 +431,12 @@ fn key_ring(vars: &dyn Variables, name: &'static str) -> Result<KeyRing, ConfigE
     if secrets.is_empty() {
         return Err(ConfigError::Missing(name));
     }
-    if secrets.iter().any(|s| s.0.len() < MIN_SECRET_BYTES) {
+    // Only the first signs (and is what a client is given now): an older, shorter one
+    // may stay after it while a deployment moves off it.
+    if secrets[0].0.len() < MIN_SECRET_BYTES {
         return Err(ConfigError::Invalid(
             name,
-            "every secret must be at least 16 bytes (several may be given, space-separated)",
+            "the first secret must be at least 16 bytes (several may be given, space-separated)",
         ));
     }
     Ok(KeyRing(secrets))
@@ -528,8 +530,8 @@ pub(crate) mod tests {
             ConfigError::Missing(API_TOKEN)
         );
 
-        // Short secrets are refused, each of a ring, and never echoed.
-        for short in ["change-me", "a-long-enough-secret change-me"] {
+        // A short first secret is refused, and never echoed.
+        for short in ["change-me", "change-me a-long-enough-secret"] {
             let vars = MapVariables(HashMap::from([
                 (CALLBACK_SECRET, short),
                 (API_TOKEN, short),
@@ -543,6 +545,12 @@ pub(crate) mod tests {
             let err = api_token(&vars).unwrap_err();
             assert!(matches!(err, ConfigError::Invalid(API_TOKEN, _)), "{err:?}");
         }
+        // Moving off a short one: it may follow a long one for a while.
+        let moving = MapVariables(HashMap::from([(
+            API_TOKEN,
+            "a-long-enough-secret change-me",
+        )]));
+        assert_eq!(api_token(&moving).unwrap().all().len(), 2);
         let spaces = MapVariables(HashMap::from([(API_TOKEN, "   ")]));
         assert_eq!(
             api_token(&spaces).unwrap_err(),

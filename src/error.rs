@@ -151,7 +151,9 @@ fn submit(e: &SubmitError) -> (u16, &'static str) {
         SubmitError::Store(e) => store(e),
         SubmitError::Kling(KlingError::Api(e)) => kling(e.code),
         SubmitError::Kling(KlingError::Transport(_)) => (502, "kling_unreachable"),
-        SubmitError::Kling(KlingError::InvalidResponse(_)) => (502, "kling_bad_response"),
+        SubmitError::Kling(
+            KlingError::InvalidResponse(_) | KlingError::MissingTaskId | KlingError::UnknownStatus,
+        ) => (502, "kling_bad_response"),
     }
 }
 

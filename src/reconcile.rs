@@ -468,7 +468,10 @@ impl Poller<'_> {
                 state.last_outcome = match &error {
                     KlingError::Api(e) => format!("kling_{}", e.code),
                     KlingError::Transport(_) => "kling_unreachable".into(),
-                    KlingError::InvalidResponse(_) => "kling_bad_response".into(),
+                    KlingError::InvalidResponse(_) | KlingError::MissingTaskId => {
+                        "kling_bad_response".into()
+                    }
+                    KlingError::UnknownStatus => "kling_unknown_status".into(),
                 };
                 state.last_error = Some(error.to_string());
             }

@@ -76,15 +76,18 @@ pub fn submit(
     )?;
     let store = TaskStore::new(kv);
     let key = TaskKey::external(&external_task_id);
-    let digest = body_digest(&body);
+    let digest = body_digest(request.kind, &body);
     let head = store.head(&key)?;
-    // A pipeline step's request is rebuilt from the step before it on every advance;
-    // only a client's retry must repeat its body.
+    // A pipeline step's request is rebuilt from the step before it on every advance, so
+    // only its pipeline step must match; a client's retry must repeat its request.
     let conflicting = head
         .as_ref()
         .and_then(|h| h.submission.as_ref())
-        .and_then(|s| s.body_digest.as_deref())
-        .is_some_and(|stored| stored != digest && request.pipeline.is_none());
+        .is_some_and(|stored| {
+            stored.pipeline.as_ref() != request.pipeline
+                || (request.pipeline.is_none()
+                    && stored.body_digest.as_deref().is_some_and(|d| d != digest))
+        });
     if conflicting {
         return Err(SubmitError::IdempotencyConflict);
     }
@@ -171,13 +174,13 @@ fn answer(store: &TaskStore<'_>, key: &TaskKey, created: bool) -> Result<Submitt
     Ok(Submitted { record, created })
 }
 
-/// 16 hex digits of SHA-256 over the request as Kling gets it, less the external id
-/// (which may come from the body or the `Idempotency-Key`). serde_json's maps are
-/// sorted, so the same request in another key order has the same digest.
-fn body_digest(body: &serde_json::Map<String, serde_json::Value>) -> String {
+/// 16 hex digits of SHA-256 over the kind and the request as Kling gets it, less the
+/// external id (which may come from the body or the `Idempotency-Key`). serde_json's
+/// maps are sorted, so the same request in another key order has the same digest.
+fn body_digest(kind: TaskKind, body: &serde_json::Map<String, serde_json::Value>) -> String {
     let mut request = body.clone();
     request.remove("external_task_id");
-    let bytes = serde_json::to_vec(&request).unwrap_or_default();
+    let bytes = serde_json::to_vec(&(kind.name(), request)).unwrap_or_default();
     Sha256::digest(bytes)[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -441,8 +444,42 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, SubmitError::IdempotencyConflict);
+        // The same body for another kind is another request.
+        let other_kind = SubmitRequest {
+            kind: TaskKind::ImageGeneration,
+            body: br#"{"prompt":"p","duration":"5"}"#,
+            idempotency_key: Some("job-1"),
+            pipeline: None,
+        };
+        let clock = ManualClock(std::cell::Cell::new(1_000_000));
+        let err = submit(&other_kind, &submit_config(), &kv, &kling, &clock, &|| {
+            "n".into()
+        });
+        assert_eq!(err.unwrap_err(), SubmitError::IdempotencyConflict);
         assert_eq!(*kv.map.borrow(), before, "nothing changed");
         assert_eq!(kling.sent.borrow().len(), 1, "Kling was called once");
+    }
+
+    #[test]
+    fn a_pipeline_step_never_takes_over_a_task_submitted_otherwise() {
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![Ok((200, CREATED))]);
+        run(&kv, &kling, r#"{"prompt":"p"}"#, Some("promo-1")).unwrap();
+        let step = StepRef {
+            pipeline_id: "promo".into(),
+            step: 1,
+        };
+        let as_step = SubmitRequest {
+            kind: TaskKind::Text2Video,
+            body: br#"{"prompt":"p"}"#,
+            idempotency_key: Some("promo-1"),
+            pipeline: Some(&step),
+        };
+        let clock = ManualClock(std::cell::Cell::new(1_000_000));
+        let err = submit(&as_step, &submit_config(), &kv, &kling, &clock, &|| {
+            "n".into()
+        });
+        assert_eq!(err.unwrap_err(), SubmitError::IdempotencyConflict);
     }
 
     #[test]
@@ -466,15 +503,24 @@ mod tests {
             "the reconciler binds it once Kling lists it"
         );
 
-        // Any other invalid parameter is a refusal, and forgotten.
-        let kv = MemoryKv::default();
-        let kling = Scripted::new(vec![
-            Ok((400, r#"{"code":1201,"message":"duration must be 5 or 10"}"#)),
-            Ok((404, r#"{"code":1203,"message":"not found"}"#)),
-        ]);
-        let err = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap_err();
-        assert!(matches!(err, SubmitError::Kling(_)), "{err:?}");
-        assert!(TaskStore::new(&kv).find("job-1").unwrap().is_none());
+        // Any other invalid parameter is a refusal, and forgotten, even one about the id.
+        for message in [
+            "duration must be 5 or 10",
+            "external_task_id length must be at most 32",
+        ] {
+            let kv = MemoryKv::default();
+            let refused = format!(r#"{{"code":1201,"message":"{message}"}}"#);
+            let kling = Scripted::new(vec![
+                Ok((400, &refused)),
+                Ok((404, r#"{"code":1203,"message":"not found"}"#)),
+            ]);
+            let err = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap_err();
+            assert!(matches!(err, SubmitError::Kling(_)), "{err:?}");
+            assert!(
+                TaskStore::new(&kv).find("job-1").unwrap().is_none(),
+                "{message}"
+            );
+        }
     }
 
     #[test]
@@ -488,6 +534,17 @@ mod tests {
         let submitted = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
         assert_eq!(submitted.record.task_id.as_deref(), Some("86"));
         assert_eq!(submitted.record.status, TaskStatus::Submitted);
+
+        // A 200 that is not Kling's at all (a proxy's page, a wrong kling_base_url) is no
+        // acceptance: refused, and nothing is kept.
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![Ok((200, "<html>sign in</html>"))]);
+        let err = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap_err();
+        assert!(
+            matches!(err, SubmitError::Kling(KlingError::InvalidResponse(200))),
+            "{err:?}"
+        );
+        assert!(TaskStore::new(&kv).find("job-1").unwrap().is_none());
     }
 
     #[test]

@@ -87,16 +87,18 @@ struct RawCallback {
     create_time: Option<Lenient>,
     #[serde(default, deserialize_with = "lenient")]
     update_time: Option<Lenient>,
-    #[serde(default, deserialize_with = "lenient")]
-    external_id: Option<Lenient>,
+    // Not lenient: the external id names the task a delivery is filed under.
+    #[serde(default)]
+    external_id: Option<Value>,
     #[serde(default, deserialize_with = "lenient_list")]
     outputs: Vec<RawOutput>,
 }
 
 #[derive(Deserialize, Default)]
 struct RawTaskInfo {
-    #[serde(default, deserialize_with = "lenient")]
-    external_task_id: Option<Lenient>,
+    // Not lenient: the external id names the task a delivery is filed under.
+    #[serde(default)]
+    external_task_id: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -315,13 +317,15 @@ fn parse_task_id(id: Option<Lenient>) -> Result<String, PayloadError> {
     }
 }
 
-/// An empty external id means "none" (Kling sends `""` when the submitter set none);
-/// a number is read digit for digit.
-fn parse_external_task_id(id: Option<Lenient>) -> Result<Option<String>, PayloadError> {
-    match id.map(Lenient::into_id) {
-        None => Ok(None),
-        Some(None) => Err(PayloadError::InvalidExternalTaskId),
-        Some(Some(id)) => check_external_task_id(id),
+/// An empty or `null` external id means "none" (Kling sends `""` when the submitter set
+/// none); a whole number is read digit for digit; anything else is refused, since the
+/// external id decides which task the delivery is filed under.
+fn parse_external_task_id(id: Option<Value>) -> Result<Option<String>, PayloadError> {
+    match id {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) => check_external_task_id(id),
+        Some(Value::Number(n)) if n.is_u64() => check_external_task_id(n.to_string()),
+        Some(_) => Err(PayloadError::InvalidExternalTaskId),
     }
 }
 
@@ -509,6 +513,16 @@ mod tests {
         assert_eq!(event.external_task_id.as_deref(), Some("42"));
         assert!(event.videos.is_empty());
         assert_eq!(event.status_msg, "");
+
+        // The external id decides where a delivery is filed: never guessed.
+        for garbled in [r#"{"a":1}"#, "true", "1.5", "-3"] {
+            let body = format!(r#"{{"id":"9","status":"succeeded","external_id":{garbled}}}"#);
+            assert_eq!(
+                parse_callback(body.as_bytes()),
+                Err(PayloadError::InvalidExternalTaskId),
+                "{garbled}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use crate::callback::parse::{PayloadError, parse_callback};
 use crate::config::{CallbackConfig, ConfigError};
-use crate::kling::client::KlingError;
+use crate::kling::client::{Found, KlingError};
 use crate::kling::kind::TaskKind;
 use crate::ledger::{LedgerError, TaskHead, Verdict};
 use crate::signatures::callback_url::{self, CallbackSigError};
@@ -172,11 +172,7 @@ pub struct KlingCheck<'a> {
 
 /// Kling's record of a task submitted here, asked by our own `external_task_id`.
 pub trait KlingLookup {
-    fn find(
-        &self,
-        kind: TaskKind,
-        external_task_id: &str,
-    ) -> Result<Option<TaskEvent>, CallbackError>;
+    fn find(&self, kind: TaskKind, external_task_id: &str) -> Result<Option<Found>, CallbackError>;
 }
 
 enum Checked {
@@ -233,6 +229,16 @@ fn checked_with_kling(
     if !verify {
         return Ok(Checked::Event(callback));
     }
+    // Binding needed only Kling's ids; judging a final needs Kling's status too.
+    let kling = match kling {
+        // A status this build does not know: Kling cannot confirm this callback yet.
+        // Not acknowledged, so Kling (or the reconciler) brings it again.
+        Some(Found { event: None, .. }) => {
+            return Err(CallbackError::Verification(KlingError::UnknownStatus));
+        }
+        Some(Found { event, .. }) => event,
+        None => None,
+    };
     let urls = |e: &TaskEvent| -> Vec<Option<String>> {
         e.videos
             .iter()
@@ -318,7 +324,7 @@ pub(crate) mod tests {
     struct NotAsked;
 
     impl KlingLookup for NotAsked {
-        fn find(&self, _: TaskKind, _: &str) -> Result<Option<TaskEvent>, CallbackError> {
+        fn find(&self, _: TaskKind, _: &str) -> Result<Option<Found>, CallbackError> {
             panic!("Kling was asked")
         }
     }
@@ -335,13 +341,15 @@ pub(crate) mod tests {
         task_id: Option<&'static str>,
         external_task_id: &'static str,
         asked: std::cell::Cell<usize>,
+        /// Kling reports a status this build does not know.
+        new_status: bool,
     }
 
     impl KlingLookup for Lists {
-        fn find(&self, _: TaskKind, ext: &str) -> Result<Option<TaskEvent>, CallbackError> {
+        fn find(&self, _: TaskKind, ext: &str) -> Result<Option<Found>, CallbackError> {
             assert_eq!(ext, "job-1", "asked by our own external id");
             self.asked.set(self.asked.get() + 1);
-            Ok(self.task_id.map(|task_id| TaskEvent {
+            let event = self.task_id.map(|task_id| TaskEvent {
                 task_id: task_id.into(),
                 status: crate::task::TaskStatus::Succeed,
                 status_msg: String::new(),
@@ -352,6 +360,11 @@ pub(crate) mod tests {
                 images: Vec::new(),
                 final_unit_deduction: None,
                 source: EventSource::Poll,
+            });
+            Ok(event.map(|event| Found {
+                task_id: event.task_id.clone(),
+                external_task_id: event.external_task_id.clone(),
+                event: (!self.new_status).then_some(event),
             }))
         }
     }
@@ -361,6 +374,7 @@ pub(crate) mod tests {
             task_id,
             external_task_id: "job-1",
             asked: Default::default(),
+            new_status: false,
         }
     }
 
@@ -429,6 +443,26 @@ pub(crate) mod tests {
         let unconfirmed = deliver_checked(&kv, &body("processing", 5), &other, false);
         assert_eq!(unconfirmed.unwrap_err(), CallbackError::BindingUnconfirmed);
         assert_eq!(*kv.map.borrow(), before);
+    }
+
+    #[test]
+    fn a_status_kling_added_later_still_binds_but_cannot_verify_a_final() {
+        let kv = MemoryKv::default();
+        submitted(&kv, None);
+        let mut kling = lists(Some("86"));
+        kling.new_status = true;
+        let bound = deliver_checked(&kv, &body("processing", 5), &kling, false).unwrap();
+        assert_eq!(
+            bound.verdict,
+            Verdict::Apply(Slot::Processing),
+            "the ids bind"
+        );
+        let final_ = deliver_checked(&kv, &body("succeed", 6), &kling, true);
+        assert_eq!(
+            final_.unwrap_err(),
+            CallbackError::Verification(KlingError::UnknownStatus),
+            "not acknowledged: Kling brings it again"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::kind::TaskKind;
-use crate::callback::parse::parse_callback;
+use crate::callback::parse::{PayloadError, parse_callback};
 use crate::config::KlingConfig;
 use crate::outbound::{HttpTransport, OutboundRequest, TransportError};
 use crate::task::TaskEvent;
@@ -26,6 +26,12 @@ pub enum KlingError {
     Transport(#[from] TransportError),
     #[error("Kling answered HTTP {0} with a body that is not Kling's envelope")]
     InvalidResponse(u16),
+    /// Kling reported a status this build does not know (one added after it).
+    #[error("Kling reported a task status this build does not know")]
+    UnknownStatus,
+    /// Kling accepted a create (code 0) but its answer names no task.
+    #[error("Kling accepted the create but its answer has no task_id")]
+    MissingTaskId,
 }
 
 /// Kling's "internal timeout" on a create: the task may exist anyway.
@@ -38,8 +44,10 @@ impl KlingError {
         match self {
             KlingError::Transport(_) => true,
             KlingError::Api(e) => e.code == CODE_TIMEOUT,
-            // A 2xx whose body is not what Kling documents (no `task_id`) was accepted.
-            KlingError::InvalidResponse(status) => *status >= 500 || (200..300).contains(status),
+            KlingError::InvalidResponse(status) => *status >= 500,
+            // Kling said yes: the task exists, its id is what is missing.
+            KlingError::MissingTaskId => true,
+            KlingError::UnknownStatus => false,
         }
     }
 
@@ -52,8 +60,11 @@ impl KlingError {
     /// Kling's 1201 for an `external_task_id` it already has (its message names the
     /// field; other 1201s are about the request's own parameters).
     pub fn is_duplicate_external_id(&self) -> bool {
-        matches!(self, KlingError::Api(e)
-            if e.code == CODE_INVALID_PARAMS && e.message.to_ascii_lowercase().contains("external_task_id"))
+        matches!(self, KlingError::Api(e) if e.code == CODE_INVALID_PARAMS && {
+            let message = e.message.to_ascii_lowercase();
+            message.contains("external_task_id")
+                && (message.contains("exist") || message.contains("duplicat"))
+        })
     }
 
     /// Kling refused the request itself (1200-1203 parameters, 1300-1301 content): the
@@ -71,6 +82,15 @@ impl KlingError {
 
 /// Kling's "invalid request parameters".
 pub const CODE_INVALID_PARAMS: i64 = 1201;
+
+/// A task as Kling's query names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub task_id: String,
+    pub external_task_id: Option<String>,
+    /// `None` when Kling's status is one this build does not know.
+    pub event: Option<TaskEvent>,
+}
 
 #[derive(Deserialize)]
 struct Envelope {
@@ -113,19 +133,50 @@ impl<'a> KlingClient<'a> {
                 Value::Number(n) => n.as_u64().map(|n| n.to_string()),
                 _ => None,
             })
-            .ok_or(KlingError::InvalidResponse(200))
+            .ok_or(KlingError::MissingTaskId)
     }
 
     /// `GET {path}/{id}` by `task_id` or `external_task_id`; `None` when Kling does not
     /// know the task.
     pub fn query(&self, kind: TaskKind, id: &str) -> Result<Option<TaskEvent>, KlingError> {
-        match self.call("GET", format!("{}/{id}", kind.path()), Vec::new()) {
-            Ok(Some(data)) => parse_callback(data.to_string().as_bytes())
-                .map(Some)
-                .map_err(|_| KlingError::InvalidResponse(200)),
-            Ok(None) => Err(KlingError::InvalidResponse(200)),
-            Err(KlingError::Api(e)) if e.http_status == 404 => Ok(None),
-            Err(e) => Err(e),
+        match self.find(kind, id)? {
+            Some(Found {
+                event: Some(event), ..
+            }) => Ok(Some(event)),
+            Some(Found { event: None, .. }) => Err(KlingError::UnknownStatus),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Self::query`], keeping which task Kling names even when its status is one this
+    /// build does not know (enough to bind a task, not to judge it).
+    pub fn find(&self, kind: TaskKind, id: &str) -> Result<Option<Found>, KlingError> {
+        let data = match self.call("GET", format!("{}/{id}", kind.path()), Vec::new()) {
+            Ok(Some(data)) => data,
+            Ok(None) => return Err(KlingError::InvalidResponse(200)),
+            Err(KlingError::Api(e)) if e.http_status == 404 => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match parse_callback(data.to_string().as_bytes()) {
+            Ok(event) => Ok(Some(Found {
+                task_id: event.task_id.clone(),
+                external_task_id: event.external_task_id.clone(),
+                event: Some(event),
+            })),
+            Err(PayloadError::UnknownStatus) => {
+                let text = |v: &Value| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+                    _ => None,
+                };
+                let task_id = text(&data["task_id"]).ok_or(KlingError::InvalidResponse(200))?;
+                Ok(Some(Found {
+                    task_id,
+                    external_task_id: text(&data["task_info"]["external_task_id"]),
+                    event: None,
+                }))
+            }
+            Err(_) => Err(KlingError::InvalidResponse(200)),
         }
     }
 

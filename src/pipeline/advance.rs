@@ -85,6 +85,16 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
             code: "input_missing".into(),
             message,
         }),
+        // The step's external id names a task submitted otherwise (by a client, or by
+        // another pipeline of the same id): never adopt it.
+        Err(StepError::Submit(SubmitError::IdempotencyConflict)) => Some(PipelineFailure {
+            step,
+            code: "idempotency_conflict".into(),
+            message: format!(
+                "{} is already a task submitted with another request",
+                step_external_id(id, step)
+            ),
+        }),
         Err(StepError::Submit(SubmitError::Kling(error))) if error.is_request_refused() => {
             // Kling refused the request itself: retrying cannot help. Anything else
             // (keys, balance, rate, Kling down) is left for the reconciler to retry.

@@ -7,7 +7,9 @@ use spin_sdk::variables;
 #[cron_component]
 async fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
     let url = variables::get("reconcile_url").map_err(|e| Error::Other(e.to_string()))?;
-    let token = variables::get("api_token").map_err(|e| Error::Other(e.to_string()))?;
+    let tokens = variables::get("api_token").map_err(|e| Error::Other(e.to_string()))?;
+    // While api_token is rotated it holds several space-separated tokens: send the first.
+    let token = tokens.split_whitespace().next().unwrap_or_default();
     let request = Request::builder()
         .method(Method::Post)
         .uri(url)
