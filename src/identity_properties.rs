@@ -1,9 +1,13 @@
 //! Property test (native only): two instances sharing one store, a client's submit
 //! retried on both, Kling's callbacks (retried when not acknowledged) and a forged one,
 //! reconcile runs, and each request's after-acknowledgement work run late, in any
-//! interleaving. The whole dispatcher runs ([`crate::app::handle`] and
-//! [`crate::after_ack::run`]); only Spin is replaced, by an in-memory store, and Kling
-//! by a fake that may lose its create answer and list a new task only after a while.
+//! interleaving. Each instance's writes land in the shared store only when the test
+//! says so, one at a time and in any order across instances (a write still in flight,
+//! as on a slow or remote store): two submits of one id both find nothing and both
+//! create, so Kling refuses one (1201). The whole dispatcher runs
+//! ([`crate::app::handle`] and [`crate::after_ack::run`]); only Spin is replaced, by an
+//! in-memory store, and Kling by a fake that may lose its create answer and list a new
+//! task only after a while.
 //!
 //! Whatever the order: exactly one Kling task, bound to the task (never to the forged
 //! id), and every instance's notifications of the task go out in `sequence` order, the
@@ -24,6 +28,7 @@ use crate::config::tests::MapVariables;
 use crate::outbound::{HttpTransport, OutboundRequest, OutboundResponse, TransportError};
 use crate::signatures::callback_url;
 use crate::store::memory::MemoryKv;
+use crate::store::{KeyValue, StoreError};
 
 const CALLBACK_SECRET: &str = "property-callback-secret";
 const API_TOKEN: &str = "property-api-token";
@@ -100,6 +105,75 @@ impl HttpTransport for FakeKling {
     }
 }
 
+/// One instance's view of the shared store: its own writes wait until they land (one
+/// at a time, oldest first); it reads its own latest write of a key before the store's.
+struct InFlight<'a> {
+    shared: &'a MemoryKv,
+    writes: RefCell<Vec<(String, Option<Vec<u8>>)>>,
+}
+
+impl InFlight<'_> {
+    /// Lands this instance's oldest write; whether there was one.
+    fn land_one(&self) -> bool {
+        if self.writes.borrow().is_empty() {
+            return false;
+        }
+        let (key, value) = self.writes.borrow_mut().remove(0);
+        match value {
+            Some(value) => self.shared.set(&key, &value),
+            None => self.shared.delete(&key),
+        }
+        .unwrap();
+        true
+    }
+
+    fn own(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        let writes = self.writes.borrow();
+        writes
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+impl KeyValue for InFlight<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.own(key) {
+            Some(value) => Ok(value),
+            None => self.shared.get(key),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.writes
+            .borrow_mut()
+            .push((key.to_string(), Some(value.to_vec())));
+        Ok(())
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.writes.borrow_mut().push((key.to_string(), None));
+        Ok(())
+    }
+
+    fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys: Vec<String> = self
+            .shared
+            .keys_with_prefix(prefix)?
+            .into_iter()
+            .filter(|k| !matches!(self.own(k), Some(None)))
+            .collect();
+        for (key, value) in self.writes.borrow().iter() {
+            if key.starts_with(prefix) && value.is_some() && !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
 /// A notification receiver: what one instance sent, in order.
 #[derive(Default)]
 struct Receiver(RefCell<Vec<Value>>);
@@ -135,6 +209,8 @@ enum Op {
     Reconcile(usize),
     /// An instance runs the after-acknowledgement work of its oldest request.
     AfterAck(usize),
+    /// One of an instance's writes lands in the shared store.
+    Land(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -144,6 +220,8 @@ fn op() -> impl Strategy<Value = Op> {
         (0..2usize).prop_map(Op::Forged),
         (0..2usize).prop_map(Op::Reconcile),
         (0..2usize).prop_map(Op::AfterAck),
+        (0..2usize).prop_map(Op::Land),
+        (0..2usize).prop_map(Op::Land),
     ]
 }
 
@@ -209,8 +287,12 @@ fn run(ops: &[Op], lose_answer: bool, unlisted_queries: u8) {
         kling: &kling,
         receiver: &receivers[i],
     });
+    let views = [0, 1].map(|_| InFlight {
+        shared: &kv,
+        writes: RefCell::default(),
+    });
     let envs = [0, 1].map(|i| Env {
-        kv: &kv,
+        kv: &views[i],
         vars: &vars,
         http: &outbound[i],
         now_ms: clock.0.get(),
@@ -238,7 +320,9 @@ fn run(ops: &[Op], lose_answer: bool, unlisted_queries: u8) {
                 Some(task_id) => (i, callback(&task_id, status)),
                 None => return, // Kling calls back only for a task it has
             },
-            // The URL leaks once a submit has issued it.
+            // The URL leaks once a submit has issued it and its record is in the shared
+            // store. (Before that, a replica that cannot see the record takes a callback
+            // with a valid sig as a task first seen by callback: see the README.)
             Op::Forged(i) if kv.map.borrow().contains_key("task:job") => (i, callback("999", 1)),
             Op::Forged(_) => return,
             Op::Reconcile(i) => (
@@ -255,6 +339,10 @@ fn run(ops: &[Op], lose_answer: bool, unlisted_queries: u8) {
                 if !later[i].is_empty() {
                     after_ack::run(later[i].remove(0), &envs[i]);
                 }
+                return;
+            }
+            Op::Land(i) => {
+                views[i].land_one();
                 return;
             }
         };
@@ -278,6 +366,11 @@ fn run(ops: &[Op], lose_answer: bool, unlisted_queries: u8) {
     // Drain: the client retries until it has an answer, Kling retries its callbacks,
     // every instance finishes its work, and reconcile runs until nothing is pending.
     step(Op::Submit(0), &mut later);
+    let land_all = || {
+        for view in &views {
+            while view.land_one() {}
+        }
+    };
     for _ in 0..4 {
         for (status, acked) in acknowledged.iter().enumerate() {
             if !acked.get() {
@@ -289,13 +382,16 @@ fn run(ops: &[Op], lose_answer: bool, unlisted_queries: u8) {
                 step(Op::AfterAck(i), &mut later);
             }
         }
+        land_all();
         step(Op::Reconcile(0), &mut later);
+        land_all();
     }
     for i in 0..2 {
         while !later[i].is_empty() {
             step(Op::AfterAck(i), &mut later);
         }
     }
+    land_all();
 
     // Exactly one Kling task, and the task is bound to it.
     assert_eq!(
