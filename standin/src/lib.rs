@@ -75,6 +75,8 @@ pub enum CreateBehaviour {
     CreateThenTimeout,
     /// Create the task, then answer only after this long.
     CreateThenSlow(Duration),
+    /// Create the task, then answer success (code 0) with no `task_id` in `data`.
+    CreateWithoutTaskId,
 }
 
 /// One task's fate, chosen by its `external_task_id`.
@@ -346,6 +348,9 @@ impl StandIn {
         }
         match script.create {
             CreateBehaviour::CreateThenTimeout => error(504, 5002, "internal timeout"),
+            CreateBehaviour::CreateWithoutTaskId => {
+                envelope(200, json!({"task_status": "submitted"}))
+            }
             CreateBehaviour::CreateThenSlow(pause) => {
                 tokio::time::sleep(pause).await;
                 envelope(

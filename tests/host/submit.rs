@@ -595,3 +595,59 @@ async fn a_losing_submit_keeps_its_record_while_kling_does_not_list_the_winner_y
         standin.tasks_with_external_id("race-1")[0].task_id.as_str()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_accepted_without_a_task_id_is_looked_up_not_forgotten() {
+    let d = deploy().await;
+    d.standin.script(
+        "no-id-1",
+        Script {
+            create: CreateBehaviour::CreateWithoutTaskId,
+            ..Script::default()
+        },
+    );
+    let record = d.app.send(text2video_as("no-id-1")).await.expect_json(202);
+    let at_kling = d.standin.tasks_with_external_id("no-id-1");
+    assert_eq!(at_kling.len(), 1);
+    assert_eq!(
+        record["task_id"],
+        at_kling[0].task_id.as_str(),
+        "bound by the lookup"
+    );
+    d.wait_for("no-id-1", "succeed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duration_too_large_to_compute_is_config_invalid_and_changes_nothing() {
+    for (name, value) in [
+        ("stale_after_seconds", "18446744073709551615"),
+        ("retention_days", "213503982334601"),
+        ("notify_retry_seconds", "18446744073709551615"),
+    ] {
+        let d = deploy_with(
+            Auth::KeyPair,
+            None,
+            &[
+                (name, value),
+                ("notify_url", "https://next.example/hooks"),
+                (
+                    "notify_secret",
+                    "whsec_bmV4dC1zeXN0ZW0tc2lnbmluZy1rZXktMzItYnl0ZXM=",
+                ),
+            ],
+        )
+        .await;
+        let before = d.app.kv.snapshot();
+        let error = d
+            .app
+            .send(authorized("POST", "/tasks/reconcile"))
+            .await
+            .expect_error(500, "config_invalid", name);
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(name) && !message.contains(value),
+            "{message}"
+        );
+        assert_eq!(d.app.kv.snapshot(), before, "{name}: nothing changed");
+    }
+}
