@@ -480,6 +480,17 @@ mod tests {
             tasks.find_by_key(&key).unwrap().unwrap()
         }
 
+        /// Stores `processing` and queues its notification, whose first send the
+        /// receiver refuses; returns the queued webhook id.
+        fn queue_refused_processing(&self) -> String {
+            let processing = self.store(&event(TaskStatus::Processing, 20));
+            let queued = note(&processing, self.clock.now_ms());
+            let queued_id = queued.webhook_id.clone();
+            self.notifier().deliver(queued).unwrap();
+            assert!(self.pending(&queued_id).is_some(), "queued");
+            queued_id
+        }
+
         /// The statuses of the task notifications the receiver got, in order.
         fn statuses_sent(&self) -> Vec<String> {
             self.receiver
@@ -569,12 +580,7 @@ mod tests {
     fn a_queued_notification_is_replaced_by_the_newer_state_when_it_is_retried() {
         // The receiver refuses the first send.
         let fixture = Fixture::new(10_000, vec![500]);
-        let processing = fixture.store(&event(TaskStatus::Processing, 20));
-        let notifier = fixture.notifier();
-        let queued = note(&processing, 10_000);
-        let queued_id = queued.webhook_id.clone();
-        notifier.deliver(queued).unwrap();
-        assert!(fixture.pending(&queued_id).is_some());
+        let queued_id = fixture.queue_refused_processing();
         let failed = fixture.store(&event(TaskStatus::Failed, 30));
         fixture.clock.0.set(20_000);
         let report = fixture.notifier().retry_due(u64::MAX).unwrap();
@@ -596,10 +602,7 @@ mod tests {
     #[test]
     fn a_failed_send_of_a_newer_state_queues_it_in_place_of_the_judged_one() {
         let fixture = Fixture::new(10_000, vec![500, 500]);
-        let processing = fixture.store(&event(TaskStatus::Processing, 20));
-        let queued = note(&processing, 10_000);
-        let queued_id = queued.webhook_id.clone();
-        fixture.notifier().deliver(queued).unwrap();
+        let queued_id = fixture.queue_refused_processing();
         let succeed = fixture.store(&event(TaskStatus::Succeed, 30));
         let newer_id = note(&succeed, 0).webhook_id;
         fixture.clock.0.set(20_000);
@@ -621,10 +624,7 @@ mod tests {
     #[test]
     fn an_unreadable_task_does_not_hold_up_the_outbox() {
         let fixture = Fixture::new(10_000, vec![500]);
-        let processing = fixture.store(&event(TaskStatus::Processing, 20));
-        let queued = note(&processing, 10_000);
-        let queued_id = queued.webhook_id.clone();
-        fixture.notifier().deliver(queued).unwrap();
+        let queued_id = fixture.queue_refused_processing();
         fixture.kv.set("task:job-1", b"not json").unwrap();
         fixture.clock.0.set(20_000);
         let report = fixture.notifier().retry_due(u64::MAX).unwrap();

@@ -91,12 +91,13 @@ pub fn submit(
     if conflicting {
         return Err(SubmitError::IdempotencyConflict);
     }
+    let submitted = head.as_ref().and_then(|h| h.submission.clone());
     if let Some(record) = store.record(&key, head)? {
         // A `submitting` task whose submit stopped before storing its pending entry
         // would never be reconciled: the retry stores it again (the same name, or a
         // spare entry that the next reconcile run folds into the task's own).
-        if record.status == TaskStatus::Submitting {
-            store.ensure_pending(&key, config.stale_after_ms)?;
+        if let Some(submission) = submitted.filter(|_| record.status == TaskStatus::Submitting) {
+            store.ensure_pending(&key, &submission, config.stale_after_ms)?;
         }
         return Ok(Submitted {
             record,

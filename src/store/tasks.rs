@@ -358,12 +358,14 @@ impl<'a> TaskStore<'a> {
         Index::pending(self.kv).add(&submission.pending_entry())
     }
 
-    /// Stores the pending entry of the task's current submission again (due
+    /// Stores the pending entry of `submission`, the task's current one, again (due
     /// `stale_after_ms` after it), for a retry that finds the task still `submitting`.
-    pub fn ensure_pending(&self, key: &TaskKey, stale_after_ms: u64) -> Result<(), StoreError> {
-        let Some(submission) = self.head(key)?.and_then(|head| head.submission) else {
-            return Ok(());
-        };
+    pub fn ensure_pending(
+        &self,
+        key: &TaskKey,
+        submission: &Submission,
+        stale_after_ms: u64,
+    ) -> Result<(), StoreError> {
         let due = submission.submitted_at.saturating_add(stale_after_ms);
         Index::pending(self.kv).add(&pending_entry(key, &submission.nonce, due))
     }

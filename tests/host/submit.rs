@@ -524,25 +524,10 @@ async fn an_idempotency_key_reused_with_another_body_is_422_and_changes_nothing(
             ..Script::default()
         },
     );
-    let first = d
-        .app
-        .send(submit_request(
-            "text2video",
-            json!({"prompt": "a fox"}),
-            Some("fox-1"),
-        ))
-        .await
-        .expect_json(202);
-    // The same request again is the same task (200), whatever the key order.
-    let again = d
-        .app
-        .send(submit_request(
-            "text2video",
-            json!({"prompt": "a fox"}),
-            Some("fox-1"),
-        ))
-        .await
-        .expect_json(200);
+    let fox = || submit_request("text2video", json!({"prompt": "a fox"}), Some("fox-1"));
+    let first = d.app.send(fox()).await.expect_json(202);
+    // The same request again is the same task (200).
+    let again = d.app.send(fox()).await.expect_json(200);
     assert_eq!(again["task_id"], first["task_id"]);
     let before = d.app.kv.snapshot();
     let creates = d.standin.tasks().len();
