@@ -156,6 +156,7 @@ pub struct TaskHead {
     pub external_task_id: Option<String>,
     #[serde(default)]
     pub seen: Seen,
+    /// Callbacks that changed the task (repeats write nothing; see `receive`).
     #[serde(default)]
     pub deliveries: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

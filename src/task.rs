@@ -172,7 +172,8 @@ pub struct TaskRecord {
     /// Where the current state came from: `callback`, or `poll` (the reconciler).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<EventSource>,
-    /// Callbacks accepted for this task, duplicates and late ones included.
+    /// Callbacks that changed this task (a duplicate or a late one writes nothing, so
+    /// it is not counted).
     pub deliveries: u64,
     /// When the last accepted callback arrived, milliseconds on our clock.
     pub last_delivery_at: Option<u64>,

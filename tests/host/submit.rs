@@ -467,7 +467,7 @@ async fn duplicated_reversed_and_dropped_callbacks_still_end_in_the_final_state(
         "late processing callbacks moved nothing back"
     );
     assert_eq!(after["videos"], task["videos"]);
-    assert_eq!(after["deliveries"], 4);
+    assert_eq!(after["deliveries"], 1, "the repeats changed nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Callbacks on a real Spin, beside the floor (bench/baseline: 200 after one key-value
+# write), in alternating rounds on the same Spin and the same store:
+#   floor  bench/baseline, one distinct key per request
+#   new    a first delivery of a task never seen (a different signed URL per request)
+#   dup    the same delivery again (primed once before the round)
+#   forged a delivery whose sig is wrong (401 before any store operation): what the
+#          component costs without its store (only with BENCH_SCENARIOS naming it)
+# on Spin's default SQLite store and on Redis, at 50 connections and at 1. Prints each
+# round, then the medians, p50/p99 and the ratios to the floor. Asserts nothing.
+#
+#   bench/on-spin.sh                    # everything (about 8 minutes)
+#   BENCH_STORES=redis BENCH_CONNECTIONS=1 BENCH_ROUNDS=1 BENCH_SECONDS=5 bench/on-spin.sh
+#
+# Uses `spin` from PATH, else ../shared/tools/spin; wrk and redis-server from Debian
+# (bench/install-tools.sh). KLING_WEBHOOK_WASM / BASELINE_WASM bench other builds.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+stores="${BENCH_STORES:-sqlite redis}"
+connections="${BENCH_CONNECTIONS:-50 1}"
+rounds="${BENCH_ROUNDS:-3}"
+seconds="${BENCH_SECONDS:-10}"
+scenarios="${BENCH_SCENARIOS:-floor new dup}"
+port="${BENCH_PORT:-3987}"
+redis_port="${BENCH_REDIS_PORT:-6397}"
+secret="bench-callback-secret-0001"
+
+spin="$(command -v spin || true)"
+spin="${spin:-$root/../shared/tools/spin}"
+[ -x "$spin" ] || { echo "no spin on PATH and none at $spin" >&2; exit 1; }
+"$root/bench/install-tools.sh"
+echo "spin: $spin ($("$spin" --version))"
+echo "wrk: $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
+
+target="${CARGO_TARGET_DIR:-$root/target}"
+if [ -z "${KLING_WEBHOOK_WASM:-}" ] || [ -z "${BASELINE_WASM:-}" ]; then
+  cargo build -q --release --locked --target wasm32-wasip2 -p kling-webhook -p bench-baseline
+fi
+component="${KLING_WEBHOOK_WASM:-$target/wasm32-wasip2/release/kling_webhook.wasm}"
+baseline="${BASELINE_WASM:-$target/wasm32-wasip2/release/bench_baseline.wasm}"
+echo "component: $(stat -c %s "$component") bytes; floor: $(stat -c %s "$baseline") bytes"
+
+work="$(mktemp -d)"
+spin_pid=""; redis_pid=""
+cleanup() {
+  [ -n "$spin_pid" ] && kill "$spin_pid" 2>/dev/null && wait "$spin_pid" 2>/dev/null
+  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat > "$work/spin.toml" <<TOML
+spin_manifest_version = 2
+[application]
+name = "kling-webhook-bench"
+[[trigger.http]]
+route = "/callbacks/..."
+component = "kling-webhook"
+[[trigger.http]]
+route = "/floor/..."
+component = "floor"
+[component.kling-webhook]
+source = "$component"
+key_value_stores = ["default", "index", "listing"]
+allowed_outbound_hosts = ["http://127.0.0.1:9"]
+[component.kling-webhook.variables]
+callback_secret = "$secret"
+api_token = "bench-api-token-000000001"
+kling_api_key = "bench-kling-key"
+kling_base_url = "http://127.0.0.1:9"
+public_base_url = "http://127.0.0.1:$port"
+[component.floor]
+source = "$baseline"
+key_value_stores = ["default"]
+TOML
+
+start_spin() { # $1: sqlite | redis
+  local dir="$work/$1"
+  mkdir -p "$dir"
+  if [ "$1" = redis ]; then
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+      --dir "$dir" > "$dir/redis.log" 2>&1 &
+    redis_pid=$!
+    printf '[key_value_store.%s]\ntype = "redis"\nurl = "redis://127.0.0.1:%s/%s"\n' \
+      default "$redis_port" 0 index "$redis_port" 1 listing "$redis_port" 2 > "$dir/runtime.toml"
+  else
+    printf '[key_value_store.%s]\ntype = "spin"\npath = "%s"\n' \
+      default "$dir/default.db" index "$dir/index.db" listing "$dir/listing.db" > "$dir/runtime.toml"
+  fi
+  "$spin" up --from "$work/spin.toml" --runtime-config-file "$dir/runtime.toml" \
+    --listen "127.0.0.1:$port" > "$dir/spin.log" 2>&1 &
+  spin_pid=$!
+  for _ in $(seq 1 100); do
+    curl -sf -o /dev/null -X POST "http://127.0.0.1:$port/floor/ready" && return 0
+    sleep 0.2
+  done
+  echo "spin did not start:" >&2; cat "$dir/spin.log" >&2; exit 1
+}
+
+stop_spin() {
+  kill "$spin_pid"; wait "$spin_pid" 2>/dev/null || true; spin_pid=""
+  if [ -n "$redis_pid" ]; then kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; redis_pid=""; fi
+}
+
+# One wrk run: $1 scenario, $2 connections, $3 lines file, $4 path prefix. Prints RESULT.
+run_wrk() {
+  local threads=2; [ "$2" = 1 ] && threads=1
+  BENCH_LINES="$3" BENCH_PREFIX="$4" wrk -t"$threads" -c"$2" -d"${seconds}s" --latency \
+    -s "$root/bench/lines.lua" "http://127.0.0.1:$port" | grep '^RESULT'
+}
+
+results="$work/results"
+: > "$results"
+for store in $stores; do
+  start_spin "$store"
+  for conns in $connections; do
+    lines=$(( conns == 1 ? 40000 : 120000 ))
+    for round in $(seq 1 "$rounds"); do
+      tag="${store:0:1}${conns}r${round}"
+      python3 "$root/bench/requests.py" new "f$tag" "$lines" "$secret" > "$work/floor.lines"
+      python3 "$root/bench/requests.py" new "n$tag" "$lines" "$secret" > "$work/new.lines"
+      python3 "$root/bench/requests.py" dup "d$tag" 1 "$secret" > "$work/dup.lines"
+      python3 "$root/bench/requests.py" dup "x$tag" 1 "not-the-secret" > "$work/forged.lines"
+      sed 's/?sig=[^\t]*/?sig=probe/' "$work/forged.lines" > "$work/probe.lines"
+      IFS=$'\t' read -r dup_path dup_body < "$work/dup.lines"
+      curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
+        --data "$dup_body" "http://127.0.0.1:$port$dup_path"
+      for scenario in $scenarios; do
+        prefix=""; [ "$scenario" = floor ] && prefix="/floor"
+        line="$(run_wrk "$scenario" "$conns" "$work/$scenario.lines" "$prefix")"
+        echo "$store c=$conns round $round $scenario: ${line#RESULT }"
+        echo "$store $conns $scenario ${line#RESULT }" >> "$results"
+      done
+    done
+  done
+  stop_spin
+done
+
+echo
+echo "medians of $rounds round(s) of ${seconds}s (p50/p99 are the medians of the rounds')"
+python3 - "$results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    store, conns, scenario, *fields = line.split()
+    f = dict(x.split("=") for x in fields)
+    rows.setdefault((store, conns, scenario), []).append(f)
+print(f"{'store':7} {'conns':>5} {'scenario':8} {'req/s':>8} {'x floor':>7} {'p50 ms':>7} {'x floor':>7} {'p99 ms':>7} {'errors':>6}")
+for (store, conns, scenario), fs in rows.items():
+    med = lambda k: statistics.median(float(f[k]) for f in fs)
+    floor = rows[(store, conns, "floor")]
+    fmed = lambda k: statistics.median(float(f[k]) for f in floor)
+    errs = sum(int(f["errors"]) + int(f["non2xx"]) for f in fs)
+    wraps = sum(int(f["wraps"]) for f in fs)
+    note = " (ran out of distinct tasks)" if wraps and scenario != "dup" else ""
+    print(f"{store:7} {conns:>5} {scenario:8} {med('rps'):8.0f} {med('rps')/fmed('rps'):7.2f} "
+          f"{med('p50_us')/1000:7.2f} {med('p50_us')/fmed('p50_us'):7.2f} {med('p99_us')/1000:7.2f} {errs:6}{note}")
+PY
