@@ -6,8 +6,10 @@
 #   dup    the same delivery again (primed once before the round)
 #   forged a delivery whose sig is wrong (401 before any store operation): what the
 #          component costs without its store (only with BENCH_SCENARIOS naming it)
-# on Spin's default SQLite store and on Redis, at 50 connections and at 1. Prints each
-# round, then the medians, p50/p99 and the ratios to the floor. Asserts nothing.
+# on Spin's default SQLite store and on Redis, at 50 connections and at 1. Each round
+# restarts Spin on the same store for each build named (so two builds alternate). Prints
+# each run, then the medians, p50/p99 and the ratios to the floor measured in the same
+# Spin. Asserts nothing.
 #
 #   bench/on-spin.sh                    # everything (about 8 minutes)
 #   BENCH_STORES=redis BENCH_CONNECTIONS=1 BENCH_ROUNDS=1 BENCH_SECONDS=5 bench/on-spin.sh
@@ -38,9 +40,14 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 if [ -z "${KLING_WEBHOOK_WASM:-}" ] || [ -z "${BASELINE_WASM:-}" ]; then
   cargo build -q --release --locked --target wasm32-wasip2 -p kling-webhook -p bench-baseline
 fi
-component="${KLING_WEBHOOK_WASM:-$target/wasm32-wasip2/release/kling_webhook.wasm}"
+# KLING_WEBHOOK_WASM may name several builds (space-separated, e.g. before and after a
+# change): each round runs each of them, in turn, on the same store.
+components="${KLING_WEBHOOK_WASM:-$target/wasm32-wasip2/release/kling_webhook.wasm}"
 baseline="${BASELINE_WASM:-$target/wasm32-wasip2/release/bench_baseline.wasm}"
-echo "component: $(stat -c %s "$component") bytes; floor: $(stat -c %s "$baseline") bytes"
+for component in $components; do
+  echo "component $(basename "$component"): $(stat -c %s "$component") bytes"
+done
+echo "floor: $(stat -c %s "$baseline") bytes"
 
 work="$(mktemp -d)"
 spin_pid=""; redis_pid=""
@@ -51,7 +58,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$work/spin.toml" <<TOML
+manifest() { # $1: the component's .wasm
+  cat <<TOML
 spin_manifest_version = 2
 [application]
 name = "kling-webhook-bench"
@@ -62,7 +70,7 @@ component = "kling-webhook"
 route = "/floor/..."
 component = "floor"
 [component.kling-webhook]
-source = "$component"
+source = "$1"
 key_value_stores = ["default", "index", "listing"]
 allowed_outbound_hosts = ["http://127.0.0.1:9"]
 [component.kling-webhook.variables]
@@ -75,33 +83,47 @@ public_base_url = "http://127.0.0.1:$port"
 source = "$baseline"
 key_value_stores = ["default"]
 TOML
+}
 
-start_spin() { # $1: sqlite | redis
+start_store() { # $1: sqlite | redis; writes $work/$1/runtime.toml
   local dir="$work/$1"
   mkdir -p "$dir"
   if [ "$1" = redis ]; then
     redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
       --dir "$dir" > "$dir/redis.log" 2>&1 &
     redis_pid=$!
+    for _ in $(seq 1 50); do
+      redis-cli -p "$redis_port" ping > /dev/null 2>&1 && break
+      kill -0 "$redis_pid" 2>/dev/null || { cat "$dir/redis.log" >&2; exit 1; }
+      sleep 0.1
+    done
     printf '[key_value_store.%s]\ntype = "redis"\nurl = "redis://127.0.0.1:%s/%s"\n' \
       default "$redis_port" 0 index "$redis_port" 1 listing "$redis_port" 2 > "$dir/runtime.toml"
   else
     printf '[key_value_store.%s]\ntype = "spin"\npath = "%s"\n' \
       default "$dir/default.db" index "$dir/index.db" listing "$dir/listing.db" > "$dir/runtime.toml"
   fi
-  "$spin" up --from "$work/spin.toml" --runtime-config-file "$dir/runtime.toml" \
-    --listen "127.0.0.1:$port" > "$dir/spin.log" 2>&1 &
+}
+
+stop_store() {
+  if [ -n "$redis_pid" ]; then kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; redis_pid=""; fi
+}
+
+start_spin() { # $1: store, $2: the component's .wasm
+  manifest "$2" > "$work/spin.toml"
+  "$spin" up --from "$work/spin.toml" --runtime-config-file "$work/$1/runtime.toml" \
+    --listen "127.0.0.1:$port" > "$work/spin.log" 2>&1 &
   spin_pid=$!
   for _ in $(seq 1 100); do
     curl -sf -o /dev/null -X POST "http://127.0.0.1:$port/floor/ready" && return 0
     sleep 0.2
   done
-  echo "spin did not start:" >&2; cat "$dir/spin.log" >&2; exit 1
+  echo "spin did not start:" >&2; cat "$work/spin.log" >&2; exit 1
 }
 
 stop_spin() {
-  kill "$spin_pid"; wait "$spin_pid" 2>/dev/null || true; spin_pid=""
-  if [ -n "$redis_pid" ]; then kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; redis_pid=""; fi
+  kill "$spin_pid" 2>/dev/null || echo "(spin had exited: $(tail -3 "$work/spin.log" 2>/dev/null))" >&2
+  wait "$spin_pid" 2>/dev/null || true; spin_pid=""
 }
 
 # One wrk run: $1 scenario, $2 connections, $3 lines file, $4 path prefix. Prints RESULT.
@@ -114,28 +136,32 @@ run_wrk() {
 results="$work/results"
 : > "$results"
 for store in $stores; do
-  start_spin "$store"
-  for conns in $connections; do
-    lines=$(( conns == 1 ? 40000 : 120000 ))
-    for round in $(seq 1 "$rounds"); do
-      tag="${store:0:1}${conns}r${round}"
-      python3 "$root/bench/requests.py" new "f$tag" "$lines" "$secret" > "$work/floor.lines"
-      python3 "$root/bench/requests.py" new "n$tag" "$lines" "$secret" > "$work/new.lines"
-      python3 "$root/bench/requests.py" dup "d$tag" 1 "$secret" > "$work/dup.lines"
-      python3 "$root/bench/requests.py" dup "x$tag" 1 "not-the-secret" > "$work/forged.lines"
-      sed 's/?sig=[^\t]*/?sig=probe/' "$work/forged.lines" > "$work/probe.lines"
-      IFS=$'\t' read -r dup_path dup_body < "$work/dup.lines"
-      curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
-        --data "$dup_body" "http://127.0.0.1:$port$dup_path"
-      for scenario in $scenarios; do
-        prefix=""; [ "$scenario" = floor ] && prefix="/floor"
-        line="$(run_wrk "$scenario" "$conns" "$work/$scenario.lines" "$prefix")"
-        echo "$store c=$conns round $round $scenario: ${line#RESULT }"
-        echo "$store $conns $scenario ${line#RESULT }" >> "$results"
+  start_store "$store"
+  for round in $(seq 1 "$rounds"); do
+    for component in $components; do
+      name="$(basename "$component" .wasm)"
+      start_spin "$store" "$component"
+      for conns in $connections; do
+        lines=$(( conns == 1 ? 40000 : 120000 ))
+        tag="${store:0:1}${conns}r${round}${RANDOM}"
+        python3 "$root/bench/requests.py" new "f$tag" "$lines" "$secret" > "$work/floor.lines"
+        python3 "$root/bench/requests.py" new "n$tag" "$lines" "$secret" > "$work/new.lines"
+        python3 "$root/bench/requests.py" dup "d$tag" 1 "$secret" > "$work/dup.lines"
+        python3 "$root/bench/requests.py" dup "x$tag" 1 "not-the-secret" > "$work/forged.lines"
+        IFS=$'\t' read -r dup_path dup_body < "$work/dup.lines"
+        curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
+          --data "$dup_body" "http://127.0.0.1:$port$dup_path"
+        for scenario in $scenarios; do
+          prefix=""; [ "$scenario" = floor ] && prefix="/floor"
+          line="$(run_wrk "$scenario" "$conns" "$work/$scenario.lines" "$prefix")"
+          echo "$store c=$conns round $round $name $scenario: ${line#RESULT }"
+          echo "$store $conns $name $scenario ${line#RESULT }" >> "$results"
+        done
       done
+      stop_spin
     done
   done
-  stop_spin
+  stop_store
 done
 
 echo
@@ -144,17 +170,17 @@ python3 - "$results" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    store, conns, scenario, *fields = line.split()
+    store, conns, name, scenario, *fields = line.split()
     f = dict(x.split("=") for x in fields)
-    rows.setdefault((store, conns, scenario), []).append(f)
-print(f"{'store':7} {'conns':>5} {'scenario':8} {'req/s':>8} {'x floor':>7} {'p50 ms':>7} {'x floor':>7} {'p99 ms':>7} {'errors':>6}")
-for (store, conns, scenario), fs in rows.items():
-    med = lambda k: statistics.median(float(f[k]) for f in fs)
-    floor = rows[(store, conns, "floor")]
-    fmed = lambda k: statistics.median(float(f[k]) for f in floor)
+    rows.setdefault((store, conns, name, scenario), []).append(f)
+print(f"{'store':6} {'conns':>5} {'component':16} {'scenario':8} {'req/s':>7} {'x floor':>7} {'p50 ms':>7} {'x floor':>7} {'p99 ms':>7} {'errors':>6}")
+for (store, conns, name, scenario), fs in rows.items():
+    med = lambda fs, k: statistics.median(float(f[k]) for f in fs)
+    floor = rows[(store, conns, name, "floor")]
     errs = sum(int(f["errors"]) + int(f["non2xx"]) for f in fs)
     wraps = sum(int(f["wraps"]) for f in fs)
-    note = " (ran out of distinct tasks)" if wraps and scenario != "dup" else ""
-    print(f"{store:7} {conns:>5} {scenario:8} {med('rps'):8.0f} {med('rps')/fmed('rps'):7.2f} "
-          f"{med('p50_us')/1000:7.2f} {med('p50_us')/fmed('p50_us'):7.2f} {med('p99_us')/1000:7.2f} {errs:6}{note}")
+    note = " (ran out of distinct tasks)" if wraps and scenario in ("floor", "new") else ""
+    print(f"{store:6} {conns:>5} {name[:16]:16} {scenario:8} {med(fs, 'rps'):7.0f} "
+          f"{med(fs, 'rps') / med(floor, 'rps'):7.2f} {med(fs, 'p50_us') / 1000:7.2f} "
+          f"{med(fs, 'p50_us') / med(floor, 'p50_us'):7.2f} {med(fs, 'p99_us') / 1000:7.2f} {errs:6}{note}")
 PY

@@ -27,7 +27,7 @@
 //! | key | value | added by | removed by |
 //! |---|---|---|---|
 //! | `listed/{first_seen_ms}/{key}` | `1` | a submit; the first delivery of a task not submitted here | retention |
-//! | `final/{day}/{key}` | `1` | whoever stores a task's final state | retention, with the task |
+//! | `final/{day}/{key}` | `1` | a poll that stores a task's final state (callbacks leave it to retention's scan of `listed/`) | retention, with the task |
 //!
 //! `{key}` is the task's `external_task_id`, or `#` followed by Kling's `task_id` for a
 //! task reported without one (`#` cannot occur in an external id, so the two never

@@ -12,7 +12,7 @@ use crate::ledger::{
     LedgerError, PollState, Slot, Submission, TaskHead, Verdict, assemble, assemble_submission,
     judge,
 };
-use crate::task::{StepRef, TaskEvent, TaskRecord, TaskStatus};
+use crate::task::{EventSource, StepRef, TaskEvent, TaskRecord, TaskStatus};
 use crate::validate::{is_valid_external_task_id, is_valid_task_id};
 
 pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -108,7 +108,7 @@ pub struct TaskPage {
 
 /// Writes that follow an accepted delivery and may happen after the acknowledgement:
 /// the task_id index (first binding only), the head, the listing entry of a task not
-/// submitted here, and the retention entry of a task that became final. Applied in
+/// submitted here, and the retention entry of a task a poll made final. Applied in
 /// order; the first failure stops the rest, so the head never claims a binding whose
 /// index is missing. Each is a key of this task alone: no delivery of another task
 /// waits on it.
@@ -123,7 +123,7 @@ pub struct Bookkeeping {
     index_task_id: Option<String>,
     /// A task seen for the first time, not submitted here: list it (`listed/`).
     list_at: Option<u64>,
-    /// The delivery stored a final state: index the task for retention (`final/`).
+    /// A poll stored a final state: index the task for retention (`final/`).
     final_at: Option<u64>,
 }
 
@@ -239,7 +239,11 @@ impl<'a> TaskStore<'a> {
                     .filter(|ms| *ms < 10_000_000_000_000)
                     .unwrap_or(now_ms)
             }),
-            final_at: became_final.then_some(now_ms),
+            // Only a poll (the reconciler, off the hot path) indexes a final task for
+            // retention by day. A final callback leaves it to retention's scan of the
+            // listing, which finds it anyway (`purge_expired`'s backstop): one write
+            // fewer for the delivery that matters most.
+            final_at: (became_final && event.source == EventSource::Poll).then_some(now_ms),
         }
     }
 

@@ -397,3 +397,42 @@ async fn final_tasks_past_retention_are_deleted_by_the_run_and_then_unknown() {
         "not final: kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_a_callback_finished_is_deleted_after_retention_without_a_retention_entry() {
+    let d = deploy().await;
+    // Not submitted here, finished by its first callback: the delivery writes no `final/`
+    // entry, and retention's scan of the listing finds the task anyway.
+    let body = crate::support::requests::flat("99001", "job-cb-old", "succeed", 5);
+    let reply = d
+        .app
+        .send(crate::support::requests::callback("job-cb-old", body))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        d.app.kv.keys().iter().all(|k| !k.starts_with("final/")),
+        "{:?}",
+        d.app.kv.keys()
+    );
+    assert_eq!(report(&d.app).await["purged"], 0, "its day has not ended");
+
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 31 * 24 * 3600;
+    let future = same_store(&d, &d.standin.base_url(), Some(later));
+    assert_eq!(report(&future).await["purged"], 1);
+    for id in ["job-cb-old", "99001"] {
+        assert_eq!(d.app.send(get_task(id)).await.status, 404, "{id}");
+    }
+    assert!(
+        d.app
+            .kv
+            .keys()
+            .iter()
+            .all(|k| !k.contains("job-cb-old") && !k.contains("99001")),
+        "{:?}",
+        d.app.kv.keys()
+    );
+}
