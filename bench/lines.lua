@@ -1,6 +1,6 @@
--- wrk script: POSTs the lines of the file in $BENCH_LINES (`path<TAB>body`), each
--- thread taking every n-th line from its own offset, so no two requests share a line
--- until the file runs out (then it wraps, and the script says so at the end).
+-- wrk script: POSTs the lines of the file in $BENCH_LINES (`path<TAB>body`), each of
+-- the $BENCH_THREADS threads taking every n-th line from its own offset, so no two
+-- requests share a line until the file runs out (then it wraps, and says so at the end).
 local threads = {}
 local counter = 0
 
@@ -18,7 +18,8 @@ function init(args)
     paths[#paths + 1] = prefix .. l:sub(1, tab - 1)
     bodies[#bodies + 1] = l:sub(tab + 1)
   end
-  step = counter
+  -- setup() ran in wrk's main Lua state; this thread's state only has what it set.
+  step = tonumber(os.getenv("BENCH_THREADS"))
   next_line = index + 1
   wrapped = 0
   wrk.method = "POST"

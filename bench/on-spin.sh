@@ -5,7 +5,10 @@
 #   new    a first delivery of a task never seen (a different signed URL per request)
 #   dup    the same delivery again (primed once before the round)
 #   forged a delivery whose sig is wrong (401 before any store operation): what the
-#          component costs without its store (only with BENCH_SCENARIOS naming it)
+#          component costs without its store (its 401s show under "errors")
+#   readfloor  bench/baseline reading one key, the same for every request: the least
+#          a receiver that recognises a repeat can do (the yardstick for dup)
+# (forged and readfloor run only when BENCH_SCENARIOS names them.)
 # on Spin's default SQLite store and on Redis, at 50 connections and at 1. Each round
 # restarts Spin on the same store for each build named (so two builds alternate). Prints
 # each run, then the medians, p50/p99 and the ratios to the floor measured in the same
@@ -69,6 +72,9 @@ component = "kling-webhook"
 [[trigger.http]]
 route = "/floor/..."
 component = "floor"
+[[trigger.http]]
+route = "/floor-read/..."
+component = "floor"
 [component.kling-webhook]
 source = "$1"
 key_value_stores = ["default", "index", "listing"]
@@ -129,7 +135,7 @@ stop_spin() {
 # One wrk run: $1 scenario, $2 connections, $3 lines file, $4 path prefix. Prints RESULT.
 run_wrk() {
   local threads=2; [ "$2" = 1 ] && threads=1
-  BENCH_LINES="$3" BENCH_PREFIX="$4" wrk -t"$threads" -c"$2" -d"${seconds}s" --latency \
+  BENCH_LINES="$3" BENCH_PREFIX="$4" BENCH_THREADS="$threads" wrk -t"$threads" -c"$2" -d"${seconds}s" --latency \
     -s "$root/bench/lines.lua" "http://127.0.0.1:$port" | grep '^RESULT'
 }
 
@@ -138,7 +144,10 @@ results="$work/results"
 for store in $stores; do
   start_store "$store"
   for round in $(seq 1 "$rounds"); do
-    for component in $components; do
+    # The store grows round by round: alternate which build goes first.
+    order="$components"
+    [ $((round % 2)) = 0 ] && order="$(echo "$components" | tr ' ' '\n' | tac | tr '\n' ' ')"
+    for component in $order; do
       name="$(basename "$component" .wasm)"
       start_spin "$store" "$component"
       for conns in $connections; do
@@ -148,11 +157,18 @@ for store in $stores; do
         python3 "$root/bench/requests.py" new "n$tag" "$lines" "$secret" > "$work/new.lines"
         python3 "$root/bench/requests.py" dup "d$tag" 1 "$secret" > "$work/dup.lines"
         python3 "$root/bench/requests.py" dup "x$tag" 1 "not-the-secret" > "$work/forged.lines"
+        cp "$work/dup.lines" "$work/readfloor.lines"
         IFS=$'\t' read -r dup_path dup_body < "$work/dup.lines"
-        curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
-          --data "$dup_body" "http://127.0.0.1:$port$dup_path"
+        for prime in "" /floor; do
+          curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
+            --data "$dup_body" "http://127.0.0.1:$port$prime$dup_path"
+        done
         for scenario in $scenarios; do
-          prefix=""; [ "$scenario" = floor ] && prefix="/floor"
+          case "$scenario" in
+            floor) prefix="/floor" ;;
+            readfloor) prefix="/floor-read" ;;
+            *) prefix="" ;;
+          esac
           line="$(run_wrk "$scenario" "$conns" "$work/$scenario.lines" "$prefix")"
           echo "$store c=$conns round $round $name $scenario: ${line#RESULT }"
           echo "$store $conns $name $scenario ${line#RESULT }" >> "$results"
@@ -173,14 +189,14 @@ for line in open(sys.argv[1]):
     store, conns, name, scenario, *fields = line.split()
     f = dict(x.split("=") for x in fields)
     rows.setdefault((store, conns, name, scenario), []).append(f)
-print(f"{'store':6} {'conns':>5} {'component':16} {'scenario':8} {'req/s':>7} {'x floor':>7} {'p50 ms':>7} {'x floor':>7} {'p99 ms':>7} {'errors':>6}")
+print(f"{'store':6} {'conns':>5} {'component':16} {'scenario':9} {'req/s':>7} {'x floor':>7} {'p50 ms':>7} {'x floor':>7} {'p99 ms':>7} {'errors':>6}")
 for (store, conns, name, scenario), fs in rows.items():
     med = lambda fs, k: statistics.median(float(f[k]) for f in fs)
-    floor = rows[(store, conns, name, "floor")]
+    floor = rows.get((store, conns, name, "floor"), fs)
     errs = sum(int(f["errors"]) + int(f["non2xx"]) for f in fs)
     wraps = sum(int(f["wraps"]) for f in fs)
     note = " (ran out of distinct tasks)" if wraps and scenario in ("floor", "new") else ""
-    print(f"{store:6} {conns:>5} {name[:16]:16} {scenario:8} {med(fs, 'rps'):7.0f} "
+    print(f"{store:6} {conns:>5} {name[:16]:16} {scenario:9} {med(fs, 'rps'):7.0f} "
           f"{med(fs, 'rps') / med(floor, 'rps'):7.2f} {med(fs, 'p50_us') / 1000:7.2f} "
           f"{med(fs, 'p50_us') / med(floor, 'p50_us'):7.2f} {med(fs, 'p99_us') / 1000:7.2f} {errs:6}{note}")
 PY

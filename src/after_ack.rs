@@ -2,7 +2,8 @@
 //! then announcing what changed and moving its pipeline on. Nothing here may lose the
 //! delivery, which is stored before the acknowledgement; whatever fails is redone by the
 //! reconciler (a pipeline's next step, a notification from the outbox), and only counters
-//! or the task_id index may stay behind until the next delivery writes them again.
+//! or the task_id index may stay behind until the next delivery that changes the task
+//! writes them again.
 
 use crate::app::Env;
 use crate::config::{NotifyConfig, SubmitConfig};

@@ -276,8 +276,9 @@ impl Poller<'_> {
         };
         let record = store.record(key, Some(head.clone()))?;
         if let Some(record) = record.as_ref().filter(|r| r.status.is_final()) {
-            // Its final callback's instance may have stopped after the acknowledgement,
-            // before writing the retention entry or queueing the notification.
+            // A callback finished it: callbacks write no retention entry (one store
+            // write fewer on the hot path), so the reconciler indexes it now; and the
+            // callback's instance may have stopped before queueing the notification.
             Index::finals(self.kv).add(&final_entry(key, self.clock.now_ms()))?;
             if let Some(notifier) = notifier {
                 notifier.ensure_notified(key, record)?;

@@ -175,7 +175,7 @@ pub struct TaskRecord {
     /// Callbacks that changed this task (a duplicate or a late one writes nothing, so
     /// it is not counted).
     pub deliveries: u64,
-    /// When the last accepted callback arrived, milliseconds on our clock.
+    /// When the last callback that changed the task arrived, milliseconds on our clock.
     pub last_delivery_at: Option<u64>,
     /// The pipeline step this task runs, for tasks a pipeline submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,12 +1,13 @@
-//! Retention by day: tasks the reconciler finished are indexed by the day they became
+//! Retention by day: the reconciler indexes every task it tracks by the day it found it
 //! final (`final/{day}/{key}`), and a run deletes the tasks of whole past days, oldest
 //! day first. Nothing pins it: an unfinished task is simply not in that index.
 //!
 //! A scan of the listing takes the rest: a listed task first seen before the cutoff
-//! whose last news is older than the cutoff is purged if it is final (a task a callback
-//! finished: callbacks write no retention entry, so the hot path saves a store
-//! operation), or if it was not submitted here (no reconciler will ever finish it). A
-//! pending task of ours is left to the reconciler, which ends it (`lost` at worst).
+//! whose last news is older than the cutoff is purged if it is final (above all a task
+//! not submitted here that a callback finished: callbacks write no retention entry, so
+//! the hot path saves a store operation), or if it was not submitted here (no
+//! reconciler will ever finish it). A pending task of ours is left to the reconciler,
+//! which ends it (`lost` at worst) and indexes it then.
 
 use super::index::Index;
 use super::layout::TaskKey;
@@ -241,11 +242,12 @@ mod tests {
     }
 
     #[test]
-    fn the_backstop_takes_what_lost_its_retention_entry() {
+    fn the_listing_scan_takes_what_lost_its_retention_entry() {
         let kv = MemoryKv::default();
-        task(&kv, "done", 0, Some(TaskStatus::Succeed), None);
+        // Finished by a poll, which indexes it by day; then that entry is lost.
+        task(&kv, "done-1", 0, Some(TaskStatus::Succeed), None);
         task(&kv, "ours-pending", 0, Some(TaskStatus::Processing), None);
-        // The retention entry of `done` was lost after its acknowledgement.
+        assert_eq!(Index::finals(&kv).entries().unwrap().len(), 1);
         for entry in Index::finals(&kv).entries().unwrap() {
             Index::finals(&kv).remove(&entry).unwrap();
         }
@@ -258,7 +260,7 @@ mod tests {
         books.apply(&kv).unwrap();
 
         assert_eq!(purge_expired(&kv, 2 * DAY, 10).unwrap().tasks, 2);
-        assert!(!exists(&kv, "done"));
+        assert!(!exists(&kv, "done-1"));
         assert!(!exists(&kv, "77"));
         assert!(exists(&kv, "ours-pending"));
     }

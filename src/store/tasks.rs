@@ -132,10 +132,13 @@ impl Bookkeeping {
         if let Some(task_id) = &self.index_task_id {
             kv.set(&task_id_index(task_id), self.key.as_str().as_bytes())?;
         }
-        kv.set(&self.key.head(), &to_json(&self.head))?;
+        // Listed before the head: a task is listed only while it has no head, so a
+        // listing write lost after a head write would never be made again (and the
+        // task never listed, nor deleted by retention's scan of the listing).
         if let Some(ms) = self.list_at {
             Index::listed(kv).add(&listed_entry(&self.key, ms))?;
         }
+        kv.set(&self.key.head(), &to_json(&self.head))?;
         if let Some(ms) = self.final_at {
             Index::finals(kv).add(&final_entry(&self.key, ms))?;
         }
@@ -233,16 +236,18 @@ impl<'a> TaskStore<'a> {
             index_task_id: first_binding.then(|| event.task_id.clone()),
             // Kling's `created_at` makes concurrent first deliveries write one entry.
             // (Within 13 digits, so the entry keeps its shape and sorts by time.)
+            // Never later than now: retention's scan stops at the first entry past its
+            // cutoff, so a future date would keep a finished task past retention.
             list_at: first_seen.then(|| {
                 event
                     .created_at
                     .filter(|ms| *ms < 10_000_000_000_000)
-                    .unwrap_or(now_ms)
+                    .map_or(now_ms, |ms| ms.min(now_ms))
             }),
             // Only a poll (the reconciler, off the hot path) indexes a final task for
-            // retention by day. A final callback leaves it to retention's scan of the
-            // listing, which finds it anyway (`purge_expired`'s backstop): one write
-            // fewer for the delivery that matters most.
+            // retention by day here. A final callback leaves it to the reconciler (a
+            // task submitted here) or to retention's scan of the listing (any other):
+            // one write fewer for the delivery that matters most.
             final_at: (became_final && event.source == EventSource::Poll).then_some(now_ms),
         }
     }
@@ -567,6 +572,42 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_listing_write_leaves_no_head_so_the_next_delivery_lists_the_task() {
+        let key = TaskKey::external("job-1");
+        let e = event("86", Some("job-1"), TaskStatus::Processing);
+        let kv = MemoryKv::default();
+        // The second set is the listing entry (after the task_id index).
+        kv.fail_nth_set.set(Some(2));
+        let plan = TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Processing), 5);
+        assert!(plan.apply(&kv).is_err());
+        let store = TaskStore::new(&kv);
+        assert_eq!(store.head(&key).unwrap(), None);
+
+        let again = TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Processing), 6);
+        again.apply(&kv).unwrap();
+        assert!(
+            kv.keys().iter().any(|k| k.starts_with("listed/")),
+            "{:?}",
+            kv.keys()
+        );
+    }
+
+    #[test]
+    fn a_first_seen_date_is_never_later_than_now() {
+        let key = TaskKey::external("job-1");
+        let mut e = event("86", Some("job-1"), TaskStatus::Processing);
+        e.created_at = Some(9_000);
+        let kv = MemoryKv::default();
+        TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Processing), 5_000)
+            .apply(&kv)
+            .unwrap();
+        assert_eq!(
+            Index::listed(&kv).entries().unwrap(),
+            [listed_entry(&key, 5_000)]
+        );
+    }
+
+    #[test]
     fn a_failed_index_write_leaves_the_head_unbound() {
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Submitted);
@@ -837,9 +878,9 @@ mod tests {
         let key = TaskKey::kling("99");
         let mut e = event("99", None, TaskStatus::Processing);
         e.created_at = Some(42);
-        for _ in 0..2 {
-            // Two first deliveries at once: both read no head.
-            let (verdict, books) = store.record_event_with_head(&key, None, &e, 7).unwrap();
+        for now in [50, 60] {
+            // Two first deliveries at once, on two clocks: both read no head.
+            let (verdict, books) = store.record_event_with_head(&key, None, &e, now).unwrap();
             assert_eq!(verdict, Verdict::Apply(Slot::Processing));
             books.apply(&kv).unwrap();
         }

@@ -212,16 +212,17 @@ async fn a_duplicate_changes_nothing_and_costs_one_read() {
 async fn store_traffic_per_delivery_is_as_documented() {
     let app = kling_app();
     let cases = [
-        // First delivery: read head, write slot; after the answer, bind (index), head,
-        // and list the task (one key of its own, named by Kling's created_at).
+        // First delivery: read head, write slot; after the answer, bind (index), list
+        // the task (one key of its own, named by Kling's created_at), then the head: a
+        // task is listed only while it has no head.
         (
             flat("7001", "job-ops", "submitted", 1),
             vec![
                 (Op::Get, "task:job-ops"),
                 (Op::Set, "task:job-ops:submitted"),
                 (Op::Set, "taskid:7001"),
-                (Op::Set, "task:job-ops"),
                 (Op::Set, "listed/1722769557708/job-ops"),
+                (Op::Set, "task:job-ops"),
             ],
         ),
         // Final news: read head, write slot; after the answer, the head only

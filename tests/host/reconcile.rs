@@ -370,27 +370,7 @@ async fn final_tasks_past_retention_are_deleted_by_the_run_and_then_unknown() {
         .unwrap()
         .to_string();
 
-    // 31 days later (retention_days defaults to 30).
-    let later = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 31 * 24 * 3600;
-    let future = same_store(&d, &d.standin.base_url(), Some(later));
-    let run = report(&future).await;
-    assert_eq!(run["purged"], 1, "{run}");
-    for id in ["job-old", task_id.as_str()] {
-        assert_eq!(d.app.send(get_task(id)).await.status, 404, "{id}");
-    }
-    assert!(
-        d.app
-            .kv
-            .keys()
-            .iter()
-            .all(|k| !k.contains("job-old") && !k.contains(&task_id)),
-        "{:?}",
-        d.app.kv.keys()
-    );
+    purged_31_days_later(&d, ["job-old", task_id.as_str()]).await;
     assert_eq!(
         status(&d.app, "job-running").await["status"],
         "submitted",
@@ -415,24 +395,26 @@ async fn a_task_a_callback_finished_is_deleted_after_retention_without_a_retenti
         d.app.kv.keys()
     );
     assert_eq!(report(&d.app).await["purged"], 0, "its day has not ended");
+    purged_31_days_later(&d, ["job-cb-old", "99001"]).await;
+}
 
+/// A reconcile run 31 days later (retention_days defaults to 30) deletes one task, known
+/// by both `ids`: both answer 404 and no key names either.
+async fn purged_31_days_later(d: &Deployment, ids: [&str; 2]) {
     let later = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         + 31 * 24 * 3600;
-    let future = same_store(&d, &d.standin.base_url(), Some(later));
-    assert_eq!(report(&future).await["purged"], 1);
-    for id in ["job-cb-old", "99001"] {
+    let future = same_store(d, &d.standin.base_url(), Some(later));
+    let run = report(&future).await;
+    assert_eq!(run["purged"], 1, "{run}");
+    for id in ids {
         assert_eq!(d.app.send(get_task(id)).await.status, 404, "{id}");
     }
+    let keys = d.app.kv.keys();
     assert!(
-        d.app
-            .kv
-            .keys()
-            .iter()
-            .all(|k| !k.contains("job-cb-old") && !k.contains("99001")),
-        "{:?}",
-        d.app.kv.keys()
+        keys.iter().all(|k| ids.iter().all(|id| !k.contains(id))),
+        "{keys:?}"
     );
 }

@@ -1,5 +1,7 @@
 //! The benchmark's yardstick: the least a callback receiver can do on Spin.
-//! It answers 200 after exactly one key-value write, nothing else.
+//! It answers 200 after exactly one key-value write, nothing else. Under `/floor-read/`
+//! it reads instead the key that `/floor/` + the same path wrote: the least a receiver
+//! that recognises a repeat can do.
 #![cfg(target_arch = "wasm32")]
 
 use spin_sdk::http::{IncomingRequest, Response};
@@ -10,9 +12,18 @@ use spin_sdk::key_value::Store;
 async fn handle(req: IncomingRequest) -> Response {
     let path = req.path_with_query().unwrap_or_default();
     let body = req.into_body().await.unwrap_or_default();
-    let stored = Store::open_default().and_then(|store| store.set(&path, &body));
+    let stored = Store::open_default().and_then(|store| {
+        if path.starts_with("/floor-read/") {
+            store
+                .get(&path.replacen("/floor-read/", "/floor/", 1))
+                .map(|value| value.is_some())
+        } else {
+            store.set(&path, &body).map(|()| true)
+        }
+    });
     match stored {
-        Ok(()) => Response::new(200, r#"{"received":true}"#),
+        Ok(true) => Response::new(200, r#"{"received":true}"#),
+        Ok(false) => Response::new(404, "not primed"),
         Err(_) => Response::new(503, "store failed"),
     }
 }
