@@ -19,7 +19,8 @@ function init(args)
     bodies[#bodies + 1] = l:sub(tab + 1)
   end
   -- setup() ran in wrk's main Lua state; this thread's state only has what it set.
-  step = tonumber(os.getenv("BENCH_THREADS"))
+  step = tonumber(os.getenv("BENCH_THREADS") or "")
+  if step == nil then error("BENCH_THREADS must be wrk's -t") end
   next_line = index + 1
   wrapped = 0
   wrk.method = "POST"

@@ -14,7 +14,7 @@
 # each run, then the medians, p50/p99 and the ratios to the floor measured in the same
 # Spin. Asserts nothing.
 #
-#   bench/on-spin.sh                    # everything (about 8 minutes)
+#   bench/on-spin.sh                    # everything (about 6 minutes a build)
 #   BENCH_STORES=redis BENCH_CONNECTIONS=1 BENCH_ROUNDS=1 BENCH_SECONDS=5 bench/on-spin.sh
 #
 # Uses `spin` from PATH, else ../shared/tools/spin; wrk and redis-server from Debian
@@ -152,7 +152,7 @@ for store in $stores; do
       start_spin "$store" "$component"
       for conns in $connections; do
         lines=$(( conns == 1 ? 40000 : 120000 ))
-        tag="${store:0:1}${conns}r${round}${RANDOM}"
+        tag="${store:0:1}${conns}r${round}-${name}"
         python3 "$root/bench/requests.py" new "f$tag" "$lines" "$secret" > "$work/floor.lines"
         python3 "$root/bench/requests.py" new "n$tag" "$lines" "$secret" > "$work/new.lines"
         python3 "$root/bench/requests.py" dup "d$tag" 1 "$secret" > "$work/dup.lines"
@@ -192,11 +192,12 @@ for line in open(sys.argv[1]):
 print(f"{'store':6} {'conns':>5} {'component':16} {'scenario':9} {'req/s':>7} {'x floor':>7} {'p50 ms':>7} {'x floor':>7} {'p99 ms':>7} {'errors':>6}")
 for (store, conns, name, scenario), fs in rows.items():
     med = lambda fs, k: statistics.median(float(f[k]) for f in fs)
-    floor = rows.get((store, conns, name, "floor"), fs)
+    floor = rows.get((store, conns, name, "floor"))
     errs = sum(int(f["errors"]) + int(f["non2xx"]) for f in fs)
+    ratio = lambda k: f"{med(fs, k) / med(floor, k):7.2f}" if floor else f"{'-':>7}"
     wraps = sum(int(f["wraps"]) for f in fs)
     note = " (ran out of distinct tasks)" if wraps and scenario in ("floor", "new") else ""
     print(f"{store:6} {conns:>5} {name[:16]:16} {scenario:9} {med(fs, 'rps'):7.0f} "
-          f"{med(fs, 'rps') / med(floor, 'rps'):7.2f} {med(fs, 'p50_us') / 1000:7.2f} "
-          f"{med(fs, 'p50_us') / med(floor, 'p50_us'):7.2f} {med(fs, 'p99_us') / 1000:7.2f} {errs:6}{note}")
+          f"{ratio('rps')} {med(fs, 'p50_us') / 1000:7.2f} "
+          f"{ratio('p50_us')} {med(fs, 'p99_us') / 1000:7.2f} {errs:6}{note}")
 PY

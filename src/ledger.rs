@@ -170,6 +170,9 @@ pub struct TaskHead {
     /// Set when this component submitted the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submission: Option<Submission>,
+    /// The task's listing entry could not be written: the next delivery lists it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlisted: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -355,14 +358,14 @@ mod tests {
     fn replay(events: &[TaskEvent]) -> (TaskHead, Vec<(Slot, TaskEvent)>) {
         let mut head = TaskHead::default();
         let mut slots: Vec<(Slot, TaskEvent)> = vec![];
-        for e in events {
+        for (now, e) in (1..).zip(events) {
             head.check_binding(e).unwrap();
             let verdict = judge(&head.seen, e);
             if let Verdict::Apply(slot) = verdict {
                 slots.retain(|(s, _)| *s != slot);
                 slots.push((slot, e.clone()));
             }
-            head = head.after_delivery(e, verdict, 0);
+            head = head.after_delivery(e, verdict, now);
         }
         (head, slots)
     }

@@ -5,7 +5,7 @@
 //!
 //! | key | value | written by |
 //! |---|---|---|
-//! | `task:{key}` | head: binding, what was seen, counters, the submission ([`TaskHead`]) | submits; every delivery that changed the task, after the acknowledgement |
+//! | `task:{key}` | head: binding, what was seen, counters, the submission ([`TaskHead`]) | submits; every delivery that changed the task (or was rejected), after the acknowledgement |
 //! | `task:{key}:submitted` / `:processing` / `:lost` / `:final` | the latest state of that rank ([`TaskEvent`]) | only deliveries (or polls) of that rank |
 //! | `task:{key}:poll` | the reconciler's polls of the task ([`PollState`]) | reconcile and read repair |
 //! | `task:{key}:notified` | the `sequence` of the task's last notification a receiver took | the notifier, on a 2xx |

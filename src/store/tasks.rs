@@ -107,10 +107,11 @@ pub struct TaskPage {
 }
 
 /// Writes that follow an accepted delivery and may happen after the acknowledgement:
-/// the task_id index (first binding only), the head, the listing entry of a task not
-/// submitted here, and the retention entry of a task a poll made final. Applied in
-/// order; the first failure stops the rest, so the head never claims a binding whose
-/// index is missing. Each is a key of this task alone: no delivery of another task
+/// the task_id index (first binding only), the listing entry of a task not submitted
+/// here (until one is written), the head, and the retention entry of a task a poll made
+/// final. Applied in that order; a failure stops the rest, so the head never claims a
+/// binding whose index is missing, except a failed listing entry, which the head
+/// records (`unlisted`) for the next delivery to redo. Each is a key of this task alone: no delivery of another task
 /// waits on it.
 /// The head is kept as a value and serialized only when applied, after the
 /// acknowledgement; [`Bookkeeping::head`] is also what the task's record is built from.
@@ -132,13 +133,20 @@ impl Bookkeeping {
         if let Some(task_id) = &self.index_task_id {
             kv.set(&task_id_index(task_id), self.key.as_str().as_bytes())?;
         }
-        // Listed before the head: a task is listed only while it has no head, so a
-        // listing write lost after a head write would never be made again (and the
-        // task never listed, nor deleted by retention's scan of the listing).
-        if let Some(ms) = self.list_at {
-            Index::listed(kv).add(&listed_entry(&self.key, ms))?;
+        // Retention relies on the listing to find a task a callback finished, so a
+        // listing write that fails is marked in the head (`unlisted`) and redone by the
+        // next delivery; the head is written either way, so that delivery is still
+        // judged against what was seen.
+        let listed = match self.list_at {
+            Some(ms) => Index::listed(kv).add(&listed_entry(&self.key, ms)),
+            None => Ok(()),
+        };
+        let mut head = self.head.clone();
+        if self.list_at.is_some() {
+            head.unlisted = listed.is_err();
         }
-        kv.set(&self.key.head(), &to_json(&self.head))?;
+        kv.set(&self.key.head(), &to_json(&head))?;
+        listed?;
         if let Some(ms) = self.final_at {
             Index::finals(kv).add(&final_entry(&self.key, ms))?;
         }
@@ -226,7 +234,8 @@ impl<'a> TaskStore<'a> {
         now_ms: u64,
     ) -> Bookkeeping {
         let first_binding = head.as_ref().is_none_or(|h| h.task_id.is_none());
-        let first_seen = head.is_none();
+        // Not listed yet: a first delivery, or one whose listing write failed.
+        let first_seen = head.as_ref().is_none_or(|h| h.unlisted);
         let became_final = matches!(verdict, Verdict::Apply(Slot::Final | Slot::Lost));
         Bookkeeping {
             key: key.clone(),
@@ -236,13 +245,15 @@ impl<'a> TaskStore<'a> {
             index_task_id: first_binding.then(|| event.task_id.clone()),
             // Kling's `created_at` makes concurrent first deliveries write one entry.
             // (Within 13 digits, so the entry keeps its shape and sorts by time.)
-            // Never later than now: retention's scan stops at the first entry past its
-            // cutoff, so a future date would keep a finished task past retention.
+            // At most a day ahead of our clock: a date far in the future would keep the
+            // task from retention's scan of the listing until then. (Not clamped to now:
+            // Kling's clock may run a little ahead, and concurrent first deliveries
+            // must still name one entry.)
             list_at: first_seen.then(|| {
                 event
                     .created_at
                     .filter(|ms| *ms < 10_000_000_000_000)
-                    .map_or(now_ms, |ms| ms.min(now_ms))
+                    .map_or(now_ms, |ms| ms.min(now_ms.saturating_add(DAY_MS)))
             }),
             // Only a poll (the reconciler, off the hot path) indexes a final task for
             // retention by day here. A final callback leaves it to the reconciler (a
@@ -572,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_listing_write_leaves_no_head_so_the_next_delivery_lists_the_task() {
+    fn a_failed_listing_write_is_marked_in_the_head_and_redone_by_the_next_delivery() {
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Processing);
         let kv = MemoryKv::default();
@@ -581,30 +592,37 @@ mod tests {
         let plan = TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Processing), 5);
         assert!(plan.apply(&kv).is_err());
         let store = TaskStore::new(&kv);
-        assert_eq!(store.head(&key).unwrap(), None);
+        let head = store
+            .head(&key)
+            .unwrap()
+            .expect("the head is written anyway");
+        assert!(head.unlisted && head.seen.processing.is_some());
+        assert!(Index::listed(&kv).entries().unwrap().is_empty());
 
-        let again = TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Processing), 6);
+        let mut done = e.clone();
+        done.status = TaskStatus::Succeed;
+        let again = TaskStore::bookkeeping(&key, Some(head), &done, Verdict::Apply(Slot::Final), 6);
         again.apply(&kv).unwrap();
-        assert!(
-            kv.keys().iter().any(|k| k.starts_with("listed/")),
-            "{:?}",
-            kv.keys()
-        );
+        assert_eq!(Index::listed(&kv).entries().unwrap().len(), 1);
+        assert!(!store.head(&key).unwrap().unwrap().unlisted);
     }
 
     #[test]
-    fn a_first_seen_date_is_never_later_than_now() {
+    fn a_first_seen_date_is_at_most_a_day_ahead_and_kling_s_otherwise() {
         let key = TaskKey::external("job-1");
-        let mut e = event("86", Some("job-1"), TaskStatus::Processing);
-        e.created_at = Some(9_000);
-        let kv = MemoryKv::default();
-        TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Processing), 5_000)
-            .apply(&kv)
-            .unwrap();
-        assert_eq!(
-            Index::listed(&kv).entries().unwrap(),
-            [listed_entry(&key, 5_000)]
-        );
+        let now = 10 * DAY_MS;
+        for (created_at, listed_at) in [(now + 5, now + 5), (now + 3 * DAY_MS, now + DAY_MS)] {
+            let mut e = event("86", Some("job-1"), TaskStatus::Processing);
+            e.created_at = Some(created_at);
+            let kv = MemoryKv::default();
+            TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Processing), now)
+                .apply(&kv)
+                .unwrap();
+            assert_eq!(
+                Index::listed(&kv).entries().unwrap(),
+                [listed_entry(&key, listed_at)]
+            );
+        }
     }
 
     #[test]

@@ -394,7 +394,7 @@ async fn a_task_a_callback_finished_is_deleted_after_retention_without_a_retenti
         "{:?}",
         d.app.kv.keys()
     );
-    assert_eq!(report(&d.app).await["purged"], 0, "its day has not ended");
+    assert_eq!(report(&d.app).await["purged"], 0, "its last news is recent");
     purged_31_days_later(&d, ["job-cb-old", "99001"]).await;
 }
 
