@@ -153,16 +153,10 @@ pub fn receive(
             });
         }
     };
-    // A repeat (duplicate or stale) of a task already bound changes nothing: it is
-    // answered from the one read, with no write at all. Counting it would cost a head
-    // write per repeat, as much as the store's whole work for news (see the README's
-    // performance section), for a statistic.
-    let bound = head.as_ref().is_some_and(|h| h.task_id.is_some());
     let (verdict, bookkeeping) = store.record_event_with_head(&key, head, &event, now_ms)?;
-    let repeat = matches!(verdict, Verdict::Duplicate | Verdict::Stale);
     Ok(Received {
         verdict,
-        bookkeeping: (!(repeat && bound)).then_some(bookkeeping),
+        bookkeeping: (!bookkeeping.changes_nothing()).then_some(bookkeeping),
         news: matches!(verdict, Verdict::Apply(_)).then_some(event),
     })
 }

@@ -111,8 +111,8 @@ pub struct TaskPage {
 /// here (until one is written), the head, and the retention entry of a task a poll made
 /// final. Applied in that order; a failure stops the rest, so the head never claims a
 /// binding whose index is missing, except a failed listing entry, which the head
-/// records (`unlisted`) for the next delivery to redo. Each is a key of this task alone: no delivery of another task
-/// waits on it.
+/// records (`unlisted`) for the next delivery to redo. Each is a key of this task
+/// alone: no delivery of another task waits on it.
 /// The head is kept as a value and serialized only when applied, after the
 /// acknowledgement; [`Bookkeeping::head`] is also what the task's record is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,9 +126,21 @@ pub struct Bookkeeping {
     list_at: Option<u64>,
     /// A poll stored a final state: index the task for retention (`final/`).
     final_at: Option<u64>,
+    /// Whether the delivery changed the head (a repeat of a bound task does not).
+    head_changed: bool,
 }
 
 impl Bookkeeping {
+    /// Nothing to write: a repeat of a bound, listed task. Such a delivery is answered
+    /// from its one read, with no write at all (a write per repeat would cost as much
+    /// as the store's whole work for news on Spin's SQLite store).
+    pub fn changes_nothing(&self) -> bool {
+        !self.head_changed
+            && self.index_task_id.is_none()
+            && self.list_at.is_none()
+            && self.final_at.is_none()
+    }
+
     pub fn apply(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
         if let Some(task_id) = &self.index_task_id {
             kv.set(&task_id_index(task_id), self.key.as_str().as_bytes())?;
@@ -235,21 +247,23 @@ impl<'a> TaskStore<'a> {
     ) -> Bookkeeping {
         let first_binding = head.as_ref().is_none_or(|h| h.task_id.is_none());
         // Not listed yet: a first delivery, or one whose listing write failed.
-        let first_seen = head.as_ref().is_none_or(|h| h.unlisted);
+        let unlisted = head.as_ref().is_none_or(|h| h.unlisted);
         let became_final = matches!(verdict, Verdict::Apply(Slot::Final | Slot::Lost));
+        let before = head.clone();
+        let after = head
+            .unwrap_or_default()
+            .after_delivery(event, verdict, now_ms);
         Bookkeeping {
             key: key.clone(),
-            head: head
-                .unwrap_or_default()
-                .after_delivery(event, verdict, now_ms),
+            head_changed: before.as_ref() != Some(&after),
+            head: after,
             index_task_id: first_binding.then(|| event.task_id.clone()),
-            // Kling's `created_at` makes concurrent first deliveries write one entry.
-            // (Within 13 digits, so the entry keeps its shape and sorts by time.)
-            // At most a day ahead of our clock: a date far in the future would keep the
-            // task from retention's scan of the listing until then. (Not clamped to now:
-            // Kling's clock may run a little ahead, and concurrent first deliveries
-            // must still name one entry.)
-            list_at: first_seen.then(|| {
+            // Kling's `created_at` makes concurrent first deliveries write one entry
+            // (within 13 digits, so the entry keeps its shape and sorts by time). It is
+            // kept at most a day ahead of our clock, not clamped to now: Kling's clock
+            // may run a little ahead, while a date far in the future would hide the
+            // task from retention's scan of the listing until then.
+            list_at: unlisted.then(|| {
                 event
                     .created_at
                     .filter(|ms| *ms < 10_000_000_000_000)
@@ -274,6 +288,7 @@ impl<'a> TaskStore<'a> {
             index_task_id: None,
             list_at: None,
             final_at: None,
+            head_changed: true,
         }
     }
 
