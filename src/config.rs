@@ -80,6 +80,7 @@ pub const VERIFY_CALLBACKS: &str = "verify_callbacks";
 pub const RETENTION_DAYS: &str = "retention_days";
 pub const NOTIFY_URL: &str = "notify_url";
 pub const NOTIFY_SECRET: &str = "notify_secret";
+pub const NOTIFY_ORIGIN: &str = "notify_origin";
 pub const NOTIFY_RETRY_SECONDS: &str = "notify_retry_seconds";
 pub const LOST_AFTER_POLLS: &str = "lost_after_polls";
 pub const LOST_AFTER_SECONDS: &str = "lost_after_seconds";
@@ -172,7 +173,7 @@ pub fn verify_callbacks(vars: &dyn Variables) -> Result<bool, ConfigError> {
 
 /// Every variable the component reads; `spin.toml` must declare and map each (a host
 /// test checks it).
-pub const ALL_VARIABLES: [&str; 18] = [
+pub const ALL_VARIABLES: [&str; 19] = [
     CALLBACK_SECRET,
     API_TOKEN,
     WEBHOOK_SIGNING_SECRET,
@@ -187,6 +188,7 @@ pub const ALL_VARIABLES: [&str; 18] = [
     RETENTION_DAYS,
     NOTIFY_URL,
     NOTIFY_SECRET,
+    NOTIFY_ORIGIN,
     NOTIFY_RETRY_SECONDS,
     LOST_AFTER_POLLS,
     LOST_AFTER_SECONDS,
@@ -217,6 +219,16 @@ impl NotifyConfig {
             return Err(ConfigError::Invalid(
                 NOTIFY_URL,
                 "expected an http(s):// URL",
+            ));
+        }
+        // The shipped manifest allows outbound HTTP to `{{ notify_origin }}` only, so a
+        // URL elsewhere could never be delivered: say so now, not on every retry.
+        if let Some(origin) = vars.get(NOTIFY_ORIGIN)
+            && !is_under_origin(&url, &origin)
+        {
+            return Err(ConfigError::Invalid(
+                NOTIFY_URL,
+                "its origin must be the `notify_origin` variable (the only notification host the manifest allows)",
             ));
         }
         let value = vars
@@ -253,6 +265,18 @@ impl NotifyConfig {
             retry_after_ms: retry_secs * 1000,
         }))
     }
+}
+
+/// `url` is `origin` itself or a path, query or fragment under it (case-insensitive in
+/// scheme and host, as origins are).
+fn is_under_origin(url: &str, origin: &str) -> bool {
+    let origin = origin.trim_end_matches('/');
+    url.get(..origin.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(origin))
+        && matches!(
+            url.as_bytes().get(origin.len()),
+            None | Some(b'/' | b'?' | b'#')
+        )
 }
 
 /// Kling's global host; the Beijing host and the stand-in are set with `kling_base_url`.
@@ -617,6 +641,21 @@ pub(crate) mod tests {
         ]));
         let config = NotifyConfig::load(&on).unwrap().unwrap();
         assert_eq!(config.retry_after_ms, DEFAULT_NOTIFY_RETRY_SECONDS * 1000);
+        for (origin, allowed) in [
+            ("https://next.example", true),
+            ("HTTPS://Next.Example/", true),
+            ("https://next.example:443", false),
+            ("https://next.ex", false),
+            ("http://next.example", false),
+            ("https://notify-origin-unset.invalid", false),
+        ] {
+            let vars = MapVariables(HashMap::from([
+                (NOTIFY_URL, "https://next.example/hooks"),
+                (NOTIFY_SECRET, "whsec_aHVudGVyMi1odW50ZXIyLWh1bnRlcjI="),
+                (NOTIFY_ORIGIN, origin),
+            ]));
+            assert_eq!(NotifyConfig::load(&vars).is_ok(), allowed, "{origin}");
+        }
         assert!(
             !format!("{config:?}").contains("aHVudGVy"),
             "secret redacted"
