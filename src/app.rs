@@ -162,6 +162,7 @@ pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
     }
     let handled = match route {
         Route::Health => Ok(health().into()),
+        Route::OpenApi => Ok(openapi().into()),
         Route::Callback { external_task_id } => callback(request, external_task_id, env),
         Route::Tasks => list(request, env),
         Route::Reconcile => run_reconcile(request, env),
@@ -187,6 +188,19 @@ fn health() -> Response {
         &json!({ "status": "ok", "service": "kling-webhook", "version": env!("CARGO_PKG_VERSION") }),
     )
 }
+
+/// The document is public, like `/health`: it describes the API, it holds no data.
+fn openapi() -> Response {
+    Response {
+        status: 200,
+        headers: vec![("content-type", "application/json".to_string())],
+        body: OPENAPI_JSON.to_vec(),
+    }
+}
+
+/// `openapi.json` at the repository's root; the host tests check every exchange
+/// against it.
+pub const OPENAPI_JSON: &[u8] = include_bytes!("../openapi.json");
 
 fn list(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> {
     let page = list_tasks(

@@ -3,6 +3,8 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     Health,
+    /// `GET /openapi.json`: this API, described in OpenAPI 3.1.
+    OpenApi,
     /// `POST /callbacks/kling/{external_task_id}` or `POST /callbacks/kling`.
     Callback {
         external_task_id: Option<&'a str>,
@@ -29,6 +31,7 @@ impl<'a> Route<'a> {
         let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
         match segments.as_slice() {
             ["health"] => Some(Route::Health),
+            ["openapi.json"] => Some(Route::OpenApi),
             ["callbacks", "kling"] => Some(Route::Callback {
                 external_task_id: None,
             }),
@@ -47,7 +50,7 @@ impl<'a> Route<'a> {
     /// The methods a route answers, as an `Allow` header lists them.
     pub fn allow(&self) -> &'static str {
         match self {
-            Route::Health | Route::Tasks | Route::Pipeline { .. } => "GET",
+            Route::Health | Route::OpenApi | Route::Tasks | Route::Pipeline { .. } => "GET",
             Route::Task { .. } => "GET, POST",
             Route::Callback { .. } | Route::Reconcile | Route::Pipelines => "POST",
         }
@@ -65,6 +68,7 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(Route::parse("/health"), Some(Route::Health));
+        assert_eq!(Route::parse("/openapi.json"), Some(Route::OpenApi));
         assert_eq!(
             Route::parse("/callbacks/kling"),
             Some(Route::Callback {

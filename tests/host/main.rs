@@ -9,6 +9,8 @@ mod composition;
 mod concurrency;
 mod nothing_lost;
 mod notify;
+mod on_spin;
+mod openapi_document;
 mod pipelines;
 mod reconcile;
 mod rejections;

@@ -71,19 +71,23 @@ fn compose(socket: &Path, plug: &Path) -> Vec<u8> {
         .expect("encoding the composition")
 }
 
+/// The target directory this test binary was built in (`<target>/debug/deps/host-<hash>`).
+pub fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .expect("test binary path")
+        .ancestors()
+        .nth(3)
+        .expect("target directory")
+        .to_path_buf()
+}
+
 /// `cargo build --release --target wasm32-wasip2` for the component, the benchmark
 /// baseline and the example, in the same target directory as this test binary.
 fn build_release_wasm() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ sits in the workspace");
-    // <target>/debug/deps/host-<hash>
-    let target_dir = std::env::current_exe()
-        .expect("test binary path")
-        .ancestors()
-        .nth(3)
-        .expect("target directory")
-        .to_path_buf();
+    let target_dir = target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace)
@@ -112,7 +116,9 @@ pub fn kling_app() -> SpinApp {
 }
 
 pub fn kling_app_with<K: AsRef<str>, V: AsRef<str>>(variables: &[(K, V)], kv: KvStore) -> SpinApp {
-    SpinApp::new(&components().kling, variables, kv)
+    let mut app = SpinApp::new(&components().kling, variables, kv);
+    app.documented = true;
+    app
 }
 
 /// The composed example, deployed beside `kling` (its variables and its store), the way

@@ -5,6 +5,8 @@
 pub mod components;
 pub mod deployment;
 pub mod kv;
+pub mod openapi;
+pub mod real_spin;
 pub mod receiver;
 pub mod requests;
 pub mod spin_host;

@@ -181,6 +181,8 @@ pub struct SpinApp {
     variables: Arc<HashMap<String, String>>,
     /// A fixed wall clock (seconds since the epoch), for signature timestamps.
     clock: Option<u64>,
+    /// kling-webhook's HTTP API: every exchange is checked against `openapi.json`.
+    pub(super) documented: bool,
 }
 
 /// A wall clock stopped at one instant.
@@ -277,6 +279,7 @@ impl SpinApp {
                     .collect(),
             ),
             clock: None,
+            documented: false,
         }
     }
 
@@ -284,6 +287,7 @@ impl SpinApp {
     pub fn with_component(&self, loaded: &'static Loaded) -> Self {
         Self {
             loaded,
+            documented: false,
             ..self.clone()
         }
     }
@@ -365,9 +369,15 @@ impl SpinApp {
 
     pub async fn send_timed(&self, request: http::Request<Bytes>) -> (Reply, Timing) {
         let (parts, body) = request.into_parts();
-        self.try_send(http::Request::from_parts(parts, Full::new(body)))
+        let checked = self.documented.then(|| (parts.clone(), body.clone()));
+        let (reply, timing) = self
+            .try_send(http::Request::from_parts(parts, Full::new(body)))
             .await
-            .expect("host failure")
+            .expect("host failure");
+        if let Some((parts, body)) = checked {
+            super::openapi::check(&parts, &body, &reply);
+        }
+        (reply, timing)
     }
 
     /// Sends a request whose body is `first` and then never ends (a client trickling an

@@ -1,0 +1,437 @@
+//! The end-to-end suite on a real Spin: the shipped `spin.toml` under `spin up`, the
+//! Kling stand-in, and a notification receiver, driven over HTTP as a client would. The
+//! same scenario runs on one instance over Spin's SQLite store, and on two instances
+//! sharing one `redis-server` (SpinKube's shape); the example runs both ways a user
+//! composes it. Every exchange is also checked against `openapi.json`.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kling_standin::{Config, Script, StandIn};
+use serde_json::{Value, json};
+
+use crate::support::components::components;
+use crate::support::deployment::{submit_request, valid_body};
+use crate::support::real_spin::{App, RedisServer, SpinInstance, Stores};
+use crate::support::receiver::{NOTIFY_SECRET, Receiver};
+use crate::support::requests::{
+    API_TOKEN, CALLBACK_SECRET, authorized, callback, callback_with_sig, flat, get_task, request,
+};
+
+/// The kinds the scenario submits, each under its own `Idempotency-Key`.
+const KINDS: [&str; 5] = [
+    "text2video",
+    "image2video",
+    "lip-sync",
+    "effects",
+    "image-generation",
+];
+
+async fn standin() -> StandIn {
+    StandIn::start(Config::default(), ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap()
+}
+
+/// The variables of a deployment talking to `standin` and notifying `receiver`.
+fn variables(standin: &StandIn, receiver: &Receiver) -> Vec<(&'static str, String)> {
+    let origin = receiver
+        .url()
+        .split('/')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("/");
+    vec![
+        ("callback_secret", CALLBACK_SECRET.to_string()),
+        ("api_token", API_TOKEN.to_string()),
+        ("kling_api_key", standin.config().api_key.clone().unwrap()),
+        ("kling_base_url", standin.base_url()),
+        ("stale_after_seconds", "0".to_string()),
+        ("notify_url", receiver.url().to_string()),
+        ("notify_origin", origin),
+        ("notify_secret", NOTIFY_SECRET.to_string()),
+    ]
+}
+
+fn secrets(standin: &StandIn) -> Vec<String> {
+    vec![
+        CALLBACK_SECRET.to_string(),
+        API_TOKEN.to_string(),
+        standin.config().api_key.clone().unwrap(),
+        NOTIFY_SECRET.trim_start_matches("whsec_").to_string(),
+    ]
+}
+
+async fn start(stores: &Stores, standin: &StandIn, receiver: &Receiver) -> SpinInstance {
+    let secrets = secrets(standin);
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    SpinInstance::start(App::Shipped, stores, &variables(standin, receiver))
+        .await
+        .secrets(&secrets)
+}
+
+async fn wait_for(app: &SpinInstance, id: &str, status: &str) -> Value {
+    app.poll_json(
+        || get_task(id),
+        |reply| reply.status == 200 && reply.json()["status"] == status,
+    )
+    .await
+}
+
+/// Waits until the stand-in has sent `count` callbacks for `task_id` and had answers.
+async fn until_delivered(standin: &StandIn, task_id: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered: Vec<_> = standin
+            .deliveries()
+            .into_iter()
+            .filter(|d| d.task_id == task_id)
+            .collect();
+        if delivered.len() >= count {
+            assert!(
+                delivered.iter().all(|d| d.answered == Some(200)),
+                "every callback answered 200: {delivered:?}"
+            );
+            return;
+        }
+        assert!(Instant::now() < deadline, "{task_id}: {delivered:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn kling_task_id(standin: &StandIn, ext: &str) -> String {
+    let tasks = standin.tasks_with_external_id(ext);
+    assert_eq!(tasks.len(), 1, "one Kling task for {ext}");
+    tasks[0].task_id.clone()
+}
+
+/// Submit, callbacks (duplicated, reordered, forged, replayed on another instance), the
+/// task API, reconcile of a task whose callbacks never came, a pipeline, and signed
+/// notifications; request `n` goes to instance `n % len`, so with two instances every
+/// step crosses between them.
+async fn scenario(apps: &[SpinInstance], standin: &StandIn, receiver: &Receiver) {
+    let on = |n: usize| &apps[n % apps.len()];
+
+    // Submit several kinds; Kling calls back the instance that submitted.
+    for (n, kind) in KINDS.iter().enumerate() {
+        let ext = format!("e2e-{kind}");
+        if *kind == "text2video" {
+            // Every callback twice, the last status first.
+            standin.script(
+                &ext,
+                Script {
+                    duplicate: true,
+                    reverse: true,
+                    ..Script::default()
+                },
+            );
+        }
+        let submitted = on(n)
+            .send(submit_request(kind, valid_body(kind), Some(&ext)))
+            .await
+            .expect_json(202);
+        assert_eq!(submitted["external_task_id"], ext.as_str());
+    }
+    for (n, kind) in KINDS.iter().enumerate() {
+        let ext = format!("e2e-{kind}");
+        let done = wait_for(on(n + 1), &ext, "succeed").await;
+        let task_id = kling_task_id(standin, &ext);
+        assert_eq!(done["task_id"], task_id.as_str());
+        // (The stand-in answers every kind with a video, images included.)
+        let media = &done["videos"][0]["url"];
+        assert!(
+            media.as_str().is_some_and(|url| url.contains(&task_id)),
+            "{kind}: {done}"
+        );
+    }
+
+    // Duplicated and reversed: after all six deliveries the task is still final.
+    let ext = "e2e-text2video";
+    let task_id = kling_task_id(standin, ext);
+    until_delivered(standin, &task_id, 6).await;
+    let after = on(1).send(get_task(ext)).await.expect_json(200);
+    assert_eq!(after["status"], "succeed", "never backwards: {after}");
+
+    // A late `processing`, replayed on the other instance: acknowledged, changes nothing.
+    let late = flat(&task_id, ext, "processing", 1);
+    let reply = on(1).send(callback(ext, late)).await.expect_json(200);
+    assert_ne!(reply["outcome"], "applied", "{reply}");
+    assert_eq!(on(0).send(get_task(ext)).await.json()["status"], "succeed");
+
+    // Forged callbacks: refused, nothing stored, nothing changed.
+    let forged_final = flat(&task_id, ext, "failed", u64::MAX / 4);
+    on(0)
+        .send(callback_with_sig(ext, "AAAA", forged_final))
+        .await
+        .expect_error(401, "invalid_signature", "forged callback");
+    assert_eq!(on(1).send(get_task(ext)).await.json()["status"], "succeed");
+    let unknown = flat("1", "e2e-forged", "succeed", 1);
+    on(1)
+        .send(callback_with_sig(
+            "e2e-forged",
+            &crate::support::requests::sig("x"),
+            unknown,
+        ))
+        .await
+        .expect_error(401, "invalid_signature", "forged callback for a new task");
+    on(0).send(get_task("e2e-forged")).await.expect_error(
+        404,
+        "task_not_found",
+        "a forged callback stores nothing",
+    );
+
+    // The task API wants the bearer; unauthenticated submits reach neither store nor Kling.
+    let at_kling = standin.tasks().len();
+    for bearer in [None, Some("Bearer not-the-token-at-all")] {
+        let mut unauthorized = request("POST", "/tasks/text2video")
+            .header("content-type", "application/json")
+            .header("idempotency-key", "e2e-unauthorized");
+        if let Some(bearer) = bearer {
+            unauthorized = unauthorized.header("authorization", bearer);
+        }
+        let body = Bytes::from(valid_body("text2video").to_string());
+        on(0)
+            .send(unauthorized.body(body).unwrap())
+            .await
+            .expect_error(401, "unauthorized", "submit without the token");
+    }
+    assert_eq!(standin.tasks().len(), at_kling, "Kling was not called");
+    on(1).send(get_task("e2e-unauthorized")).await.expect_error(
+        404,
+        "task_not_found",
+        "nothing stored",
+    );
+    let page = on(1)
+        .send(authorized("GET", "/tasks?limit=100"))
+        .await
+        .expect_json(200);
+    let listed: Vec<&str> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["external_task_id"].as_str())
+        .collect();
+    for kind in KINDS {
+        assert!(listed.contains(&format!("e2e-{kind}").as_str()), "{page}");
+    }
+
+    // Reconcile: Kling never calls back; a run on the other instance finds the result.
+    let silent = "e2e-silent";
+    standin.script(
+        silent,
+        Script {
+            drop: vec!["submitted", "processing", "succeed", "failed"],
+            ..Script::default()
+        },
+    );
+    on(0)
+        .send(submit_request(
+            "text2video",
+            valid_body("text2video"),
+            Some(silent),
+        ))
+        .await
+        .expect_json(202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while standin.tasks_with_external_id(silent)[0].status != "succeed" {
+        assert!(Instant::now() < deadline, "the stand-in never finished it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let run = on(1)
+        .send(authorized("POST", "/tasks/reconcile"))
+        .await
+        .expect_json(200);
+    assert!(run["updated"].as_u64() >= Some(1), "{run}");
+    let reconciled = on(0).send(get_task(silent)).await.expect_json(200);
+    assert_eq!(
+        (&reconciled["status"], &reconciled["source"]),
+        (&json!("succeed"), &json!("poll")),
+        "{reconciled}"
+    );
+
+    // A pipeline: text2video, then extend, then lip-sync, each step started by the
+    // previous one's callback, whichever instance it reached.
+    let pipeline = json!({"id": "e2e-promo", "steps": [
+        {"kind": "text2video", "request": {"prompt": "a fox in snow"}},
+        {"kind": "video-extend", "request": {"prompt": "it runs off"}},
+        {"kind": "lip-sync", "request": {"input": {"mode": "text2video", "text": "hello", "voice_id": "v1", "voice_language": "en"}}},
+    ]});
+    on(0)
+        .send(
+            request("POST", "/pipelines")
+                .header("authorization", format!("Bearer {API_TOKEN}"))
+                .header("content-type", "application/json")
+                .body(Bytes::from(pipeline.to_string()))
+                .unwrap(),
+        )
+        .await
+        .expect_json(202);
+    let finished = on(1)
+        .poll_json(
+            || authorized("GET", "/pipelines/e2e-promo"),
+            |reply| reply.status == 200 && reply.json()["status"] != "running",
+        )
+        .await;
+    assert_eq!(finished["status"], "succeed", "{finished}");
+
+    // Notifications: each final task and the pipeline reached the receiver, signed
+    // (the receiver verifies with the Standard Webhooks library; forgeries are counted).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let accepted = receiver.accepted();
+        let final_of = |id: &str| {
+            accepted.iter().any(|m| {
+                m.body["type"] == "task.updated"
+                    && m.body["data"]["external_task_id"] == id
+                    && m.body["data"]["status"] == "succeed"
+            })
+        };
+        let pipeline_done = accepted.iter().any(|m| {
+            m.body["type"] == "pipeline.updated"
+                && m.body["data"]["id"] == "e2e-promo"
+                && m.body["data"]["status"] == "succeed"
+        });
+        let tasks_done = KINDS
+            .iter()
+            .map(|kind| format!("e2e-{kind}"))
+            .chain([silent.to_string()])
+            .all(|ext| final_of(&ext));
+        if tasks_done && pipeline_done {
+            break;
+        }
+        if Instant::now() > deadline {
+            // A run sends what the acknowledging request could not.
+            on(0).send(authorized("POST", "/tasks/reconcile")).await;
+            panic!("notifications missing: {accepted:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(receiver.forged(), 0, "every notification verified");
+
+    for app in apps {
+        app.assert_no_secret_logged();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_spin_with_its_sqlite_store() {
+    let standin = standin().await;
+    let receiver = Receiver::start(0).await;
+    let app = start(&Stores::Sqlite, &standin, &receiver).await;
+
+    // The document the tests hold the component to is the one it serves.
+    let served = app
+        .send(request("GET", "/openapi.json").body(Bytes::new()).unwrap())
+        .await;
+    assert_eq!(served.status, 200);
+    assert_eq!(served.json(), *crate::support::openapi::document());
+
+    scenario(std::slice::from_ref(&app), &standin, &receiver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_spin_two_instances_sharing_redis() {
+    let redis = RedisServer::start().await;
+    let standin = standin().await;
+    let receiver = Receiver::start(0).await;
+    let stores = Stores::Redis(redis.port);
+    let apps = [
+        start(&stores, &standin, &receiver).await,
+        start(&stores, &standin, &receiver).await,
+    ];
+    scenario(&apps, &standin, &receiver).await;
+}
+
+/// The example's routes, with the bearer.
+fn starter(method: &str, path: &str, body: Option<Value>) -> http::Request<Bytes> {
+    request(method, path)
+        .header("authorization", format!("Bearer {API_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default())
+        .unwrap()
+}
+
+/// The example submits a video and a two-step pipeline through `kling:video/tasks`, and
+/// reads them back; without the bearer it submits nothing.
+async fn drive_the_example(app: &SpinInstance, standin: &StandIn) {
+    let video = app
+        .send(starter(
+            "POST",
+            "/starter/videos",
+            Some(json!({"prompt": "a fox"})),
+        ))
+        .await
+        .expect_json(202);
+    let id = video["id"].as_str().unwrap().to_string();
+    let task_id = kling_task_id(standin, &id);
+    let done = app
+        .poll_json(
+            || starter("GET", &format!("/starter/videos/{id}"), None),
+            |reply| reply.status == 200 && reply.json()["status"] == "succeed",
+        )
+        .await;
+    assert_eq!(
+        done["video_url"],
+        format!("https://cdn.standin.example/{task_id}.mp4")
+    );
+    // kling-webhook's own API, in the same app, sees the same task.
+    wait_for(app, &id, "succeed").await;
+
+    let promo = app
+        .send(starter(
+            "POST",
+            "/starter/promos",
+            Some(json!({"prompt": "a fox", "then": "it runs"})),
+        ))
+        .await
+        .expect_json(202);
+    let promo_id = promo["id"].as_str().unwrap().to_string();
+    let finished = app
+        .poll_json(
+            || starter("GET", &format!("/starter/promos/{promo_id}"), None),
+            |reply| reply.status == 200 && reply.json()["status"] != "running",
+        )
+        .await;
+    assert_eq!(finished["status"], "succeed", "{finished}");
+
+    let at_kling = standin.tasks().len();
+    let unauthorized = request("POST", "/starter/videos")
+        .body(Bytes::from(r#"{"prompt":"a cat"}"#))
+        .unwrap();
+    assert_eq!(app.send(unauthorized).await.status, 401);
+    assert_eq!(standin.tasks().len(), at_kling, "Kling was not called");
+}
+
+fn example_variables(standin: &StandIn) -> Vec<(&'static str, String)> {
+    vec![
+        ("callback_secret", CALLBACK_SECRET.to_string()),
+        ("api_token", API_TOKEN.to_string()),
+        ("kling_api_key", standin.config().api_key.clone().unwrap()),
+        ("kling_base_url", standin.base_url()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_spin_the_example_through_component_dependencies() {
+    let standin = standin().await;
+    let app = SpinInstance::start(
+        App::StarterWithDependencies,
+        &Stores::Sqlite,
+        &example_variables(&standin),
+    )
+    .await;
+    drive_the_example(&app, &standin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_spin_the_example_composed_with_wac() {
+    let composed = components().wasm_dir.join("pipeline_starter_composed.wasm");
+    let standin = standin().await;
+    let app = SpinInstance::start(
+        App::StarterComposed(composed),
+        &Stores::Sqlite,
+        &example_variables(&standin),
+    )
+    .await;
+    drive_the_example(&app, &standin).await;
+}
