@@ -71,7 +71,7 @@ pub fn spin_build() -> &'static Path {
             let status = Command::new(spin_cli())
                 .current_dir(workspace())
                 .env("CARGO_TARGET_DIR", &target_dir)
-                .args(["build", "--from", manifest])
+                .args(["build", "--skip-generate-wits", "--from", manifest])
                 .status()
                 .expect("running spin build");
             assert!(status.success(), "spin build --from {manifest} failed");
