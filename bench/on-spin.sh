@@ -18,7 +18,7 @@
 #   BENCH_STORES=redis BENCH_CONNECTIONS=1 BENCH_ROUNDS=1 BENCH_SECONDS=5 bench/on-spin.sh
 #
 # Uses `spin` from PATH, else ../shared/tools/spin; wrk and redis-server from Debian
-# (bench/install-tools.sh). KLING_WEBHOOK_WASM / BASELINE_WASM bench other builds.
+# (scripts/install-tools.sh). KLING_WEBHOOK_WASM / BASELINE_WASM bench other builds.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -35,7 +35,7 @@ secret="bench-callback-secret-0001"
 spin="$(command -v spin || true)"
 spin="${spin:-$root/../shared/tools/spin}"
 [ -x "$spin" ] || { echo "no spin on PATH and none at $spin" >&2; exit 1; }
-"$root/bench/install-tools.sh"
+"$root/scripts/install-tools.sh"
 echo "spin: $spin ($("$spin" --version))"
 echo "wrk: $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
 

@@ -158,7 +158,12 @@ pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
         return Response::error(&ApiError::NotFound).into();
     };
     if !route.allows(&request.method) {
-        return Response::error(&ApiError::MethodNotAllowed(route.allow())).into();
+        let error = match route {
+            // A submit to a kind that does not exist: say that, not only "use GET".
+            Route::Task { .. } if request.method == "POST" => ApiError::UnknownKind,
+            _ => ApiError::MethodNotAllowed(route.allow()),
+        };
+        return Response::error(&error).into();
     }
     let handled = match route {
         Route::Health => Ok(health().into()),
@@ -168,10 +173,8 @@ pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
         Route::Reconcile => run_reconcile(request, env),
         Route::Pipelines => create_pipeline(request, env),
         Route::Pipeline { id } => show_pipeline(request, id, env),
-        Route::Task { id_or_kind } if request.method == "POST" => {
-            submit_task(request, id_or_kind, env)
-        }
-        Route::Task { id_or_kind } => show_task(request, id_or_kind, env),
+        Route::Submit { kind } => submit_task(request, kind, env),
+        Route::Task { id } => show_task(request, id, env),
     };
     handled.unwrap_or_else(|error| {
         if error.status_and_code().0 >= 500 {
@@ -198,9 +201,9 @@ fn openapi() -> Response {
     }
 }
 
-/// `openapi.json` at the repository's root; the host tests check every exchange
-/// against it.
-pub const OPENAPI_JSON: &[u8] = include_bytes!("../openapi.json");
+/// `openapi.json` at the repository's root, minified by `build.rs`; the host tests check
+/// every exchange against it.
+pub const OPENAPI_JSON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi.min.json"));
 
 fn list(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> {
     let page = list_tasks(
@@ -307,9 +310,8 @@ fn show_pipeline(request: &Request, id: &str, env: &Env<'_>) -> Result<Handled, 
     Ok(Response::json(200, &view).into())
 }
 
-fn submit_task(request: &Request, kind: &str, env: &Env<'_>) -> Result<Handled, ApiError> {
+fn submit_task(request: &Request, kind: TaskKind, env: &Env<'_>) -> Result<Handled, ApiError> {
     check_bearer(request.header("authorization"), &api_token(env.vars)?)?;
-    let kind = TaskKind::from_name(kind).ok_or(ApiError::UnknownKind)?;
     let config = SubmitConfig::load(env.vars)?;
     let submitted = submit(
         &SubmitRequest {

@@ -30,7 +30,7 @@ pub enum ApiError {
     )]
     InvalidQuery(&'static str),
     #[error(
-        "unknown task kind; one of text2video, image2video, multi-image2video, video-extend, lip-sync, effects, image-generation"
+        "not a task kind: POST to /tasks/ followed by one of text2video, image2video, multi-image2video, video-extend, lip-sync, effects, image-generation; a task id answers GET only"
     )]
     UnknownKind,
     #[error(transparent)]
@@ -58,7 +58,8 @@ impl ApiError {
             ApiError::Unauthorized => (401, "unauthorized"),
             ApiError::TaskNotFound => (404, "task_not_found"),
             ApiError::InvalidQuery(_) => (400, "invalid_query"),
-            ApiError::UnknownKind => (404, "unknown_kind"),
+            // `/tasks/{id}` is a task: it answers GET; POST is for the kinds' own paths.
+            ApiError::UnknownKind => (405, "unknown_kind"),
             ApiError::Submit(e) => submit(e),
             ApiError::PipelineNotFound => (404, "pipeline_not_found"),
             ApiError::Pipeline(e) => pipeline(e),
@@ -311,7 +312,7 @@ mod tests {
             (ConfigError::Missing("api_token").into(), 500),
             (ApiError::MethodNotAllowed("POST"), 405),
             (ApiError::TaskNotFound, 404),
-            (ApiError::UnknownKind, 404),
+            (ApiError::UnknownKind, 405),
             (SubmitError::IdempotencyKeyMismatch.into(), 400),
         ];
         for (error, status) in cases {

@@ -36,6 +36,7 @@ impl Response {
             ApiError::MethodNotAllowed(allow) => {
                 response.headers.push(("allow", allow.to_string()))
             }
+            ApiError::UnknownKind => response.headers.push(("allow", "GET".to_string())),
             ApiError::Unauthorized => response
                 .headers
                 .push(("www-authenticate", "Bearer".to_string())),

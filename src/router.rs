@@ -1,5 +1,7 @@
 //! Which route a path names. Pure; methods are checked by the dispatcher.
 
+use crate::kling::kind::TaskKind;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     Health,
@@ -9,10 +11,14 @@ pub enum Route<'a> {
     Callback {
         external_task_id: Option<&'a str>,
     },
-    /// `GET /tasks/{id}` (Kling `task_id` or `external_task_id`), or
-    /// `POST /tasks/{kind}` (submit).
+    /// `POST /tasks/{kind}`: submit a task of a known kind.
+    Submit {
+        kind: TaskKind,
+    },
+    /// `GET /tasks/{id}` (Kling `task_id` or `external_task_id`); `POST` answers 405
+    /// `unknown_kind`, as the segment is not a kind.
     Task {
-        id_or_kind: &'a str,
+        id: &'a str,
     },
     /// `GET /tasks?status=&limit=&cursor=`: recent tasks, newest first.
     Tasks,
@@ -40,7 +46,11 @@ impl<'a> Route<'a> {
             }),
             ["tasks"] => Some(Route::Tasks),
             ["tasks", "reconcile"] => Some(Route::Reconcile),
-            ["tasks", id] if !id.is_empty() => Some(Route::Task { id_or_kind: id }),
+            ["tasks", segment] => match TaskKind::from_name(segment) {
+                Some(kind) => Some(Route::Submit { kind }),
+                None if !segment.is_empty() => Some(Route::Task { id: segment }),
+                None => None,
+            },
             ["pipelines"] => Some(Route::Pipelines),
             ["pipelines", id] if !id.is_empty() => Some(Route::Pipeline { id }),
             _ => None,
@@ -50,10 +60,20 @@ impl<'a> Route<'a> {
     /// The methods a route answers, as an `Allow` header lists them.
     pub fn allow(&self) -> &'static str {
         match self {
-            Route::Health | Route::OpenApi | Route::Tasks | Route::Pipeline { .. } => "GET",
-            Route::Task { .. } => "GET, POST",
-            Route::Callback { .. } | Route::Reconcile | Route::Pipelines => "POST",
+            Route::Health
+            | Route::OpenApi
+            | Route::Tasks
+            | Route::Task { .. }
+            | Route::Pipeline { .. } => "GET",
+            Route::Submit { .. } | Route::Callback { .. } | Route::Reconcile | Route::Pipelines => {
+                "POST"
+            }
         }
+    }
+
+    /// A `/tasks/{segment}` that is a route of its own, so no task id may be it.
+    pub fn is_reserved_task_segment(segment: &str) -> bool {
+        segment == "reconcile" || TaskKind::from_name(segment).is_some()
     }
 
     pub fn allows(&self, method: &str) -> bool {
@@ -81,11 +101,22 @@ mod tests {
                 external_task_id: Some("job-1")
             })
         );
+        assert_eq!(Route::parse("/tasks/86"), Some(Route::Task { id: "86" }));
         assert_eq!(
-            Route::parse("/tasks/86"),
-            Some(Route::Task { id_or_kind: "86" })
+            Route::parse("/tasks/video-extend"),
+            Some(Route::Submit {
+                kind: TaskKind::VideoExtend
+            })
         );
-        assert!(Route::Task { id_or_kind: "x" }.allows("POST"));
+        assert!(
+            !Route::Submit {
+                kind: TaskKind::Effects
+            }
+            .allows("GET")
+        );
+        assert!(Route::is_reserved_task_segment("image-generation"));
+        assert!(Route::is_reserved_task_segment("reconcile"));
+        assert!(!Route::is_reserved_task_segment("86"));
         assert!(!Route::Health.allows("POST"));
         assert_eq!(Route::parse("/tasks"), Some(Route::Tasks));
         assert_eq!(Route::parse("/tasks/reconcile"), Some(Route::Reconcile));

@@ -19,6 +19,7 @@ use crate::kling::client::{KlingClient, KlingError};
 use crate::kling::kind::TaskKind;
 use crate::kling::request::{RequestError, validate};
 use crate::outbound::HttpTransport;
+use crate::router::Route;
 use crate::store::layout::TaskKey;
 use crate::store::tasks::{NewSubmission, TaskStore};
 use crate::store::{KeyValue, StoreError};
@@ -29,9 +30,13 @@ use crate::validate::{choose_id, is_valid_external_task_id};
 pub enum SubmitError {
     #[error(transparent)]
     InvalidRequest(#[from] RequestError),
-    #[error("`external_task_id` must be 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    #[error(
+        "`external_task_id` must be 1 to 64 characters of A-Z a-z 0-9 _ -, and not a kind's name or `reconcile`"
+    )]
     InvalidExternalTaskId,
-    #[error("`Idempotency-Key` must be 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    #[error(
+        "`Idempotency-Key` must be 1 to 64 characters of A-Z a-z 0-9 _ -, and not a kind's name or `reconcile`"
+    )]
     InvalidIdempotencyKey,
     #[error("`Idempotency-Key` and the body's `external_task_id` differ")]
     IdempotencyKeyMismatch,
@@ -188,6 +193,12 @@ fn body_digest(kind: TaskKind, body: &serde_json::Map<String, serde_json::Value>
         .collect()
 }
 
+/// An id `GET /tasks/{id}` can reach: `/tasks/{kind}` and `/tasks/reconcile` are routes
+/// of their own.
+fn is_addressable(id: &str) -> bool {
+    is_valid_external_task_id(id) && !Route::is_reserved_task_segment(id)
+}
+
 fn choose_external_task_id(
     in_body: Option<&serde_json::Value>,
     idempotency_key: Option<&str>,
@@ -196,12 +207,12 @@ fn choose_external_task_id(
     let in_body = match in_body {
         None => None,
         Some(value) => match value.as_str() {
-            Some(id) if is_valid_external_task_id(id) => Some(id),
+            Some(id) if is_addressable(id) => Some(id),
             _ => return Err(SubmitError::InvalidExternalTaskId),
         },
     };
     if let Some(key) = idempotency_key
-        && !is_valid_external_task_id(key)
+        && !is_addressable(key)
     {
         return Err(SubmitError::InvalidIdempotencyKey);
     }
@@ -568,7 +579,7 @@ mod tests {
     fn invalid_requests_and_ids_never_reach_kling_or_the_store() {
         let kv = MemoryKv::default();
         let kling = Scripted::new(vec![]);
-        let cases: [(&str, Option<&str>, SubmitError); 4] = [
+        let cases: [(&str, Option<&str>, SubmitError); 6] = [
             (
                 r#"{"prompt":"p","callback_url":"https://evil"}"#,
                 None,
@@ -585,6 +596,16 @@ mod tests {
             (
                 r#"{"prompt":"p"}"#,
                 Some("a/b"),
+                SubmitError::InvalidIdempotencyKey,
+            ),
+            (
+                r#"{"prompt":"p","external_task_id":"lip-sync"}"#,
+                None,
+                SubmitError::InvalidExternalTaskId,
+            ),
+            (
+                r#"{"prompt":"p"}"#,
+                Some("reconcile"),
                 SubmitError::InvalidIdempotencyKey,
             ),
             (

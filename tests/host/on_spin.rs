@@ -435,3 +435,83 @@ async fn on_spin_the_example_composed_with_wac() {
     .await;
     drive_the_example(&app, &standin).await;
 }
+
+/// Schemathesis, pinned in the virtualenv `scripts/install-tools.sh` makes.
+fn schemathesis() -> std::path::PathBuf {
+    const VERSION: &str = "4.32.5";
+    let venv = std::env::var_os("KLING_WEBHOOK_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(format!(".cache/kling-webhook/venv-schemathesis-{VERSION}"))
+        });
+    let st = venv.join("bin/st");
+    let version = std::process::Command::new(&st).arg("--version").output();
+    assert!(
+        version.is_ok_and(|v| String::from_utf8_lossy(&v.stdout).contains(VERSION)),
+        "no schemathesis {VERSION} at {}: run scripts/install-tools.sh",
+        st.display()
+    );
+    st
+}
+
+/// Runs schemathesis over every operation of the served document; returns its output.
+/// It fails the test on any failed check (5xx, an answer the document does not allow).
+fn fuzz(app: &SpinInstance, token: Option<&str>, report: &str) -> String {
+    let mut command = std::process::Command::new(schemathesis());
+    let config = crate::support::real_spin::workspace().join("schemathesis.toml");
+    command
+        .arg("--config-file")
+        .arg(config)
+        .arg("run")
+        .arg(format!("{}/openapi.json", app.base_url))
+        .args(["--url", &app.base_url])
+        .args(["--checks", "all"])
+        .args(["--max-examples", "40"])
+        .args(["--seed", "20261203"])
+        .args(["--workers", "1"])
+        .args(["--no-color"])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .env("NO_COLOR", "1");
+    if let Some(token) = token {
+        command.args(["--header", &format!("Authorization: Bearer {token}")]);
+    }
+    let output = command.output().expect("running schemathesis");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::write(
+        crate::support::components::target_dir().join(format!("schemathesis-{report}.txt")),
+        &text,
+    )
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "schemathesis ({report}) failed:\n{text}"
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_spin_fuzzed_by_schemathesis() {
+    // Without credentials: nothing is stored and Kling is never called.
+    let standin = standin().await;
+    let receiver = Receiver::start(0).await;
+    let app = start(&Stores::Sqlite, &standin, &receiver).await;
+    let anonymous = tokio::task::block_in_place(|| fuzz(&app, None, "anonymous"));
+    assert!(standin.received().is_empty(), "Kling was called");
+    let page = app
+        .send(authorized("GET", "/tasks?limit=100"))
+        .await
+        .expect_json(200);
+    assert_eq!(page["tasks"], json!([]), "stored: {page}");
+    eprintln!("{anonymous}");
+
+    // With the bearer: every operation, stateful links included.
+    let authenticated =
+        tokio::task::block_in_place(|| fuzz(&app, Some(API_TOKEN), "authenticated"));
+    eprintln!("{authenticated}");
+    app.assert_no_secret_logged();
+}

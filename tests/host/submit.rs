@@ -357,7 +357,8 @@ async fn submitting_needs_the_bearer_a_known_kind_and_configuration() {
         .unwrap();
     assert_eq!(d.app.send(no_token).await.error_code(), "unauthorized");
     let unknown = d.submit("omni-video", json!({"prompt": "p"})).await;
-    unknown.expect_error(404, "unknown_kind", "");
+    unknown.expect_error(405, "unknown_kind", "");
+    assert_eq!(unknown.headers["allow"], "GET");
 
     let unconfigured = kling_app_with(
         &[

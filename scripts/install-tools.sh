@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Everything the tests and the benchmark need beyond Rust, each pinned or from Debian;
+# a no-op when it is all there (CI runs it every time).
+#   - redis-server (Debian): the real-Spin suite's two-instance run on a shared Redis
+#   - wrk (Debian): bench/on-spin.sh's load generator
+#   - schemathesis, pinned, in a virtualenv outside the clone: the real-Spin suite's fuzzer
+# Prints nothing but what it installs.
+set -euo pipefail
+
+SCHEMATHESIS_VERSION=4.32.5
+# The suite looks here (or at $KLING_WEBHOOK_VENV).
+VENV="${KLING_WEBHOOK_VENV:-$HOME/.cache/kling-webhook/venv-schemathesis-$SCHEMATHESIS_VERSION}"
+
+missing=()
+command -v wrk > /dev/null || missing+=(wrk)
+command -v redis-server > /dev/null || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo apt-get); fi
+    "${apt[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq "${missing[@]}"
+fi
+
+if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
