@@ -4,6 +4,7 @@
 //! sharing one `redis-server` (SpinKube's shape); the example runs both ways a user
 //! composes it. Every exchange is also checked against `openapi.json`.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -313,6 +314,18 @@ async fn scenario(apps: &[SpinInstance], standin: &StandIn, receiver: &Receiver)
     }
 }
 
+fn summarize(test: &str, apps: &[&SpinInstance], standin: &StandIn) {
+    let sent: usize = apps
+        .iter()
+        .map(|app| app.sent.load(Ordering::Relaxed))
+        .sum();
+    let callbacks = standin.deliveries().len();
+    crate::support::real_spin::summarize(&format!(
+        "real Spin: {test}: passed ({} instance(s), {sent} requests checked against openapi.json, {callbacks} Kling callbacks)",
+        apps.len()
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_spin_with_its_sqlite_store() {
     let standin = standin().await;
@@ -327,6 +340,7 @@ async fn on_spin_with_its_sqlite_store() {
     assert_eq!(served.json(), *crate::support::openapi::document());
 
     scenario(std::slice::from_ref(&app), &standin, &receiver).await;
+    summarize("one instance, SQLite", &[&app], &standin);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,6 +354,7 @@ async fn on_spin_two_instances_sharing_redis() {
         start(&stores, &standin, &receiver).await,
     ];
     scenario(&apps, &standin, &receiver).await;
+    summarize("two instances, one Redis", &[&apps[0], &apps[1]], &standin);
 }
 
 /// The example's routes, with the bearer.
@@ -421,6 +436,11 @@ async fn on_spin_the_example_through_component_dependencies() {
     )
     .await;
     drive_the_example(&app, &standin).await;
+    summarize(
+        "the example through component dependencies",
+        &[&app],
+        &standin,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,11 +454,15 @@ async fn on_spin_the_example_composed_with_wac() {
     )
     .await;
     drive_the_example(&app, &standin).await;
+    summarize("the example composed with wac", &[&app], &standin);
 }
+
+/// The version `scripts/install-tools.sh` pins.
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
 
 /// Schemathesis, pinned in the virtualenv `scripts/install-tools.sh` makes.
 fn schemathesis() -> std::path::PathBuf {
-    const VERSION: &str = "4.32.5";
+    const VERSION: &str = SCHEMATHESIS_VERSION;
     let venv = std::env::var_os("KLING_WEBHOOK_VENV")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
@@ -514,4 +538,16 @@ async fn on_spin_fuzzed_by_schemathesis() {
         tokio::task::block_in_place(|| fuzz(&app, Some(API_TOKEN), "authenticated"));
     eprintln!("{authenticated}");
     app.assert_no_secret_logged();
+    let counts = |text: &str| {
+        text.lines()
+            .find(|line| line.contains(" generated, "))
+            .unwrap_or("?")
+            .trim()
+            .to_string()
+    };
+    crate::support::real_spin::summarize(&format!(
+        "schemathesis {SCHEMATHESIS_VERSION} on real Spin: without credentials: {}; with the bearer: {}",
+        counts(&anonymous),
+        counts(&authenticated)
+    ));
 }

@@ -80,6 +80,19 @@ pub fn spin_build() -> &'static Path {
     })
 }
 
+/// Appends a line to `<target>/real-spin-summary.txt`, which `.ci/run` prints after the
+/// tests: what ran on the real Spin, and how much.
+pub fn summarize(line: &str) {
+    use std::io::Write;
+    let path = super::components::target_dir().join("real-spin-summary.txt");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("the summary file");
+    writeln!(file, "{line}").expect("writing the summary");
+}
+
 /// A fresh directory for one Spin instance's files (manifest copy, stores, logs).
 fn scratch_dir(name: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -179,6 +192,8 @@ impl Drop for RedisServer {
 /// One `spin up` process serving a manifest on loopback; killed on drop.
 pub struct SpinInstance {
     child: Child,
+    /// Requests this suite sent it (all checked against `openapi.json`).
+    pub sent: AtomicUsize,
     dir: PathBuf,
     pub base_url: String,
     /// Values that must never appear in Spin's output or the component's logs.
@@ -282,6 +297,7 @@ impl SpinInstance {
         let child = command.spawn().expect("starting spin up");
         let mut instance = Self {
             child,
+            sent: AtomicUsize::new(0),
             dir,
             base_url,
             secrets: Vec::new(),
@@ -347,6 +363,7 @@ impl SpinInstance {
     /// instance and reads the whole response.
     pub async fn send(&self, request: http::Request<Bytes>) -> Reply {
         let (parts, body) = request.into_parts();
+        self.sent.fetch_add(1, Ordering::Relaxed);
         let reply = self
             .try_send(http::Request::from_parts(parts.clone(), body.clone()))
             .await
