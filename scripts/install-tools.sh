@@ -3,7 +3,8 @@
 # a no-op when it is all there (CI runs it every time).
 #   - redis-server (Debian): the real-Spin suite's two-instance run on a shared Redis
 #   - wrk (Debian): bench/on-spin.sh's load generator
-#   - schemathesis, pinned, in a virtualenv outside the clone: the real-Spin suite's fuzzer
+#   - schemathesis, pinned (its own dependencies resolved by pip at install time), in a
+#     virtualenv outside the clone: the real-Spin suite's fuzzer
 # Prints nothing but what it installs.
 set -euo pipefail
 
@@ -14,6 +15,8 @@ VENV="${KLING_WEBHOOK_VENV:-$HOME/.cache/kling-webhook/venv-schemathesis-$SCHEMA
 missing=()
 command -v wrk > /dev/null || missing+=(wrk)
 command -v redis-server > /dev/null || missing+=(redis-server)
+# Debian's python3 needs python3-venv for `python3 -m venv`.
+python3 -c 'import ensurepip, venv' 2> /dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo apt-get); fi
     "${apt[@]}" update -qq

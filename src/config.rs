@@ -207,6 +207,9 @@ pub struct NotifyConfig {
     pub secrets: Vec<WebhookSecret>,
     /// The wait before the first retry; it doubles with each failure.
     pub retry_after_ms: u64,
+    /// `notify_url` is not under `notify_origin`, the host the shipped manifest allows:
+    /// Spin will refuse every send (said in each failure's log line).
+    pub outside_allowed_origin: bool,
 }
 
 impl NotifyConfig {
@@ -221,16 +224,12 @@ impl NotifyConfig {
                 "expected an http(s):// URL",
             ));
         }
-        // The shipped manifest allows outbound HTTP to `{{ notify_origin }}` only, so a
-        // URL elsewhere could never be delivered: say so now, not on every retry.
-        if let Some(origin) = vars.get(NOTIFY_ORIGIN)
-            && !is_under_origin(&url, &origin)
-        {
-            return Err(ConfigError::Invalid(
-                NOTIFY_URL,
-                "its origin must be the `notify_origin` variable (the only notification host the manifest allows)",
-            ));
-        }
+        // The shipped manifest allows outbound HTTP to `{{ notify_origin }}` only. A URL
+        // elsewhere is not refused here: its notifications wait in the outbox (nothing is
+        // lost) and each failed send says why, until the variables are put right.
+        let outside_allowed_origin = vars
+            .get(NOTIFY_ORIGIN)
+            .is_some_and(|origin| !origin.contains('*') && !is_under_origin(&url, &origin));
         let value = vars
             .get(NOTIFY_SECRET)
             .ok_or(ConfigError::Missing(NOTIFY_SECRET))?;
@@ -263,20 +262,31 @@ impl NotifyConfig {
             url,
             secrets,
             retry_after_ms: retry_secs * 1000,
+            outside_allowed_origin,
         }))
     }
 }
 
-/// `url` is `origin` itself or a path, query or fragment under it (case-insensitive in
-/// scheme and host, as origins are).
+/// `url` is `origin` itself or a path, query or fragment under it: the same scheme, host
+/// and port (case-insensitive, a scheme's default port written or not).
 fn is_under_origin(url: &str, origin: &str) -> bool {
+    fn parts(text: &str) -> Option<(String, String)> {
+        let (scheme, rest) = text.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let authority = rest.split(['/', '?', '#']).next()?.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => ":443",
+            "http" => ":80",
+            _ => return Some((scheme, authority)),
+        };
+        let authority = match authority.strip_suffix(default_port) {
+            Some(host) => host.to_string(),
+            None => authority,
+        };
+        Some((scheme, authority))
+    }
     let origin = origin.trim_end_matches('/');
-    url.get(..origin.len())
-        .is_some_and(|head| head.eq_ignore_ascii_case(origin))
-        && matches!(
-            url.as_bytes().get(origin.len()),
-            None | Some(b'/' | b'?' | b'#')
-        )
+    parts(origin).is_some_and(|o| parts(url) == Some(o))
 }
 
 /// Kling's global host; the Beijing host and the stand-in are set with `kling_base_url`.
@@ -641,11 +651,18 @@ pub(crate) mod tests {
         ]));
         let config = NotifyConfig::load(&on).unwrap().unwrap();
         assert_eq!(config.retry_after_ms, DEFAULT_NOTIFY_RETRY_SECONDS * 1000);
-        for (origin, allowed) in [
+        assert!(
+            !config.outside_allowed_origin,
+            "no notify_origin: no judgement"
+        );
+        for (origin, inside) in [
             ("https://next.example", true),
             ("HTTPS://Next.Example/", true),
-            ("https://next.example:443", false),
+            ("https://next.example:443", true),
+            ("https://*.example", true),
+            ("https://next.example:8443", false),
             ("https://next.ex", false),
+            ("https://next.example.evil", false),
             ("http://next.example", false),
             ("https://notify-origin-unset.invalid", false),
         ] {
@@ -654,7 +671,8 @@ pub(crate) mod tests {
                 (NOTIFY_SECRET, "whsec_aHVudGVyMi1odW50ZXIyLWh1bnRlcjI="),
                 (NOTIFY_ORIGIN, origin),
             ]));
-            assert_eq!(NotifyConfig::load(&vars).is_ok(), allowed, "{origin}");
+            let config = NotifyConfig::load(&vars).unwrap().unwrap();
+            assert_eq!(!config.outside_allowed_origin, inside, "{origin}");
         }
         assert!(
             !format!("{config:?}").contains("aHVudGVy"),

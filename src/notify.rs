@@ -368,7 +368,15 @@ impl<'a> Notifier<'a> {
                 body: body.to_vec(),
                 timeout_ms: SEND_TIMEOUT_MS,
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                if self.config.outside_allowed_origin {
+                    format!(
+                        "{e} (notify_url is not under notify_origin, the only notification host spin.toml allows)"
+                    )
+                } else {
+                    e.to_string()
+                }
+            })?;
         if (200..300).contains(&response.status) {
             Ok(())
         } else {
@@ -452,6 +460,7 @@ mod tests {
                     url: "https://next.example/hooks".into(),
                     secrets: vec![WebhookSecret::parse(WHSEC).unwrap()],
                     retry_after_ms: 1_000,
+                    outside_allowed_origin: false,
                 },
             }
         }

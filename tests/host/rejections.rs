@@ -154,8 +154,10 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404() {
     for (method, path, allow) in [
         ("GET", path.as_str(), "POST"),
         ("PUT", path.as_str(), "POST"),
-        ("PUT", "/tasks/job-1", "GET, POST"),
-        ("DELETE", "/tasks/job-1", "GET, POST"),
+        ("PUT", "/tasks/job-1", "GET"),
+        ("DELETE", "/tasks/job-1", "GET"),
+        ("GET", "/tasks/text2video", "POST"),
+        ("GET", "/tasks/reconcile", "POST"),
         ("POST", "/health", "GET"),
     ] {
         let reply = refused(

@@ -207,11 +207,21 @@ pub fn check(request: &http::request::Parts, body: &Bytes, reply: &Reply) {
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let params = operation["parameters"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    for (index, param) in params.iter().enumerate() {
+    // The path item's parameters, then the operation's (which override by name and place).
+    let item_pointer = pointer.rsplit_once('/').map_or("", |(item, _)| item);
+    let mut params: Vec<(String, Value)> = Vec::new();
+    for base in [item_pointer, pointer.as_str()] {
+        let list = document()
+            .pointer(&format!("{base}/parameters"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (index, param) in list.into_iter().enumerate() {
+            params.retain(|(_, p)| !(p["name"] == param["name"] && p["in"] == param["in"]));
+            params.push((format!("{base}/parameters/{index}"), param));
+        }
+    }
+    for (param_pointer, param) in &params {
         let name = param["name"].as_str().unwrap_or_default();
         let value = match param["in"].as_str() {
             Some("path") => path_params.get(name).cloned(),
@@ -232,7 +242,7 @@ pub fn check(request: &http::request::Parts, body: &Bytes, reply: &Reply) {
             }
             continue;
         };
-        let schema = format!("{pointer}/parameters/{index}/schema");
+        let schema = format!("{param_pointer}/schema");
         let typed = match document()
             .pointer(&format!("{schema}/type"))
             .and_then(Value::as_str)
@@ -249,8 +259,9 @@ pub fn check(request: &http::request::Parts, body: &Bytes, reply: &Reply) {
         && !body.is_empty()
         && let Some(json_body) = content.get("application/json")
         && json_body.get("schema").is_some()
-        && let Ok(value) = serde_json::from_slice::<Value>(body)
     {
+        let value = serde_json::from_slice::<Value>(body)
+            .unwrap_or_else(|e| fail(&context, format!("accepted a body that is not JSON: {e}")));
         check_json(
             &format!("{pointer}/requestBody/content/application~1json/schema"),
             &value,

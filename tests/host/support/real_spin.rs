@@ -6,6 +6,7 @@
 //! beside the checkout (`SPIN_BIN` names another); each run says which. Without any, the
 //! suite fails and says how to get one: it never skips.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -49,7 +50,10 @@ pub fn spin_cli() -> &'static Path {
                 )
             });
         let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-        eprintln!("real-Spin suite: {version} from {from} ({})", cli.display());
+        summarize(&format!(
+            "real Spin: {version}, from {from} ({})",
+            cli.display()
+        ));
         cli
     })
 }
@@ -96,13 +100,17 @@ pub fn summarize(line: &str) {
 /// A fresh directory for one Spin instance's files (manifest copy, stores, logs).
 fn scratch_dir(name: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = super::components::target_dir()
-        .join("real-spin")
-        .join(format!(
-            "{}-{name}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+    static CLEANED: OnceLock<()> = OnceLock::new();
+    let root = super::components::target_dir().join("real-spin");
+    // What failed runs left (kept for their logs until the next run).
+    CLEANED.get_or_init(|| {
+        let _ = std::fs::remove_dir_all(&root);
+    });
+    let dir = root.join(format!(
+        "{}-{name}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating a scratch directory");
     dir
@@ -164,7 +172,8 @@ impl RedisServer {
             panic!("no redis-server on PATH: run scripts/install-tools.sh (Debian's redis-server)")
         });
         let port = free_port();
-        let child = Command::new(server)
+        let mut child = Command::new(server)
+            .process_group(0)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -175,6 +184,9 @@ impl RedisServer {
             .await
             .is_err()
         {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("redis-server exited ({status})");
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -182,10 +194,43 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// How many keys database `db` holds (`SELECT db`, `DBSIZE`, inline commands).
+    pub async fn keys_in(&self, db: u8) -> u64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connecting to redis-server");
+        stream
+            .write_all(format!("SELECT {db}\r\nDBSIZE\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let mut buffer = [0u8; 64];
+        while !String::from_utf8_lossy(&reply).contains("\r\n:") || !reply.ends_with(b"\r\n") {
+            let n = stream
+                .read(&mut buffer)
+                .await
+                .expect("reading from redis-server");
+            assert!(
+                n > 0,
+                "redis-server closed: {:?}",
+                String::from_utf8_lossy(&reply)
+            );
+            reply.extend_from_slice(&buffer[..n]);
+        }
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("+OK\r\n:"), "{text:?}");
+        text["+OK\r\n:".len()..]
+            .trim()
+            .parse()
+            .expect("DBSIZE's answer")
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 
@@ -267,8 +312,25 @@ impl App {
 
 impl SpinInstance {
     /// `spin up` of `app` over `stores` with these variables (as `SPIN_VARIABLE_*`); waits
-    /// until `/health` answers.
+    /// until `/health` answers. The port is chosen free and released for Spin to take,
+    /// so another process may take it first: then Spin exits, and it is tried again on
+    /// another port.
     pub async fn start(app: App, stores: &Stores, variables: &[(&str, String)]) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(&app, stores, variables).await {
+                Ok(instance) => return instance,
+                Err(output) => failures.push(output),
+            }
+        }
+        panic!("spin up exited three times:\n{}", failures.join("\n"));
+    }
+
+    async fn try_start(
+        app: &App,
+        stores: &Stores,
+        variables: &[(&str, String)],
+    ) -> Result<Self, String> {
         let wasm_dir = spin_build();
         let dir = scratch_dir("spin");
         std::fs::write(dir.join("spin.toml"), app.manifest(wasm_dir)).unwrap();
@@ -276,7 +338,10 @@ impl SpinInstance {
         let port = free_port();
         let base_url = format!("http://127.0.0.1:{port}");
         let mut command = Command::new(spin_cli());
+        // Its own process group: `spin up` runs the app in a child (`spin trigger http`),
+        // and stopping the instance must stop both.
         command
+            .process_group(0)
             .current_dir(&dir)
             .args(["up", "--from", "spin.toml"])
             .args(["--runtime-config-file", "runtime-config.toml"])
@@ -305,7 +370,7 @@ impl SpinInstance {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(Some(status)) = instance.child.try_wait() {
-                panic!("spin up exited ({status}):\n{}", instance.output());
+                return Err(format!("spin up exited ({status}):\n{}", instance.output()));
             }
             if let Ok(reply) = instance.try_send(health()).await
                 && reply.status == 200
@@ -319,7 +384,7 @@ impl SpinInstance {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        instance
+        Ok(instance)
     }
 
     /// Remembers values that must never show in any log (checked by [`Self::assert_no_secret_logged`]).
@@ -409,13 +474,14 @@ impl SpinInstance {
     }
 
     /// Sends a fresh request from `request` until the reply satisfies `done`; returns
-    /// its JSON. Callbacks, steps and notifications happen asynchronously; 30 s at most.
+    /// its JSON. Callbacks, steps and notifications happen asynchronously; gives up after
+    /// 120 s (a hang, not a slow machine).
     pub async fn poll_json(
         &self,
         request: impl Fn() -> http::Request<Bytes>,
         done: impl Fn(&Reply) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let reply = self.send(request()).await;
             if done(&reply) {
@@ -436,10 +502,18 @@ fn health() -> http::Request<Bytes> {
     http::Request::get("/health").body(Bytes::new()).unwrap()
 }
 
+/// Kills `child`'s whole process group (it leads one) and reaps `child`.
+fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for SpinInstance {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
