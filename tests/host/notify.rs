@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::support::deployment::{Auth, Deployment, deploy_with};
 use crate::support::receiver::{Message, NOTIFY_SECRET, Receiver};
 use crate::support::requests::{API_TOKEN, authorized, callback, flat, request};
+use crate::support::spin_host::ALLOWED_OUTBOUND_HOSTS;
 
 async fn deploy_notifying(receiver: &Receiver) -> Deployment {
     deploy_with(
@@ -17,6 +18,7 @@ async fn deploy_notifying(receiver: &Receiver) -> Deployment {
         None,
         &[
             ("notify_url", receiver.url()),
+            ("notify_origin", &receiver.origin()),
             ("notify_secret", NOTIFY_SECRET),
             ("notify_retry_seconds", "0"),
         ],
@@ -316,6 +318,7 @@ async fn a_final_notification_its_sender_never_queued_is_sent_by_the_reconciler(
         None,
         &[
             ("notify_url", receiver.url()),
+            ("notify_origin", &receiver.origin()),
             ("notify_secret", NOTIFY_SECRET),
             ("notify_retry_seconds", "0"),
             ("stale_after_seconds", "0"),
@@ -400,4 +403,89 @@ async fn a_receiver_answering_with_megabytes_is_a_failed_send_not_a_buffered_one
     let run = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
     assert_eq!(run["notifications_sent"], 1, "{run}");
     assert_eq!(receiver.accepted().len(), 1);
+}
+
+/// The wasmtime host allows outbound HTTP exactly where the shipped `spin.toml` does.
+#[test]
+fn the_host_allows_the_hosts_spin_toml_allows() {
+    let manifest =
+        std::fs::read_to_string(crate::support::real_spin::workspace().join("spin.toml")).unwrap();
+    let templates: Vec<String> = ALLOWED_OUTBOUND_HOSTS
+        .iter()
+        .map(|(name, _)| format!("\"{{{{ {name} }}}}\""))
+        .collect();
+    assert!(
+        manifest.contains(&format!(
+            "\nallowed_outbound_hosts = [{}]\n",
+            templates.join(", ")
+        )),
+        "spin.toml's allowed_outbound_hosts is {templates:?}"
+    );
+    for (name, default) in ALLOWED_OUTBOUND_HOSTS {
+        assert!(
+            manifest.contains(&format!("\n{name} = {{ default = \"{default}\" }}")),
+            "{name} defaults to {default}"
+        );
+    }
+}
+
+/// A `notify_url` outside `notify_origin` is refused the way Spin refuses it (the host
+/// enforces the manifest's allowed hosts); the notifications wait in the outbox, and a
+/// deployment with the origin set sends them: nothing is lost to the mistake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_url_outside_notify_origin_is_refused_and_nothing_is_lost() {
+    let receiver = Receiver::start(0).await;
+    let misconfigured = deploy_with(
+        Auth::KeyPair,
+        None,
+        &[
+            ("notify_url", receiver.url()),
+            ("notify_secret", NOTIFY_SECRET),
+            ("notify_retry_seconds", "0"),
+            ("stale_after_seconds", "0"),
+        ],
+    )
+    .await;
+    let done = misconfigured
+        .submit_scripted("job-origin", kling_standin::Script::default())
+        .await;
+    assert_eq!(done["external_task_id"], "job-origin");
+    misconfigured.wait_for("job-origin", "succeed").await;
+    let run = misconfigured
+        .app
+        .ok_json(authorized("POST", "/tasks/reconcile"))
+        .await;
+    assert_eq!(run["notifications_sent"], 0, "{run}");
+    assert!(
+        receiver.accepted().is_empty(),
+        "Spin's rules let nothing out"
+    );
+    let queued = misconfigured
+        .app
+        .kv
+        .label_keys("index")
+        .into_iter()
+        .filter(|key| key.starts_with("outbox/"))
+        .count();
+    assert!(queued > 0, "the notifications wait in the outbox");
+
+    // The same store, the variables put right: the next run sends them.
+    let kling_api_key = misconfigured.standin.config().api_key.clone().unwrap();
+    let kling_base_url = misconfigured.standin.base_url();
+    let fixed = crate::support::components::kling_app_with(
+        &[
+            ("kling_api_key", kling_api_key.as_str()),
+            ("kling_base_url", kling_base_url.as_str()),
+            ("callback_secret", crate::support::requests::CALLBACK_SECRET),
+            ("api_token", API_TOKEN),
+            ("notify_url", receiver.url()),
+            ("notify_origin", &receiver.origin()),
+            ("notify_secret", NOTIFY_SECRET),
+            ("notify_retry_seconds", "0"),
+        ],
+        misconfigured.app.kv.clone(),
+    );
+    let run = fixed.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    assert!(run["notifications_sent"].as_u64() > Some(0), "{run}");
+    wait_for_message(&receiver, "task_job-origin_succeed").await;
 }

@@ -36,12 +36,7 @@ async fn standin() -> StandIn {
 
 /// The variables of a deployment talking to `standin` and notifying `receiver`.
 fn variables(standin: &StandIn, receiver: &Receiver) -> Vec<(&'static str, String)> {
-    let origin = receiver
-        .url()
-        .split('/')
-        .take(3)
-        .collect::<Vec<_>>()
-        .join("/");
+    let origin = receiver.origin();
     vec![
         ("callback_secret", CALLBACK_SECRET.to_string()),
         ("api_token", API_TOKEN.to_string()),

@@ -63,8 +63,10 @@ async fn a_storm_over_a_slow_reordering_store_loses_nothing() {
 async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usize) {
     let standin = fast_standin().await;
     let receiver = Receiver::start(0).await;
+    let origin = receiver.origin();
     let notifying = [
         ("notify_url", receiver.url()),
+        ("notify_origin", origin.as_str()),
         ("notify_secret", NOTIFY_SECRET),
         ("notify_retry_seconds", "0"),
     ];

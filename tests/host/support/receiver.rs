@@ -60,6 +60,11 @@ impl Receiver {
         &self.url
     }
 
+    /// `http://127.0.0.1:{port}`: what `notify_origin` must be for this receiver.
+    pub fn origin(&self) -> String {
+        self.url.split('/').take(3).collect::<Vec<_>>().join("/")
+    }
+
     pub fn accepted(&self) -> Vec<Message> {
         self.state.lock().unwrap().accepted.clone()
     }

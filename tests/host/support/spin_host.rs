@@ -17,7 +17,7 @@ use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use super::kv::{KvStore, LABELS};
 
@@ -39,6 +39,7 @@ pub struct OpenStore(&'static str);
 pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    outbound: OutboundRules,
     table: ResourceTable,
     kv: KvStore,
     variables: Arc<HashMap<String, String>>,
@@ -58,8 +59,69 @@ impl WasiHttpView for HostState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.outbound,
         }
+    }
+}
+
+/// The hosts the shipped `spin.toml` allows, as Spin resolves them:
+/// `allowed_outbound_hosts = ["{{ kling_base_url }}", "{{ notify_origin }}"]` with the
+/// manifest's defaults for unset variables (a test keeps this list equal to the
+/// manifest's). Spin refuses any other origin before connecting, and so does this host.
+pub const ALLOWED_OUTBOUND_HOSTS: [(&str, &str); 2] = [
+    ("kling_base_url", "https://api-singapore.klingai.com"),
+    ("notify_origin", "https://notify-origin-unset.invalid"),
+];
+
+/// `scheme://host[:port]` of a URI, lowercase, without a default port.
+pub fn origin_of(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+    let host = uri.host().unwrap_or("").to_ascii_lowercase();
+    match (scheme.as_str(), uri.port_u16()) {
+        ("https", Some(443)) | ("http", Some(80)) | (_, None) => format!("{scheme}://{host}"),
+        (_, Some(port)) => format!("{scheme}://{host}:{port}"),
+    }
+}
+
+/// Outbound HTTP as Spin allows it: only to the resolved allowed origins (`None`: any,
+/// for components other than kling-webhook's).
+#[derive(Default)]
+struct OutboundRules {
+    allowed: Option<Vec<String>>,
+}
+
+impl WasiHttpHooks for OutboundRules {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        _ = fut;
+        let denied = self
+            .allowed
+            .as_ref()
+            .is_some_and(|allowed| !allowed.contains(&origin_of(request.uri())));
+        Box::new(async move {
+            if denied {
+                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            }
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
     }
 }
 
@@ -407,6 +469,18 @@ impl SpinApp {
             HostState {
                 wasi: wasi.build(),
                 http: WasiHttpCtx::new(),
+                outbound: OutboundRules {
+                    allowed: self.documented.then(|| {
+                        ALLOWED_OUTBOUND_HOSTS
+                            .iter()
+                            .map(|(name, default)| {
+                                let value =
+                                    self.variables.get(*name).map_or(*default, String::as_str);
+                                origin_of(&value.parse().unwrap_or_default())
+                            })
+                            .collect()
+                    }),
+                },
                 table: ResourceTable::new(),
                 kv: self.kv.clone(),
                 variables: self.variables.clone(),
@@ -424,6 +498,25 @@ impl SpinApp {
         B: hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + 'static,
     {
         let started = Instant::now();
+        // Spin (4.0.2) answers 500 with an empty body, before any component runs, to a
+        // header value that is not UTF-8 (found by fuzzing the real Spin).
+        if request
+            .headers()
+            .values()
+            .any(|value| std::str::from_utf8(value.as_bytes()).is_err())
+        {
+            let reply = Reply {
+                status: 500,
+                headers: http::HeaderMap::new(),
+                body: Bytes::new(),
+            };
+            let elapsed = started.elapsed();
+            let timing = Timing {
+                response: elapsed,
+                done: elapsed,
+            };
+            return Ok((reply, timing));
+        }
         let mut store = self.new_store();
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store
