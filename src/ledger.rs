@@ -298,6 +298,7 @@ pub fn assemble(head: Option<&TaskHead>, current: TaskEvent) -> TaskRecord {
         status_msg: current.status_msg,
         videos: current.videos,
         images: current.images,
+        more: current.more,
         created_at: current.created_at,
         updated_at: current.updated_at,
         final_unit_deduction: current.final_unit_deduction,
@@ -322,6 +323,7 @@ pub fn assemble_submission(head: &TaskHead, submission: &Submission) -> TaskReco
         status_msg: String::new(),
         videos: Vec::new(),
         images: Vec::new(),
+        more: Default::default(),
         created_at: None,
         updated_at: None,
         final_unit_deduction: None,
@@ -347,6 +349,7 @@ mod tests {
             updated_at: Some(updated_at),
             videos: vec![],
             images: vec![],
+            more: Default::default(),
             final_unit_deduction: None,
             source: Default::default(),
         }

@@ -128,7 +128,7 @@ impl Notification {
 /// 16 hex digits of SHA-256 over what Kling reported of a task (not our counters, which
 /// differ between the callback and the reconciler finding the same news).
 fn content_digest(record: &TaskRecord) -> String {
-    let content = json!([
+    let mut content = json!([
         record.status.as_str(),
         record.status_msg,
         record.updated_at,
@@ -136,6 +136,13 @@ fn content_digest(record: &TaskRecord) -> String {
         record.images,
         record.final_unit_deduction,
     ]);
+    // Only when there are any: a video task's ids stay what they were before these
+    // outputs were kept.
+    if !record.more.is_empty()
+        && let Some(items) = content.as_array_mut()
+    {
+        items.push(json!(record.more));
+    }
     let digest = Sha256::digest(content.to_string().as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -540,6 +547,7 @@ mod tests {
             updated_at: Some(updated_at),
             videos: Vec::new(),
             images: Vec::new(),
+            more: Default::default(),
             final_unit_deduction: None,
             source: Default::default(),
         }

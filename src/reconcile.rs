@@ -543,6 +543,7 @@ fn lost_event(head: &TaskHead, key: &TaskKey, state: &PollState, now: u64) -> Ta
         updated_at: None,
         videos: Vec::new(),
         images: Vec::new(),
+        more: Default::default(),
         final_unit_deduction: None,
         source: EventSource::Poll,
     }

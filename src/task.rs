@@ -113,6 +113,101 @@ pub struct Image {
     pub index: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_url: Option<String>,
+}
+
+/// An audio (text-to-audio, video-to-audio), in Kling's legacy names; API 2.0's
+/// `mp3_url`, `wav_url`, `mp3_duration`, `wav_duration` are read into the same fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audio {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_mp3: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_wav: Option<String>,
+    /// Seconds, as Kling sends it (a string, or a number kept as its text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_mp3: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_wav: Option<String>,
+}
+
+/// A custom voice (custom-voices).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voice {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_by: Option<String>,
+}
+
+/// A custom element (advanced-custom-elements).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Element {
+    /// Kling sends a JSON number beyond 2^53: kept digit for digit, as a string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element_description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// Kling's own JSON, byte for byte as it arrived (its `task_result` or `outputs`,
+/// `billing`): whatever the typed fields do not know is still here.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KlingJson(pub Box<serde_json::value::RawValue>);
+
+impl PartialEq for KlingJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for KlingJson {}
+
+/// Kling's own JSON kept per task is at most this long; a longer one is left out (the
+/// typed fields still hold its outputs) and the record says so.
+pub const MAX_KLING_JSON_BYTES: usize = 64 * 1024;
+
+/// Everything Kling reported of a task's results beyond `videos` and `images`. Empty
+/// lists and absent values are not serialized, so a record shows what its kind makes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoreOutputs {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series_images: Vec<Image>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audios: Vec<Audio>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voices: Vec<Voice>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elements: Vec<Element>,
+    /// Legacy `task_result`, or API 2.0 `outputs`, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kling_result: Option<KlingJson>,
+    /// API 2.0 `billing`, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<KlingJson>,
+    /// `kling_result` or `billing` was longer than [`MAX_KLING_JSON_BYTES`] and is left out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kling_json_cut: bool,
+}
+
+impl MoreOutputs {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Where a task event came from.
@@ -146,6 +241,9 @@ pub struct TaskEvent {
     pub videos: Vec<Video>,
     #[serde(default)]
     pub images: Vec<Image>,
+    /// Every other output, and Kling's own JSON.
+    #[serde(default, skip_serializing_if = "MoreOutputs::is_empty")]
+    pub more: MoreOutputs,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_unit_deduction: Option<String>,
     #[serde(default)]
@@ -165,6 +263,10 @@ pub struct TaskRecord {
     pub status_msg: String,
     pub videos: Vec<Video>,
     pub images: Vec<Image>,
+    /// `series_images`, `audios`, `voices`, `elements`, `kling_result`, `billing`, each
+    /// shown only when Kling sent it. (Serialized only: a record is never read back.)
+    #[serde(flatten)]
+    pub more: MoreOutputs,
     pub created_at: Option<u64>,
     pub updated_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,8 +12,12 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use crate::task::{EventSource, Image, TaskEvent, TaskStatus, Video};
+use crate::task::{
+    Audio, Element, EventSource, Image, KlingJson, MAX_KLING_JSON_BYTES, MoreOutputs, TaskEvent,
+    TaskStatus, Video, Voice,
+};
 use crate::validate::{is_valid_external_task_id, is_valid_task_id};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,11 +75,12 @@ struct RawCallback {
     final_unit_deduction: Option<Lenient>,
     #[serde(default, deserialize_with = "lenient")]
     task_info: Option<RawTaskInfo>,
-    #[serde(default, deserialize_with = "lenient")]
-    task_result: Option<RawTaskResult>,
-    // Third-party wrapper.
-    #[serde(default, deserialize_with = "lenient")]
-    data: Option<Box<RawCallback>>,
+    // Kept as it arrived (see `kling_json`), and read into typed outputs from there.
+    #[serde(default)]
+    task_result: Option<Box<RawValue>>,
+    // Third-party wrapper: read as a callback of its own when it is an object.
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
     // Newer "model in the path" shape.
     #[serde(default, deserialize_with = "lenient")]
     id: Option<Lenient>,
@@ -90,8 +95,10 @@ struct RawCallback {
     // Not lenient: the external id names the task a delivery is filed under.
     #[serde(default)]
     external_id: Option<Value>,
-    #[serde(default, deserialize_with = "lenient_list")]
-    outputs: Vec<RawOutput>,
+    #[serde(default)]
+    outputs: Option<Box<RawValue>>,
+    #[serde(default)]
+    billing: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,6 +114,54 @@ struct RawTaskResult {
     videos: Vec<RawVideo>,
     #[serde(default, deserialize_with = "lenient_list")]
     images: Vec<RawImage>,
+    #[serde(default, deserialize_with = "lenient_list")]
+    series_images: Vec<RawImage>,
+    #[serde(default, deserialize_with = "lenient_list")]
+    audios: Vec<RawAudio>,
+    #[serde(default, deserialize_with = "lenient_list")]
+    voices: Vec<RawVoice>,
+    #[serde(default, deserialize_with = "lenient_list")]
+    elements: Vec<RawElement>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawAudio {
+    #[serde(default, deserialize_with = "lenient")]
+    id: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    url_mp3: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    url_wav: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    duration_mp3: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    duration_wav: Option<Lenient>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawVoice {
+    #[serde(default, deserialize_with = "lenient")]
+    voice_id: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    voice_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    trial_url: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    owned_by: Option<Lenient>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawElement {
+    #[serde(default, deserialize_with = "lenient")]
+    element_id: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    element_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    element_description: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    reference_type: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    status: Option<Lenient>,
 }
 
 #[derive(Deserialize, Default)]
@@ -127,6 +182,8 @@ struct RawImage {
     index: Option<Lenient>,
     #[serde(default, deserialize_with = "lenient")]
     url: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    watermark_url: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,6 +198,20 @@ struct RawOutput {
     watermark_url: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
     duration: Option<Lenient>,
+    // Audio, in API 2.0's names.
+    #[serde(default, deserialize_with = "lenient")]
+    mp3_url: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    wav_url: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    mp3_duration: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    wav_duration: Option<Lenient>,
+    // Voice and element, in the legacy names.
+    #[serde(flatten)]
+    voice: RawVoice,
+    #[serde(flatten)]
+    element: RawElement,
 }
 
 /// A field read as absent when it is `null` or not of the documented type.
@@ -212,7 +283,12 @@ impl RawCallback {
     fn into_event(self) -> Result<TaskEvent, PayloadError> {
         let names_a_task =
             self.task_id.is_some() || self.task_status.is_some() || self.id.is_some();
-        if !names_a_task && let Some(inner) = self.data {
+        if !names_a_task
+            && let Some(inner) = self
+                .data
+                .as_deref()
+                .and_then(|data| serde_json::from_str::<RawCallback>(data.get()).ok())
+        {
             return inner.into_event();
         }
         if self.task_id.is_some() || self.task_status.is_some() {
@@ -225,7 +301,35 @@ impl RawCallback {
     fn into_flat_event(self) -> Result<TaskEvent, PayloadError> {
         let status = parse_status(self.task_status)?;
         let task_id = parse_task_id(self.task_id)?;
-        let result = self.task_result.unwrap_or_default();
+        let result: RawTaskResult = self
+            .task_result
+            .as_deref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default();
+        let mut more = MoreOutputs {
+            series_images: result
+                .series_images
+                .into_iter()
+                .map(RawImage::into_image)
+                .collect(),
+            audios: result
+                .audios
+                .into_iter()
+                .map(RawAudio::into_audio)
+                .collect(),
+            voices: result
+                .voices
+                .into_iter()
+                .map(RawVoice::into_voice)
+                .collect(),
+            elements: result
+                .elements
+                .into_iter()
+                .map(RawElement::into_element)
+                .collect(),
+            ..MoreOutputs::default()
+        };
+        more.keep_kling_json(self.task_result, None);
         Ok(TaskEvent {
             task_id,
             status,
@@ -243,14 +347,9 @@ impl RawCallback {
             images: result
                 .images
                 .into_iter()
-                .map(|image| Image {
-                    index: image
-                        .index
-                        .and_then(Lenient::into_millis)
-                        .and_then(|n| u32::try_from(n).ok()),
-                    url: image.url,
-                })
+                .map(RawImage::into_image)
                 .collect(),
+            more,
             final_unit_deduction: self.final_unit_deduction.map(Lenient::into_text),
             source: EventSource::Callback,
         })
@@ -259,23 +358,43 @@ impl RawCallback {
     fn into_new_standard_event(self) -> Result<TaskEvent, PayloadError> {
         let status = parse_status(self.status)?;
         let task_id = parse_task_id(self.id)?;
+        let outputs: Vec<RawOutput> = self
+            .outputs
+            .as_deref()
+            .map(|raw| list_of(raw.get()))
+            .unwrap_or_default();
         let mut videos = Vec::new();
         let mut images = Vec::new();
-        for output in self.outputs {
-            if output.kind.as_deref() == Some("image") {
-                images.push(Image {
+        let mut more = MoreOutputs::default();
+        for output in outputs {
+            match output.kind.as_deref() {
+                Some("image") => images.push(Image {
                     index: u32::try_from(images.len()).ok(),
                     url: output.url,
-                });
-            } else {
-                videos.push(Video {
+                    watermark_url: output.watermark_url,
+                }),
+                Some("audio") => more.audios.push(Audio {
+                    id: output.id.and_then(Lenient::into_id),
+                    url_mp3: output.mp3_url.or(output.url),
+                    url_wav: output.wav_url,
+                    duration_mp3: output
+                        .mp3_duration
+                        .or(output.duration)
+                        .map(Lenient::into_text),
+                    duration_wav: output.wav_duration.map(Lenient::into_text),
+                }),
+                Some("voice") => more.voices.push(output.voice.into_voice()),
+                Some("element") => more.elements.push(output.element.into_element()),
+                // A video, or a type this build does not know: its URL is kept as a video.
+                _ => videos.push(Video {
                     id: output.id.and_then(Lenient::into_id),
                     url: output.url,
                     duration: output.duration.map(Lenient::into_text),
                     watermark_url: output.watermark_url,
-                });
+                }),
             }
         }
+        more.keep_kling_json(self.outputs, self.billing);
         Ok(TaskEvent {
             task_id,
             status,
@@ -285,9 +404,88 @@ impl RawCallback {
             updated_at: self.update_time.and_then(Lenient::into_millis),
             videos,
             images,
+            more,
             final_unit_deduction: None,
             source: EventSource::Callback,
         })
+    }
+}
+
+/// The readable elements of a JSON list; anything but a list is empty.
+fn list_of<T: DeserializeOwned>(text: &str) -> Vec<T> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|item| T::deserialize(item).ok())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl MoreOutputs {
+    /// Keeps Kling's own result and billing JSON as they arrived, each up to
+    /// [`MAX_KLING_JSON_BYTES`]; a longer one is left out and `kling_json_cut` set.
+    fn keep_kling_json(&mut self, result: Option<Box<RawValue>>, billing: Option<Box<RawValue>>) {
+        let mut keep = |raw: Option<Box<RawValue>>| match raw {
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) if raw.get().len() > MAX_KLING_JSON_BYTES => {
+                self.kling_json_cut = true;
+                None
+            }
+            raw => raw.map(KlingJson),
+        };
+        let result = keep(result);
+        let billing = keep(billing);
+        self.kling_result = result;
+        self.billing = billing;
+    }
+}
+
+impl RawImage {
+    fn into_image(self) -> Image {
+        Image {
+            index: self
+                .index
+                .and_then(Lenient::into_millis)
+                .and_then(|n| u32::try_from(n).ok()),
+            url: self.url,
+            watermark_url: self.watermark_url,
+        }
+    }
+}
+
+impl RawAudio {
+    fn into_audio(self) -> Audio {
+        Audio {
+            id: self.id.and_then(Lenient::into_id),
+            url_mp3: self.url_mp3,
+            url_wav: self.url_wav,
+            duration_mp3: self.duration_mp3.map(Lenient::into_text),
+            duration_wav: self.duration_wav.map(Lenient::into_text),
+        }
+    }
+}
+
+impl RawVoice {
+    fn into_voice(self) -> Voice {
+        Voice {
+            voice_id: self.voice_id.and_then(Lenient::into_id),
+            voice_name: self.voice_name,
+            trial_url: self.trial_url,
+            owned_by: self.owned_by.map(Lenient::into_text),
+        }
+    }
+}
+
+impl RawElement {
+    fn into_element(self) -> Element {
+        Element {
+            element_id: self.element_id.and_then(Lenient::into_id),
+            element_name: self.element_name,
+            element_description: self.element_description,
+            reference_type: self.reference_type.map(Lenient::into_text),
+            status: self.status.map(Lenient::into_text),
+        }
     }
 }
 
@@ -373,7 +571,21 @@ mod tests {
                 images: vec![Image {
                     index: Some(0),
                     url: Some("https://i/0.png".into()),
+                    watermark_url: None,
                 }],
+                more: MoreOutputs {
+                    kling_result: Some(KlingJson(
+                        // Kling's `task_result`, byte for byte.
+                        RawValue::from_string(
+                            KLING_DOC_FLAT[KLING_DOC_FLAT.find(r#"{"images""#).unwrap()..]
+                                .trim_end_matches('}')
+                                .to_string()
+                                + "}",
+                        )
+                        .unwrap(),
+                    )),
+                    ..MoreOutputs::default()
+                },
                 final_unit_deduction: Some("1".into()),
                 source: EventSource::Callback,
             }
@@ -583,6 +795,140 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    /// Every output Kling sends, typed, and Kling's own JSON kept byte for byte.
+    #[test]
+    fn nothing_kling_returns_is_dropped() {
+        let task_result = r#"{"audios":[{"id":"a1","url_mp3":"https://a/1.mp3","url_wav":"https://a/1.wav","duration_mp3":"3.2","duration_wav":3.25}],
+ "series_images":[{"index":0,"url":"https://s/0.png","watermark_url":"https://s/0w.png"}],
+ "voices":[{"voice_id":"829836802793406552","voice_name":"Ann","trial_url":"https://t/1.mp3","owned_by":"kling"}],
+ "elements":[{"element_id":829836802793406551,"element_name":"hero","element_description":"d","reference_type":"image_refer","status":"succeed","extra":{"kept":true}}],
+ "something_new":[1,2,3]}"#;
+        let body = format!(
+            r#"{{"task_id":"86","task_status":"succeed","task_info":{{"external_task_id":"job-a"}},"task_result":{task_result}}}"#
+        );
+        let event = parse_callback(body.as_bytes()).unwrap();
+        let more = &event.more;
+        assert_eq!(
+            more.audios,
+            [Audio {
+                id: Some("a1".into()),
+                url_mp3: Some("https://a/1.mp3".into()),
+                url_wav: Some("https://a/1.wav".into()),
+                duration_mp3: Some("3.2".into()),
+                duration_wav: Some("3.25".into()),
+            }]
+        );
+        assert_eq!(
+            more.series_images[0].watermark_url.as_deref(),
+            Some("https://s/0w.png")
+        );
+        assert_eq!(
+            more.voices[0].voice_id.as_deref(),
+            Some("829836802793406552")
+        );
+        assert_eq!(
+            more.elements[0].element_id.as_deref(),
+            Some("829836802793406551"),
+            "beyond 2^53, digit for digit"
+        );
+        let kept = more.kling_result.as_ref().unwrap().0.get();
+        assert_eq!(kept, task_result, "verbatim, unknown keys included");
+        assert!(!more.kling_json_cut);
+
+        // Stored and read back (a slot), then served: the record shows it all.
+        let stored: TaskEvent =
+            serde_json::from_slice(&serde_json::to_vec(&event).unwrap()).unwrap();
+        assert_eq!(stored, event);
+        let record = crate::ledger::assemble(None, stored);
+        let served = serde_json::to_value(&record).unwrap();
+        assert_eq!(served["audios"][0]["url_wav"], "https://a/1.wav");
+        assert_eq!(served["elements"][0]["element_id"], "829836802793406551");
+        assert_eq!(served["kling_result"]["something_new"][2], 3);
+        assert_eq!(
+            served["kling_result"]["elements"][0]["element_id"].to_string(),
+            "829836802793406551"
+        );
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(text.contains(task_result), "served byte for byte: {text}");
+    }
+
+    #[test]
+    fn api_2_outputs_are_read_into_the_same_shapes_and_billing_is_kept() {
+        let outputs = r#"[{"type":"video","id":"v","url":"https://v.mp4","duration":5},
+ {"type":"audio","id":"a","mp3_url":"https://a.mp3","wav_url":"https://a.wav","mp3_duration":4.5,"wav_duration":"4.5"},
+ {"type":"image","url":"https://i.png","watermark_url":"https://iw.png","group_id":"g"},
+ {"type":"voice","voice_id":"vo","voice_name":"Ann"},
+ {"type":"element","element_id":829836802793406551,"element_name":"hero"}]"#;
+        let billing = r#"[{"type":"unit","amount":"1.5"}]"#;
+        let body = format!(
+            r#"{{"id":"t1","status":"succeeded","external_id":"job-b","outputs":{outputs},"billing":{billing}}}"#
+        );
+        let event = parse_callback(body.as_bytes()).unwrap();
+        assert_eq!(event.status, TaskStatus::Succeed);
+        assert_eq!(event.videos.len(), 1, "the audio is not a video");
+        assert_eq!(event.videos[0].url.as_deref(), Some("https://v.mp4"));
+        assert_eq!(
+            event.more.audios,
+            [Audio {
+                id: Some("a".into()),
+                url_mp3: Some("https://a.mp3".into()),
+                url_wav: Some("https://a.wav".into()),
+                duration_mp3: Some("4.5".into()),
+                duration_wav: Some("4.5".into()),
+            }]
+        );
+        assert_eq!(
+            event.images[0].watermark_url.as_deref(),
+            Some("https://iw.png")
+        );
+        assert_eq!(event.more.voices[0].voice_name.as_deref(), Some("Ann"));
+        assert_eq!(
+            event.more.elements[0].element_id.as_deref(),
+            Some("829836802793406551")
+        );
+        assert_eq!(event.more.kling_result.as_ref().unwrap().0.get(), outputs);
+        assert_eq!(event.more.billing.as_ref().unwrap().0.get(), billing);
+    }
+
+    #[test]
+    fn kling_json_over_64_kib_is_left_out_and_flagged_but_its_outputs_stay() {
+        let padding = "x".repeat(MAX_KLING_JSON_BYTES);
+        let body = format!(
+            r#"{{"task_id":"86","task_status":"succeed","task_result":{{"audios":[{{"url_mp3":"https://a.mp3"}}],"note":"{padding}"}}}}"#
+        );
+        let event = parse_callback(body.as_bytes()).unwrap();
+        assert!(event.more.kling_result.is_none());
+        assert!(event.more.kling_json_cut);
+        assert_eq!(
+            event.more.audios[0].url_mp3.as_deref(),
+            Some("https://a.mp3")
+        );
+        let served = serde_json::to_value(crate::ledger::assemble(None, event)).unwrap();
+        assert_eq!(served["kling_json_cut"], true);
+    }
+
+    /// A video task's record shows nothing new: the new fields appear only when sent.
+    #[test]
+    fn a_video_record_keeps_its_shape() {
+        let event = parse_callback(
+            br#"{"task_id":"86","task_status":"processing","task_info":{"external_task_id":"job-c"}}"#,
+        )
+        .unwrap();
+        assert!(event.more.is_empty());
+        let served = serde_json::to_value(crate::ledger::assemble(None, event)).unwrap();
+        for field in [
+            "audios",
+            "series_images",
+            "voices",
+            "elements",
+            "kling_result",
+            "billing",
+            "kling_json_cut",
+        ] {
+            assert!(served.get(field).is_none(), "{field}: {served}");
         }
     }
 }

@@ -144,7 +144,7 @@ pub fn receive(
         head.check_binding(&event)?;
     }
     let event = match checked_with_kling(kling, head.as_ref(), event)? {
-        Checked::Event(event) => event,
+        Checked::Event(event) => *event,
         Checked::Rejected => {
             return Ok(Received {
                 verdict: Verdict::Rejected,
@@ -176,7 +176,7 @@ pub trait KlingLookup {
 }
 
 enum Checked {
-    Event(TaskEvent),
+    Event(Box<TaskEvent>),
     /// A final callback Kling contradicted: counted, nothing stored.
     Rejected,
 }
@@ -205,11 +205,11 @@ fn checked_with_kling(
         return Ok(if verify {
             Checked::Rejected
         } else {
-            Checked::Event(callback)
+            Checked::Event(Box::new(callback))
         });
     };
     if !unbound && !verify {
-        return Ok(Checked::Event(callback));
+        return Ok(Checked::Event(Box::new(callback)));
     }
     // Kling's answer must be about our external id, and its task the callback's.
     let kling = check.lookup.find(kind, &external_task_id)?.filter(|k| {
@@ -227,7 +227,7 @@ fn checked_with_kling(
         }
     }
     if !verify {
-        return Ok(Checked::Event(callback));
+        return Ok(Checked::Event(Box::new(callback)));
     }
     // Binding needed only Kling's ids; judging a final needs Kling's status too.
     let kling = match kling {
@@ -254,7 +254,7 @@ fn checked_with_kling(
         {
             kling.external_task_id = Some(external_task_id);
             kling.source = EventSource::Callback;
-            Checked::Event(kling)
+            Checked::Event(Box::new(kling))
         }
         _ => Checked::Rejected,
     })
@@ -358,6 +358,7 @@ pub(crate) mod tests {
                 updated_at: Some(9),
                 videos: Vec::new(),
                 images: Vec::new(),
+                more: Default::default(),
                 final_unit_deduction: None,
                 source: EventSource::Poll,
             });

@@ -208,6 +208,7 @@ mod tests {
                 ..Video::default()
             }],
             images: Vec::new(),
+            more: Default::default(),
             final_unit_deduction: None,
             source: EventSource::Callback,
         };

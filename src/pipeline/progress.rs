@@ -201,6 +201,7 @@ mod tests {
                 ..Video::default()
             }],
             images: Vec::new(),
+            more: Default::default(),
             created_at: None,
             updated_at: None,
             final_unit_deduction: None,

@@ -306,6 +306,7 @@ mod tests {
                 watermark_url: None,
             }],
             images: Vec::new(),
+            more: Default::default(),
             created_at: None,
             updated_at: None,
             final_unit_deduction: None,

@@ -140,6 +140,7 @@ mod tests {
             updated_at: Some(1),
             videos: vec![],
             images: vec![],
+            more: Default::default(),
             final_unit_deduction: None,
             source: Default::default(),
         }

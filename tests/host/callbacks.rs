@@ -86,6 +86,43 @@ async fn the_wrapped_and_the_new_standard_shapes_are_stored() {
     assert_eq!(task["updated_at"], 1781080794151u64);
 }
 
+/// What the issue found on a real Spin: audio and series-image callbacks, an API 2.0
+/// audio, and an `element_id` beyond 2^53 were stored without their outputs. Now every
+/// output is stored, typed, with Kling's own JSON beside it.
+#[tokio::test]
+async fn every_output_kling_sends_is_stored() {
+    let app = kling_app();
+    let task_result = r#"{"audios":[{"id":"a1","url_mp3":"https://a/1.mp3","url_wav":"https://a/1.wav","duration_mp3":"3.2","duration_wav":"3.2"}],"series_images":[{"index":0,"url":"https://s/0.png"}],"elements":[{"element_id":829836802793406551,"element_name":"hero"}]}"#;
+    let legacy = format!(
+        r#"{{"task_id":"2001","task_status":"succeed","updated_at":5,"task_info":{{"external_task_id":"job-audio"}},"task_result":{task_result}}}"#
+    );
+    let reply = app
+        .send(callback("job-audio", legacy))
+        .await
+        .expect_json(200);
+    assert_eq!(reply["outcome"], "applied");
+    let task = app.send(get_task("job-audio")).await.expect_json(200);
+    assert_eq!(task["audios"][0]["url_mp3"], "https://a/1.mp3");
+    assert_eq!(task["audios"][0]["url_wav"], "https://a/1.wav");
+    assert_eq!(task["series_images"][0]["url"], "https://s/0.png");
+    assert_eq!(task["elements"][0]["element_id"], "829836802793406551");
+    let served = String::from_utf8_lossy(&app.send(get_task("job-audio")).await.body).to_string();
+    assert!(
+        served.contains(task_result),
+        "Kling's JSON, byte for byte: {served}"
+    );
+
+    let api_2 = r#"{"id":"2002","status":"succeeded","external_id":"job-audio-2","outputs":[{"type":"audio","id":"a","mp3_url":"https://a/2.mp3","wav_url":"https://a/2.wav","mp3_duration":4.5}],"billing":[{"units":1}]}"#;
+    app.send(callback("job-audio-2", api_2))
+        .await
+        .expect_json(200);
+    let task = app.send(get_task("2002")).await.expect_json(200);
+    assert_eq!(task["videos"], json!([]), "an audio is not a video");
+    assert_eq!(task["audios"][0]["url_mp3"], "https://a/2.mp3");
+    assert_eq!(task["audios"][0]["duration_mp3"], "4.5");
+    assert_eq!(task["billing"], json!([{"units": 1}]));
+}
+
 #[tokio::test]
 async fn minimal_and_older_deliveries_are_accepted() {
     let app = kling_app();
