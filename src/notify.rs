@@ -141,7 +141,9 @@ fn content_digest(record: &TaskRecord) -> String {
     if !record.more.is_empty()
         && let Some(items) = content.as_array_mut()
     {
-        items.push(json!(record.more));
+        // As text: the same serializer the response uses (a `Value` would be another
+        // copy of it in the component).
+        items.push(serde_json::to_string(&record.more).unwrap_or_default().into());
     }
     let digest = Sha256::digest(content.to_string().as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
@@ -528,13 +530,25 @@ mod tests {
     }
 
     fn record() -> TaskRecord {
-        serde_json::from_value(json!({
-            "task_id": "86", "external_task_id": "job-1", "status": "succeed",
-            "status_msg": "", "videos": [], "images": [], "created_at": null,
-            "updated_at": null, "deliveries": 1, "last_delivery_at": null,
-            "sequence": crate::task::sequence(TaskStatus::Succeed, None)
-        }))
-        .unwrap()
+        TaskRecord {
+            task_id: Some("86".into()),
+            external_task_id: Some("job-1".into()),
+            kind: None,
+            status: TaskStatus::Succeed,
+            status_msg: String::new(),
+            videos: Vec::new(),
+            images: Vec::new(),
+            more: Default::default(),
+            created_at: None,
+            updated_at: None,
+            final_unit_deduction: None,
+            source: None,
+            deliveries: 1,
+            last_delivery_at: None,
+            pipeline: None,
+            sequence: crate::task::sequence(TaskStatus::Succeed, None),
+            reconcile: None,
+        }
     }
 
     fn event(status: TaskStatus, updated_at: u64) -> TaskEvent {

@@ -250,8 +250,9 @@ pub struct TaskEvent {
     pub source: EventSource,
 }
 
-/// A task as `GET /tasks/{id}` returns it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A task as `GET /tasks/{id}` returns it. Only ever written: the store keeps events and
+/// heads, and a record is assembled from them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TaskRecord {
     /// `None` while the task is `submitting` and Kling's id is not known yet.
     pub task_id: Option<String>,

@@ -207,11 +207,26 @@ struct RawOutput {
     mp3_duration: Option<Lenient>,
     #[serde(default, deserialize_with = "lenient")]
     wav_duration: Option<Lenient>,
-    // Voice and element, in the legacy names.
-    #[serde(flatten)]
-    voice: RawVoice,
-    #[serde(flatten)]
-    element: RawElement,
+    // Voice and element, in the legacy names (listed, not flattened: serde's flatten
+    // would bring its buffering deserializer into the component).
+    #[serde(default, deserialize_with = "lenient")]
+    voice_id: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    voice_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    trial_url: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    owned_by: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    element_id: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    element_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    element_description: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    reference_type: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    status: Option<Lenient>,
 }
 
 /// A field read as absent when it is `null` or not of the documented type.
@@ -287,7 +302,7 @@ impl RawCallback {
             && let Some(inner) = self
                 .data
                 .as_deref()
-                .and_then(|data| serde_json::from_str::<RawCallback>(data.get()).ok())
+                .and_then(|data| serde_json::from_slice::<RawCallback>(data.get().as_bytes()).ok())
         {
             return inner.into_event();
         }
@@ -304,7 +319,7 @@ impl RawCallback {
         let result: RawTaskResult = self
             .task_result
             .as_deref()
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .and_then(|raw| serde_json::from_slice(raw.get().as_bytes()).ok())
             .unwrap_or_default();
         let mut more = MoreOutputs {
             series_images: result
@@ -383,8 +398,25 @@ impl RawCallback {
                         .map(Lenient::into_text),
                     duration_wav: output.wav_duration.map(Lenient::into_text),
                 }),
-                Some("voice") => more.voices.push(output.voice.into_voice()),
-                Some("element") => more.elements.push(output.element.into_element()),
+                Some("voice") => more.voices.push(
+                    RawVoice {
+                        voice_id: output.voice_id,
+                        voice_name: output.voice_name,
+                        trial_url: output.trial_url,
+                        owned_by: output.owned_by,
+                    }
+                    .into_voice(),
+                ),
+                Some("element") => more.elements.push(
+                    RawElement {
+                        element_id: output.element_id,
+                        element_name: output.element_name,
+                        element_description: output.element_description,
+                        reference_type: output.reference_type,
+                        status: output.status,
+                    }
+                    .into_element(),
+                ),
                 // A video, or a type this build does not know: its URL is kept as a video.
                 _ => videos.push(Video {
                     id: output.id.and_then(Lenient::into_id),
@@ -413,7 +445,7 @@ impl RawCallback {
 
 /// The readable elements of a JSON list; anything but a list is empty.
 fn list_of<T: DeserializeOwned>(text: &str) -> Vec<T> {
-    match serde_json::from_str::<Value>(text) {
+    match serde_json::from_slice::<Value>(text.as_bytes()) {
         Ok(Value::Array(items)) => items
             .into_iter()
             .filter_map(|item| T::deserialize(item).ok())
