@@ -136,14 +136,23 @@ fn content_digest(record: &TaskRecord) -> String {
         record.images,
         record.final_unit_deduction,
     ]);
-    // Only when there are any: a video task's ids stay what they were before these
-    // outputs were kept.
-    if !record.more.is_empty()
+    // The typed outputs beyond videos and images, only when there are any (a video
+    // task's ids stay what they were before these were kept). Not Kling's own JSON: a
+    // callback keeps it byte for byte, a poll re-serialized, so the same news would get
+    // two ids.
+    let more = &record.more;
+    let typed = (
+        &more.series_images,
+        &more.audios,
+        &more.voices,
+        &more.elements,
+    );
+    if !(typed.0.is_empty() && typed.1.is_empty() && typed.2.is_empty() && typed.3.is_empty())
         && let Some(items) = content.as_array_mut()
     {
         // As text: the same serializer the response uses (a `Value` would be another
         // copy of it in the component).
-        items.push(serde_json::to_string(&record.more).unwrap_or_default().into());
+        items.push(serde_json::to_string(&typed).unwrap_or_default().into());
     }
     let digest = Sha256::digest(content.to_string().as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
@@ -925,5 +934,33 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339(1_798_761_599_999), "2026-12-31T23:59:59.999Z");
+    }
+
+    /// The same news from a callback (Kling's JSON byte for byte) and from a poll (the
+    /// same JSON re-serialized) gets one id; other outputs get another.
+    #[test]
+    fn ids_follow_the_typed_outputs_not_the_formatting_of_kling_s_json() {
+        use crate::task::{Audio, KlingJson};
+        use serde_json::value::RawValue;
+        let with = |audio_url: &str, raw: &str| {
+            let mut record = record();
+            record.more.audios = vec![Audio {
+                url_mp3: Some(audio_url.into()),
+                ..Audio::default()
+            }];
+            record.more.kling_result = Some(KlingJson(RawValue::from_string(raw.into()).unwrap()));
+            note(&record, 1).webhook_id
+        };
+        let callback = with(
+            "https://a.mp3",
+            r#"{ "audios": [ {"url_mp3": "https://a.mp3"} ] }"#,
+        );
+        let poll = with(
+            "https://a.mp3",
+            r#"{"audios":[{"url_mp3":"https://a.mp3"}]}"#,
+        );
+        assert_eq!(callback, poll);
+        assert_ne!(callback, with("https://b.mp3", r#"{}"#));
+        assert_ne!(callback, note(&record(), 1).webhook_id, "an audio is news");
     }
 }
