@@ -115,6 +115,19 @@ pub struct Image {
     pub url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark_url: Option<String>,
+    /// ai-multi-shot's three views (it sends no `url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_1: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_2: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_3: Option<String>,
+    /// omni-image: `single` or `series`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_type: Option<String>,
+    /// API 2.0: the group an image belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
 }
 
 /// An audio (text-to-audio, video-to-audio), in Kling's legacy names; API 2.0's
@@ -196,7 +209,7 @@ pub struct MoreOutputs {
     /// Legacy `task_result`, or API 2.0 `outputs`, verbatim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kling_result: Option<KlingJson>,
-    /// API 2.0 `billing`, verbatim.
+    /// API 2.0 `billing`, or the legacy `final_balance_deduction`, verbatim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billing: Option<KlingJson>,
     /// `kling_result` or `billing` was longer than [`MAX_KLING_JSON_BYTES`] and is left out.

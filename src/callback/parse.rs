@@ -99,6 +99,9 @@ struct RawCallback {
     outputs: Option<Box<RawValue>>,
     #[serde(default)]
     billing: Option<Box<RawValue>>,
+    // Legacy billing (`{quota, list_price}`), kept as `billing`.
+    #[serde(default)]
+    final_balance_deduction: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -184,6 +187,16 @@ struct RawImage {
     url: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
     watermark_url: Option<String>,
+    // ai-multi-shot: three views of one subject.
+    #[serde(default, deserialize_with = "lenient")]
+    url_1: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    url_2: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    url_3: Option<String>,
+    // omni-image.
+    #[serde(default, deserialize_with = "lenient")]
+    result_type: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -198,6 +211,9 @@ struct RawOutput {
     watermark_url: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
     duration: Option<Lenient>,
+    // An image's group.
+    #[serde(default, deserialize_with = "lenient")]
+    group_id: Option<Lenient>,
     // Audio, in API 2.0's names.
     #[serde(default, deserialize_with = "lenient")]
     mp3_url: Option<String>,
@@ -295,6 +311,9 @@ impl Lenient {
 }
 
 impl RawCallback {
+    /// A body that names no task but wraps one in `data` is read as that one: one level,
+    /// never more (each level would be parsed again, and a body of nested `data` must
+    /// not cost more than one).
     fn into_event(self) -> Result<TaskEvent, PayloadError> {
         let names_a_task =
             self.task_id.is_some() || self.task_status.is_some() || self.id.is_some();
@@ -304,8 +323,12 @@ impl RawCallback {
                 .as_deref()
                 .and_then(|data| serde_json::from_slice::<RawCallback>(data.get().as_bytes()).ok())
         {
-            return inner.into_event();
+            return inner.into_named_event();
         }
+        self.into_named_event()
+    }
+
+    fn into_named_event(self) -> Result<TaskEvent, PayloadError> {
         if self.task_id.is_some() || self.task_status.is_some() {
             self.into_flat_event()
         } else {
@@ -316,10 +339,13 @@ impl RawCallback {
     fn into_flat_event(self) -> Result<TaskEvent, PayloadError> {
         let status = parse_status(self.task_status)?;
         let task_id = parse_task_id(self.task_id)?;
+        // Through a `Value`, like every lenient field: a repeated key keeps its last value
+        // instead of refusing the whole result.
         let result: RawTaskResult = self
             .task_result
             .as_deref()
-            .and_then(|raw| serde_json::from_slice(raw.get().as_bytes()).ok())
+            .and_then(|raw| serde_json::from_slice::<Value>(raw.get().as_bytes()).ok())
+            .and_then(|value| RawTaskResult::deserialize(value).ok())
             .unwrap_or_default();
         let mut more = MoreOutputs {
             series_images: result
@@ -344,7 +370,8 @@ impl RawCallback {
                 .collect(),
             ..MoreOutputs::default()
         };
-        more.keep_kling_json(self.task_result, None);
+        // Legacy billing sits beside the result: `final_balance_deduction`.
+        more.keep_kling_json(self.task_result, self.final_balance_deduction);
         Ok(TaskEvent {
             task_id,
             status,
@@ -387,6 +414,8 @@ impl RawCallback {
                     index: u32::try_from(images.len()).ok(),
                     url: output.url,
                     watermark_url: output.watermark_url,
+                    group_id: output.group_id.and_then(Lenient::into_id),
+                    ..Image::default()
                 }),
                 Some("audio") => more.audios.push(Audio {
                     id: output.id.and_then(Lenient::into_id),
@@ -400,7 +429,7 @@ impl RawCallback {
                 }),
                 Some("voice") => more.voices.push(
                     RawVoice {
-                        voice_id: output.voice_id,
+                        voice_id: output.voice_id.or(output.id),
                         voice_name: output.voice_name,
                         trial_url: output.trial_url,
                         owned_by: output.owned_by,
@@ -409,7 +438,7 @@ impl RawCallback {
                 ),
                 Some("element") => more.elements.push(
                     RawElement {
-                        element_id: output.element_id,
+                        element_id: output.element_id.or(output.id),
                         element_name: output.element_name,
                         element_description: output.element_description,
                         reference_type: output.reference_type,
@@ -417,13 +446,16 @@ impl RawCallback {
                     }
                     .into_element(),
                 ),
-                // A video, or a type this build does not know: its URL is kept as a video.
-                _ => videos.push(Video {
+                // A video, or an output with no type (older bodies).
+                Some("video") | None => videos.push(Video {
                     id: output.id.and_then(Lenient::into_id),
                     url: output.url,
                     duration: output.duration.map(Lenient::into_text),
                     watermark_url: output.watermark_url,
                 }),
+                // A type this build does not know: not taken for something it is not;
+                // it stays in `kling_result`.
+                Some(_) => {}
             }
         }
         more.keep_kling_json(self.outputs, self.billing);
@@ -482,6 +514,11 @@ impl RawImage {
                 .and_then(|n| u32::try_from(n).ok()),
             url: self.url,
             watermark_url: self.watermark_url,
+            url_1: self.url_1,
+            url_2: self.url_2,
+            url_3: self.url_3,
+            result_type: self.result_type,
+            group_id: None,
         }
     }
 }
@@ -603,7 +640,7 @@ mod tests {
                 images: vec![Image {
                     index: Some(0),
                     url: Some("https://i/0.png".into()),
-                    watermark_url: None,
+                    ..Image::default()
                 }],
                 more: MoreOutputs {
                     kling_result: Some(KlingJson(
@@ -942,16 +979,11 @@ mod tests {
         assert_eq!(served["kling_json_cut"], true);
     }
 
-    /// A video task's record shows nothing new: the new fields appear only when sent.
+    /// A finished video task's record gains `kling_result` and nothing else; a task with
+    /// no result gains nothing.
     #[test]
-    fn a_video_record_keeps_its_shape() {
-        let event = parse_callback(
-            br#"{"task_id":"86","task_status":"processing","task_info":{"external_task_id":"job-c"}}"#,
-        )
-        .unwrap();
-        assert!(event.more.is_empty());
-        let served = serde_json::to_value(crate::ledger::assemble(None, event)).unwrap();
-        for field in [
+    fn a_video_record_gains_only_kling_s_own_json() {
+        let new_fields = [
             "audios",
             "series_images",
             "voices",
@@ -959,8 +991,107 @@ mod tests {
             "kling_result",
             "billing",
             "kling_json_cut",
-        ] {
-            assert!(served.get(field).is_none(), "{field}: {served}");
+        ];
+        let served = |body: &str| {
+            let event = parse_callback(body.as_bytes()).unwrap();
+            serde_json::to_value(crate::ledger::assemble(None, event)).unwrap()
+        };
+        let running = served(r#"{"task_id":"86","task_status":"processing"}"#);
+        for field in new_fields {
+            assert!(running.get(field).is_none(), "{field}: {running}");
         }
+        let done = served(KLING_DOC_FLAT);
+        for field in new_fields {
+            assert_eq!(
+                done.get(field).is_some(),
+                field == "kling_result",
+                "{field}: {done}"
+            );
+        }
+        assert!(done["images"][0].get("watermark_url").is_none());
+    }
+
+    /// `data` is unwrapped once: nested wrappers are not a task, and cost one parse.
+    #[test]
+    fn a_wrapped_body_is_unwrapped_once_with_its_outputs() {
+        let wrapped = r#"{"code":0,"message":"SUCCEED","data":{"task_id":"86","task_status":"succeed","task_result":{"audios":[{"url_mp3":"https://a.mp3"}]},"final_balance_deduction":{"quota":"1","list_price":"2"}}}"#;
+        let event = parse_callback(wrapped.as_bytes()).unwrap();
+        assert_eq!(
+            event.more.audios[0].url_mp3.as_deref(),
+            Some("https://a.mp3")
+        );
+        assert_eq!(
+            event.more.billing.as_ref().unwrap().0.get(),
+            r#"{"quota":"1","list_price":"2"}"#
+        );
+        let twice = format!(r#"{{"data":{wrapped}}}"#);
+        assert_eq!(
+            parse_callback(twice.as_bytes()),
+            Err(PayloadError::MissingStatus)
+        );
+        let deep = format!("{}{}", r#"{"data":"#.repeat(20_000), "}".repeat(20_000));
+        assert!(
+            parse_callback(deep.as_bytes()).is_err(),
+            "refused, not a crash"
+        );
+    }
+
+    #[test]
+    fn api_2_outputs_of_unknown_or_missing_type() {
+        let body = r#"{"id":"t","status":"succeeded","outputs":[{"type":"hologram","url":"https://h"},{"url":"https://v.mp4"},{"type":"voice","id":"vo"},{"type":"element","id":829836802793406551},{"type":"image","url":"https://i.png","group_id":"g1"}],"billing":null}"#;
+        let event = parse_callback(body.as_bytes()).unwrap();
+        assert_eq!(
+            event.videos.len(),
+            1,
+            "a typeless output is a video; a hologram is not"
+        );
+        assert_eq!(event.videos[0].url.as_deref(), Some("https://v.mp4"));
+        assert_eq!(event.more.voices[0].voice_id.as_deref(), Some("vo"));
+        assert_eq!(
+            event.more.elements[0].element_id.as_deref(),
+            Some("829836802793406551")
+        );
+        assert_eq!(event.images[0].group_id.as_deref(), Some("g1"));
+        assert!(
+            event
+                .more
+                .kling_result
+                .as_ref()
+                .unwrap()
+                .0
+                .get()
+                .contains("hologram")
+        );
+        assert!(event.more.billing.is_none(), "null is nothing");
+    }
+
+    #[test]
+    fn odd_results_lose_nothing_else() {
+        // A result that is not an object, outputs that are not a list, a repeated key.
+        let text =
+            parse_callback(br#"{"task_id":"86","task_status":"succeed","task_result":"done"}"#)
+                .unwrap();
+        assert_eq!(
+            text.more.kling_result.as_ref().unwrap().0.get(),
+            r#""done""#
+        );
+        let not_a_list =
+            parse_callback(br#"{"id":"86","status":"succeeded","outputs":{"url":"x"}}"#).unwrap();
+        assert!(not_a_list.videos.is_empty());
+        assert!(not_a_list.more.kling_result.is_some());
+        let repeated = parse_callback(
+            br#"{"task_id":"86","task_status":"succeed","task_result":{"audios":[{"url_mp3":"a"}],"audios":[{"url_mp3":"b"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            repeated.more.audios[0].url_mp3.as_deref(),
+            Some("b"),
+            "the last wins"
+        );
+        let multi_shot = parse_callback(
+            br#"{"task_id":"86","task_status":"succeed","task_result":{"images":[{"index":0,"url_1":"u1","url_2":"u2","url_3":"u3"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(multi_shot.images[0].url_3.as_deref(), Some("u3"));
     }
 }
