@@ -54,14 +54,9 @@ fn expected(events: &[Event]) -> (TaskStatus, String) {
     )
 }
 
-fn deliver(kv: &MemoryKv, event: &Event) -> bool {
-    let body = Body::Bytes(
-        format!(
-            r#"{{"task_id":"86","task_status":"{}","task_status_msg":"v{}","updated_at":{}}}"#,
-            STATUSES[event.status], event.tag, event.updated_at
-        )
-        .into_bytes(),
-    );
+/// `body`, delivered for `job-p` on its correctly signed URL through the receive path.
+fn receive_for_job_p(kv: &MemoryKv, body: Vec<u8>) -> crate::callback::receive::Received {
+    let body = Body::Bytes(body);
     let secret = Secret::new("s");
     let sig = callback_url::sign(&secret, "job-p");
     let callback = Callback {
@@ -75,14 +70,22 @@ fn deliver(kv: &MemoryKv, event: &Event) -> bool {
         callback_secret: crate::config::KeyRing::single(secret),
         webhook_secret: None,
     };
-    let received = receive(
+    receive(
         &callback,
         &config,
         kv,
         &crate::callback::receive::tests::no_kling(),
         1,
     )
-    .expect("a valid delivery is accepted");
+    .expect("a valid delivery is accepted")
+}
+
+fn deliver(kv: &MemoryKv, event: &Event) -> bool {
+    let body = format!(
+        r#"{{"task_id":"86","task_status":"{}","task_status_msg":"v{}","updated_at":{}}}"#,
+        STATUSES[event.status], event.tag, event.updated_at
+    );
+    let received = receive_for_job_p(kv, body.into_bytes());
     // News leaves bookkeeping; a repeat (the task is bound by its first delivery, which
     // is always news) leaves none, so nothing is written after the answer.
     let news = matches!(received.verdict, Verdict::Apply(_));
@@ -159,28 +162,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 /// Delivers `body` for `job-p` and returns the task as the API serves it.
 fn stored_after(body: String) -> serde_json::Value {
     let kv = MemoryKv::default();
-    let body = Body::Bytes(body.into_bytes());
-    let secret = Secret::new("s");
-    let sig = callback_url::sign(&secret, "job-p");
-    let callback = Callback {
-        external_task_id: Some("job-p"),
-        sig: Some(&sig),
-        content_type: None,
-        webhook: WebhookHeaders::default(),
-        body: &body,
-    };
-    let config = CallbackConfig {
-        callback_secret: crate::config::KeyRing::single(secret),
-        webhook_secret: None,
-    };
-    let received = receive(
-        &callback,
-        &config,
-        &kv,
-        &crate::callback::receive::tests::no_kling(),
-        1,
-    )
-    .expect("a valid delivery is accepted");
+    let received = receive_for_job_p(&kv, body.into_bytes());
     if let Some(bookkeeping) = received.bookkeeping {
         bookkeeping.apply(&kv).expect("memory store");
     }
