@@ -474,11 +474,20 @@ fn task_json(task: &Task, status: &str, updated_at: u64) -> Value {
     });
     if status == "succeed" {
         body["final_unit_deduction"] = json!("1");
-        body["task_result"] = json!({"videos": [{
-            "id": format!("{}9", task.task_id),
-            "url": format!("https://cdn.standin.example/{}.mp4", task.task_id),
-            "duration": "5.1",
-        }]});
+        // Each kind's result shape (`../shared/kling-api.md`, "Result shapes").
+        body["task_result"] = if task.path == "/v1/images/generations" {
+            json!({"images": [{
+                "index": 0,
+                "url": format!("https://cdn.standin.example/{}.png", task.task_id),
+                "watermark_url": format!("https://cdn.standin.example/{}-w.png", task.task_id),
+            }]})
+        } else {
+            json!({"videos": [{
+                "id": format!("{}9", task.task_id),
+                "url": format!("https://cdn.standin.example/{}.mp4", task.task_id),
+                "duration": "5.1",
+            }]})
+        };
     }
     body
 }

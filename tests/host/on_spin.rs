@@ -142,8 +142,11 @@ async fn scenario(apps: &[SpinInstance], standin: &StandIn, receiver: &Receiver)
             "{done}"
         );
         assert_eq!(done["task_id"], task_id.as_str());
-        // (The stand-in answers every kind with a video, images included.)
-        let media = &done["videos"][0]["url"];
+        let media = if *kind == "image-generation" {
+            &done["images"][0]["url"]
+        } else {
+            &done["videos"][0]["url"]
+        };
         assert!(
             media.as_str().is_some_and(|url| url.contains(&task_id)),
             "{kind}: {done}"

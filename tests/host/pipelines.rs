@@ -102,6 +102,31 @@ async fn a_three_step_pipeline_runs_to_the_end_each_step_taking_the_previous_vid
     assert_eq!(d.standin.tasks().len(), 3);
 }
 
+/// An image generation, then an image-to-video of that image: the default input of
+/// image2video after an image generation is the first image's URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_step_hands_its_image_to_image2video() {
+    let d = deploy().await;
+    let body = json!({"id": "still", "steps": [
+        {"kind": "image-generation", "request": {"prompt": "a fox", "n": 1}},
+        {"kind": "image2video", "request": {"prompt": "it moves"}},
+    ]});
+    create(&d.app, &body).await.expect_json(202);
+    let done = wait_until_finished(&d.app, "still").await;
+    assert_eq!(done["status"], "succeed", "{done}");
+    let image_task = &d.standin.tasks_with_external_id("still-0")[0].task_id;
+    let sent = request_of(&d.standin, "still-1");
+    assert_eq!(
+        sent["image"],
+        format!("https://cdn.standin.example/{image_task}.png")
+    );
+    assert_eq!(sent["prompt"], "it moves");
+    assert_eq!(
+        done["steps"][0]["task"]["images"][0]["watermark_url"],
+        format!("https://cdn.standin.example/{image_task}-w.png")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_middle_step_fails_the_pipeline_and_nothing_after_it_starts() {
     let d = deploy().await;

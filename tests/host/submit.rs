@@ -25,7 +25,7 @@ const KINDS: [&str; 7] = [
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_kind_is_submitted_called_back_and_ends_with_its_video() {
+async fn every_kind_is_submitted_called_back_and_ends_with_its_result() {
     let d = deploy().await;
     for kind in KINDS {
         let reply = d.submit(kind, valid_body(kind)).await;
@@ -55,9 +55,14 @@ async fn every_kind_is_submitted_called_back_and_ends_with_its_video() {
         let done = d.wait_for(&task_id, "succeed").await;
         assert_eq!(done["external_task_id"], external_task_id.as_str());
         assert_eq!(done["kind"], kind);
+        let (outputs, extension) = if kind == "image-generation" {
+            ("images", "png")
+        } else {
+            ("videos", "mp4")
+        };
         assert_eq!(
-            done["videos"][0]["url"],
-            format!("https://cdn.standin.example/{task_id}.mp4")
+            done[outputs][0]["url"],
+            format!("https://cdn.standin.example/{task_id}.{extension}")
         );
         assert_eq!(d.standin.tasks_with_external_id(&external_task_id).len(), 1);
 
