@@ -540,23 +540,10 @@ mod tests {
 
     fn record() -> TaskRecord {
         TaskRecord {
-            task_id: Some("86".into()),
             external_task_id: Some("job-1".into()),
-            kind: None,
-            status: TaskStatus::Succeed,
-            status_msg: String::new(),
-            videos: Vec::new(),
-            images: Vec::new(),
-            more: Default::default(),
-            created_at: None,
-            updated_at: None,
-            final_unit_deduction: None,
-            source: None,
             deliveries: 1,
-            last_delivery_at: None,
-            pipeline: None,
             sequence: crate::task::sequence(TaskStatus::Succeed, None),
-            reconcile: None,
+            ..TaskRecord::example(TaskStatus::Succeed)
         }
     }
 

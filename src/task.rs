@@ -304,6 +304,32 @@ pub struct TaskRecord {
     pub reconcile: Option<crate::ledger::PollState>,
 }
 
+#[cfg(test)]
+impl TaskRecord {
+    /// A record of Kling task `86` in `status` with nothing else, for tests to fill in.
+    pub fn example(status: TaskStatus) -> Self {
+        Self {
+            task_id: Some("86".into()),
+            external_task_id: None,
+            kind: None,
+            status,
+            status_msg: String::new(),
+            videos: Vec::new(),
+            images: Vec::new(),
+            more: MoreOutputs::default(),
+            created_at: None,
+            updated_at: None,
+            final_unit_deduction: None,
+            source: None,
+            deliveries: 0,
+            last_delivery_at: None,
+            pipeline: None,
+            sequence: 0,
+            reconcile: None,
+        }
+    }
+}
+
 /// A step of a pipeline: the pipeline's id and the step's index (0-based).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRef {

@@ -188,9 +188,6 @@ mod tests {
     fn task(status: TaskStatus) -> Option<TaskRecord> {
         Some(TaskRecord {
             task_id: Some("1".into()),
-            external_task_id: None,
-            kind: None,
-            status,
             status_msg: if status == TaskStatus::Failed {
                 "content rejected".into()
             } else {
@@ -200,17 +197,7 @@ mod tests {
                 id: Some(format!("{status:?}")),
                 ..Video::default()
             }],
-            images: Vec::new(),
-            more: Default::default(),
-            created_at: None,
-            updated_at: None,
-            final_unit_deduction: None,
-            source: None,
-            deliveries: 0,
-            last_delivery_at: None,
-            pipeline: None,
-            sequence: 0,
-            reconcile: None,
+            ..TaskRecord::example(status)
         })
     }
 

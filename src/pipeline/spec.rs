@@ -294,28 +294,16 @@ mod tests {
 
     fn succeeded(video_id: &str) -> TaskRecord {
         TaskRecord {
-            task_id: Some("86".into()),
             external_task_id: Some("p-0".into()),
             kind: Some("text2video".into()),
-            status: TaskStatus::Succeed,
-            status_msg: String::new(),
             videos: vec![Video {
                 id: Some(video_id.into()),
                 url: Some("https://cdn/v.mp4".into()),
                 duration: Some("5".into()),
                 watermark_url: None,
             }],
-            images: Vec::new(),
-            more: Default::default(),
-            created_at: None,
-            updated_at: None,
-            final_unit_deduction: None,
-            source: None,
             deliveries: 1,
-            last_delivery_at: None,
-            pipeline: None,
-            sequence: 0,
-            reconcile: None,
+            ..TaskRecord::example(TaskStatus::Succeed)
         }
     }
 
