@@ -72,8 +72,12 @@ impl<'a> Route<'a> {
     }
 
     /// A `/tasks/{segment}` that is a route of its own, so no task id may be it.
+    /// Derived from [`Route::parse`], so a route added under `/tasks/` is reserved too.
     pub fn is_reserved_task_segment(segment: &str) -> bool {
-        segment == "reconcile" || TaskKind::from_name(segment).is_some()
+        !matches!(
+            Route::parse(&format!("/tasks/{segment}")),
+            Some(Route::Task { .. })
+        )
     }
 
     pub fn allows(&self, method: &str) -> bool {
