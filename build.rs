@@ -1,10 +1,14 @@
-//! Embeds `openapi.json` minified (half its size: the component carries it for
-//! `GET /openapi.json`), after checking that it is JSON.
+//! Embeds the API document for `GET /openapi.json`, minified (the component carries it).
+
+#[path = "build/merge_openapi.rs"]
+mod merge_openapi;
 
 fn main() {
     println!("cargo::rerun-if-changed=openapi.json");
-    let text = std::fs::read_to_string("openapi.json").expect("openapi.json at the crate root");
-    let document: serde_json::Value = serde_json::from_str(&text).expect("openapi.json is JSON");
+    println!("cargo::rerun-if-changed=openapi.kinds.json");
+    println!("cargo::rerun-if-changed=build/merge_openapi.rs");
+    let dir = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("dir"));
+    let document = merge_openapi::document(&dir);
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(
         out.join("openapi.min.json"),

@@ -4,6 +4,8 @@
 use serde_json::json;
 
 use crate::after_ack::AfterAck;
+use crate::api::kinds::kinds;
+use crate::api::kling_calls::pass_through;
 use crate::api::pipelines::{self, NewPipeline, PipelineError, Submitter};
 use crate::api::submit::{SubmitRequest, submit};
 use crate::api::tasks::{check_bearer, get_task, list_tasks, parse_limit};
@@ -16,8 +18,8 @@ use crate::config::{
     retention_ms, stale_after_ms, verify_callbacks,
 };
 use crate::error::ApiError;
-use crate::kling::client::{Found, KlingClient};
-use crate::kling::kind::TaskKind;
+use crate::kling::catalog::TaskKind;
+use crate::kling::client::{Found, KlingClient, TaskRef};
 use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
 use crate::pipeline::spec::parse_description;
@@ -25,7 +27,7 @@ use crate::reconcile::{
     DEFAULT_LIMIT, MAX_LIMIT, ReconcileOptions, reconcile, reconcile_pipelines,
 };
 use crate::response::Response;
-use crate::router::Route;
+use crate::router::{KlingCall, Route};
 use crate::signatures::standard_webhooks::WebhookHeaders;
 use crate::store::KeyValue;
 
@@ -175,6 +177,8 @@ pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
         Route::Pipeline { id } => show_pipeline(request, id, env),
         Route::Submit { kind } => submit_task(request, kind, env),
         Route::Task { id } => show_task(request, id, env),
+        Route::Kinds => show_kinds(),
+        Route::Kling(call) => kling_call(request, call, env),
     };
     handled.unwrap_or_else(|error| {
         if error.status_and_code().0 >= 500 {
@@ -232,7 +236,7 @@ impl KlingLookup for LazyKling<'_> {
     fn find(&self, kind: TaskKind, external_task_id: &str) -> Result<Option<Found>, CallbackError> {
         let config = KlingConfig::load(self.env.vars)?;
         KlingClient::new(&config, self.env.http, self.env.now_ms / 1000)
-            .find(kind, external_task_id)
+            .find(kind, TaskRef::External(external_task_id))
             .map_err(CallbackError::Verification)
     }
 }
@@ -308,6 +312,24 @@ fn show_pipeline(request: &Request, id: &str, env: &Env<'_>) -> Result<Handled, 
     check_bearer(request.header("authorization"), &api_token(env.vars)?)?;
     let view = pipelines::get(id, env.kv)?.ok_or(ApiError::PipelineNotFound)?;
     Ok(Response::json(200, &view).into())
+}
+
+/// Public, like `/openapi.json`: it describes the API and holds no data.
+fn show_kinds() -> Result<Handled, ApiError> {
+    Ok(Response::json(200, &kinds()).into())
+}
+
+fn kling_call(request: &Request, call: KlingCall, env: &Env<'_>) -> Result<Handled, ApiError> {
+    check_bearer(request.header("authorization"), &api_token(env.vars)?)?;
+    let config = KlingConfig::load(env.vars)?;
+    let answer = pass_through(
+        call,
+        request_body(request)?,
+        &config,
+        env.http,
+        env.now_ms / 1000,
+    )?;
+    Ok(Response::json(200, &answer).into())
 }
 
 fn submit_task(request: &Request, kind: TaskKind, env: &Env<'_>) -> Result<Handled, ApiError> {

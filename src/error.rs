@@ -30,7 +30,7 @@ pub enum ApiError {
     )]
     InvalidQuery(&'static str),
     #[error(
-        "not a task kind: POST to /tasks/ followed by one of text2video, image2video, multi-image2video, video-extend, lip-sync, effects, image-generation; a task id answers GET only"
+        "not a task kind: POST to /tasks/{{kind}} with a kind that GET /kinds lists; a task id answers GET only"
     )]
     UnknownKind,
     #[error(transparent)]
@@ -106,8 +106,8 @@ impl ApiError {
                     SpecError::InvalidRequest { step, error } => {
                         format!("steps[{step}].request.{}", error.field)
                     }
-                    SpecError::ExternalTaskIdInStep { step } => {
-                        format!("steps[{step}].request.external_task_id")
+                    SpecError::ExternalTaskIdInStep { step, field } => {
+                        format!("steps[{step}].request.{field}")
                     }
                     SpecError::InvalidInput { step, target, .. } => {
                         format!("steps[{step}].inputs.{target}")
@@ -155,6 +155,8 @@ fn submit(e: &SubmitError) -> (u16, &'static str) {
         SubmitError::Kling(
             KlingError::InvalidResponse(_) | KlingError::MissingTaskId | KlingError::UnknownStatus,
         ) => (502, "kling_bad_response"),
+        // The deployment's credentials, as for `kling_auth_failed`: not the caller's fault.
+        SubmitError::Kling(KlingError::ApiKeyRequired) => (500, "kling_api_key_required"),
     }
 }
 

@@ -25,8 +25,8 @@ use serde::Serialize;
 use crate::api::submit::SubmitError;
 use crate::clock::Clock;
 use crate::config::{KlingConfig, ReconcileLimits};
-use crate::kling::client::{KlingClient, KlingError};
-use crate::kling::kind::TaskKind;
+use crate::kling::catalog::TaskKind;
+use crate::kling::client::{KlingClient, KlingError, TaskRef};
 use crate::ledger::{PollState, TaskHead, Verdict, assemble};
 use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
@@ -385,14 +385,14 @@ impl Poller<'_> {
             });
         };
         // A task left `submitting` has no Kling id yet: ask by external id.
-        let id = head
-            .task_id
-            .clone()
-            .unwrap_or_else(|| key.as_str().to_string());
+        let id = match &head.task_id {
+            Some(task_id) => TaskRef::Kling(task_id),
+            None => TaskRef::External(key.as_str()),
+        };
         let client = KlingClient::new(self.kling, self.transport, now / 1000);
         let mut news = None;
         let mut forgotten = false;
-        match client.query(kind, &id) {
+        match client.query(kind, id) {
             // Kling's answer must be about this task: a task_id bound by mistake (or
             // forged) must not pour another task's result into this one.
             Ok(Some(event))
@@ -473,6 +473,7 @@ impl Poller<'_> {
                         "kling_bad_response".into()
                     }
                     KlingError::UnknownStatus => "kling_unknown_status".into(),
+                    KlingError::ApiKeyRequired => "kling_api_key_required".into(),
                 };
                 state.last_error = Some(error.to_string());
             }

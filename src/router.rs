@@ -1,6 +1,42 @@
 //! Which route a path names. Pure; methods are checked by the dispatcher.
 
-use crate::kling::kind::TaskKind;
+use crate::kling::catalog::{Rule, TaskKind};
+
+/// Kling's synchronous calls, passed through (`POST /kling/{name}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KlingCall {
+    /// `/v1/videos/identify-face`: the `session_id` of advanced-lip-sync and multi-elements.
+    IdentifyFace,
+    /// `/v1/audio/tts`.
+    Tts,
+}
+
+impl KlingCall {
+    /// Kling's path.
+    pub fn path(self) -> &'static str {
+        match self {
+            KlingCall::IdentifyFace => "/v1/videos/identify-face",
+            KlingCall::Tts => "/v1/audio/tts",
+        }
+    }
+
+    /// What Kling would obviously refuse (`../shared/kling-api.md`).
+    pub fn rules(self) -> &'static [Rule] {
+        match self {
+            KlingCall::IdentifyFace => &[
+                Rule::ExactlyOne("video_id", "video_url"),
+                Rule::StringValued("video_id"),
+                Rule::StringValued("video_url"),
+            ],
+            KlingCall::Tts => &[
+                Rule::Required("text"),
+                Rule::Text("text", 1000),
+                Rule::Required("voice_id"),
+                Rule::StringValued("voice_id"),
+            ],
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
@@ -11,11 +47,12 @@ pub enum Route<'a> {
     Callback {
         external_task_id: Option<&'a str>,
     },
-    /// `POST /tasks/{kind}`: submit a task of a known kind.
+    /// `POST /tasks/{kind}`: submit a task of a known kind (an API 2.0 kind's name is two
+    /// segments, `text-to-video/kling-3.0`).
     Submit {
         kind: TaskKind,
     },
-    /// `GET /tasks/{id}` (Kling `task_id` or `external_task_id`); `POST` answers 405
+    /// `GET /tasks/{id}` (Kling `task_id` or `external_task_id`); `POST` answers 404
     /// `unknown_kind`, as the segment is not a kind.
     Task {
         id: &'a str,
@@ -30,6 +67,10 @@ pub enum Route<'a> {
     Pipeline {
         id: &'a str,
     },
+    /// `GET /kinds`: the catalog.
+    Kinds,
+    /// `POST /kling/identify-face`, `POST /kling/tts`.
+    Kling(KlingCall),
 }
 
 impl<'a> Route<'a> {
@@ -51,8 +92,14 @@ impl<'a> Route<'a> {
                 None if !segment.is_empty() => Some(Route::Task { id: segment }),
                 None => None,
             },
+            ["tasks", family, model] => TaskKind::all()
+                .find(|kind| kind.name().split_once('/') == Some((family, model)))
+                .map(|kind| Route::Submit { kind }),
             ["pipelines"] => Some(Route::Pipelines),
             ["pipelines", id] if !id.is_empty() => Some(Route::Pipeline { id }),
+            ["kinds"] => Some(Route::Kinds),
+            ["kling", "identify-face"] => Some(Route::Kling(KlingCall::IdentifyFace)),
+            ["kling", "tts"] => Some(Route::Kling(KlingCall::Tts)),
             _ => None,
         }
     }
@@ -64,10 +111,13 @@ impl<'a> Route<'a> {
             | Route::OpenApi
             | Route::Tasks
             | Route::Task { .. }
-            | Route::Pipeline { .. } => "GET",
-            Route::Submit { .. } | Route::Callback { .. } | Route::Reconcile | Route::Pipelines => {
-                "POST"
-            }
+            | Route::Pipeline { .. }
+            | Route::Kinds => "GET",
+            Route::Submit { .. }
+            | Route::Callback { .. }
+            | Route::Reconcile
+            | Route::Pipelines
+            | Route::Kling(_) => "POST",
         }
     }
 
@@ -109,14 +159,25 @@ mod tests {
         assert_eq!(
             Route::parse("/tasks/video-extend"),
             Some(Route::Submit {
-                kind: TaskKind::VideoExtend
+                kind: TaskKind::from_name("video-extend").unwrap()
+            })
+        );
+        assert_eq!(
+            Route::parse("/tasks/text-to-video/kling-3.0-turbo"),
+            Some(Route::Submit {
+                kind: TaskKind::from_name("text-to-video/kling-3.0-turbo").unwrap()
             })
         );
         assert!(
             !Route::Submit {
-                kind: TaskKind::Effects
+                kind: TaskKind::from_name("effects").unwrap()
             }
             .allows("GET")
+        );
+        assert_eq!(Route::parse("/kinds"), Some(Route::Kinds));
+        assert_eq!(
+            Route::parse("/kling/tts"),
+            Some(Route::Kling(KlingCall::Tts))
         );
         assert!(Route::is_reserved_task_segment("image-generation"));
         assert!(Route::is_reserved_task_segment("reconcile"));
@@ -135,6 +196,9 @@ mod tests {
             "/",
             "/tasks/",
             "/tasks/a/b",
+            "/tasks/text-to-video/kling-9",
+            "/tasks/text-to-video/kling-3.0/x",
+            "/kling/generations",
             "/callbacks/kling/",
             "/callbacks/kling/a/b",
             "/healthz",

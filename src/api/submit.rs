@@ -11,13 +11,14 @@
 //!      by `external_task_id` instead of creating it again. Still unknown, it stays
 //!      `submitting` for the reconciler, and the caller gets 202.
 
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
-use crate::kling::client::{KlingClient, KlingError};
-use crate::kling::kind::TaskKind;
-use crate::kling::request::{RequestError, validate};
+use crate::kling::catalog::TaskKind;
+use crate::kling::client::{KlingClient, KlingError, TaskRef};
+use crate::kling::request::{RequestError, lookup, own_fields, validate};
 use crate::outbound::HttpTransport;
 use crate::router::Route;
 use crate::store::layout::TaskKey;
@@ -74,8 +75,9 @@ pub fn submit(
 ) -> Result<Submitted, SubmitError> {
     let now_ms = clock.now_ms();
     let mut body = validate(request.kind, request.body)?;
+    let (callback_field, external_field) = own_fields(request.kind.family());
     let external_task_id = choose_external_task_id(
-        body.get("external_task_id"),
+        lookup(&body, external_field),
         request.idempotency_key,
         new_id,
     )?;
@@ -129,9 +131,10 @@ pub fn submit(
         store.forget_submission(&submission)?;
         return Err(error.into());
     }
-    body.insert("external_task_id".into(), external_task_id.clone().into());
-    body.insert(
-        "callback_url".into(),
+    set_field(&mut body, external_field, external_task_id.clone().into());
+    set_field(
+        &mut body,
+        callback_field,
         config.callback_url(&external_task_id).into(),
     );
 
@@ -140,7 +143,8 @@ pub fn submit(
         Ok(task_id) => store.bind_submission(&key, &task_id, Some(&submission))?,
         Err(error) if error.may_have_created() => {
             // Never create twice: ask Kling whether the task exists.
-            if let Ok(Some(found)) = kling.query(request.kind, &external_task_id) {
+            if let Ok(Some(found)) = kling.query(request.kind, TaskRef::External(&external_task_id))
+            {
                 store.bind_submission(&key, &found.task_id, Some(&submission))?;
             }
         }
@@ -150,7 +154,7 @@ pub fn submit(
             // (the record may be the winner's). If Kling cannot say, keep the record as
             // `submitting` for the reconciler, exactly like an ambiguous create.
             if error.is_invalid_request() {
-                match kling.query(request.kind, &external_task_id) {
+                match kling.query(request.kind, TaskRef::External(&external_task_id)) {
                     Ok(Some(found)) => {
                         store.bind_submission(&key, &found.task_id, Some(&submission))?;
                         return answer(&store, &key, false);
@@ -180,12 +184,34 @@ fn answer(store: &TaskStore<'_>, key: &TaskKey, created: bool) -> Result<Submitt
     Ok(Submitted { record, created })
 }
 
+/// Sets a top-level field, or one in `options` (API 2.0; validation allows it only as an
+/// object or `null`).
+fn set_field(body: &mut Map<String, Value>, field: &str, value: Value) {
+    match field.split_once('.') {
+        Some((parent, field)) => {
+            let parent = body.entry(parent).or_insert(Value::Null);
+            if !parent.is_object() {
+                *parent = Value::Object(Map::new());
+            }
+            if let Value::Object(parent) = parent {
+                parent.insert(field.into(), value);
+            }
+        }
+        None => {
+            body.insert(field.into(), value);
+        }
+    }
+}
+
 /// 16 hex digits of SHA-256 over the kind and the request as Kling gets it, less the
 /// external id (which may come from the body or the `Idempotency-Key`). serde_json's
 /// maps are sorted, so the same request in another key order has the same digest.
-fn body_digest(kind: TaskKind, body: &serde_json::Map<String, serde_json::Value>) -> String {
+fn body_digest(kind: TaskKind, body: &Map<String, Value>) -> String {
     let mut request = body.clone();
     request.remove("external_task_id");
+    if let Some(Value::Object(options)) = request.get_mut("options") {
+        options.remove("external_task_id");
+    }
     let bytes = serde_json::to_vec(&(kind.name(), request)).unwrap_or_default();
     Sha256::digest(bytes)[..8]
         .iter()
@@ -200,7 +226,7 @@ fn is_addressable(id: &str) -> bool {
 }
 
 fn choose_external_task_id(
-    in_body: Option<&serde_json::Value>,
+    in_body: Option<&Value>,
     idempotency_key: Option<&str>,
     new_id: &dyn Fn() -> String,
 ) -> Result<String, SubmitError> {
@@ -238,7 +264,7 @@ mod tests {
         key: Option<&str>,
     ) -> Result<Submitted, SubmitError> {
         let request = SubmitRequest {
-            kind: TaskKind::Text2Video,
+            kind: TaskKind::from_name("text2video").unwrap(),
             body: body.as_bytes(),
             idempotency_key: key,
             pipeline: None,
@@ -458,7 +484,7 @@ mod tests {
         assert_eq!(err, SubmitError::IdempotencyConflict);
         // The same body for another kind is another request.
         let other_kind = SubmitRequest {
-            kind: TaskKind::ImageGeneration,
+            kind: TaskKind::from_name("image-generation").unwrap(),
             body: br#"{"prompt":"p","duration":"5"}"#,
             idempotency_key: Some("job-1"),
             pipeline: None,
@@ -482,7 +508,7 @@ mod tests {
             step: 1,
         };
         let as_step = SubmitRequest {
-            kind: TaskKind::Text2Video,
+            kind: TaskKind::from_name("text2video").unwrap(),
             body: br#"{"prompt":"p"}"#,
             idempotency_key: Some("promo-1"),
             pipeline: Some(&step),
@@ -585,7 +611,8 @@ mod tests {
                 None,
                 SubmitError::InvalidRequest(RequestError {
                     field: "callback_url".into(),
-                    problem: "is set by kling-webhook (signed, pointing at its callback route); leave it out",
+                    problem: "is set by kling-webhook (signed, pointing at its callback route); leave it out"
+                        .into(),
                 }),
             ),
             (

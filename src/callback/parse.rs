@@ -197,6 +197,8 @@ struct RawImage {
     // omni-image.
     #[serde(default, deserialize_with = "lenient")]
     result_type: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    group_id: Option<Lenient>,
 }
 
 #[derive(Deserialize, Default)]
@@ -211,9 +213,19 @@ struct RawOutput {
     watermark_url: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
     duration: Option<Lenient>,
-    // An image's group.
+    // An image's group, and the legacy image fields, should an API 2.0 image carry them.
     #[serde(default, deserialize_with = "lenient")]
     group_id: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    index: Option<Lenient>,
+    #[serde(default, deserialize_with = "lenient")]
+    url_1: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    url_2: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    url_3: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    result_type: Option<String>,
     // Audio, in API 2.0's names.
     #[serde(default, deserialize_with = "lenient")]
     mp3_url: Option<String>,
@@ -351,7 +363,7 @@ impl RawCallback {
             series_images: result
                 .series_images
                 .into_iter()
-                .map(RawImage::into_image)
+                .map(|image| image.into_image(None))
                 .collect(),
             audios: result
                 .audios
@@ -389,7 +401,7 @@ impl RawCallback {
             images: result
                 .images
                 .into_iter()
-                .map(RawImage::into_image)
+                .map(|image| image.into_image(None))
                 .collect(),
             more,
             final_unit_deduction: self.final_unit_deduction.map(Lenient::into_text),
@@ -410,13 +422,22 @@ impl RawCallback {
         let mut more = MoreOutputs::default();
         for output in outputs {
             match output.kind.as_deref() {
-                Some("image") => images.push(Image {
-                    index: u32::try_from(images.len()).ok(),
-                    url: output.url,
-                    watermark_url: output.watermark_url,
-                    group_id: output.group_id.and_then(Lenient::into_id),
-                    ..Image::default()
-                }),
+                Some("image") => {
+                    let position = u32::try_from(images.len()).ok();
+                    images.push(
+                        RawImage {
+                            index: output.index,
+                            url: output.url,
+                            watermark_url: output.watermark_url,
+                            url_1: output.url_1,
+                            url_2: output.url_2,
+                            url_3: output.url_3,
+                            result_type: output.result_type,
+                            group_id: output.group_id,
+                        }
+                        .into_image(position),
+                    )
+                }
                 Some("audio") => more.audios.push(Audio {
                     id: output.id.and_then(Lenient::into_id),
                     url_mp3: output.mp3_url.or(output.url),
@@ -506,19 +527,21 @@ impl MoreOutputs {
 }
 
 impl RawImage {
-    fn into_image(self) -> Image {
+    /// `position`: the index to give an image that names none (API 2.0 lists them).
+    fn into_image(self, position: Option<u32>) -> Image {
         Image {
             index: self
                 .index
                 .and_then(Lenient::into_millis)
-                .and_then(|n| u32::try_from(n).ok()),
+                .and_then(|n| u32::try_from(n).ok())
+                .or(position),
             url: self.url,
             watermark_url: self.watermark_url,
             url_1: self.url_1,
             url_2: self.url_2,
             url_3: self.url_3,
             result_type: self.result_type,
-            group_id: None,
+            group_id: self.group_id.and_then(Lenient::into_id),
         }
     }
 }

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use super::parse::parse_callback;
 use super::receive::{Body, Callback, receive};
 use crate::config::{CallbackConfig, Secret};
+use crate::kling::catalog::{CATALOG, Family, KindSpec, Output};
 use crate::ledger::Verdict;
 use crate::signatures::callback_url;
 use crate::signatures::standard_webhooks::WebhookHeaders;
@@ -188,5 +189,169 @@ proptest! {
         } else {
             prop_assert_eq!(&served["kling_result"], &result);
         }
+    }
+}
+
+/// The typed fields of each output type: (legacy name, API 2.0 name, stored name).
+fn output_fields(output: Output) -> &'static [(&'static str, &'static str)] {
+    match output {
+        Output::Videos => &[
+            ("id", "id"),
+            ("url", "url"),
+            ("watermark_url", "watermark_url"),
+            ("duration", "duration"),
+        ],
+        Output::Images | Output::SeriesImages => &[
+            ("url", "url"),
+            ("watermark_url", "watermark_url"),
+            ("url_1", "url_1"),
+            ("url_2", "url_2"),
+            ("url_3", "url_3"),
+            ("result_type", "result_type"),
+            ("group_id", "group_id"),
+        ],
+        // API 2.0 names them otherwise; both are stored under the legacy names.
+        Output::Audios => &[
+            ("id", "id"),
+            ("url_mp3", "mp3_url"),
+            ("url_wav", "wav_url"),
+            ("duration_mp3", "mp3_duration"),
+            ("duration_wav", "wav_duration"),
+        ],
+        Output::Voices => &[
+            ("voice_id", "voice_id"),
+            ("voice_name", "voice_name"),
+            ("trial_url", "trial_url"),
+            ("owned_by", "owned_by"),
+        ],
+        Output::Elements => &[
+            ("element_name", "element_name"),
+            ("element_description", "element_description"),
+            ("reference_type", "reference_type"),
+            ("status", "status"),
+        ],
+    }
+}
+
+/// One output of type `output` as Kling could send it, in both families' names, and as
+/// it must be stored: random values for any subset of its fields, an unknown field, and
+/// for an element a numeric `element_id` beyond 2^53.
+fn one_output(
+    output: Output,
+) -> impl Strategy<Value = (serde_json::Value, serde_json::Value, serde_json::Value)> {
+    use serde_json::{Map, Value};
+    let fields = output_fields(output);
+    (
+        prop::collection::vec(prop::option::of("[a-z0-9:/._-]{1,12}"), fields.len()),
+        prop::option::of(any::<u32>()),
+        any::<u64>(),
+    )
+        .prop_map(move |(values, index, element_id)| {
+            let (mut legacy, mut api2, mut stored) = (Map::new(), Map::new(), Map::new());
+            for ((legacy_name, api2_name), value) in fields.iter().zip(values) {
+                if let Some(value) = value {
+                    legacy.insert(legacy_name.to_string(), value.clone().into());
+                    api2.insert(api2_name.to_string(), value.clone().into());
+                    stored.insert(legacy_name.to_string(), value.into());
+                }
+            }
+            match output {
+                Output::Images | Output::SeriesImages => {
+                    if let Some(index) = index {
+                        for map in [&mut legacy, &mut api2, &mut stored] {
+                            map.insert("index".into(), index.into());
+                        }
+                    }
+                }
+                Output::Elements => {
+                    legacy.insert("element_id".into(), element_id.into());
+                    api2.insert("element_id".into(), element_id.into());
+                    stored.insert("element_id".into(), element_id.to_string().into());
+                }
+                _ => {}
+            }
+            legacy.insert("unknown_field".into(), "kept in kling_result".into());
+            api2.insert("type".into(), output.field().trim_end_matches('s').into());
+            (
+                Value::Object(legacy),
+                Value::Object(api2),
+                Value::Object(stored),
+            )
+        })
+}
+
+/// A kind of the catalog and a result of it: 0 to 3 outputs of each type it makes (API
+/// 2.0: of each type API 2.0 has, as `outputs` may carry any).
+#[allow(clippy::type_complexity)]
+fn kind_and_result() -> impl Strategy<
+    Value = (
+        &'static KindSpec,
+        Vec<(
+            Output,
+            Vec<(serde_json::Value, serde_json::Value, serde_json::Value)>,
+        )>,
+    ),
+> {
+    (0..CATALOG.len()).prop_flat_map(|i| {
+        let kind = &CATALOG[i];
+        let types: &[Output] = match kind.family {
+            Family::Legacy => kind.outputs,
+            Family::Api2 => &[
+                Output::Videos,
+                Output::Images,
+                Output::Audios,
+                Output::Voices,
+                Output::Elements,
+            ],
+        };
+        let lists: Vec<_> = types
+            .iter()
+            .map(|&output| {
+                prop::collection::vec(one_output(output), 0..3).prop_map(move |list| (output, list))
+            })
+            .collect();
+        (Just(kind), lists)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Whatever outputs a kind's result carries, in its family's shape, every typed field
+    /// is stored (under one name whichever family sent it) and Kling's JSON is kept whole.
+    #[test]
+    fn every_output_field_of_every_kind_is_stored((kind, result) in kind_and_result()) {
+        use serde_json::{Value, json};
+        let api_2 = kind.family == Family::Api2;
+        let sent: Value = if api_2 {
+            Value::Array(result.iter().flat_map(|(_, list)| list.iter().map(|o| o.1.clone())).collect())
+        } else {
+            Value::Object(
+                result
+                    .iter()
+                    .map(|(output, list)| {
+                        (output.field().to_string(), Value::Array(list.iter().map(|o| o.0.clone()).collect()))
+                    })
+                    .collect(),
+            )
+        };
+        let body = if api_2 {
+            json!({"id": "86", "status": "succeeded", "outputs": sent})
+        } else {
+            json!({"task_id": "86", "task_status": "succeed", "task_result": sent})
+        };
+        let served = stored_after(body.to_string());
+        for (output, list) in &result {
+            let mut expected: Vec<Value> = list.iter().map(|o| o.2.clone()).collect();
+            if api_2 && *output == Output::Images {
+                // API 2.0 images name no index: they are numbered as listed.
+                for (position, image) in expected.iter_mut().enumerate() {
+                    image.as_object_mut().unwrap().entry("index").or_insert(position.into());
+                }
+            }
+            let stored = served.get(output.field()).cloned().unwrap_or(json!([]));
+            prop_assert_eq!(stored, Value::Array(expected), "{} {}", kind.name, output.field());
+        }
+        prop_assert_eq!(&served["kling_result"], &sent);
     }
 }

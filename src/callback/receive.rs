@@ -8,8 +8,8 @@
 
 use crate::callback::parse::{PayloadError, parse_callback};
 use crate::config::{CallbackConfig, ConfigError};
+use crate::kling::catalog::TaskKind;
 use crate::kling::client::{Found, KlingError};
-use crate::kling::kind::TaskKind;
 use crate::ledger::{LedgerError, TaskHead, Verdict};
 use crate::signatures::callback_url::{self, CallbackSigError};
 use crate::signatures::standard_webhooks::{self, WebhookError, WebhookHeaders};

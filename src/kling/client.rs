@@ -3,9 +3,9 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::kind::TaskKind;
+use super::catalog::{Family, Query, TaskKind};
 use crate::callback::parse::{PayloadError, parse_callback};
-use crate::config::KlingConfig;
+use crate::config::{KlingAuth, KlingConfig};
 use crate::outbound::{HttpTransport, OutboundRequest, TransportError};
 use crate::task::TaskEvent;
 
@@ -32,6 +32,11 @@ pub enum KlingError {
     /// Kling accepted a create (code 0) but its answer names no task.
     #[error("Kling accepted the create but its answer has no task_id")]
     MissingTaskId,
+    /// API 2.0 takes an API key only; a JWT from access/secret keys is refused.
+    #[error(
+        "this kind is in Kling's API 2.0, which takes an API key only: set kling_api_key (only kling_access_key and kling_secret_key are configured)"
+    )]
+    ApiKeyRequired,
 }
 
 /// Kling's "internal timeout" on a create: the task may exist anyway.
@@ -47,7 +52,7 @@ impl KlingError {
             KlingError::InvalidResponse(status) => *status >= 500,
             // Kling said yes: the task exists, its id is what is missing.
             KlingError::MissingTaskId => true,
-            KlingError::UnknownStatus => false,
+            KlingError::UnknownStatus | KlingError::ApiKeyRequired => false,
         }
     }
 
@@ -82,6 +87,15 @@ impl KlingError {
 
 /// Kling's "invalid request parameters".
 pub const CODE_INVALID_PARAMS: i64 = 1201;
+
+/// Which of a task's two ids a lookup uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskRef<'a> {
+    /// Kling's `task_id` (API 2.0: `id`).
+    Kling(&'a str),
+    /// Ours: `external_task_id` (API 2.0: `external_id`).
+    External(&'a str),
+}
 
 /// A task as Kling's query names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,27 +132,22 @@ impl<'a> KlingClient<'a> {
         }
     }
 
-    /// `POST {path}`; returns Kling's `task_id`.
+    /// `POST {path}`; returns Kling's `task_id` (API 2.0: `id`).
     pub fn create(
         &self,
         kind: TaskKind,
         request: &Map<String, Value>,
     ) -> Result<String, KlingError> {
         let body = serde_json::to_vec(request).expect("a JSON object serializes");
+        self.check_auth(kind)?;
         let data = self.call("POST", kind.path().to_string(), body)?;
-        data.as_ref()
-            .and_then(|d| d.get("task_id"))
-            .and_then(|id| match id {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => n.as_u64().map(|n| n.to_string()),
-                _ => None,
-            })
+        let data = data.as_ref();
+        data.and_then(|d| id_text(&d["task_id"]).or_else(|| id_text(&d["id"])))
             .ok_or(KlingError::MissingTaskId)
     }
 
-    /// `GET {path}/{id}` by `task_id` or `external_task_id`; `None` when Kling does not
-    /// know the task.
-    pub fn query(&self, kind: TaskKind, id: &str) -> Result<Option<TaskEvent>, KlingError> {
+    /// The task by either id (the kind's [`Query`]); `None` when Kling does not know it.
+    pub fn query(&self, kind: TaskKind, id: TaskRef<'_>) -> Result<Option<TaskEvent>, KlingError> {
         match self.find(kind, id)? {
             Some(Found {
                 event: Some(event), ..
@@ -150,33 +159,74 @@ impl<'a> KlingClient<'a> {
 
     /// [`Self::query`], keeping which task Kling names even when its status is one this
     /// build does not know (enough to bind a task, not to judge it).
-    pub fn find(&self, kind: TaskKind, id: &str) -> Result<Option<Found>, KlingError> {
-        let data = match self.call("GET", format!("{}/{id}", kind.path()), Vec::new()) {
+    pub fn find(&self, kind: TaskKind, id: TaskRef<'_>) -> Result<Option<Found>, KlingError> {
+        let path = kind.path();
+        let (url, pick) = match (kind.spec().query, id) {
+            (Query::ById, TaskRef::Kling(id) | TaskRef::External(id))
+            | (Query::ByTaskIdOnly, TaskRef::Kling(id)) => (format!("{path}/{id}"), None),
+            // Kling cannot look these up by our id: find it in the newest 500 of its list.
+            (Query::ByTaskIdOnly, TaskRef::External(id)) => {
+                (format!("{path}?pageNum=1&pageSize=500"), Some(id))
+            }
+            (Query::Tasks, TaskRef::Kling(id)) => (format!("/tasks?task_ids={id}"), None),
+            (Query::Tasks, TaskRef::External(id)) => {
+                (format!("/tasks?external_task_ids={id}"), None)
+            }
+        };
+        self.check_auth(kind)?;
+        let data = match self.call("GET", url, Vec::new()) {
             Ok(Some(data)) => data,
             Ok(None) => return Err(KlingError::InvalidResponse(200)),
             Err(KlingError::Api(e)) if e.http_status == 404 => return Ok(None),
             Err(e) => return Err(e),
         };
-        match parse_callback(data.to_string().as_bytes()) {
+        let task = match (data, pick) {
+            (Value::Object(task), None) if !task.contains_key("result") => Value::Object(task),
+            // A list answers `data: [...]` (or, API 2.0, `data: {"result": [...]}`).
+            (Value::Object(mut page), pick) => match page.remove("result") {
+                Some(Value::Array(tasks)) => match one_of(tasks, pick) {
+                    Some(task) => task,
+                    None => return Ok(None),
+                },
+                _ => return Err(KlingError::InvalidResponse(200)),
+            },
+            (Value::Array(tasks), pick) => match one_of(tasks, pick) {
+                Some(task) => task,
+                None => return Ok(None),
+            },
+            _ => return Err(KlingError::InvalidResponse(200)),
+        };
+        match parse_callback(task.to_string().as_bytes()) {
             Ok(event) => Ok(Some(Found {
                 task_id: event.task_id.clone(),
                 external_task_id: event.external_task_id.clone(),
                 event: Some(event),
             })),
             Err(PayloadError::UnknownStatus) => {
-                let text = |v: &Value| match v {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => n.as_u64().map(|n| n.to_string()),
-                    _ => None,
-                };
-                let task_id = text(&data["task_id"]).ok_or(KlingError::InvalidResponse(200))?;
+                let task_id = id_text(&task["task_id"])
+                    .or_else(|| id_text(&task["id"]))
+                    .ok_or(KlingError::InvalidResponse(200))?;
                 Ok(Some(Found {
                     task_id,
-                    external_task_id: text(&data["task_info"]["external_task_id"]),
+                    external_task_id: external_id(&task),
                     event: None,
                 }))
             }
             Err(_) => Err(KlingError::InvalidResponse(200)),
+        }
+    }
+
+    /// `POST {path}` of a synchronous call: Kling's `data` is the answer.
+    pub fn call_sync(&self, path: &str, body: &Map<String, Value>) -> Result<Value, KlingError> {
+        let body = serde_json::to_vec(body).expect("a JSON object serializes");
+        self.call("POST", path.to_string(), body)?
+            .ok_or(KlingError::InvalidResponse(200))
+    }
+
+    fn check_auth(&self, kind: TaskKind) -> Result<(), KlingError> {
+        match (kind.family(), &self.config.auth) {
+            (Family::Api2, KlingAuth::AccessKey { .. }) => Err(KlingError::ApiKeyRequired),
+            _ => Ok(()),
         }
     }
 
@@ -213,6 +263,30 @@ impl<'a> KlingClient<'a> {
     }
 }
 
+/// An id as Kling writes it: a string, or (carelessly) a whole number.
+fn id_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+        _ => None,
+    }
+}
+
+/// Our id in a task of either family.
+fn external_id(task: &Value) -> Option<String> {
+    id_text(&task["task_info"]["external_task_id"]).or_else(|| id_text(&task["external_id"]))
+}
+
+/// The task of a list answer: the only one, or the one with our external id.
+fn one_of(tasks: Vec<Value>, external: Option<&str>) -> Option<Value> {
+    match external {
+        Some(id) => tasks
+            .into_iter()
+            .find(|t| external_id(t).as_deref() == Some(id)),
+        None => tasks.into_iter().next(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,7 +314,9 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!(
-            client.create(TaskKind::VideoExtend, &body).unwrap(),
+            client
+                .create(TaskKind::from_name("video-extend").unwrap(), &body)
+                .unwrap(),
             "867283741759111202"
         );
         let sent = &transport.sent.borrow()[0];
@@ -283,7 +359,7 @@ mod tests {
             let transport = Scripted::new(vec![answer]);
             let client = KlingClient::new(&config, &transport, 0);
             let err = client
-                .create(TaskKind::Text2Video, &Map::new())
+                .create(TaskKind::from_name("text2video").unwrap(), &Map::new())
                 .unwrap_err();
             assert_eq!(err.may_have_created(), may_exist, "{err:?}");
         }
@@ -304,7 +380,10 @@ mod tests {
         let config = config();
         let client = KlingClient::new(&config, &transport, 0);
         let task = client
-            .query(TaskKind::Text2Video, "job-1")
+            .query(
+                TaskKind::from_name("text2video").unwrap(),
+                TaskRef::External("job-1"),
+            )
             .unwrap()
             .unwrap();
         assert_eq!((task.task_id.as_str(), task.videos.len()), ("86", 1));
@@ -312,6 +391,112 @@ mod tests {
             transport.sent.borrow()[0].url,
             "http://kling.test/v1/videos/text2video/job-1"
         );
-        assert_eq!(client.query(TaskKind::Text2Video, "job-2").unwrap(), None);
+        assert_eq!(
+            client
+                .query(
+                    TaskKind::from_name("text2video").unwrap(),
+                    TaskRef::External("job-2")
+                )
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn api_2_creates_read_id_and_queries_go_through_tasks_by_either_id() {
+        let transport = Scripted::new(vec![
+            Ok((
+                200,
+                r#"{"code":0,"message":"SUCCEED","data":{"id":"t-9","status":"submitted","external_id":"job-9"}}"#,
+            )),
+            Ok((
+                200,
+                r#"{"code":0,"message":"SUCCEED","data":[{"id":"t-9","status":"succeeded","external_id":"job-9","outputs":[{"type":"video","id":"v","url":"https://v.mp4"}]}]}"#,
+            )),
+            Ok((
+                200,
+                r#"{"code":0,"message":"SUCCEED","data":{"result":[{"id":"t-9","status":"processing"}]}}"#,
+            )),
+            Ok((200, r#"{"code":0,"message":"SUCCEED","data":[]}"#)),
+        ]);
+        let config = config();
+        let client = KlingClient::new(&config, &transport, 0);
+        let kind = TaskKind::from_name("text-to-video/kling-3.0-turbo").unwrap();
+        assert_eq!(client.create(kind, &Map::new()).unwrap(), "t-9");
+        let task = client
+            .query(kind, TaskRef::External("job-9"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((task.task_id.as_str(), task.videos.len()), ("t-9", 1));
+        assert_eq!(
+            task.external_task_id.as_deref(),
+            Some("job-9"),
+            "API 2.0 names our id `external_id`"
+        );
+        let task = client.query(kind, TaskRef::Kling("t-9")).unwrap().unwrap();
+        assert_eq!(task.status, crate::task::TaskStatus::Processing);
+        assert_eq!(client.query(kind, TaskRef::Kling("t-0")).unwrap(), None);
+        let urls: Vec<String> = transport
+            .sent
+            .borrow()
+            .iter()
+            .map(|r| r.url.clone())
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "http://kling.test/text-to-video/kling-3.0-turbo",
+                "http://kling.test/tasks?external_task_ids=job-9",
+                "http://kling.test/tasks?task_ids=t-9",
+                "http://kling.test/tasks?task_ids=t-0",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_kind_queried_by_task_id_only_is_found_by_external_id_in_kling_s_list() {
+        let transport = Scripted::new(vec![Ok((
+            200,
+            r#"{"code":0,"message":"SUCCEED","data":[
+                {"task_id":"1","task_status":"succeed","task_info":{"external_task_id":"other"}},
+                {"task_id":"2","task_status":"processing","task_info":{"external_task_id":"mine"}}]}"#,
+        ))]);
+        let config = config();
+        let client = KlingClient::new(&config, &transport, 0);
+        let kind = TaskKind::from_name("advanced-lip-sync").unwrap();
+        let task = client
+            .query(kind, TaskRef::External("mine"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(task.task_id, "2");
+        assert_eq!(
+            transport.sent.borrow()[0].url,
+            "http://kling.test/v1/videos/advanced-lip-sync?pageNum=1&pageSize=500"
+        );
+    }
+
+    #[test]
+    fn api_2_with_only_access_keys_says_so_without_calling_kling() {
+        let transport = Scripted::new(vec![Err(TransportError::Timeout)]);
+        let config = KlingConfig {
+            auth: KlingAuth::AccessKey {
+                access_key: Secret::new("ak"),
+                secret_key: Secret::new("sk"),
+            },
+            ..config()
+        };
+        let client = KlingClient::new(&config, &transport, 0);
+        let kind = TaskKind::from_name("omni-video/kling-3.0-omni").unwrap();
+        let err = client.create(kind, &Map::new()).unwrap_err();
+        assert_eq!(err, KlingError::ApiKeyRequired);
+        assert!(!err.may_have_created());
+        assert!(transport.sent.borrow().is_empty());
+        // Legacy kinds still take the JWT: this one reaches the transport.
+        let legacy = TaskKind::from_name("omni-video").unwrap();
+        assert!(matches!(
+            client.create(legacy, &Map::new()),
+            Err(KlingError::Transport(_))
+        ));
+        assert_eq!(transport.sent.borrow().len(), 1);
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! [`HttpTransport`]: crate::outbound::HttpTransport
 
+pub mod catalog;
+#[cfg(test)]
+mod catalog_docs;
 pub mod client;
 pub mod jwt;
-pub mod kind;
 pub mod request;

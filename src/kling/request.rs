@@ -1,173 +1,209 @@
 //! Checking a create request before it costs a Kling call: what Kling would obviously
-//! reject, named by field. The body is otherwise passed to Kling unchanged.
+//! reject, named by field, by the kind's rules in the [catalog](super::catalog). The body
+//! is otherwise passed to Kling unchanged.
 
 use serde_json::{Map, Value};
 
-use super::kind::TaskKind;
-
-pub const MAX_PROMPT_CHARS: usize = 2500;
+use super::catalog::{Family, Rule, TaskKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{field}` {problem}")]
 pub struct RequestError {
     pub field: String,
-    pub problem: &'static str,
+    pub problem: String,
 }
 
-fn problem(field: impl Into<String>, problem: &'static str) -> RequestError {
+fn problem(field: impl Into<String>, problem: impl Into<String>) -> RequestError {
     RequestError {
         field: field.into(),
-        problem,
+        problem: problem.into(),
+    }
+}
+
+/// Where a kind's request carries the fields kling-webhook sets.
+pub fn own_fields(family: Family) -> (&'static str, &'static str) {
+    match family {
+        Family::Legacy => ("callback_url", "external_task_id"),
+        Family::Api2 => ("options.callback_url", "options.external_task_id"),
     }
 }
 
 /// Parses and checks a create request for `kind`; returns the JSON object to send.
 pub fn validate(kind: TaskKind, body: &[u8]) -> Result<Map<String, Value>, RequestError> {
-    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
-        return Err(problem("body", "must be a JSON object"));
-    };
-    if request.contains_key("callback_url") {
-        return Err(problem(
-            "callback_url",
-            "is set by kling-webhook (signed, pointing at its callback route); leave it out",
-        ));
-    }
-    for field in ["prompt", "negative_prompt"] {
-        if let Some(value) = request.get(field) {
-            let Some(text) = value.as_str() else {
-                return Err(problem(field, "must be a string"));
-            };
-            if text.chars().count() > MAX_PROMPT_CHARS {
-                return Err(problem(field, "is longer than 2500 characters"));
-            }
-        }
-    }
-    if let Some(duration) = request.get("duration")
-        && !duration.is_string()
-    {
-        return Err(problem("duration", "must be a string, such as \"5\""));
-    }
-    if let Some(mode) = request.get("mode")
-        && !matches!(mode.as_str(), Some("std" | "pro"))
-    {
-        return Err(problem("mode", "must be \"std\" or \"pro\""));
-    }
-    check_images(&request)?;
-    check_required(kind, &request)?;
-    Ok(request)
-}
-
-/// Kling takes an image as a URL or as raw base64: a `data:` URI prefix is refused.
-fn check_images(request: &Map<String, Value>) -> Result<(), RequestError> {
-    let mut images: Vec<(String, &Value)> = ["image", "image_tail"]
-        .into_iter()
-        .filter_map(|field| request.get(field).map(|v| (field.to_string(), v)))
-        .collect();
-    if let Some(Value::Array(list)) = request.get("image_list") {
-        for (i, item) in list.iter().enumerate() {
-            if let Some(image) = item.get("image") {
-                images.push((format!("image_list[{i}].image"), image));
-            }
-        }
-    }
-    for (field, image) in images {
-        if image.as_str().is_some_and(|s| s.starts_with("data:")) {
+    let request = object(body)?;
+    for field in ["callback_url", own_fields(kind.family()).0] {
+        if lookup(&request, field).is_some() {
             return Err(problem(
                 field,
-                "must be a URL or raw base64 without a `data:` prefix",
+                "is set by kling-webhook (signed, pointing at its callback route); leave it out",
             ));
         }
     }
-    Ok(())
+    for rule in kind.spec().rules.iter().copied().flatten() {
+        check(rule, &request)?;
+    }
+    Ok(request)
 }
 
-fn non_empty_str(request: &Map<String, Value>, field: &str) -> bool {
-    request
-        .get(field)
-        .and_then(Value::as_str)
-        .is_some_and(|s| !s.trim().is_empty())
+/// Parses and checks a request by `rules` (Kling's synchronous calls).
+pub fn validate_by(rules: &[Rule], body: &[u8]) -> Result<Map<String, Value>, RequestError> {
+    let request = object(body)?;
+    for rule in rules {
+        check(rule, &request)?;
+    }
+    Ok(request)
 }
 
-fn require(request: &Map<String, Value>, field: &'static str) -> Result<(), RequestError> {
-    if non_empty_str(request, field) {
-        Ok(())
-    } else {
-        Err(problem(field, "is required"))
+fn object(body: &[u8]) -> Result<Map<String, Value>, RequestError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(request)) => Ok(request),
+        _ => Err(problem("body", "must be a JSON object")),
     }
 }
 
-fn check_required(kind: TaskKind, request: &Map<String, Value>) -> Result<(), RequestError> {
-    match kind {
-        TaskKind::Text2Video => {
-            let multi_shot = request.get("multi_shot").and_then(Value::as_bool) == Some(true);
-            if multi_shot {
-                Ok(())
-            } else {
-                require(request, "prompt")
-            }
+/// The value at a dot path, if any (`null` counts as absent).
+pub fn lookup<'a>(request: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut segments = path.split('.');
+    let mut value = request.get(segments.next()?)?;
+    for segment in segments {
+        value = value.as_object()?.get(segment)?;
+    }
+    (!value.is_null()).then_some(value)
+}
+
+fn given(request: &Map<String, Value>, field: &str) -> bool {
+    match lookup(request, field) {
+        Some(Value::String(s)) => !s.trim().is_empty(),
+        Some(Value::Array(list)) => !list.is_empty(),
+        Some(_) => true,
+        None => false,
+    }
+}
+
+fn check(rule: &Rule, request: &Map<String, Value>) -> Result<(), RequestError> {
+    let at = |field: &str| lookup(request, field);
+    match *rule {
+        Rule::Required(field) if !given(request, field) => Err(problem(field, "is required")),
+        Rule::RequiredUnless(field, flag)
+            if !given(request, field) && at(flag).and_then(Value::as_bool) != Some(true) =>
+        {
+            Err(problem(
+                field,
+                format!("is required unless `{flag}` is true"),
+            ))
         }
-        TaskKind::Image2Video => {
-            if non_empty_str(request, "image") || non_empty_str(request, "image_tail") {
-                Ok(())
-            } else {
-                Err(problem("image", "or `image_tail` is required"))
-            }
+        Rule::AnyOf(fields) if !fields.iter().any(|f| given(request, f)) => {
+            let (first, others) = fields.split_first().unwrap_or((&"", &[]));
+            let others: Vec<String> = others.iter().map(|f| format!("`{f}`")).collect();
+            Err(problem(
+                *first,
+                format!("or {} is required", others.join(" or ")),
+            ))
         }
-        TaskKind::MultiImage2Video => {
-            let list = request.get("image_list").and_then(Value::as_array);
-            match list {
-                Some(list) if (1..=4).contains(&list.len()) => {
-                    for (i, item) in list.iter().enumerate() {
-                        if item
-                            .get("image")
-                            .and_then(Value::as_str)
-                            .is_none_or(str::is_empty)
-                        {
-                            return Err(problem(format!("image_list[{i}].image"), "is required"));
+        Rule::ExactlyOne(a, b) if given(request, a) == given(request, b) => Err(problem(
+            a,
+            format!("or `{b}` is required, exactly one of them"),
+        )),
+        Rule::NotBoth(a, b) if given(request, a) && given(request, b) => {
+            Err(problem(a, format!("cannot be given with `{b}`")))
+        }
+        Rule::Text(field, max) => match at(field) {
+            Some(Value::String(text)) if text.chars().count() > max => {
+                Err(problem(field, format!("is longer than {max} characters")))
+            }
+            Some(Value::String(_)) | None => Ok(()),
+            Some(_) => Err(problem(field, "must be a string")),
+        },
+        Rule::OneOf(field, values) => match at(field) {
+            Some(value) if !value.as_str().is_some_and(|s| values.contains(&s)) => {
+                let values: Vec<String> = values.iter().map(|v| format!("\"{v}\"")).collect();
+                Err(problem(
+                    field,
+                    format!("must be one of {}", values.join(", ")),
+                ))
+            }
+            _ => Ok(()),
+        },
+        Rule::Number(field, min, max) => match at(field) {
+            Some(value) if !value.as_f64().is_some_and(|n| (min..=max).contains(&n)) => Err(
+                problem(field, format!("must be a number from {min} to {max}")),
+            ),
+            _ => Ok(()),
+        },
+        Rule::Integer(field, min, max) => match at(field) {
+            Some(value) if !value.as_i64().is_some_and(|n| (min..=max).contains(&n)) => Err(
+                problem(field, format!("must be an integer from {min} to {max}")),
+            ),
+            _ => Ok(()),
+        },
+        Rule::StringValued(field) => match at(field) {
+            Some(value) if !value.is_string() => {
+                Err(problem(field, "must be a string, such as \"5\""))
+            }
+            _ => Ok(()),
+        },
+        Rule::Object(field) => match at(field) {
+            Some(value) if !value.is_object() => Err(problem(field, "must be an object")),
+            _ => Ok(()),
+        },
+        Rule::List(field, min, max) => match at(field) {
+            Some(Value::Array(list)) if (min..=max).contains(&list.len()) => Ok(()),
+            Some(_) => Err(problem(
+                field,
+                format!("must be a list of {min} to {max} entries"),
+            )),
+            None => Ok(()),
+        },
+        Rule::ListOf(field, min, max, item) => match at(field) {
+            Some(Value::Array(list)) if (min..=max).contains(&list.len()) => {
+                for (i, entry) in list.iter().enumerate() {
+                    let name = format!("{field}[{i}].{item}");
+                    match entry.get(item).and_then(Value::as_str) {
+                        Some(s) if !s.trim().is_empty() && item.contains("image") => {
+                            check_image(&name, s)?;
                         }
+                        Some(s) if !s.trim().is_empty() => {}
+                        _ => return Err(problem(name, "is required")),
                     }
-                    require(request, "prompt")
                 }
-                _ => Err(problem(
-                    "image_list",
-                    "must hold 1 to 4 `{\"image\": ...}` entries",
-                )),
+                Ok(())
             }
-        }
-        TaskKind::VideoExtend => require(request, "video_id"),
-        TaskKind::LipSync => {
-            let Some(Value::Object(input)) = request.get("input") else {
-                return Err(problem("input", "is required (an object)"));
-            };
-            if !non_empty_str(input, "video_id") && !non_empty_str(input, "video_url") {
-                return Err(problem(
-                    "input.video_id",
-                    "or `input.video_url` is required",
-                ));
-            }
-            match input.get("mode").and_then(Value::as_str) {
-                Some("text2video" | "audio2video") => Ok(()),
-                _ => Err(problem(
-                    "input.mode",
-                    "must be \"text2video\" or \"audio2video\"",
-                )),
-            }
-        }
-        TaskKind::Effects => {
-            require(request, "effect_scene")?;
-            match request.get("input") {
-                Some(Value::Object(_)) => Ok(()),
-                _ => Err(problem("input", "is required (an object)")),
-            }
-        }
-        TaskKind::ImageGeneration => require(request, "prompt"),
+            Some(_) => Err(problem(
+                field,
+                format!("must hold {min} to {max} `{{\"{item}\": ...}}` entries"),
+            )),
+            None => Ok(()),
+        },
+        Rule::Image(field) => match at(field) {
+            Some(Value::String(image)) => check_image(field, image),
+            Some(_) => Err(problem(field, "must be a string: a URL or raw base64")),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Kling takes an image as a URL or as raw base64: a `data:` URI prefix is refused.
+fn check_image(field: &str, image: &str) -> Result<(), RequestError> {
+    if image.starts_with("data:") {
+        Err(problem(
+            field,
+            "must be a URL or raw base64 without a `data:` prefix",
+        ))
+    } else {
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kling::catalog::CATALOG;
     use serde_json::json;
+
+    fn k(name: &str) -> TaskKind {
+        TaskKind::from_name(name).unwrap()
+    }
 
     fn check(kind: TaskKind, body: Value) -> Result<(), RequestError> {
         validate(kind, body.to_string().as_bytes()).map(|_| ())
@@ -177,35 +213,29 @@ mod tests {
     fn valid_requests_of_every_kind_pass_unchanged() {
         let cases = [
             (
-                TaskKind::Text2Video,
+                k("text2video"),
                 json!({"prompt": "a cat", "duration": "5", "mode": "pro", "model_name": "kling-v2-1"}),
             ),
             (
-                TaskKind::Text2Video,
+                k("text2video"),
                 json!({"multi_shot": true, "multi_prompt": [{"prompt": "x"}]}),
             ),
-            (TaskKind::Image2Video, json!({"image": "https://img/1.png"})),
-            (TaskKind::Image2Video, json!({"image_tail": "iVBORw0KGgo="})),
+            (k("image2video"), json!({"image": "https://img/1.png"})),
+            (k("image2video"), json!({"image_tail": "iVBORw0KGgo="})),
             (
-                TaskKind::MultiImage2Video,
+                k("multi-image2video"),
                 json!({"image_list": [{"image": "https://a"}, {"image": "https://b"}], "prompt": "p"}),
             ),
+            (k("video-extend"), json!({"video_id": "867283741759111300"})),
             (
-                TaskKind::VideoExtend,
-                json!({"video_id": "867283741759111300"}),
-            ),
-            (
-                TaskKind::LipSync,
+                k("lip-sync"),
                 json!({"input": {"video_id": "1", "mode": "audio2video", "audio_type": "url"}}),
             ),
             (
-                TaskKind::Effects,
+                k("effects"),
                 json!({"effect_scene": "hug", "input": {"images": ["a", "b"]}}),
             ),
-            (
-                TaskKind::ImageGeneration,
-                json!({"prompt": "a dog", "n": 2}),
-            ),
+            (k("image-generation"), json!({"prompt": "a dog", "n": 2})),
         ];
         for (kind, body) in cases {
             let parsed = validate(kind, body.to_string().as_bytes()).unwrap();
@@ -217,81 +247,77 @@ mod tests {
     fn each_obvious_mistake_names_its_field() {
         let long = "x".repeat(2501);
         let cases = [
-            (TaskKind::Text2Video, json!([1]), "body"),
+            (k("text2video"), json!([1]), "body"),
             (
-                TaskKind::Text2Video,
+                k("text2video"),
                 json!({"prompt": "p", "callback_url": "https://x"}),
                 "callback_url",
             ),
-            (TaskKind::Text2Video, json!({}), "prompt"),
-            (TaskKind::Text2Video, json!({"prompt": long}), "prompt"),
+            (k("text2video"), json!({}), "prompt"),
+            (k("text2video"), json!({"prompt": long}), "prompt"),
             (
-                TaskKind::Text2Video,
+                k("text2video"),
                 json!({"prompt": "p", "negative_prompt": long}),
                 "negative_prompt",
             ),
-            (TaskKind::Text2Video, json!({"prompt": 5}), "prompt"),
+            (k("text2video"), json!({"prompt": 5}), "prompt"),
             (
-                TaskKind::Text2Video,
+                k("text2video"),
                 json!({"prompt": "p", "duration": 5}),
                 "duration",
             ),
             (
-                TaskKind::Text2Video,
+                k("text2video"),
                 json!({"prompt": "p", "mode": "fast"}),
                 "mode",
             ),
-            (TaskKind::Image2Video, json!({}), "image"),
+            (k("image2video"), json!({}), "image"),
             (
-                TaskKind::Image2Video,
+                k("image2video"),
                 json!({"image": "data:image/png;base64,iVBOR"}),
                 "image",
             ),
             (
-                TaskKind::Image2Video,
+                k("image2video"),
                 json!({"image": "u", "image_tail": "data:image/png;base64,x"}),
                 "image_tail",
             ),
+            (k("multi-image2video"), json!({"prompt": "p"}), "image_list"),
             (
-                TaskKind::MultiImage2Video,
-                json!({"prompt": "p"}),
-                "image_list",
-            ),
-            (
-                TaskKind::MultiImage2Video,
+                k("multi-image2video"),
                 json!({"prompt": "p", "image_list": [{"image":"a"},{"image":"b"},{"image":"c"},{"image":"d"},{"image":"e"}]}),
                 "image_list",
             ),
             (
-                TaskKind::MultiImage2Video,
+                k("multi-image2video"),
                 json!({"prompt": "p", "image_list": [{"image":"a"},{"url":"b"}]}),
                 "image_list[1].image",
             ),
             (
-                TaskKind::MultiImage2Video,
+                k("multi-image2video"),
                 json!({"prompt": "p", "image_list": [{"image":"data:x"}]}),
                 "image_list[0].image",
             ),
             (
-                TaskKind::MultiImage2Video,
+                k("multi-image2video"),
                 json!({"image_list": [{"image":"a"}]}),
                 "prompt",
             ),
-            (TaskKind::VideoExtend, json!({}), "video_id"),
-            (TaskKind::LipSync, json!({}), "input"),
+            (k("video-extend"), json!({}), "video_id"),
+            (k("lip-sync"), json!({}), "input"),
             (
-                TaskKind::LipSync,
+                k("lip-sync"),
                 json!({"input": {"mode": "text2video"}}),
                 "input.video_id",
             ),
             (
-                TaskKind::LipSync,
+                k("lip-sync"),
                 json!({"input": {"video_id": "1", "mode": "sing"}}),
                 "input.mode",
             ),
-            (TaskKind::Effects, json!({"input": {}}), "effect_scene"),
-            (TaskKind::Effects, json!({"effect_scene": "hug"}), "input"),
-            (TaskKind::ImageGeneration, json!({"prompt": " "}), "prompt"),
+            (k("effects"), json!({"input": {}}), "effect_scene"),
+            (k("effects"), json!({"effect_scene": "hug"}), "input"),
+            (k("image-generation"), json!({"prompt": " "}), "prompt"),
         ];
         for (kind, body, field) in cases {
             let err = check(kind, body.clone()).unwrap_err();
@@ -300,9 +326,146 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_s_example_passes_and_its_required_fields_are_named_when_missing() {
+        for spec in CATALOG {
+            let kind = k(spec.name);
+            let example: Value = serde_json::from_str(spec.example).unwrap();
+            let parsed = validate(kind, spec.example.as_bytes()).unwrap();
+            assert_eq!(Value::Object(parsed), example, "{}", spec.name);
+            let Value::Object(example) = example else {
+                unreachable!()
+            };
+            // Without any one required top-level field, the request names that field.
+            for rule in spec.rules.iter().copied().flatten() {
+                if let Rule::Required(field) = rule
+                    && !field.contains('.')
+                {
+                    let mut without = example.clone();
+                    without.remove(*field);
+                    let err = check(kind, Value::Object(without)).unwrap_err();
+                    assert_eq!(err.field, *field, "{}", spec.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rules_of_the_new_kinds() {
+        let cases = [
+            // Exactly one of `audio_id` / `sound_file`.
+            ("avatar", json!({"image": "i"}), Some("audio_id")),
+            (
+                "avatar",
+                json!({"image": "i", "audio_id": "a", "sound_file": "s"}),
+                Some("audio_id"),
+            ),
+            ("avatar", json!({"image": "i", "audio_id": "a"}), None),
+            ("video-to-audio", json!({}), Some("video_id")),
+            (
+                "video-to-audio",
+                json!({"video_id": "1", "video_url": "u"}),
+                Some("video_id"),
+            ),
+            ("video-to-audio", json!({"video_url": "u"}), None),
+            // text-to-audio: a 200-character prompt, a NUMBER duration of 3 to 10.
+            (
+                "text-to-audio",
+                json!({"prompt": "x".repeat(201)}),
+                Some("prompt"),
+            ),
+            (
+                "text-to-audio",
+                json!({"prompt": "x", "duration": "5"}),
+                Some("duration"),
+            ),
+            (
+                "text-to-audio",
+                json!({"prompt": "x", "duration": 10.5}),
+                Some("duration"),
+            ),
+            (
+                "text-to-audio",
+                json!({"prompt": "x", "duration": 3.5}),
+                None,
+            ),
+            ("omni-image", json!({"prompt": "p", "n": 10}), Some("n")),
+            (
+                "omni-image",
+                json!({"prompt": "p", "result_type": "grid"}),
+                Some("result_type"),
+            ),
+            (
+                "omni-video",
+                json!({"prompt": "p", "voice_list": [{}], "element_list": [{}]}),
+                Some("voice_list"),
+            ),
+            (
+                "omni-video",
+                json!({"multi_shot": true, "multi_prompt": [{"prompt": "a"}, {"text": "b"}]}),
+                Some("multi_prompt[1].prompt"),
+            ),
+            (
+                "custom-voices",
+                json!({"voice_name": "x".repeat(21), "video_id": "1"}),
+                Some("voice_name"),
+            ),
+            (
+                "custom-voices",
+                json!({"voice_name": "n"}),
+                Some("voice_url"),
+            ),
+            (
+                "multi-elements",
+                json!({"session_id": "s", "edit_mode": "paint", "prompt": "p"}),
+                Some("edit_mode"),
+            ),
+            (
+                "expand",
+                json!({"image": "i", "up_expansion_ratio": 0.1, "down_expansion_ratio": 0.1, "left_expansion_ratio": 0.1, "right_expansion_ratio": "wide"}),
+                Some("right_expansion_ratio"),
+            ),
+            // API 2.0: the callback goes in `options`, which kling-webhook fills.
+            (
+                "text-to-video/kling-3.0",
+                json!({"prompt": "p", "options": {"callback_url": "https://x"}}),
+                Some("options.callback_url"),
+            ),
+            (
+                "text-to-video/kling-3.0",
+                json!({"prompt": "p", "callback_url": "https://x"}),
+                Some("callback_url"),
+            ),
+            (
+                "text-to-video/kling-3.0",
+                json!({"prompt": "p", "settings": {"duration": "5"}}),
+                Some("settings.duration"),
+            ),
+            (
+                "text-to-video/kling-3.0",
+                json!({"prompt": "x".repeat(3073)}),
+                Some("prompt"),
+            ),
+            (
+                "text-to-video/kling-3.0",
+                json!({"prompt": "x".repeat(3072), "settings": {"duration": 15}}),
+                None,
+            ),
+            ("image-to-video/kling-3.0", json!({}), Some("prompt")),
+        ];
+        for (name, body, field) in cases {
+            let result = check(k(name), body.clone());
+            assert_eq!(
+                result.as_ref().err().map(|e| e.field.as_str()),
+                field,
+                "{name} {body}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_2500_character_prompt_is_fine() {
         assert_eq!(
-            check(TaskKind::Text2Video, json!({"prompt": "é".repeat(2500)})),
+            check(k("text2video"), json!({"prompt": "é".repeat(2500)})),
             Ok(())
         );
     }

@@ -11,7 +11,7 @@ use crate::api::submit::{SubmitError, SubmitRequest, Submitted, submit};
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::error::ApiError;
-use crate::kling::kind::TaskKind;
+use crate::kling::catalog::TaskKind;
 use crate::outbound::HttpTransport;
 use crate::pipeline::progress::{self, Next, PipelineFailure, PipelineView, step_external_id};
 use crate::pipeline::spec::{PipelineSpec, SpecError, request_for};
@@ -128,8 +128,9 @@ pub(crate) fn submit_step(
     submitter: &Submitter<'_>,
 ) -> Result<Submitted, StepError> {
     let step_spec = &spec.steps[step];
-    let previous = view.and_then(|v| v.previous_task(step));
-    let request = request_for(step_spec, previous).map_err(|e| StepError::Input(e.to_string()))?;
+    let task = |n: usize| view.and_then(|v| v.task(n));
+    let request =
+        request_for(step_spec, step, &task).map_err(|e| StepError::Input(e.to_string()))?;
     let body = serde_json::to_vec(&request).map_err(|e| StepError::Input(e.to_string()))?;
     let external_task_id = step_external_id(&spec.id, step);
     let kind = TaskKind::from_name(&step_spec.kind)

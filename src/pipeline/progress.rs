@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::spec::PipelineSpec;
-use crate::task::{Image, TaskRecord, TaskStatus, Video};
+use crate::task::{Image, MoreOutputs, TaskRecord, TaskStatus, Video};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,10 +57,13 @@ pub struct PipelineView {
     pub created_at: u64,
 }
 
+/// The last step's outputs, named as in its task record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Outputs {
     pub videos: Vec<Video>,
     pub images: Vec<Image>,
+    #[serde(flatten)]
+    pub more: MoreOutputs,
 }
 
 /// What should happen next.
@@ -131,6 +134,7 @@ pub fn view(
         Outputs {
             videos: last.map(|t| t.videos.clone()).unwrap_or_default(),
             images: last.map(|t| t.images.clone()).unwrap_or_default(),
+            more: last.map(|t| t.more.clone()).unwrap_or_default(),
         }
     });
     PipelineView {
@@ -157,11 +161,9 @@ impl PipelineView {
         }
     }
 
-    /// The task of the step before `step`, whose result feeds it.
-    pub fn previous_task(&self, step: usize) -> Option<&TaskRecord> {
-        step.checked_sub(1)
-            .and_then(|p| self.steps.get(p))
-            .and_then(|s| s.task.as_ref())
+    /// Step `step`'s task, whose result may feed later steps.
+    pub fn task(&self, step: usize) -> Option<&TaskRecord> {
+        self.steps.get(step).and_then(|s| s.task.as_ref())
     }
 }
 

@@ -10,19 +10,21 @@
 //! ]}
 //! ```
 //!
-//! `inputs` maps a request field (dot path) to a field of the previous step's task record
-//! (dot path, numbers index lists: `videos.0.id`, `videos.0.url`, `images.0.url`,
-//! `task_id`). Left out, a step takes the obvious value: `video_id` for `video-extend`
-//! and `input.video_id` for `lip-sync` from a previous video, `image` for `image2video`
-//! from a previous image. `"inputs": {}` takes nothing.
+//! `inputs` maps a request field (dot path) to a field of an earlier step's task record
+//! (dot path, numbers index lists): `videos.0.id`, `images.0.url` or `task_id` read the
+//! previous step; `steps.0.audios.0.url_mp3` reads step 0. Left out, a step takes what
+//! its kind's catalog entry names (`takes`) from the previous step, when that step's kind
+//! produces it: `video_id` for `video-extend` and `video-to-audio` and `input.video_id`
+//! for `lip-sync` from a video, `image` for `image2video` from an image, `sound_file`
+//! for `avatar` from an audio. `"inputs": {}` takes nothing.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::kling::kind::TaskKind;
-use crate::kling::request::{RequestError, validate};
+use crate::kling::catalog::TaskKind;
+use crate::kling::request::{RequestError, lookup, own_fields, validate};
 use crate::task::TaskRecord;
 use crate::validate::is_valid_external_task_id;
 
@@ -48,7 +50,7 @@ pub struct StepSpec {
     /// The task kind's name (`text2video`, ...), checked when the pipeline is created.
     pub kind: String,
     pub request: Map<String, Value>,
-    /// Request field ← previous result field, both dot paths.
+    /// Request field ← an earlier step's result field, both dot paths.
     pub inputs: BTreeMap<String, String>,
 }
 
@@ -62,8 +64,8 @@ pub enum SpecError {
     UnknownKind(usize),
     #[error("`steps[{step}].request`: {error}")]
     InvalidRequest { step: usize, error: RequestError },
-    #[error("`steps[{step}].request.external_task_id` is set by the pipeline; leave it out")]
-    ExternalTaskIdInStep { step: usize },
+    #[error("`steps[{step}].request.{field}` is set by the pipeline; leave it out")]
+    ExternalTaskIdInStep { step: usize, field: &'static str },
     #[error("`steps[{step}].inputs.{target}` is not valid: {problem}")]
     InvalidInput {
         step: usize,
@@ -133,10 +135,15 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
     let mut built: Vec<StepSpec> = Vec::with_capacity(steps.len());
     for (index, step) in steps.into_iter().enumerate() {
         let kind = TaskKind::from_name(&step.kind).ok_or(SpecError::UnknownKind(index))?;
-        if step.request.contains_key("external_task_id") {
-            return Err(SpecError::ExternalTaskIdInStep { step: index });
+        let (callback_field, external_field) = own_fields(kind.family());
+        if lookup(&step.request, external_field).is_some() {
+            return Err(SpecError::ExternalTaskIdInStep {
+                step: index,
+                field: external_field,
+            });
         }
         let previous = built.last().and_then(|p| TaskKind::from_name(&p.kind));
+        let first_step_problem = "the first step has no previous step to take it from";
         let inputs = step
             .inputs
             .unwrap_or_else(|| default_inputs(previous, kind));
@@ -146,7 +153,7 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
             return Err(SpecError::InvalidInput {
                 step: 0,
                 target: target.clone(),
-                problem: "the first step has no previous step to take it from",
+                problem: first_step_problem,
             });
         }
         let mut checked = step.request.clone();
@@ -159,10 +166,22 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
             if !is_path(source) {
                 return Err(invalid("the source must be a dot path such as videos.0.id"));
             }
+            if let Some((step, _)) = step_source(source)
+                && step >= index
+            {
+                return Err(invalid("the source must be an earlier step"));
+            }
             if !is_path(target) || target.split('.').any(|s| s.parse::<usize>().is_ok()) {
                 return Err(invalid("the target must be a dot path of field names"));
             }
-            if matches!(target.as_str(), "callback_url" | "external_task_id") {
+            if [
+                callback_field,
+                external_field,
+                "callback_url",
+                "external_task_id",
+            ]
+            .contains(&target.as_str())
+            {
                 return Err(invalid("this field is set by kling-webhook"));
             }
             set_path(
@@ -188,20 +207,26 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
     })
 }
 
-/// What a step takes from the previous one when its description names nothing.
+/// What a step takes from the previous one when its description names nothing: the
+/// first of its kind's `takes` that the previous step's kind produces.
 fn default_inputs(previous: Option<TaskKind>, kind: TaskKind) -> BTreeMap<String, String> {
-    let makes_video = previous.is_some_and(|p| p != TaskKind::ImageGeneration);
-    let pair = match kind {
-        TaskKind::VideoExtend if makes_video => Some(("video_id", "videos.0.id")),
-        TaskKind::LipSync if makes_video => Some(("input.video_id", "videos.0.id")),
-        TaskKind::Image2Video if previous == Some(TaskKind::ImageGeneration) => {
-            Some(("image", "images.0.url"))
-        }
-        _ => None,
+    let Some(produced) = previous.map(|p| p.spec().outputs) else {
+        return BTreeMap::new();
     };
-    pair.map(|(target, source)| (target.to_string(), source.to_string()))
+    kind.spec()
+        .takes
+        .iter()
+        .find(|(_, output, _)| produced.contains(output))
+        .map(|(target, _, source)| (target.to_string(), source.to_string()))
         .into_iter()
         .collect()
+}
+
+/// `steps.{n}.{path}`: a source reading step `n`, not the previous step.
+fn step_source(source: &str) -> Option<(usize, &str)> {
+    let rest = source.strip_prefix("steps.")?;
+    let (step, path) = rest.split_once('.')?;
+    Some((step.parse().ok()?, path))
 }
 
 fn is_path(path: &str) -> bool {
@@ -248,16 +273,18 @@ fn get_path(record: &TaskRecord, path: &str) -> Option<Value> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the previous step's result has no `{source_path}` for `{target}`")]
+#[error("the earlier step's result has no `{source_path}` for `{target}`")]
 pub struct MissingInput {
     pub target: String,
     pub source_path: String,
 }
 
-/// The request to send for `step`, with its inputs filled from the previous step's task.
-pub fn request_for(
+/// The request to send for step `index`, with its inputs filled from earlier steps'
+/// tasks (`task(n)` is step `n`'s).
+pub fn request_for<'a>(
     step: &StepSpec,
-    previous: Option<&TaskRecord>,
+    index: usize,
+    task: &dyn Fn(usize) -> Option<&'a TaskRecord>,
 ) -> Result<Map<String, Value>, MissingInput> {
     let mut request = step.request.clone();
     for (target, source) in &step.inputs {
@@ -265,8 +292,14 @@ pub fn request_for(
             target: target.clone(),
             source_path: source.clone(),
         };
-        let value = previous
-            .and_then(|p| get_path(p, source))
+        let (from, path) = match step_source(source) {
+            Some((from, path)) if from < index => (Some(from), path),
+            Some(_) => return Err(missing()),
+            None => (index.checked_sub(1), source.as_str()),
+        };
+        let value = from
+            .and_then(task)
+            .and_then(|record| get_path(record, path))
             .ok_or_else(missing)?;
         set_path(&mut request, target, value).map_err(|()| missing())?;
     }
@@ -308,14 +341,101 @@ mod tests {
     }
 
     #[test]
+    fn an_audio_feeds_an_avatar_and_any_step_reads_any_earlier_one() {
+        let spec = build(
+            "p".into(),
+            steps(json!([
+                {"kind": "text-to-audio", "request": {"prompt": "hello", "duration": 5}},
+                {"kind": "avatar", "request": {"image": "https://img/face.png"}},
+                {"kind": "video-extend", "request": {"prompt": "more"}},
+                {"kind": "video-to-audio", "request": {},
+                 "inputs": {"video_id": "steps.1.videos.0.id"}},
+                {"kind": "text-to-video/kling-3.0", "request": {"prompt": "p"},
+                 "inputs": {"options.watermark_info.audio": "steps.0.audios.0.url_wav"}},
+            ])),
+            7,
+        )
+        .unwrap();
+        let inputs = |step: usize| {
+            spec.steps[step]
+                .inputs
+                .clone()
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            inputs(1),
+            [("sound_file".to_string(), "audios.0.url_mp3".to_string())]
+        );
+        assert_eq!(
+            inputs(2),
+            [("video_id".to_string(), "videos.0.id".to_string())]
+        );
+
+        let mut audio = TaskRecord::example(TaskStatus::Succeed);
+        audio.more.audios = vec![crate::task::Audio {
+            url_mp3: Some("https://cdn/a.mp3".into()),
+            url_wav: Some("https://cdn/a.wav".into()),
+            ..Default::default()
+        }];
+        let avatar = succeeded("avatar-video");
+        let extended = succeeded("extended-video");
+        let records = [&audio, &avatar, &extended];
+        let task = |n: usize| records.get(n).copied();
+        let request = request_for(&spec.steps[1], 1, &task).unwrap();
+        assert_eq!(request["sound_file"], "https://cdn/a.mp3");
+        let request = request_for(&spec.steps[3], 3, &task).unwrap();
+        assert_eq!(
+            request["video_id"], "avatar-video",
+            "step 1's, not step 2's"
+        );
+        let request = request_for(&spec.steps[4], 4, &task).unwrap();
+        assert_eq!(
+            request["options"]["watermark_info"]["audio"],
+            "https://cdn/a.wav"
+        );
+
+        // Only an earlier step can be read.
+        let err = build(
+            "p".into(),
+            steps(json!([
+                {"kind": "text2video", "request": {"prompt": "a"}},
+                {"kind": "video-extend", "request": {}, "inputs": {"video_id": "steps.1.videos.0.id"}},
+            ])),
+            7,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, SpecError::InvalidInput { step: 1, problem, .. } if problem.contains("earlier")),
+            "{err:?}"
+        );
+        // An API 2.0 step's own fields are in `options`.
+        let err = build(
+            "p".into(),
+            steps(json!([
+                {"kind": "text-to-video/kling-3.0", "request": {"prompt": "a", "options": {"external_task_id": "x"}}},
+            ])),
+            7,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::ExternalTaskIdInStep {
+                step: 0,
+                field: "options.external_task_id"
+            }
+        );
+    }
+
+    #[test]
     fn video_steps_take_the_previous_video_by_default() {
         let spec = build("p".into(), three_steps(), 7).unwrap();
         assert!(spec.steps[0].inputs.is_empty());
         let previous = succeeded("v-1");
-        let extend = request_for(&spec.steps[1], Some(&previous)).unwrap();
+        let extend = request_for(&spec.steps[1], 1, &|_| Some(&previous)).unwrap();
         assert_eq!(extend["video_id"], "v-1");
         assert_eq!(extend["prompt"], "it jumps");
-        let lip_sync = request_for(&spec.steps[2], Some(&previous)).unwrap();
+        let lip_sync = request_for(&spec.steps[2], 2, &|_| Some(&previous)).unwrap();
         assert_eq!(lip_sync["input"]["video_id"], "v-1");
         assert_eq!(
             lip_sync["input"]["text"], "hi",
@@ -336,7 +456,8 @@ mod tests {
             7,
         )
         .unwrap();
-        let request = request_for(&spec.steps[1], Some(&succeeded("v"))).unwrap();
+        let record = succeeded("v");
+        let request = request_for(&spec.steps[1], 1, &|_| Some(&record)).unwrap();
         assert_eq!(request["input"]["video_url"], "https://cdn/v.mp4");
         assert!(request["input"].get("video_id").is_none());
         assert!(spec.steps[2].inputs.is_empty());
@@ -362,7 +483,7 @@ mod tests {
         let mut previous = succeeded("v");
         previous.videos.clear();
         assert_eq!(
-            request_for(&spec.steps[1], Some(&previous)).unwrap_err(),
+            request_for(&spec.steps[1], 1, &|_| Some(&previous)).unwrap_err(),
             MissingInput {
                 target: "video_id".into(),
                 source_path: "videos.0.id".into()
@@ -380,7 +501,10 @@ mod tests {
             ),
             (
                 json!([{"kind": "text2video", "request": {"prompt": "a", "external_task_id": "x"}}]),
-                SpecError::ExternalTaskIdInStep { step: 0 },
+                SpecError::ExternalTaskIdInStep {
+                    step: 0,
+                    field: "external_task_id",
+                },
             ),
             (
                 json!([{"kind": "text2video", "request": {"prompt": "a"}, "inputs": {"prompt": "task_id"}}]),
@@ -414,7 +538,8 @@ mod tests {
                        {"kind": "video-extend", "request": {}}]),
                 SpecError::InvalidRequest {
                     step: 1,
-                    error: validate(TaskKind::VideoExtend, b"{}").unwrap_err(),
+                    error: validate(TaskKind::from_name("video-extend").unwrap(), b"{}")
+                        .unwrap_err(),
                 },
             ),
         ];

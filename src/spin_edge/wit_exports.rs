@@ -21,23 +21,24 @@ use crate::api::submit::{SubmitRequest, submit};
 use crate::callback::parse::parse_callback;
 use crate::config::SubmitConfig;
 use crate::error::ApiError;
-use crate::kling::kind::TaskKind;
+use crate::kling::catalog::TaskKind;
 use crate::pipeline::progress::{PipelineStatus, PipelineView};
 use crate::pipeline::spec::NewStep;
 use crate::store::tasks::TaskStore;
-use crate::task::{Image, TaskEvent, TaskRecord, TaskStatus, Video};
+use crate::task::{Image, MoreOutputs, TaskEvent, TaskRecord, TaskStatus, Video};
 
 struct Exports;
 
 impl Guest for Exports {
     fn submit(
-        kind: wit::TaskKind,
+        kind: String,
         request_json: String,
         external_task_id: Option<String>,
     ) -> Result<wit::Task, wit::Error> {
+        let kind = kind_from_wit(&kind)?;
         let config = SubmitConfig::load(&SpinVariables).map_err(|e| to_wit(e.into()))?;
         let request = SubmitRequest {
-            kind: kind_from_wit(kind),
+            kind,
             body: request_json.as_bytes(),
             idempotency_key: external_task_id.as_deref(),
             pipeline: None,
@@ -100,6 +101,12 @@ impl Guest for Exports {
             .map(|view| view.map(pipeline_to_wit))
             .map_err(|e| to_wit(e.into()))
     }
+
+    fn kinds() -> Vec<String> {
+        TaskKind::all()
+            .map(|kind| kind.name().to_string())
+            .collect()
+    }
 }
 
 fn step_from_wit(index: usize, step: wit::PipelineStep) -> Result<NewStep, wit::Error> {
@@ -111,8 +118,9 @@ fn step_from_wit(index: usize, step: wit::PipelineStep) -> Result<NewStep, wit::
             )));
         }
     };
+    // The pipeline checks the kind (and names the step) when it is built.
     Ok(NewStep {
-        kind: kind_from_wit(step.kind).name().to_string(),
+        kind: step.kind,
         request,
         inputs: step.inputs.map(|inputs| {
             inputs
@@ -170,28 +178,10 @@ fn to_wit(error: ApiError) -> wit::Error {
     }
 }
 
-fn kind_from_wit(kind: wit::TaskKind) -> TaskKind {
-    match kind {
-        wit::TaskKind::Text2video => TaskKind::Text2Video,
-        wit::TaskKind::Image2video => TaskKind::Image2Video,
-        wit::TaskKind::MultiImage2video => TaskKind::MultiImage2Video,
-        wit::TaskKind::VideoExtend => TaskKind::VideoExtend,
-        wit::TaskKind::LipSync => TaskKind::LipSync,
-        wit::TaskKind::Effects => TaskKind::Effects,
-        wit::TaskKind::ImageGeneration => TaskKind::ImageGeneration,
-    }
-}
-
-fn kind_to_wit(kind: TaskKind) -> wit::TaskKind {
-    match kind {
-        TaskKind::Text2Video => wit::TaskKind::Text2video,
-        TaskKind::Image2Video => wit::TaskKind::Image2video,
-        TaskKind::MultiImage2Video => wit::TaskKind::MultiImage2video,
-        TaskKind::VideoExtend => wit::TaskKind::VideoExtend,
-        TaskKind::LipSync => wit::TaskKind::LipSync,
-        TaskKind::Effects => wit::TaskKind::Effects,
-        TaskKind::ImageGeneration => wit::TaskKind::ImageGeneration,
-    }
+fn kind_from_wit(kind: &str) -> Result<TaskKind, wit::Error> {
+    TaskKind::from_name(kind).ok_or_else(|| {
+        wit::Error::InvalidRequest(format!("`{kind}` is not a task kind (see `kinds`)"))
+    })
 }
 
 fn status_to_wit(status: TaskStatus) -> wit::TaskStatus {
@@ -200,46 +190,95 @@ fn status_to_wit(status: TaskStatus) -> wit::TaskStatus {
         TaskStatus::Submitted => wit::TaskStatus::Submitted,
         TaskStatus::Processing => wit::TaskStatus::Processing,
         TaskStatus::Succeed => wit::TaskStatus::Succeed,
-        // kling:video@0.1.0 has no `lost`; its status_msg says why it failed.
-        TaskStatus::Failed | TaskStatus::Lost => wit::TaskStatus::Failed,
+        TaskStatus::Failed => wit::TaskStatus::Failed,
+        TaskStatus::Lost => wit::TaskStatus::Lost,
     }
 }
 
-fn videos_to_wit(videos: Vec<Video>) -> Vec<wit::Video> {
-    videos
-        .into_iter()
-        .map(|v| wit::Video {
+fn image_to_wit(i: Image) -> wit::Image {
+    wit::Image {
+        index: i.index,
+        url: i.url,
+        watermark_url: i.watermark_url,
+        url_1: i.url_1,
+        url_2: i.url_2,
+        url_3: i.url_3,
+        result_type: i.result_type,
+        group_id: i.group_id,
+    }
+}
+
+/// Every output, typed, in the record's order.
+fn outputs_to_wit(videos: Vec<Video>, images: Vec<Image>, more: MoreOutputs) -> Outputs {
+    let mut outputs = Vec::new();
+    outputs.extend(videos.into_iter().map(|v| {
+        wit::Output::Video(wit::Video {
             id: v.id,
             url: v.url,
             duration: v.duration,
             watermark_url: v.watermark_url,
         })
-        .collect()
+    }));
+    outputs.extend(
+        images
+            .into_iter()
+            .map(|i| wit::Output::Image(image_to_wit(i))),
+    );
+    outputs.extend(
+        more.series_images
+            .into_iter()
+            .map(|i| wit::Output::SeriesImage(image_to_wit(i))),
+    );
+    outputs.extend(more.audios.into_iter().map(|a| {
+        wit::Output::Audio(wit::Audio {
+            id: a.id,
+            url_mp3: a.url_mp3,
+            url_wav: a.url_wav,
+            duration_mp3: a.duration_mp3,
+            duration_wav: a.duration_wav,
+        })
+    }));
+    outputs.extend(more.voices.into_iter().map(|v| {
+        wit::Output::Voice(wit::Voice {
+            voice_id: v.voice_id,
+            voice_name: v.voice_name,
+            trial_url: v.trial_url,
+            owned_by: v.owned_by,
+        })
+    }));
+    outputs.extend(more.elements.into_iter().map(|e| {
+        wit::Output::Element(wit::Element {
+            element_id: e.element_id,
+            element_name: e.element_name,
+            element_description: e.element_description,
+            reference_type: e.reference_type,
+            status: e.status,
+        })
+    }));
+    Outputs {
+        outputs,
+        kling_result_json: more.kling_result.map(|json| json.0.get().to_string()),
+        billing_json: more.billing.map(|json| json.0.get().to_string()),
+    }
 }
 
-fn images_to_wit(images: Vec<Image>) -> Vec<wit::Image> {
-    images
-        .into_iter()
-        .map(|i| wit::Image {
-            index: i.index,
-            url: i.url,
-        })
-        .collect()
+struct Outputs {
+    outputs: Vec<wit::Output>,
+    kling_result_json: Option<String>,
+    billing_json: Option<String>,
 }
 
 fn task_to_wit(task: TaskRecord) -> wit::Task {
+    let outputs = outputs_to_wit(task.videos, task.images, task.more);
     wit::Task {
         task_id: task.task_id,
         external_task_id: task.external_task_id,
-        kind: task
-            .kind
-            .as_deref()
-            .and_then(TaskKind::from_name)
-            .map(kind_to_wit),
+        kind: task.kind,
         status: status_to_wit(task.status),
         status_msg: task.status_msg,
-        videos: videos_to_wit(task.videos),
-        images: images_to_wit(task.images),
+        outputs: outputs.outputs,
+        kling_result_json: outputs.kling_result_json,
+        billing_json: outputs.billing_json,
         created_at: task.created_at,
         updated_at: task.updated_at,
         deliveries: task.deliveries,
@@ -247,13 +286,15 @@ fn task_to_wit(task: TaskRecord) -> wit::Task {
 }
 
 fn event_to_wit(event: TaskEvent) -> wit::TaskEvent {
+    let outputs = outputs_to_wit(event.videos, event.images, event.more);
     wit::TaskEvent {
         task_id: event.task_id,
         external_task_id: event.external_task_id,
         status: status_to_wit(event.status),
         status_msg: event.status_msg,
-        videos: videos_to_wit(event.videos),
-        images: images_to_wit(event.images),
+        outputs: outputs.outputs,
+        kling_result_json: outputs.kling_result_json,
+        billing_json: outputs.billing_json,
         created_at: event.created_at,
         updated_at: event.updated_at,
     }

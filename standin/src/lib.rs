@@ -1,13 +1,21 @@
 //! A stand-in for Kling's API, following `../shared/kling-api.md`, for end-to-end tests
 //! and local demos (Kling itself is unreachable from our build machines).
 //!
-//! - `POST` to every create endpoint, `GET {endpoint}/{task_id or external_task_id}`,
-//!   `GET {endpoint}?pageNum=&pageSize=`; envelopes `{code,message,request_id,data}`.
+//! - Every kind of kling-webhook's catalog (which a catalog test holds to the contract),
+//!   in both API families:
+//!   - legacy: `POST {endpoint}`, `GET {endpoint}/{task_id or external_task_id}` (task id
+//!     only where Kling allows no other), `GET {endpoint}?pageNum=&pageSize=`;
+//!   - API 2.0: `POST /{endpoint}/{model}` with `options.callback_url` and
+//!     `options.external_task_id`, API key only; `GET /tasks?task_ids=` or
+//!     `?external_task_ids=`.
+//!
+//!   Envelopes are `{code,message,request_id,data}`.
 //! - Auth: `Authorization: Bearer <JWT>` verified exactly (HS256 signature, `iss`, `nbf`,
 //!   `exp`: codes 1001 to 1004), or the configured API key.
 //! - Long numeric string task ids; `external_task_id` unique per account.
-//! - After a create, calls back `callback_url` with Kling's flat body: `submitted`,
-//!   `processing`, then `succeed` with a video (or `failed`).
+//! - After a create, calls back the callback URL with the family's body: `submitted`,
+//!   `processing`, then `succeed` (API 2.0: `succeeded`) with the kind's outputs (or
+//!   `failed`). The synchronous `identify-face` and `tts` answer at once.
 //! - Per-task scripts ([`Script`]): refuse the create with a code, create then answer
 //!   5002, create then answer slowly; duplicate, reverse, drop or delay callbacks, or send
 //!   them before answering the create.
@@ -28,16 +36,12 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The create endpoints, as Kling names them.
-pub const CREATE_PATHS: [&str; 7] = [
-    "/v1/videos/text2video",
-    "/v1/videos/image2video",
-    "/v1/videos/multi-image2video",
-    "/v1/videos/video-extend",
-    "/v1/videos/lip-sync",
-    "/v1/videos/effects",
-    "/v1/images/generations",
-];
+use kling_webhook::kling::catalog::{CATALOG, Family, KindSpec, Output, Query};
+
+/// The kind whose create endpoint is `path`.
+fn kind_at(path: &str) -> Option<&'static KindSpec> {
+    CATALOG.iter().find(|kind| kind.create_path == path)
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -106,6 +110,8 @@ pub struct Script {
 pub struct Received {
     pub method: String,
     pub path: String,
+    /// The query string, without `?` (empty when there is none).
+    pub query: String,
     pub authorization: Option<String>,
     pub body: Value,
 }
@@ -115,7 +121,7 @@ pub struct Received {
 pub struct Task {
     pub task_id: String,
     pub external_task_id: Option<String>,
-    pub path: &'static str,
+    pub kind: &'static KindSpec,
     pub status: &'static str,
     pub callback_url: Option<String>,
     pub created_at: u64,
@@ -232,6 +238,7 @@ impl StandIn {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let method = request.method().to_string();
         let path = request.uri().path().to_string();
+        let uri_query = request.uri().query().map(str::to_string);
         let authorization = request
             .headers()
             .get("authorization")
@@ -245,29 +252,84 @@ impl StandIn {
         self.state().received.push(Received {
             method: method.clone(),
             path: path.clone(),
+            query: uri_query.clone().unwrap_or_default(),
             authorization: authorization.clone(),
             body: json.clone(),
         });
         if let Err((code, message)) = self.authenticate(authorization.as_deref()) {
             return error(401, code, message);
         }
-        if let Some(endpoint) = CREATE_PATHS.iter().find(|p| **p == path) {
+        let query = uri_query.as_deref().unwrap_or("");
+        if let Some(kind) = kind_at(&path) {
+            if kind.family == Family::Api2 && !self.is_api_key(authorization.as_deref()) {
+                return error(401, 1002, "API 2.0 takes an API key");
+            }
             return match method.as_str() {
-                "POST" => self.create(endpoint, json).await,
-                "GET" => self.list(endpoint),
+                "POST" => self.create(kind, json).await,
+                "GET" if kind.family == Family::Legacy => self.list(kind),
                 _ => error(404, 1202, "wrong method"),
             };
         }
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/tasks") => return self.query_tasks(query).await,
+            ("POST", "/v1/videos/identify-face") => return identify_face(&json),
+            ("POST", "/v1/audio/tts") => return tts(&json),
+            _ => {}
+        }
         if method == "GET"
             && let Some((endpoint, id)) = path.rsplit_once('/')
-            && CREATE_PATHS.contains(&endpoint)
+            && let Some(kind) = kind_at(endpoint).filter(|k| k.family == Family::Legacy)
         {
             if let Some(delay) = self.script_for(id).and_then(|s| s.query_delay) {
                 tokio::time::sleep(delay).await;
             }
-            return self.query(id);
+            return self.query(kind, id);
         }
         error(404, 1203, "resource does not exist")
+    }
+
+    fn is_api_key(&self, authorization: Option<&str>) -> bool {
+        let token = authorization.and_then(|a| a.strip_prefix("Bearer "));
+        token.is_some() && self.config.api_key.as_deref() == token
+    }
+
+    /// API 2.0's `GET /tasks?task_ids=a,b` or `?external_task_ids=a,b`: `data` is the
+    /// list of those it knows.
+    async fn query_tasks(&self, query: &str) -> Response<Full<Bytes>> {
+        let ids = |name: &str| -> Vec<String> {
+            query
+                .split('&')
+                .filter_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+                .flat_map(|list| list.split(','))
+                .filter(|id| !id.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let (task_ids, external_ids) = (ids("task_ids"), ids("external_task_ids"));
+        if task_ids.is_empty() == external_ids.is_empty() {
+            return error(400, 1201, "give task_ids or external_task_ids");
+        }
+        for id in task_ids.iter().chain(&external_ids) {
+            if let Some(delay) = self.script_for(id).and_then(|s| s.query_delay) {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some((http, code)) = self.script_for(id).and_then(|s| s.query_error) {
+                return error(http, code, "refused as scripted");
+            }
+        }
+        let found: Vec<Value> = self
+            .tasks()
+            .iter()
+            .filter(|t| t.kind.family == Family::Api2)
+            .filter(|t| {
+                task_ids.contains(&t.task_id)
+                    || t.external_task_id
+                        .as_ref()
+                        .is_some_and(|e| external_ids.contains(e))
+            })
+            .map(|t| task_json(t, t.status, t.updated_at))
+            .collect();
+        envelope(200, Value::Array(found))
     }
 
     /// Kling's codes: 1001 empty, 1002 invalid, 1003 not yet valid, 1004 expired.
@@ -296,12 +358,21 @@ impl StandIn {
         }
     }
 
-    async fn create(&self, endpoint: &'static str, request: Value) -> Response<Full<Bytes>> {
+    async fn create(&self, kind: &'static KindSpec, request: Value) -> Response<Full<Bytes>> {
         if !request.is_object() {
             return error(400, 1200, "invalid request parameters");
         }
-        let external_task_id = request
+        // Where the family carries kling-webhook's two fields.
+        let own = match kind.family {
+            Family::Legacy => &request,
+            Family::Api2 => &request["options"],
+        };
+        let external_task_id = own
             .get("external_task_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let callback_url = own
+            .get("callback_url")
             .and_then(Value::as_str)
             .map(str::to_string);
         let script = external_task_id
@@ -326,12 +397,9 @@ impl StandIn {
             let task = Task {
                 task_id: state.next_id.to_string(),
                 external_task_id,
-                path: endpoint,
+                kind,
                 status: "submitted",
-                callback_url: request
-                    .get("callback_url")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
+                callback_url,
                 created_at: now,
                 updated_at: now,
                 request,
@@ -346,6 +414,14 @@ impl StandIn {
             let (task_id, script_copy) = (task.task_id.clone(), script.clone());
             tokio::spawn(async move { server.run_callbacks(&task_id, &script_copy).await });
         }
+        let created = match kind.family {
+            Family::Legacy => {
+                json!({"task_id": task.task_id, "task_status": "submitted", "task_info": {"external_task_id": task.external_task_id}, "created_at": task.created_at, "updated_at": task.updated_at})
+            }
+            Family::Api2 => {
+                json!({"id": task.task_id, "status": "submitted", "external_id": task.external_task_id, "create_time": task.created_at, "update_time": task.updated_at})
+            }
+        };
         match script.create {
             CreateBehaviour::CreateThenTimeout => error(504, 5002, "internal timeout"),
             CreateBehaviour::CreateWithoutTaskId => {
@@ -353,15 +429,9 @@ impl StandIn {
             }
             CreateBehaviour::CreateThenSlow(pause) => {
                 tokio::time::sleep(pause).await;
-                envelope(
-                    200,
-                    json!({"task_id": task.task_id, "task_status": "submitted", "task_info": {"external_task_id": task.external_task_id}, "created_at": task.created_at, "updated_at": task.updated_at}),
-                )
+                envelope(200, created)
             }
-            _ => envelope(
-                200,
-                json!({"task_id": task.task_id, "task_status": "submitted", "task_info": {"external_task_id": task.external_task_id}, "created_at": task.created_at, "updated_at": task.updated_at}),
-            ),
+            _ => envelope(200, created),
         }
     }
 
@@ -429,11 +499,12 @@ impl StandIn {
         state.scripts.get(&ext).cloned()
     }
 
-    fn query(&self, id: &str) -> Response<Full<Bytes>> {
-        let task = self
-            .tasks()
-            .into_iter()
-            .find(|t| t.task_id == id || t.external_task_id.as_deref() == Some(id));
+    fn query(&self, kind: &'static KindSpec, id: &str) -> Response<Full<Bytes>> {
+        let task = self.tasks().into_iter().find(|t| {
+            t.kind == kind
+                && (t.task_id == id
+                    || (kind.query == Query::ById && t.external_task_id.as_deref() == Some(id)))
+        });
         match task {
             Some(task) => {
                 let scripted = task
@@ -449,12 +520,12 @@ impl StandIn {
         }
     }
 
-    fn list(&self, endpoint: &'static str) -> Response<Full<Bytes>> {
+    fn list(&self, kind: &'static KindSpec) -> Response<Full<Bytes>> {
         let tasks: Vec<Value> = self
             .tasks()
             .iter()
             .rev()
-            .filter(|t| t.path == endpoint)
+            .filter(|t| t.kind == kind)
             .take(500)
             .map(|t| task_json(t, t.status, t.updated_at))
             .collect();
@@ -462,34 +533,144 @@ impl StandIn {
     }
 }
 
-/// Kling's flat task object (query `data`, and the callback body).
+/// The task as Kling reports it (query `data`, and the callback body), in its family's
+/// shape: legacy flat `task_result`, or API 2.0 `outputs[]`.
 fn task_json(task: &Task, status: &str, updated_at: u64) -> Value {
-    let mut body = json!({
-        "task_id": task.task_id,
-        "task_status": status,
-        "task_status_msg": if status == "failed" { "generation failed (scripted)" } else { "" },
-        "created_at": task.created_at,
-        "updated_at": updated_at,
-        "task_info": {"external_task_id": task.external_task_id.clone().unwrap_or_default()},
-    });
-    if status == "succeed" {
-        body["final_unit_deduction"] = json!("1");
-        // Each kind's result shape (`../shared/kling-api.md`, "Result shapes").
-        body["task_result"] = if task.path == "/v1/images/generations" {
-            json!({"images": [{
-                "index": 0,
-                "url": format!("https://cdn.standin.example/{}.png", task.task_id),
-                "watermark_url": format!("https://cdn.standin.example/{}-w.png", task.task_id),
-            }]})
-        } else {
-            json!({"videos": [{
-                "id": format!("{}9", task.task_id),
-                "url": format!("https://cdn.standin.example/{}.mp4", task.task_id),
-                "duration": "5.1",
-            }]})
-        };
+    let failed_msg = if status == "failed" {
+        "generation failed (scripted)"
+    } else {
+        ""
+    };
+    match task.kind.family {
+        Family::Legacy => {
+            let mut body = json!({
+                "task_id": task.task_id,
+                "task_status": status,
+                "task_status_msg": failed_msg,
+                "created_at": task.created_at,
+                "updated_at": updated_at,
+                "task_info": {"external_task_id": task.external_task_id.clone().unwrap_or_default()},
+            });
+            if status == "succeed" {
+                body["final_unit_deduction"] = json!("1");
+                body["task_result"] = legacy_result(task);
+            }
+            body
+        }
+        Family::Api2 => {
+            let mut body = json!({
+                "id": task.task_id,
+                "status": if status == "succeed" { "succeeded" } else { status },
+                "message": failed_msg,
+                "create_time": task.created_at,
+                "update_time": updated_at,
+                "external_id": task.external_task_id,
+            });
+            if status == "succeed" {
+                body["outputs"] = json!([{
+                    "type": "video",
+                    "id": format!("{}9", task.task_id),
+                    "url": format!("https://cdn.standin.example/{}.mp4", task.task_id),
+                    "watermark_url": format!("https://cdn.standin.example/{}-w.mp4", task.task_id),
+                    "duration": 5,
+                }]);
+                body["billing"] = json!([{"type": "unit", "amount": "1"}]);
+            }
+            body
+        }
     }
-    body
+}
+
+/// Each output kind's legacy result shape (`../shared/kling-api.md`, "Result shapes").
+fn legacy_result(task: &Task) -> Value {
+    let id = &task.task_id;
+    let cdn = |suffix: &str| format!("https://cdn.standin.example/{id}{suffix}");
+    let mut result = serde_json::Map::new();
+    for output in task.kind.outputs {
+        let value = match output {
+            Output::Videos => json!([{
+                "id": format!("{id}9"),
+                "url": cdn(".mp4"),
+                "watermark_url": cdn("-w.mp4"),
+                "duration": "5.1",
+            }]),
+            // ai-multi-shot answers three views of the element.
+            Output::Images if task.kind.name == "ai-multi-shot" => json!([{
+                "index": 0,
+                "url_1": cdn("-1.png"),
+                "url_2": cdn("-2.png"),
+                "url_3": cdn("-3.png"),
+            }]),
+            Output::Images => {
+                let mut image =
+                    json!({"index": 0, "url": cdn(".png"), "watermark_url": cdn("-w.png")});
+                if task.kind.outputs.contains(&Output::SeriesImages) {
+                    image["result_type"] = json!("series");
+                }
+                json!([image])
+            }
+            Output::SeriesImages => json!([
+                {"index": 0, "url": cdn("-s0.png")},
+                {"index": 1, "url": cdn("-s1.png")},
+            ]),
+            Output::Audios => json!([{
+                "id": format!("{id}8"),
+                "url_mp3": cdn(".mp3"),
+                "url_wav": cdn(".wav"),
+                "duration_mp3": "5.0",
+                "duration_wav": "5.0",
+            }]),
+            Output::Voices => json!([{
+                "voice_id": format!("voice-{id}"),
+                "voice_name": task.request["voice_name"],
+                "trial_url": cdn("-trial.mp3"),
+                "owned_by": "me",
+            }]),
+            // A JSON number beyond 2^53, as Kling sends it.
+            Output::Elements => json!([{
+                "element_id": 829_836_802_793_406_551_u64,
+                "element_name": task.request["element_name"],
+                "element_description": task.request["element_description"],
+                "reference_type": task.request["reference_type"],
+                "status": "succeed",
+            }]),
+        };
+        result.insert(output.field().to_string(), value);
+    }
+    Value::Object(result)
+}
+
+/// `/v1/videos/identify-face`: a face-recognition session (about 24 h at Kling).
+fn identify_face(request: &Value) -> Response<Full<Bytes>> {
+    let video = request
+        .get("video_id")
+        .or_else(|| request.get("video_url"))
+        .and_then(Value::as_str);
+    match video {
+        Some(video) => envelope(
+            200,
+            json!({
+                "session_id": format!("session-{}", video.len()),
+                "final_unit_deduction": "0",
+                "face_data": [{"face_id": "0", "face_image": "https://cdn.standin.example/face.png", "start_time": 0, "end_time": 5000}],
+            }),
+        ),
+        None => error(400, 1201, "video_id or video_url is required"),
+    }
+}
+
+/// `/v1/audio/tts`: the audio at once.
+fn tts(request: &Value) -> Response<Full<Bytes>> {
+    if request.get("voice_id").and_then(Value::as_str) == Some("unknown-voice") {
+        return error(400, 1201, "voice_id is invalid");
+    }
+    match request.get("text").and_then(Value::as_str) {
+        Some(text) if text.chars().count() <= 1000 => envelope(
+            200,
+            json!({"task_id": "tts-1", "task_status": "succeed", "task_result": {"audios": [{"id": "a-1", "url": "https://cdn.standin.example/tts.mp3", "duration": "1.2"}]}}),
+        ),
+        _ => error(400, 1201, "text is required, at most 1000 characters"),
+    }
 }
 
 fn envelope(status: u16, data: Value) -> Response<Full<Bytes>> {

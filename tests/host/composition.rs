@@ -126,12 +126,12 @@ fn the_example_manifest_plugs_kling_webhook_with_everything_it_needs() {
     let root = include_str!("../../spin.toml");
     let example = include_str!("../../examples/pipeline-starter/spin.toml");
     assert!(example.contains(
-        r#""kling:video/tasks@0.1.0" = { path = "../../target/wasm32-wasip2/release/kling_webhook.wasm" }"#
+        r#""kling:video/tasks@0.2.0" = { path = "../../target/wasm32-wasip2/release/kling_webhook.wasm" }"#
     ));
     assert!(example.contains("\ndependencies_inherit_configuration = true\n"));
     let tasks_wit = include_str!("../../wit/video/tasks.wit");
     assert!(
-        tasks_wit.starts_with("package kling:video@0.1.0;")
+        tasks_wit.starts_with("package kling:video@0.2.0;")
             && tasks_wit.contains("interface tasks")
     );
     let variables: Vec<&str> = root

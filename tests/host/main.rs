@@ -7,6 +7,7 @@ mod bench;
 mod callbacks;
 mod composition;
 mod concurrency;
+mod kinds;
 mod nothing_lost;
 mod notify;
 mod on_spin;

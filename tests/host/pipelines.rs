@@ -127,6 +127,49 @@ async fn an_image_step_hands_its_image_to_image2video() {
     );
 }
 
+/// Text to audio, then a talking avatar of that audio, then an extension of the avatar's
+/// video, then a lip-sync of the extended video to step 0's audio: each step takes its
+/// kind's default input from the previous one, and the last also reads step 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audio_becomes_a_talking_avatar_that_is_extended_and_lip_synced() {
+    let d = deploy().await;
+    let body = json!({"id": "talk", "steps": [
+        {"kind": "text-to-audio", "request": {"prompt": "a warm hello", "duration": 5}},
+        {"kind": "avatar", "request": {"image": "https://img.example/face.png"}},
+        {"kind": "video-extend", "request": {"prompt": "she waves"}},
+        {"kind": "lip-sync", "request": {"input": {"mode": "audio2video", "audio_type": "url"}},
+         "inputs": {"input.video_id": "videos.0.id", "input.audio_url": "steps.0.audios.0.url_mp3"}},
+    ]});
+    create(&d.app, &body).await.expect_json(202);
+    let done = wait_until_finished(&d.app, "talk").await;
+    assert_eq!(done["status"], "succeed", "{done}");
+
+    let audio_task = &d.standin.tasks_with_external_id("talk-0")[0].task_id;
+    let audio_mp3 = format!("https://cdn.standin.example/{audio_task}.mp3");
+    assert_eq!(done["steps"][0]["task"]["audios"][0]["url_mp3"], audio_mp3);
+    let avatar = request_of(&d.standin, "talk-1");
+    assert_eq!(avatar["sound_file"], audio_mp3);
+    assert_eq!(avatar["image"], "https://img.example/face.png");
+    assert!(avatar.get("audio_id").is_none());
+    assert_eq!(
+        request_of(&d.standin, "talk-2")["video_id"],
+        video_id(&d.standin, "talk-1")
+    );
+    let lip_sync = request_of(&d.standin, "talk-3");
+    assert_eq!(
+        lip_sync["input"]["video_id"],
+        video_id(&d.standin, "talk-2")
+    );
+    assert_eq!(
+        lip_sync["input"]["audio_url"], audio_mp3,
+        "step 0's, not the previous step's"
+    );
+    assert_eq!(
+        done["outputs"]["videos"][0]["id"],
+        video_id(&d.standin, "talk-3")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_middle_step_fails_the_pipeline_and_nothing_after_it_starts() {
     let d = deploy().await;

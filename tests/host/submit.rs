@@ -1,5 +1,5 @@
 //! Submitting end to end: the component (served over loopback HTTP) calls the Kling
-//! stand-in, which calls the component back.
+//! stand-in, which calls the component back. (Each kind's own test is in `kinds.rs`.)
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,80 +13,6 @@ use crate::support::deployment::{
 };
 use crate::support::kv::KvStore;
 use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task, request};
-
-const KINDS: [&str; 7] = [
-    "text2video",
-    "image2video",
-    "multi-image2video",
-    "video-extend",
-    "lip-sync",
-    "effects",
-    "image-generation",
-];
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_kind_is_submitted_called_back_and_ends_with_its_result() {
-    let d = deploy().await;
-    for kind in KINDS {
-        let reply = d.submit(kind, valid_body(kind)).await;
-        assert_eq!(
-            reply.status,
-            202,
-            "{kind}: {:?}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        let record = reply.json();
-        assert_eq!(record["kind"], kind);
-        assert!(
-            matches!(
-                record["status"].as_str(),
-                Some("submitted" | "processing" | "succeed")
-            ),
-            "{record}"
-        );
-        let task_id = record["task_id"].as_str().unwrap().to_string();
-        let external_task_id = record["external_task_id"].as_str().unwrap().to_string();
-        assert_eq!(external_task_id.len(), 22, "128 random bits, base64url");
-        assert!(
-            record.get("callback_url").is_none(),
-            "the signed URL is never echoed"
-        );
-
-        let done = d.wait_for(&task_id, "succeed").await;
-        assert_eq!(done["external_task_id"], external_task_id.as_str());
-        assert_eq!(done["kind"], kind);
-        let (outputs, extension) = if kind == "image-generation" {
-            ("images", "png")
-        } else {
-            ("videos", "mp4")
-        };
-        assert_eq!(
-            done[outputs][0]["url"],
-            format!("https://cdn.standin.example/{task_id}.{extension}")
-        );
-        assert_eq!(d.standin.tasks_with_external_id(&external_task_id).len(), 1);
-
-        // What reached Kling: the body unchanged but for our two fields.
-        let sent = d.standin.tasks_with_external_id(&external_task_id)[0]
-            .request
-            .clone();
-        for (field, value) in valid_body(kind).as_object().unwrap() {
-            assert_eq!(&sent[field], value, "{kind}.{field}");
-        }
-        let callback_url = sent["callback_url"].as_str().unwrap();
-        assert!(
-            callback_url.contains(&format!("/callbacks/kling/{external_task_id}?sig=")),
-            "{callback_url}"
-        );
-    }
-    // Every callback the stand-in sent was acknowledged.
-    assert!(
-        d.standin
-            .deliveries()
-            .iter()
-            .all(|delivery| delivery.answered == Some(200))
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jwt_the_component_sends_verifies_with_a_standard_library() {
@@ -361,9 +287,18 @@ async fn submitting_needs_the_bearer_a_known_kind_and_configuration() {
         .body(Bytes::from(valid_body("text2video").to_string()))
         .unwrap();
     assert_eq!(d.app.send(no_token).await.error_code(), "unauthorized");
-    let unknown = d.submit("omni-video", json!({"prompt": "p"})).await;
-    unknown.expect_error(405, "unknown_kind", "");
+    let unknown = d.submit("omni-hologram", json!({"prompt": "p"})).await;
+    let error = unknown.expect_error(405, "unknown_kind", "");
+    assert!(
+        error["message"].as_str().unwrap().contains("GET /kinds"),
+        "{error}"
+    );
     assert_eq!(unknown.headers["allow"], "GET");
+    // An API 2.0 path with a model Kling does not have is no route at all.
+    let no_model = d
+        .submit("text-to-video/kling-9.9", json!({"prompt": "p"}))
+        .await;
+    no_model.expect_error(404, "not_found", "");
 
     let unconfigured = kling_app_with(
         &[

@@ -19,12 +19,12 @@ mod bindings {
 }
 
 use bindings::KlingVideoPre;
-use bindings::kling::video::types::{Error, TaskKind, TaskStatus};
+use bindings::kling::video::types::{Error, Output, TaskStatus};
 
 async fn instance(app: &SpinApp) -> (Store<HostState>, bindings::KlingVideo) {
     let mut store = app.new_store();
     let pre = KlingVideoPre::new(app.instance_pre().clone())
-        .expect("the component exports kling:video/tasks@0.1.0");
+        .expect("the component exports kling:video/tasks@0.2.0");
     let instance = pre
         .instantiate_async(&mut store)
         .await
@@ -46,11 +46,42 @@ async fn parse_reads_every_shape_without_touching_the_store() {
     assert_eq!(event.task_id, "867283741759111202");
     assert_eq!(event.status, TaskStatus::Succeed);
     assert_eq!(event.external_task_id.as_deref(), Some("job-w"));
-    assert_eq!(event.videos[0].duration.as_deref(), Some("5.1"));
+    assert!(
+        matches!(&event.outputs[..], [Output::Video(v)] if v.duration.as_deref() == Some("5.1")),
+        "{:?}",
+        event.outputs
+    );
+    assert!(
+        event
+            .kling_result_json
+            .is_some_and(|json| json.contains("5.1"))
+    );
 
-    let newer = br#"{"id":"1","status":"succeeded","outputs":[{"type":"video","url":"u"}]}"#;
+    // API 2.0, every output type, in the record's order; billing kept verbatim.
+    let newer = br#"{"id":"1","status":"succeeded","outputs":[
+        {"type":"audio","id":"a","mp3_url":"https://a.mp3","wav_url":"https://a.wav"},
+        {"type":"video","url":"u"},{"type":"image","url":"i","group_id":"g"},
+        {"type":"voice","voice_id":"vo"},{"type":"element","element_id":829836802793406551}],
+        "billing":[{"amount":1}]}"#;
     let event = tasks.call_parse(&mut store, newer).await.unwrap().unwrap();
-    assert_eq!((event.status, event.videos.len()), (TaskStatus::Succeed, 1));
+    assert_eq!(event.status, TaskStatus::Succeed);
+    match &event.outputs[..] {
+        [
+            Output::Video(video),
+            Output::Image(image),
+            Output::Audio(audio),
+            Output::Voice(voice),
+            Output::Element(element),
+        ] => {
+            assert_eq!(video.url.as_deref(), Some("u"));
+            assert_eq!(image.group_id.as_deref(), Some("g"));
+            assert_eq!(audio.url_wav.as_deref(), Some("https://a.wav"));
+            assert_eq!(voice.voice_id.as_deref(), Some("vo"));
+            assert_eq!(element.element_id.as_deref(), Some("829836802793406551"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(event.billing_json.as_deref(), Some(r#"[{"amount":1}]"#));
 
     let bad = tasks.call_parse(&mut store, b"{not json").await.unwrap();
     assert!(matches!(bad, Err(Error::InvalidPayload(_))), "{bad:?}");
@@ -91,14 +122,14 @@ async fn get_serves_tasks_by_either_id() {
 
 async fn submit(
     d: &Deployment,
-    kind: TaskKind,
+    kind: &str,
     json: &str,
     ext: Option<&str>,
 ) -> Result<bindings::kling::video::types::Task, Error> {
     let (mut store, video) = instance(&d.app).await;
     video
         .kling_video_tasks()
-        .call_submit(&mut store, kind, json, ext)
+        .call_submit(&mut store, &kind.to_string(), json, ext)
         .await
         .unwrap()
 }
@@ -108,7 +139,7 @@ async fn submit_behaves_like_the_http_route() {
     let d = deploy().await;
     let task = submit(
         &d,
-        TaskKind::Text2video,
+        "text2video",
         &valid_body("text2video").to_string(),
         Some("job-wit"),
     )
@@ -116,12 +147,12 @@ async fn submit_behaves_like_the_http_route() {
     .unwrap();
     assert_eq!(
         (task.status, task.kind),
-        (TaskStatus::Submitted, Some(TaskKind::Text2video))
+        (TaskStatus::Submitted, Some("text2video".to_string()))
     );
     assert_eq!(task.external_task_id.as_deref(), Some("job-wit"));
     let again = submit(
         &d,
-        TaskKind::Text2video,
+        "text2video",
         &valid_body("text2video").to_string(),
         Some("job-wit"),
     )
@@ -135,17 +166,27 @@ async fn submit_behaves_like_the_http_route() {
     );
     d.wait_for("job-wit", "succeed").await;
 
-    let invalid = submit(
-        &d,
-        TaskKind::Text2video,
-        r#"{"prompt":"p","duration":5}"#,
-        None,
-    )
-    .await;
+    let invalid = submit(&d, "text2video", r#"{"prompt":"p","duration":5}"#, None).await;
     assert!(
         matches!(&invalid, Err(Error::InvalidRequest(m)) if m.contains("duration")),
         "{invalid:?}"
     );
+    // The kind is a string of the catalog: a new kind needs no WIT change, a wrong one
+    // is refused before anything is stored.
+    let unknown = submit(&d, "text2hologram", r#"{"prompt":"p"}"#, Some("job-holo")).await;
+    assert!(
+        matches!(&unknown, Err(Error::InvalidRequest(m)) if m.contains("text2hologram")),
+        "{unknown:?}"
+    );
+    assert!(d.app.kv.json("task:job-holo").is_none());
+    let (mut store, video) = instance(&d.app).await;
+    let kinds = video
+        .kling_video_tasks()
+        .call_kinds(&mut store)
+        .await
+        .unwrap();
+    assert!(kinds.len() > 20, "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "text-to-video/kling-3.0"));
 
     match refused_submit(&d, "job-busy-wit", 429, 1303).await {
         Err(Error::RateLimited((kling, retry_after))) => {
@@ -177,7 +218,7 @@ async fn refused_submit(
     );
     submit(
         d,
-        TaskKind::Text2video,
+        "text2video",
         &valid_body("text2video").to_string(),
         Some(ext),
     )
@@ -190,12 +231,12 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
     let d = deploy().await;
     let steps = [
         PipelineStep {
-            kind: TaskKind::Text2video,
+            kind: "text2video".into(),
             request_json: r#"{"prompt":"a fox"}"#.into(),
             inputs: None,
         },
         PipelineStep {
-            kind: TaskKind::LipSync,
+            kind: "lip-sync".into(),
             request_json: r#"{"input":{"mode":"audio2video","audio_type":"url","audio_url":"https://a.example/hi.mp3"}}"#.into(),
             inputs: Some(vec![StepInput {
                 target: "input.video_url".into(),
@@ -235,13 +276,13 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
     assert_eq!(done.status, PipelineStatus::Succeed, "{done:?}");
     let first = done.tasks[0].as_ref().unwrap();
     let lip_sync = &d.standin.tasks_with_external_id("wit-p-1")[0].request;
-    assert_eq!(
-        lip_sync["input"]["video_url"],
-        first.videos[0].url.clone().unwrap()
-    );
+    let Some(Output::Video(video)) = first.outputs.first() else {
+        panic!("{first:?}")
+    };
+    assert_eq!(lip_sync["input"]["video_url"], video.url.clone().unwrap());
 
     let not_an_object = [PipelineStep {
-        kind: TaskKind::Text2video,
+        kind: "text2video".into(),
         request_json: "[1]".into(),
         inputs: None,
     }];

@@ -23,7 +23,7 @@ mod bindings {
 
 use bindings::kling::video::tasks;
 use bindings::kling::video::types::{
-    Error, Pipeline, PipelineStatus, PipelineStep, Task, TaskKind, TaskStatus,
+    Error, Output, Pipeline, PipelineStatus, PipelineStep, Task, TaskStatus,
 };
 use serde_json::{Value, json};
 use spin_sdk::http::{Method, Request, Response};
@@ -83,7 +83,7 @@ fn start_video(body: &[u8]) -> Response {
         return reply(400, json!({"error": "send {\"prompt\": \"...\"}"}));
     };
     let request = json!({ "prompt": prompt, "duration": "5" }).to_string();
-    match tasks::submit(TaskKind::Text2video, &request, None) {
+    match tasks::submit("text2video", &request, None) {
         Ok(task) => reply(202, task_json(&task)),
         Err(error) => error_reply(error),
     }
@@ -107,13 +107,13 @@ fn start_promo(body: &[u8]) -> Response {
     let id = prompt(body, "id");
     let steps = [
         PipelineStep {
-            kind: TaskKind::Text2video,
+            kind: "text2video".into(),
             request_json: json!({ "prompt": first }).to_string(),
             inputs: None,
         },
         // No inputs given: video-extend takes the previous video's id as `video_id`.
         PipelineStep {
-            kind: TaskKind::VideoExtend,
+            kind: "video-extend".into(),
             request_json: json!({ "prompt": then }).to_string(),
             inputs: None,
         },
@@ -144,11 +144,16 @@ fn task_json(task: &Task) -> Value {
         TaskStatus::Processing => "processing",
         TaskStatus::Succeed => "succeed",
         TaskStatus::Failed => "failed",
+        TaskStatus::Lost => "lost",
     };
+    let video_url = task.outputs.iter().find_map(|output| match output {
+        Output::Video(video) => video.url.clone(),
+        _ => None,
+    });
     json!({
         "id": task.external_task_id,
         "status": status,
-        "video_url": task.videos.first().and_then(|v| v.url.clone()),
+        "video_url": video_url,
     })
 }
 

@@ -17,13 +17,13 @@ use serde_json::{Value, json};
 
 use super::spin_host::Reply;
 
+#[path = "../../../build/merge_openapi.rs"]
+mod merge_openapi;
+
+/// The document as the component serves it: `openapi.json` with `openapi.kinds.json`.
 pub fn document() -> &'static Value {
     static DOCUMENT: OnceLock<Value> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        let path = super::real_spin::workspace().join("openapi.json");
-        let text = std::fs::read_to_string(&path).expect("openapi.json");
-        serde_json::from_str(&text).expect("openapi.json is JSON")
-    })
+    DOCUMENT.get_or_init(|| merge_openapi::document(super::real_spin::workspace()))
 }
 
 /// A validator for the schema at `pointer` in the document (its `$ref`s resolve

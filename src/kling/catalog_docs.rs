@@ -1,0 +1,355 @@
+//! The documents generated from the [catalog](super::catalog): the README's kinds table
+//! and `openapi.kinds.json` (the submit routes and request schemas that `build.rs` merges
+//! into `openapi.json`). The tests here fail when either drifts from the catalog; run
+//! them with `KLING_WEBHOOK_BLESS=1` to rewrite both.
+
+use serde_json::{Map, Value, json};
+
+use super::catalog::{CATALOG, Family, KindSpec, Query, Rule};
+use super::request::own_fields;
+
+const README: &str = "README.md";
+const OPENAPI_KINDS: &str = "openapi.kinds.json";
+const TABLE_START: &str = "<!-- kinds table: generated from src/kling/catalog.rs -->\n";
+const TABLE_END: &str = "<!-- end of kinds table -->";
+
+/// The kinds as a Markdown table.
+pub fn markdown_table() -> String {
+    let mut table = String::from(
+        "| kind | family | Kling create path | Kling query | result |\n|---|---|---|---|---|\n",
+    );
+    for kind in CATALOG {
+        let family = match kind.family {
+            Family::Legacy => "legacy",
+            Family::Api2 => "API 2.0",
+        };
+        let query = match kind.query {
+            Query::ById => format!("`{}/{{id}}`", kind.create_path),
+            Query::ByTaskIdOnly => format!("`{}/{{task_id}}` (task id only)", kind.create_path),
+            Query::Tasks => "`/tasks?task_ids=` or `?external_task_ids=`".to_string(),
+        };
+        let outputs: Vec<&str> = kind.outputs.iter().map(|o| o.field()).collect();
+        table.push_str(&format!(
+            "| `{}` | {family} | `{}` | {query} | {} |\n",
+            kind.name,
+            kind.create_path,
+            outputs.join(", ")
+        ));
+    }
+    table
+}
+
+/// A component schema name for a kind's request (`/` is not allowed in one).
+fn schema_name(kind: &KindSpec) -> String {
+    format!("Request.{}", kind.name.replace('/', "."))
+}
+
+fn operation_id(kind: &KindSpec) -> String {
+    let name: String = kind
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("submit_{name}")
+}
+
+/// A non-blank value, as [`Rule::Required`] reads one (the `Given` schema).
+fn given() -> Value {
+    json!({"$ref": "#/components/schemas/Given"})
+}
+
+/// `{properties: {a: {properties: {b: leaf}}}}` for the dot path `a.b`, each level
+/// requiring the next when `required`.
+fn at(path: &str, leaf: Value, required: bool) -> Value {
+    path.rsplit('.').fold(leaf, |inner, segment| {
+        let mut schema = json!({ "properties": { segment: inner } });
+        if required {
+            schema["required"] = json!([segment]);
+        }
+        schema
+    })
+}
+
+fn nonblank_string() -> Value {
+    json!({"type": "string", "pattern": "\\S"})
+}
+
+fn no_data_uri() -> Value {
+    json!({"type": "string", "not": {"pattern": "^data:"}})
+}
+
+/// One rule as JSON Schema; together (`allOf`) they accept what [`validate`] accepts.
+///
+/// [`validate`]: super::request::validate
+fn rule_schema(rule: &Rule) -> Value {
+    match *rule {
+        Rule::Required(field) => at(field, given(), true),
+        Rule::RequiredUnless(field, flag) => json!({"anyOf": [
+            at(field, given(), true),
+            at(flag, json!({"const": true}), true),
+        ]}),
+        Rule::AnyOf(fields) => json!({
+            "anyOf": fields.iter().map(|f| at(f, given(), true)).collect::<Vec<_>>()
+        }),
+        Rule::ExactlyOne(a, b) => json!({"oneOf": [at(a, given(), true), at(b, given(), true)]}),
+        Rule::NotBoth(a, b) => {
+            json!({"not": {"allOf": [at(a, given(), true), at(b, given(), true)]}})
+        }
+        Rule::Text(field, max) => at(field, json!({"type": "string", "maxLength": max}), false),
+        Rule::OneOf(field, values) => at(field, json!({"enum": values}), false),
+        Rule::Number(field, min, max) => at(
+            field,
+            json!({"type": "number", "minimum": min, "maximum": max}),
+            false,
+        ),
+        Rule::Integer(field, min, max) => at(
+            field,
+            json!({"type": "integer", "minimum": min, "maximum": max}),
+            false,
+        ),
+        Rule::StringValued(field) => at(field, json!({"type": "string"}), false),
+        Rule::Object(field) => at(field, json!({"type": "object"}), false),
+        Rule::List(field, min, max) => at(
+            field,
+            json!({"type": "array", "minItems": min, "maxItems": max}),
+            false,
+        ),
+        Rule::ListOf(field, min, max, item) => {
+            let value = if item.contains("image") {
+                json!({"allOf": [nonblank_string(), no_data_uri()]})
+            } else {
+                nonblank_string()
+            };
+            at(
+                field,
+                json!({"type": "array", "minItems": min, "maxItems": max, "items": {
+                    "type": "object", "required": [item], "properties": { item: value }
+                }}),
+                false,
+            )
+        }
+        Rule::Image(field) => at(field, no_data_uri(), false),
+    }
+}
+
+fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::Legacy => "legacy",
+        Family::Api2 => "api2",
+    }
+}
+
+/// What no request of the family may carry: the fields kling-webhook sets (in a
+/// pipeline step, the external id too).
+fn own_fields_schema(family: Family, in_step: bool) -> Value {
+    let (callback, external) = own_fields(family);
+    let mut set_by_us = vec![at("callback_url", json!(true), true)];
+    if callback != "callback_url" {
+        set_by_us.push(at(callback, json!(true), true));
+    }
+    if in_step {
+        set_by_us.push(at(external, json!(true), true));
+    }
+    json!({"not": {"anyOf": set_by_us}})
+}
+
+fn own_fields_ref(family: Family, in_step: bool) -> Value {
+    let place = if in_step { "Step" } else { "Submit" };
+    json!({"$ref": format!("#/components/schemas/SetByUs.{place}.{}", family_name(family))})
+}
+
+fn request_schema(kind: &KindSpec) -> Value {
+    let (_, external) = own_fields(kind.family);
+    let mut all = vec![json!({"$ref": format!(
+        "#/components/schemas/Submit.{}",
+        family_name(kind.family)
+    )})];
+    all.extend(kind.rules.iter().copied().flatten().map(rule_schema));
+    let outputs: Vec<&str> = kind.outputs.iter().map(|o| o.field()).collect();
+    json!({
+        "title": kind.name,
+        "description": format!(
+            "Kling's own request for `POST {}`, passed on with `{}` and `{}` set by kling-webhook. Its result carries {}.",
+            kind.create_path,
+            own_fields(kind.family).0,
+            external,
+            outputs.join(", ")
+        ),
+        "allOf": all,
+    })
+}
+
+fn path_item(kind: &KindSpec) -> Value {
+    let example: Value = serde_json::from_str(kind.example).expect("the catalog's example is JSON");
+    let responses: Map<String, Value> = [
+        ("200", "Submit200"),
+        ("202", "Submit202"),
+        ("400", "Submit400"),
+        ("401", "Unauthorized"),
+        ("402", "Submit402"),
+        ("413", "Submit413"),
+        ("422", "Submit422"),
+        ("429", "Submit429"),
+        ("500", "Submit500"),
+        ("502", "Submit502"),
+        ("503", "Submit503"),
+    ]
+    .into_iter()
+    .map(|(status, name)| {
+        (
+            status.to_string(),
+            json!({"$ref": format!("#/components/responses/{name}")}),
+        )
+    })
+    .collect();
+    json!({"post": {
+        "operationId": operation_id(kind),
+        "tags": ["tasks"],
+        "security": [{"bearer": []}],
+        "summary": format!("Submit to Kling's POST {}", kind.create_path),
+        "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+        "requestBody": {"required": true, "content": {"application/json": {
+            "schema": {"$ref": format!("#/components/schemas/{}", schema_name(kind))},
+            "example": example,
+        }}},
+        "responses": responses,
+    }})
+}
+
+/// `openapi.kinds.json`: everything in the API document that the catalog decides.
+pub fn openapi_kinds() -> Value {
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    let mut first_steps = Vec::new();
+    for kind in CATALOG {
+        paths.insert(format!("/tasks/{}", kind.name), path_item(kind));
+        schemas.insert(schema_name(kind), request_schema(kind));
+        first_steps.push(json!({"properties": {
+            "kind": {"const": kind.name},
+            "request": {"allOf": [
+                {"$ref": format!("#/components/schemas/{}", schema_name(kind))},
+                own_fields_ref(kind.family, true),
+            ]},
+        }}));
+    }
+    for family in [Family::Legacy, Family::Api2] {
+        let name = family_name(family);
+        let (_, external) = own_fields(family);
+        let mut submit = vec![
+            json!({"type": "object"}),
+            own_fields_ref(family, false),
+            at(
+                external,
+                json!({"$ref": "#/components/schemas/ExternalTaskId"}),
+                false,
+            ),
+        ];
+        if family == Family::Api2 {
+            // `options` holds `callback_url` and `external_task_id`: an object, or left out.
+            submit.push(at("options", json!({"type": ["object", "null"]}), false));
+        }
+        schemas.insert(format!("Submit.{name}"), json!({"allOf": submit}));
+        schemas.insert(
+            format!("SetByUs.Submit.{name}"),
+            own_fields_schema(family, false),
+        );
+        schemas.insert(
+            format!("SetByUs.Step.{name}"),
+            own_fields_schema(family, true),
+        );
+    }
+    schemas.insert(
+        "Given".into(),
+        json!({"not": {"type": "null"}, "pattern": "\\S", "minItems": 1}),
+    );
+    let names: Vec<&str> = CATALOG.iter().map(|k| k.name).collect();
+    let mut reserved: Vec<&str> = names.iter().copied().filter(|n| !n.contains('/')).collect();
+    reserved.push("reconcile");
+    schemas.insert(
+        "KindName".into(),
+        json!({"type": "string", "enum": names, "description": "A kind of `GET /kinds`."}),
+    );
+    schemas.insert(
+        "ExternalTaskId".into(),
+        json!({
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_-]{1,64}$",
+            "not": {"enum": reserved},
+            "description": "1 to 64 of `[A-Za-z0-9_-]`, and not a kind's name or `reconcile` (those are routes of their own under `/tasks/`).",
+        }),
+    );
+    schemas.insert(
+        "FirstPipelineStepRequest".into(),
+        json!({
+            "description": "The first step: its request is checked exactly as a submit of its kind; it has no `inputs` (there is no earlier step).",
+            "type": "object",
+            "required": ["kind", "request"],
+            "additionalProperties": false,
+            "properties": {"kind": {"$ref": "#/components/schemas/KindName"}, "request": true},
+            "oneOf": first_steps,
+        }),
+    );
+    json!({
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "parameters": {"IdempotencyKey": {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": false,
+                "description": "The task's `external_task_id` if the body names none (must equal the body's if both are given).",
+                "schema": {"$ref": "#/components/schemas/ExternalTaskId"},
+            }},
+        },
+    })
+}
+
+fn workspace_file(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+fn bless() -> bool {
+    std::env::var_os("KLING_WEBHOOK_BLESS").is_some()
+}
+
+#[test]
+fn the_readme_kinds_table_is_the_catalog() {
+    let readme = std::fs::read_to_string(workspace_file(README)).unwrap();
+    let start = readme
+        .find(TABLE_START)
+        .expect("the README marks its kinds table")
+        + TABLE_START.len();
+    let end = start
+        + readme[start..]
+            .find(TABLE_END)
+            .expect("the table's end marker");
+    let table = markdown_table();
+    if readme[start..end] != table && bless() {
+        let updated = format!("{}{table}{}", &readme[..start], &readme[end..]);
+        std::fs::write(workspace_file(README), updated).unwrap();
+        return;
+    }
+    assert_eq!(
+        readme[start..end],
+        table,
+        "the README's kinds table differs from the catalog: run with KLING_WEBHOOK_BLESS=1"
+    );
+}
+
+#[test]
+fn openapi_kinds_json_is_the_catalog() {
+    let expected = openapi_kinds();
+    let path = workspace_file(OPENAPI_KINDS);
+    let stored: Option<Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    if stored.as_ref() != Some(&expected) && bless() {
+        let text = serde_json::to_string_pretty(&expected).unwrap() + "\n";
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    assert!(
+        stored.as_ref() == Some(&expected),
+        "{OPENAPI_KINDS} differs from the catalog: run with KLING_WEBHOOK_BLESS=1"
+    );
+}
