@@ -19,14 +19,27 @@ use crate::support::requests::{
     API_TOKEN, CALLBACK_SECRET, authorized, callback, callback_with_sig, flat, get_task, request,
 };
 
-/// The kinds the scenario submits, each under its own `Idempotency-Key`.
-const KINDS: [&str; 5] = [
+/// The kinds the scenario submits, each under its own `Idempotency-Key`: both API
+/// families, and outputs of each shape (an element's id is beyond 2^53).
+const KINDS: [&str; 8] = [
     "text2video",
     "image2video",
     "lip-sync",
     "effects",
     "image-generation",
+    "text-to-audio",
+    "advanced-custom-elements",
+    "text-to-video/kling-3.0-turbo",
 ];
+
+/// The external id the scenario gives a kind's task.
+fn ext_of(kind: &str) -> String {
+    let kind: String = kind
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("e2e-{kind}")
+}
 
 async fn standin() -> StandIn {
     StandIn::start(Config::default(), ([127, 0, 0, 1], 0).into())
@@ -110,7 +123,7 @@ async fn scenario(apps: &[SpinInstance], standin: &StandIn, receiver: &Receiver)
 
     // Submit several kinds; Kling calls back the instance that submitted.
     for (n, kind) in KINDS.iter().enumerate() {
-        let ext = format!("e2e-{kind}");
+        let ext = ext_of(kind);
         if *kind == "text2video" {
             // Every callback twice, the last status first.
             standin.script(
@@ -129,7 +142,7 @@ async fn scenario(apps: &[SpinInstance], standin: &StandIn, receiver: &Receiver)
         assert_eq!(submitted["external_task_id"], ext.as_str());
     }
     for (n, kind) in KINDS.iter().enumerate() {
-        let ext = format!("e2e-{kind}");
+        let ext = ext_of(kind);
         // Every callback answered 200 before anything reads the task, so what it shows
         // came by callback, not from a read-repair poll.
         let task_id = kling_task_id(standin, &ext);
@@ -142,13 +155,20 @@ async fn scenario(apps: &[SpinInstance], standin: &StandIn, receiver: &Receiver)
             "{done}"
         );
         assert_eq!(done["task_id"], task_id.as_str());
-        let media = if *kind == "image-generation" {
-            &done["images"][0]["url"]
-        } else {
-            &done["videos"][0]["url"]
+        // Each kind's first output, stored through Spin's own store.
+        let (output, expected) = match *kind {
+            "image-generation" => (&done["images"][0]["url"], format!("{task_id}.png")),
+            "text-to-audio" => (&done["audios"][0]["url_mp3"], format!("{task_id}.mp3")),
+            "advanced-custom-elements" => (
+                &done["elements"][0]["element_id"],
+                "829836802793406551".to_string(),
+            ),
+            _ => (&done["videos"][0]["url"], format!("{task_id}.mp4")),
         };
         assert!(
-            media.as_str().is_some_and(|url| url.contains(&task_id)),
+            output
+                .as_str()
+                .is_some_and(|text| text.ends_with(&expected)),
             "{kind}: {done}"
         );
     }
@@ -219,7 +239,7 @@ async fn scenario(apps: &[SpinInstance], standin: &StandIn, receiver: &Receiver)
         .filter_map(|t| t["external_task_id"].as_str())
         .collect();
     for kind in KINDS {
-        assert!(listed.contains(&format!("e2e-{kind}").as_str()), "{page}");
+        assert!(listed.contains(&ext_of(kind).as_str()), "{page}");
     }
 
     // Reconcile: Kling never calls back; a run on the other instance finds the result.
@@ -310,8 +330,8 @@ async fn scenario(apps: &[SpinInstance], standin: &StandIn, receiver: &Receiver)
                 && m.body["data"]["status"] == "succeed"
         });
         let tasks_done = KINDS
-            .iter()
-            .map(|kind| format!("e2e-{kind}"))
+            .into_iter()
+            .map(ext_of)
             .chain([silent.to_string()])
             .all(|ext| final_of(&ext));
         if tasks_done && pipeline_done {

@@ -203,6 +203,13 @@ pub fn valid_body(kind: &str) -> Value {
             json!({"effect_scene": "hug", "input": {"model_name": "kling-v1-6", "images": ["https://a", "https://b"]}})
         }
         "image-generation" => json!({"prompt": "a fox", "n": 1}),
+        "text-to-audio" => json!({"prompt": "foxes calling at dusk", "duration": 5}),
+        "advanced-custom-elements" => {
+            json!({"element_name": "fox", "element_description": "a red fox", "reference_type": "image_refer", "element_image_list": {"frontal_image": "https://img.example/fox.png"}})
+        }
+        "text-to-video/kling-3.0-turbo" => {
+            json!({"prompt": "a fox in snow", "settings": {"duration": 5, "resolution": "1080p"}})
+        }
         other => panic!("{other}"),
     }
 }
