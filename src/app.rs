@@ -233,10 +233,10 @@ struct LazyKling<'a> {
 }
 
 impl KlingLookup for LazyKling<'_> {
-    fn find(&self, kind: TaskKind, external_task_id: &str) -> Result<Option<Found>, CallbackError> {
+    fn find(&self, kind: TaskKind, id: TaskRef<'_>) -> Result<Option<Found>, CallbackError> {
         let config = KlingConfig::load(self.env.vars)?;
         KlingClient::new(&config, self.env.http, self.env.now_ms / 1000)
-            .find(kind, TaskRef::External(external_task_id))
+            .find(kind, id)
             .map_err(CallbackError::Verification)
     }
 }

@@ -52,7 +52,7 @@ pub enum Route<'a> {
     Submit {
         kind: TaskKind,
     },
-    /// `GET /tasks/{id}` (Kling `task_id` or `external_task_id`); `POST` answers 404
+    /// `GET /tasks/{id}` (Kling `task_id` or `external_task_id`); `POST` answers 405
     /// `unknown_kind`, as the segment is not a kind.
     Task {
         id: &'a str,

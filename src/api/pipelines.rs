@@ -1,6 +1,9 @@
 //! `POST /pipelines` (create and submit step 0) and `GET /pipelines/{id}`. Moving a
 //! pipeline on is [`crate::pipeline::advance`].
 
+use crate::api::submit::SubmitError;
+use crate::kling::catalog::TaskKind;
+use crate::kling::client::KlingClient;
 pub use crate::pipeline::advance::{PipelineError, Submitter};
 use crate::pipeline::advance::{StepError, submit_step};
 use crate::pipeline::progress::{self, PipelineView};
@@ -29,6 +32,17 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     let id = choose_id(new.id.as_deref(), new.idempotency_key, submitter.new_id)
         .ok_or(SpecError::IdempotencyKeyMismatch)?;
     let mut spec = build(id, new.steps, submitter.clock.now_ms())?;
+    // A later API 2.0 step this deployment cannot submit must not fail the pipeline after
+    // earlier steps have cost Kling credits: say so now.
+    let kling = KlingClient::new(&submitter.config.kling, submitter.transport, 0);
+    for (step, spec_step) in spec.steps.iter().enumerate() {
+        if let Some(kind) = TaskKind::from_name(&spec_step.kind) {
+            kling.check_auth(kind).map_err(|e| PipelineError::Step {
+                step,
+                error: SubmitError::Kling(e),
+            })?;
+        }
+    }
     let store = PipelineStore::new(submitter.kv);
     if let Some(view) = store.view(&spec.id)? {
         return Ok(Created {

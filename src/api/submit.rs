@@ -75,6 +75,7 @@ pub fn submit(
 ) -> Result<Submitted, SubmitError> {
     let now_ms = clock.now_ms();
     let mut body = validate(request.kind, request.body)?;
+    KlingClient::new(&config.kling, transport, now_ms / 1000).check_auth(request.kind)?;
     let (callback_field, external_field) = own_fields(request.kind.family());
     let external_task_id = choose_external_task_id(
         lookup(&body, external_field),
@@ -212,11 +213,38 @@ fn body_digest(kind: TaskKind, body: &Map<String, Value>) -> String {
     if let Some(Value::Object(options)) = request.get_mut("options") {
         options.remove("external_task_id");
     }
+    // API 2.0: `options` holding nothing else is the same request as no `options`.
+    if request
+        .get("options")
+        .is_some_and(|o| o.is_null() || o.as_object().is_some_and(Map::is_empty))
+    {
+        request.remove("options");
+    }
     let bytes = serde_json::to_vec(&(kind.name(), request)).unwrap_or_default();
     Sha256::digest(bytes)[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+#[test]
+fn an_api_2_request_is_the_same_with_or_without_its_id_in_options() {
+    use serde_json::json;
+    let kind = TaskKind::from_name("text-to-video/kling-3.0").unwrap();
+    let digest = |body: Value| body_digest(kind, body.as_object().unwrap());
+    let plain = digest(json!({"prompt": "p"}));
+    assert_eq!(
+        digest(json!({"prompt": "p", "options": {"external_task_id": "job-1"}})),
+        plain
+    );
+    assert_eq!(digest(json!({"prompt": "p", "options": null})), plain);
+    assert_eq!(digest(json!({"prompt": "p", "options": {}})), plain);
+    assert_ne!(
+        digest(json!({"prompt": "p", "options": {"watermark_info": {"enabled": true}}})),
+        plain
+    );
+    assert_ne!(digest(json!({"prompt": "q"})), plain);
 }
 
 /// An id `GET /tasks/{id}` can reach: `/tasks/{kind}` and `/tasks/reconcile` are routes

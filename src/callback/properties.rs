@@ -201,7 +201,7 @@ fn output_fields(output: Output) -> &'static [(&'static str, &'static str)] {
             ("watermark_url", "watermark_url"),
             ("duration", "duration"),
         ],
-        Output::Images | Output::SeriesImages => &[
+        Output::Images | Output::SeriesImages | Output::ImageViews => &[
             ("url", "url"),
             ("watermark_url", "watermark_url"),
             ("url_1", "url_1"),
@@ -256,7 +256,7 @@ fn one_output(
                 }
             }
             match output {
-                Output::Images | Output::SeriesImages => {
+                Output::Images | Output::SeriesImages | Output::ImageViews => {
                     if let Some(index) = index {
                         for map in [&mut legacy, &mut api2, &mut stored] {
                             map.insert("index".into(), index.into());

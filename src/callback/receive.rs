@@ -9,7 +9,7 @@
 use crate::callback::parse::{PayloadError, parse_callback};
 use crate::config::{CallbackConfig, ConfigError};
 use crate::kling::catalog::TaskKind;
-use crate::kling::client::{Found, KlingError};
+use crate::kling::client::{Found, KlingError, TaskRef};
 use crate::ledger::{LedgerError, TaskHead, Verdict};
 use crate::signatures::callback_url::{self, CallbackSigError};
 use crate::signatures::standard_webhooks::{self, WebhookError, WebhookHeaders};
@@ -170,9 +170,10 @@ pub struct KlingCheck<'a> {
     pub verify_finals: bool,
 }
 
-/// Kling's record of a task submitted here, asked by our own `external_task_id`.
+/// Kling's record of a task submitted here: by Kling's `task_id` once it is bound (some
+/// kinds can be looked up by nothing else), by our `external_task_id` before.
 pub trait KlingLookup {
-    fn find(&self, kind: TaskKind, external_task_id: &str) -> Result<Option<Found>, CallbackError>;
+    fn find(&self, kind: TaskKind, id: TaskRef<'_>) -> Result<Option<Found>, CallbackError>;
 }
 
 enum Checked {
@@ -199,20 +200,25 @@ fn checked_with_kling(
     let verify = check.verify_finals && callback.status.is_final();
     let submitted = head.and_then(|h| {
         let kind = TaskKind::from_name(&h.submission.as_ref()?.kind)?;
-        Some((kind, h.external_task_id.clone()?, h.task_id.is_none()))
+        Some((kind, h.external_task_id.clone()?, h.task_id.clone()))
     });
-    let Some((kind, external_task_id, unbound)) = submitted else {
+    let Some((kind, external_task_id, bound_task_id)) = submitted else {
         return Ok(if verify {
             Checked::Rejected
         } else {
             Checked::Event(Box::new(callback))
         });
     };
+    let unbound = bound_task_id.is_none();
     if !unbound && !verify {
         return Ok(Checked::Event(Box::new(callback)));
     }
+    let id = match &bound_task_id {
+        Some(task_id) => TaskRef::Kling(task_id),
+        None => TaskRef::External(&external_task_id),
+    };
     // Kling's answer must be about our external id, and its task the callback's.
-    let kling = check.lookup.find(kind, &external_task_id)?.filter(|k| {
+    let kling = check.lookup.find(kind, id)?.filter(|k| {
         k.external_task_id
             .as_ref()
             .is_none_or(|ext| *ext == external_task_id)
@@ -324,7 +330,7 @@ pub(crate) mod tests {
     struct NotAsked;
 
     impl KlingLookup for NotAsked {
-        fn find(&self, _: TaskKind, _: &str) -> Result<Option<Found>, CallbackError> {
+        fn find(&self, _: TaskKind, _: TaskRef<'_>) -> Result<Option<Found>, CallbackError> {
             panic!("Kling was asked")
         }
     }
@@ -346,8 +352,13 @@ pub(crate) mod tests {
     }
 
     impl KlingLookup for Lists {
-        fn find(&self, _: TaskKind, ext: &str) -> Result<Option<Found>, CallbackError> {
-            assert_eq!(ext, "job-1", "asked by our own external id");
+        fn find(&self, _: TaskKind, id: TaskRef<'_>) -> Result<Option<Found>, CallbackError> {
+            match id {
+                TaskRef::External(ext) => assert_eq!(ext, "job-1", "unbound: by our own id"),
+                TaskRef::Kling(task_id) => {
+                    assert_eq!(Some(task_id), self.task_id, "bound: by Kling's id")
+                }
+            }
             self.asked.set(self.asked.get() + 1);
             let event = self.task_id.map(|task_id| TaskEvent {
                 task_id: task_id.into(),

@@ -34,6 +34,9 @@ pub enum Query {
 pub enum Output {
     Videos,
     Images,
+    /// ai-multi-shot's: three views of one subject per image (`url_1`..`url_3`, no `url`),
+    /// stored in `images` but no image to hand on by default.
+    ImageViews,
     SeriesImages,
     Audios,
     Voices,
@@ -45,7 +48,7 @@ impl Output {
     pub fn field(self) -> &'static str {
         match self {
             Output::Videos => "videos",
-            Output::Images => "images",
+            Output::Images | Output::ImageViews => "images",
             Output::SeriesImages => "series_images",
             Output::Audios => "audios",
             Output::Voices => "voices",
@@ -78,9 +81,11 @@ pub enum Rule {
     Integer(&'static str, i64, i64),
     /// If present: a string (Kling's legacy `duration` is `"5"`, not `5`).
     StringValued(&'static str),
+    /// If present: a JSON number.
+    NumberValued(&'static str),
     /// If present: an object.
     Object(&'static str),
-    /// If present: a list of this many entries.
+    /// If present: a list of this many entries (`usize::MAX`: no upper bound).
     List(&'static str, usize, usize),
     /// If present: a list of this many objects, each with a non-blank string `item`.
     ListOf(&'static str, usize, usize, &'static str),
@@ -117,7 +122,7 @@ const MODES: &[Rule] = &[Rule::OneOf("mode", &["std", "pro", "4k"])];
 const API2: &[Rule] = &[
     Rule::AnyOf(&["prompt", "contents"]),
     Rule::Text("prompt", 3072),
-    Rule::List("contents", 1, 64),
+    Rule::List("contents", 1, usize::MAX),
     Rule::Object("settings"),
     Rule::Integer("settings.duration", 3, 15),
     Rule::OneOf("settings.resolution", &["720p", "1080p", "4k"]),
@@ -379,10 +384,10 @@ pub static CATALOG: &[KindSpec] = &[
             Rule::Required("down_expansion_ratio"),
             Rule::Required("left_expansion_ratio"),
             Rule::Required("right_expansion_ratio"),
-            Rule::Number("up_expansion_ratio", 0.0, 2.0),
-            Rule::Number("down_expansion_ratio", 0.0, 2.0),
-            Rule::Number("left_expansion_ratio", 0.0, 2.0),
-            Rule::Number("right_expansion_ratio", 0.0, 2.0),
+            Rule::NumberValued("up_expansion_ratio"),
+            Rule::NumberValued("down_expansion_ratio"),
+            Rule::NumberValued("left_expansion_ratio"),
+            Rule::NumberValued("right_expansion_ratio"),
         ]],
         IMAGES,
         r#"{"image":"https://example.com/a.png","up_expansion_ratio":0.1,"down_expansion_ratio":0.1,"left_expansion_ratio":0.2,"right_expansion_ratio":0.2}"#,
@@ -396,7 +401,7 @@ pub static CATALOG: &[KindSpec] = &[
                 Rule::Required("element_frontal_image"),
                 Rule::Image("element_frontal_image"),
             ]],
-            IMAGES,
+            &[Output::ImageViews],
             r#"{"element_frontal_image":"https://example.com/front.png"}"#,
         )
     },
@@ -518,43 +523,155 @@ mod tests {
         assert_eq!(image.path(), "/v1/images/generations");
     }
 
+    /// The contract (`../shared/kling-api.md`, "The whole task surface"), written out
+    /// again by hand: the stand-in and the docs read the catalog, so this is what holds
+    /// the catalog itself to Kling's paths, lookups and result shapes.
     #[test]
-    fn every_kind_of_the_contract_is_listed_once_with_its_path() {
-        let paths: Vec<(&str, &str)> = CATALOG.iter().map(|k| (k.name, k.create_path)).collect();
-        for (name, path) in [
-            ("text2video", "/v1/videos/text2video"),
-            ("omni-video", "/v1/videos/omni-video"),
-            ("avatar", "/v1/videos/avatar/image2video"),
-            ("motion-control", "/v1/videos/motion-control"),
-            ("advanced-lip-sync", "/v1/videos/advanced-lip-sync"),
-            ("multi-elements", "/v1/videos/multi-elements"),
-            ("text-to-audio", "/v1/audio/text-to-audio"),
-            ("video-to-audio", "/v1/audio/video-to-audio"),
-            ("omni-image", "/v1/images/omni-image"),
-            ("multi-image2image", "/v1/images/multi-image2image"),
-            ("expand", "/v1/images/editing/expand"),
-            ("ai-multi-shot", "/v1/general/ai-multi-shot"),
-            ("custom-voices", "/v1/general/custom-voices"),
+    fn the_catalog_is_the_contract_kind_for_kind() {
+        use Output::*;
+        use Query::*;
+        let contract: [(&str, &str, Query, &[Output]); 28] = [
+            ("text2video", "/v1/videos/text2video", ById, &[Videos]),
+            ("image2video", "/v1/videos/image2video", ById, &[Videos]),
+            (
+                "multi-image2video",
+                "/v1/videos/multi-image2video",
+                ById,
+                &[Videos],
+            ),
+            ("video-extend", "/v1/videos/video-extend", ById, &[Videos]),
+            ("lip-sync", "/v1/videos/lip-sync", ById, &[Videos]),
+            ("effects", "/v1/videos/effects", ById, &[Videos]),
+            (
+                "image-generation",
+                "/v1/images/generations",
+                ById,
+                &[Images],
+            ),
+            ("omni-video", "/v1/videos/omni-video", ById, &[Videos]),
+            ("avatar", "/v1/videos/avatar/image2video", ById, &[Videos]),
+            (
+                "motion-control",
+                "/v1/videos/motion-control",
+                ById,
+                &[Videos],
+            ),
+            (
+                "advanced-lip-sync",
+                "/v1/videos/advanced-lip-sync",
+                ByTaskIdOnly,
+                &[Videos],
+            ),
+            (
+                "multi-elements",
+                "/v1/videos/multi-elements",
+                ById,
+                &[Videos],
+            ),
+            ("text-to-audio", "/v1/audio/text-to-audio", ById, &[Audios]),
+            (
+                "video-to-audio",
+                "/v1/audio/video-to-audio",
+                ById,
+                &[Videos, Audios],
+            ),
+            (
+                "omni-image",
+                "/v1/images/omni-image",
+                ById,
+                &[Images, SeriesImages],
+            ),
+            (
+                "multi-image2image",
+                "/v1/images/multi-image2image",
+                ById,
+                &[Images],
+            ),
+            ("expand", "/v1/images/editing/expand", ById, &[Images]),
+            (
+                "ai-multi-shot",
+                "/v1/general/ai-multi-shot",
+                ByTaskIdOnly,
+                &[ImageViews],
+            ),
+            (
+                "custom-voices",
+                "/v1/general/custom-voices",
+                ById,
+                &[Voices],
+            ),
             (
                 "advanced-custom-elements",
                 "/v1/general/advanced-custom-elements",
+                ById,
+                &[Elements],
+            ),
+            (
+                "text-to-video/kling-3.0",
+                "/text-to-video/kling-3.0",
+                Tasks,
+                &[Videos],
             ),
             (
                 "text-to-video/kling-3.0-turbo",
                 "/text-to-video/kling-3.0-turbo",
+                Tasks,
+                &[Videos],
             ),
-            ("omni-video/kling-3.0-omni", "/omni-video/kling-3.0-omni"),
-            ("motion-control/kling-2.6", "/motion-control/kling-2.6"),
-        ] {
+            (
+                "text-to-video/kling-2.6",
+                "/text-to-video/kling-2.6",
+                Tasks,
+                &[Videos],
+            ),
+            (
+                "image-to-video/kling-3.0",
+                "/image-to-video/kling-3.0",
+                Tasks,
+                &[Videos],
+            ),
+            (
+                "image-to-video/kling-3.0-turbo",
+                "/image-to-video/kling-3.0-turbo",
+                Tasks,
+                &[Videos],
+            ),
+            (
+                "omni-video/kling-3.0-omni",
+                "/omni-video/kling-3.0-omni",
+                Tasks,
+                &[Videos],
+            ),
+            (
+                "motion-control/kling-3.0",
+                "/motion-control/kling-3.0",
+                Tasks,
+                &[Videos],
+            ),
+            (
+                "motion-control/kling-2.6",
+                "/motion-control/kling-2.6",
+                Tasks,
+                &[Videos],
+            ),
+        ];
+        assert_eq!(CATALOG.len(), contract.len(), "a kind not in the contract");
+        for (kind, (name, path, query, outputs)) in CATALOG.iter().zip(contract) {
             assert_eq!(
-                paths
-                    .iter()
-                    .filter(|(n, p)| (*n, *p) == (name, path))
-                    .count(),
-                1,
-                "{name}"
+                (kind.name, kind.create_path, kind.query, kind.outputs),
+                (name, path, query, outputs),
             );
+            let family = if path.starts_with("/v1/") {
+                Family::Legacy
+            } else {
+                Family::Api2
+            };
+            assert_eq!(kind.family, family, "{name}");
         }
+    }
+
+    #[test]
+    fn names_and_paths_are_unique_and_api_2_kinds_are_named_by_their_path() {
         for (i, kind) in CATALOG.iter().enumerate() {
             assert!(
                 CATALOG[..i]

@@ -58,16 +58,43 @@ fn given() -> Value {
     json!({"$ref": "#/components/schemas/Given"})
 }
 
-/// `{properties: {a: {properties: {b: leaf}}}}` for the dot path `a.b`, each level
-/// requiring the next when `required`.
+/// `{properties: {a: {properties: {b: leaf}}}}` for the dot path `a.b`; when `required`,
+/// each level requires the next, and every level below the top is an object.
 fn at(path: &str, leaf: Value, required: bool) -> Value {
-    path.rsplit('.').fold(leaf, |inner, segment| {
-        let mut schema = json!({ "properties": { segment: inner } });
+    let mut levels = path.rsplit('.').peekable();
+    let mut schema = leaf;
+    while let Some(segment) = levels.next() {
+        schema = json!({ "properties": { segment: schema } });
         if required {
             schema["required"] = json!([segment]);
+            if levels.peek().is_some() {
+                schema["type"] = json!("object");
+            }
         }
-        schema
-    })
+    }
+    schema
+}
+
+/// `leaf`, or `null`: the validator reads a `null` field as one left out.
+fn or_null(mut leaf: Value) -> Value {
+    if let Some(kind) = leaf.get("type").and_then(Value::as_str).map(str::to_string) {
+        leaf["type"] = json!([kind, "null"]);
+        leaf
+    } else if let Some(Value::Array(values)) = leaf.get_mut("enum") {
+        values.push(Value::Null);
+        leaf
+    } else {
+        json!({"anyOf": [leaf, {"type": "null"}]})
+    }
+}
+
+/// A list of `min` to `max` entries (`usize::MAX`: no upper bound).
+fn list(min: usize, max: usize) -> Value {
+    let mut schema = json!({"type": "array", "minItems": min});
+    if max != usize::MAX {
+        schema["maxItems"] = json!(max);
+    }
+    schema
 }
 
 fn nonblank_string() -> Value {
@@ -95,41 +122,39 @@ fn rule_schema(rule: &Rule) -> Value {
         Rule::NotBoth(a, b) => {
             json!({"not": {"allOf": [at(a, given(), true), at(b, given(), true)]}})
         }
-        Rule::Text(field, max) => at(field, json!({"type": "string", "maxLength": max}), false),
-        Rule::OneOf(field, values) => at(field, json!({"enum": values}), false),
-        Rule::Number(field, min, max) => at(
+        Rule::Text(field, max) => optional(field, json!({"type": "string", "maxLength": max})),
+        Rule::OneOf(field, values) => optional(field, json!({"enum": values})),
+        Rule::Number(field, min, max) => optional(
             field,
             json!({"type": "number", "minimum": min, "maximum": max}),
-            false,
         ),
-        Rule::Integer(field, min, max) => at(
+        Rule::Integer(field, min, max) => optional(
             field,
             json!({"type": "integer", "minimum": min, "maximum": max}),
-            false,
         ),
-        Rule::StringValued(field) => at(field, json!({"type": "string"}), false),
-        Rule::Object(field) => at(field, json!({"type": "object"}), false),
-        Rule::List(field, min, max) => at(
-            field,
-            json!({"type": "array", "minItems": min, "maxItems": max}),
-            false,
-        ),
+        Rule::StringValued(field) => optional(field, json!({"type": "string"})),
+        Rule::NumberValued(field) => optional(field, json!({"type": "number"})),
+        Rule::Object(field) => optional(field, json!({"type": "object"})),
+        Rule::List(field, min, max) => optional(field, list(min, max)),
         Rule::ListOf(field, min, max, item) => {
             let value = if item.contains("image") {
                 json!({"allOf": [nonblank_string(), no_data_uri()]})
             } else {
                 nonblank_string()
             };
-            at(
-                field,
-                json!({"type": "array", "minItems": min, "maxItems": max, "items": {
-                    "type": "object", "required": [item], "properties": { item: value }
-                }}),
-                false,
-            )
+            let mut schema = list(min, max);
+            schema["items"] = json!({
+                "type": "object", "required": [item], "properties": { item: value }
+            });
+            optional(field, schema)
         }
-        Rule::Image(field) => at(field, no_data_uri(), false),
+        Rule::Image(field) => optional(field, no_data_uri()),
     }
+}
+
+/// A field checked only when present (and not `null`).
+fn optional(field: &str, leaf: Value) -> Value {
+    at(field, or_null(leaf), false)
 }
 
 fn family_name(family: Family) -> &'static str {
@@ -143,12 +168,16 @@ fn family_name(family: Family) -> &'static str {
 /// pipeline step, the external id too).
 fn own_fields_schema(family: Family, in_step: bool) -> Value {
     let (callback, external) = own_fields(family);
-    let mut set_by_us = vec![at("callback_url", json!(true), true)];
-    if callback != "callback_url" {
-        set_by_us.push(at(callback, json!(true), true));
+    // Set means present and not `null` (the validator reads `null` as left out).
+    let set = || json!({"not": {"type": "null"}});
+    let mut set_by_us = vec![at("callback_url", set(), true)];
+    if family == Family::Api2 {
+        // API 2.0 takes both in `options`; an external id at the top is refused.
+        set_by_us.push(at(callback, set(), true));
+        set_by_us.push(at("external_task_id", set(), true));
     }
     if in_step {
-        set_by_us.push(at(external, json!(true), true));
+        set_by_us.push(at(external, set(), true));
     }
     json!({"not": {"anyOf": set_by_us}})
 }
@@ -238,10 +267,9 @@ pub fn openapi_kinds() -> Value {
         let mut submit = vec![
             json!({"type": "object"}),
             own_fields_ref(family, false),
-            at(
+            optional(
                 external,
                 json!({"$ref": "#/components/schemas/ExternalTaskId"}),
-                false,
             ),
         ];
         if family == Family::Api2 {

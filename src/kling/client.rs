@@ -8,6 +8,7 @@ use crate::callback::parse::{PayloadError, parse_callback};
 use crate::config::{KlingAuth, KlingConfig};
 use crate::outbound::{HttpTransport, OutboundRequest, TransportError};
 use crate::task::TaskEvent;
+use crate::validate::is_valid_task_id;
 
 /// An error body from Kling: `{"code":N,"message":"…","request_id":"…"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,8 +143,8 @@ impl<'a> KlingClient<'a> {
         self.check_auth(kind)?;
         let data = self.call("POST", kind.path().to_string(), body)?;
         let data = data.as_ref();
-        data.and_then(|d| id_text(&d["task_id"]).or_else(|| id_text(&d["id"])))
-            .ok_or(KlingError::MissingTaskId)
+        // An id that could not be stored or asked about is no id: look the task up.
+        data.and_then(kling_id).ok_or(KlingError::MissingTaskId)
     }
 
     /// The task by either id (the kind's [`Query`]); `None` when Kling does not know it.
@@ -161,16 +162,18 @@ impl<'a> KlingClient<'a> {
     /// build does not know (enough to bind a task, not to judge it).
     pub fn find(&self, kind: TaskKind, id: TaskRef<'_>) -> Result<Option<Found>, KlingError> {
         let path = kind.path();
-        let (url, pick) = match (kind.spec().query, id) {
+        // Ids go into the URL as they are: ours are `[A-Za-z0-9_-]`, Kling's were checked
+        // as `[A-Za-z0-9._-]` when they were stored.
+        let (url, listed) = match (kind.spec().query, id) {
             (Query::ById, TaskRef::Kling(id) | TaskRef::External(id))
-            | (Query::ByTaskIdOnly, TaskRef::Kling(id)) => (format!("{path}/{id}"), None),
+            | (Query::ByTaskIdOnly, TaskRef::Kling(id)) => (format!("{path}/{id}"), false),
             // Kling cannot look these up by our id: find it in the newest 500 of its list.
-            (Query::ByTaskIdOnly, TaskRef::External(id)) => {
-                (format!("{path}?pageNum=1&pageSize=500"), Some(id))
+            (Query::ByTaskIdOnly, TaskRef::External(_)) => {
+                (format!("{path}?pageNum=1&pageSize=500"), true)
             }
-            (Query::Tasks, TaskRef::Kling(id)) => (format!("/tasks?task_ids={id}"), None),
+            (Query::Tasks, TaskRef::Kling(id)) => (format!("/tasks?task_ids={id}"), true),
             (Query::Tasks, TaskRef::External(id)) => {
-                (format!("/tasks?external_task_ids={id}"), None)
+                (format!("/tasks?external_task_ids={id}"), true)
             }
         };
         self.check_auth(kind)?;
@@ -180,21 +183,19 @@ impl<'a> KlingClient<'a> {
             Err(KlingError::Api(e)) if e.http_status == 404 => return Ok(None),
             Err(e) => return Err(e),
         };
-        let task = match (data, pick) {
-            (Value::Object(task), None) if !task.contains_key("result") => Value::Object(task),
-            // A list answers `data: [...]` (or, API 2.0, `data: {"result": [...]}`).
-            (Value::Object(mut page), pick) => match page.remove("result") {
-                Some(Value::Array(tasks)) => match one_of(tasks, pick) {
-                    Some(task) => task,
-                    None => return Ok(None),
-                },
+        // A list answers `data: [...]` (or, API 2.0, `data: {"result": [...]}`): the task
+        // is the one with the id asked about, never merely the first.
+        let tasks = match data {
+            Value::Object(task) if !listed => vec![Value::Object(task)],
+            Value::Object(mut page) => match page.remove("result") {
+                Some(Value::Array(tasks)) => tasks,
                 _ => return Err(KlingError::InvalidResponse(200)),
             },
-            (Value::Array(tasks), pick) => match one_of(tasks, pick) {
-                Some(task) => task,
-                None => return Ok(None),
-            },
+            Value::Array(tasks) if listed => tasks,
             _ => return Err(KlingError::InvalidResponse(200)),
+        };
+        let Some(task) = tasks.into_iter().find(|task| !listed || is_named(task, id)) else {
+            return Ok(None);
         };
         match parse_callback(task.to_string().as_bytes()) {
             Ok(event) => Ok(Some(Found {
@@ -203,9 +204,7 @@ impl<'a> KlingClient<'a> {
                 event: Some(event),
             })),
             Err(PayloadError::UnknownStatus) => {
-                let task_id = id_text(&task["task_id"])
-                    .or_else(|| id_text(&task["id"]))
-                    .ok_or(KlingError::InvalidResponse(200))?;
+                let task_id = kling_id(&task).ok_or(KlingError::InvalidResponse(200))?;
                 Ok(Some(Found {
                     task_id,
                     external_task_id: external_id(&task),
@@ -223,7 +222,8 @@ impl<'a> KlingClient<'a> {
             .ok_or(KlingError::InvalidResponse(200))
     }
 
-    fn check_auth(&self, kind: TaskKind) -> Result<(), KlingError> {
+    /// Whether the configured credentials can reach `kind` at all (API 2.0: an API key).
+    pub fn check_auth(&self, kind: TaskKind) -> Result<(), KlingError> {
         match (kind.family(), &self.config.auth) {
             (Family::Api2, KlingAuth::AccessKey { .. }) => Err(KlingError::ApiKeyRequired),
             _ => Ok(()),
@@ -277,13 +277,18 @@ fn external_id(task: &Value) -> Option<String> {
     id_text(&task["task_info"]["external_task_id"]).or_else(|| id_text(&task["external_id"]))
 }
 
-/// The task of a list answer: the only one, or the one with our external id.
-fn one_of(tasks: Vec<Value>, external: Option<&str>) -> Option<Value> {
-    match external {
-        Some(id) => tasks
-            .into_iter()
-            .find(|t| external_id(t).as_deref() == Some(id)),
-        None => tasks.into_iter().next(),
+/// Kling's id of a task of either family, if it is one we can store and ask about.
+fn kling_id(task: &Value) -> Option<String> {
+    id_text(&task["task_id"])
+        .or_else(|| id_text(&task["id"]))
+        .filter(|id| is_valid_task_id(id))
+}
+
+/// Whether a task of a list answer is the one `id` names.
+fn is_named(task: &Value, id: TaskRef<'_>) -> bool {
+    match id {
+        TaskRef::Kling(id) => kling_id(task).as_deref() == Some(id),
+        TaskRef::External(id) => external_id(task).as_deref() == Some(id),
     }
 }
 

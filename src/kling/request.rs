@@ -39,6 +39,14 @@ pub fn validate(kind: TaskKind, body: &[u8]) -> Result<Map<String, Value>, Reque
             ));
         }
     }
+    // API 2.0 reads its external id from `options` only: one at the top would be passed
+    // to Kling, ignored, and a retry would create a second task.
+    if kind.family() == Family::Api2 && lookup(&request, "external_task_id").is_some() {
+        return Err(problem(
+            "external_task_id",
+            "goes in `options.external_task_id` for API 2.0 kinds",
+        ));
+    }
     for rule in kind.spec().rules.iter().copied().flatten() {
         check(rule, &request)?;
     }
@@ -131,9 +139,17 @@ fn check(rule: &Rule, request: &Map<String, Value>) -> Result<(), RequestError> 
             _ => Ok(()),
         },
         Rule::Integer(field, min, max) => match at(field) {
-            Some(value) if !value.as_i64().is_some_and(|n| (min..=max).contains(&n)) => Err(
-                problem(field, format!("must be an integer from {min} to {max}")),
-            ),
+            // JSON has one number type: 5.0 is the integer 5, as JSON Schema says too.
+            Some(value)
+                if !value.as_f64().is_some_and(|n| {
+                    n.fract() == 0.0 && (min as f64..=max as f64).contains(&n)
+                }) =>
+            {
+                Err(problem(
+                    field,
+                    format!("must be an integer from {min} to {max}"),
+                ))
+            }
             _ => Ok(()),
         },
         Rule::StringValued(field) => match at(field) {
@@ -142,12 +158,20 @@ fn check(rule: &Rule, request: &Map<String, Value>) -> Result<(), RequestError> 
             }
             _ => Ok(()),
         },
+        Rule::NumberValued(field) => match at(field) {
+            Some(value) if !value.is_number() => Err(problem(field, "must be a number")),
+            _ => Ok(()),
+        },
         Rule::Object(field) => match at(field) {
             Some(value) if !value.is_object() => Err(problem(field, "must be an object")),
             _ => Ok(()),
         },
         Rule::List(field, min, max) => match at(field) {
             Some(Value::Array(list)) if (min..=max).contains(&list.len()) => Ok(()),
+            Some(_) if max == usize::MAX => Err(problem(
+                field,
+                format!("must be a list of at least {min} entries"),
+            )),
             Some(_) => Err(problem(
                 field,
                 format!("must be a list of {min} to {max} entries"),
@@ -451,6 +475,45 @@ mod tests {
                 None,
             ),
             ("image-to-video/kling-3.0", json!({}), Some("prompt")),
+            // Kling would ignore an API 2.0 external id at the top: a retry would pay twice.
+            (
+                "text-to-video/kling-3.0",
+                json!({"prompt": "p", "external_task_id": "job-1"}),
+                Some("external_task_id"),
+            ),
+            (
+                "text-to-video/kling-3.0",
+                json!({"prompt": "p", "options": {"external_task_id": "job-1"}}),
+                None,
+            ),
+            // JSON has one number type: 5.0 is an integer; 5.5 is not.
+            (
+                "text-to-video/kling-3.0",
+                json!({"prompt": "p", "settings": {"duration": 5.0}}),
+                None,
+            ),
+            (
+                "text-to-video/kling-3.0",
+                json!({"prompt": "p", "settings": {"duration": 5.5}}),
+                Some("settings.duration"),
+            ),
+            // `null` is a field left out, wherever it is.
+            (
+                "text-to-video/kling-3.0",
+                json!({"prompt": "p", "options": null, "settings": {"audio": null}}),
+                None,
+            ),
+            (
+                "text2video",
+                json!({"prompt": "p", "mode": null, "duration": null, "callback_url": null}),
+                None,
+            ),
+            ("text2video", json!({"prompt": null}), Some("prompt")),
+            (
+                "expand",
+                json!({"image": "i", "up_expansion_ratio": 3, "down_expansion_ratio": 0, "left_expansion_ratio": 0, "right_expansion_ratio": "0"}),
+                Some("right_expansion_ratio"),
+            ),
         ];
         for (name, body, field) in cases {
             let result = check(k(name), body.clone());

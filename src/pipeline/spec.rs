@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::kling::catalog::TaskKind;
+use crate::kling::catalog::{Rule, TaskKind};
 use crate::kling::request::{RequestError, lookup, own_fields, validate};
 use crate::task::TaskRecord;
 use crate::validate::is_valid_external_task_id;
@@ -146,7 +146,7 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
         let first_step_problem = "the first step has no previous step to take it from";
         let inputs = step
             .inputs
-            .unwrap_or_else(|| default_inputs(previous, kind));
+            .unwrap_or_else(|| default_inputs(previous, kind, &step.request));
         if index == 0
             && let Some(target) = inputs.keys().next()
         {
@@ -166,10 +166,16 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
             if !is_path(source) {
                 return Err(invalid("the source must be a dot path such as videos.0.id"));
             }
-            if let Some((step, _)) = step_source(source)
-                && step >= index
-            {
-                return Err(invalid("the source must be an earlier step"));
+            if source.starts_with("steps.") {
+                match step_source(source) {
+                    Some((step, _)) if step < index => {}
+                    Some(_) => return Err(invalid("the source must be an earlier step")),
+                    None => {
+                        return Err(invalid(
+                            "a step's source is `steps.{n}.{path}`, such as steps.0.videos.0.id",
+                        ));
+                    }
+                }
             }
             if !is_path(target) || target.split('.').any(|s| s.parse::<usize>().is_ok()) {
                 return Err(invalid("the target must be a dot path of field names"));
@@ -208,18 +214,42 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
 }
 
 /// What a step takes from the previous one when its description names nothing: the
-/// first of its kind's `takes` that the previous step's kind produces.
-fn default_inputs(previous: Option<TaskKind>, kind: TaskKind) -> BTreeMap<String, String> {
+/// first of its kind's `takes` that the previous step's kind produces and the request
+/// does not already answer.
+fn default_inputs(
+    previous: Option<TaskKind>,
+    kind: TaskKind,
+    request: &Map<String, Value>,
+) -> BTreeMap<String, String> {
     let Some(produced) = previous.map(|p| p.spec().outputs) else {
         return BTreeMap::new();
     };
     kind.spec()
         .takes
         .iter()
+        .filter(|(target, _, _)| !answered(kind, request, target))
         .find(|(_, output, _)| produced.contains(output))
         .map(|(target, _, source)| (target.to_string(), source.to_string()))
         .into_iter()
         .collect()
+}
+
+/// Whether `request` sets `target`, or the field a rule of `kind` pairs it with (the other
+/// of an exactly-one or any-of pair): a default there would clash with the caller's.
+fn answered(kind: TaskKind, request: &Map<String, Value>, target: &str) -> bool {
+    let given = |field: &str| lookup(request, field).is_some();
+    given(target)
+        || kind
+            .spec()
+            .rules
+            .iter()
+            .copied()
+            .flatten()
+            .any(|rule| match *rule {
+                Rule::ExactlyOne(a, b) => (a == target && given(b)) || (b == target && given(a)),
+                Rule::AnyOf(fields) => fields.contains(&target) && fields.iter().any(|f| given(f)),
+                _ => false,
+            })
 }
 
 /// `steps.{n}.{path}`: a source reading step `n`, not the previous step.
@@ -424,6 +454,63 @@ mod tests {
                 step: 0,
                 field: "options.external_task_id"
             }
+        );
+    }
+
+    #[test]
+    fn step_sources_are_checked_and_defaults_never_clash_with_the_request() {
+        let first = json!({"kind": "text2video", "request": {"prompt": "a"}});
+        for source in [
+            "steps.0",
+            "steps.x.videos.0.id",
+            "steps.99999999999999999999.id",
+            "steps.1.videos.0.id",
+        ] {
+            let err = build(
+                "p".into(),
+                steps(json!([first, {"kind": "video-extend", "request": {}, "inputs": {"video_id": source}}])),
+                7,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, SpecError::InvalidInput { step: 1, .. }),
+                "{source}: {err:?}"
+            );
+        }
+        // The caller's `video_url` answers video-to-audio's exactly-one pair: no default.
+        let spec = build(
+            "p".into(),
+            steps(
+                json!([first, {"kind": "video-to-audio", "request": {"video_url": "https://v"}}]),
+            ),
+            7,
+        )
+        .unwrap();
+        assert!(spec.steps[1].inputs.is_empty());
+        // The caller's own `image` is kept.
+        let spec = build(
+            "p".into(),
+            steps(json!([
+                {"kind": "image-generation", "request": {"prompt": "a"}},
+                {"kind": "image2video", "request": {"image": "https://mine.png"}},
+            ])),
+            7,
+        )
+        .unwrap();
+        assert!(spec.steps[1].inputs.is_empty());
+        // ai-multi-shot's views are no single image: image2video must be told, up front.
+        let err = build(
+            "p".into(),
+            steps(json!([
+                {"kind": "ai-multi-shot", "request": {"element_frontal_image": "https://f.png"}},
+                {"kind": "image2video", "request": {}},
+            ])),
+            7,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, SpecError::InvalidRequest { step: 1, error } if error.field == "image"),
+            "{err:?}"
         );
     }
 

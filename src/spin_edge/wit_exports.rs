@@ -172,7 +172,10 @@ fn to_wit(error: ApiError) -> wit::Error {
         };
     }
     match error.status_and_code() {
-        (_, "config_missing" | "config_invalid") => wit::Error::Config(message),
+        // A deployment setting, not worth retrying.
+        (_, "config_missing" | "config_invalid" | "kling_api_key_required") => {
+            wit::Error::Config(message)
+        }
         (400 | 404 | 413 | 422, _) => wit::Error::InvalidRequest(message),
         _ => wit::Error::Unavailable(message),
     }

@@ -595,7 +595,7 @@ fn legacy_result(task: &Task) -> Value {
                 "duration": "5.1",
             }]),
             // ai-multi-shot answers three views of the element.
-            Output::Images if task.kind.name == "ai-multi-shot" => json!([{
+            Output::ImageViews => json!([{
                 "index": 0,
                 "url_1": cdn("-1.png"),
                 "url_2": cdn("-2.png"),

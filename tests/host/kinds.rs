@@ -325,7 +325,56 @@ async fn an_api_2_kind_without_an_api_key_is_refused_and_leaves_nothing() {
             .contains("kling_api_key")
     );
     assert!(d.standin.received().is_empty());
-    assert_eq!(d.app.send(get_task("job-ak")).await.status, 404);
+    // Nothing stored: no store operation at all, not a write undone.
+    assert_eq!(d.app.kv.log_len(), 0);
+
+    // A pipeline whose later step is API 2.0 is refused before step 0 costs anything.
+    let pipeline = json!({"id": "mixed", "steps": [
+        {"kind": "text2video", "request": {"prompt": "a fox"}},
+        {"kind": "omni-video/kling-3.0-omni", "request": {"prompt": "and then"}},
+    ]});
+    let reply = d
+        .app
+        .send(
+            request("POST", "/pipelines")
+                .header(
+                    "authorization",
+                    format!("Bearer {}", crate::support::requests::API_TOKEN),
+                )
+                .header("content-type", "application/json")
+                .body(bytes::Bytes::from(pipeline.to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        reply.expect_json(500)["error"]["code"],
+        "kling_api_key_required"
+    );
+    assert!(d.standin.received().is_empty());
+    assert_eq!(d.app.kv.log_len(), 0);
+}
+
+/// A generated external id is 128 random bits, and the signed callback URL is never
+/// echoed in the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_external_id_is_128_bits_and_the_signed_url_is_never_echoed() {
+    let d = deploy_with(Auth::ApiKey, None, &[]).await;
+    for kind in ["text2video", "text-to-video/kling-3.0"] {
+        let reply = d
+            .app
+            .send(submit_request(kind, json!({"prompt": "a fox"}), None))
+            .await;
+        let text = String::from_utf8_lossy(&reply.body).to_string();
+        let record = reply.expect_json(202);
+        let ext = record["external_task_id"].as_str().unwrap();
+        assert_eq!(ext.len(), 22, "128 random bits, base64url");
+        assert!(
+            !text.contains("callback_url") && !text.contains("sig="),
+            "{text}"
+        );
+        let sent = &d.standin.tasks_with_external_id(ext)[0].request;
+        assert!(sent.to_string().contains("sig="), "{sent}");
+    }
 }
 
 /// identify-face and tts are Kling's synchronous calls: passed through with the
