@@ -642,10 +642,10 @@ fn legacy_result(task: &Task) -> Value {
 
 /// `/v1/videos/identify-face`: a face-recognition session (about 24 h at Kling).
 fn identify_face(request: &Value) -> Response<Full<Bytes>> {
-    let video = request
-        .get("video_id")
-        .or_else(|| request.get("video_url"))
-        .and_then(Value::as_str);
+    // `null` is a field left out, as Kling's other endpoints read it.
+    let video = ["video_id", "video_url"]
+        .iter()
+        .find_map(|field| request.get(field).and_then(Value::as_str));
     match video {
         Some(video) => envelope(
             200,
