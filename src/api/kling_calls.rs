@@ -26,17 +26,9 @@ pub fn pass_through(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{KlingAuth, Secret};
     use crate::kling::client::KlingError;
+    use crate::kling::client::tests::config;
     use crate::outbound::scripted::Scripted;
-
-    fn config() -> KlingConfig {
-        KlingConfig {
-            base_url: "http://kling.test".into(),
-            auth: KlingAuth::ApiKey(Secret::new("key-1")),
-            timeout_ms: 1000,
-        }
-    }
 
     #[test]
     fn a_call_is_checked_then_posted_and_kling_s_data_is_the_answer() {

@@ -283,13 +283,41 @@ where
 }
 
 /// A scalar Kling documents as a string but that some senders emit as a number.
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum Lenient {
     Text(String),
     Unsigned(u64),
     Signed(i64),
     Float(f64),
+}
+
+/// Written out rather than `#[serde(untagged)]`, which would buffer every value through
+/// serde's `Content` (code the component would carry for four scalars).
+impl<'de> Deserialize<'de> for Lenient {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Scalar;
+        impl serde::de::Visitor<'_> for Scalar {
+            type Value = Lenient;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Lenient, E> {
+                Ok(Lenient::Text(text.to_string()))
+            }
+            fn visit_string<E>(self, text: String) -> Result<Lenient, E> {
+                Ok(Lenient::Text(text))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Lenient, E> {
+                Ok(Lenient::Unsigned(n))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Lenient, E> {
+                Ok(Lenient::Signed(n))
+            }
+            fn visit_f64<E>(self, x: f64) -> Result<Lenient, E> {
+                Ok(Lenient::Float(x))
+            }
+        }
+        deserializer.deserialize_any(Scalar)
+    }
 }
 
 impl Lenient {

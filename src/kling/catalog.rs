@@ -75,8 +75,8 @@ pub enum Rule {
     Text(&'static str, usize),
     /// If present: one of these strings.
     OneOf(&'static str, &'static [&'static str]),
-    /// If present: a JSON number within the bounds.
-    Number(&'static str, f64, f64),
+    /// If present: a JSON number within the (whole-number) bounds.
+    Number(&'static str, i64, i64),
     /// If present: an integer within the bounds.
     Integer(&'static str, i64, i64),
     /// If present: a string (Kling's legacy `duration` is `"5"`, not `5`).
@@ -336,7 +336,7 @@ pub static CATALOG: &[KindSpec] = &[
         &[&[
             Rule::Required("prompt"),
             Rule::Text("prompt", 200),
-            Rule::Number("duration", 3.0, 10.0),
+            Rule::Number("duration", 3, 10),
         ]],
         &[Output::Audios],
         r#"{"prompt":"rain on a tin roof","duration":5}"#,

@@ -293,12 +293,13 @@ fn is_named(task: &Value, id: TaskRef<'_>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{KlingAuth, Secret};
     use crate::outbound::scripted::{Answer, Scripted};
 
-    fn config() -> KlingConfig {
+    /// Kling at `http://kling.test`, with the API key `key-1`.
+    pub(crate) fn config() -> KlingConfig {
         KlingConfig {
             base_url: "http://kling.test".into(),
             auth: KlingAuth::ApiKey(Secret::new("key-1")),

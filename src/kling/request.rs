@@ -133,9 +133,16 @@ fn check(rule: &Rule, request: &Map<String, Value>) -> Result<(), RequestError> 
             _ => Ok(()),
         },
         Rule::Number(field, min, max) => match at(field) {
-            Some(value) if !value.as_f64().is_some_and(|n| (min..=max).contains(&n)) => Err(
-                problem(field, format!("must be a number from {min} to {max}")),
-            ),
+            Some(value)
+                if !value
+                    .as_f64()
+                    .is_some_and(|n| (min as f64..=max as f64).contains(&n)) =>
+            {
+                Err(problem(
+                    field,
+                    format!("must be a number from {min} to {max}"),
+                ))
+            }
             _ => Ok(()),
         },
         Rule::Integer(field, min, max) => match at(field) {

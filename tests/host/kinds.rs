@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::support::components::kling_app;
 use crate::support::deployment::{Auth, Deployment, deploy_with, submit_request};
-use crate::support::requests::{authorized, get_task, request};
+use crate::support::requests::{authorized, authorized_json, get_task, request};
 
 /// Every output list a record can carry.
 const OUTPUTS: [&str; 6] = [
@@ -333,19 +333,7 @@ async fn an_api_2_kind_without_an_api_key_is_refused_and_leaves_nothing() {
         {"kind": "text2video", "request": {"prompt": "a fox"}},
         {"kind": "omni-video/kling-3.0-omni", "request": {"prompt": "and then"}},
     ]});
-    let reply = d
-        .app
-        .send(
-            request("POST", "/pipelines")
-                .header(
-                    "authorization",
-                    format!("Bearer {}", crate::support::requests::API_TOKEN),
-                )
-                .header("content-type", "application/json")
-                .body(bytes::Bytes::from(pipeline.to_string()))
-                .unwrap(),
-        )
-        .await;
+    let reply = d.app.send(authorized_json("/pipelines", &pipeline)).await;
     assert_eq!(
         reply.expect_json(500)["error"]["code"],
         "kling_api_key_required"
@@ -383,16 +371,7 @@ async fn a_generated_external_id_is_128_bits_and_the_signed_url_is_never_echoed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identify_face_and_tts_pass_through_and_store_nothing() {
     let d = deploy_with(Auth::KeyPair, None, &[]).await;
-    let call = |path: &str, body: Value| {
-        request("POST", path)
-            .header(
-                "authorization",
-                format!("Bearer {}", crate::support::requests::API_TOKEN),
-            )
-            .header("content-type", "application/json")
-            .body(bytes::Bytes::from(body.to_string()))
-            .unwrap()
-    };
+    let call = |path: &str, body: Value| authorized_json(path, &body);
     let face = d
         .app
         .send(call(

@@ -74,6 +74,15 @@ pub fn authorized(method: &str, path_and_query: &str) -> http::Request<Bytes> {
         .unwrap()
 }
 
+/// A JSON `POST` with the bearer.
+pub fn authorized_json(path: &str, body: &serde_json::Value) -> http::Request<Bytes> {
+    request("POST", path)
+        .header("authorization", format!("Bearer {API_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_string()))
+        .unwrap()
+}
+
 pub fn get_task(id: &str) -> http::Request<Bytes> {
     authorized("GET", &format!("/tasks/{id}"))
 }
