@@ -3,7 +3,7 @@
 
 use crate::api::submit::SubmitError;
 use crate::kling::catalog::TaskKind;
-use crate::kling::client::KlingClient;
+use crate::kling::client::check_auth;
 pub use crate::pipeline::advance::{PipelineError, Submitter};
 use crate::pipeline::advance::{StepError, submit_step};
 use crate::pipeline::progress::{self, PipelineView};
@@ -32,23 +32,22 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     let id = choose_id(new.id.as_deref(), new.idempotency_key, submitter.new_id)
         .ok_or(SpecError::IdempotencyKeyMismatch)?;
     let mut spec = build(id, new.steps, submitter.clock.now_ms())?;
-    // A later API 2.0 step this deployment cannot submit must not fail the pipeline after
-    // earlier steps have cost Kling credits: say so now.
-    let kling = KlingClient::new(&submitter.config.kling, submitter.transport, 0);
-    for (step, spec_step) in spec.steps.iter().enumerate() {
-        if let Some(kind) = TaskKind::from_name(&spec_step.kind) {
-            kling.check_auth(kind).map_err(|e| PipelineError::Step {
-                step,
-                error: SubmitError::Kling(e),
-            })?;
-        }
-    }
     let store = PipelineStore::new(submitter.kv);
     if let Some(view) = store.view(&spec.id)? {
         return Ok(Created {
             view,
             created: false,
         });
+    }
+    // A later API 2.0 step this deployment cannot submit must not fail the pipeline after
+    // earlier steps have cost Kling credits: say so before anything is stored.
+    for (step, spec_step) in spec.steps.iter().enumerate() {
+        if let Some(kind) = TaskKind::from_name(&spec_step.kind) {
+            check_auth(&submitter.config.kling.auth, kind).map_err(|e| PipelineError::Step {
+                step,
+                error: SubmitError::Kling(e),
+            })?;
+        }
     }
     // This creation's own generation: its index entry names it, so a reconciler that
     // judged an earlier pipeline of the same id never removes this one's entry.

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::kling::catalog::TaskKind;
-use crate::kling::client::{KlingClient, KlingError, TaskRef};
+use crate::kling::client::{KlingClient, KlingError, TaskRef, check_auth};
 use crate::kling::request::{RequestError, lookup, own_fields, validate};
 use crate::outbound::HttpTransport;
 use crate::router::Route;
@@ -75,7 +75,7 @@ pub fn submit(
 ) -> Result<Submitted, SubmitError> {
     let now_ms = clock.now_ms();
     let mut body = validate(request.kind, request.body)?;
-    KlingClient::new(&config.kling, transport, now_ms / 1000).check_auth(request.kind)?;
+    check_auth(&config.kling.auth, request.kind)?;
     let (callback_field, external_field) = own_fields(request.kind.family());
     let external_task_id = choose_external_task_id(
         lookup(&body, external_field),
@@ -213,10 +213,11 @@ fn body_digest(kind: TaskKind, body: &Map<String, Value>) -> String {
     if let Some(Value::Object(options)) = request.get_mut("options") {
         options.remove("external_task_id");
     }
+    without_nulls(&mut request);
     // API 2.0: `options` holding nothing else is the same request as no `options`.
     if request
         .get("options")
-        .is_some_and(|o| o.is_null() || o.as_object().is_some_and(Map::is_empty))
+        .is_some_and(|o| o.as_object().is_some_and(Map::is_empty))
     {
         request.remove("options");
     }
@@ -240,11 +241,26 @@ fn an_api_2_request_is_the_same_with_or_without_its_id_in_options() {
     );
     assert_eq!(digest(json!({"prompt": "p", "options": null})), plain);
     assert_eq!(digest(json!({"prompt": "p", "options": {}})), plain);
+    assert_eq!(
+        digest(json!({"prompt": "p", "mode": null, "options": {"watermark_info": null}})),
+        plain
+    );
     assert_ne!(
         digest(json!({"prompt": "p", "options": {"watermark_info": {"enabled": true}}})),
         plain
     );
     assert_ne!(digest(json!({"prompt": "q"})), plain);
+}
+
+/// Drops `null` fields, at any depth: validation reads them as left out, so a retry that
+/// adds or drops one is the same request.
+fn without_nulls(object: &mut Map<String, Value>) {
+    object.retain(|_, value| !value.is_null());
+    for value in object.values_mut() {
+        if let Value::Object(inner) = value {
+            without_nulls(inner);
+        }
+    }
 }
 
 /// An id `GET /tasks/{id}` can reach: `/tasks/{kind}` and `/tasks/reconcile` are routes

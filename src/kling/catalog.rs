@@ -230,7 +230,7 @@ pub static CATALOG: &[KindSpec] = &[
             &[&[
                 Rule::Required("input"),
                 Rule::Object("input"),
-                Rule::AnyOf(&["input.video_id", "input.video_url"]),
+                Rule::ExactlyOne("input.video_id", "input.video_url"),
                 Rule::Required("input.mode"),
                 Rule::OneOf("input.mode", &["text2video", "audio2video"]),
             ]],

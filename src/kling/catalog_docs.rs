@@ -101,8 +101,9 @@ fn nonblank_string() -> Value {
     json!({"type": "string", "pattern": "\\S"})
 }
 
+/// A string that is no `data:` URI (the `not` names its type, so `null` passes it).
 fn no_data_uri() -> Value {
-    json!({"type": "string", "not": {"pattern": "^data:"}})
+    json!({"type": "string", "not": {"type": "string", "pattern": "^data:"}})
 }
 
 /// One rule as JSON Schema; together (`allOf`) they accept what [`validate`] accepts.

@@ -164,16 +164,17 @@ impl<'a> KlingClient<'a> {
         let path = kind.path();
         // Ids go into the URL as they are: ours are `[A-Za-z0-9_-]`, Kling's were checked
         // as `[A-Za-z0-9._-]` when they were stored.
-        let (url, listed) = match (kind.spec().query, id) {
+        // `filtered`: Kling answered only tasks under the id asked about.
+        let (url, listed, filtered) = match (kind.spec().query, id) {
             (Query::ById, TaskRef::Kling(id) | TaskRef::External(id))
-            | (Query::ByTaskIdOnly, TaskRef::Kling(id)) => (format!("{path}/{id}"), false),
+            | (Query::ByTaskIdOnly, TaskRef::Kling(id)) => (format!("{path}/{id}"), false, true),
             // Kling cannot look these up by our id: find it in the newest 500 of its list.
             (Query::ByTaskIdOnly, TaskRef::External(_)) => {
-                (format!("{path}?pageNum=1&pageSize=500"), true)
+                (format!("{path}?pageNum=1&pageSize=500"), true, false)
             }
-            (Query::Tasks, TaskRef::Kling(id)) => (format!("/tasks?task_ids={id}"), true),
+            (Query::Tasks, TaskRef::Kling(id)) => (format!("/tasks?task_ids={id}"), true, true),
             (Query::Tasks, TaskRef::External(id)) => {
-                (format!("/tasks?external_task_ids={id}"), true)
+                (format!("/tasks?external_task_ids={id}"), true, true)
             }
         };
         self.check_auth(kind)?;
@@ -194,7 +195,10 @@ impl<'a> KlingClient<'a> {
             Value::Array(tasks) if listed => tasks,
             _ => return Err(KlingError::InvalidResponse(200)),
         };
-        let Some(task) = tasks.into_iter().find(|task| !listed || is_named(task, id)) else {
+        let Some(task) = tasks
+            .into_iter()
+            .find(|task| !listed || is_named(task, id, filtered))
+        else {
             return Ok(None);
         };
         match parse_callback(task.to_string().as_bytes()) {
@@ -222,12 +226,8 @@ impl<'a> KlingClient<'a> {
             .ok_or(KlingError::InvalidResponse(200))
     }
 
-    /// Whether the configured credentials can reach `kind` at all (API 2.0: an API key).
-    pub fn check_auth(&self, kind: TaskKind) -> Result<(), KlingError> {
-        match (kind.family(), &self.config.auth) {
-            (Family::Api2, KlingAuth::AccessKey { .. }) => Err(KlingError::ApiKeyRequired),
-            _ => Ok(()),
-        }
+    fn check_auth(&self, kind: TaskKind) -> Result<(), KlingError> {
+        check_auth(&self.config.auth, kind)
     }
 
     fn call(
@@ -263,6 +263,14 @@ impl<'a> KlingClient<'a> {
     }
 }
 
+/// Whether these credentials can reach `kind` at all (API 2.0 takes an API key only).
+pub fn check_auth(auth: &KlingAuth, kind: TaskKind) -> Result<(), KlingError> {
+    match (kind.family(), auth) {
+        (Family::Api2, KlingAuth::AccessKey { .. }) => Err(KlingError::ApiKeyRequired),
+        _ => Ok(()),
+    }
+}
+
 /// An id as Kling writes it: a string, or (carelessly) a whole number.
 fn id_text(value: &Value) -> Option<String> {
     match value {
@@ -284,11 +292,16 @@ fn kling_id(task: &Value) -> Option<String> {
         .filter(|id| is_valid_task_id(id))
 }
 
-/// Whether a task of a list answer is the one `id` names.
-fn is_named(task: &Value, id: TaskRef<'_>) -> bool {
+/// Whether a task of a list answer is the one `id` names. In an answer Kling filtered by
+/// our id, a task that does not repeat it counts (the contract names `external_id` in
+/// creates and callbacks, not in every query answer); one naming another never does.
+fn is_named(task: &Value, id: TaskRef<'_>, filtered: bool) -> bool {
     match id {
         TaskRef::Kling(id) => kling_id(task).as_deref() == Some(id),
-        TaskRef::External(id) => external_id(task).as_deref() == Some(id),
+        TaskRef::External(id) => match external_id(task) {
+            Some(named) => named == id,
+            None => filtered,
+        },
     }
 }
 
@@ -456,6 +469,38 @@ pub(crate) mod tests {
                 "http://kling.test/tasks?task_ids=t-9",
                 "http://kling.test/tasks?task_ids=t-0",
             ]
+        );
+    }
+
+    #[test]
+    fn an_answer_filtered_by_our_id_need_not_repeat_it_but_may_not_name_another() {
+        let transport = Scripted::new(vec![
+            Ok((
+                200,
+                r#"{"code":0,"data":[{"id":"t-1","status":"processing"}]}"#,
+            )),
+            Ok((
+                200,
+                r#"{"code":0,"data":[{"id":"t-2","status":"processing","external_id":"theirs"}]}"#,
+            )),
+            // An unfiltered list: a task that names no external id is not ours.
+            Ok((
+                200,
+                r#"{"code":0,"data":[{"task_id":"3","task_status":"processing"}]}"#,
+            )),
+        ]);
+        let config = config();
+        let client = KlingClient::new(&config, &transport, 0);
+        let api2 = TaskKind::from_name("text-to-video/kling-2.6").unwrap();
+        let found = client.find(api2, TaskRef::External("job-1")).unwrap();
+        assert_eq!(found.map(|f| f.task_id).as_deref(), Some("t-1"));
+        assert_eq!(client.find(api2, TaskRef::External("job-1")).unwrap(), None);
+        let by_task_id_only = TaskKind::from_name("ai-multi-shot").unwrap();
+        assert_eq!(
+            client
+                .find(by_task_id_only, TaskRef::External("job-1"))
+                .unwrap(),
+            None
         );
     }
 

@@ -79,7 +79,8 @@ pub fn lookup<'a>(request: &'a Map<String, Value>, path: &str) -> Option<&'a Val
     (!value.is_null()).then_some(value)
 }
 
-fn given(request: &Map<String, Value>, field: &str) -> bool {
+/// Whether `field` is given as [`Rule::Required`] reads it: non-blank, non-empty, not `null`.
+pub fn given(request: &Map<String, Value>, field: &str) -> bool {
     match lookup(request, field) {
         Some(Value::String(s)) => !s.trim().is_empty(),
         Some(Value::Array(list)) => !list.is_empty(),

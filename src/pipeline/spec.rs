@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::kling::catalog::{Rule, TaskKind};
-use crate::kling::request::{RequestError, lookup, own_fields, validate};
+use crate::kling::request::{RequestError, given, lookup, own_fields, validate};
 use crate::task::TaskRecord;
 use crate::validate::is_valid_external_task_id;
 
@@ -234,10 +234,11 @@ fn default_inputs(
         .collect()
 }
 
-/// Whether `request` sets `target`, or the field a rule of `kind` pairs it with (the other
-/// of an exactly-one or any-of pair): a default there would clash with the caller's.
+/// Whether `request` gives `target`, or the other field of an exactly-one pair of `kind`'s
+/// rules: a default there would clash with the caller's. (Fields of an any-of may come
+/// together: image2video's `image` and `image_tail` are the first and the last frame.)
 fn answered(kind: TaskKind, request: &Map<String, Value>, target: &str) -> bool {
-    let given = |field: &str| lookup(request, field).is_some();
+    let given = |field: &str| given(request, field);
     given(target)
         || kind
             .spec()
@@ -247,7 +248,6 @@ fn answered(kind: TaskKind, request: &Map<String, Value>, target: &str) -> bool 
             .flatten()
             .any(|rule| match *rule {
                 Rule::ExactlyOne(a, b) => (a == target && given(b)) || (b == target && given(a)),
-                Rule::AnyOf(fields) => fields.contains(&target) && fields.iter().any(|f| given(f)),
                 _ => false,
             })
 }
@@ -487,17 +487,27 @@ mod tests {
         )
         .unwrap();
         assert!(spec.steps[1].inputs.is_empty());
-        // The caller's own `image` is kept.
-        let spec = build(
-            "p".into(),
-            steps(json!([
-                {"kind": "image-generation", "request": {"prompt": "a"}},
-                {"kind": "image2video", "request": {"image": "https://mine.png"}},
-            ])),
-            7,
-        )
-        .unwrap();
-        assert!(spec.steps[1].inputs.is_empty());
+        // The caller's own `image` is kept; a last frame still takes the first from before.
+        let image_step = |request: Value| {
+            build(
+                "p".into(),
+                steps(json!([
+                    {"kind": "image-generation", "request": {"prompt": "a"}},
+                    {"kind": "image2video", "request": request},
+                ])),
+                7,
+            )
+            .unwrap()
+            .steps[1]
+                .inputs
+                .clone()
+        };
+        assert!(image_step(json!({"image": "https://mine.png"})).is_empty());
+        assert_eq!(
+            image_step(json!({"image_tail": "https://last.png"}))["image"],
+            "images.0.url"
+        );
+        assert_eq!(image_step(json!({"image": ""}))["image"], "images.0.url");
         // ai-multi-shot's views are no single image: image2video must be told, up front.
         let err = build(
             "p".into(),

@@ -411,10 +411,13 @@ async fn a_forged_callback_cannot_bind_a_task_whose_create_answer_is_on_its_way(
     );
     let app = d.app.clone();
     let submit = tokio::spawn(async move { app.send(text2video_as("forge-1")).await });
-    // The task is recorded, Kling's create answer not in yet: a leaked callback URL
-    // names another task.
+    // The task is recorded and Kling has it, its create answer not in yet: a leaked
+    // callback URL names another task. (Waiting for Kling too: before Kling has the task,
+    // the answer is 503 `binding_unconfirmed`, another test's case.)
     let deadline = Instant::now() + Duration::from_secs(10);
-    while d.app.kv.get_now("task:forge-1").is_none() {
+    while d.app.kv.get_now("task:forge-1").is_none()
+        || d.standin.tasks_with_external_id("forge-1").is_empty()
+    {
         assert!(Instant::now() < deadline, "never recorded");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
