@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::kling::catalog::TaskKind;
 use crate::kling::client::{KlingClient, KlingError, TaskRef, check_auth};
-use crate::kling::request::{RequestError, lookup, own_fields, validate};
+use crate::kling::request::{RequestError, lookup, own_fields, set_path, validate};
 use crate::outbound::HttpTransport;
 use crate::router::Route;
 use crate::store::layout::TaskKey;
@@ -132,8 +132,9 @@ pub fn submit(
         store.forget_submission(&submission)?;
         return Err(error.into());
     }
-    set_field(&mut body, external_field, external_task_id.clone().into());
-    set_field(
+    // Validation let `options` (API 2.0) be only an object or `null`: both paths can be set.
+    set_path(&mut body, external_field, external_task_id.clone().into());
+    set_path(
         &mut body,
         callback_field,
         config.callback_url(&external_task_id).into(),
@@ -183,25 +184,6 @@ fn answer(store: &TaskStore<'_>, key: &TaskKey, created: bool) -> Result<Submitt
         StoreError::Unavailable("the submitted task was not found after recording it".into())
     })?;
     Ok(Submitted { record, created })
-}
-
-/// Sets a top-level field, or one in `options` (API 2.0; validation allows it only as an
-/// object or `null`).
-fn set_field(body: &mut Map<String, Value>, field: &str, value: Value) {
-    match field.split_once('.') {
-        Some((parent, field)) => {
-            let parent = body.entry(parent).or_insert(Value::Null);
-            if !parent.is_object() {
-                *parent = Value::Object(Map::new());
-            }
-            if let Value::Object(parent) = parent {
-                parent.insert(field.into(), value);
-            }
-        }
-        None => {
-            body.insert(field.into(), value);
-        }
-    }
 }
 
 /// 16 hex digits of SHA-256 over the kind and the request as Kling gets it, less the

@@ -198,9 +198,13 @@ fn checked_with_kling(
     callback: TaskEvent,
 ) -> Result<Checked, CallbackError> {
     let verify = check.verify_finals && callback.status.is_final();
+    // The common case, first and without a look at the catalog: nothing to ask Kling.
+    if !verify && head.is_none_or(|h| h.task_id.is_some()) {
+        return Ok(Checked::Event(Box::new(callback)));
+    }
     let submitted = head.and_then(|h| {
         let kind = TaskKind::from_name(&h.submission.as_ref()?.kind)?;
-        Some((kind, h.external_task_id.clone()?, h.task_id.clone()))
+        Some((kind, h.external_task_id.as_deref()?, h.task_id.as_deref()))
     });
     let Some((kind, external_task_id, bound_task_id)) = submitted else {
         return Ok(if verify {
@@ -209,19 +213,17 @@ fn checked_with_kling(
             Checked::Event(Box::new(callback))
         });
     };
+    // Here the task is unbound, or a final is to be verified.
     let unbound = bound_task_id.is_none();
-    if !unbound && !verify {
-        return Ok(Checked::Event(Box::new(callback)));
-    }
-    let id = match &bound_task_id {
+    let id = match bound_task_id {
         Some(task_id) => TaskRef::Kling(task_id),
-        None => TaskRef::External(&external_task_id),
+        None => TaskRef::External(external_task_id),
     };
     // Kling's answer must be about our external id, and its task the callback's.
     let kling = check.lookup.find(kind, id)?.filter(|k| {
         k.external_task_id
             .as_ref()
-            .is_none_or(|ext| *ext == external_task_id)
+            .is_none_or(|ext| ext == external_task_id)
     });
     if unbound {
         match &kling {
@@ -258,7 +260,7 @@ fn checked_with_kling(
                 && kling.status == callback.status
                 && urls(&kling) == urls(&callback) =>
         {
-            kling.external_task_id = Some(external_task_id);
+            kling.external_task_id = Some(external_task_id.to_string());
             kling.source = EventSource::Callback;
             Checked::Event(Box::new(kling))
         }

@@ -1,5 +1,6 @@
-//! Talking to Kling: endpoints per task kind, the auth token, request validation, the
-//! response envelope, and a client over the [`HttpTransport`] trait.
+//! Talking to Kling: the catalog of task kinds (paths, families, rules, outputs), the
+//! auth token, request validation by the catalog's rules, and a client for both API
+//! families over the [`HttpTransport`] trait.
 //!
 //! [`HttpTransport`]: crate::outbound::HttpTransport
 

@@ -79,6 +79,29 @@ pub fn lookup<'a>(request: &'a Map<String, Value>, path: &str) -> Option<&'a Val
     (!value.is_null()).then_some(value)
 }
 
+/// Sets `value` at a dot path, creating objects on the way (a `null` on the way is a field
+/// left out, as [`lookup`] reads it); `false`, and nothing set, if the path crosses
+/// another value.
+pub fn set_path(object: &mut Map<String, Value>, path: &str, value: Value) -> bool {
+    let (parents, last) = match path.rsplit_once('.') {
+        Some((parents, last)) => (Some(parents), last),
+        None => (None, path),
+    };
+    let mut current = object;
+    for segment in parents.into_iter().flat_map(|p| p.split('.')) {
+        let next = current.entry(segment.to_string()).or_insert(Value::Null);
+        if next.is_null() {
+            *next = Value::Object(Map::new());
+        }
+        match next.as_object_mut() {
+            Some(inner) => current = inner,
+            None => return false,
+        }
+    }
+    current.insert(last.to_string(), value);
+    true
+}
+
 /// Whether `field` is given as [`Rule::Required`] reads it: non-blank, non-empty, not `null`.
 pub fn given(request: &Map<String, Value>, field: &str) -> bool {
     match lookup(request, field) {
@@ -531,6 +554,22 @@ mod tests {
                 "{name} {body}: {result:?}"
             );
         }
+    }
+
+    #[test]
+    fn set_path_creates_objects_reads_null_as_absent_and_never_crosses_a_value() {
+        let mut object = json!({"options": null, "input": "text"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(set_path(&mut object, "options.callback_url", json!("u")));
+        assert!(set_path(&mut object, "a.b.c", json!(1)));
+        assert!(set_path(&mut object, "top", json!(true)));
+        assert!(!set_path(&mut object, "input.video_id", json!("v")));
+        assert_eq!(
+            Value::Object(object),
+            json!({"options": {"callback_url": "u"}, "input": "text", "a": {"b": {"c": 1}}, "top": true})
+        );
     }
 
     #[test]

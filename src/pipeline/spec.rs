@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::kling::catalog::{Rule, TaskKind};
-use crate::kling::request::{RequestError, given, lookup, own_fields, validate};
+use crate::kling::request::{RequestError, given, lookup, own_fields, set_path, validate};
 use crate::task::TaskRecord;
 use crate::validate::is_valid_external_task_id;
 
@@ -190,12 +190,13 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
             {
                 return Err(invalid("this field is set by kling-webhook"));
             }
-            set_path(
+            if !set_path(
                 &mut checked,
                 target,
                 Value::String("from-previous-step".into()),
-            )
-            .map_err(|()| invalid("the target crosses a field that is not an object"))?;
+            ) {
+                return Err(invalid("the target crosses a field that is not an object"));
+            }
         }
         let bytes = serde_json::to_vec(&checked).map_err(|_| SpecError::InvalidBody)?;
         validate(kind, &bytes).map_err(|error| SpecError::InvalidRequest { step: index, error })?;
@@ -269,23 +270,6 @@ fn is_path(path: &str) -> bool {
         })
 }
 
-/// Sets `value` at a dot path, creating objects on the way.
-fn set_path(object: &mut Map<String, Value>, path: &str, value: Value) -> Result<(), ()> {
-    let (parents, last) = match path.rsplit_once('.') {
-        Some((parents, last)) => (Some(parents), last),
-        None => (None, path),
-    };
-    let mut current = object;
-    for segment in parents.into_iter().flat_map(|p| p.split('.')) {
-        let next = current
-            .entry(segment.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
-        current = next.as_object_mut().ok_or(())?;
-    }
-    current.insert(last.to_string(), value);
-    Ok(())
-}
-
 /// The value at a dot path of a task record, if there is one.
 fn get_path(record: &TaskRecord, path: &str) -> Option<Value> {
     let mut value = serde_json::to_value(record).ok()?;
@@ -331,7 +315,9 @@ pub fn request_for<'a>(
             .and_then(task)
             .and_then(|record| get_path(record, path))
             .ok_or_else(missing)?;
-        set_path(&mut request, target, value).map_err(|()| missing())?;
+        if !set_path(&mut request, target, value) {
+            return Err(missing());
+        }
     }
     Ok(request)
 }

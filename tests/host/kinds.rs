@@ -9,9 +9,10 @@ use kling_standin::{CreateBehaviour, Script};
 use serde_json::{Value, json};
 
 use crate::support::components::kling_app;
-use crate::support::deployment::{Auth, Deployment, deploy_with, submit_request};
+use crate::support::deployment::{Auth, deploy_with, submit_request};
 use crate::support::kv::Op;
 use crate::support::requests::{authorized, authorized_json, get_task, request};
+use crate::support::spin_host::SpinApp;
 
 /// Every output list a record can carry.
 const OUTPUTS: [&str; 6] = [
@@ -23,9 +24,9 @@ const OUTPUTS: [&str; 6] = [
     "elements",
 ];
 
-async fn kinds(d: &Deployment) -> Vec<Value> {
-    let reply = d
-        .app
+/// `GET /kinds`, without a token.
+async fn kinds(app: &SpinApp) -> Vec<Value> {
+    let reply = app
         .send(request("GET", "/kinds").body(bytes::Bytes::new()).unwrap())
         .await;
     reply.expect_json(200)["kinds"].as_array().unwrap().clone()
@@ -35,7 +36,7 @@ async fn kinds(d: &Deployment) -> Vec<Value> {
 /// stored record against what the stand-in sent.
 async fn submitted_called_back_and_stored(name: &str) {
     let d = deploy_with(Auth::ApiKey, None, &[]).await;
-    let kinds = kinds(&d).await;
+    let kinds = kinds(&d.app).await;
     let kind = kinds
         .iter()
         .find(|k| k["name"] == name)
@@ -205,13 +206,8 @@ one_test_per_kind! {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_the_component_lists_has_its_test() {
-    let app = kling_app();
-    let reply = app
-        .send(request("GET", "/kinds").body(bytes::Bytes::new()).unwrap())
-        .await;
-    let listed: Vec<String> = reply.expect_json(200)["kinds"]
-        .as_array()
-        .unwrap()
+    let listed: Vec<String> = kinds(&kling_app())
+        .await
         .iter()
         .map(|k| k["name"].as_str().unwrap().to_string())
         .collect();

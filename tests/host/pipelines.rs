@@ -243,6 +243,20 @@ async fn bad_descriptions_and_refused_first_steps_store_nothing() {
             "invalid_pipeline_id",
             "id",
         ),
+        // A source that is no earlier step; an API 2.0 step naming its own external id.
+        (
+            json!({"steps": [{"kind": "text2video", "request": {"prompt": "a"}},
+                             {"kind": "video-extend", "request": {}, "inputs": {"video_id": "steps.1.videos.0.id"}}]}),
+            400,
+            "invalid_pipeline",
+            "steps[1].inputs.video_id",
+        ),
+        (
+            json!({"steps": [{"kind": "text-to-video/kling-3.0", "request": {"prompt": "a", "options": {"external_task_id": "x"}}}]}),
+            400,
+            "invalid_pipeline",
+            "steps[0].request.options.external_task_id",
+        ),
     ];
     for (body, status, code, field) in cases {
         let reply = create(&d.app, &body).await;

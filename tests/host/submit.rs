@@ -268,6 +268,37 @@ async fn invalid_requests_are_400_naming_the_field_and_reach_neither_kling_nor_t
             "input.mode",
         ),
         ("text2video", json!(["not", "an", "object"]), "body"),
+        // The catalog's rules for the newer kinds, and API 2.0's own fields.
+        (
+            "avatar",
+            json!({"image": "https://f.png", "audio_id": "a", "sound_file": "https://s.mp3"}),
+            "audio_id",
+        ),
+        (
+            "text-to-audio",
+            json!({"prompt": "rain", "duration": "5"}),
+            "duration",
+        ),
+        (
+            "omni-image",
+            json!({"prompt": "p", "result_type": "grid"}),
+            "result_type",
+        ),
+        (
+            "text-to-video/kling-3.0",
+            json!({"prompt": "p", "options": {"callback_url": "https://elsewhere"}}),
+            "options.callback_url",
+        ),
+        (
+            "text-to-video/kling-3.0",
+            json!({"prompt": "p", "external_task_id": "job-top"}),
+            "external_task_id",
+        ),
+        (
+            "text-to-video/kling-3.0",
+            json!({"prompt": "p", "settings": {"duration": 16}}),
+            "settings.duration",
+        ),
     ];
     for (kind, body, field) in cases {
         let reply = d.submit(kind, body).await;
