@@ -152,6 +152,14 @@ impl KeyValue for InFlight<'_> {
         Ok(())
     }
 
+    fn set_all(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut writes = self.writes.borrow_mut();
+        for (key, value) in entries {
+            writes.push((key.clone(), Some(value.clone())));
+        }
+        Ok(())
+    }
+
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.writes.borrow_mut().push((key.to_string(), None));
         Ok(())

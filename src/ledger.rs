@@ -170,9 +170,10 @@ pub struct TaskHead {
     /// Set when this component submitted the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submission: Option<Submission>,
-    /// The task's listing entry could not be written: the next delivery lists it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub unlisted: bool,
+    /// A task not submitted here: when its listing entry is named (`listed/{ms}/{key}`),
+    /// so that every news of it writes the same entry again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed_at: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -3,8 +3,9 @@
 //! The order matters. Everything that can reject a delivery runs before the store is
 //! touched, so a rejected request stores nothing. Signatures are checked over the raw
 //! bytes before parsing. Then the store sees at most two round trips before the sender is
-//! acknowledged: one read of the task's head, and, for news, one write of the status slot.
-//! The head's bookkeeping is returned to be written after the acknowledgement.
+//! acknowledged: one read of the task's head, and, for news, one batch of the status slot
+//! with the head (and the first binding). What is left (the listing entry of a task not
+//! submitted here) is returned to be written after the acknowledgement.
 
 use crate::callback::parse::{PayloadError, parse_callback};
 use crate::config::{CallbackConfig, ConfigError};
@@ -154,10 +155,13 @@ pub fn receive(
         }
     };
     let (verdict, bookkeeping) = store.record_event_with_head(&key, head, &event, now_ms)?;
+    let news = matches!(verdict, Verdict::Apply(_));
     Ok(Received {
         verdict,
-        bookkeeping: (!bookkeeping.changes_nothing()).then_some(bookkeeping),
-        news: matches!(verdict, Verdict::Apply(_)).then_some(event),
+        // News keeps its bookkeeping even with nothing left to write: the record that is
+        // announced after the acknowledgement is built from its head.
+        bookkeeping: (news || !bookkeeping.changes_nothing()).then_some(bookkeeping),
+        news: news.then_some(event),
     })
 }
 
@@ -540,6 +544,23 @@ pub(crate) mod tests {
         let again = deliver(&kv, &body("processing", 5)).unwrap();
         assert_eq!(again.verdict, Verdict::Duplicate);
         assert_eq!(kv.round_trips.get(), 1);
+    }
+
+    #[test]
+    fn news_of_a_task_submitted_here_is_one_batch_and_still_announced() {
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        kv.round_trips.set(0);
+        let received = deliver(&kv, &body("succeed", 5)).unwrap();
+        assert_eq!(received.verdict, Verdict::Apply(Slot::Final));
+        // The head read and one batch; nothing is left to write after the answer...
+        assert_eq!((kv.round_trips.get(), kv.sets.get()), (2, 2));
+        let bookkeeping = received.bookkeeping.expect("news keeps its bookkeeping");
+        bookkeeping.apply(&kv).unwrap();
+        assert_eq!(kv.round_trips.get(), 2);
+        // ...but the news is there to announce, with the head it left.
+        assert!(received.news.is_some());
+        assert_eq!(bookkeeping.head().deliveries, 1);
     }
 
     #[test]

@@ -24,6 +24,12 @@ use serde::de::DeserializeOwned;
 pub trait KeyValue {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Writes every entry in one round trip; all keys are of one label. On Spin this is
+    /// `wasi:keyvalue/batch`'s `set-many`: one SQLite transaction, one Redis `MSET`, so
+    /// all or nothing. Callers order the entries so that a store applying them one by
+    /// one and stopping at a failure still leaves nothing wrong (a slot before the head
+    /// that records it).
+    fn set_all(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError>;
     fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Every key starting with `prefix` (one `get-keys` of the prefix's label).
     fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
@@ -107,6 +113,20 @@ pub(crate) mod memory {
             self.map
                 .borrow_mut()
                 .insert(key.to_string(), value.to_vec());
+            Ok(())
+        }
+
+        /// One round trip and one counted set, all or nothing (like Spin's stores).
+        fn set_all(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            self.trip()?;
+            self.sets.set(self.sets.get() + 1);
+            if self.fail_nth_set.get() == Some(self.sets.get()) {
+                return Err(StoreError::Unavailable("injected".into()));
+            }
+            let mut map = self.map.borrow_mut();
+            for (key, value) in entries {
+                map.insert(key.clone(), value.clone());
+            }
             Ok(())
         }
 

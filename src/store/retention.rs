@@ -280,6 +280,9 @@ mod tests {
         fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
             self.inner.set(key, value)
         }
+        fn set_all(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            self.inner.set_all(entries)
+        }
         fn delete(&self, key: &str) -> Result<(), StoreError> {
             self.deleted.borrow_mut().push(key.to_string());
             self.inner.delete(key)

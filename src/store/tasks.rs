@@ -106,15 +106,15 @@ pub struct TaskPage {
     pub next_cursor: Option<Cursor>,
 }
 
-/// Writes that follow an accepted delivery and may happen after the acknowledgement:
-/// the task_id index (first binding only), the listing entry of a task not submitted
-/// here (until one is written), the head, and the retention entry of a task a poll made
-/// final. Applied in that order; a failure stops the rest, so the head never claims a
-/// binding whose index is missing, except a failed listing entry, which the head
-/// records (`unlisted`) for the next delivery to redo. Each is a key of this task
-/// alone: no delivery of another task waits on it.
-/// The head is kept as a value and serialized only when applied, after the
-/// acknowledgement; [`Bookkeeping::head`] is also what the task's record is built from.
+/// What an accepted delivery writes besides its slot. For news, the head (and, on the
+/// task's first binding, the task_id index) goes into the same batch as the slot, before
+/// the acknowledgement: one round trip (see [`TaskStore::record_event_with_head`]). What
+/// is left for after it ([`Bookkeeping::apply`]) is in other labels: the listing entry of
+/// a task not submitted here, which every news of such a task writes again (same name,
+/// so a failed or lost write is redone by the next), and the retention entry of a task a
+/// poll made final. A delivery that is not news writes its changed head (a poll's time,
+/// the `rejected` counter) there too. Each is a key of this task alone: no delivery of
+/// another task waits on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "bookkeeping does nothing until applied"]
 pub struct Bookkeeping {
@@ -122,12 +122,14 @@ pub struct Bookkeeping {
     head: TaskHead,
     /// Set on the task's first binding: `taskid:{task_id}` → `{key}`.
     index_task_id: Option<String>,
-    /// A task seen for the first time, not submitted here: list it (`listed/`).
+    /// A task not submitted here: (re)write its listing entry (`listed/`).
     list_at: Option<u64>,
     /// A poll stored a final state: index the task for retention (`final/`).
     final_at: Option<u64>,
     /// Whether the delivery changed the head (a repeat of a bound task does not).
     head_changed: bool,
+    /// The head and the task_id index went with the slot, before the acknowledgement.
+    batched: bool,
 }
 
 impl Bookkeeping {
@@ -135,34 +137,47 @@ impl Bookkeeping {
     /// from its one read, with no write at all (a write per repeat would cost as much
     /// as the store's whole work for news on Spin's SQLite store).
     pub fn changes_nothing(&self) -> bool {
-        !self.head_changed
-            && self.index_task_id.is_none()
+        (self.batched || (!self.head_changed && self.index_task_id.is_none()))
             && self.list_at.is_none()
             && self.final_at.is_none()
     }
 
+    /// The writes left after the acknowledgement, in order: for a delivery that was not
+    /// news, the task_id index and the head; then the listing and retention entries.
     pub fn apply(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
-        if let Some(task_id) = &self.index_task_id {
-            kv.set(&task_id_index(task_id), self.key.as_str().as_bytes())?;
+        if !self.batched {
+            if let Some(task_id) = &self.index_task_id {
+                kv.set(&task_id_index(task_id), self.key.as_str().as_bytes())?;
+            }
+            if self.head_changed {
+                kv.set(&self.key.head(), &to_json(&self.head))?;
+            }
         }
-        // Retention relies on the listing to find a task a callback finished, so a
-        // listing write that fails is marked in the head (`unlisted`) and redone by the
-        // next delivery; the head is written either way, so that delivery is still
-        // judged against what was seen.
-        let listed = match self.list_at {
-            Some(ms) => Index::listed(kv).add(&listed_entry(&self.key, ms)),
-            None => Ok(()),
-        };
-        let mut head = self.head.clone();
-        if self.list_at.is_some() {
-            head.unlisted = listed.is_err();
+        if let Some(ms) = self.list_at {
+            Index::listed(kv).add(&listed_entry(&self.key, ms))?;
         }
-        kv.set(&self.key.head(), &to_json(&head))?;
-        listed?;
         if let Some(ms) = self.final_at {
             Index::finals(kv).add(&final_entry(&self.key, ms))?;
         }
         Ok(())
+    }
+
+    /// The batch that records news: the slot first, then the head that says it was
+    /// seen, then (first binding) the task_id index. A store that applied them one by
+    /// one and stopped at a failure would leave a slot the head does not know yet, which
+    /// the sender's retry writes again; never a head claiming a slot that is missing.
+    fn news_batch(&self, slot: Slot, event: &TaskEvent) -> Vec<(String, Vec<u8>)> {
+        let mut batch = vec![
+            (self.key.slot(slot), to_json(event)),
+            (self.key.head(), to_json(&self.head)),
+        ];
+        if let Some(task_id) = &self.index_task_id {
+            batch.push((
+                task_id_index(task_id),
+                self.key.as_str().as_bytes().to_vec(),
+            ));
+        }
+        batch
     }
 
     /// The head as this delivery leaves it.
@@ -173,14 +188,6 @@ impl Bookkeeping {
     /// The task's store key.
     pub fn key(&self) -> &TaskKey {
         &self.key
-    }
-
-    /// The keys of the default store [`Self::apply`] writes, in order.
-    pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
-        self.index_task_id
-            .iter()
-            .map(|task_id| task_id_index(task_id))
-            .chain(std::iter::once(self.key.head()))
     }
 }
 
@@ -206,7 +213,9 @@ impl<'a> TaskStore<'a> {
         self.record_event_with_head(key, head, event, now_ms)
     }
 
-    /// [`Self::record_event`] for a caller that has just read the head itself.
+    /// [`Self::record_event`] for a caller that has just read the head itself. News is
+    /// one batch of the default label: its slot, the head, and on the first binding
+    /// the task_id index.
     pub fn record_event_with_head(
         &self,
         key: &TaskKey,
@@ -219,13 +228,12 @@ impl<'a> TaskStore<'a> {
         }
         let seen = head.as_ref().map(|h| h.seen.clone()).unwrap_or_default();
         let verdict = judge(&seen, event);
+        let mut bookkeeping = Self::bookkeeping(key, head, event, verdict, now_ms);
         if let Verdict::Apply(slot) = verdict {
-            self.write_slot(key, slot, event)?;
+            self.kv.set_all(&bookkeeping.news_batch(slot, event))?;
+            bookkeeping.batched = true;
         }
-        Ok((
-            verdict,
-            Self::bookkeeping(key, head, event, verdict, now_ms),
-        ))
+        Ok((verdict, bookkeeping))
     }
 
     pub fn write_slot(
@@ -246,34 +254,44 @@ impl<'a> TaskStore<'a> {
         now_ms: u64,
     ) -> Bookkeeping {
         let first_binding = head.as_ref().is_none_or(|h| h.task_id.is_none());
-        // Not listed yet: a first delivery, or one whose listing write failed.
-        let unlisted = head.as_ref().is_none_or(|h| h.unlisted);
+        // A submit lists its task before calling Kling; any other task is listed by
+        // every delivery that is news, under the name its first one chose.
+        let news = matches!(verdict, Verdict::Apply(_));
+        let not_submitted_here = head.as_ref().is_none_or(|h| h.submission.is_none());
+        let listed_at = head.as_ref().and_then(|h| h.listed_at);
         let became_final = matches!(verdict, Verdict::Apply(Slot::Final | Slot::Lost));
         let before = head.clone();
-        let after = head
+        let mut after = head
             .unwrap_or_default()
             .after_delivery(event, verdict, now_ms);
+        // Kling's `created_at` makes concurrent first deliveries write one entry
+        // (within 13 digits, so the entry keeps its shape and sorts by time). It is
+        // kept at most a day ahead of our clock, not clamped to now: Kling's clock may
+        // run a little ahead, while a date far in the future would hide the task from
+        // retention's scan of the listing until then.
+        let list_at = (news && not_submitted_here).then(|| {
+            listed_at.unwrap_or_else(|| {
+                event
+                    .created_at
+                    .filter(|ms| *ms < 10_000_000_000_000)
+                    .map_or(now_ms, |ms| ms.min(now_ms.saturating_add(DAY_MS)))
+            })
+        });
+        if list_at.is_some() {
+            after.listed_at = list_at;
+        }
         Bookkeeping {
             key: key.clone(),
             head_changed: before.as_ref() != Some(&after),
             head: after,
             index_task_id: first_binding.then(|| event.task_id.clone()),
-            // Kling's `created_at` makes concurrent first deliveries write one entry
-            // (within 13 digits, so the entry keeps its shape and sorts by time). It is
-            // kept at most a day ahead of our clock, not clamped to now: Kling's clock
-            // may run a little ahead, while a date far in the future would hide the
-            // task from retention's scan of the listing until then.
-            list_at: unlisted.then(|| {
-                event
-                    .created_at
-                    .filter(|ms| *ms < 10_000_000_000_000)
-                    .map_or(now_ms, |ms| ms.min(now_ms.saturating_add(DAY_MS)))
-            }),
+            list_at,
             // Only a poll (the reconciler, off the hot path) indexes a final task for
             // retention by day here. A final callback leaves it to the reconciler (a
             // task submitted here) or to retention's scan of the listing (any other):
             // one write fewer for the delivery that matters most.
             final_at: (became_final && event.source == EventSource::Poll).then_some(now_ms),
+            batched: false,
         }
     }
 
@@ -289,6 +307,7 @@ impl<'a> TaskStore<'a> {
             list_at: None,
             final_at: None,
             head_changed: true,
+            batched: false,
         }
     }
 
@@ -582,45 +601,106 @@ mod tests {
     }
 
     #[test]
-    fn bookkeeping_binds_once_then_only_updates_the_head() {
+    fn news_is_one_batch_of_slot_head_and_first_binding_then_its_listing() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Submitted);
-        let first = TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Submitted), 5);
+        let (verdict, books) = store.record_event(&key, &e, 5).unwrap();
+        assert_eq!(verdict, Verdict::Apply(Slot::Submitted));
+        // One read (the head) and one batch: all of it before the acknowledgement.
+        assert_eq!((kv.round_trips.get(), kv.sets.get()), (2, 1));
         assert_eq!(
-            first.keys().collect::<Vec<_>>(),
-            ["taskid:86", "task:job-1"]
+            kv.keys(),
+            ["task:job-1", "task:job-1:submitted", "taskid:86"]
+        );
+        // Left for after it: only the listing entry, in its own label.
+        books.apply(&kv).unwrap();
+        assert_eq!((kv.round_trips.get(), kv.sets.get()), (3, 2));
+        assert_eq!(
+            Index::listed(&kv).entries().unwrap(),
+            [listed_entry(&key, 5)]
         );
 
-        let kv = MemoryKv::default();
-        first.apply(&kv).unwrap();
-        let head = TaskStore::new(&kv).head(&key).unwrap();
-        let second = TaskStore::bookkeeping(&key, head, &e, Verdict::Duplicate, 6);
-        assert_eq!(second.keys().collect::<Vec<_>>(), ["task:job-1"]);
+        // A repeat: its one read, and nothing to write.
+        let (verdict, books) = store.record_event(&key, &e, 6).unwrap();
+        assert_eq!(verdict, Verdict::Duplicate);
+        assert!(books.changes_nothing());
+        assert_eq!(
+            (kv.round_trips.get(), kv.sets.get()),
+            (5, 2),
+            "one read more"
+        );
+
+        // Later news: no second binding, the same listing entry again.
+        let mut processing = e.clone();
+        processing.status = TaskStatus::Processing;
+        let (_, books) = store.record_event(&key, &processing, 7).unwrap();
+        books.apply(&kv).unwrap();
+        assert_eq!(kv.sets.get(), 4);
+        assert_eq!(
+            Index::listed(&kv).entries().unwrap(),
+            [listed_entry(&key, 5)]
+        );
+        let head = store.head(&key).unwrap().unwrap();
+        assert_eq!((head.listed_at, head.deliveries), (Some(5), 2));
     }
 
     #[test]
-    fn a_failed_listing_write_is_marked_in_the_head_and_redone_by_the_next_delivery() {
+    fn a_task_submitted_here_is_not_listed_again_by_its_news() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        store
+            .record_submission(&NewSubmission {
+                key: &key,
+                external_task_id: "job-1",
+                kind: "text2video",
+                pipeline: None,
+                nonce: "n",
+                now_ms: 1,
+                first_due_ms: 2,
+                body_digest: None,
+            })
+            .unwrap();
+        let sets = kv.sets.get();
+        let e = event("86", Some("job-1"), TaskStatus::Processing);
+        let (_, books) = store.record_event(&key, &e, 5).unwrap();
+        assert!(books.changes_nothing(), "{books:?}");
+        assert_eq!(kv.sets.get(), sets + 1);
+    }
+
+    #[test]
+    fn a_failed_batch_stores_nothing() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        kv.fail_nth_set.set(Some(1));
+        let e = event("86", Some("job-1"), TaskStatus::Succeed);
+        assert!(store.record_event(&key, &e, 5).is_err());
+        assert!(kv.keys().is_empty(), "{:?}", kv.keys());
+    }
+
+    #[test]
+    fn a_failed_listing_write_is_redone_by_the_next_news() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Processing);
-        let kv = MemoryKv::default();
-        // The second set is the listing entry (after the task_id index).
-        kv.fail_nth_set.set(Some(2));
-        let plan = TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Processing), 5);
-        assert!(plan.apply(&kv).is_err());
-        let store = TaskStore::new(&kv);
-        let head = store
-            .head(&key)
-            .unwrap()
-            .expect("the head is written anyway");
-        assert!(head.unlisted && head.seen.processing.is_some());
+        let (_, books) = store.record_event(&key, &e, 5).unwrap();
+        kv.fail_next.set(true);
+        assert!(books.apply(&kv).is_err());
         assert!(Index::listed(&kv).entries().unwrap().is_empty());
+        assert!(store.head(&key).unwrap().unwrap().seen.processing.is_some());
 
         let mut done = e.clone();
         done.status = TaskStatus::Succeed;
-        let again = TaskStore::bookkeeping(&key, Some(head), &done, Verdict::Apply(Slot::Final), 6);
-        again.apply(&kv).unwrap();
-        assert_eq!(Index::listed(&kv).entries().unwrap().len(), 1);
-        assert!(!store.head(&key).unwrap().unwrap().unlisted);
+        let (_, books) = store.record_event(&key, &done, 9).unwrap();
+        books.apply(&kv).unwrap();
+        assert_eq!(
+            Index::listed(&kv).entries().unwrap(),
+            [listed_entry(&key, 5)]
+        );
     }
 
     #[test]

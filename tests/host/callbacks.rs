@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::support::components::kling_app;
 use crate::support::kv::{KvStore, Op};
-use crate::support::requests::{callback, flat, get_task};
+use crate::support::requests::{authorized, callback, flat, get_task};
 use crate::support::spin_host::SpinApp;
 
 async fn status_of(app: &SpinApp, id: &str) -> String {
@@ -249,27 +249,29 @@ async fn a_duplicate_changes_nothing_and_costs_one_read() {
 async fn store_traffic_per_delivery_is_as_documented() {
     let app = kling_app();
     let cases = [
-        // First delivery: read head, write slot; after the answer, bind (index), list
-        // the task (one key of its own, named by Kling's created_at), then the head: a
-        // task is listed only while it has no head.
+        // First delivery: read the head, then one batch: slot, head, binding (index).
+        // After the answer, list the task (one key of its own, named by Kling's
+        // created_at, in the listing label).
         (
             flat("7001", "job-ops", "submitted", 1),
             vec![
                 (Op::Get, "task:job-ops"),
-                (Op::Set, "task:job-ops:submitted"),
-                (Op::Set, "taskid:7001"),
+                (Op::SetMany, "task:job-ops:submitted"),
+                (Op::SetMany, "task:job-ops"),
+                (Op::SetMany, "taskid:7001"),
                 (Op::Set, "listed/1722769557708/job-ops"),
-                (Op::Set, "task:job-ops"),
             ],
         ),
-        // Final news: read head, write slot; after the answer, the head only
-        // (retention finds the task through its listing entry).
+        // Final news: read the head, one batch of slot and head; after the answer the
+        // same listing entry again, as every news of a task not submitted here writes
+        // it (retention finds the task through it).
         (
             flat("7001", "job-ops", "succeed", 3),
             vec![
                 (Op::Get, "task:job-ops"),
-                (Op::Set, "task:job-ops:final"),
-                (Op::Set, "task:job-ops"),
+                (Op::SetMany, "task:job-ops:final"),
+                (Op::SetMany, "task:job-ops"),
+                (Op::Set, "listed/1722769557708/job-ops"),
             ],
         ),
         // Late news, and the final again: the one read, nothing written.
@@ -346,10 +348,10 @@ async fn a_failing_store_answers_503_and_the_retried_delivery_lands() {
 }
 
 #[tokio::test]
-async fn a_store_failure_after_the_ack_loses_no_state_and_the_next_delivery_rebinds() {
+async fn a_listing_write_that_fails_after_the_ack_loses_nothing_and_the_next_news_lists() {
     let app = kling_app();
-    // The head read and the slot write succeed; the binding write after the answer fails.
-    app.kv.fail_next_set_to("taskid:9201");
+    // The head read and the batch succeed; the listing write after the answer fails.
+    app.kv.fail_next_set_starting("listed/");
     let reply = app
         .send(callback(
             "job-late",
@@ -358,24 +360,22 @@ async fn a_store_failure_after_the_ack_loses_no_state_and_the_next_delivery_rebi
         .await;
     assert_eq!(reply.status, 200, "the state was stored before answering");
     assert!(app.kv.get_now("task:job-late:processing").is_some());
-    assert!(
-        app.kv.get_now("task:job-late").is_none(),
-        "no head claiming a binding without its index"
-    );
-    // The state is served by its external id even without its head.
-    let task = app.send(get_task("job-late")).await.json();
-    assert_eq!(
-        (task["status"].as_str(), task["deliveries"].as_u64()),
-        (Some("processing"), Some(0))
-    );
-
-    // The next delivery finds the task unbound and binds it.
-    app.send(callback("job-late", flat("9201", "job-late", "succeed", 9)))
-        .await;
     assert_eq!(
         app.kv.get_now("taskid:9201").as_deref(),
-        Some(&b"job-late"[..])
+        Some(&b"job-late"[..]),
+        "bound in the same batch"
     );
+    assert!(app.kv.label_keys("listing").is_empty());
+    // Served by either id meanwhile.
+    assert_eq!(status_of(&app, "job-late").await, "processing");
+    assert_eq!(status_of(&app, "9201").await, "processing");
+
+    // The next news lists it.
+    app.send(callback("job-late", flat("9201", "job-late", "succeed", 9)))
+        .await;
+    assert_eq!(app.kv.label_keys("listing").len(), 1);
+    let listed = app.send(authorized("GET", "/tasks")).await.expect_json(200);
+    assert_eq!(listed["tasks"][0]["external_task_id"], "job-late");
     assert_eq!(status_of(&app, "9201").await, "succeed");
 }
 

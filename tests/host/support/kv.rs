@@ -13,6 +13,8 @@ use std::time::Duration;
 pub enum Op {
     Get,
     Set,
+    /// One `set-many`, logged once per key (in the batch's order) under this op.
+    SetMany,
     Delete,
     Exists,
     GetKeys,
@@ -255,6 +257,49 @@ impl KvStore {
             .entry(label.to_string())
             .or_default()
             .insert(key.to_string(), value);
+        Ok(())
+    }
+
+    /// A batch: one operation whose writes land together, or fail together when any of
+    /// its keys would fail alone.
+    pub async fn set_many(
+        &self,
+        label: &str,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), String> {
+        // A late write delays the whole batch when any of its keys is meant.
+        let keys: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
+        self.pause(Some(&keys.join("\n"))).await;
+        let mut state = self.state();
+        for (key, _) in &entries {
+            state.log.push((Op::SetMany, key.clone()));
+        }
+        if state.fail_sets > 0 {
+            state.fail_sets -= 1;
+            return Err(INJECTED_FAILURE.into());
+        }
+        let fails = |state: &State, key: &str| {
+            state.fail_set_to.as_deref() == Some(key)
+                || state
+                    .fail_set_prefix
+                    .as_deref()
+                    .is_some_and(|prefix| key.starts_with(prefix))
+        };
+        if entries.iter().any(|(key, _)| fails(&state, key)) {
+            if entries
+                .iter()
+                .any(|(key, _)| state.fail_set_to.as_deref() == Some(key.as_str()))
+            {
+                state.fail_set_to = None;
+            } else {
+                state.fail_set_prefix = None;
+            }
+            return Err(INJECTED_FAILURE.into());
+        }
+        let map = state.maps.entry(label.to_string()).or_default();
+        for (key, value) in entries {
+            map.insert(key, value);
+        }
         Ok(())
     }
 

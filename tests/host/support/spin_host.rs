@@ -26,12 +26,17 @@ mod bindings {
         path: "../wit/spin-imports",
         world: "spin-host",
         imports: { default: async | trappable },
-        with: { "fermyon:spin/key-value.store": super::OpenStore },
+        with: {
+            "fermyon:spin/key-value.store": super::OpenStore,
+            "wasi:keyvalue/store.bucket": super::OpenStore,
+        },
     });
 }
 
 use bindings::fermyon::spin::key_value::{self, Error as KvError};
 use bindings::fermyon::spin::variables::{self, Error as VarError};
+use bindings::wasi::keyvalue::batch;
+use bindings::wasi::keyvalue::store::{self as wasi_kv, Error as BucketError, KeyResponse};
 
 /// An open `store` resource: the label it was opened with.
 pub struct OpenStore(&'static str);
@@ -191,6 +196,125 @@ impl key_value::HostStore for HostState {
     async fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
         self.table.delete(store)?;
         Ok(())
+    }
+}
+
+/// `wasi:keyvalue` over the same stores as `fermyon:spin/key-value`, as Spin opens both
+/// on one label's store.
+impl wasi_kv::Host for HostState {
+    async fn open(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<OpenStore>, BucketError>> {
+        let Some(label) = LABELS.into_iter().find(|l| *l == label) else {
+            return Ok(Err(BucketError::NoSuchStore));
+        };
+        Ok(Ok(self.table.push(OpenStore(label))?))
+    }
+}
+
+impl wasi_kv::HostBucket for HostState {
+    async fn get(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, BucketError>> {
+        let label = self.table.get(&bucket)?.0;
+        Ok(self.kv.get(label, &key).await.map_err(BucketError::Other))
+    }
+
+    async fn set(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), BucketError>> {
+        let label = self.table.get(&bucket)?.0;
+        Ok(self
+            .kv
+            .set(label, &key, value)
+            .await
+            .map_err(BucketError::Other))
+    }
+
+    async fn delete(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), BucketError>> {
+        let label = self.table.get(&bucket)?.0;
+        self.kv.delete(label, &key).await;
+        Ok(Ok(()))
+    }
+
+    async fn exists(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, BucketError>> {
+        let label = self.table.get(&bucket)?.0;
+        Ok(Ok(self.kv.exists(label, &key).await))
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        _cursor: Option<String>,
+    ) -> wasmtime::Result<Result<KeyResponse, BucketError>> {
+        let label = self.table.get(&bucket)?.0;
+        Ok(Ok(KeyResponse {
+            keys: self.kv.all_keys(label).await,
+            cursor: None,
+        }))
+    }
+
+    async fn drop(&mut self, bucket: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl batch::Host for HostState {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, BucketError>> {
+        let label = self.table.get(&bucket)?.0;
+        let mut found = Vec::new();
+        for key in keys {
+            match self.kv.get(label, &key).await {
+                Ok(value) => found.push((key, value)),
+                Err(error) => return Ok(Err(BucketError::Other(error))),
+            }
+        }
+        Ok(Ok(found))
+    }
+
+    /// All or nothing, as on Spin's SQLite (one transaction) and Redis (`MSET`).
+    async fn set_many(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), BucketError>> {
+        let label = self.table.get(&bucket)?.0;
+        Ok(self
+            .kv
+            .set_many(label, entries)
+            .await
+            .map_err(BucketError::Other))
+    }
+
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<(), BucketError>> {
+        let label = self.table.get(&bucket)?.0;
+        for key in keys {
+            self.kv.delete(label, &key).await;
+        }
+        Ok(Ok(()))
     }
 }
 
