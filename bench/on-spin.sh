@@ -3,6 +3,8 @@
 # write), in alternating rounds on the same Spin and the same store:
 #   floor  bench/baseline, one distinct key per request
 #   new    a first delivery of a task never seen (a different signed URL per request)
+#   news   a final delivery of a task submitted here (bench/seed.py stores the tasks as
+#          a submit leaves them, bound, before the round): the everyday callback
 #   dup    the same delivery again (primed once before the round)
 #   forged a delivery whose sig is wrong (401 before any store operation): what the
 #          component costs without its store (its 401s show under "errors")
@@ -27,7 +29,7 @@ stores="${BENCH_STORES:-sqlite redis}"
 connections="${BENCH_CONNECTIONS:-50 1}"
 rounds="${BENCH_ROUNDS:-3}"
 seconds="${BENCH_SECONDS:-10}"
-scenarios="${BENCH_SCENARIOS:-floor new dup}"
+scenarios="${BENCH_SCENARIOS:-floor new news dup}"
 port="${BENCH_PORT:-3987}"
 redis_port="${BENCH_REDIS_PORT:-6397}"
 secret="bench-callback-secret-0001"
@@ -156,6 +158,14 @@ for store in $stores; do
         python3 "$root/bench/requests.py" new "f$tag" "$lines" "$secret" > "$work/floor.lines"
         python3 "$root/bench/requests.py" new "n$tag" "$lines" "$secret" > "$work/new.lines"
         python3 "$root/bench/requests.py" dup "d$tag" 1 "$secret" > "$work/dup.lines"
+        if [[ " $scenarios " == *" news "* ]]; then
+          python3 "$root/bench/requests.py" new "s$tag" "$lines" "$secret" > "$work/news.lines"
+          if [ "$store" = redis ]; then
+            python3 "$root/bench/seed.py" "s$tag" "$lines" redis "$redis_port"
+          else
+            python3 "$root/bench/seed.py" "s$tag" "$lines" sqlite "$work/sqlite"
+          fi
+        fi
         python3 "$root/bench/requests.py" dup "x$tag" 1 "not-the-secret" > "$work/forged.lines"
         cp "$work/dup.lines" "$work/readfloor.lines"
         IFS=$'\t' read -r dup_path dup_body < "$work/dup.lines"
@@ -196,7 +206,7 @@ for (store, conns, name, scenario), fs in rows.items():
     errs = sum(int(f["errors"]) + int(f["non2xx"]) for f in fs)
     ratio = lambda k: f"{med(fs, k) / med(floor, k):7.2f}" if floor else f"{'-':>7}"
     wraps = sum(int(f["wraps"]) for f in fs)
-    note = " (ran out of distinct tasks)" if wraps and scenario in ("floor", "new") else ""
+    note = " (ran out of distinct tasks)" if wraps and scenario in ("floor", "new", "news") else ""
     print(f"{store:6} {conns:>5} {name[:16]:16} {scenario:9} {med(fs, 'rps'):7.0f} "
           f"{ratio('rps')} {med(fs, 'p50_us') / 1000:7.2f} "
           f"{ratio('p50_us')} {med(fs, 'p99_us') / 1000:7.2f} {errs:6}{note}")

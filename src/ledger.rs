@@ -116,8 +116,13 @@ pub enum LedgerError {
 /// - Within one status, a larger `updated_at` refreshes the stored fields; an equal or
 ///   smaller one (or none) is a duplicate.
 pub fn judge(seen: &Seen, event: &TaskEvent) -> Verdict {
-    let updated_at = event.updated_at.unwrap_or(0);
-    let slot = Slot::of(event.status);
+    judge_status(seen, event.status, event.updated_at)
+}
+
+/// [`judge`], from the status and `updated_at` alone (a callback's envelope).
+pub fn judge_status(seen: &Seen, status: TaskStatus, updated_at: Option<u64>) -> Verdict {
+    let updated_at = updated_at.unwrap_or(0);
+    let slot = Slot::of(status);
     // Within one status only a strictly newer `updated_at` is news.
     let refresh = |stored: u64| {
         if updated_at > stored {
@@ -128,7 +133,7 @@ pub fn judge(seen: &Seen, event: &TaskEvent) -> Verdict {
     };
     if let Some(stored) = seen.final_state {
         return match slot {
-            Slot::Final if event.status == stored.status => refresh(stored.updated_at),
+            Slot::Final if status == stored.status => refresh(stored.updated_at),
             _ => Verdict::Stale,
         };
     }
@@ -217,8 +222,13 @@ impl TaskHead {
 
     /// Rejects an event for another Kling task than the one this head is bound to.
     pub fn check_binding(&self, event: &TaskEvent) -> Result<(), LedgerError> {
+        self.check_binding_to(&event.task_id)
+    }
+
+    /// [`Self::check_binding`] for Kling's `task_id` alone.
+    pub fn check_binding_to(&self, task_id: &str) -> Result<(), LedgerError> {
         match &self.task_id {
-            Some(bound) if *bound != event.task_id => Err(LedgerError::BoundToAnotherTask),
+            Some(bound) if bound != task_id => Err(LedgerError::BoundToAnotherTask),
             _ => Ok(()),
         }
     }

@@ -40,6 +40,44 @@ pub enum PayloadError {
 
 /// Parses one callback body. See the module docs for the accepted shapes.
 pub fn parse_callback(body: &[u8]) -> Result<TaskEvent, PayloadError> {
+    parse_envelope(body).map(Parsed::into_event)
+}
+
+/// What decides a delivery (which task, which status, how new), read and checked before
+/// its results: a repeat is recognised from this alone, and its results never read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub task_id: String,
+    pub status: TaskStatus,
+    pub external_task_id: Option<String>,
+    pub created_at: Option<u64>,
+    pub updated_at: Option<u64>,
+}
+
+/// A body whose envelope is read and valid; its results are read by [`Parsed::into_event`].
+pub struct Parsed {
+    envelope: Envelope,
+    raw: RawCallback,
+}
+
+impl Parsed {
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The whole event: the envelope and every result the body carries.
+    pub fn into_event(self) -> TaskEvent {
+        if self.raw.is_flat() {
+            self.raw.into_flat_event(self.envelope)
+        } else {
+            self.raw.into_new_standard_event(self.envelope)
+        }
+    }
+}
+
+/// Reads a body's envelope, leaving its results unread (kept as raw JSON). Every error
+/// [`parse_callback`] can give, this gives.
+pub fn parse_envelope(body: &[u8]) -> Result<Parsed, PayloadError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some() && first != Some(&b'{') {
         // Valid JSON that is not an object (`[]`, `"x"`, `1`) is a different mistake from
@@ -51,7 +89,9 @@ pub fn parse_callback(body: &[u8]) -> Result<TaskEvent, PayloadError> {
     }
     let raw: RawCallback =
         serde_json::from_slice(body).map_err(|e| PayloadError::InvalidJson(e.to_string()))?;
-    raw.into_event()
+    let raw = raw.unwrapped();
+    let envelope = raw.envelope()?;
+    Ok(Parsed { envelope, raw })
 }
 
 /// Every field any accepted shape may carry; each is optional here and checked after.
@@ -283,6 +323,7 @@ where
 }
 
 /// A scalar Kling documents as a string but that some senders emit as a number.
+#[derive(Clone)]
 enum Lenient {
     Text(String),
     Unsigned(u64),
@@ -354,7 +395,7 @@ impl RawCallback {
     /// A body that names no task but wraps one in `data` is read as that one: one level,
     /// never more (each level would be parsed again, and a body of nested `data` must
     /// not cost more than one).
-    fn into_event(self) -> Result<TaskEvent, PayloadError> {
+    fn unwrapped(self) -> Self {
         let names_a_task =
             self.task_id.is_some() || self.task_status.is_some() || self.id.is_some();
         if !names_a_task
@@ -363,22 +404,46 @@ impl RawCallback {
                 .as_deref()
                 .and_then(|data| serde_json::from_slice::<RawCallback>(data.get().as_bytes()).ok())
         {
-            return inner.into_named_event();
+            return inner;
         }
-        self.into_named_event()
+        self
     }
 
-    fn into_named_event(self) -> Result<TaskEvent, PayloadError> {
-        if self.task_id.is_some() || self.task_status.is_some() {
-            self.into_flat_event()
+    /// Kling's flat shape, as opposed to the newer one (`id`, `status`, `outputs`).
+    fn is_flat(&self) -> bool {
+        self.task_id.is_some() || self.task_status.is_some()
+    }
+
+    fn envelope(&self) -> Result<Envelope, PayloadError> {
+        let (status, task_id, external_task_id, created_at, updated_at) = if self.is_flat() {
+            (
+                &self.task_status,
+                &self.task_id,
+                self.task_info
+                    .as_ref()
+                    .and_then(|info| info.external_task_id.as_ref()),
+                &self.created_at,
+                &self.updated_at,
+            )
         } else {
-            self.into_new_standard_event()
-        }
+            (
+                &self.status,
+                &self.id,
+                self.external_id.as_ref(),
+                &self.create_time,
+                &self.update_time,
+            )
+        };
+        Ok(Envelope {
+            status: parse_status(status.as_deref())?,
+            task_id: parse_task_id(task_id.clone())?,
+            external_task_id: parse_external_task_id(external_task_id)?,
+            created_at: created_at.clone().and_then(Lenient::into_millis),
+            updated_at: updated_at.clone().and_then(Lenient::into_millis),
+        })
     }
 
-    fn into_flat_event(self) -> Result<TaskEvent, PayloadError> {
-        let status = parse_status(self.task_status)?;
-        let task_id = parse_task_id(self.task_id)?;
+    fn into_flat_event(self, envelope: Envelope) -> TaskEvent {
         // Through a `Value`, like every lenient field: a repeated key keeps its last value
         // instead of refusing the whole result.
         let result: RawTaskResult = self
@@ -412,15 +477,13 @@ impl RawCallback {
         };
         // Legacy billing sits beside the result: `final_balance_deduction`.
         more.keep_kling_json(self.task_result, self.final_balance_deduction);
-        Ok(TaskEvent {
-            task_id,
-            status,
+        TaskEvent {
+            task_id: envelope.task_id,
+            status: envelope.status,
             status_msg: self.task_status_msg.unwrap_or_default(),
-            external_task_id: parse_external_task_id(
-                self.task_info.and_then(|info| info.external_task_id),
-            )?,
-            created_at: self.created_at.and_then(Lenient::into_millis),
-            updated_at: self.updated_at.and_then(Lenient::into_millis),
+            external_task_id: envelope.external_task_id,
+            created_at: envelope.created_at,
+            updated_at: envelope.updated_at,
             videos: result
                 .videos
                 .into_iter()
@@ -434,12 +497,10 @@ impl RawCallback {
             more,
             final_unit_deduction: self.final_unit_deduction.map(Lenient::into_text),
             source: EventSource::Callback,
-        })
+        }
     }
 
-    fn into_new_standard_event(self) -> Result<TaskEvent, PayloadError> {
-        let status = parse_status(self.status)?;
-        let task_id = parse_task_id(self.id)?;
+    fn into_new_standard_event(self, envelope: Envelope) -> TaskEvent {
         let outputs: Vec<RawOutput> = self
             .outputs
             .as_deref()
@@ -508,19 +569,19 @@ impl RawCallback {
             }
         }
         more.keep_kling_json(self.outputs, self.billing);
-        Ok(TaskEvent {
-            task_id,
-            status,
+        TaskEvent {
+            task_id: envelope.task_id,
+            status: envelope.status,
             status_msg: self.message.unwrap_or_default(),
-            external_task_id: parse_external_task_id(self.external_id)?,
-            created_at: self.create_time.and_then(Lenient::into_millis),
-            updated_at: self.update_time.and_then(Lenient::into_millis),
+            external_task_id: envelope.external_task_id,
+            created_at: envelope.created_at,
+            updated_at: envelope.updated_at,
             videos,
             images,
             more,
             final_unit_deduction: None,
             source: EventSource::Callback,
-        })
+        }
     }
 }
 
@@ -620,9 +681,9 @@ impl RawVideo {
     }
 }
 
-fn parse_status(status: Option<String>) -> Result<TaskStatus, PayloadError> {
+fn parse_status(status: Option<&str>) -> Result<TaskStatus, PayloadError> {
     let status = status.ok_or(PayloadError::MissingStatus)?;
-    TaskStatus::from_kling(&status).ok_or(PayloadError::UnknownStatus)
+    TaskStatus::from_kling(status).ok_or(PayloadError::UnknownStatus)
 }
 
 fn parse_task_id(id: Option<Lenient>) -> Result<String, PayloadError> {
@@ -638,10 +699,10 @@ fn parse_task_id(id: Option<Lenient>) -> Result<String, PayloadError> {
 /// An empty or `null` external id means "none" (Kling sends `""` when the submitter set
 /// none); a whole number is read digit for digit; anything else is refused, since the
 /// external id decides which task the delivery is filed under.
-fn parse_external_task_id(id: Option<Value>) -> Result<Option<String>, PayloadError> {
+fn parse_external_task_id(id: Option<&Value>) -> Result<Option<String>, PayloadError> {
     match id {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id)) => check_external_task_id(id),
+        Some(Value::String(id)) => check_external_task_id(id.clone()),
         Some(Value::Number(n)) if n.is_u64() => check_external_task_id(n.to_string()),
         Some(_) => Err(PayloadError::InvalidExternalTaskId),
     }

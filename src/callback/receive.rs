@@ -7,11 +7,11 @@
 //! with the head (and the first binding). What is left (the listing entry of a task not
 //! submitted here) is returned to be written after the acknowledgement.
 
-use crate::callback::parse::{PayloadError, parse_callback};
+use crate::callback::parse::{Envelope, PayloadError, parse_envelope};
 use crate::config::{CallbackConfig, ConfigError};
 use crate::kling::catalog::TaskKind;
 use crate::kling::client::{Found, KlingError, TaskRef};
-use crate::ledger::{LedgerError, TaskHead, Verdict};
+use crate::ledger::{LedgerError, TaskHead, Verdict, judge_status};
 use crate::signatures::callback_url::{self, CallbackSigError};
 use crate::signatures::standard_webhooks::{self, WebhookError, WebhookHeaders};
 use crate::store::layout::TaskKey;
@@ -119,7 +119,7 @@ pub fn receive(
     };
     authenticate_body(callback, config, body, now_ms)?;
 
-    let event = match parse_callback(body) {
+    let parsed = match parse_envelope(body) {
         Err(PayloadError::UnknownStatus) => {
             // Never the body itself in the log: it is Kling's, not ours to print.
             eprintln!("callback ignored: a task status this build does not know");
@@ -131,19 +131,31 @@ pub fn receive(
         }
         parsed => parsed?,
     };
-    let key = match (callback.external_task_id, event.external_task_id.as_deref()) {
+    let envelope = parsed.envelope();
+    let key = match (
+        callback.external_task_id,
+        envelope.external_task_id.as_deref(),
+    ) {
         (Some(url), Some(body)) if url != body => {
             return Err(CallbackError::ExternalTaskIdMismatch);
         }
         (Some(id), _) | (None, Some(id)) => TaskKey::external(id),
-        (None, None) => TaskKey::kling(&event.task_id),
+        (None, None) => TaskKey::kling(&envelope.task_id),
     };
 
     let store = TaskStore::new(kv);
     let head = store.head(&key)?;
     if let Some(head) = &head {
-        head.check_binding(&event)?;
+        head.check_binding_to(&envelope.task_id)?;
+        if let Some(verdict) = repeat_of_bound_task(head, envelope, kling) {
+            return Ok(Received {
+                verdict,
+                bookkeeping: None,
+                news: None,
+            });
+        }
     }
+    let event = parsed.into_event();
     let event = match checked_with_kling(kling, head.as_ref(), event)? {
         Checked::Event(event) => *event,
         Checked::Rejected => {
@@ -163,6 +175,23 @@ pub fn receive(
         bookkeeping: (news || !bookkeeping.changes_nothing()).then_some(bookkeeping),
         news: news.then_some(event),
     })
+}
+
+/// A duplicate or stale delivery of a bound task, recognised from its envelope and the
+/// head: answered without reading its results, and nothing is written. Not when Kling
+/// is to be asked first (a final under `verify_callbacks` is judged as Kling reports it).
+fn repeat_of_bound_task(
+    head: &TaskHead,
+    envelope: &Envelope,
+    kling: &KlingCheck<'_>,
+) -> Option<Verdict> {
+    if head.task_id.is_none() || (kling.verify_finals && envelope.status.is_final()) {
+        return None;
+    }
+    match judge_status(&head.seen, envelope.status, envelope.updated_at) {
+        verdict @ (Verdict::Duplicate | Verdict::Stale) => Some(verdict),
+        _ => None,
+    }
 }
 
 /// Kling asked with the component's own credentials: binding a task submitted here, and

@@ -5,7 +5,7 @@
 //!
 //! | key | value | written by |
 //! |---|---|---|
-//! | `task:{key}` | head: binding, what was seen, counters, the submission ([`TaskHead`]) | submits; every delivery that changed the task (or was rejected), after the acknowledgement |
+//! | `task:{key}` | head: binding, what was seen, counters, the submission ([`TaskHead`]) | submits; every delivery that changed the task, in one batch with its slot (a rejected one: after the acknowledgement) |
 //! | `task:{key}:submitted` / `:processing` / `:lost` / `:final` | the latest state of that rank ([`TaskEvent`]) | only deliveries (or polls) of that rank |
 //! | `task:{key}:poll` | the reconciler's polls of the task ([`PollState`]) | reconcile and read repair |
 //! | `task:{key}:notified` | the `sequence` of the task's last notification a receiver took | the notifier, on a 2xx |
@@ -26,7 +26,7 @@
 //!
 //! | key | value | added by | removed by |
 //! |---|---|---|---|
-//! | `listed/{first_seen_ms}/{key}` | `1` | a submit; the first delivery of a task not submitted here | retention |
+//! | `listed/{first_seen_ms}/{key}` | `1` | a submit; every news of a task not submitted here (after the acknowledgement, under the name in the head's `listed_at`) | retention |
 //! | `final/{day}/{key}` | `1` | the reconciler, when a task it tracks is final (callbacks write none: retention's scan of `listed/` finds a task not submitted here) | retention, with the task |
 //!
 //! `{key}` is the task's `external_task_id`, or `#` followed by Kling's `task_id` for a
