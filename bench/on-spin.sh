@@ -146,11 +146,18 @@ results="$work/results"
 for store in $stores; do
   start_store "$store"
   for round in $(seq 1 "$rounds"); do
-    # The store grows round by round: alternate which build goes first.
+    # Alternate which build goes first.
     order="$components"
     [ $((round % 2)) = 0 ] && order="$(echo "$components" | tr ' ' '\n' | tac | tr '\n' ' ')"
     for component in $order; do
       name="$(basename "$component" .wasm)"
+      # Each build starts from an empty store: a store grown by the rounds before
+      # (Redis rehashing a keyspace of millions, a larger SQLite file) is noise.
+      if [ "$store" = redis ]; then
+        redis-cli -p "$redis_port" flushall > /dev/null
+      else
+        rm -f "$work/sqlite/"*.db*
+      fi
       start_spin "$store" "$component"
       for conns in $connections; do
         lines=$(( conns == 1 ? 40000 : 120000 ))

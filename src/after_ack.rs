@@ -1,9 +1,8 @@
-//! The work a request leaves for after its response is sent: a callback's bookkeeping,
-//! then announcing what changed and moving its pipeline on. Nothing here may lose the
-//! delivery, which is stored before the acknowledgement; whatever fails is redone by the
-//! reconciler (a pipeline's next step, a notification from the outbox), and only counters
-//! or the task_id index may stay behind until the next delivery that changes the task
-//! writes them again.
+//! The work a request leaves for after its response is sent: announcing what changed and
+//! moving its pipeline on (and the little bookkeeping a delivery that was not news
+//! leaves). Nothing here may lose the delivery, which is stored, with its head, before
+//! the acknowledgement; whatever fails is redone by the reconciler (a pipeline's next
+//! step, a notification from the outbox).
 
 use crate::app::Env;
 use crate::config::{NotifyConfig, SubmitConfig};
@@ -19,7 +18,8 @@ use crate::task::{TaskEvent, TaskRecord};
 /// What a request leaves to do once its sender has the answer.
 #[derive(Debug, Default)]
 pub struct AfterAck {
-    /// A callback's writes to the head, the task_id index and the listing.
+    /// A callback's bookkeeping: what is left to write (for news, nothing), and the head
+    /// its record is announced with.
     pub bookkeeping: Option<Bookkeeping>,
     /// A callback's event, when it was news: its record is built from the bookkeeping's
     /// head here, not before the acknowledgement.

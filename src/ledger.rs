@@ -8,8 +8,9 @@
 //!
 //! The task's *head* holds what is not truth: the binding to Kling's `task_id`, what was
 //! already seen (so a duplicate is recognised from the head alone), and the delivery
-//! counters. It is updated after the sender has been acknowledged; losing an update
-//! costs at most a count or one extra slot write later, never a state.
+//! counters. News writes it in one batch with the slot, after the slot in the batch's
+//! order; a head lost to two batches that read the same head costs at most a count or
+//! one extra slot write later, never a state.
 
 use serde::{Deserialize, Serialize};
 

@@ -18,7 +18,8 @@ pub mod tasks;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// A key-value store with Spin's semantics: no transactions, last write wins. One
+/// A key-value store with Spin's semantics: last write wins, no read-then-write
+/// transaction (only [`KeyValue::set_all`]'s all-or-nothing batch). One
 /// handle reaches every label: [`layout::label_of`] says which label a key lives in, and
 /// the Spin edge routes each operation there.
 pub trait KeyValue {
@@ -27,8 +28,8 @@ pub trait KeyValue {
     /// Writes every entry in one round trip; all keys are of one label. On Spin this is
     /// `wasi:keyvalue/batch`'s `set-many`: one SQLite transaction, one Redis `MSET`, so
     /// all or nothing. Callers order the entries so that a store applying them one by
-    /// one and stopping at a failure still leaves nothing wrong (a slot before the head
-    /// that records it).
+    /// one and stopping at a failure still leaves nothing wrong (a slot and a binding
+    /// before the head that records them).
     fn set_all(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError>;
     fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Every key starting with `prefix` (one `get-keys` of the prefix's label).

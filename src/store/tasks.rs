@@ -107,14 +107,13 @@ pub struct TaskPage {
 }
 
 /// What an accepted delivery writes besides its slot. For news, the head (and, on the
-/// task's first binding, the task_id index) goes into the same batch as the slot, before
-/// the acknowledgement: one round trip (see [`TaskStore::record_event_with_head`]). What
-/// is left for after it ([`Bookkeeping::apply`]) is in other labels: the listing entry of
-/// a task not submitted here, which every news of such a task writes again (same name,
-/// so a failed or lost write is redone by the next), and the retention entry of a task a
-/// poll made final. A delivery that is not news writes its changed head (a poll's time,
-/// the `rejected` counter) there too. Each is a key of this task alone: no delivery of
-/// another task waits on it.
+/// task's first binding, the task_id index) goes into the same batch as the slot, and a
+/// task not submitted here is listed just before it, on its first news: all of it
+/// before the acknowledgement (see [`TaskStore::record_event_with_head`]). What is left
+/// for after it ([`Bookkeeping::apply`]): the retention entry of a task a poll made
+/// final, and the changed head of a delivery that was not news (a poll's time, the
+/// `rejected` counter). Each is a key of this task alone: no delivery of another task
+/// waits on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "bookkeeping does nothing until applied"]
 pub struct Bookkeeping {
@@ -122,7 +121,7 @@ pub struct Bookkeeping {
     head: TaskHead,
     /// Set on the task's first binding: `taskid:{task_id}` → `{key}`.
     index_task_id: Option<String>,
-    /// A task not submitted here: (re)write its listing entry (`listed/`).
+    /// The first news of a task not submitted here: its listing entry (`listed/`).
     list_at: Option<u64>,
     /// A poll stored a final state: index the task for retention (`final/`).
     final_at: Option<u64>,
@@ -133,17 +132,17 @@ pub struct Bookkeeping {
 }
 
 impl Bookkeeping {
-    /// Nothing to write: a repeat of a bound, listed task. Such a delivery is answered
-    /// from its one read, with no write at all (a write per repeat would cost as much
-    /// as the store's whole work for news on Spin's SQLite store).
+    /// Nothing left to write: news (written with its slot), or a repeat of a bound
+    /// task. A repeat is answered from its one read, with no write at all (a write per
+    /// repeat would cost as much as the store's whole work for news on Spin's SQLite
+    /// store).
     pub fn changes_nothing(&self) -> bool {
         (self.batched || (!self.head_changed && self.index_task_id.is_none()))
-            && self.list_at.is_none()
             && self.final_at.is_none()
     }
 
     /// The writes left after the acknowledgement, in order: for a delivery that was not
-    /// news, the task_id index and the head; then the listing and retention entries.
+    /// news, the task_id index and the head; then the retention entry.
     pub fn apply(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
         if !self.batched {
             if let Some(task_id) = &self.index_task_id {
@@ -153,30 +152,26 @@ impl Bookkeeping {
                 kv.set(&self.key.head(), &to_json(&self.head))?;
             }
         }
-        if let Some(ms) = self.list_at {
-            Index::listed(kv).add(&listed_entry(&self.key, ms))?;
-        }
         if let Some(ms) = self.final_at {
             Index::finals(kv).add(&final_entry(&self.key, ms))?;
         }
         Ok(())
     }
 
-    /// The batch that records news: the slot first, then the head that says it was
-    /// seen, then (first binding) the task_id index. A store that applied them one by
-    /// one and stopped at a failure would leave a slot the head does not know yet, which
-    /// the sender's retry writes again; never a head claiming a slot that is missing.
+    /// The batch that records news, in the order that is safe even for a store that
+    /// applied it one entry at a time and stopped at a failure: the slot, then (first
+    /// binding) the task_id index, then the head that says both were written. Stopping
+    /// early leaves a slot or an index the head does not know yet, which the sender's
+    /// retry writes again; never a head claiming a slot or a binding that is missing.
     fn news_batch(&self, slot: Slot, event: &TaskEvent) -> Vec<(String, Vec<u8>)> {
-        let mut batch = vec![
-            (self.key.slot(slot), to_json(event)),
-            (self.key.head(), to_json(&self.head)),
-        ];
+        let mut batch = vec![(self.key.slot(slot), to_json(event))];
         if let Some(task_id) = &self.index_task_id {
             batch.push((
                 task_id_index(task_id),
                 self.key.as_str().as_bytes().to_vec(),
             ));
         }
+        batch.push((self.key.head(), to_json(&self.head)));
         batch
     }
 
@@ -201,8 +196,9 @@ impl<'a> TaskStore<'a> {
     }
 
     /// Applies one event through the ledger, the same way for callbacks and polls: read
-    /// the head, refuse another Kling task, judge, write the slot for news. Returns the
-    /// verdict and the head's bookkeeping (callbacks apply it after acknowledging).
+    /// the head, refuse another Kling task, judge, and for news write the slot with its
+    /// head. Returns the verdict and what is left to write ([`Bookkeeping::apply`];
+    /// callbacks apply it after acknowledging).
     pub fn record_event(
         &self,
         key: &TaskKey,
@@ -230,6 +226,11 @@ impl<'a> TaskStore<'a> {
         let verdict = judge(&seen, event);
         let mut bookkeeping = Self::bookkeeping(key, head, event, verdict, now_ms);
         if let Verdict::Apply(slot) = verdict {
+            // Listed before anything else is written: a task whose head exists is
+            // listed, and a failure here is an error the sender retries.
+            if let Some(ms) = bookkeeping.list_at {
+                Index::listed(self.kv).add(&listed_entry(key, ms))?;
+            }
             self.kv.set_all(&bookkeeping.news_batch(slot, event))?;
             bookkeeping.batched = true;
         }
@@ -246,7 +247,7 @@ impl<'a> TaskStore<'a> {
     }
 
     /// The writes that record a delivery in the head (and bind the task on its first one).
-    pub fn bookkeeping(
+    fn bookkeeping(
         key: &TaskKey,
         head: Option<TaskHead>,
         event: &TaskEvent,
@@ -254,11 +255,12 @@ impl<'a> TaskStore<'a> {
         now_ms: u64,
     ) -> Bookkeeping {
         let first_binding = head.as_ref().is_none_or(|h| h.task_id.is_none());
-        // A submit lists its task before calling Kling; any other task is listed by
-        // every delivery that is news, under the name its first one chose.
+        // A submit lists its task before calling Kling; any other task is listed by its
+        // first news (a head without `listed_at`, heads of older releases included).
         let news = matches!(verdict, Verdict::Apply(_));
-        let not_submitted_here = head.as_ref().is_none_or(|h| h.submission.is_none());
-        let listed_at = head.as_ref().and_then(|h| h.listed_at);
+        let unlisted = head
+            .as_ref()
+            .is_none_or(|h| h.submission.is_none() && h.listed_at.is_none());
         let became_final = matches!(verdict, Verdict::Apply(Slot::Final | Slot::Lost));
         let before = head.clone();
         let mut after = head
@@ -269,13 +271,11 @@ impl<'a> TaskStore<'a> {
         // kept at most a day ahead of our clock, not clamped to now: Kling's clock may
         // run a little ahead, while a date far in the future would hide the task from
         // retention's scan of the listing until then.
-        let list_at = (news && not_submitted_here).then(|| {
-            listed_at.unwrap_or_else(|| {
-                event
-                    .created_at
-                    .filter(|ms| *ms < 10_000_000_000_000)
-                    .map_or(now_ms, |ms| ms.min(now_ms.saturating_add(DAY_MS)))
-            })
+        let list_at = (news && unlisted).then(|| {
+            event
+                .created_at
+                .filter(|ms| *ms < 10_000_000_000_000)
+                .map_or(now_ms, |ms| ms.min(now_ms.saturating_add(DAY_MS)))
         });
         if list_at.is_some() {
             after.listed_at = list_at;
@@ -601,43 +601,41 @@ mod tests {
     }
 
     #[test]
-    fn news_is_one_batch_of_slot_head_and_first_binding_then_its_listing() {
+    fn news_is_one_batch_of_slot_binding_and_head_after_a_first_listing() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Submitted);
         let (verdict, books) = store.record_event(&key, &e, 5).unwrap();
         assert_eq!(verdict, Verdict::Apply(Slot::Submitted));
-        // One read (the head) and one batch: all of it before the acknowledgement.
-        assert_eq!((kv.round_trips.get(), kv.sets.get()), (2, 1));
-        assert_eq!(
-            kv.keys(),
-            ["task:job-1", "task:job-1:submitted", "taskid:86"]
-        );
-        // Left for after it: only the listing entry, in its own label.
-        books.apply(&kv).unwrap();
+        // The head read, the listing entry of a task not submitted here (its first
+        // news), and one batch: all of it before the acknowledgement, nothing after.
         assert_eq!((kv.round_trips.get(), kv.sets.get()), (3, 2));
         assert_eq!(
-            Index::listed(&kv).entries().unwrap(),
-            [listed_entry(&key, 5)]
+            kv.keys(),
+            [
+                format!("listed/{}", listed_entry(&key, 5)),
+                "task:job-1".into(),
+                "task:job-1:submitted".into(),
+                "taskid:86".into()
+            ]
         );
+        assert!(books.changes_nothing());
+        books.apply(&kv).unwrap();
+        assert_eq!(kv.round_trips.get(), 3);
 
         // A repeat: its one read, and nothing to write.
         let (verdict, books) = store.record_event(&key, &e, 6).unwrap();
         assert_eq!(verdict, Verdict::Duplicate);
         assert!(books.changes_nothing());
-        assert_eq!(
-            (kv.round_trips.get(), kv.sets.get()),
-            (5, 2),
-            "one read more"
-        );
+        assert_eq!((kv.round_trips.get(), kv.sets.get()), (4, 2));
 
-        // Later news: no second binding, the same listing entry again.
+        // Later news: the read and one batch; no second binding, no second listing.
         let mut processing = e.clone();
         processing.status = TaskStatus::Processing;
         let (_, books) = store.record_event(&key, &processing, 7).unwrap();
         books.apply(&kv).unwrap();
-        assert_eq!(kv.sets.get(), 4);
+        assert_eq!((kv.round_trips.get(), kv.sets.get()), (6, 3));
         assert_eq!(
             Index::listed(&kv).entries().unwrap(),
             [listed_entry(&key, 5)]
@@ -682,25 +680,34 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_listing_write_is_redone_by_the_next_news() {
+    fn a_failed_listing_write_stores_nothing_and_the_retry_lists_the_task() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Processing);
-        let (_, books) = store.record_event(&key, &e, 5).unwrap();
-        kv.fail_next.set(true);
-        assert!(books.apply(&kv).is_err());
-        assert!(Index::listed(&kv).entries().unwrap().is_empty());
-        assert!(store.head(&key).unwrap().unwrap().seen.processing.is_some());
+        kv.fail_nth_set.set(Some(1));
+        assert!(store.record_event(&key, &e, 5).is_err());
+        assert!(kv.keys().is_empty(), "{:?}", kv.keys());
 
-        let mut done = e.clone();
-        done.status = TaskStatus::Succeed;
-        let (_, books) = store.record_event(&key, &done, 9).unwrap();
-        books.apply(&kv).unwrap();
+        let (verdict, _) = store.record_event(&key, &e, 9).unwrap();
+        assert_eq!(verdict, Verdict::Apply(Slot::Processing));
         assert_eq!(
             Index::listed(&kv).entries().unwrap(),
-            [listed_entry(&key, 5)]
+            [listed_entry(&key, 9)]
         );
+    }
+
+    /// Every order in which a store applying the batch one entry at a time could stop:
+    /// the head never claims a slot or a binding that is missing.
+    #[test]
+    fn a_batch_cut_short_never_leaves_a_head_ahead_of_its_slot_or_binding() {
+        let key = TaskKey::external("job-1");
+        let e = event("86", Some("job-1"), TaskStatus::Succeed);
+        let books = TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Final), 5);
+        let batch = books.news_batch(Slot::Final, &e);
+        let head_at = batch.iter().position(|(k, _)| *k == key.head()).unwrap();
+        assert_eq!(head_at, batch.len() - 1, "{batch:?}");
+        assert_eq!(batch.len(), 3, "slot, binding, head");
     }
 
     #[test]
@@ -711,9 +718,8 @@ mod tests {
             let mut e = event("86", Some("job-1"), TaskStatus::Processing);
             e.created_at = Some(created_at);
             let kv = MemoryKv::default();
-            TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Processing), now)
-                .apply(&kv)
-                .unwrap();
+            let (_, books) = TaskStore::new(&kv).record_event(&key, &e, now).unwrap();
+            books.apply(&kv).unwrap();
             assert_eq!(
                 Index::listed(&kv).entries().unwrap(),
                 [listed_entry(&key, listed_at)]

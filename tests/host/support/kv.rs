@@ -286,13 +286,18 @@ impl KvStore {
                     .is_some_and(|prefix| key.starts_with(prefix))
         };
         if entries.iter().any(|(key, _)| fails(&state, key)) {
-            if entries
-                .iter()
-                .any(|(key, _)| state.fail_set_to.as_deref() == Some(key.as_str()))
-            {
-                state.fail_set_to = None;
-            } else {
-                state.fail_set_prefix = None;
+            // Every armed failure the batch met is spent, as each would be by a set.
+            for (key, _) in &entries {
+                if state.fail_set_to.as_deref() == Some(key.as_str()) {
+                    state.fail_set_to = None;
+                }
+                if state
+                    .fail_set_prefix
+                    .as_deref()
+                    .is_some_and(|prefix| key.starts_with(prefix))
+                {
+                    state.fail_set_prefix = None;
+                }
             }
             return Err(INJECTED_FAILURE.into());
         }

@@ -1,6 +1,7 @@
 //! A Spin-like host on wasmtime 48: runs a component's `wasi:http/incoming-handler`
-//! with WASI p2, outbound `wasi:http`, and Spin's key-value and variables interfaces
-//! (bound from the WIT that ships inside the spin-sdk crate, see `wit/spin-imports`).
+//! with WASI p2, outbound `wasi:http`, Spin's key-value and variables interfaces and
+//! `wasi:keyvalue` store and batch over the same stores (bound from the WIT that ships
+//! inside the spin-sdk crate, see `wit/spin-imports`).
 //!
 //! Every request gets a fresh instance from a shared, pre-linked `ProxyPre`, as Spin does.
 
