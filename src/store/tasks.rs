@@ -107,13 +107,14 @@ pub struct TaskPage {
 }
 
 /// What an accepted delivery writes besides its slot. For news, the head (and, on the
-/// task's first binding, the task_id index) goes into the same batch as the slot, and a
-/// task not submitted here is listed just before it, on its first news: all of it
+/// task's first binding, the task_id index) goes into the same batch as the slot,
 /// before the acknowledgement (see [`TaskStore::record_event_with_head`]). What is left
-/// for after it ([`Bookkeeping::apply`]): the retention entry of a task a poll made
-/// final, and the changed head of a delivery that was not news (a poll's time, the
-/// `rejected` counter). Each is a key of this task alone: no delivery of another task
-/// waits on it.
+/// for after it ([`Bookkeeping::apply`]) is in other labels: the listing entry of a task
+/// not submitted here, which every news of such a task writes again under the name its
+/// first one chose (so a failed or cut-off write is redone by the next), and the
+/// retention entry of a task a poll made final; and the changed head of a delivery that
+/// was not news (a poll's time, the `rejected` counter). Each is a key of this task
+/// alone: no delivery of another task waits on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "bookkeeping does nothing until applied"]
 pub struct Bookkeeping {
@@ -121,7 +122,7 @@ pub struct Bookkeeping {
     head: TaskHead,
     /// Set on the task's first binding: `taskid:{task_id}` → `{key}`.
     index_task_id: Option<String>,
-    /// The first news of a task not submitted here: its listing entry (`listed/`).
+    /// News of a task not submitted here: (re)write its listing entry (`listed/`).
     list_at: Option<u64>,
     /// A poll stored a final state: index the task for retention (`final/`).
     final_at: Option<u64>,
@@ -132,17 +133,18 @@ pub struct Bookkeeping {
 }
 
 impl Bookkeeping {
-    /// Nothing left to write: news (written with its slot), or a repeat of a bound
-    /// task. A repeat is answered from its one read, with no write at all (a write per
-    /// repeat would cost as much as the store's whole work for news on Spin's SQLite
-    /// store).
+    /// Nothing left to write: news of a task submitted here (written with its slot), or
+    /// a repeat of a bound task. A repeat is answered from its one read, with no write at
+    /// all (a write per repeat would cost as much as the store's whole work for news on
+    /// Spin's SQLite store).
     pub fn changes_nothing(&self) -> bool {
         (self.batched || (!self.head_changed && self.index_task_id.is_none()))
+            && self.list_at.is_none()
             && self.final_at.is_none()
     }
 
     /// The writes left after the acknowledgement, in order: for a delivery that was not
-    /// news, the task_id index and the head; then the retention entry.
+    /// news, the task_id index and the head; then the listing and retention entries.
     pub fn apply(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
         if !self.batched {
             if let Some(task_id) = &self.index_task_id {
@@ -151,6 +153,9 @@ impl Bookkeeping {
             if self.head_changed {
                 kv.set(&self.key.head(), &to_json(&self.head))?;
             }
+        }
+        if let Some(ms) = self.list_at {
+            Index::listed(kv).add(&listed_entry(&self.key, ms))?;
         }
         if let Some(ms) = self.final_at {
             Index::finals(kv).add(&final_entry(&self.key, ms))?;
@@ -226,11 +231,6 @@ impl<'a> TaskStore<'a> {
         let verdict = judge(&seen, event);
         let mut bookkeeping = Self::bookkeeping(key, head, event, verdict, now_ms);
         if let Verdict::Apply(slot) = verdict {
-            // Listed before anything else is written: a task whose head exists is
-            // listed, and a failure here is an error the sender retries.
-            if let Some(ms) = bookkeeping.list_at {
-                Index::listed(self.kv).add(&listed_entry(key, ms))?;
-            }
             self.kv.set_all(&bookkeeping.news_batch(slot, event))?;
             bookkeeping.batched = true;
         }
@@ -255,12 +255,12 @@ impl<'a> TaskStore<'a> {
         now_ms: u64,
     ) -> Bookkeeping {
         let first_binding = head.as_ref().is_none_or(|h| h.task_id.is_none());
-        // A submit lists its task before calling Kling; any other task is listed by its
-        // first news (a head without `listed_at`, heads of older releases included).
+        // A submit lists its task before calling Kling. Any other task is listed after
+        // the acknowledgement by every news of it, under the name its first one chose:
+        // listing it before would cost its first callback a round trip of latency.
         let news = matches!(verdict, Verdict::Apply(_));
-        let unlisted = head
-            .as_ref()
-            .is_none_or(|h| h.submission.is_none() && h.listed_at.is_none());
+        let not_submitted_here = head.as_ref().is_none_or(|h| h.submission.is_none());
+        let listed_at = head.as_ref().and_then(|h| h.listed_at);
         let became_final = matches!(verdict, Verdict::Apply(Slot::Final | Slot::Lost));
         let before = head.clone();
         let mut after = head
@@ -271,11 +271,13 @@ impl<'a> TaskStore<'a> {
         // kept at most a day ahead of our clock, not clamped to now: Kling's clock may
         // run a little ahead, while a date far in the future would hide the task from
         // retention's scan of the listing until then.
-        let list_at = (news && unlisted).then(|| {
-            event
-                .created_at
-                .filter(|ms| *ms < 10_000_000_000_000)
-                .map_or(now_ms, |ms| ms.min(now_ms.saturating_add(DAY_MS)))
+        let list_at = (news && not_submitted_here).then(|| {
+            listed_at.unwrap_or_else(|| {
+                event
+                    .created_at
+                    .filter(|ms| *ms < 10_000_000_000_000)
+                    .map_or(now_ms, |ms| ms.min(now_ms.saturating_add(DAY_MS)))
+            })
         });
         if list_at.is_some() {
             after.listed_at = list_at;
@@ -601,41 +603,43 @@ mod tests {
     }
 
     #[test]
-    fn news_is_one_batch_of_slot_binding_and_head_after_a_first_listing() {
+    fn news_is_one_batch_of_slot_binding_and_head_then_its_listing() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Submitted);
         let (verdict, books) = store.record_event(&key, &e, 5).unwrap();
         assert_eq!(verdict, Verdict::Apply(Slot::Submitted));
-        // The head read, the listing entry of a task not submitted here (its first
-        // news), and one batch: all of it before the acknowledgement, nothing after.
-        assert_eq!((kv.round_trips.get(), kv.sets.get()), (3, 2));
+        // One read (the head) and one batch: all of it before the acknowledgement.
+        assert_eq!((kv.round_trips.get(), kv.sets.get()), (2, 1));
         assert_eq!(
             kv.keys(),
-            [
-                format!("listed/{}", listed_entry(&key, 5)),
-                "task:job-1".into(),
-                "task:job-1:submitted".into(),
-                "taskid:86".into()
-            ]
+            ["task:job-1", "task:job-1:submitted", "taskid:86"]
         );
-        assert!(books.changes_nothing());
+        // Left for after it: only the listing entry, in its own label.
         books.apply(&kv).unwrap();
-        assert_eq!(kv.round_trips.get(), 3);
+        assert_eq!((kv.round_trips.get(), kv.sets.get()), (3, 2));
+        assert_eq!(
+            Index::listed(&kv).entries().unwrap(),
+            [listed_entry(&key, 5)]
+        );
 
         // A repeat: its one read, and nothing to write.
         let (verdict, books) = store.record_event(&key, &e, 6).unwrap();
         assert_eq!(verdict, Verdict::Duplicate);
         assert!(books.changes_nothing());
-        assert_eq!((kv.round_trips.get(), kv.sets.get()), (4, 2));
+        assert_eq!(
+            (kv.round_trips.get(), kv.sets.get()),
+            (5, 2),
+            "one read more"
+        );
 
-        // Later news: the read and one batch; no second binding, no second listing.
+        // Later news: no second binding, the same listing entry again.
         let mut processing = e.clone();
         processing.status = TaskStatus::Processing;
         let (_, books) = store.record_event(&key, &processing, 7).unwrap();
         books.apply(&kv).unwrap();
-        assert_eq!((kv.round_trips.get(), kv.sets.get()), (6, 3));
+        assert_eq!(kv.sets.get(), 4);
         assert_eq!(
             Index::listed(&kv).entries().unwrap(),
             [listed_entry(&key, 5)]
@@ -680,20 +684,24 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_listing_write_stores_nothing_and_the_retry_lists_the_task() {
+    fn a_failed_listing_write_is_redone_by_the_next_news() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Processing);
-        kv.fail_nth_set.set(Some(1));
-        assert!(store.record_event(&key, &e, 5).is_err());
-        assert!(kv.keys().is_empty(), "{:?}", kv.keys());
+        let (_, books) = store.record_event(&key, &e, 5).unwrap();
+        kv.fail_next.set(true);
+        assert!(books.apply(&kv).is_err());
+        assert!(Index::listed(&kv).entries().unwrap().is_empty());
+        assert!(store.head(&key).unwrap().unwrap().seen.processing.is_some());
 
-        let (verdict, _) = store.record_event(&key, &e, 9).unwrap();
-        assert_eq!(verdict, Verdict::Apply(Slot::Processing));
+        let mut done = e.clone();
+        done.status = TaskStatus::Succeed;
+        let (_, books) = store.record_event(&key, &done, 9).unwrap();
+        books.apply(&kv).unwrap();
         assert_eq!(
             Index::listed(&kv).entries().unwrap(),
-            [listed_entry(&key, 9)]
+            [listed_entry(&key, 5)]
         );
     }
 

@@ -49,6 +49,25 @@ struct State {
 }
 
 impl State {
+    /// Whether a failure armed for a write to `key` (`fail_next_set_to`,
+    /// `fail_next_set_starting`) fires; each fires once.
+    fn take_armed_failure(&mut self, key: &str) -> bool {
+        let mut fired = false;
+        if self.fail_set_to.as_deref() == Some(key) {
+            self.fail_set_to = None;
+            fired = true;
+        }
+        if self
+            .fail_set_prefix
+            .as_deref()
+            .is_some_and(|prefix| key.starts_with(prefix))
+        {
+            self.fail_set_prefix = None;
+            fired = true;
+        }
+        fired
+    }
+
     /// xorshift64: seeded, so a run is reproducible.
     fn next_random(&mut self) -> u64 {
         let mut x = self.rng;
@@ -240,16 +259,7 @@ impl KvStore {
             state.fail_sets -= 1;
             return Err(INJECTED_FAILURE.into());
         }
-        if state.fail_set_to.as_deref() == Some(key) {
-            state.fail_set_to = None;
-            return Err(INJECTED_FAILURE.into());
-        }
-        if state
-            .fail_set_prefix
-            .as_deref()
-            .is_some_and(|prefix| key.starts_with(prefix))
-        {
-            state.fail_set_prefix = None;
+        if state.take_armed_failure(key) {
             return Err(INJECTED_FAILURE.into());
         }
         state
@@ -278,27 +288,12 @@ impl KvStore {
             state.fail_sets -= 1;
             return Err(INJECTED_FAILURE.into());
         }
-        let fails = |state: &State, key: &str| {
-            state.fail_set_to.as_deref() == Some(key)
-                || state
-                    .fail_set_prefix
-                    .as_deref()
-                    .is_some_and(|prefix| key.starts_with(prefix))
-        };
-        if entries.iter().any(|(key, _)| fails(&state, key)) {
-            // Every armed failure the batch met is spent, as each would be by a set.
-            for (key, _) in &entries {
-                if state.fail_set_to.as_deref() == Some(key.as_str()) {
-                    state.fail_set_to = None;
-                }
-                if state
-                    .fail_set_prefix
-                    .as_deref()
-                    .is_some_and(|prefix| key.starts_with(prefix))
-                {
-                    state.fail_set_prefix = None;
-                }
-            }
+        // Every armed failure the batch meets is spent, as each would be by a set.
+        let mut failed = false;
+        for (key, _) in &entries {
+            failed |= state.take_armed_failure(key);
+        }
+        if failed {
             return Err(INJECTED_FAILURE.into());
         }
         let map = state.maps.entry(label.to_string()).or_default();
