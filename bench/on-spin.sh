@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Callbacks on a real Spin, beside the floor (bench/baseline: 200 after one key-value
-# write), in alternating rounds on the same Spin and the same store:
+# write), in alternating rounds on the same Spin, each build on an empty store:
 #   floor  bench/baseline, one distinct key per request
 #   new    a first delivery of a task never seen (a different signed URL per request)
 #   news   a final delivery of a task submitted here (bench/seed.py stores the tasks as
@@ -12,7 +12,7 @@
 #          a receiver that recognises a repeat can do (the yardstick for dup)
 # (forged and readfloor run only when BENCH_SCENARIOS names them.)
 # on Spin's default SQLite store and on Redis, at 50 connections and at 1. Each round
-# restarts Spin on the same store for each build named (so two builds alternate). Prints
+# restarts Spin on an emptied store for each build named (so two builds alternate). Prints
 # each run, then the medians, p50/p99 and the ratios to the floor measured in the same
 # Spin. Asserts nothing.
 #

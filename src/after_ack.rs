@@ -1,8 +1,9 @@
-//! The work a request leaves for after its response is sent: announcing what changed and
-//! moving its pipeline on (and the little bookkeeping a delivery that was not news
-//! leaves). Nothing here may lose the delivery, which is stored, with its head, before
-//! the acknowledgement; whatever fails is redone by the reconciler (a pipeline's next
-//! step, a notification from the outbox).
+//! The work a request leaves for after its response is sent: a callback's last
+//! bookkeeping (the listing entry of a task not submitted here; the head of a delivery
+//! that was not news), then announcing what changed and moving its pipeline on. Nothing
+//! here may lose the delivery, which is stored, with its head, before the
+//! acknowledgement; whatever fails is redone (a listing entry by the task's next news, a
+//! pipeline's next step by the reconciler, a notification from the outbox).
 
 use crate::app::Env;
 use crate::config::{NotifyConfig, SubmitConfig};
@@ -18,8 +19,8 @@ use crate::task::{TaskEvent, TaskRecord};
 /// What a request leaves to do once its sender has the answer.
 #[derive(Debug, Default)]
 pub struct AfterAck {
-    /// A callback's bookkeeping: what is left to write (for news, nothing), and the head
-    /// its record is announced with.
+    /// A callback's bookkeeping: what is left to write (for news of a task submitted
+    /// here, nothing), and the head its record is announced with.
     pub bookkeeping: Option<Bookkeeping>,
     /// A callback's event, when it was news: its record is built from the bookkeeping's
     /// head here, not before the acknowledgement.

@@ -1,5 +1,5 @@
 //! The one index abstraction: a set of entries kept as one key per entry, so that adding
-//! is one `set`, removing is one `delete`, and reading is one `get-keys`. Nothing is ever
+//! is one `set`, removing is one `delete`, and reading is one `list-keys`. Nothing is ever
 //! read, changed and written back, so no interleaving of writers, however late their
 //! writes land, can lose an entry another writer added: Spin's store needs no
 //! compare-and-swap for it.
@@ -78,7 +78,7 @@ impl<'a> Index<'a> {
         self.kv.delete(&self.key(entry))
     }
 
-    /// Every entry's name, in ascending order (one `get-keys`).
+    /// Every entry's name, in ascending order (one `list-keys`).
     pub fn entries(&self) -> Result<Vec<String>, StoreError> {
         let mut entries: Vec<String> = self
             .kv

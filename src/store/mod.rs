@@ -26,13 +26,15 @@ pub trait KeyValue {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Writes every entry in one round trip; all keys are of one label. On Spin this is
-    /// `wasi:keyvalue/batch`'s `set-many`: one SQLite transaction, one Redis `MSET`, so
-    /// all or nothing. Callers order the entries so that a store applying them one by
-    /// one and stopping at a failure still leaves nothing wrong (a slot and a binding
-    /// before the head that records them).
+    /// `wasi:keyvalue/batch`'s `set-many`, which its WIT promises neither atomic nor
+    /// ordered: Spin's SQLite store runs it as one transaction and its Redis store as one
+    /// `MSET` (all or nothing), its Azure Cosmos store one entry at a time in order.
+    /// Callers order the entries so that the last holds too (a slot and a binding
+    /// before the head that records them); a store that is neither (DynamoDB's batch
+    /// write) is not supported for the `default` label.
     fn set_all(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError>;
     fn delete(&self, key: &str) -> Result<(), StoreError>;
-    /// Every key starting with `prefix` (one `get-keys` of the prefix's label).
+    /// Every key starting with `prefix` (one `list-keys` of the prefix's label).
     fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 }
 

@@ -329,7 +329,8 @@ async fn a_body_naming_another_external_id_is_refused_and_stores_nothing() {
 #[tokio::test]
 async fn a_failing_store_answers_503_and_the_retried_delivery_lands() {
     let body = flat("9101", "job-retry", "succeed", 5);
-    // The head read fails, then the slot write fails: each time nothing is acknowledged.
+    // The head read fails, then the batch (slot, binding, head) fails: each time
+    // nothing is acknowledged.
     for fail in [KvStore::fail_next_gets, KvStore::fail_next_sets] {
         let app = kling_app();
         fail(&app.kv, 1);
