@@ -79,7 +79,7 @@ route = "/floor-read/..."
 component = "floor"
 [component.kling-webhook]
 source = "$1"
-key_value_stores = ["default", "index", "listing"]
+key_value_stores = ["default", "index"]
 allowed_outbound_hosts = ["http://127.0.0.1:9"]
 [component.kling-webhook.variables]
 callback_secret = "$secret"
@@ -106,10 +106,10 @@ start_store() { # $1: sqlite | redis; writes $work/$1/runtime.toml
       sleep 0.1
     done
     printf '[key_value_store.%s]\ntype = "redis"\nurl = "redis://127.0.0.1:%s/%s"\n' \
-      default "$redis_port" 0 index "$redis_port" 1 listing "$redis_port" 2 > "$dir/runtime.toml"
+      default "$redis_port" 0 index "$redis_port" 1 > "$dir/runtime.toml"
   else
     printf '[key_value_store.%s]\ntype = "spin"\npath = "%s"\n' \
-      default "$dir/default.db" index "$dir/index.db" listing "$dir/listing.db" > "$dir/runtime.toml"
+      default "$dir/default.db" index "$dir/index.db" > "$dir/runtime.toml"
   fi
 }
 

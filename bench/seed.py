@@ -4,8 +4,8 @@
 `requests.py new PREFIX COUNT`, so that the `news` scenario's deliveries are news of
 tasks submitted here: the product's everyday callback.
 
-usage: seed.py PREFIX COUNT sqlite DIR      (Spin's SQLite files DIR/default.db, DIR/listing.db)
-       seed.py PREFIX COUNT redis PORT      (databases 0 and 2, as on-spin.sh maps the labels)
+usage: seed.py PREFIX COUNT sqlite DIR      (Spin's SQLite file DIR/default.db)
+       seed.py PREFIX COUNT redis PORT      (database 0, as on-spin.sh maps the default label)
 """
 import json
 import sqlite3
@@ -33,13 +33,13 @@ def entries(prefix: str, count: int):
         yield (
             ("default", f"task:{ext_id}", json.dumps(head, separators=(",", ":")).encode()),
             ("default", f"taskid:{task_id}", ext_id.encode()),
-            ("listing", f"listed/{SUBMITTED_AT:013d}/{ext_id}", b"1"),
+            ("default", f"listed/{SUBMITTED_AT:013d}/{ext_id}", b"1"),
         )
 
 
 def seed_sqlite(prefix: str, count: int, directory: str) -> None:
     connections = {}
-    for label in ("default", "listing"):
+    for label in ("default",):
         db = sqlite3.connect(f"{directory}/{label}.db", timeout=30)
         db.execute(
             "CREATE TABLE IF NOT EXISTS spin_key_value (store TEXT NOT NULL, key TEXT NOT NULL,"
@@ -65,7 +65,7 @@ def resp(*parts: bytes) -> bytes:
 
 
 def seed_redis(prefix: str, count: int, port: str) -> None:
-    databases = {"default": b"0", "listing": b"2"}
+    databases = {"default": b"0"}
     commands = bytearray()
     for rows in entries(prefix, count):
         for label, key, value in rows:

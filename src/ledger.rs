@@ -176,8 +176,8 @@ pub struct TaskHead {
     /// Set when this component submitted the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submission: Option<Submission>,
-    /// A task not submitted here: when its listing entry is named (`listed/{ms}/{key}`),
-    /// so that every news of it writes the same entry again.
+    /// A task not submitted here: the time its listing entry is named by
+    /// (`listed/{ms}/{key}`), written in the batch of its first news, before this head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listed_at: Option<u64>,
 }

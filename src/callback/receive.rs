@@ -566,16 +566,22 @@ pub(crate) mod tests {
         let kv = MemoryKv::default();
         let received = deliver(&kv, &body("processing", 5)).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
-        assert_eq!(kv.round_trips.get(), 2);
-        // After the acknowledgement: the listing entry of a task not submitted here.
+        // The head read and one batch (slot, binding, listing entry, head).
+        assert_eq!((kv.round_trips.get(), kv.sets.get()), (2, 1));
+        // Nothing is left for after the acknowledgement, even for a task first seen.
         received.bookkeeping.as_ref().unwrap().apply(&kv).unwrap();
-        assert_eq!(kv.round_trips.get(), 3);
+        assert_eq!(kv.round_trips.get(), 2);
+        let listed = crate::store::index::Index::listed(&kv).entries().unwrap();
+        assert_eq!(listed.len(), 1);
 
         kv.round_trips.set(0);
+        kv.sets.set(0);
         let received = deliver(&kv, &body("processing", 6)).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
-        assert_eq!(kv.round_trips.get(), 2);
+        // Listed already: the batch is the slot and the head.
+        assert_eq!((kv.round_trips.get(), kv.sets.get()), (2, 1));
         received.bookkeeping.as_ref().unwrap().apply(&kv).unwrap();
+        assert_eq!(kv.round_trips.get(), 2);
 
         kv.round_trips.set(0);
         let again = deliver(&kv, &body("processing", 6)).unwrap();

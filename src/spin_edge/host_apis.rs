@@ -21,11 +21,11 @@ impl Variables for SpinVariables {
 
 /// Spin's stores through `wasi:keyvalue` (Spin 3.0 and later), whose `batch` writes a
 /// slot and its head in one round trip. Every operation goes through it, so one bucket
-/// per label serves the request: a callback opens only `default`, unless it lists a new
-/// task. Every key goes to the label [`label_of`] names.
+/// per label serves the request: a callback opens only `default`. Every key goes to the
+/// label [`label_of`] names.
 #[derive(Default)]
 pub struct SpinKeyValue {
-    buckets: [OnceCell<Result<Bucket, StoreError>>; 3],
+    buckets: [OnceCell<Result<Bucket, StoreError>>; Label::ALL.len()],
 }
 
 impl SpinKeyValue {

@@ -19,7 +19,7 @@ pub struct Index<'a> {
 }
 
 /// The value of an entry that carries nothing but its name.
-const PRESENT: &[u8] = b"1";
+pub const PRESENT: &[u8] = b"1";
 
 impl<'a> Index<'a> {
     /// Tasks submitted here and not released by the reconciler:
@@ -48,6 +48,11 @@ impl<'a> Index<'a> {
     /// `final/{day}/{task key}`.
     pub fn finals(kv: &'a dyn KeyValue) -> Self {
         Self::new(kv, FINAL_PREFIX)
+    }
+
+    /// The key of a listing entry, for a caller that writes it in a batch of its own.
+    pub fn listed_key(entry: &str) -> String {
+        format!("{LISTED_PREFIX}{entry}")
     }
 
     fn new(kv: &'a dyn KeyValue, prefix: &'static str) -> Self {

@@ -12,6 +12,14 @@
 //! | `taskid:{task_id}` | `{key}` | the first binding |
 //! | `pipeline:{id}` | a pipeline's description ([`PipelineSpec`]) | `POST /pipelines`, once |
 //! | `pipeline:{id}:failure` | why a pipeline failed, when no step's task says it | a refused step |
+//! | `listed/{first_seen_ms}/{key}` | `1`: the task is in `GET /tasks` and retention's scan | a submit; the first news of a task not submitted here, in its batch (the head's `listed_at` names it); removed by retention |
+//! | `final/{day}/{key}` | `1`: retention's index by day | the reconciler, when a task it tracks is final (callbacks write none: retention's scan of `listed/` finds a task not submitted here); removed by retention, with the task |
+//!
+//! The listing lives beside the tasks so that a task's first callback lists it in the
+//! same batch as its state: one transaction on SQLite, one `MSET` on Redis, and never a
+//! task stored but missing from `GET /tasks`. The price is that `GET /tasks` and
+//! retention read the keys of this whole label (Spin's `list-keys` has no prefix), about
+//! five per task, where a label of their own held one.
 //!
 //! Label `index`, the work still to do (small: it holds only what is outstanding, so its
 //! `get-keys` costs what the reconciler has to do, not what was ever stored):
@@ -21,13 +29,6 @@
 //! | `pending/{due_ms}/{nonce}/{key}` | `1` | a submit | the reconciler, once the task is final, forgotten or re-submitted (a poll moves it to a later due time: add, then remove) |
 //! | `pipelines/{id}/{generation}` | `1` | `POST /pipelines` | the reconciler, once the pipeline finished |
 //! | `outbox/{webhook_id}` | the notification ([`Pending`]) | every notification, before it is sent | its 2xx |
-//!
-//! Label `listing`, one entry per task:
-//!
-//! | key | value | added by | removed by |
-//! |---|---|---|---|
-//! | `listed/{first_seen_ms}/{key}` | `1` | a submit; every news of a task not submitted here (after the acknowledgement, under the name in the head's `listed_at`) | retention |
-//! | `final/{day}/{key}` | `1` | the reconciler, when a task it tracks is final (callbacks write none: retention's scan of `listed/` finds a task not submitted here) | retention, with the task |
 //!
 //! `{key}` is the task's `external_task_id`, or `#` followed by Kling's `task_id` for a
 //! task reported without one (`#` cannot occur in an external id, so the two never
@@ -101,17 +102,15 @@ pub const FINAL_PREFIX: &str = "final/";
 pub enum Label {
     Default,
     Index,
-    Listing,
 }
 
 impl Label {
-    pub const ALL: [Label; 3] = [Label::Default, Label::Index, Label::Listing];
+    pub const ALL: [Label; 2] = [Label::Default, Label::Index];
 
     pub fn name(self) -> &'static str {
         match self {
             Label::Default => "default",
             Label::Index => "index",
-            Label::Listing => "listing",
         }
     }
 }
@@ -123,8 +122,6 @@ pub fn label_of(key: &str) -> Label {
         .any(|p| key.starts_with(p))
     {
         Label::Index
-    } else if key.starts_with(LISTED_PREFIX) || key.starts_with(FINAL_PREFIX) {
-        Label::Listing
     } else {
         Label::Default
     }
@@ -167,8 +164,8 @@ mod tests {
             ("pending/0000000000001/n/job-1", Label::Index),
             ("pipelines/p/g", Label::Index),
             ("outbox/task_job-1_succeed_ab", Label::Index),
-            ("listed/0000000000001/job-1", Label::Listing),
-            ("final/20424/job-1", Label::Listing),
+            ("listed/0000000000001/job-1", Label::Default),
+            ("final/20424/job-1", Label::Default),
         ] {
             assert_eq!(label_of(key), label, "{key}");
         }

@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
 
-use super::index::{Index, sortable_ms};
+use super::index::{Index, PRESENT, sortable_ms};
 use super::layout::{TaskKey, pipeline_failure_key, pipeline_key, task_id_index};
 use super::{KeyValue, StoreError, get_json, to_json};
 use crate::ledger::{
@@ -107,14 +107,12 @@ pub struct TaskPage {
 }
 
 /// What an accepted delivery writes besides its slot. For news, the head (and, on the
-/// task's first binding, the task_id index) goes into the same batch as the slot,
-/// before the acknowledgement (see [`TaskStore::record_event_with_head`]). What is left
-/// for after it ([`Bookkeeping::apply`]) is in other labels: the listing entry of a task
-/// not submitted here, which every news of such a task writes again under the name its
-/// first one chose (so a failed or cut-off write is redone by the next), and the
-/// retention entry of a task a poll made final; and the changed head of a delivery that
-/// was not news (a poll's time, the `rejected` counter). Each is a key of this task
-/// alone: no delivery of another task waits on it.
+/// task's first binding, the task_id index; on the first news of a task not submitted
+/// here, its listing entry) goes into the same batch as the slot, before the
+/// acknowledgement (see [`TaskStore::record_event_with_head`]). What is left for after it
+/// ([`Bookkeeping::apply`]) is the retention entry of a task a poll made final, and the
+/// changed head of a delivery that was not news (a poll's time, the `rejected`
+/// counter). Each is a key of this task alone: no delivery of another task waits on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "bookkeeping does nothing until applied"]
 pub struct Bookkeeping {
@@ -122,7 +120,8 @@ pub struct Bookkeeping {
     head: TaskHead,
     /// Set on the task's first binding: `taskid:{task_id}` → `{key}`.
     index_task_id: Option<String>,
-    /// News of a task not submitted here: (re)write its listing entry (`listed/`).
+    /// The first news of a task not submitted here: its listing entry (`listed/`),
+    /// written in the news batch, before the head that names it in `listed_at`.
     list_at: Option<u64>,
     /// A poll stored a final state: index the task for retention (`final/`).
     final_at: Option<u64>,
@@ -133,18 +132,16 @@ pub struct Bookkeeping {
 }
 
 impl Bookkeeping {
-    /// Nothing left to write: news of a task submitted here (written with its slot), or
-    /// a repeat of a bound task (news of any other task leaves its listing entry). A repeat is answered from its one read, with no write at
-    /// all (a write per repeat would cost as much as the store's whole work for news on
-    /// Spin's SQLite store).
+    /// Nothing left to write: news (written in its batch), or a repeat of a bound task.
+    /// A repeat is answered from its one read, with no write at all (a write per repeat
+    /// would cost as much as the store's whole work for news on Spin's SQLite store).
     pub fn changes_nothing(&self) -> bool {
         (self.batched || (!self.head_changed && self.index_task_id.is_none()))
-            && self.list_at.is_none()
             && self.final_at.is_none()
     }
 
     /// The writes left after the acknowledgement, in order: for a delivery that was not
-    /// news, the task_id index and the head; then the listing and retention entries.
+    /// news, the task_id index and the head; then the retention entry.
     pub fn apply(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
         if !self.batched {
             if let Some(task_id) = &self.index_task_id {
@@ -154,9 +151,6 @@ impl Bookkeeping {
                 kv.set(&self.key.head(), &to_json(&self.head))?;
             }
         }
-        if let Some(ms) = self.list_at {
-            Index::listed(kv).add(&listed_entry(&self.key, ms))?;
-        }
         if let Some(ms) = self.final_at {
             Index::finals(kv).add(&final_entry(&self.key, ms))?;
         }
@@ -165,15 +159,22 @@ impl Bookkeeping {
 
     /// The batch that records news, in the order that is safe even for a store that
     /// applied it one entry at a time and stopped at a failure: the slot, then (first
-    /// binding) the task_id index, then the head that says both were written. Stopping
-    /// early leaves a slot or an index the head does not know yet, which the sender's
-    /// retry writes again; never a head claiming a slot or a binding that is missing.
+    /// binding) the task_id index, then (first news of a task not submitted here) the
+    /// listing entry, then the head that says all were written. Stopping early leaves a
+    /// slot or an entry the head does not know yet, which the sender's retry writes
+    /// again; never a head claiming a slot, a binding or a listing that is missing.
     fn news_batch(&self, slot: Slot, event: &TaskEvent) -> Vec<(String, Vec<u8>)> {
         let mut batch = vec![(self.key.slot(slot), to_json(event))];
         if let Some(task_id) = &self.index_task_id {
             batch.push((
                 task_id_index(task_id),
                 self.key.as_str().as_bytes().to_vec(),
+            ));
+        }
+        if let Some(ms) = self.list_at {
+            batch.push((
+                Index::listed_key(&listed_entry(&self.key, ms)),
+                PRESENT.to_vec(),
             ));
         }
         batch.push((self.key.head(), to_json(&self.head)));
@@ -255,9 +256,8 @@ impl<'a> TaskStore<'a> {
         now_ms: u64,
     ) -> Bookkeeping {
         let first_binding = head.as_ref().is_none_or(|h| h.task_id.is_none());
-        // A submit lists its task before calling Kling. Any other task is listed after
-        // the acknowledgement by every news of it, under the name its first one chose:
-        // listing it before would cost its first callback a round trip of latency.
+        // A submit lists its task before calling Kling. Any other task is listed by its
+        // first news, in the news batch; the head's `listed_at` then says it is listed.
         let news = matches!(verdict, Verdict::Apply(_));
         let not_submitted_here = head.as_ref().is_none_or(|h| h.submission.is_none());
         let listed_at = head.as_ref().and_then(|h| h.listed_at);
@@ -271,13 +271,11 @@ impl<'a> TaskStore<'a> {
         // kept at most a day ahead of our clock, not clamped to now: Kling's clock may
         // run a little ahead, while a date far in the future would hide the task from
         // retention's scan of the listing until then.
-        let list_at = (news && not_submitted_here).then(|| {
-            listed_at.unwrap_or_else(|| {
-                event
-                    .created_at
-                    .filter(|ms| *ms < 10_000_000_000_000)
-                    .map_or(now_ms, |ms| ms.min(now_ms.saturating_add(DAY_MS)))
-            })
+        let list_at = (news && not_submitted_here && listed_at.is_none()).then(|| {
+            event
+                .created_at
+                .filter(|ms| *ms < 10_000_000_000_000)
+                .map_or(now_ms, |ms| ms.min(now_ms.saturating_add(DAY_MS)))
         });
         if list_at.is_some() {
             after.listed_at = list_at;
@@ -603,7 +601,7 @@ mod tests {
     }
 
     #[test]
-    fn news_is_one_batch_of_slot_binding_and_head_then_its_listing() {
+    fn news_is_one_batch_of_slot_binding_listing_and_head() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
@@ -614,15 +612,17 @@ mod tests {
         assert_eq!((kv.round_trips.get(), kv.sets.get()), (2, 1));
         assert_eq!(
             kv.keys(),
-            ["task:job-1", "task:job-1:submitted", "taskid:86"]
+            [
+                "listed/0000000000005/job-1",
+                "task:job-1",
+                "task:job-1:submitted",
+                "taskid:86"
+            ]
         );
-        // Left for after it: only the listing entry, in its own label.
+        // Nothing is left for after it.
+        assert!(books.changes_nothing(), "{books:?}");
         books.apply(&kv).unwrap();
-        assert_eq!((kv.round_trips.get(), kv.sets.get()), (3, 2));
-        assert_eq!(
-            Index::listed(&kv).entries().unwrap(),
-            [listed_entry(&key, 5)]
-        );
+        assert_eq!((kv.round_trips.get(), kv.sets.get()), (2, 1));
 
         // A repeat: its one read, and nothing to write.
         let (verdict, books) = store.record_event(&key, &e, 6).unwrap();
@@ -630,16 +630,20 @@ mod tests {
         assert!(books.changes_nothing());
         assert_eq!(
             (kv.round_trips.get(), kv.sets.get()),
-            (5, 2),
+            (3, 1),
             "one read more"
         );
 
-        // Later news: no second binding, the same listing entry again.
+        // Later news: no second binding, no second listing entry.
         let mut processing = e.clone();
         processing.status = TaskStatus::Processing;
         let (_, books) = store.record_event(&key, &processing, 7).unwrap();
-        books.apply(&kv).unwrap();
-        assert_eq!(kv.sets.get(), 4);
+        assert!(books.changes_nothing(), "{books:?}");
+        let batch = books.news_batch(Slot::Processing, &processing);
+        assert_eq!(
+            batch.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["task:job-1:processing", "task:job-1"]
+        );
         assert_eq!(
             Index::listed(&kv).entries().unwrap(),
             [listed_entry(&key, 5)]
@@ -690,32 +694,28 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_listing_write_is_redone_by_the_next_news() {
+    fn a_failed_batch_lists_nothing_and_the_retry_lists_the_task_once() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Processing);
-        let (_, books) = store.record_event(&key, &e, 5).unwrap();
-        kv.fail_next.set(true);
-        assert!(books.apply(&kv).is_err());
-        assert!(Index::listed(&kv).entries().unwrap().is_empty());
-        assert!(store.head(&key).unwrap().unwrap().seen.processing.is_some());
+        kv.fail_nth_set.set(Some(1));
+        assert!(store.record_event(&key, &e, 5).is_err());
+        assert!(kv.keys().is_empty(), "{:?}", kv.keys());
 
-        let mut done = e.clone();
-        done.status = TaskStatus::Succeed;
-        let (_, books) = store.record_event(&key, &done, 9).unwrap();
-        books.apply(&kv).unwrap();
+        let (verdict, _) = store.record_event(&key, &e, 9).unwrap();
+        assert_eq!(verdict, Verdict::Apply(Slot::Processing));
         assert_eq!(
             Index::listed(&kv).entries().unwrap(),
-            [listed_entry(&key, 5)]
+            [listed_entry(&key, 9)]
         );
     }
 
     /// So a store that applied the batch one entry at a time, in order, and stopped at a
-    /// failure leaves a slot or a binding the head does not know yet, never a head that
-    /// claims a missing slot or binding.
+    /// failure leaves a slot, a binding or a listing entry the head does not know yet,
+    /// never a head that claims a missing one.
     #[test]
-    fn the_batch_is_the_slot_then_the_binding_then_the_head() {
+    fn the_batch_is_the_slot_then_the_binding_then_the_listing_then_the_head() {
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Succeed);
         let books = TaskStore::bookkeeping(&key, None, &e, Verdict::Apply(Slot::Final), 5);
@@ -724,7 +724,15 @@ mod tests {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        assert_eq!(keys, ["task:job-1:final", "taskid:86", "task:job-1"]);
+        assert_eq!(
+            keys,
+            [
+                "task:job-1:final",
+                "taskid:86",
+                "listed/0000000000005/job-1",
+                "task:job-1"
+            ]
+        );
     }
 
     #[test]
@@ -736,7 +744,7 @@ mod tests {
             e.created_at = Some(created_at);
             let kv = MemoryKv::default();
             let (_, books) = TaskStore::new(&kv).record_event(&key, &e, now).unwrap();
-            books.apply(&kv).unwrap();
+            assert!(books.changes_nothing());
             assert_eq!(
                 Index::listed(&kv).entries().unwrap(),
                 [listed_entry(&key, listed_at)]

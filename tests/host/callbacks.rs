@@ -249,29 +249,25 @@ async fn a_duplicate_changes_nothing_and_costs_one_read() {
 async fn store_traffic_per_delivery_is_as_documented() {
     let app = kling_app();
     let cases = [
-        // First delivery: read the head, then one batch: slot, binding (index), head.
-        // After the answer, list the task (one key of its own, named by Kling's
-        // created_at, in the listing label).
+        // First delivery: read the head, then one batch: slot, binding (index), the
+        // listing entry (named by Kling's created_at), head. Nothing after the answer.
         (
             flat("7001", "job-ops", "submitted", 1),
             vec![
                 (Op::Get, "task:job-ops"),
                 (Op::SetMany, "task:job-ops:submitted"),
                 (Op::SetMany, "taskid:7001"),
+                (Op::SetMany, "listed/1722769557708/job-ops"),
                 (Op::SetMany, "task:job-ops"),
-                (Op::Set, "listed/1722769557708/job-ops"),
             ],
         ),
-        // Final news: read the head, one batch of slot and head; after the answer the
-        // same listing entry again, as every news of a task not submitted here writes
-        // it (retention finds the task through it).
+        // Final news: read the head, one batch of slot and head (the task is listed).
         (
             flat("7001", "job-ops", "succeed", 3),
             vec![
                 (Op::Get, "task:job-ops"),
                 (Op::SetMany, "task:job-ops:final"),
                 (Op::SetMany, "task:job-ops"),
-                (Op::Set, "listed/1722769557708/job-ops"),
             ],
         ),
         // Late news, and the final again: the one read, nothing written.
@@ -349,34 +345,25 @@ async fn a_failing_store_answers_503_and_the_retried_delivery_lands() {
 }
 
 #[tokio::test]
-async fn a_listing_write_that_fails_after_the_ack_loses_nothing_and_the_next_news_lists() {
+async fn a_task_first_seen_is_listed_with_its_state_or_not_stored_at_all() {
     let app = kling_app();
-    // The head read and the batch succeed; the listing write after the answer fails.
+    // The listing entry fails, so the whole batch does: no state without its listing.
     app.kv.fail_next_set_starting("listed/");
-    let reply = app
-        .send(callback(
-            "job-late",
-            flat("9201", "job-late", "processing", 5),
-        ))
-        .await;
-    assert_eq!(reply.status, 200, "the state was stored before answering");
-    assert_eq!(
-        app.kv.get_now("taskid:9201").as_deref(),
-        Some(&b"job-late"[..]),
-        "bound in the same batch"
-    );
-    assert!(app.kv.label_keys("listing").is_empty());
-    // Served by either id meanwhile.
-    assert_eq!(status_of(&app, "job-late").await, "processing");
-    assert_eq!(status_of(&app, "9201").await, "processing");
+    let body = flat("9201", "job-late", "processing", 5);
+    let reply = app.send(callback("job-late", body.clone())).await;
+    reply.expect_error(503, "store_unavailable", "");
+    for key in ["task:job-late", "task:job-late:processing", "taskid:9201"] {
+        assert!(app.kv.get_now(key).is_none(), "{key}");
+    }
+    let listed = app.send(authorized("GET", "/tasks")).await.expect_json(200);
+    assert_eq!(listed["tasks"], json!([]));
 
-    // The next news lists it.
-    app.send(callback("job-late", flat("9201", "job-late", "succeed", 9)))
-        .await;
-    assert_eq!(app.kv.label_keys("listing").len(), 1);
+    // Kling's retry lands, listed in the same batch.
+    assert_eq!(app.send(callback("job-late", body)).await.status, 200);
     let listed = app.send(authorized("GET", "/tasks")).await.expect_json(200);
     assert_eq!(listed["tasks"][0]["external_task_id"], "job-late");
-    assert_eq!(status_of(&app, "9201").await, "succeed");
+    assert_eq!(listed["tasks"][0]["status"], "processing");
+    assert_eq!(status_of(&app, "9201").await, "processing");
 }
 
 #[tokio::test]

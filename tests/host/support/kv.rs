@@ -22,7 +22,7 @@ pub enum Op {
 
 /// The labels a component may open, as Spin's `key_value_stores` and runtime config
 /// would allow them.
-pub const LABELS: [&str; 3] = ["default", "index", "listing"];
+pub const LABELS: [&str; 2] = ["default", "index"];
 
 #[derive(Default)]
 struct State {

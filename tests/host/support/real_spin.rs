@@ -137,7 +137,7 @@ pub enum Stores {
 impl Stores {
     fn runtime_config(&self, dir: &Path) -> String {
         match self {
-            Stores::Sqlite => ["default", "index", "listing"]
+            Stores::Sqlite => super::kv::LABELS
                 .iter()
                 .map(|label| {
                     format!(
