@@ -1,9 +1,9 @@
 //! The work a request leaves for after its response is sent: a callback's last
-//! bookkeeping (the listing entry of a task not submitted here; the head of a delivery
-//! that was not news), then announcing what changed and moving its pipeline on. Nothing
-//! here may lose the delivery, which is stored, with its head, before the
-//! acknowledgement; whatever fails is redone (a listing entry by the task's next news, a
-//! pipeline's next step by the reconciler, a notification from the outbox).
+//! bookkeeping (the head of a delivery that was not news but changed it: a first binding
+//! by a stale delivery, the `rejected` counter), then announcing what changed and moving
+//! its pipeline on. Nothing here may lose the delivery, which is stored, with its head
+//! and listing, before the acknowledgement; whatever fails is redone (a pipeline's next
+//! step by the reconciler, a notification from the outbox).
 
 use crate::app::Env;
 use crate::config::{NotifyConfig, SubmitConfig};

@@ -177,7 +177,7 @@ pub struct TaskHead {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submission: Option<Submission>,
     /// A task not submitted here: the time its listing entry is named by
-    /// (`listed/{ms}/{key}`), written in the batch of its first news, before this head.
+    /// (`listed/{ms}/{key}`), which every news of it writes in its batch, before this head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listed_at: Option<u64>,
 }

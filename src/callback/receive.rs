@@ -4,8 +4,9 @@
 //! touched, so a rejected request stores nothing. Signatures are checked over the raw
 //! bytes before parsing. Then the store sees at most two round trips before the sender is
 //! acknowledged: one read of the task's head, and, for news, one batch of the status slot
-//! with the head (and the first binding). What is left (the listing entry of a task not
-//! submitted here) is returned to be written after the acknowledgement.
+//! with the head (and the first binding, and a task not submitted here's listing entry).
+//! What is left (the head of a delivery that was not news but changed it) is returned to
+//! be written after the acknowledgement.
 
 use crate::callback::parse::{Envelope, PayloadError, parse_envelope};
 use crate::config::{CallbackConfig, ConfigError};
@@ -578,10 +579,14 @@ pub(crate) mod tests {
         kv.sets.set(0);
         let received = deliver(&kv, &body("processing", 6)).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
-        // Listed already: the batch is the slot and the head.
+        // Later news: the same one batch (the listing entry again, under the same name).
         assert_eq!((kv.round_trips.get(), kv.sets.get()), (2, 1));
         received.bookkeeping.as_ref().unwrap().apply(&kv).unwrap();
         assert_eq!(kv.round_trips.get(), 2);
+        assert_eq!(
+            crate::store::index::Index::listed(&kv).entries().unwrap(),
+            listed
+        );
 
         kv.round_trips.set(0);
         let again = deliver(&kv, &body("processing", 6)).unwrap();

@@ -12,7 +12,7 @@
 //! | `taskid:{task_id}` | `{key}` | the first binding |
 //! | `pipeline:{id}` | a pipeline's description ([`PipelineSpec`]) | `POST /pipelines`, once |
 //! | `pipeline:{id}:failure` | why a pipeline failed, when no step's task says it | a refused step |
-//! | `listed/{first_seen_ms}/{key}` | `1`: the task is in `GET /tasks` and retention's scan | a submit; the first news of a task not submitted here, in its batch (the head's `listed_at` names it); removed by retention |
+//! | `listed/{first_seen_ms}/{key}` | `1`: the task is in `GET /tasks` and retention's scan | a submit; every news of a task not submitted here, in its batch, under the name its first chose (the head's `listed_at`); removed by retention |
 //! | `final/{day}/{key}` | `1`: retention's index by day | the reconciler, when a task it tracks is final (callbacks write none: retention's scan of `listed/` finds a task not submitted here); removed by retention, with the task |
 //!
 //! The listing lives beside the tasks so that a task's first callback lists it in the

@@ -107,8 +107,8 @@ pub struct TaskPage {
 }
 
 /// What an accepted delivery writes besides its slot. For news, the head (and, on the
-/// task's first binding, the task_id index; on the first news of a task not submitted
-/// here, its listing entry) goes into the same batch as the slot, before the
+/// task's first binding, the task_id index; for a task not submitted here, its listing
+/// entry) goes into the same batch as the slot, before the
 /// acknowledgement (see [`TaskStore::record_event_with_head`]). What is left for after it
 /// ([`Bookkeeping::apply`]) is the retention entry of a task a poll made final, and the
 /// changed head of a delivery that was not news (a poll's time, the `rejected`
@@ -120,8 +120,8 @@ pub struct Bookkeeping {
     head: TaskHead,
     /// Set on the task's first binding: `taskid:{task_id}` → `{key}`.
     index_task_id: Option<String>,
-    /// The first news of a task not submitted here: its listing entry (`listed/`),
-    /// written in the news batch, before the head that names it in `listed_at`.
+    /// News of a task not submitted here: its listing entry (`listed/`), written in the
+    /// news batch, before the head that names it in `listed_at`.
     list_at: Option<u64>,
     /// A poll stored a final state: index the task for retention (`final/`).
     final_at: Option<u64>,
@@ -159,8 +159,8 @@ impl Bookkeeping {
 
     /// The batch that records news, in the order that is safe even for a store that
     /// applied it one entry at a time and stopped at a failure: the slot, then (first
-    /// binding) the task_id index, then (first news of a task not submitted here) the
-    /// listing entry, then the head that says all were written. Stopping early leaves a
+    /// binding) the task_id index, then (a task not submitted here) the listing entry,
+    /// then the head that says all were written. Stopping early leaves a
     /// slot or an entry the head does not know yet, which the sender's retry writes
     /// again; never a head claiming a slot, a binding or a listing that is missing.
     fn news_batch(&self, slot: Slot, event: &TaskEvent) -> Vec<(String, Vec<u8>)> {
@@ -216,8 +216,8 @@ impl<'a> TaskStore<'a> {
     }
 
     /// [`Self::record_event`] for a caller that has just read the head itself. News is
-    /// one batch of the default label: its slot, the head, and on the first binding
-    /// the task_id index.
+    /// one batch of the default label: its slot, on the first binding the task_id index,
+    /// for a task not submitted here its listing entry, and the head.
     pub fn record_event_with_head(
         &self,
         key: &TaskKey,
@@ -256,8 +256,11 @@ impl<'a> TaskStore<'a> {
         now_ms: u64,
     ) -> Bookkeeping {
         let first_binding = head.as_ref().is_none_or(|h| h.task_id.is_none());
-        // A submit lists its task before calling Kling. Any other task is listed by its
-        // first news, in the news batch; the head's `listed_at` then says it is listed.
+        // A submit lists its task before calling Kling. Any other task is listed by every
+        // news of it, in the news batch, under the name its first one chose (kept in the
+        // head's `listed_at`): one key more in the same round trip, and an entry that went
+        // missing (an older build's, written after its answer; one retention removed under
+        // a late delivery) comes back with the task's next news.
         let news = matches!(verdict, Verdict::Apply(_));
         let not_submitted_here = head.as_ref().is_none_or(|h| h.submission.is_none());
         let listed_at = head.as_ref().and_then(|h| h.listed_at);
@@ -271,11 +274,13 @@ impl<'a> TaskStore<'a> {
         // kept at most a day ahead of our clock, not clamped to now: Kling's clock may
         // run a little ahead, while a date far in the future would hide the task from
         // retention's scan of the listing until then.
-        let list_at = (news && not_submitted_here && listed_at.is_none()).then(|| {
-            event
-                .created_at
-                .filter(|ms| *ms < 10_000_000_000_000)
-                .map_or(now_ms, |ms| ms.min(now_ms.saturating_add(DAY_MS)))
+        let list_at = (news && not_submitted_here).then(|| {
+            listed_at.unwrap_or_else(|| {
+                event
+                    .created_at
+                    .filter(|ms| *ms < 10_000_000_000_000)
+                    .map_or(now_ms, |ms| ms.min(now_ms.saturating_add(DAY_MS)))
+            })
         });
         if list_at.is_some() {
             after.listed_at = list_at;
@@ -342,7 +347,8 @@ impl<'a> TaskStore<'a> {
         self.delete_task(key, record.task_id.as_deref())
     }
 
-    /// Every task, newest first, optionally of one status: one `get-keys` of the listing,
+    /// Every task, newest first, optionally of one status: one `get-keys` of the default
+    /// label (its `listed/` entries),
     /// then the records of at most [`MAX_SCAN`] entries below `cursor`; `next_cursor`
     /// continues where it stopped.
     pub fn list(
@@ -634,7 +640,7 @@ mod tests {
             "one read more"
         );
 
-        // Later news: no second binding, no second listing entry.
+        // Later news: no second binding; the same listing entry again, in the batch.
         let mut processing = e.clone();
         processing.status = TaskStatus::Processing;
         let (_, books) = store.record_event(&key, &processing, 7).unwrap();
@@ -642,7 +648,11 @@ mod tests {
         let batch = books.news_batch(Slot::Processing, &processing);
         assert_eq!(
             batch.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
-            ["task:job-1:processing", "task:job-1"]
+            [
+                "task:job-1:processing",
+                "listed/0000000000005/job-1",
+                "task:job-1"
+            ]
         );
         assert_eq!(
             Index::listed(&kv).entries().unwrap(),
@@ -674,6 +684,36 @@ mod tests {
         let (_, books) = store.record_event(&key, &e, 5).unwrap();
         assert!(books.changes_nothing(), "{books:?}");
         assert_eq!(kv.sets.get(), sets + 1);
+        // Listed by its submit only: the news batch holds no listing entry.
+        let batch = books.news_batch(Slot::Processing, &e);
+        assert!(
+            batch.iter().all(|(k, _)| !k.starts_with("listed/")),
+            "{batch:?}"
+        );
+        assert_eq!(
+            Index::listed(&kv).entries().unwrap(),
+            [listed_entry(&key, 1)]
+        );
+        assert_eq!(store.head(&key).unwrap().unwrap().listed_at, None);
+    }
+
+    #[test]
+    fn a_listing_entry_that_went_missing_comes_back_with_the_next_news() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        let e = event("86", Some("job-1"), TaskStatus::Processing);
+        store.record_event(&key, &e, 5).unwrap();
+        // As an older build's after-the-answer write that failed, or retention's removal
+        // under a late delivery, would leave it: a head naming an entry that is gone.
+        Index::listed(&kv).remove(&listed_entry(&key, 5)).unwrap();
+        let mut done = e.clone();
+        done.status = TaskStatus::Succeed;
+        store.record_event(&key, &done, 9).unwrap();
+        assert_eq!(
+            Index::listed(&kv).entries().unwrap(),
+            [listed_entry(&key, 5)]
+        );
     }
 
     #[test]

@@ -261,12 +261,14 @@ async fn store_traffic_per_delivery_is_as_documented() {
                 (Op::SetMany, "task:job-ops"),
             ],
         ),
-        // Final news: read the head, one batch of slot and head (the task is listed).
+        // Final news: read the head, one batch of slot, the same listing entry again
+        // (so an entry that went missing comes back) and head.
         (
             flat("7001", "job-ops", "succeed", 3),
             vec![
                 (Op::Get, "task:job-ops"),
                 (Op::SetMany, "task:job-ops:final"),
+                (Op::SetMany, "listed/1722769557708/job-ops"),
                 (Op::SetMany, "task:job-ops"),
             ],
         ),
