@@ -14,9 +14,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::StreamExt;
 use spin_sdk::http::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    ErrorCode, Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use spin_sdk::http_component;
+use spin_sdk::wit::wasi::http0_2_0::types;
+use wasi::io::streams::OutputStream;
 
 use crate::app::{self, Env, Request};
 use crate::callback::receive::Body;
@@ -108,12 +110,13 @@ async fn read_body(request: IncomingRequest, headers: &[(String, String)], limit
     Body::Bytes(body)
 }
 
-/// Sends the response with its body already written and finished where the body stream
-/// takes it all at once, which it does for any body of ours on Spin (one 1 MiB chunk).
-/// Spin's HTTP server leaves Nagle's algorithm on: handing the response over first let
-/// its head leave on its own, and the body, written a moment later, then waited for the
-/// client's delayed ACK, 40 ms on Linux, for about one response in three on a kept-alive
-/// connection. A body the stream will not take whole is streamed after the hand-over.
+/// Sends the response with its body already written, flushed and finished when the body
+/// stream takes it whole, as Spin's does for a body of up to a megabyte (every body of
+/// ours), and only then hands the response over. Spin's HTTP server leaves Nagle's
+/// algorithm on: a response handed over first could have its head leave on its own, and
+/// the body, written a moment later, then waited for the client's delayed ACK (40 ms on
+/// Linux), about one duplicate in three on a kept-alive connection. A body the stream
+/// will not take whole is streamed after the hand-over.
 fn send(response_out: ResponseOutparam, response: Response) {
     let headers: Vec<(String, Vec<u8>)> = response
         .headers
@@ -125,47 +128,68 @@ fn send(response_out: ResponseOutparam, response: Response) {
     if outgoing.set_status_code(response.status).is_err() {
         eprintln!("could not set response status {}", response.status);
     }
-    let Ok(body) = outgoing.body() else {
+    let Some((body, stream)) = outgoing.body().ok().and_then(|body| {
+        let stream = body.write().ok()?;
+        Some((body, stream))
+    }) else {
         eprintln!("could not open the response body");
-        return response_out.set(outgoing);
+        // Spin answers a 500 for the component.
+        return types::ResponseOutparam::set(
+            response_out.into_inner(),
+            Err(ErrorCode::InternalError(Some("response body".into()))),
+        );
     };
-    let Ok(stream) = body.write() else {
-        eprintln!("could not open the response body stream");
-        return response_out.set(outgoing);
-    };
-    let mut unsent = Some((response_out, outgoing));
-    let mut rest = response.body.as_slice();
-    while !rest.is_empty() {
-        match stream.check_write() {
-            Ok(0) => {
-                // Full: hand the response over so that its reader drains the stream.
-                if let Some((response_out, outgoing)) = unsent.take() {
-                    response_out.set(outgoing);
-                }
-                stream.subscribe().block();
-            }
-            Ok(permitted) => {
-                let take = rest
-                    .len()
-                    .min(usize::try_from(permitted).unwrap_or(usize::MAX));
-                if let Err(error) = stream.write(&rest[..take]) {
-                    eprintln!("could not send the response: {error}");
-                    break;
-                }
-                rest = &rest[take..];
-            }
-            Err(error) => {
-                eprintln!("could not send the response: {error}");
-                break;
-            }
-        }
-    }
+    let mut unsent = Unsent(Some((response_out, outgoing)));
+    let written = write_all(&stream, &response.body, &mut unsent);
     drop(stream);
-    if OutgoingBody::finish(body, None).is_err() {
+    // A body left unfinished tells the reader it broke off.
+    if written && OutgoingBody::finish(body, None).is_err() {
         eprintln!("could not finish the response body");
     }
-    if let Some((response_out, outgoing)) = unsent {
-        response_out.set(outgoing);
+    unsent.hand_over();
+}
+
+/// The response until it is handed over, which happens once.
+struct Unsent(Option<(ResponseOutparam, OutgoingResponse)>);
+
+impl Unsent {
+    fn hand_over(&mut self) {
+        if let Some((response_out, outgoing)) = self.0.take() {
+            response_out.set(outgoing);
+        }
+    }
+}
+
+/// Writes all of `bytes`, then flushes. Whenever the stream is full, hands the response
+/// over (so that its reader drains the stream) and waits. False if the stream failed.
+fn write_all(stream: &OutputStream, mut bytes: &[u8], unsent: &mut Unsent) -> bool {
+    let mut flushed = false;
+    loop {
+        let outcome = match stream.check_write() {
+            Ok(0) => {
+                unsent.hand_over();
+                stream.subscribe().block();
+                Ok(())
+            }
+            Ok(permitted) if !bytes.is_empty() => {
+                let take = bytes
+                    .len()
+                    .min(usize::try_from(permitted).unwrap_or(usize::MAX));
+                let written = stream.write(&bytes[..take]);
+                bytes = &bytes[take..];
+                written
+            }
+            Ok(_) if !flushed => {
+                flushed = true;
+                stream.flush()
+            }
+            Ok(_) => return true,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = outcome {
+            eprintln!("could not send the response: {error}");
+            return false;
+        }
     }
 }
 

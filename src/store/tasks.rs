@@ -703,13 +703,16 @@ mod tests {
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Processing);
-        store.record_event(&key, &e, 5).unwrap();
+        let (verdict, _) = store.record_event(&key, &e, 5).unwrap();
+        assert_eq!(verdict, Verdict::Apply(Slot::Processing));
         // As an older build's after-the-answer write that failed, or retention's removal
         // under a late delivery, would leave it: a head naming an entry that is gone.
         Index::listed(&kv).remove(&listed_entry(&key, 5)).unwrap();
         let mut done = e.clone();
         done.status = TaskStatus::Succeed;
-        store.record_event(&key, &done, 9).unwrap();
+        let (verdict, books) = store.record_event(&key, &done, 9).unwrap();
+        assert_eq!(verdict, Verdict::Apply(Slot::Final));
+        assert!(books.changes_nothing(), "{books:?}");
         assert_eq!(
             Index::listed(&kv).entries().unwrap(),
             [listed_entry(&key, 5)]

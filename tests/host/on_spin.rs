@@ -380,7 +380,7 @@ async fn on_spin_with_its_sqlite_store() {
     summarize("one instance, SQLite", &[&app], &standin);
 }
 
-/// Every response leaves Spin in one write: the component writes and finishes its body
+/// A small response leaves Spin in one write: the component writes and finishes its body
 /// before it hands the response over. Spin's server leaves Nagle's algorithm on, so a
 /// head sent alone held the body back until the client's delayed ACK (40 ms on Linux),
 /// for about one duplicate in three on a kept-alive connection. Read raw, on one such
