@@ -52,7 +52,7 @@ impl<'a> Index<'a> {
 
     /// The key of a listing entry, for a caller that writes it in a batch of its own.
     pub fn listed_key(entry: &str) -> String {
-        format!("{LISTED_PREFIX}{entry}")
+        entry_key(LISTED_PREFIX, entry)
     }
 
     fn new(kv: &'a dyn KeyValue, prefix: &'static str) -> Self {
@@ -60,7 +60,7 @@ impl<'a> Index<'a> {
     }
 
     fn key(&self, entry: &str) -> String {
-        format!("{}{entry}", self.prefix)
+        entry_key(self.prefix, entry)
     }
 
     /// Adds an entry (one `set`). Adding it again is harmless.
@@ -94,6 +94,11 @@ impl<'a> Index<'a> {
         entries.sort_unstable();
         Ok(entries)
     }
+}
+
+/// The store key of an entry: its index's prefix, then its name.
+fn entry_key(prefix: &str, entry: &str) -> String {
+    format!("{prefix}{entry}")
 }
 
 /// Milliseconds as a fixed-width decimal, so that entries sort by time as strings.

@@ -41,7 +41,7 @@ pub struct Cursor(String);
 impl Cursor {
     pub fn parse(text: &str) -> Option<Self> {
         let entry = String::from_utf8(URL_SAFE_NO_PAD.decode(text).ok()?).ok()?;
-        listed_key(&entry)?;
+        task_of_listed_entry(&entry)?;
         Some(Self(entry))
     }
 }
@@ -53,7 +53,7 @@ impl std::fmt::Display for Cursor {
 }
 
 /// The task key of a listing entry `{13 digits}/{key}`, if it is one.
-fn listed_key(entry: &str) -> Option<TaskKey> {
+fn task_of_listed_entry(entry: &str) -> Option<TaskKey> {
     let (ms, key) = entry.split_once('/')?;
     let valid_key =
         is_valid_external_task_id(key) || key.strip_prefix('#').is_some_and(is_valid_task_id);
@@ -238,6 +238,8 @@ impl<'a> TaskStore<'a> {
         Ok((verdict, bookkeeping))
     }
 
+    /// Writes one slot alone (tests seed tasks with it; news writes its slot in a batch).
+    #[cfg(test)]
     pub fn write_slot(
         &self,
         key: &TaskKey,
@@ -347,10 +349,9 @@ impl<'a> TaskStore<'a> {
         self.delete_task(key, record.task_id.as_deref())
     }
 
-    /// Every task, newest first, optionally of one status: one `get-keys` of the default
-    /// label (its `listed/` entries),
-    /// then the records of at most [`MAX_SCAN`] entries below `cursor`; `next_cursor`
-    /// continues where it stopped.
+    /// Every task, newest first, optionally of one status: one `list-keys` of the default
+    /// label (its `listed/` entries), then the records of at most [`MAX_SCAN`] entries
+    /// below `cursor`; `next_cursor` continues where it stopped.
     pub fn list(
         &self,
         status: Option<TaskStatus>,
@@ -374,7 +375,7 @@ impl<'a> TaskStore<'a> {
             }
             // An entry of another shape is not ours to serve; two entries of one task
             // (concurrent first deliveries without a `created_at`) list it once a page.
-            let Some(key) = listed_key(entry) else {
+            let Some(key) = task_of_listed_entry(entry) else {
                 continue;
             };
             if listed_keys.contains(&key) {
