@@ -41,8 +41,8 @@ function done(summary, latency, requests)
   local wraps = 0
   for _, t in ipairs(threads) do wraps = wraps + (t:get("wrapped") or 0) end
   local l = latency
-  io.write(string.format("RESULT rps=%.1f p50_us=%d p99_us=%d errors=%d non2xx=%d wraps=%d\n",
+  io.write(string.format("RESULT rps=%.1f p50_us=%d p99_us=%d errors=%d non2xx=%d wraps=%d requests=%d\n",
     summary.requests / (summary.duration / 1e6), l:percentile(50), l:percentile(99),
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status, wraps))
+    summary.errors.status, wraps, summary.requests))
 end

@@ -13,8 +13,8 @@
 # (forged and readfloor run only when BENCH_SCENARIOS names them.)
 # on Spin's default SQLite store and on Redis, at 50 connections and at 1. Each round
 # restarts Spin on an emptied store for each build named (so two builds alternate). Prints
-# each run, then the medians, p50/p99 and the ratios to the floor measured in the same
-# Spin. Asserts nothing.
+# each run, then the medians, p50/p99, Spin's CPU time per request (steadier than req/s on
+# a shared machine) and the ratios to the floor measured in the same Spin. Asserts nothing.
 #
 #   bench/on-spin.sh                    # everything (about 6 minutes a build)
 #   BENCH_STORES=redis BENCH_CONNECTIONS=1 BENCH_ROUNDS=1 BENCH_SECONDS=5 bench/on-spin.sh
@@ -134,11 +134,24 @@ stop_spin() {
   wait "$spin_pid" 2>/dev/null || true; spin_pid=""
 }
 
-# One wrk run: $1 scenario, $2 connections, $3 lines file, $4 path prefix. Prints RESULT.
+# CPU time (user + system, in clock ticks) of the Spin process serving requests so far:
+# `spin up` runs the HTTP trigger as its child.
+spin_cpu_ticks() {
+  local pid; pid="$(pgrep -P "$spin_pid" | head -1)"
+  awk '{print $14 + $15}' "/proc/${pid:-$spin_pid}/stat"
+}
+
+# One wrk run: $1 scenario, $2 connections, $3 lines file, $4 path prefix. Prints RESULT,
+# with cpu_us: Spin's CPU time per request served, in microseconds.
 run_wrk() {
   local threads=2; [ "$2" = 1 ] && threads=1
-  BENCH_LINES="$3" BENCH_PREFIX="$4" BENCH_THREADS="$threads" wrk -t"$threads" -c"$2" -d"${seconds}s" --latency \
-    -s "$root/bench/lines.lua" "http://127.0.0.1:$port" | grep '^RESULT'
+  local before after result
+  before="$(spin_cpu_ticks)"
+  result="$(BENCH_LINES="$3" BENCH_PREFIX="$4" BENCH_THREADS="$threads" wrk -t"$threads" -c"$2" \
+    -d"${seconds}s" --latency -s "$root/bench/lines.lua" "http://127.0.0.1:$port" | grep '^RESULT')"
+  after="$(spin_cpu_ticks)"
+  local served="${result##*requests=}"
+  echo "$result cpu_us=$(( (after - before) * 1000000 / $(getconf CLK_TCK) / (served > 0 ? served : 1) ))"
 }
 
 results="$work/results"
@@ -209,7 +222,7 @@ for line in open(sys.argv[1]):
     store, conns, name, scenario, *fields = line.split()
     f = dict(x.split("=") for x in fields)
     rows.setdefault((store, conns, name, scenario), []).append(f)
-print(f"{'store':6} {'conns':>5} {'component':16} {'scenario':9} {'req/s':>7} {'x floor':>7} {'p50 ms':>7} {'x floor':>7} {'p99 ms':>7} {'errors':>6}")
+print(f"{'store':6} {'conns':>5} {'component':16} {'scenario':9} {'req/s':>7} {'x floor':>7} {'p50 ms':>7} {'x floor':>7} {'p99 ms':>7} {'errors':>6} {'cpu us':>6} {'x floor':>7}")
 for (store, conns, name, scenario), fs in rows.items():
     med = lambda fs, k: statistics.median(float(f[k]) for f in fs)
     floor = rows.get((store, conns, name, "floor"))
@@ -219,5 +232,6 @@ for (store, conns, name, scenario), fs in rows.items():
     note = " (ran out of distinct tasks)" if wraps and scenario in ("floor", "new", "news") else ""
     print(f"{store:6} {conns:>5} {name[:16]:16} {scenario:9} {med(fs, 'rps'):7.0f} "
           f"{ratio('rps')} {med(fs, 'p50_us') / 1000:7.2f} "
-          f"{ratio('p50_us')} {med(fs, 'p99_us') / 1000:7.2f} {errs:6}{note}")
+          f"{ratio('p50_us')} {med(fs, 'p99_us') / 1000:7.2f} {errs:6} "
+          f"{med(fs, 'cpu_us'):6.0f} {ratio('cpu_us')}{note}")
 PY
