@@ -3,10 +3,11 @@
 use bytes::Bytes;
 
 use crate::support::components::{kling_app, kling_app_with};
+use crate::support::deployment::deploy;
 use crate::support::kv::KvStore;
 use crate::support::requests::{
     API_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET, WITH_WEBHOOK_SECRET, callback, callback_with_sig,
-    flat, request, sig, webhook_signature,
+    flat, get_task, request, sig, webhook_signature,
 };
 use crate::support::spin_host::{Reply, SpinApp};
 
@@ -501,4 +502,52 @@ async fn a_rotated_callback_secret_still_verifies_urls_signed_with_the_old_one()
     .await;
     let message = reply.json()["error"]["message"].to_string();
     assert!(message.contains("callback_secret") && !message.contains("change-me"));
+}
+
+/// The component runs on a 128 KiB stack (build.rs), not Rust's 1 MiB. JSON nested as
+/// deep as serde_json parses (127 levels in all) on every route that reads JSON is
+/// answered, stored and served back: never a trap. (On a 32 KiB stack the callback traps.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_as_deep_as_the_parser_goes_is_answered_on_the_component_stack() {
+    /// A value `levels` deep: `{"a":{"a":...1}}`.
+    fn nested(levels: usize) -> String {
+        format!("{}1{}", r#"{"a":"#.repeat(levels), "}".repeat(levels))
+    }
+    let d = deploy().await;
+    for deepest in [64, 126, 127] {
+        let id = format!("deep-{deepest}");
+        // The document's levels above the nested value: 2 for task_result.x, 4 for
+        // task_result.videos[0].x.
+        let body = format!(
+            r#"{{"task_id":"9{deepest}","task_status":"succeed","updated_at":1,"task_info":{{"external_task_id":"{id}"}},"task_result":{{"videos":[{{"id":"v","url":"https://cdn.example/v.mp4","x":{}}}],"x":{}}}}}"#,
+            nested(deepest - 4),
+            nested(deepest - 2),
+        );
+        let reply = d.app.send(callback(&id, body)).await;
+        assert_eq!(reply.status, 200, "callback, {deepest} levels: {reply:?}");
+        let shown = d.app.send(get_task(&id)).await;
+        assert_eq!(shown.status, 200, "GET, {deepest} levels: {shown:?}");
+
+        for (path, body) in [
+            (
+                "/tasks/text2video",
+                format!(r#"{{"prompt":"a cat","x":{}}}"#, nested(deepest - 1)),
+            ),
+            (
+                "/pipelines",
+                format!(
+                    r#"{{"steps":[{{"kind":"text2video","request":{{"prompt":"a cat","x":{}}}}}]}}"#,
+                    nested(deepest - 4)
+                ),
+            ),
+        ] {
+            let request = request("POST", path)
+                .header("authorization", format!("Bearer {API_TOKEN}"))
+                .header("content-type", "application/json")
+                .body(Bytes::from(body))
+                .unwrap();
+            let reply = d.app.send(request).await;
+            assert!(reply.status < 500, "{path}, {deepest} levels: {reply:?}");
+        }
+    }
 }
