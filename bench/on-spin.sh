@@ -11,8 +11,10 @@
 #   readfloor  bench/baseline reading one key, the same for every request: the least
 #          a receiver that recognises a repeat can do (the yardstick for dup)
 # (forged and readfloor run only when BENCH_SCENARIOS names them.)
-# on Spin's default SQLite store and on Redis, at 50 connections and at 1. Each round
-# restarts Spin on an emptied store for each build named (so two builds alternate). Prints
+# on Spin's default SQLite store and on Redis, at 50 connections and at 1. Every build named
+# runs in a Spin of its own, all at once (on ports from BENCH_PORT up, with SQLite files of
+# their own), and each scenario runs on every build in turn, back to back, the order
+# changing each round: a shared machine's drift hits every build alike. Prints
 # each run, then the medians, p50/p99, Spin's CPU time per request (steadier than req/s on
 # a shared machine) and the ratios to the floor measured in the same Spin. Asserts nothing.
 #
@@ -30,7 +32,7 @@ connections="${BENCH_CONNECTIONS:-50 1}"
 rounds="${BENCH_ROUNDS:-3}"
 seconds="${BENCH_SECONDS:-10}"
 scenarios="${BENCH_SCENARIOS:-floor new news dup}"
-port="${BENCH_PORT:-3987}"
+base_port="${BENCH_PORT:-3987}"
 redis_port="${BENCH_REDIS_PORT:-6397}"
 secret="bench-callback-secret-0001"
 
@@ -55,15 +57,15 @@ done
 echo "floor: $(stat -c %s "$baseline") bytes"
 
 work="$(mktemp -d)"
-spin_pid=""; redis_pid=""
+spin_pids=(); redis_pid=""
 cleanup() {
-  [ -n "$spin_pid" ] && kill "$spin_pid" 2>/dev/null && wait "$spin_pid" 2>/dev/null
+  stop_spins
   [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-manifest() { # $1: the component's .wasm
+manifest() { # $1: the component's .wasm, $2: its port
   cat <<TOML
 spin_manifest_version = 2
 [application]
@@ -86,14 +88,14 @@ callback_secret = "$secret"
 api_token = "bench-api-token-000000001"
 kling_api_key = "bench-kling-key"
 kling_base_url = "http://127.0.0.1:9"
-public_base_url = "http://127.0.0.1:$port"
+public_base_url = "http://127.0.0.1:$2"
 [component.floor]
 source = "$baseline"
 key_value_stores = ["default"]
 TOML
 }
 
-start_store() { # $1: sqlite | redis; writes $work/$1/runtime.toml
+start_store() { # $1: sqlite | redis
   local dir="$work/$1"
   mkdir -p "$dir"
   if [ "$1" = redis ]; then
@@ -105,6 +107,15 @@ start_store() { # $1: sqlite | redis; writes $work/$1/runtime.toml
       kill -0 "$redis_pid" 2>/dev/null || { cat "$dir/redis.log" >&2; exit 1; }
       sleep 0.1
     done
+  fi
+}
+
+# The runtime config of build $2 on store $1, in $work/$1/$2/: the builds share Redis (their
+# keys never meet: every key carries the build's tag), each has SQLite files of its own.
+runtime_config() {
+  local dir="$work/$1/$2"
+  mkdir -p "$dir"
+  if [ "$1" = redis ]; then
     printf '[key_value_store.%s]\ntype = "redis"\nurl = "redis://127.0.0.1:%s/%s"\n' \
       default "$redis_port" 0 index "$redis_port" 1 > "$dir/runtime.toml"
   else
@@ -117,99 +128,117 @@ stop_store() {
   if [ -n "$redis_pid" ]; then kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; redis_pid=""; fi
 }
 
-start_spin() { # $1: store, $2: the component's .wasm
-  manifest "$2" > "$work/spin.toml"
-  "$spin" up --from "$work/spin.toml" --runtime-config-file "$work/$1/runtime.toml" \
-    --listen "127.0.0.1:$port" > "$work/spin.log" 2>&1 &
-  spin_pid=$!
+start_spin() { # $1: store, $2: build number, $3: the build's .wasm
+  local dir="$work/$1/$2" port=$((base_port + $2))
+  runtime_config "$1" "$2"
+  manifest "$3" "$port" > "$dir/spin.toml"
+  "$spin" up --from "$dir/spin.toml" --runtime-config-file "$dir/runtime.toml" \
+    --listen "127.0.0.1:$port" > "$dir/spin.log" 2>&1 &
+  spin_pids[$2]=$!
   for _ in $(seq 1 100); do
     curl -sf -o /dev/null -X POST "http://127.0.0.1:$port/floor/ready" && return 0
     sleep 0.2
   done
-  echo "spin did not start:" >&2; cat "$work/spin.log" >&2; exit 1
+  echo "spin did not start:" >&2; cat "$dir/spin.log" >&2; exit 1
 }
 
-stop_spin() {
-  kill "$spin_pid" 2>/dev/null || echo "(spin had exited: $(tail -3 "$work/spin.log" 2>/dev/null))" >&2
-  wait "$spin_pid" 2>/dev/null || true; spin_pid=""
+stop_spins() {
+  local pid
+  for pid in "${spin_pids[@]}"; do
+    kill "$pid" 2>/dev/null || echo "(a spin had exited)" >&2
+    wait "$pid" 2>/dev/null || true
+  done
+  spin_pids=()
 }
 
-# CPU time (user + system, in clock ticks) of the Spin process serving requests so far:
-# `spin up` runs the HTTP trigger as its child.
+# CPU time (user + system, in clock ticks) so far of build $1's Spin process serving
+# requests: `spin up` runs the HTTP trigger as its child.
 spin_cpu_ticks() {
-  local pid; pid="$(pgrep -P "$spin_pid" | head -1)"
-  awk '{print $14 + $15}' "/proc/${pid:-$spin_pid}/stat"
+  local pid; pid="$(pgrep -P "${spin_pids[$1]}" | head -1)"
+  awk '{print $14 + $15}' "/proc/${pid:-${spin_pids[$1]}}/stat"
 }
 
-# One wrk run: $1 scenario, $2 connections, $3 lines file, $4 path prefix. Prints RESULT,
+# One wrk run on build $1: $2 connections, $3 lines file, $4 path prefix. Prints RESULT,
 # with cpu_us: Spin's CPU time per request served, in microseconds.
 run_wrk() {
   local threads=2; [ "$2" = 1 ] && threads=1
   local before after result
-  before="$(spin_cpu_ticks)"
+  before="$(spin_cpu_ticks "$1")"
   result="$(BENCH_LINES="$3" BENCH_PREFIX="$4" BENCH_THREADS="$threads" wrk -t"$threads" -c"$2" \
-    -d"${seconds}s" --latency -s "$root/bench/lines.lua" "http://127.0.0.1:$port" | grep '^RESULT')"
-  after="$(spin_cpu_ticks)"
+    -d"${seconds}s" --latency -s "$root/bench/lines.lua" "http://127.0.0.1:$((base_port + $1))" \
+    | grep '^RESULT')"
+  after="$(spin_cpu_ticks "$1")"
   local served="${result##*requests=}"
   echo "$result cpu_us=$(( (after - before) * 1000000 / $(getconf CLK_TCK) / (served > 0 ? served : 1) ))"
 }
 
 results="$work/results"
 : > "$results"
+read -r -a builds <<< "$components"
 for store in $stores; do
   start_store "$store"
+  for b in "${!builds[@]}"; do start_spin "$store" "$b" "${builds[$b]}"; done
   for round in $(seq 1 "$rounds"); do
     # Alternate which build goes first.
-    order="$components"
-    [ $((round % 2)) = 0 ] && order="$(echo "$components" | tr ' ' '\n' | tac | tr '\n' ' ')"
-    for component in $order; do
-      name="$(basename "$component" .wasm)"
-      # Each build starts from an empty store: a store grown by the rounds before
-      # (Redis rehashing a keyspace of millions, a larger SQLite file) is noise.
-      if [ "$store" = redis ]; then
-        redis-cli -p "$redis_port" flushall > /dev/null
-      else
-        rm -f "$work/sqlite/"*.db*
-      fi
-      start_spin "$store" "$component"
-      for conns in $connections; do
-        lines=$(( conns == 1 ? 40000 : 120000 ))
-        tag="${store:0:1}${conns}r${round}-${name}"
-        python3 "$root/bench/requests.py" new "f$tag" "$lines" "$secret" > "$work/floor.lines"
-        python3 "$root/bench/requests.py" new "n$tag" "$lines" "$secret" > "$work/new.lines"
-        python3 "$root/bench/requests.py" dup "d$tag" 1 "$secret" > "$work/dup.lines"
+    order="$(seq 0 $((${#builds[@]} - 1)))"
+    [ $((round % 2)) = 0 ] && order="$(echo "$order" | tac)"
+    # Each round starts on empty stores: one grown by the rounds before (Redis rehashing a
+    # keyspace of millions, a larger SQLite file) is noise.
+    if [ "$store" = redis ]; then
+      redis-cli -p "$redis_port" flushall > /dev/null
+    else
+      for db in "$work/sqlite/"*/*.db; do
+        [ -e "$db" ] || continue
+        python3 -c 'import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=30)
+db.execute("DELETE FROM spin_key_value")
+db.commit()' "$db"
+      done
+    fi
+    for conns in $connections; do
+      lines=$(( conns == 1 ? 40000 : 120000 ))
+      for b in $order; do
+        name="$(basename "${builds[$b]}" .wasm)"
+        tag="${store:0:1}${conns}r${round}b${b}"
+        dir="$work/$store/$b"
+        python3 "$root/bench/requests.py" new "f$tag" "$lines" "$secret" > "$dir/floor.lines"
+        python3 "$root/bench/requests.py" new "n$tag" "$lines" "$secret" > "$dir/new.lines"
+        python3 "$root/bench/requests.py" dup "d$tag" 1 "$secret" > "$dir/dup.lines"
         if [[ " $scenarios " == *" news "* ]]; then
-          python3 "$root/bench/requests.py" new "s$tag" "$lines" "$secret" > "$work/news.lines"
+          python3 "$root/bench/requests.py" new "s$tag" "$lines" "$secret" > "$dir/news.lines"
           if [ "$store" = redis ]; then
             python3 "$root/bench/seed.py" "s$tag" "$lines" redis "$redis_port"
           else
-            python3 "$root/bench/seed.py" "s$tag" "$lines" sqlite "$work/sqlite"
+            python3 "$root/bench/seed.py" "s$tag" "$lines" sqlite "$dir"
           fi
-          # The seeded files reach the disk now, not during the runs (SQLite's waits
-          # on the disk are what its figures measure).
-          sync
         fi
-        python3 "$root/bench/requests.py" dup "x$tag" 1 "not-the-secret" > "$work/forged.lines"
-        cp "$work/dup.lines" "$work/readfloor.lines"
-        IFS=$'\t' read -r dup_path dup_body < "$work/dup.lines"
+        python3 "$root/bench/requests.py" dup "x$tag" 1 "not-the-secret" > "$dir/forged.lines"
+        cp "$dir/dup.lines" "$dir/readfloor.lines"
+        IFS=$'\t' read -r dup_path dup_body < "$dir/dup.lines"
         for prime in "" /floor; do
           curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
-            --data "$dup_body" "http://127.0.0.1:$port$prime$dup_path"
+            --data "$dup_body" "http://127.0.0.1:$((base_port + b))$prime$dup_path"
         done
-        for scenario in $scenarios; do
-          case "$scenario" in
-            floor) prefix="/floor" ;;
-            readfloor) prefix="/floor-read" ;;
-            *) prefix="" ;;
-          esac
-          line="$(run_wrk "$scenario" "$conns" "$work/$scenario.lines" "$prefix")"
+      done
+      # The seeded files reach the disk now, not during the runs (SQLite's waits on the
+      # disk are what its figures measure).
+      sync
+      for scenario in $scenarios; do
+        case "$scenario" in
+          floor) prefix="/floor" ;;
+          readfloor) prefix="/floor-read" ;;
+          *) prefix="" ;;
+        esac
+        for b in $order; do
+          name="$(basename "${builds[$b]}" .wasm)"
+          line="$(run_wrk "$b" "$conns" "$work/$store/$b/$scenario.lines" "$prefix")"
           echo "$store c=$conns round $round $name $scenario: ${line#RESULT }"
           echo "$store $conns $name $scenario ${line#RESULT }" >> "$results"
         done
       done
-      stop_spin
     done
   done
+  stop_spins
   stop_store
 done
 
