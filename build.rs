@@ -8,7 +8,7 @@ mod merge_openapi;
 /// memory, and Spin's pooling allocator zeroes everything below the data segments each
 /// time an instance is recycled, used or not: a 1 MiB stack was a 1 MiB `memset` per
 /// request (README, "Performance on Spin"). The deepest request measured, JSON nested as
-/// deep as serde_json parses, uses about 50 KiB; an overflow traps at address 0 rather
+/// deep as serde_json parses, uses about 50 KiB; an overflow wraps below address 0 and traps rather
 /// than overwrite data (the host test `json_as_deep_as_the_parser_goes_...`).
 const STACK_BYTES: u32 = 128 * 1024;
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Callbacks on a real Spin, beside the floor (bench/baseline: 200 after one key-value
-# write), in alternating rounds on the same Spin, each build on an empty store:
+# write) served by the same Spin, each round on empty stores:
 #   floor  bench/baseline, one distinct key per request
 #   new    a first delivery of a task never seen (a different signed URL per request)
 #   news   a final delivery of a task submitted here (bench/seed.py stores the tasks as
@@ -18,7 +18,7 @@
 # each run, then the medians, p50/p99, Spin's CPU time per request (steadier than req/s on
 # a shared machine) and the ratios to the floor measured in the same Spin. Asserts nothing.
 #
-#   bench/on-spin.sh                    # everything (about 6 minutes a build)
+#   bench/on-spin.sh                    # everything (about 8 minutes a build)
 #   BENCH_STORES=redis BENCH_CONNECTIONS=1 BENCH_ROUNDS=1 BENCH_SECONDS=5 bench/on-spin.sh
 #
 # Uses `spin` from PATH, else ../shared/tools/spin; wrk and redis-server from Debian
@@ -48,8 +48,8 @@ if [ -z "${KLING_WEBHOOK_WASM:-}" ] || [ -z "${BASELINE_WASM:-}" ]; then
   cargo build -q --release --locked --target wasm32-wasip2 -p kling-webhook -p bench-baseline
 fi
 # KLING_WEBHOOK_WASM may name several builds (space-separated, e.g. before and after a
-# change): each round runs each of them, in turn, on the same store.
-components="${KLING_WEBHOOK_WASM:-$target/wasm32-wasip2/release/kling_webhook.wasm}"
+# change): each runs in a Spin of its own, and every scenario runs on each in turn.
+components="$(echo ${KLING_WEBHOOK_WASM:-$target/wasm32-wasip2/release/kling_webhook.wasm})"
 baseline="${BASELINE_WASM:-$target/wasm32-wasip2/release/bench_baseline.wasm}"
 for component in $components; do
   echo "component $(basename "$component"): $(stat -c %s "$component") bytes"
@@ -154,7 +154,7 @@ stop_spins() {
 # CPU time (user + system, in clock ticks) so far of build $1's Spin process serving
 # requests: `spin up` runs the HTTP trigger as its child.
 spin_cpu_ticks() {
-  local pid; pid="$(pgrep -P "${spin_pids[$1]}" | head -1)"
+  local pid; pid="$(pgrep -P "${spin_pids[$1]}" | head -1 || true)"
   awk '{print $14 + $15}' "/proc/${pid:-${spin_pids[$1]}}/stat"
 }
 
@@ -166,7 +166,7 @@ run_wrk() {
   before="$(spin_cpu_ticks "$1")"
   result="$(BENCH_LINES="$3" BENCH_PREFIX="$4" BENCH_THREADS="$threads" wrk -t"$threads" -c"$2" \
     -d"${seconds}s" --latency -s "$root/bench/lines.lua" "http://127.0.0.1:$((base_port + $1))" \
-    | grep '^RESULT')"
+    | grep '^RESULT' || true)"
   after="$(spin_cpu_ticks "$1")"
   local served="${result##*requests=}"
   echo "$result cpu_us=$(( (after - before) * 1000000 / $(getconf CLK_TCK) / (served > 0 ? served : 1) ))"
@@ -175,15 +175,18 @@ run_wrk() {
 results="$work/results"
 : > "$results"
 read -r -a builds <<< "$components"
+# Results are keyed by file name.
+if [ "$(for c in "${builds[@]}"; do basename "$c"; done | sort | uniq -d)" ]; then
+  echo "give the builds in KLING_WEBHOOK_WASM different file names" >&2; exit 1
+fi
 for store in $stores; do
   start_store "$store"
   for b in "${!builds[@]}"; do start_spin "$store" "$b" "${builds[$b]}"; done
   for round in $(seq 1 "$rounds"); do
-    # Alternate which build goes first.
-    order="$(seq 0 $((${#builds[@]} - 1)))"
-    [ $((round % 2)) = 0 ] && order="$(echo "$order" | tac)"
+    # Rotate which build goes first.
+    order="$(for i in "${!builds[@]}"; do echo $(((i + round - 1) % ${#builds[@]})); done)"
     # Each round starts on empty stores: one grown by the rounds before (Redis rehashing a
-    # keyspace of millions, a larger SQLite file) is noise.
+    # keyspace of millions, a SQLite table of millions of rows) is noise.
     if [ "$store" = redis ]; then
       redis-cli -p "$redis_port" flushall > /dev/null
     else
@@ -198,7 +201,6 @@ db.commit()' "$db"
     for conns in $connections; do
       lines=$(( conns == 1 ? 40000 : 120000 ))
       for b in $order; do
-        name="$(basename "${builds[$b]}" .wasm)"
         tag="${store:0:1}${conns}r${round}b${b}"
         dir="$work/$store/$b"
         python3 "$root/bench/requests.py" new "f$tag" "$lines" "$secret" > "$dir/floor.lines"
@@ -232,6 +234,10 @@ db.commit()' "$db"
         for b in $order; do
           name="$(basename "${builds[$b]}" .wasm)"
           line="$(run_wrk "$b" "$conns" "$work/$store/$b/$scenario.lines" "$prefix")"
+          if [[ "$line" != RESULT* ]]; then
+            echo "$store c=$conns round $round $name $scenario: wrk gave no result" >&2
+            continue
+          fi
           echo "$store c=$conns round $round $name $scenario: ${line#RESULT }"
           echo "$store $conns $name $scenario ${line#RESULT }" >> "$results"
         done

@@ -260,8 +260,14 @@ fn step_source(source: &str) -> Option<(usize, &str)> {
     Some((step.parse().ok()?, path))
 }
 
+/// The most segments a dot path may have: Kling's deepest field and a source such as
+/// `steps.0.videos.0.id` need a handful. A path is also how deep the request it builds is,
+/// and the component's stack is small (build.rs).
+const MAX_PATH_SEGMENTS: usize = 16;
+
 fn is_path(path: &str) -> bool {
     !path.is_empty()
+        && path.split('.').count() <= MAX_PATH_SEGMENTS
         && path.split('.').all(|segment| {
             !segment.is_empty()
                 && segment
@@ -544,6 +550,39 @@ mod tests {
         assert_eq!(request["input"]["video_url"], "https://cdn/v.mp4");
         assert!(request["input"].get("video_id").is_none());
         assert!(spec.steps[2].inputs.is_empty());
+    }
+
+    #[test]
+    fn a_path_of_more_than_16_segments_is_refused() {
+        let deep = ["a"; 17].join(".");
+        for inputs in [
+            json!({ deep.clone(): "videos.0.id" }),
+            json!({ "prompt": deep }),
+        ] {
+            let err = build(
+                "p".into(),
+                steps(json!([
+                    {"kind": "text2video", "request": {"prompt": "a"}},
+                    {"kind": "text2video", "request": {"prompt": "b"}, "inputs": inputs},
+                ])),
+                7,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&err, SpecError::InvalidInput { step: 1, .. }),
+                "{err:?}"
+            );
+        }
+        let sixteen = ["a"; 16].join(".");
+        build(
+            "p".into(),
+            steps(json!([
+                {"kind": "text2video", "request": {"prompt": "a"}},
+                {"kind": "text2video", "request": {"prompt": "b"}, "inputs": { sixteen: "videos.0.id" }},
+            ])),
+            7,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -6,8 +6,8 @@ use crate::support::components::{kling_app, kling_app_with};
 use crate::support::deployment::deploy;
 use crate::support::kv::KvStore;
 use crate::support::requests::{
-    API_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET, WITH_WEBHOOK_SECRET, callback, callback_with_sig,
-    flat, get_task, request, sig, webhook_signature,
+    API_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET, WITH_WEBHOOK_SECRET, authorized, callback,
+    callback_with_sig, flat, get_task, request, sig, webhook_signature,
 };
 use crate::support::spin_host::{Reply, SpinApp};
 
@@ -505,8 +505,9 @@ async fn a_rotated_callback_secret_still_verifies_urls_signed_with_the_old_one()
 }
 
 /// The component runs on a 128 KiB stack (build.rs), not Rust's 1 MiB. JSON nested as
-/// deep as serde_json parses (127 levels in all) on every route that reads JSON is
-/// answered, stored and served back: never a trap. (On a 32 KiB stack the callback traps.)
+/// deep as serde_json parses (127 levels in all) on the callback, submit and pipeline
+/// routes is accepted, stored and served back: never a trap. (On a 32 KiB stack the
+/// callback traps.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_as_deep_as_the_parser_goes_is_answered_on_the_component_stack() {
     /// A value `levels` deep: `{"a":{"a":...1}}`.
@@ -528,10 +529,11 @@ async fn json_as_deep_as_the_parser_goes_is_answered_on_the_component_stack() {
         let shown = d.app.send(get_task(&id)).await;
         assert_eq!(shown.status, 200, "GET, {deepest} levels: {shown:?}");
 
-        for (path, body) in [
+        for (path, body, accepted) in [
             (
                 "/tasks/text2video",
                 format!(r#"{{"prompt":"a cat","x":{}}}"#, nested(deepest - 1)),
+                "/tasks/",
             ),
             (
                 "/pipelines",
@@ -539,6 +541,7 @@ async fn json_as_deep_as_the_parser_goes_is_answered_on_the_component_stack() {
                     r#"{{"steps":[{{"kind":"text2video","request":{{"prompt":"a cat","x":{}}}}}]}}"#,
                     nested(deepest - 4)
                 ),
+                "/pipelines/",
             ),
         ] {
             let request = request("POST", path)
@@ -547,7 +550,17 @@ async fn json_as_deep_as_the_parser_goes_is_answered_on_the_component_stack() {
                 .body(Bytes::from(body))
                 .unwrap();
             let reply = d.app.send(request).await;
-            assert!(reply.status < 500, "{path}, {deepest} levels: {reply:?}");
+            assert_eq!(reply.status, 202, "{path}, {deepest} levels: {reply:?}");
+            let id = reply.json()["id"]
+                .as_str()
+                .or(reply.json()["external_task_id"].as_str())
+                .map(str::to_string)
+                .unwrap();
+            let shown = d
+                .app
+                .send(authorized("GET", &format!("{accepted}{id}")))
+                .await;
+            assert_eq!(shown.status, 200, "GET {accepted}{id}: {shown:?}");
         }
     }
 }
