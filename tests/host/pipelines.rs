@@ -251,6 +251,14 @@ async fn bad_descriptions_and_refused_first_steps_store_nothing() {
             "invalid_pipeline",
             "steps[1].inputs.video_id",
         ),
+        // A target path of 17 segments: a request that deep is refused, not built.
+        (
+            json!({"steps": [{"kind": "text2video", "request": {"prompt": "a"}},
+                             {"kind": "text2video", "request": {"prompt": "b"}, "inputs": {"a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a": "videos.0.id"}}]}),
+            400,
+            "invalid_pipeline",
+            "steps[1].inputs.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a",
+        ),
         (
             json!({"steps": [{"kind": "text-to-video/kling-3.0", "request": {"prompt": "a", "options": {"external_task_id": "x"}}}]}),
             400,
