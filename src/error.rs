@@ -103,6 +103,7 @@ impl ApiError {
             ApiError::Pipeline(PipelineError::Spec(e)) => {
                 let field = match e {
                     SpecError::UnknownKind(step) => format!("steps[{step}].kind"),
+                    SpecError::RequestTooDeep(step) => format!("steps[{step}].request"),
                     SpecError::InvalidRequest { step, error } => {
                         format!("steps[{step}].request.{}", error.field)
                     }

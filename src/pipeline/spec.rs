@@ -64,6 +64,8 @@ pub enum SpecError {
     UnknownKind(usize),
     #[error("`steps[{step}].request`: {error}")]
     InvalidRequest { step: usize, error: RequestError },
+    #[error("`steps[{0}].request` nests more than 124 levels of objects and lists")]
+    RequestTooDeep(usize),
     #[error("`steps[{step}].request.{field}` is set by the pipeline; leave it out")]
     ExternalTaskIdInStep { step: usize, field: &'static str },
     #[error("`steps[{step}].inputs.{target}` is not valid: {problem}")]
@@ -135,6 +137,9 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
     let mut built: Vec<StepSpec> = Vec::with_capacity(steps.len());
     for (index, step) in steps.into_iter().enumerate() {
         let kind = TaskKind::from_name(&step.kind).ok_or(SpecError::UnknownKind(index))?;
+        if nesting(&step.request) > MAX_REQUEST_NESTING {
+            return Err(SpecError::RequestTooDeep(index));
+        }
         let (callback_field, external_field) = own_fields(kind.family());
         if lookup(&step.request, external_field).is_some() {
             return Err(SpecError::ExternalTaskIdInStep {
@@ -212,6 +217,28 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
         created_at: now_ms,
         generation: String::new(),
     })
+}
+
+/// How deep a step's request may nest. serde_json reads 127 levels, and the stored
+/// description holds each request three levels down (the description, `steps`, the step),
+/// as the HTTP body does; the WIT export parses `request-json` on its own, so without this
+/// it could store a description that no longer parses back.
+const MAX_REQUEST_NESTING: usize = 124;
+
+/// The levels of objects and lists in `request`, itself included. A loop, not recursion:
+/// the component's stack is small (build.rs).
+fn nesting(request: &Map<String, Value>) -> usize {
+    let mut deepest = 1;
+    let mut pending: Vec<(&Value, usize)> = request.values().map(|v| (v, 2)).collect();
+    while let Some((value, level)) = pending.pop() {
+        match value {
+            Value::Object(map) => pending.extend(map.values().map(|v| (v, level + 1))),
+            Value::Array(list) => pending.extend(list.iter().map(|v| (v, level + 1))),
+            _ => continue,
+        }
+        deepest = deepest.max(level);
+    }
+    deepest
 }
 
 /// What a step takes from the previous one when its description names nothing: the
@@ -550,6 +577,48 @@ mod tests {
         assert_eq!(request["input"]["video_url"], "https://cdn/v.mp4");
         assert!(request["input"].get("video_id").is_none());
         assert!(spec.steps[2].inputs.is_empty());
+    }
+
+    /// `{"prompt": "a", "extra": [[...]]}` with `levels` levels in all.
+    fn request_nested(levels: usize) -> Map<String, Value> {
+        let mut extra = json!([]);
+        for _ in 2..levels {
+            extra = json!([extra]);
+        }
+        let mut request = Map::new();
+        request.insert("prompt".into(), json!("a"));
+        request.insert("extra".into(), extra);
+        request
+    }
+
+    #[test]
+    fn a_request_is_stored_only_as_deep_as_its_description_parses_back() {
+        assert_eq!(nesting(&request_nested(124)), 124);
+        // As the WIT export hands steps over: each request parsed on its own.
+        let step = |levels| NewStep {
+            kind: "text2video".into(),
+            request: request_nested(levels),
+            inputs: None,
+        };
+        let spec = build("p".into(), vec![step(124)], 7).unwrap();
+        let stored = serde_json::to_vec(&spec).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<PipelineSpec>(&stored).unwrap(),
+            spec
+        );
+
+        let err = build("p".into(), vec![step(1), step(125)], 7).unwrap_err();
+        assert_eq!(err, SpecError::RequestTooDeep(1));
+        // Over HTTP the body holds the request where the stored description does.
+        let body = |levels| {
+            json!({"steps": [{"kind": "text2video", "request": request_nested(levels)}]})
+                .to_string()
+        };
+        assert!(parse_description(body(124).as_bytes()).is_ok());
+        assert_eq!(
+            parse_description(body(125).as_bytes()),
+            Err(SpecError::InvalidBody)
+        );
     }
 
     #[test]

@@ -286,9 +286,22 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
         request_json: "[1]".into(),
         inputs: None,
     }];
+    // `levels` levels of objects and lists in all: the stored description holds a request
+    // three levels down, and serde_json reads 127.
+    let nested = |levels: usize| PipelineStep {
+        kind: "text2video".into(),
+        request_json: format!(
+            r#"{{"prompt":"a","extra":{}{}}}"#,
+            "[".repeat(levels - 1),
+            "]".repeat(levels - 1)
+        ),
+        inputs: None,
+    };
+    let too_deep = [nested(125)];
     for (id, steps, named) in [
         ("bad id", &steps[..], "id"),
         ("not-object", &not_an_object[..], "steps[0].request-json"),
+        ("too-deep", &too_deep[..], "steps[0].request"),
     ] {
         let (mut store, video) = instance(&d.app).await;
         let invalid = video
@@ -302,6 +315,25 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
         );
         assert!(d.app.kv.json(&format!("pipeline:{id}")).is_none());
     }
+    // The deepest request accepted is stored so that it reads back.
+    let (mut store, video) = instance(&d.app).await;
+    let deepest = video
+        .kling_video_tasks()
+        .call_start_pipeline(&mut store, Some("deepest"), &[nested(124)])
+        .await
+        .unwrap();
+    assert!(deepest.is_ok(), "{deepest:?}");
+    let (mut store, video) = instance(&d.app).await;
+    let read_back = video
+        .kling_video_tasks()
+        .call_get_pipeline(&mut store, "deepest")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&read_back, Ok(Some(p)) if p.id == "deepest"),
+        "{read_back:?}"
+    );
+
     let (mut store, video) = instance(&d.app).await;
     let unknown = video
         .kling_video_tasks()
