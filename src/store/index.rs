@@ -8,7 +8,9 @@
 //! nonce, a pipeline's generation, a due time), so a remover only ever deletes the exact
 //! entry it judged, never a newer one for the same task.
 
-use super::layout::{FINAL_PREFIX, LISTED_PREFIX, OUTBOX_PREFIX, PENDING_PREFIX, PIPELINES_PREFIX};
+use super::layout::{
+    FINAL_PREFIX, LISTED_PREFIX, OUTBOX_PREFIX, PENDING_PREFIX, PIPELINES_PREFIX, label_of,
+};
 use super::{KeyValue, StoreError};
 
 /// A set of entries under one key prefix.
@@ -85,15 +87,38 @@ impl<'a> Index<'a> {
 
     /// Every entry's name, in ascending order (one `list-keys`).
     pub fn entries(&self) -> Result<Vec<String>, StoreError> {
-        let mut entries: Vec<String> = self
-            .kv
-            .keys_with_prefix(self.prefix)?
-            .into_iter()
+        Ok(self.entries_among(&self.kv.keys_with_prefix(self.prefix)?))
+    }
+
+    /// The entries of this index and of `other`, from one `list-keys` of the label both
+    /// live in. Retention reads the listing and the finals, both in `default`, where a
+    /// `list-keys` returns every key of every task: once, not twice.
+    pub fn entries_with(
+        &self,
+        other: &Index<'_>,
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let shared = shared_prefix(self.prefix, other.prefix);
+        debug_assert!(
+            label_of(shared) == label_of(self.prefix) && label_of(shared) == label_of(other.prefix),
+            "indexes of different labels cannot be listed together"
+        );
+        let keys = self.kv.keys_with_prefix(shared)?;
+        Ok((self.entries_among(&keys), other.entries_among(&keys)))
+    }
+
+    fn entries_among(&self, keys: &[String]) -> Vec<String> {
+        let mut entries: Vec<String> = keys
+            .iter()
             .filter_map(|key| key.strip_prefix(self.prefix).map(str::to_string))
             .collect();
         entries.sort_unstable();
-        Ok(entries)
+        entries
     }
+}
+
+fn shared_prefix<'p>(a: &'p str, b: &str) -> &'p str {
+    let len = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    &a[..len]
 }
 
 /// The store key of an entry: its index's prefix, then its name.
@@ -129,6 +154,22 @@ mod tests {
         assert_eq!(kv.round_trips.get(), 1);
         assert_eq!(pending.entries().unwrap(), ["0000000000002/n2/job-1"]);
         assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
+    }
+
+    #[test]
+    fn two_indexes_of_one_label_are_listed_together_in_one_round_trip() {
+        let kv = MemoryKv::default();
+        Index::listed(&kv).add("0000000000002/b").unwrap();
+        Index::listed(&kv).add("0000000000001/a").unwrap();
+        Index::finals(&kv).add("20000/a").unwrap();
+        kv.set("task:a", b"{}").unwrap();
+        kv.round_trips.set(0);
+        let (listed, finals) = Index::listed(&kv)
+            .entries_with(&Index::finals(&kv))
+            .unwrap();
+        assert_eq!(kv.round_trips.get(), 1);
+        assert_eq!(listed, ["0000000000001/a", "0000000000002/b"]);
+        assert_eq!(finals, ["20000/a"]);
     }
 
     #[test]

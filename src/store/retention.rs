@@ -27,7 +27,7 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
     let store = TaskStore::new(kv);
     let finals = Index::finals(kv);
     let listed = Index::listed(kv);
-    let listed_entries = listed.entries()?;
+    let (listed_entries, final_entries) = listed.entries_with(&finals)?;
     // Whole days: everything before the start of the cutoff's day.
     let cutoff_day = cutoff_ms / DAY_MS;
     let cutoff_ms = cutoff_day * DAY_MS;
@@ -35,8 +35,7 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
     let mut done: Vec<String> = Vec::new();
 
     // Whole past days, oldest first (entries sort by day).
-    let expired = finals
-        .entries()?
+    let expired = final_entries
         .into_iter()
         .filter_map(|entry| {
             let (day, key) = entry.split_once('/')?;
@@ -264,6 +263,16 @@ mod tests {
         assert!(!exists(&kv, "done-1"));
         assert!(!exists(&kv, "77"));
         assert!(exists(&kv, "ours-pending"));
+    }
+
+    #[test]
+    fn a_run_lists_the_default_label_once() {
+        let kv = MemoryKv::default();
+        task(&kv, "fresh-1", 5 * DAY, Some(TaskStatus::Succeed), None);
+        task(&kv, "fresh-2", 5 * DAY, None, None);
+        kv.round_trips.set(0);
+        assert_eq!(purge_expired(&kv, 5 * DAY, 10).unwrap(), Purged::default());
+        assert_eq!(kv.round_trips.get(), 1, "one list-keys, nothing else");
     }
 
     /// Records the order of deletes.
