@@ -431,11 +431,15 @@ pub struct CallbackConfig {
 }
 
 impl CallbackConfig {
-    pub fn load(vars: &dyn Variables) -> Result<Self, ConfigError> {
+    /// `with_webhook_key`: whether the delivery can use the Standard Webhooks key (it came
+    /// to `/callbacks/kling`, or with the headers). Kling's usual callback, to a `sig` URL
+    /// without them, cannot, and reading a variable is a host call on the hot path.
+    pub fn load(vars: &dyn Variables, with_webhook_key: bool) -> Result<Self, ConfigError> {
         Ok(Self {
             callback_secret: key_ring(vars, CALLBACK_SECRET)?,
-            webhook_secret: vars
-                .get(WEBHOOK_SIGNING_SECRET)
+            webhook_secret: with_webhook_key
+                .then(|| vars.get(WEBHOOK_SIGNING_SECRET))
+                .flatten()
                 .map(|value| {
                     WebhookSecret::parse(&value).map_err(|_| {
                         ConfigError::Invalid(
@@ -519,6 +523,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_callback_reads_the_webhook_key_only_when_it_can_use_it() {
+        let vars = MapVariables(HashMap::from([
+            (CALLBACK_SECRET, "test-callback-secret"),
+            (WEBHOOK_SIGNING_SECRET, "not-a-whsec-key"),
+        ]));
+        let sig_only = CallbackConfig::load(&vars, false).unwrap();
+        assert!(sig_only.webhook_secret.is_none());
+        assert!(matches!(
+            CallbackConfig::load(&vars, true),
+            Err(ConfigError::Invalid(WEBHOOK_SIGNING_SECRET, _))
+        ));
+    }
+
+    #[test]
     fn every_duration_and_count_is_bounded_so_its_arithmetic_cannot_wrap() {
         let kling = [(KLING_API_KEY, "k"), (KLING_BASE_URL, "https://kling.test")];
         type Load = fn(&MapVariables) -> Result<(), ConfigError>;
@@ -556,7 +574,7 @@ pub(crate) mod tests {
     fn missing_and_invalid_variables_are_named_without_their_value() {
         let vars = MapVariables(HashMap::from([(CALLBACK_SECRET, "")]));
         assert_eq!(
-            CallbackConfig::load(&vars).unwrap_err(),
+            CallbackConfig::load(&vars, true).unwrap_err(),
             ConfigError::Missing(CALLBACK_SECRET)
         );
         assert_eq!(
@@ -570,7 +588,7 @@ pub(crate) mod tests {
                 (CALLBACK_SECRET, short),
                 (API_TOKEN, short),
             ]));
-            let err = CallbackConfig::load(&vars).unwrap_err();
+            let err = CallbackConfig::load(&vars, true).unwrap_err();
             assert!(
                 matches!(err, ConfigError::Invalid(CALLBACK_SECRET, _)),
                 "{err:?}"
@@ -595,7 +613,7 @@ pub(crate) mod tests {
             (CALLBACK_SECRET, "sixteen-bytes-ok"),
             (WEBHOOK_SIGNING_SECRET, "whsec_not*base64"),
         ]));
-        let err = CallbackConfig::load(&vars).unwrap_err();
+        let err = CallbackConfig::load(&vars, true).unwrap_err();
         assert_eq!(
             err,
             ConfigError::Invalid(
@@ -761,7 +779,7 @@ pub(crate) mod tests {
     #[test]
     fn the_webhook_secret_is_optional() {
         let vars = MapVariables(HashMap::from([(CALLBACK_SECRET, "sixteen-bytes-ok")]));
-        let config = CallbackConfig::load(&vars).unwrap();
+        let config = CallbackConfig::load(&vars, true).unwrap();
         assert_eq!(
             config.callback_secret.signing().expose(),
             "sixteen-bytes-ok"

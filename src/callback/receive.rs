@@ -148,7 +148,7 @@ pub fn receive(
     let head = store.head(&key)?;
     if let Some(head) = &head {
         head.check_binding_to(&envelope.task_id)?;
-        if let Some(verdict) = repeat_of_bound_task(head, envelope, kling) {
+        if let Some(verdict) = repeat_of_bound_task(head, envelope) {
             return Ok(Received {
                 verdict,
                 bookkeeping: None,
@@ -179,16 +179,12 @@ pub fn receive(
 }
 
 /// A duplicate or stale delivery of a bound task, recognised from its envelope and the
-/// head: answered without reading its results, and nothing is written. Not when Kling
-/// is to be asked first (a final under `verify_callbacks` is judged as Kling reports it).
-fn repeat_of_bound_task(
-    head: &TaskHead,
-    envelope: &Envelope,
-    kling: &KlingCheck<'_>,
-) -> Option<Verdict> {
-    if head.task_id.is_none() || (kling.verify_finals && envelope.status.is_final()) {
-        return None;
-    }
+/// head: answered without reading its results, and nothing is written. Under
+/// `verify_callbacks` too: verifying guards what is stored, and a repeat stores nothing
+/// (a forged final that claims to be newer is news, and is verified).
+fn repeat_of_bound_task(head: &TaskHead, envelope: &Envelope) -> Option<Verdict> {
+    // Unbound: Kling is asked which task this is (`checked_with_kling`).
+    head.task_id.as_ref()?;
     match judge_status(&head.seen, envelope.status, envelope.updated_at) {
         verdict @ (Verdict::Duplicate | Verdict::Stale) => Some(verdict),
         _ => None,
@@ -200,8 +196,10 @@ fn repeat_of_bound_task(
 /// otherwise post anything.
 pub struct KlingCheck<'a> {
     pub lookup: &'a dyn KlingLookup,
-    /// `verify_callbacks`: a final callback is stored only as Kling confirms it.
-    pub verify_finals: bool,
+    /// `verify_callbacks`: a final callback is stored only as Kling confirms it. Read only
+    /// for a final that would be stored: on Spin every variable read is a provider lookup
+    /// that costs about as much as a store operation (README, "Performance on Spin").
+    pub verify_finals: &'a dyn Fn() -> Result<bool, ConfigError>,
 }
 
 /// Kling's record of a task submitted here: by Kling's `task_id` once it is bound (some
@@ -231,7 +229,7 @@ fn checked_with_kling(
     head: Option<&TaskHead>,
     callback: TaskEvent,
 ) -> Result<Checked, CallbackError> {
-    let verify = check.verify_finals && callback.status.is_final();
+    let verify = callback.status.is_final() && (check.verify_finals)()?;
     // The common case, first and without a look at the catalog: nothing to ask Kling.
     if !verify && head.is_none_or(|h| h.task_id.is_some()) {
         return Ok(Checked::Event(Box::new(callback)));
@@ -371,10 +369,18 @@ pub(crate) mod tests {
         }
     }
 
+    fn off() -> Result<bool, ConfigError> {
+        Ok(false)
+    }
+
+    fn on() -> Result<bool, ConfigError> {
+        Ok(true)
+    }
+
     pub(crate) fn no_kling() -> KlingCheck<'static> {
         KlingCheck {
             lookup: &NotAsked,
-            verify_finals: false,
+            verify_finals: &off,
         }
     }
 
@@ -460,7 +466,7 @@ pub(crate) mod tests {
         };
         let check = KlingCheck {
             lookup,
-            verify_finals,
+            verify_finals: if verify_finals { &on } else { &off },
         };
         receive(&callback, &config(false), kv, &check, NOW_MS)
     }
@@ -514,7 +520,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_bound_task_s_callbacks_do_not_ask_kling_unless_verifying_a_final() {
+    fn a_bound_task_s_callbacks_ask_kling_only_to_verify_a_final_that_would_be_stored() {
         let kv = MemoryKv::default();
         submitted(&kv, Some("86"));
         let kling = lists(Some("86"));
@@ -525,11 +531,60 @@ pub(crate) mod tests {
         assert_eq!(kling.asked.get(), 1);
         assert_eq!(verified.verdict, Verdict::Apply(Slot::Final));
 
-        // Kling's answer about another external id contradicts the callback.
+        // Kling's version (updated_at 9) is stored: a final no newer is a repeat, answered
+        // from the head without asking Kling, and so is a final of another status.
+        for repeat in [body("succeed", 8), body("failed", 20)] {
+            let answered = deliver_checked(&kv, &repeat, &kling, true).unwrap();
+            assert!(
+                matches!(answered.verdict, Verdict::Duplicate | Verdict::Stale),
+                "{answered:?}"
+            );
+        }
+        assert_eq!(kling.asked.get(), 1);
+
+        // A newer one would be stored: Kling's answer about another external id
+        // contradicts it.
         let mut other = lists(Some("86"));
         other.external_task_id = "job-2";
-        let rejected = deliver_checked(&kv, &body("succeed", 8), &other, true).unwrap();
+        let rejected = deliver_checked(&kv, &body("succeed", 10), &other, true).unwrap();
         assert_eq!(rejected.verdict, Verdict::Rejected);
+        assert_eq!(other.asked.get(), 1);
+    }
+
+    #[test]
+    fn verify_callbacks_is_read_only_for_a_final_that_would_be_stored() {
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        let kling = lists(Some("86"));
+        let reads = std::cell::Cell::new(0);
+        let read_off = || {
+            reads.set(reads.get() + 1);
+            Ok(false)
+        };
+        let check = KlingCheck {
+            lookup: &kling,
+            verify_finals: &read_off,
+        };
+        let sig = callback_url::sign(&Secret::new(SECRET), "job-1");
+        let deliver = |body: &Body| {
+            let callback = Callback {
+                external_task_id: Some("job-1"),
+                sig: Some(&sig),
+                content_type: None,
+                webhook: WebhookHeaders::default(),
+                body,
+            };
+            receive(&callback, &config(false), &kv, &check, NOW_MS).unwrap()
+        };
+        deliver(&body("processing", 5));
+        assert_eq!(reads.get(), 0, "not for a status that is not final");
+        assert_eq!(
+            deliver(&body("succeed", 6)).verdict,
+            Verdict::Apply(Slot::Final)
+        );
+        assert_eq!(reads.get(), 1);
+        assert_eq!(deliver(&body("succeed", 6)).verdict, Verdict::Duplicate);
+        assert_eq!(reads.get(), 1, "not for a repeat");
     }
 
     const SECRET: &str = "test-callback-secret";

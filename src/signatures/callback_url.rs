@@ -82,7 +82,7 @@ mod tests {
             CALLBACK_SECRET,
             "a-brand-new-callback-secret test-callback-secret",
         )]));
-        let config = CallbackConfig::load(&rotated).unwrap();
+        let config = CallbackConfig::load(&rotated, false).unwrap();
         assert_eq!(
             config.callback_secret.signing().expose(),
             "a-brand-new-callback-secret"
