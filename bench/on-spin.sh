@@ -10,13 +10,22 @@
 #          component costs without its store (its 401s show under "errors")
 #   readfloor  bench/baseline reading one key, the same for every request: the least
 #          a receiver that recognises a repeat can do (the yardstick for dup)
-# (forged and readfloor run only when BENCH_SCENARIOS names them.)
+#   rwfloor  bench/baseline reading a key that is not there, then writing it, a distinct
+#          key per request: the least a receiver that looks before it stores a first
+#          delivery can do (the yardstick for new and news)
+#   varfloor  bench/baseline reading one variable (mapped from an application variable,
+#          as spin.toml maps every variable) before its write: what a variable costs
+# (forged, readfloor, rwfloor and varfloor run only when BENCH_SCENARIOS names them.)
 # on Spin's default SQLite store and on Redis, at 50 connections and at 1. Every build named
 # runs in a Spin of its own, all at once (on ports from BENCH_PORT up, with SQLite files of
 # their own), and each scenario runs on every build in turn, back to back, the order
 # changing each round: a shared machine's drift hits every build alike. Prints
 # each run, then the medians, p50/p99, Spin's CPU time per request (steadier than req/s on
 # a shared machine) and the ratios to the floor measured in the same Spin. Asserts nothing.
+#
+# Spin runs the shipped spin.toml, its variables given as the README does
+# (SPIN_VARIABLE_*, Spin's environment provider), or with BENCH_VARIABLES=flags as
+# `spin up --variable` flags (Spin's static provider, cheaper per read).
 #
 #   bench/on-spin.sh                    # everything (about 8 minutes a build)
 #   BENCH_STORES=redis BENCH_CONNECTIONS=1 BENCH_ROUNDS=1 BENCH_SECONDS=5 bench/on-spin.sh
@@ -32,6 +41,7 @@ connections="${BENCH_CONNECTIONS:-50 1}"
 rounds="${BENCH_ROUNDS:-3}"
 seconds="${BENCH_SECONDS:-10}"
 scenarios="${BENCH_SCENARIOS:-floor new news dup}"
+variables="${BENCH_VARIABLES:-env}"
 base_port="${BENCH_PORT:-3987}"
 redis_port="${BENCH_REDIS_PORT:-6397}"
 secret="bench-callback-secret-0001"
@@ -65,34 +75,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-manifest() { # $1: the component's .wasm, $2: its port
-  cat <<TOML
-spin_manifest_version = 2
-[application]
-name = "kling-webhook-bench"
-[[trigger.http]]
-route = "/callbacks/..."
-component = "kling-webhook"
-[[trigger.http]]
-route = "/floor/..."
-component = "floor"
-[[trigger.http]]
-route = "/floor-read/..."
-component = "floor"
-[component.kling-webhook]
-source = "$1"
-key_value_stores = ["default", "index"]
-allowed_outbound_hosts = ["http://127.0.0.1:9"]
-[component.kling-webhook.variables]
-callback_secret = "$secret"
-api_token = "bench-api-token-000000001"
-kling_api_key = "bench-kling-key"
-kling_base_url = "http://127.0.0.1:9"
-public_base_url = "http://127.0.0.1:$2"
-[component.floor]
-source = "$baseline"
-key_value_stores = ["default"]
-TOML
+# The shipped spin.toml (its variables declared and mapped as users run it, values below
+# from SPIN_VARIABLE_*) with build $1 as its source, and the floor beside it on routes
+# of its own: Spin routes a request to the longest matching prefix.
+manifest() { # $1: the component's .wasm
+  python3 - "$root/spin.toml" "$1" "$baseline" <<'PY'
+import sys
+manifest, component, floor = sys.argv[1:]
+text = open(manifest).read()
+shipped = 'source = "target/wasm32-wasip2/release/kling_webhook.wasm"'
+if shipped not in text:
+    sys.exit(f"{manifest} no longer has {shipped}: update bench/on-spin.sh")
+print(text.replace(shipped, f'source = "{component}"'))
+for route in ("/floor/...", "/floor-read/...", "/floor-rw/...", "/floor-var/..."):
+    print(f'[[trigger.http]]\nroute = "{route}"\ncomponent = "floor"')
+print(f'[component.floor]\nsource = "{floor}"\nkey_value_stores = ["default"]')
+print('[component.floor.variables]\nprobe = "{{ stale_after_seconds }}"')
+PY
 }
 
 start_store() { # $1: sqlite | redis
@@ -131,9 +130,23 @@ stop_store() {
 start_spin() { # $1: store, $2: build number, $3: the build's .wasm
   local dir="$work/$1/$2" port=$((base_port + $2))
   runtime_config "$1" "$2"
-  manifest "$3" "$port" > "$dir/spin.toml"
-  "$spin" up --from "$dir/spin.toml" --runtime-config-file "$dir/runtime.toml" \
-    --listen "127.0.0.1:$port" > "$dir/spin.log" 2>&1 &
+  manifest "$3" > "$dir/spin.toml"
+  local values=(callback_secret="$secret" api_token=bench-api-token-000000001
+    kling_api_key=bench-kling-key kling_base_url=http://127.0.0.1:9
+    public_base_url="http://127.0.0.1:$port")
+  local given=() flags=() value
+  for value in "${values[@]}"; do
+    if [ "$variables" = flags ]; then
+      flags+=(--variable "$value")
+    else
+      given+=("SPIN_VARIABLE_$(echo "${value%%=*}" | tr a-z A-Z)=${value#*=}")
+    fi
+  done
+  # RUST_BACKTRACE (set on some machines) would have Spin capture a backtrace with every
+  # error it builds, as no deployment does.
+  env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "${given[@]}" \
+    "$spin" up --from "$dir/spin.toml" --runtime-config-file "$dir/runtime.toml" \
+    --listen "127.0.0.1:$port" "${flags[@]}" > "$dir/spin.log" 2>&1 &
   spin_pids[$2]=$!
   for _ in $(seq 1 100); do
     curl -sf -o /dev/null -X POST "http://127.0.0.1:$port/floor/ready" && return 0
@@ -216,6 +229,8 @@ db.commit()' "$db"
         fi
         python3 "$root/bench/requests.py" dup "x$tag" 1 "not-the-secret" > "$dir/forged.lines"
         cp "$dir/dup.lines" "$dir/readfloor.lines"
+        cp "$dir/floor.lines" "$dir/rwfloor.lines"
+        cp "$dir/floor.lines" "$dir/varfloor.lines"
         IFS=$'\t' read -r dup_path dup_body < "$dir/dup.lines"
         for prime in "" /floor; do
           curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
@@ -229,6 +244,8 @@ db.commit()' "$db"
         case "$scenario" in
           floor) prefix="/floor" ;;
           readfloor) prefix="/floor-read" ;;
+          rwfloor) prefix="/floor-rw" ;;
+          varfloor) prefix="/floor-var" ;;
           *) prefix="" ;;
         esac
         for b in $order; do
@@ -264,7 +281,7 @@ for (store, conns, name, scenario), fs in rows.items():
     errs = sum(int(f["errors"]) + int(f["non2xx"]) for f in fs)
     ratio = lambda k: f"{med(fs, k) / med(floor, k):7.2f}" if floor else f"{'-':>7}"
     wraps = sum(int(f["wraps"]) for f in fs)
-    note = " (ran out of distinct tasks)" if wraps and scenario in ("floor", "new", "news") else ""
+    note = " (ran out of distinct tasks)" if wraps and scenario in ("floor", "rwfloor", "varfloor", "new", "news") else ""
     print(f"{store:6} {conns:>5} {name[:16]:16} {scenario:9} {med(fs, 'rps'):7.0f} "
           f"{ratio('rps')} {med(fs, 'p50_us') / 1000:7.2f} "
           f"{ratio('p50_us')} {med(fs, 'p99_us') / 1000:7.2f} {errs:6} "
