@@ -426,7 +426,8 @@ impl SubmitConfig {
 pub struct CallbackConfig {
     /// Keys of the `sig` on callback URLs (UTF-8 bytes of each value); any verifies.
     pub callback_secret: KeyRing,
-    /// Standard Webhooks key, when the deployment opted in to Kling's signed callbacks.
+    /// Standard Webhooks key, when the deployment opted in to Kling's signed callbacks and
+    /// the delivery can use it (see [`CallbackConfig::load`]): `None` is also "not read".
     pub webhook_secret: Option<WebhookSecret>,
 }
 

@@ -167,7 +167,8 @@ pub struct TaskHead {
     pub deliveries: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_delivery_at: Option<u64>,
-    /// Final callbacks that Kling contradicted (`verify_callbacks`).
+    /// Final callbacks that would have been stored and that Kling contradicted
+    /// (`verify_callbacks`); repeats are answered from the head and not counted.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rejected: u64,
     /// When the reconciler last asked Kling about the task (our clock, ms).

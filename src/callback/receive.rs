@@ -533,12 +533,12 @@ pub(crate) mod tests {
 
         // Kling's version (updated_at 9) is stored: a final no newer is a repeat, answered
         // from the head without asking Kling, and so is a final of another status.
-        for repeat in [body("succeed", 8), body("failed", 20)] {
+        for (repeat, verdict) in [
+            (body("succeed", 8), Verdict::Duplicate),
+            (body("failed", 20), Verdict::Stale),
+        ] {
             let answered = deliver_checked(&kv, &repeat, &kling, true).unwrap();
-            assert!(
-                matches!(answered.verdict, Verdict::Duplicate | Verdict::Stale),
-                "{answered:?}"
-            );
+            assert_eq!(answered.verdict, verdict);
         }
         assert_eq!(kling.asked.get(), 1);
 

@@ -98,6 +98,8 @@ impl<'a> Index<'a> {
         other: &Index<'_>,
     ) -> Result<(Vec<String>, Vec<String>), StoreError> {
         let shared = shared_prefix(self.prefix, other.prefix);
+        // Listing `shared` lists its label, so both indexes must be in it: retention's
+        // pair, `listed/` and `final/`, share "", which is `default`.
         debug_assert!(
             label_of(shared) == label_of(self.prefix) && label_of(shared) == label_of(other.prefix),
             "indexes of different labels cannot be listed together"
@@ -117,7 +119,10 @@ impl<'a> Index<'a> {
 }
 
 fn shared_prefix<'p>(a: &'p str, b: &str) -> &'p str {
-    let len = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    let mut len = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    while !a.is_char_boundary(len) {
+        len -= 1;
+    }
     &a[..len]
 }
 
