@@ -13,8 +13,8 @@
 #   rwfloor  bench/baseline reading a key that is not there, then writing it, a distinct
 #          key per request: the least a receiver that looks before it stores a first
 #          delivery can do (the yardstick for new and news)
-#   varfloor  bench/baseline reading one variable (mapped from an application variable,
-#          as spin.toml maps every variable) before its write: what a variable costs
+#   varfloor  bench/baseline reading one variable (mapped from callback_secret, given as
+#          the component's is) before its write: what a variable costs
 # (forged, readfloor, rwfloor and varfloor run only when BENCH_SCENARIOS names them.)
 # on Spin's default SQLite store and on Redis, at 50 connections and at 1. Every build named
 # runs in a Spin of its own, all at once (on ports from BENCH_PORT up, with SQLite files of
@@ -34,6 +34,10 @@
 # (scripts/install-tools.sh). KLING_WEBHOOK_WASM / BASELINE_WASM bench other builds.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# Builds named relative to where the bench was started.
+absolute() { for path in "$@"; do realpath -m "$path"; done; }
+if [ -n "${KLING_WEBHOOK_WASM:-}" ]; then KLING_WEBHOOK_WASM="$(absolute $KLING_WEBHOOK_WASM)"; fi
+if [ -n "${BASELINE_WASM:-}" ]; then BASELINE_WASM="$(absolute "$BASELINE_WASM")"; fi
 cd "$root"
 
 stores="${BENCH_STORES:-sqlite redis}"
@@ -42,6 +46,7 @@ rounds="${BENCH_ROUNDS:-3}"
 seconds="${BENCH_SECONDS:-10}"
 scenarios="${BENCH_SCENARIOS:-floor new news dup}"
 variables="${BENCH_VARIABLES:-env}"
+case "$variables" in env | flags) ;; *) echo "BENCH_VARIABLES is env or flags" >&2; exit 1 ;; esac
 base_port="${BENCH_PORT:-3987}"
 redis_port="${BENCH_REDIS_PORT:-6397}"
 secret="bench-callback-secret-0001"
@@ -80,17 +85,20 @@ trap cleanup EXIT
 # of its own: Spin routes a request to the longest matching prefix.
 manifest() { # $1: the component's .wasm
   python3 - "$root/spin.toml" "$1" "$baseline" <<'PY'
-import sys
+import json, os, sys
 manifest, component, floor = sys.argv[1:]
+# Spin reads a relative source from the manifest's directory, a temporary one here.
+component, floor = (json.dumps(os.path.abspath(path)) for path in (component, floor))
 text = open(manifest).read()
 shipped = 'source = "target/wasm32-wasip2/release/kling_webhook.wasm"'
 if shipped not in text:
     sys.exit(f"{manifest} no longer has {shipped}: update bench/on-spin.sh")
-print(text.replace(shipped, f'source = "{component}"'))
+print(text.replace(shipped, f"source = {component}"))
 for route in ("/floor/...", "/floor-read/...", "/floor-rw/...", "/floor-var/..."):
     print(f'[[trigger.http]]\nroute = "{route}"\ncomponent = "floor"')
-print(f'[component.floor]\nsource = "{floor}"\nkey_value_stores = ["default"]')
-print('[component.floor.variables]\nprobe = "{{ stale_after_seconds }}"')
+print(f'[component.floor]\nsource = {floor}\nkey_value_stores = ["default"]')
+# The variable every callback reads.
+print('[component.floor.variables]\nprobe = "{{ callback_secret }}"')
 PY
 }
 
@@ -142,9 +150,12 @@ start_spin() { # $1: store, $2: build number, $3: the build's .wasm
       given+=("SPIN_VARIABLE_$(echo "${value%%=*}" | tr a-z A-Z)=${value#*=}")
     fi
   done
-  # RUST_BACKTRACE (set on some machines) would have Spin capture a backtrace with every
-  # error it builds, as no deployment does.
-  env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "${given[@]}" \
+  # Only these values: none inherited from the caller's shell. RUST_BACKTRACE (set on
+  # some machines) would have Spin capture a backtrace with every error it builds, as no
+  # deployment does.
+  local inherited=()
+  for value in $(compgen -e | grep '^SPIN_VARIABLE_' || true); do inherited+=(-u "$value"); done
+  env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "${inherited[@]}" "${given[@]}" \
     "$spin" up --from "$dir/spin.toml" --runtime-config-file "$dir/runtime.toml" \
     --listen "127.0.0.1:$port" "${flags[@]}" > "$dir/spin.log" 2>&1 &
   spin_pids[$2]=$!
