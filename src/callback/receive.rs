@@ -456,6 +456,19 @@ pub(crate) mod tests {
         lookup: &Lists,
         verify_finals: bool,
     ) -> Result<Received, CallbackError> {
+        let check = KlingCheck {
+            lookup,
+            verify_finals: if verify_finals { &on } else { &off },
+        };
+        deliver_with(kv, body, &check)
+    }
+
+    /// A validly signed delivery for `job-1`.
+    fn deliver_with(
+        kv: &MemoryKv,
+        body: &Body,
+        check: &KlingCheck<'_>,
+    ) -> Result<Received, CallbackError> {
         let sig = callback_url::sign(&Secret::new(SECRET), "job-1");
         let callback = Callback {
             external_task_id: Some("job-1"),
@@ -464,11 +477,7 @@ pub(crate) mod tests {
             webhook: WebhookHeaders::default(),
             body,
         };
-        let check = KlingCheck {
-            lookup,
-            verify_finals: if verify_finals { &on } else { &off },
-        };
-        receive(&callback, &config(false), kv, &check, NOW_MS)
+        receive(&callback, &config(false), kv, check, NOW_MS)
     }
 
     #[test]
@@ -565,17 +574,7 @@ pub(crate) mod tests {
             lookup: &kling,
             verify_finals: &read_off,
         };
-        let sig = callback_url::sign(&Secret::new(SECRET), "job-1");
-        let deliver = |body: &Body| {
-            let callback = Callback {
-                external_task_id: Some("job-1"),
-                sig: Some(&sig),
-                content_type: None,
-                webhook: WebhookHeaders::default(),
-                body,
-            };
-            receive(&callback, &config(false), &kv, &check, NOW_MS).unwrap()
-        };
+        let deliver = |body: &Body| deliver_with(&kv, body, &check).unwrap();
         deliver(&body("processing", 5));
         assert_eq!(reads.get(), 0, "not for a status that is not final");
         assert_eq!(
