@@ -24,8 +24,9 @@
 # a shared machine) and the ratios to the floor measured in the same Spin. Asserts nothing.
 #
 # Spin runs the shipped spin.toml, its variables given as the README does
-# (SPIN_VARIABLE_*, Spin's environment provider), or with BENCH_VARIABLES=flags as
-# `spin up --variable` flags (Spin's static provider, cheaper per read).
+# (SPIN_VARIABLE_*, Spin's environment provider), or with BENCH_VARIABLES=flags every
+# variable it declares as a `spin up --variable` flag, defaults included (Spin's static
+# provider, which answers without the environment provider's block_in_place).
 #
 #   bench/on-spin.sh                    # everything (about 8 minutes a build)
 #   BENCH_STORES=redis BENCH_CONNECTIONS=1 BENCH_ROUNDS=1 BENCH_SECONDS=5 bench/on-spin.sh
@@ -143,13 +144,21 @@ start_spin() { # $1: store, $2: build number, $3: the build's .wasm
     kling_api_key=bench-kling-key kling_base_url=http://127.0.0.1:9
     public_base_url="http://127.0.0.1:$port")
   local given=() flags=() value
-  for value in "${values[@]}"; do
-    if [ "$variables" = flags ]; then
-      flags+=(--variable "$value")
-    else
+  if [ "$variables" = flags ]; then
+    # Every declared variable: these values, else spin.toml's default.
+    while IFS= read -r value; do flags+=(--variable "$value"); done < <(python3 - "$root/spin.toml" "${values[@]}" <<'PY'
+import sys, tomllib
+declared = tomllib.load(open(sys.argv[1], "rb"))["variables"]
+given = dict(value.split("=", 1) for value in sys.argv[2:])
+for name, spec in declared.items():
+    print(f"{name}={given.get(name, spec.get('default', ''))}")
+PY
+)
+  else
+    for value in "${values[@]}"; do
       given+=("SPIN_VARIABLE_$(echo "${value%%=*}" | tr a-z A-Z)=${value#*=}")
-    fi
-  done
+    done
+  fi
   # Only these values: none inherited from the caller's shell. RUST_BACKTRACE (set on
   # some machines) would have Spin capture a backtrace with every error it builds, as no
   # deployment does.
