@@ -375,8 +375,7 @@ fn callback(
         },
         body: &request.body,
     };
-    let with_webhook_key = external_task_id.is_none() || delivery.webhook.any_present();
-    let config = CallbackConfig::load(env.vars, with_webhook_key)?;
+    let config = CallbackConfig::load(env.vars, delivery.can_use_webhook_key())?;
     let kling = KlingCheck {
         lookup: &LazyKling { env },
         verify_finals: &|| verify_callbacks(env.vars),

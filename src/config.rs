@@ -432,9 +432,11 @@ pub struct CallbackConfig {
 }
 
 impl CallbackConfig {
-    /// `with_webhook_key`: whether the delivery can use the Standard Webhooks key (it came
-    /// to `/callbacks/kling`, or with the headers). Kling's usual callback, to a `sig` URL
-    /// without them, cannot, and reading a variable is a host call on the hot path.
+    /// `with_webhook_key`: whether the delivery can use the Standard Webhooks key
+    /// ([`Callback::can_use_webhook_key`]); Kling's usual callback, to a `sig` URL without
+    /// the headers, cannot, and on Spin every variable read is a provider lookup.
+    ///
+    /// [`Callback::can_use_webhook_key`]: crate::callback::receive::Callback::can_use_webhook_key
     pub fn load(vars: &dyn Variables, with_webhook_key: bool) -> Result<Self, ConfigError> {
         Ok(Self {
             callback_secret: key_ring(vars, CALLBACK_SECRET)?,

@@ -45,6 +45,15 @@ pub struct Callback<'a> {
     pub body: &'a Body,
 }
 
+impl Callback<'_> {
+    /// Whether the Standard Webhooks key can check this delivery: it is the only proof on
+    /// `/callbacks/kling`, and on the `sig` route it checks the headers a sender included.
+    /// Otherwise the key is not even read (a variable read is a provider lookup on Spin).
+    pub fn can_use_webhook_key(&self) -> bool {
+        self.external_task_id.is_none() || self.webhook.any_present()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallbackError {
     #[error("external_task_id in the URL must be 1 to 64 characters of A-Z a-z 0-9 _ -")]
@@ -329,7 +338,7 @@ fn authenticate_body(
     let Some(secret) = &config.webhook_secret else {
         return Ok(());
     };
-    if callback.external_task_id.is_none() || callback.webhook.any_present() {
+    if callback.can_use_webhook_key() {
         let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         standard_webhooks::verify(secret, &callback.webhook, body, now_secs)?;
     }

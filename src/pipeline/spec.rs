@@ -64,7 +64,7 @@ pub enum SpecError {
     UnknownKind(usize),
     #[error("`steps[{step}].request`: {error}")]
     InvalidRequest { step: usize, error: RequestError },
-    #[error("`steps[{0}].request` nests more than 124 levels of objects and lists")]
+    #[error("`steps[{0}].request` nests more than {max} levels of objects and lists", max = MAX_REQUEST_NESTING)]
     RequestTooDeep(usize),
     #[error("`steps[{step}].request.{field}` is set by the pipeline; leave it out")]
     ExternalTaskIdInStep { step: usize, field: &'static str },
@@ -609,6 +609,7 @@ mod tests {
 
         let err = build("p".into(), vec![step(1), step(125)], 7).unwrap_err();
         assert_eq!(err, SpecError::RequestTooDeep(1));
+        assert!(err.to_string().contains("more than 124 levels"), "{err}");
         // Over HTTP the body holds the request where the stored description does.
         let body = |levels| {
             json!({"steps": [{"kind": "text2video", "request": request_nested(levels)}]})

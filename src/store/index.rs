@@ -8,9 +8,7 @@
 //! nonce, a pipeline's generation, a due time), so a remover only ever deletes the exact
 //! entry it judged, never a newer one for the same task.
 
-use super::layout::{
-    FINAL_PREFIX, LISTED_PREFIX, OUTBOX_PREFIX, PENDING_PREFIX, PIPELINES_PREFIX, label_of,
-};
+use super::layout::{FINAL_PREFIX, LISTED_PREFIX, OUTBOX_PREFIX, PENDING_PREFIX, PIPELINES_PREFIX};
 use super::{KeyValue, StoreError};
 
 /// A set of entries under one key prefix.
@@ -90,24 +88,6 @@ impl<'a> Index<'a> {
         Ok(self.entries_among(&self.kv.keys_with_prefix(self.prefix)?))
     }
 
-    /// The entries of this index and of `other`, from one `list-keys` of the label both
-    /// live in. Retention reads the listing and the finals, both in `default`, where a
-    /// `list-keys` returns every key of every task: once, not twice.
-    pub fn entries_with(
-        &self,
-        other: &Index<'_>,
-    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
-        let shared = shared_prefix(self.prefix, other.prefix);
-        // Listing `shared` lists its label, so both indexes must be in it: retention's
-        // pair, `listed/` and `final/`, share "", which is `default`.
-        debug_assert!(
-            label_of(shared) == label_of(self.prefix) && label_of(shared) == label_of(other.prefix),
-            "indexes of different labels cannot be listed together"
-        );
-        let keys = self.kv.keys_with_prefix(shared)?;
-        Ok((self.entries_among(&keys), other.entries_among(&keys)))
-    }
-
     fn entries_among(&self, keys: &[String]) -> Vec<String> {
         let mut entries: Vec<String> = keys
             .iter()
@@ -118,12 +98,15 @@ impl<'a> Index<'a> {
     }
 }
 
-fn shared_prefix<'p>(a: &'p str, b: &str) -> &'p str {
-    let mut len = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
-    while !a.is_char_boundary(len) {
-        len -= 1;
-    }
-    &a[..len]
+/// The listing's entries and the finals', from one `list-keys` of `default`, where both
+/// live: there a `list-keys` returns every key of every task, and retention reads both.
+pub fn listed_and_finals(kv: &dyn KeyValue) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    // Every key of `default`: the empty prefix is in that label (tested below).
+    let keys = kv.keys_with_prefix("")?;
+    Ok((
+        Index::listed(kv).entries_among(&keys),
+        Index::finals(kv).entries_among(&keys),
+    ))
 }
 
 /// The store key of an entry: its index's prefix, then its name.
@@ -162,16 +145,18 @@ mod tests {
     }
 
     #[test]
-    fn two_indexes_of_one_label_are_listed_together_in_one_round_trip() {
+    fn the_listing_and_the_finals_are_listed_together_in_one_round_trip() {
+        use crate::store::layout::{Label, label_of};
+        for prefix in ["", LISTED_PREFIX, FINAL_PREFIX] {
+            assert_eq!(label_of(prefix), Label::Default, "{prefix:?}");
+        }
         let kv = MemoryKv::default();
         Index::listed(&kv).add("0000000000002/b").unwrap();
         Index::listed(&kv).add("0000000000001/a").unwrap();
         Index::finals(&kv).add("20000/a").unwrap();
         kv.set("task:a", b"{}").unwrap();
         kv.round_trips.set(0);
-        let (listed, finals) = Index::listed(&kv)
-            .entries_with(&Index::finals(&kv))
-            .unwrap();
+        let (listed, finals) = listed_and_finals(&kv).unwrap();
         assert_eq!(kv.round_trips.get(), 1);
         assert_eq!(listed, ["0000000000001/a", "0000000000002/b"]);
         assert_eq!(finals, ["20000/a"]);

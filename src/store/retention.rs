@@ -9,7 +9,7 @@
 //! reconciler will ever finish it). A pending task of ours is left to the reconciler,
 //! which ends it (`lost` at worst) and indexes it then.
 
-use super::index::Index;
+use super::index::{Index, listed_and_finals};
 use super::layout::TaskKey;
 use super::tasks::{DAY_MS, TaskStore};
 use super::{KeyValue, StoreError};
@@ -27,7 +27,7 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
     let store = TaskStore::new(kv);
     let finals = Index::finals(kv);
     let listed = Index::listed(kv);
-    let (listed_entries, final_entries) = listed.entries_with(&finals)?;
+    let (listed_entries, final_entries) = listed_and_finals(kv)?;
     // Whole days: everything before the start of the cutoff's day.
     let cutoff_day = cutoff_ms / DAY_MS;
     let cutoff_ms = cutoff_day * DAY_MS;
