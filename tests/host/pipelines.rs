@@ -222,8 +222,20 @@ async fn a_step_kling_refuses_fails_the_pipeline_with_kling_s_reason() {
 async fn bad_descriptions_and_refused_first_steps_store_nothing() {
     let d = deploy().await;
     let before = d.app.kv.snapshot();
+    // A request of 125 levels: deeper than the stored description can hold (its body
+    // is refused as a whole, as serde_json reads 127 levels).
+    let mut too_deep = json!([]);
+    for _ in 2..125 {
+        too_deep = json!([too_deep]);
+    }
     let cases = [
         (json!({"steps": []}), 400, "invalid_pipeline", "steps"),
+        (
+            json!({"steps": [{"kind": "text2video", "request": {"prompt": "a", "extra": too_deep}}]}),
+            400,
+            "invalid_pipeline",
+            "steps",
+        ),
         (
             json!({"steps": [{"kind": "text2video", "request": {"prompt": "a"}},
                              {"kind": "video-extend", "request": {"prompt": 7}}]}),

@@ -314,6 +314,12 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
             "{invalid:?}"
         );
         assert!(d.app.kv.json(&format!("pipeline:{id}")).is_none());
+        assert!(d.app.kv.json(&format!("task:{id}-0")).is_none());
+        assert!(
+            d.standin
+                .tasks_with_external_id(&format!("{id}-0"))
+                .is_empty()
+        );
     }
     // The deepest request accepted is stored so that it reads back.
     let (mut store, video) = instance(&d.app).await;
