@@ -171,7 +171,8 @@ pub struct TaskHead {
     /// (`verify_callbacks`); repeats are answered from the head and not counted.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rejected: u64,
-    /// When the reconciler last asked Kling about the task (our clock, ms).
+    /// When a poll (the reconciler's, or read repair's) last brought news of the task (our
+    /// clock, ms). Every poll's time is in the poll record (`task:{key}:poll`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_polled_at: Option<u64>,
     /// Set when this component submitted the task.
@@ -263,8 +264,11 @@ impl TaskHead {
                 self.deliveries += 1;
                 self.last_delivery_at = Some(now_ms);
             }
-            (EventSource::Callback, _) => {}
-            (EventSource::Poll, _) => self.last_polled_at = Some(now_ms),
+            (EventSource::Poll, Verdict::Apply(_)) => self.last_polled_at = Some(now_ms),
+            // A poll that brought nothing new leaves the head unwritten: its time is in
+            // the poll record, and a head written from a read taken before a Kling call
+            // that lasted seconds would undo what deliveries wrote meanwhile.
+            (_, _) => {}
         }
         self
     }

@@ -27,7 +27,7 @@ use crate::clock::Clock;
 use crate::config::{KlingConfig, ReconcileLimits};
 use crate::kling::catalog::TaskKind;
 use crate::kling::client::{KlingClient, KlingError, TaskRef};
-use crate::ledger::{PollState, TaskHead, Verdict, assemble};
+use crate::ledger::{PollState, TaskHead, Verdict};
 use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
 use crate::pipeline::advance::{PipelineError, Submitter, advance};
@@ -406,13 +406,13 @@ impl Poller<'_> {
             Ok(Some(mut event)) => {
                 (state.not_found, state.not_found_since) = (0, None);
                 event.source = EventSource::Poll;
-                let head = if head.task_id.is_none() {
+                if head.task_id.is_none() {
                     store.bind_submission(key, &event.task_id, None)?;
-                    store.head(key)?
-                } else {
-                    Some(head)
-                };
-                match store.record_event_with_head(key, head, &event, now) {
+                }
+                // Judged against the head as it is now, not as it was before Kling
+                // answered (up to `kling_timeout_ms`): a callback stored meanwhile has
+                // news this poll must neither repeat nor write over.
+                match store.record_event(key, &event, now) {
                     Ok((verdict, bookkeeping)) => {
                         bookkeeping.apply(self.kv)?;
                         if matches!(verdict, Verdict::Apply(_)) {
@@ -447,7 +447,9 @@ impl Poller<'_> {
                     && now.saturating_sub(since) >= limits.lost_after_ms
                 {
                     let event = lost_event(&head, key, &state, now);
-                    match store.record_event_with_head(key, Some(head.clone()), &event, now) {
+                    // The head as it is now (see above): a final stored meanwhile beats
+                    // `lost`.
+                    match store.record_event(key, &event, now) {
                         Ok((verdict, bookkeeping)) => {
                             bookkeeping.apply(self.kv)?;
                             if matches!(verdict, Verdict::Apply(_)) {
@@ -486,16 +488,9 @@ impl Poller<'_> {
             });
         }
         store.save_poll_state(key, &state)?;
-        let record = match &news {
-            Some(event) => store
-                .head(key)?
-                .map(|head| assemble(Some(&head), event.clone())),
-            None => None,
-        };
-        let record = match record {
-            Some(record) => Some(record),
-            None => store.find_by_key(key)?,
-        };
+        // The task as stored, its highest rank: news of a lower rank than a state a
+        // callback stored meanwhile must not be shown (or announced) as the task's.
+        let record = store.find_by_key(key)?;
         Ok(Polled {
             news,
             record,

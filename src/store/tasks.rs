@@ -664,6 +664,31 @@ mod tests {
     }
 
     #[test]
+    fn a_poll_that_brings_no_news_writes_nothing() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        let mut polled = event("86", Some("job-1"), TaskStatus::Processing);
+        polled.source = EventSource::Poll;
+        let (verdict, books) = store.record_event(&key, &polled, 5).unwrap();
+        assert_eq!(verdict, Verdict::Apply(Slot::Processing));
+        assert_eq!(books.head().last_polled_at, Some(5), "news keeps its time");
+        let sets = kv.sets.get();
+        // The same answer again, and a lower one: the head stays as it is, so a poll
+        // that read it before a slow Kling call cannot write an older head back.
+        let mut lower = polled.clone();
+        lower.status = TaskStatus::Submitted;
+        for (answer, judged) in [(&polled, Verdict::Duplicate), (&lower, Verdict::Stale)] {
+            let (verdict, books) = store.record_event(&key, answer, 9).unwrap();
+            assert_eq!(verdict, judged);
+            assert!(books.changes_nothing(), "{books:?}");
+            books.apply(&kv).unwrap();
+        }
+        assert_eq!(kv.sets.get(), sets, "nothing written");
+        assert_eq!(store.head(&key).unwrap().unwrap().last_polled_at, Some(5));
+    }
+
+    #[test]
     fn a_task_submitted_here_is_not_listed_again_by_its_news() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 
 use crate::support::components::kling_app_with;
 use crate::support::deployment::{Auth, Deployment, deploy_with, text2video_as};
-use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task, request};
+use crate::support::requests::{
+    API_TOKEN, CALLBACK_SECRET, authorized, callback, flat, get_task, request,
+};
 use crate::support::spin_host::{Reply, SpinApp};
 
 async fn reconcile(app: &SpinApp) -> Reply {
@@ -383,11 +385,8 @@ async fn a_task_a_callback_finished_is_deleted_after_retention_without_a_retenti
     let d = deploy().await;
     // Not submitted here, finished by its first callback: the delivery writes no `final/`
     // entry, and retention's scan of the listing finds the task anyway.
-    let body = crate::support::requests::flat("99001", "job-cb-old", "succeed", 5);
-    let reply = d
-        .app
-        .send(crate::support::requests::callback("job-cb-old", body))
-        .await;
+    let body = flat("99001", "job-cb-old", "succeed", 5);
+    let reply = d.app.send(callback("job-cb-old", body)).await;
     assert_eq!(reply.status, 200);
     assert!(
         d.app.kv.keys().iter().all(|k| !k.starts_with("final/")),
@@ -417,4 +416,87 @@ async fn purged_31_days_later(d: &Deployment, ids: [&str; 2]) {
         keys.iter().all(|k| ids.iter().all(|id| !k.contains(id))),
         "{keys:?}"
     );
+}
+
+/// A poll judges Kling's answer against the task as it is when the answer comes, not as
+/// it was when it asked: a final callback stored while Kling took its time is what the
+/// reader is shown, and the head that records it is not written back over, so a later
+/// different final is still stale. Both a poll that is news (Kling's `submitted`, never
+/// stored) and one that is not (the same answer again) are raced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_stored_while_a_poll_waits_on_kling_is_neither_hidden_nor_undone() {
+    for polled_before in [false, true] {
+        // Kling may take a second: the poll must wait for its answer, not time out.
+        let d = deploy_with(
+            Auth::KeyPair,
+            None,
+            &[("stale_after_seconds", "0"), ("kling_timeout_ms", "10000")],
+        )
+        .await;
+        let ext = format!("job-race-{polled_before}");
+        // Kling holds the task at `submitted` and calls back for nothing.
+        let held = Script {
+            delay: Duration::from_secs(600),
+            drop: vec!["submitted", "processing", "succeed", "failed"],
+            ..Script::default()
+        };
+        d.submit_scripted(&ext, held.clone()).await;
+        let task_id = d.standin.tasks_with_external_id(&ext)[0].task_id.clone();
+        if polled_before {
+            let first = status(&d.app, &ext).await;
+            assert_eq!(first["status"], "submitted", "{first}");
+        }
+        d.standin.script(
+            &ext,
+            Script {
+                query_delay: Some(Duration::from_secs(1)),
+                ..held
+            },
+        );
+        let queries = || {
+            d.standin
+                .received()
+                .iter()
+                .filter(|r| r.method == "GET" && r.path.ends_with(&task_id))
+                .count()
+        };
+        let asked = queries();
+        let reader = {
+            let app = d.app.clone();
+            let ext = ext.clone();
+            tokio::spawn(async move { app.send(get_task(&ext)).await })
+        };
+        // Once Kling has the read repair's query (and holds its answer), the final comes.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while queries() == asked {
+            assert!(Instant::now() < deadline, "read repair never asked Kling");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let succeed = flat(&task_id, &ext, "succeed", 2_000_000_000_000);
+        let stored = d.app.send(callback(&ext, succeed)).await;
+        assert_eq!(stored.json()["outcome"], "applied", "case {polled_before}");
+        let final_slot = d.app.kv.json(&format!("task:{ext}:final")).unwrap();
+
+        let shown = reader.await.unwrap().json();
+        assert_eq!(
+            (
+                shown["status"].as_str(),
+                shown["reconcile"]["last_outcome"].as_str()
+            ),
+            (Some("succeed"), Some("unchanged")),
+            "case {polled_before}: Kling's answer came, older than the final the reader is shown: {shown}"
+        );
+        let failed = flat(&task_id, &ext, "failed", 2_000_000_000_001);
+        let later = d.app.send(callback(&ext, failed)).await;
+        assert_eq!(
+            later.json()["outcome"],
+            "stale",
+            "case {polled_before}: the first final still wins"
+        );
+        assert_eq!(
+            d.app.kv.json(&format!("task:{ext}:final")).unwrap(),
+            final_slot
+        );
+        assert_eq!(status(&d.app, &ext).await["status"], "succeed");
+    }
 }
