@@ -166,12 +166,16 @@ pub fn receive(
         }
     }
     let event = parsed.into_event();
-    let event = match checked_with_kling(kling, head.as_ref(), event)? {
-        Checked::Event(event) => *event,
+    let (event, head) = match checked_with_kling(kling, head.as_ref(), event)? {
+        Checked::AsItCame(event) => (*event, head),
+        // Kling took its time (up to `kling_timeout_ms`): judge and write against the
+        // head as it is now, so that what another delivery stored meanwhile (a final
+        // above all) is neither repeated nor written over with the older read.
+        Checked::Confirmed(event) => (*event, store.head(&key)?),
         Checked::Rejected => {
             return Ok(Received {
                 verdict: Verdict::Rejected,
-                bookkeeping: Some(TaskStore::bookkeeping_rejected(&key, head)),
+                bookkeeping: Some(TaskStore::bookkeeping_rejected(&key, store.head(&key)?)),
                 news: None,
             });
         }
@@ -218,8 +222,12 @@ pub trait KlingLookup {
 }
 
 enum Checked {
-    Event(Box<TaskEvent>),
-    /// A final callback Kling contradicted: counted, nothing stored.
+    /// Nothing to ask Kling: the callback is stored as it came.
+    AsItCame(Box<TaskEvent>),
+    /// Kling was asked (to bind the task, or to verify a final) and agrees: what to store.
+    Confirmed(Box<TaskEvent>),
+    /// A final callback Kling contradicted (or one that cannot be verified): counted,
+    /// nothing stored.
     Rejected,
 }
 
@@ -241,7 +249,7 @@ fn checked_with_kling(
     let verify = callback.status.is_final() && (check.verify_finals)()?;
     // The common case, first and without a look at the catalog: nothing to ask Kling.
     if !verify && head.is_none_or(|h| h.task_id.is_some()) {
-        return Ok(Checked::Event(Box::new(callback)));
+        return Ok(Checked::AsItCame(Box::new(callback)));
     }
     let submitted = head.and_then(|h| {
         let kind = TaskKind::from_name(&h.submission.as_ref()?.kind)?;
@@ -251,7 +259,7 @@ fn checked_with_kling(
         return Ok(if verify {
             Checked::Rejected
         } else {
-            Checked::Event(Box::new(callback))
+            Checked::AsItCame(Box::new(callback))
         });
     };
     // Here the task is unbound, or a final is to be verified.
@@ -276,7 +284,7 @@ fn checked_with_kling(
         }
     }
     if !verify {
-        return Ok(Checked::Event(Box::new(callback)));
+        return Ok(Checked::Confirmed(Box::new(callback)));
     }
     // Binding needed only Kling's ids; judging a final needs Kling's status too.
     let kling = match kling {
@@ -303,7 +311,7 @@ fn checked_with_kling(
         {
             kling.external_task_id = Some(external_task_id.to_string());
             kling.source = EventSource::Callback;
-            Checked::Event(Box::new(kling))
+            Checked::Confirmed(Box::new(kling))
         }
         _ => Checked::Rejected,
     })

@@ -6,7 +6,7 @@ use kling_standin::Script;
 use serde_json::json;
 
 use crate::support::deployment::{Auth, Deployment, deploy_with, valid_body};
-use crate::support::requests::{callback, get_task};
+use crate::support::requests::{callback, flat, get_task};
 
 async fn deploy() -> Deployment {
     deploy_with(Auth::KeyPair, None, &[("verify_callbacks", "true")]).await
@@ -97,4 +97,76 @@ async fn a_final_callback_for_a_task_not_submitted_here_cannot_be_verified_and_i
     let reply = d.app.send(callback("job-foreign", body.to_string())).await;
     assert_eq!(reply.json()["outcome"], "rejected");
     assert_eq!(d.app.send(get_task("job-foreign")).await.status, 404);
+}
+
+/// What a delivery stores while another waits on Kling's verification is kept: the
+/// waiting one writes the head as it is once Kling answered (here, a rejection's counter),
+/// not the head it read before asking, so a repeat of the first is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_stored_while_kling_verifies_another_is_not_written_over() {
+    let d = deploy_with(
+        Auth::KeyPair,
+        None,
+        &[("verify_callbacks", "true"), ("kling_timeout_ms", "10000")],
+    )
+    .await;
+    let ext = "job-verify-race";
+    // Kling holds the task at `submitted` and calls back for nothing.
+    let held = Script {
+        delay: Duration::from_secs(600),
+        drop: vec!["submitted", "processing", "succeed", "failed"],
+        ..Script::default()
+    };
+    let submitted = d.submit_scripted(ext, held.clone()).await;
+    let task_id = submitted["task_id"].as_str().unwrap().to_string();
+    d.standin.script(
+        ext,
+        Script {
+            query_delay: Some(Duration::from_secs(1)),
+            ..held
+        },
+    );
+    let queries = || {
+        d.standin
+            .received()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&task_id))
+            .count()
+    };
+    let asked = queries();
+    let forged = {
+        let app = d.app.clone();
+        let body = json!({"task_id": task_id, "task_status": "succeed",
+            "task_result": {"videos": [{"id": "x", "url": "https://evil.example/fake.mp4"}]}});
+        tokio::spawn(async move { app.send(callback(ext, body.to_string())).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queries() == asked {
+        assert!(
+            Instant::now() < deadline,
+            "the final was never checked with Kling"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // While Kling is asked about the final, a `processing` callback is stored.
+    let processing = flat(&task_id, ext, "processing", 5);
+    let reply = d.app.send(callback(ext, processing.clone())).await;
+    assert_eq!(reply.json()["outcome"], "applied");
+    assert_eq!(forged.await.unwrap().json()["outcome"], "rejected");
+
+    let reply = d.app.send(callback(ext, processing)).await;
+    assert_eq!(
+        reply.json()["outcome"],
+        "duplicate",
+        "the head still knows it"
+    );
+    let head = d.app.kv.json(&format!("task:{ext}")).unwrap();
+    assert_eq!(
+        (&head["deliveries"], &head["rejected"]),
+        (&json!(1), &json!(1))
+    );
+    assert_eq!(
+        d.app.send(get_task(ext)).await.json()["status"],
+        "processing"
+    );
 }
