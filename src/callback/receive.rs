@@ -118,16 +118,19 @@ pub fn receive(
     kling: &KlingCheck<'_>,
     now_ms: u64,
 ) -> Result<Received, CallbackError> {
+    // Every proof before any judgment of what was sent: an unsigned request hears 401,
+    // whatever its content type (the body's signature needs the body, so a body too large
+    // or cut off to check comes first).
     authenticate_url(callback, config)?;
-    if !is_json(callback.content_type) {
-        return Err(CallbackError::UnsupportedContentType);
-    }
     let body = match callback.body {
         Body::Bytes(bytes) => bytes.as_slice(),
         Body::TooLarge => return Err(CallbackError::TooLarge),
         Body::Unreadable => return Err(CallbackError::UnreadableBody),
     };
     authenticate_body(callback, config, body, now_ms)?;
+    if !is_json(callback.content_type) {
+        return Err(CallbackError::UnsupportedContentType);
+    }
 
     let parsed = match parse_envelope(body) {
         Err(PayloadError::UnknownStatus) => {

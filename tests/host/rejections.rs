@@ -355,6 +355,34 @@ mod standard_webhooks {
             "missing_webhook_signature",
         )
         .await;
+        // The proof comes before any judgment of the content: unsigned or forged, a body
+        // of another type is a 401 too; a signed one, a 415.
+        let as_text = |request: http::Request<Bytes>| {
+            let (mut parts, body) = request.into_parts();
+            parts
+                .headers
+                .insert("content-type", "text/plain".parse().unwrap());
+            http::Request::from_parts(parts, body)
+        };
+        for (request, status, code) in [
+            (
+                unnamed(None, None, None, KLING_BODY),
+                401,
+                "missing_webhook_signature",
+            ),
+            (
+                unnamed(Some(KLING_ID), Some(&ts), Some(wrong), KLING_BODY),
+                401,
+                "invalid_webhook_signature",
+            ),
+            (
+                unnamed(Some(KLING_ID), Some(&ts), Some(KLING_SIG), KLING_BODY),
+                415,
+                "unsupported_content_type",
+            ),
+        ] {
+            refused(&app, as_text(request), status, code).await;
+        }
 
         for now in [KLING_TS + 301, KLING_TS - 301] {
             let app = signed_app(now);
