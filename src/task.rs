@@ -206,6 +206,10 @@ pub struct MoreOutputs {
     pub voices: Vec<Voice>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub elements: Vec<Element>,
+    /// Legacy `task_info.parent_video`: the video a video-to-video task (advanced
+    /// lip-sync) worked on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_video: Option<Video>,
     /// Legacy `task_result`, or API 2.0 `outputs`, verbatim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kling_result: Option<KlingJson>,

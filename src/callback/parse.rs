@@ -149,6 +149,9 @@ struct RawTaskInfo {
     // Not lenient: the external id names the task a delivery is filed under.
     #[serde(default)]
     external_task_id: Option<Value>,
+    // The video a video-to-video task (advanced lip-sync) worked on.
+    #[serde(default, deserialize_with = "lenient")]
+    parent_video: Option<RawVideo>,
 }
 
 #[derive(Deserialize, Default)]
@@ -475,6 +478,10 @@ impl RawCallback {
                 .collect(),
             ..MoreOutputs::default()
         };
+        more.parent_video = self
+            .task_info
+            .and_then(|info| info.parent_video)
+            .map(RawVideo::into_video);
         // Legacy billing sits beside the result: `final_balance_deduction`.
         more.keep_kling_json(self.task_result, self.final_balance_deduction);
         TaskEvent {
@@ -765,6 +772,13 @@ mod tests {
                         )
                         .unwrap(),
                     )),
+                    // `task_info.parent_video`: kept, typed like the results' videos.
+                    parent_video: Some(Video {
+                        id: Some("p1".into()),
+                        url: Some("https://p/1.mp4".into()),
+                        duration: Some("5".into()),
+                        watermark_url: None,
+                    }),
                     ..MoreOutputs::default()
                 },
                 final_unit_deduction: Some("1".into()),
@@ -827,12 +841,15 @@ mod tests {
             r#"{"task_id":"1","task_status":"submitted","task_info":null,"task_result":null}"#,
             r#"{"task_id":"1","task_status":"submitted","unknown":{"deep":[1,2]},"final_balance_deduction":{"quota":"1","list_price":"2"}}"#,
             r#"{"task_id":"1","task_status":"submitted","task_info":{"external_task_id":""}}"#,
+            r#"{"task_id":"1","task_status":"submitted","task_info":{"parent_video":"v.mp4"}}"#,
+            r#"{"task_id":"1","task_status":"submitted","task_info":{"parent_video":null}}"#,
         ] {
             let event = parse_callback(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
             assert_eq!(event.task_id, "1");
             assert_eq!(event.status, TaskStatus::Submitted);
             assert_eq!(event.external_task_id, None);
             assert!(event.videos.is_empty() && event.images.is_empty());
+            assert_eq!(event.more.parent_video, None);
         }
     }
 

@@ -57,6 +57,10 @@ async fn the_documented_flat_callback_is_stored_and_served_by_either_id() {
             task["images"],
             json!([{"index": 0, "url": "https://i/0.png"}])
         );
+        assert_eq!(
+            task["parent_video"],
+            json!({"id": "p", "url": "https://p", "duration": "5"})
+        );
         assert_eq!(task["deliveries"], 1);
         assert!(task["last_delivery_at"].as_u64().unwrap() > 1_700_000_000_000);
     }
