@@ -554,6 +554,14 @@ fn task_json(task: &Task, status: &str, updated_at: u64) -> Value {
             if status == "succeed" {
                 body["final_unit_deduction"] = json!("1");
                 body["task_result"] = legacy_result(task);
+                // Advanced lip-sync names the video it worked on (kling-api.md).
+                if task.kind.create_path == "/v1/videos/advanced-lip-sync" {
+                    body["task_info"]["parent_video"] = json!({
+                        "id": format!("{}7", task.task_id),
+                        "url": format!("https://cdn.standin.example/{}-parent.mp4", task.task_id),
+                        "duration": "5",
+                    });
+                }
             }
             body
         }

@@ -143,6 +143,10 @@ async fn submitted_called_back_and_stored(name: &str) {
             other => unreachable!("{other}"),
         }
     }
+    // Advanced lip-sync names the video it worked on; no other kind does.
+    let parent = (name == "advanced-lip-sync")
+        .then(|| json!({"id": format!("{id}7"), "url": cdn("-parent.mp4"), "duration": "5"}));
+    assert_eq!(done.get("parent_video"), parent.as_ref(), "{done}");
     // Kling's own JSON, whole: `task_result`, or API 2.0 `outputs` and `billing`.
     let kling_result = &done["kling_result"];
     if api2 {
