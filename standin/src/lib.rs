@@ -35,6 +35,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 use kling_webhook::kling::catalog::{CATALOG, Family, KindSpec, Output, Query};
 
@@ -103,6 +104,9 @@ pub struct Script {
     pub query_error: Option<(u16, i64)>,
     /// Answer queries for this task only after this long.
     pub query_delay: Option<Duration>,
+    /// Answer each query for this task only once the test lets it through
+    /// (`notify_one`): a test can act while Kling is being asked, without timing.
+    pub query_gate: Option<Arc<Notify>>,
 }
 
 /// A request the stand-in received, for assertions.
@@ -280,9 +284,7 @@ impl StandIn {
             && let Some((endpoint, id)) = path.rsplit_once('/')
             && let Some(kind) = kind_at(endpoint).filter(|k| k.family == Family::Legacy)
         {
-            if let Some(delay) = self.script_for(id).and_then(|s| s.query_delay) {
-                tokio::time::sleep(delay).await;
-            }
+            self.hold_query(id).await;
             return self.query(kind, id);
         }
         error(404, 1203, "resource does not exist")
@@ -310,9 +312,7 @@ impl StandIn {
             return error(400, 1201, "give task_ids or external_task_ids");
         }
         for id in task_ids.iter().chain(&external_ids) {
-            if let Some(delay) = self.script_for(id).and_then(|s| s.query_delay) {
-                tokio::time::sleep(delay).await;
-            }
+            self.hold_query(id).await;
             if let Some((http, code)) = self.script_for(id).and_then(|s| s.query_error) {
                 return error(http, code, "refused as scripted");
             }
@@ -485,6 +485,20 @@ impl StandIn {
             status,
             answered,
         });
+    }
+
+    /// Holds a query for the task known by `id` as its script says (`query_delay`,
+    /// `query_gate`).
+    async fn hold_query(&self, id: &str) {
+        let Some(script) = self.script_for(id) else {
+            return;
+        };
+        if let Some(delay) = script.query_delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(gate) = script.query_gate {
+            gate.notified().await;
+        }
     }
 
     /// The script of the task known by this `task_id` or `external_task_id`.

@@ -1,9 +1,11 @@
 //! `verify_callbacks`: a final callback is checked with Kling before it is trusted.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kling_standin::Script;
 use serde_json::json;
+use tokio::sync::Notify;
 
 use crate::support::deployment::{Auth, Deployment, deploy_with, valid_body};
 use crate::support::requests::{callback, flat, get_task};
@@ -119,10 +121,12 @@ async fn a_delivery_stored_while_kling_verifies_another_is_not_written_over() {
     };
     let submitted = d.submit_scripted(ext, held.clone()).await;
     let task_id = submitted["task_id"].as_str().unwrap().to_string();
+    // Kling answers the verification once the test lets it.
+    let gate = Arc::new(Notify::new());
     d.standin.script(
         ext,
         Script {
-            query_delay: Some(Duration::from_secs(1)),
+            query_gate: Some(gate.clone()),
             ..held
         },
     );
@@ -140,7 +144,7 @@ async fn a_delivery_stored_while_kling_verifies_another_is_not_written_over() {
             "task_result": {"videos": [{"id": "x", "url": "https://evil.example/fake.mp4"}]}});
         tokio::spawn(async move { app.send(callback(ext, body.to_string())).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while queries() == asked {
         assert!(
             Instant::now() < deadline,
@@ -152,6 +156,7 @@ async fn a_delivery_stored_while_kling_verifies_another_is_not_written_over() {
     let processing = flat(&task_id, ext, "processing", 5);
     let reply = d.app.send(callback(ext, processing.clone())).await;
     assert_eq!(reply.json()["outcome"], "applied");
+    gate.notify_one();
     assert_eq!(forged.await.unwrap().json()["outcome"], "rejected");
 
     let reply = d.app.send(callback(ext, processing)).await;
