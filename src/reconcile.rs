@@ -331,13 +331,17 @@ impl Poller<'_> {
         }
         if polled.news.is_some() {
             report.updated += 1;
-            if let Some(record) = &polled.record {
-                if record.status == TaskStatus::Lost {
-                    report.lost += 1;
-                }
-                if let Some(notifier) = notifier {
-                    notifier.deliver(Notification::task(key, record, self.clock.now_ms()))?;
-                }
+            // Counted by the poll's own news: the record is the task's highest state,
+            // which a final stored while Kling was asked outranks.
+            if polled
+                .news
+                .as_ref()
+                .is_some_and(|event| event.status == TaskStatus::Lost)
+            {
+                report.lost += 1;
+            }
+            if let (Some(record), Some(notifier)) = (&polled.record, notifier) {
+                notifier.deliver(Notification::task(key, record, self.clock.now_ms()))?;
             }
         }
         let finished = polled.record.as_ref().is_none_or(|r| r.status.is_final());
@@ -406,35 +410,28 @@ impl Poller<'_> {
             Ok(Some(mut event)) => {
                 (state.not_found, state.not_found_since) = (0, None);
                 event.source = EventSource::Poll;
-                if head.task_id.is_none() {
-                    store.bind_submission(key, &event.task_id, None)?;
-                }
-                // Judged against the head as it is now, not as it was before Kling
-                // answered (up to `kling_timeout_ms`): a callback stored meanwhile has
-                // news this poll must neither repeat nor write over.
-                match store.record_event(key, &event, now) {
-                    Ok((verdict, bookkeeping)) => {
-                        bookkeeping.apply(self.kv)?;
-                        if matches!(verdict, Verdict::Apply(_)) {
-                            state.last_outcome = "changed".into();
-                            news = Some(event);
-                        } else {
-                            state.last_outcome = "unchanged".into();
-                        }
+                match self.apply_now(key, &event, now)? {
+                    Applied::Verdict(Verdict::Apply(_)) => {
+                        state.last_outcome = "changed".into();
+                        news = Some(event);
                     }
-                    Err(RecordError::Store(e)) => return Err(e.into()),
-                    Err(RecordError::Ledger(_)) => state.last_outcome = "task_id_mismatch".into(),
+                    Applied::Verdict(_) => state.last_outcome = "unchanged".into(),
+                    Applied::OtherTask => state.last_outcome = "task_id_mismatch".into(),
+                    Applied::Gone => forgotten = true,
                 }
             }
             Ok(None) if head.task_id.is_none() => {
-                if now.saturating_sub(submission.submitted_at) > SUBMITTING_GRACE_MS {
-                    // The ambiguous create never went through: forget it, so that the
+                if now.saturating_sub(submission.submitted_at) <= SUBMITTING_GRACE_MS {
+                    state.last_outcome = "not_created_yet".into();
+                } else if store.forget_unbound(key, &submission.nonce)? {
+                    // The ambiguous create never went through: forgotten, so that the
                     // same external id can be submitted again without a second task.
-                    self.kv.delete(&key.head())?;
                     state.last_outcome = "not_created".into();
                     forgotten = true;
                 } else {
-                    state.last_outcome = "not_created_yet".into();
+                    // Bound while Kling was asked (its create answer, or a callback):
+                    // not ours to forget; the next poll asks by its task_id.
+                    state.last_outcome = "unchanged".into();
                 }
             }
             Ok(None) => {
@@ -447,18 +444,14 @@ impl Poller<'_> {
                     && now.saturating_sub(since) >= limits.lost_after_ms
                 {
                     let event = lost_event(&head, key, &state, now);
-                    // The head as it is now (see above): a final stored meanwhile beats
-                    // `lost`.
-                    match store.record_event(key, &event, now) {
-                        Ok((verdict, bookkeeping)) => {
-                            bookkeeping.apply(self.kv)?;
-                            if matches!(verdict, Verdict::Apply(_)) {
-                                state.last_outcome = "lost".into();
-                                news = Some(event);
-                            }
+                    // A final stored while Kling was asked beats `lost`.
+                    match self.apply_now(key, &event, now)? {
+                        Applied::Verdict(Verdict::Apply(_)) => {
+                            state.last_outcome = "lost".into();
+                            news = Some(event);
                         }
-                        Err(RecordError::Store(e)) => return Err(e.into()),
-                        Err(RecordError::Ledger(_)) => {}
+                        Applied::Gone => forgotten = true,
+                        Applied::Verdict(_) | Applied::OtherTask => {}
                     }
                 }
             }
@@ -498,6 +491,32 @@ impl Poller<'_> {
         })
     }
 
+    /// Applies a poll's event to the head as it is now, not as it was before Kling
+    /// answered (up to `kling_timeout_ms`): a callback stored meanwhile has news this
+    /// poll must neither repeat nor write over, and a task deleted meanwhile is not
+    /// brought back.
+    fn apply_now(&self, key: &TaskKey, event: &TaskEvent, now: u64) -> Result<Applied, StoreError> {
+        let store = TaskStore::new(self.kv);
+        let Some(head) = store.head(key)? else {
+            return Ok(Applied::Gone);
+        };
+        let head = if head.task_id.is_none() {
+            // Kling's answer binds a task whose create answer never came.
+            store.bind_submission(key, &event.task_id, None)?;
+            store.head(key)?
+        } else {
+            Some(head)
+        };
+        match store.record_event_with_head(key, head, event, now) {
+            Ok((verdict, bookkeeping)) => {
+                bookkeeping.apply(self.kv)?;
+                Ok(Applied::Verdict(verdict))
+            }
+            Err(RecordError::Store(e)) => Err(e),
+            Err(RecordError::Ledger(_)) => Ok(Applied::OtherTask),
+        }
+    }
+
     /// The wait after `polls` earlier polls: `stale_after`, doubling, capped.
     fn backoff_ms(&self, polls: u32) -> u64 {
         let doubling = 1u64 << polls.min(20);
@@ -506,6 +525,15 @@ impl Poller<'_> {
             .saturating_mul(doubling)
             .min(MAX_POLL_GAP_MS)
     }
+}
+
+/// What applying a poll's event did.
+enum Applied {
+    Verdict(Verdict),
+    /// The head is bound to another Kling task.
+    OtherTask,
+    /// The task was deleted while Kling was asked.
+    Gone,
 }
 
 #[derive(Debug)]

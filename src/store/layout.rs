@@ -5,7 +5,7 @@
 //!
 //! | key | value | written by |
 //! |---|---|---|
-//! | `task:{key}` | head: binding, what was seen, counters, the submission ([`TaskHead`]) | submits; every delivery that was news, in one batch with its slot; after it, a poll's time or a rejected callback's counter |
+//! | `task:{key}` | head: binding, what was seen, counters, the submission ([`TaskHead`]) | submits; every delivery that was news, in one batch with its slot; after it, a rejected callback's counter, or the first binding by a delivery that was not news |
 //! | `task:{key}:submitted` / `:processing` / `:lost` / `:final` | the latest state of that rank ([`TaskEvent`]) | only deliveries (or polls) of that rank |
 //! | `task:{key}:poll` | the reconciler's polls of the task ([`PollState`]) | reconcile and read repair |
 //! | `task:{key}:notified` | the `sequence` of the task's last notification a receiver took | the notifier, on a 2xx |

@@ -111,8 +111,8 @@ pub struct TaskPage {
 /// entry) goes into the same batch as the slot, before the
 /// acknowledgement (see [`TaskStore::record_event_with_head`]). What is left for after it
 /// ([`Bookkeeping::apply`]) is the retention entry of a task a poll made final, and the
-/// changed head of a delivery that was not news (a poll's time, the `rejected`
-/// counter). Each is a key of this task alone: no delivery of another task waits on it.
+/// changed head of a delivery that was not news (a first binding by a stale delivery,
+/// the `rejected` counter); a poll that is not news changes no head. Each is a key of this task alone: no delivery of another task waits on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "bookkeeping does nothing until applied"]
 pub struct Bookkeeping {
@@ -461,18 +461,26 @@ impl<'a> TaskStore<'a> {
         self.kv.set(&key.head(), &to_json(&head))
     }
 
+    /// Deletes the head of a submission whose create never went through, if it is still
+    /// this submission's and still unbound (read again: a create answer or a callback may
+    /// have bound it while Kling was asked). Whether it was deleted.
+    pub fn forget_unbound(&self, key: &TaskKey, nonce: &str) -> Result<bool, StoreError> {
+        let ours = self
+            .head(key)?
+            .is_some_and(|h| h.task_id.is_none() && h.submission.is_some_and(|s| s.nonce == nonce));
+        if ours {
+            self.kv.delete(&key.head())?;
+        }
+        Ok(ours)
+    }
+
     /// Forgets a submission Kling refused: nothing may be left looking like a live task.
     /// Only this submission's own keys go: the head if it still names this nonce, and
     /// the listing and pending entries this submission added (by name).
     pub fn forget_submission(&self, submission: &NewSubmission<'_>) -> Result<(), StoreError> {
         let key = submission.key;
         // Never a bound head: a Kling task exists for it, whoever created it.
-        let ours = self.head(key)?.is_some_and(|h| {
-            h.task_id.is_none() && h.submission.is_some_and(|s| s.nonce == submission.nonce)
-        });
-        if ours {
-            self.kv.delete(&key.head())?;
-        }
+        self.forget_unbound(key, submission.nonce)?;
         Index::listed(self.kv).remove(&listed_entry(key, submission.now_ms))?;
         Index::pending(self.kv).remove(&submission.pending_entry())
     }
@@ -686,6 +694,33 @@ mod tests {
         }
         assert_eq!(kv.sets.get(), sets, "nothing written");
         assert_eq!(store.head(&key).unwrap().unwrap().last_polled_at, Some(5));
+    }
+
+    #[test]
+    fn only_this_submission_s_unbound_head_is_forgotten() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        let submission = NewSubmission {
+            key: &key,
+            external_task_id: "job-1",
+            kind: "text2video",
+            pipeline: None,
+            nonce: "n1",
+            now_ms: 1,
+            first_due_ms: 2,
+            body_digest: None,
+        };
+        store.record_submission(&submission).unwrap();
+        // Another submission's nonce, then a binding: kept.
+        assert!(!store.forget_unbound(&key, "n2").unwrap());
+        store.bind_submission(&key, "86", None).unwrap();
+        assert!(!store.forget_unbound(&key, "n1").unwrap());
+        assert!(store.head(&key).unwrap().is_some());
+        // Its own, unbound: deleted.
+        store.record_submission(&submission).unwrap();
+        assert!(store.forget_unbound(&key, "n1").unwrap());
+        assert_eq!(store.head(&key).unwrap(), None);
     }
 
     #[test]

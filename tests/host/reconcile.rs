@@ -1,11 +1,13 @@
 //! Nothing lost: `POST /tasks/reconcile` brings tasks whose callbacks never came to their
 //! true final state, against the stand-in, through faults.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kling_standin::Script;
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 
 use crate::support::components::kling_app_with;
 use crate::support::deployment::{Auth, Deployment, deploy_with, text2video_as};
@@ -426,7 +428,7 @@ async fn purged_31_days_later(d: &Deployment, ids: [&str; 2]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_stored_while_a_poll_waits_on_kling_is_neither_hidden_nor_undone() {
     for polled_before in [false, true] {
-        // Kling may take a second: the poll must wait for its answer, not time out.
+        // Kling answers once the test lets it: the poll must wait, not time out.
         let d = deploy_with(
             Auth::KeyPair,
             None,
@@ -442,6 +444,7 @@ async fn a_callback_stored_while_a_poll_waits_on_kling_is_neither_hidden_nor_und
         };
         d.submit_scripted(&ext, held.clone()).await;
         let task_id = d.standin.tasks_with_external_id(&ext)[0].task_id.clone();
+        let gate = Arc::new(Notify::new());
         if polled_before {
             let first = status(&d.app, &ext).await;
             assert_eq!(first["status"], "submitted", "{first}");
@@ -449,7 +452,7 @@ async fn a_callback_stored_while_a_poll_waits_on_kling_is_neither_hidden_nor_und
         d.standin.script(
             &ext,
             Script {
-                query_delay: Some(Duration::from_secs(1)),
+                query_gate: Some(gate.clone()),
                 ..held
             },
         );
@@ -466,8 +469,9 @@ async fn a_callback_stored_while_a_poll_waits_on_kling_is_neither_hidden_nor_und
             let ext = ext.clone();
             tokio::spawn(async move { app.send(get_task(&ext)).await })
         };
-        // Once Kling has the read repair's query (and holds its answer), the final comes.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Once Kling has the read repair's query (and holds its answer), the final comes;
+        // then Kling answers.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while queries() == asked {
             assert!(Instant::now() < deadline, "read repair never asked Kling");
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -476,6 +480,7 @@ async fn a_callback_stored_while_a_poll_waits_on_kling_is_neither_hidden_nor_und
         let stored = d.app.send(callback(&ext, succeed)).await;
         assert_eq!(stored.json()["outcome"], "applied", "case {polled_before}");
         let final_slot = d.app.kv.json(&format!("task:{ext}:final")).unwrap();
+        gate.notify_one();
 
         let shown = reader.await.unwrap().json();
         assert_eq!(
@@ -499,4 +504,52 @@ async fn a_callback_stored_while_a_poll_waits_on_kling_is_neither_hidden_nor_und
         );
         assert_eq!(status(&d.app, &ext).await["status"], "succeed");
     }
+}
+
+/// A task deleted while a poll waits on Kling (here by hand; retention and a forgotten
+/// submission delete heads) is not brought back by Kling's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_deleted_while_a_poll_waits_on_kling_is_not_brought_back() {
+    let d = deploy_with(
+        Auth::KeyPair,
+        None,
+        &[("stale_after_seconds", "0"), ("kling_timeout_ms", "10000")],
+    )
+    .await;
+    let ext = "job-gone";
+    let gate = Arc::new(Notify::new());
+    d.submit_scripted(
+        ext,
+        Script {
+            delay: Duration::from_secs(600),
+            drop: vec!["submitted", "processing", "succeed", "failed"],
+            query_gate: Some(gate.clone()),
+            ..Script::default()
+        },
+    )
+    .await;
+    let reader = {
+        let app = d.app.clone();
+        tokio::spawn(async move { app.send(get_task(ext)).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d
+        .standin
+        .received()
+        .iter()
+        .any(|r| r.method == "GET" && r.path.starts_with("/v1/videos/"))
+    {
+        assert!(Instant::now() < deadline, "read repair never asked Kling");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    d.app.kv.remove_now(&format!("task:{ext}"));
+    gate.notify_one();
+    let reply = reader.await.unwrap();
+    assert_eq!(reply.status, 404, "{:?}", reply.body);
+    assert_eq!(
+        d.app.kv.get_now(&format!("task:{ext}")),
+        None,
+        "not recreated"
+    );
+    assert_eq!(d.app.kv.get_now(&format!("task:{ext}:submitted")), None);
 }
