@@ -175,10 +175,15 @@ pub fn receive(
         // head as it is now, so that what another delivery stored meanwhile (a final
         // above all) is neither repeated nor written over with the older read.
         Checked::Confirmed(event) => (*event, store.head(&key)?),
-        Checked::Rejected => {
+        rejected @ (Checked::Rejected | Checked::Unverifiable) => {
+            // Counted on the head as it is once Kling answered, when Kling was asked.
+            let head = match rejected {
+                Checked::Rejected => store.head(&key)?,
+                _ => head,
+            };
             return Ok(Received {
                 verdict: Verdict::Rejected,
-                bookkeeping: Some(TaskStore::bookkeeping_rejected(&key, store.head(&key)?)),
+                bookkeeping: Some(TaskStore::bookkeeping_rejected(&key, head)),
                 news: None,
             });
         }
@@ -229,9 +234,11 @@ enum Checked {
     AsItCame(Box<TaskEvent>),
     /// Kling was asked (to bind the task, or to verify a final) and agrees: what to store.
     Confirmed(Box<TaskEvent>),
-    /// A final callback Kling contradicted (or one that cannot be verified): counted,
-    /// nothing stored.
+    /// A final callback Kling contradicted: counted, nothing stored.
     Rejected,
+    /// A final callback to verify of a task not submitted here (its Kling endpoint is
+    /// unknown, so Kling was not asked): rejected like a contradicted one.
+    Unverifiable,
 }
 
 /// What may be stored of `callback`, after asking Kling where that is needed:
@@ -260,7 +267,7 @@ fn checked_with_kling(
     });
     let Some((kind, external_task_id, bound_task_id)) = submitted else {
         return Ok(if verify {
-            Checked::Rejected
+            Checked::Unverifiable
         } else {
             Checked::AsItCame(Box::new(callback))
         });
