@@ -281,8 +281,8 @@ pub struct TaskRecord {
     pub status_msg: String,
     pub videos: Vec<Video>,
     pub images: Vec<Image>,
-    /// `series_images`, `audios`, `voices`, `elements`, `kling_result`, `billing`, each
-    /// shown only when Kling sent it. (Serialized only: a record is never read back.)
+    /// `series_images`, `audios`, `voices`, `elements`, `parent_video`, `kling_result`,
+    /// `billing`, each shown only when Kling sent it. (Serialized only: a record is never read back.)
     #[serde(flatten)]
     pub more: MoreOutputs,
     pub created_at: Option<u64>,

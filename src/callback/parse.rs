@@ -478,10 +478,12 @@ impl RawCallback {
                 .collect(),
             ..MoreOutputs::default()
         };
+        // An empty object (or one of nothing readable) is no parent video.
         more.parent_video = self
             .task_info
             .and_then(|info| info.parent_video)
-            .map(RawVideo::into_video);
+            .map(RawVideo::into_video)
+            .filter(|video| *video != Video::default());
         // Legacy billing sits beside the result: `final_balance_deduction`.
         more.keep_kling_json(self.task_result, self.final_balance_deduction);
         TaskEvent {
@@ -843,6 +845,8 @@ mod tests {
             r#"{"task_id":"1","task_status":"submitted","task_info":{"external_task_id":""}}"#,
             r#"{"task_id":"1","task_status":"submitted","task_info":{"parent_video":"v.mp4"}}"#,
             r#"{"task_id":"1","task_status":"submitted","task_info":{"parent_video":null}}"#,
+            r#"{"task_id":"1","task_status":"submitted","task_info":{"parent_video":{}}}"#,
+            r#"{"task_id":"1","task_status":"submitted","task_info":{"parent_video":{"url":7}}}"#,
         ] {
             let event = parse_callback(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
             assert_eq!(event.task_id, "1");
