@@ -701,16 +701,7 @@ mod tests {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
-        let submission = NewSubmission {
-            key: &key,
-            external_task_id: "job-1",
-            kind: "text2video",
-            pipeline: None,
-            nonce: "n1",
-            now_ms: 1,
-            first_due_ms: 2,
-            body_digest: None,
-        };
+        let submission = submission(&key, "job-1", "n1", 1);
         store.record_submission(&submission).unwrap();
         // Another submission's nonce, then a binding: kept.
         assert!(!store.forget_unbound(&key, "n2").unwrap());

@@ -1,13 +1,11 @@
 //! Nothing lost: `POST /tasks/reconcile` brings tasks whose callbacks never came to their
 //! true final state, against the stand-in, through faults.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kling_standin::Script;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
 use crate::support::components::kling_app_with;
 use crate::support::deployment::{Auth, Deployment, deploy_with, text2video_as};
@@ -436,34 +434,14 @@ async fn a_callback_stored_while_a_poll_waits_on_kling_is_neither_hidden_nor_und
         )
         .await;
         let ext = format!("job-race-{polled_before}");
-        // Kling holds the task at `submitted` and calls back for nothing.
-        let held = Script {
-            delay: Duration::from_secs(600),
-            drop: vec!["submitted", "processing", "succeed", "failed"],
-            ..Script::default()
-        };
-        d.submit_scripted(&ext, held.clone()).await;
-        let task_id = d.standin.tasks_with_external_id(&ext)[0].task_id.clone();
-        let gate = Arc::new(Notify::new());
+        let (record, gate) = d.submit_held_at_kling(&ext).await;
+        let task_id = record["task_id"].as_str().unwrap().to_string();
         if polled_before {
+            gate.notify_one();
             let first = status(&d.app, &ext).await;
             assert_eq!(first["status"], "submitted", "{first}");
         }
-        d.standin.script(
-            &ext,
-            Script {
-                query_gate: Some(gate.clone()),
-                ..held
-            },
-        );
-        let queries = || {
-            d.standin
-                .received()
-                .iter()
-                .filter(|r| r.method == "GET" && r.path.ends_with(&task_id))
-                .count()
-        };
-        let asked = queries();
+        let asked = d.queries_about(&task_id);
         let reader = {
             let app = d.app.clone();
             let ext = ext.clone();
@@ -471,11 +449,7 @@ async fn a_callback_stored_while_a_poll_waits_on_kling_is_neither_hidden_nor_und
         };
         // Once Kling has the read repair's query (and holds its answer), the final comes;
         // then Kling answers.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while queries() == asked {
-            assert!(Instant::now() < deadline, "read repair never asked Kling");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        d.until_queried(&task_id, asked).await;
         let succeed = flat(&task_id, &ext, "succeed", 2_000_000_000_000);
         let stored = d.app.send(callback(&ext, succeed)).await;
         assert_eq!(stored.json()["outcome"], "applied", "case {polled_before}");
@@ -517,31 +491,13 @@ async fn a_task_deleted_while_a_poll_waits_on_kling_is_not_brought_back() {
     )
     .await;
     let ext = "job-gone";
-    let gate = Arc::new(Notify::new());
-    d.submit_scripted(
-        ext,
-        Script {
-            delay: Duration::from_secs(600),
-            drop: vec!["submitted", "processing", "succeed", "failed"],
-            query_gate: Some(gate.clone()),
-            ..Script::default()
-        },
-    )
-    .await;
+    let (record, gate) = d.submit_held_at_kling(ext).await;
+    let task_id = record["task_id"].as_str().unwrap();
     let reader = {
         let app = d.app.clone();
         tokio::spawn(async move { app.send(get_task(ext)).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !d
-        .standin
-        .received()
-        .iter()
-        .any(|r| r.method == "GET" && r.path.starts_with("/v1/videos/"))
-    {
-        assert!(Instant::now() < deadline, "read repair never asked Kling");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    d.until_queried(task_id, 0).await;
     d.app.kv.remove_now(&format!("task:{ext}"));
     gate.notify_one();
     let reply = reader.await.unwrap();

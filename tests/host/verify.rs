@@ -1,11 +1,9 @@
 //! `verify_callbacks`: a final callback is checked with Kling before it is trusted.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kling_standin::Script;
 use serde_json::json;
-use tokio::sync::Notify;
 
 use crate::support::deployment::{Auth, Deployment, deploy_with, valid_body};
 use crate::support::requests::{callback, flat, get_task};
@@ -113,45 +111,17 @@ async fn a_delivery_stored_while_kling_verifies_another_is_not_written_over() {
     )
     .await;
     let ext = "job-verify-race";
-    // Kling holds the task at `submitted` and calls back for nothing.
-    let held = Script {
-        delay: Duration::from_secs(600),
-        drop: vec!["submitted", "processing", "succeed", "failed"],
-        ..Script::default()
-    };
-    let submitted = d.submit_scripted(ext, held.clone()).await;
-    let task_id = submitted["task_id"].as_str().unwrap().to_string();
     // Kling answers the verification once the test lets it.
-    let gate = Arc::new(Notify::new());
-    d.standin.script(
-        ext,
-        Script {
-            query_gate: Some(gate.clone()),
-            ..held
-        },
-    );
-    let queries = || {
-        d.standin
-            .received()
-            .iter()
-            .filter(|r| r.method == "GET" && r.path.ends_with(&task_id))
-            .count()
-    };
-    let asked = queries();
+    let (record, gate) = d.submit_held_at_kling(ext).await;
+    let task_id = record["task_id"].as_str().unwrap().to_string();
+    let asked = d.queries_about(&task_id);
     let forged = {
         let app = d.app.clone();
         let body = json!({"task_id": task_id, "task_status": "succeed",
             "task_result": {"videos": [{"id": "x", "url": "https://evil.example/fake.mp4"}]}});
         tokio::spawn(async move { app.send(callback(ext, body.to_string())).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while queries() == asked {
-        assert!(
-            Instant::now() < deadline,
-            "the final was never checked with Kling"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    d.until_queried(&task_id, asked).await;
     // While Kling is asked about the final, a `processing` callback is stored.
     let processing = flat(&task_id, ext, "processing", 5);
     let reply = d.app.send(callback(ext, processing.clone())).await;

@@ -2,11 +2,13 @@
 //! at a fresh Kling stand-in that calls it back.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use kling_standin::{Config, StandIn};
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 
 use super::components::kling_app_with;
 use super::kv::KvStore;
@@ -117,6 +119,47 @@ impl Deployment {
             .send(text2video_as(external_task_id))
             .await
             .expect_json(202)
+    }
+
+    /// Submits a text2video under `external_task_id` that Kling keeps at `submitted`
+    /// without calling back, and answers queries about only as the returned gate lets
+    /// them through (one `notify_one` a query): a test acts while Kling is being asked.
+    /// Returns the task record and the gate.
+    pub async fn submit_held_at_kling(&self, external_task_id: &str) -> (Value, Arc<Notify>) {
+        let gate = Arc::new(Notify::new());
+        let record = self
+            .submit_scripted(
+                external_task_id,
+                kling_standin::Script {
+                    delay: Duration::from_secs(600),
+                    drop: vec!["submitted", "processing", "succeed", "failed"],
+                    query_gate: Some(gate.clone()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        (record, gate)
+    }
+
+    /// How many queries about `task_id` Kling has received (answered or held).
+    pub fn queries_about(&self, task_id: &str) -> usize {
+        self.standin
+            .received()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(task_id))
+            .count()
+    }
+
+    /// Waits until Kling has received more than `before` queries about `task_id`.
+    pub async fn until_queried(&self, task_id: &str, before: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.queries_about(task_id) <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Kling was never asked about {task_id}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub async fn submit(&self, kind: &str, body: Value) -> Reply {
