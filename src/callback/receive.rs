@@ -183,7 +183,8 @@ pub fn receive(
             };
             return Ok(Received {
                 verdict: Verdict::Rejected,
-                bookkeeping: Some(TaskStore::bookkeeping_rejected(&key, head)),
+                // A task never stored gets no head just to count its rejections.
+                bookkeeping: head.map(|head| TaskStore::bookkeeping_rejected(&key, head)),
                 news: None,
             });
         }
@@ -236,8 +237,9 @@ enum Checked {
     Confirmed(Box<TaskEvent>),
     /// A final callback Kling contradicted: counted, nothing stored.
     Rejected,
-    /// A final callback to verify of a task not submitted here (its Kling endpoint is
-    /// unknown, so Kling was not asked): rejected like a contradicted one.
+    /// A final callback to verify that Kling cannot be asked about: a task not
+    /// submitted here, or one whose head lacks its kind (or a kind this build does not
+    /// know) or its external id. Rejected like a contradicted one.
     Unverifiable,
 }
 

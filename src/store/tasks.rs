@@ -304,8 +304,7 @@ impl<'a> TaskStore<'a> {
 
     /// The head's bookkeeping for a callback refused by verification: counted as rejected,
     /// nothing else changes.
-    pub fn bookkeeping_rejected(key: &TaskKey, head: Option<TaskHead>) -> Bookkeeping {
-        let mut head = head.unwrap_or_default();
+    pub fn bookkeeping_rejected(key: &TaskKey, mut head: TaskHead) -> Bookkeeping {
         head.rejected += 1;
         Bookkeeping {
             key: key.clone(),

@@ -97,6 +97,8 @@ async fn a_final_callback_for_a_task_not_submitted_here_cannot_be_verified_and_i
     let reply = d.app.send(callback("job-foreign", body.to_string())).await;
     assert_eq!(reply.json()["outcome"], "rejected");
     assert_eq!(d.app.send(get_task("job-foreign")).await.status, 404);
+    // Nothing stored for it, not even a head to count the rejection on.
+    assert_eq!(d.app.kv.get_now("task:job-foreign"), None);
 }
 
 /// What a delivery stores while another waits on Kling's verification is kept: the
