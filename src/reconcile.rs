@@ -36,7 +36,9 @@ use crate::store::index::Index;
 use crate::store::layout::TaskKey;
 use crate::store::pipelines::{PipelineStore, pipeline_entry};
 use crate::store::retention::purge_expired;
-use crate::store::tasks::{PendingEntry, RecordError, TaskStore, final_entry, pending_entry};
+use crate::store::tasks::{
+    Forget, PendingEntry, RecordError, TaskStore, final_entry, pending_entry,
+};
 use crate::store::{KeyValue, StoreError};
 use crate::task::{EventSource, TaskEvent, TaskRecord, TaskStatus};
 
@@ -346,8 +348,13 @@ impl Poller<'_> {
         }
         let finished = polled.record.as_ref().is_none_or(|r| r.status.is_final());
         Ok(if finished {
-            if polled.record.is_some() {
+            if let Some(record) = &polled.record {
                 Index::finals(self.kv).add(&final_entry(key, now))?;
+                // A callback finished it while Kling was asked: as above, its instance
+                // may have stopped before queueing the notification.
+                if let (None, Some(notifier)) = (&polled.news, notifier) {
+                    notifier.ensure_notified(key, record)?;
+                }
             }
             Judged::Release
         } else {
@@ -417,21 +424,33 @@ impl Poller<'_> {
                     }
                     Applied::Verdict(_) => state.last_outcome = "unchanged".into(),
                     Applied::OtherTask => state.last_outcome = "task_id_mismatch".into(),
-                    Applied::Gone => forgotten = true,
+                    Applied::Gone => {
+                        state.last_outcome = "gone".into();
+                        forgotten = true;
+                    }
                 }
             }
             Ok(None) if head.task_id.is_none() => {
                 if now.saturating_sub(submission.submitted_at) <= SUBMITTING_GRACE_MS {
                     state.last_outcome = "not_created_yet".into();
-                } else if store.forget_unbound(key, &submission.nonce)? {
-                    // The ambiguous create never went through: forgotten, so that the
-                    // same external id can be submitted again without a second task.
-                    state.last_outcome = "not_created".into();
-                    forgotten = true;
                 } else {
-                    // Bound while Kling was asked (its create answer, or a callback):
-                    // not ours to forget; the next poll asks by its task_id.
-                    state.last_outcome = "unchanged".into();
+                    match store.forget_unbound(key, &submission.nonce)? {
+                        // The ambiguous create never went through: forgotten, so that
+                        // the same external id can be submitted again without a second
+                        // task.
+                        Forget::Forgotten => {
+                            state.last_outcome = "not_created".into();
+                            forgotten = true;
+                        }
+                        Forget::Gone => {
+                            state.last_outcome = "gone".into();
+                            forgotten = true;
+                        }
+                        // Bound while Kling was asked (its create answer, or a callback),
+                        // or submitted again: not this poll's to forget; the next poll
+                        // asks by its task_id.
+                        Forget::Kept => state.last_outcome = "unchanged".into(),
+                    }
                 }
             }
             Ok(None) => {
@@ -450,7 +469,10 @@ impl Poller<'_> {
                             state.last_outcome = "lost".into();
                             news = Some(event);
                         }
-                        Applied::Gone => forgotten = true,
+                        Applied::Gone => {
+                            state.last_outcome = "gone".into();
+                            forgotten = true;
+                        }
                         Applied::Verdict(_) | Applied::OtherTask => {}
                     }
                 }
@@ -502,12 +524,11 @@ impl Poller<'_> {
         };
         let head = if head.task_id.is_none() {
             // Kling's answer binds a task whose create answer never came.
-            store.bind_submission(key, &event.task_id, None)?;
-            store.head(key)?
+            store.bind_head(key, head, &event.task_id)?
         } else {
-            Some(head)
+            head
         };
-        match store.record_event_with_head(key, head, event, now) {
+        match store.record_event_with_head(key, Some(head), event, now) {
             Ok((verdict, bookkeeping)) => {
                 bookkeeping.apply(self.kv)?;
                 Ok(Applied::Verdict(verdict))
@@ -576,7 +597,7 @@ fn lost_event(head: &TaskHead, key: &TaskKey, state: &PollState, now: u64) -> Ta
 /// What a poll's outcome tells an operator, if anything.
 fn issue_of(key: &TaskKey, state: &PollState) -> Option<ReconcileIssue> {
     let message = match state.last_outcome.as_str() {
-        "changed" | "unchanged" | "not_created_yet" | "lost" => return None,
+        "changed" | "unchanged" | "not_created_yet" | "lost" | "gone" => return None,
         "not_created" => {
             "Kling has no task with this external_task_id: the create did not go through; submit it again"
         }

@@ -445,32 +445,47 @@ impl<'a> TaskStore<'a> {
         owner: Option<&NewSubmission<'_>>,
     ) -> Result<(), StoreError> {
         let mut head = self.head(key)?.unwrap_or_default();
-        if head.task_id.is_none() {
-            head.task_id = Some(task_id.to_string());
-        }
         if let Some(owner) = owner {
             head.external_task_id = Some(owner.external_task_id.to_string());
             head.submission = Some(owner.submission());
+        }
+        self.bind_head(key, head, task_id).map(drop)
+    }
+
+    /// Binds `head`, as the caller has just read it, to Kling's `task_id` (unless it is
+    /// bound already), writes the binding and the head, and returns the head written.
+    pub fn bind_head(
+        &self,
+        key: &TaskKey,
+        mut head: TaskHead,
+        task_id: &str,
+    ) -> Result<TaskHead, StoreError> {
+        if head.task_id.is_none() {
+            head.task_id = Some(task_id.to_string());
         }
         if let Some(submission) = &mut head.submission {
             submission.status = TaskStatus::Submitted;
         }
         self.kv
             .set(&task_id_index(task_id), key.as_str().as_bytes())?;
-        self.kv.set(&key.head(), &to_json(&head))
+        self.kv.set(&key.head(), &to_json(&head))?;
+        Ok(head)
     }
 
-    /// Deletes the head of a submission whose create never went through, if it is still
-    /// this submission's and still unbound (read again: a create answer or a callback may
-    /// have bound it while Kling was asked). Whether it was deleted.
-    pub fn forget_unbound(&self, key: &TaskKey, nonce: &str) -> Result<bool, StoreError> {
-        let ours = self
-            .head(key)?
-            .is_some_and(|h| h.task_id.is_none() && h.submission.is_some_and(|s| s.nonce == nonce));
-        if ours {
-            self.kv.delete(&key.head())?;
+    /// Deletes the head (and the poll record) of a submission whose create never went
+    /// through, if it is still this submission's and still unbound: read again, since a
+    /// create answer or a callback may have bound it while Kling was asked.
+    pub fn forget_unbound(&self, key: &TaskKey, nonce: &str) -> Result<Forget, StoreError> {
+        let Some(head) = self.head(key)? else {
+            return Ok(Forget::Gone);
+        };
+        if head.task_id.is_some() || head.submission.is_none_or(|s| s.nonce != nonce) {
+            return Ok(Forget::Kept);
         }
-        Ok(ours)
+        self.kv.delete(&key.head())?;
+        // A submission of the same id again starts its polls afresh.
+        self.kv.delete(&key.poll())?;
+        Ok(Forget::Forgotten)
     }
 
     /// Forgets a submission Kling refused: nothing may be left looking like a live task.
@@ -557,6 +572,16 @@ impl<'a> TaskStore<'a> {
     fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         get_json(self.kv, key)
     }
+}
+
+/// What [`TaskStore::forget_unbound`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forget {
+    Forgotten,
+    /// Bound, or another submission's: kept.
+    Kept,
+    /// No head any more.
+    Gone,
 }
 
 /// One submit's record, as [`TaskStore::record_submission`] writes it and
@@ -703,14 +728,17 @@ mod tests {
         let submission = submission(&key, "job-1", "n1", 1);
         store.record_submission(&submission).unwrap();
         // Another submission's nonce, then a binding: kept.
-        assert!(!store.forget_unbound(&key, "n2").unwrap());
+        assert_eq!(store.forget_unbound(&key, "n2").unwrap(), Forget::Kept);
         store.bind_submission(&key, "86", None).unwrap();
-        assert!(!store.forget_unbound(&key, "n1").unwrap());
+        assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Kept);
         assert!(store.head(&key).unwrap().is_some());
-        // Its own, unbound: deleted.
+        // Its own, unbound: deleted, with its poll record.
         store.record_submission(&submission).unwrap();
-        assert!(store.forget_unbound(&key, "n1").unwrap());
+        store.save_poll_state(&key, &PollState::default()).unwrap();
+        assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Forgotten);
         assert_eq!(store.head(&key).unwrap(), None);
+        assert_eq!(store.poll_state(&key).unwrap(), None);
+        assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Gone);
     }
 
     #[test]

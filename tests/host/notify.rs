@@ -372,6 +372,78 @@ async fn a_final_notification_its_sender_never_queued_is_sent_by_the_reconciler(
     assert_eq!(receiver.accepted().len(), 1, "sent once");
 }
 
+/// The same, when the final callback lands while the reconciler's poll of the task waits
+/// on Kling: the poll finds the task final (no news of its own) and still makes sure the
+/// notification goes out before it lets the task go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_never_queued_while_a_poll_waited_on_kling_is_still_sent() {
+    let receiver = Receiver::start(0).await;
+    let d = deploy_with(
+        Auth::KeyPair,
+        None,
+        &[
+            ("notify_url", receiver.url()),
+            ("notify_origin", &receiver.origin()),
+            ("notify_secret", NOTIFY_SECRET),
+            ("notify_retry_seconds", "0"),
+            ("stale_after_seconds", "0"),
+            ("kling_timeout_ms", "10000"),
+        ],
+    )
+    .await;
+    let (record, gate) = d.submit_held_at_kling("orphan-held").await;
+    let task_id = record["task_id"].as_str().unwrap().to_string();
+    let run = {
+        let app = d.app.clone();
+        tokio::spawn(async move { app.ok_json(authorized("POST", "/tasks/reconcile")).await })
+    };
+    d.until_queried(&task_id, 0).await;
+    // The final lands while Kling is asked; its instance stops before queueing the
+    // notification.
+    d.app
+        .kv
+        .fail_next_set_starting("outbox/task_orphan-held_succeed_");
+    let start = d.app.kv.log_len();
+    let reply = d
+        .app
+        .send(callback(
+            "orphan-held",
+            flat(&task_id, "orphan-held", "succeed", 9),
+        ))
+        .await;
+    assert_eq!(reply.json()["outcome"], "applied");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d
+        .app
+        .kv
+        .ops_since(start)
+        .iter()
+        .any(|(_, key)| key.starts_with("outbox/task_orphan-held_succeed_"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the notification was never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(receiver.accepted().is_empty(), "{:?}", receiver.accepted());
+    gate.notify_one();
+
+    let run = run.await.unwrap();
+    assert_eq!(
+        (run["pending"].as_u64(), run["updated"].as_u64()),
+        (Some(0), Some(0)),
+        "{run}"
+    );
+    let accepted = receiver.accepted();
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    assert!(
+        accepted[0]
+            .webhook_id
+            .starts_with("task_orphan-held_succeed_")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_answering_with_megabytes_is_a_failed_send_not_a_buffered_one() {
     let receiver = Receiver::start(0).await;

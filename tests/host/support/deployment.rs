@@ -141,7 +141,8 @@ impl Deployment {
         (record, gate)
     }
 
-    /// How many queries about `task_id` Kling has received (answered or held).
+    /// How many queries about `task_id` Kling has received (answered or held): the
+    /// legacy family's `GET /v1/.../{task_id}` only.
     pub fn queries_about(&self, task_id: &str) -> usize {
         self.standin
             .received()
