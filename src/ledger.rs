@@ -265,9 +265,9 @@ impl TaskHead {
                 self.last_delivery_at = Some(now_ms);
             }
             (EventSource::Poll, Verdict::Apply(_)) => self.last_polled_at = Some(now_ms),
-            // A poll that brought nothing new leaves the head unwritten: its time is in
-            // the poll record, and a head written from a read taken before a Kling call
-            // that lasted seconds would undo what deliveries wrote meanwhile.
+            // A poll that brought nothing new leaves the head as it is: its time is in the
+            // poll record, and every head write can lose what a concurrent delivery wrote
+            // (a final's record of itself above all).
             (_, _) => {}
         }
         self
