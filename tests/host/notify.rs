@@ -13,17 +13,48 @@ use crate::support::requests::{API_TOKEN, authorized, callback, flat, request};
 use crate::support::spin_host::ALLOWED_OUTBOUND_HOSTS;
 
 async fn deploy_notifying(receiver: &Receiver) -> Deployment {
-    deploy_with(
-        Auth::KeyPair,
-        None,
-        &[
-            ("notify_url", receiver.url()),
-            ("notify_origin", &receiver.origin()),
-            ("notify_secret", NOTIFY_SECRET),
-            ("notify_retry_seconds", "0"),
-        ],
-    )
-    .await
+    deploy_notifying_with(receiver, &[]).await
+}
+
+/// [`deploy_notifying`], with `extra` variables besides.
+async fn deploy_notifying_with(receiver: &Receiver, extra: &[(&'static str, &str)]) -> Deployment {
+    let origin = receiver.origin();
+    let mut vars = vec![
+        ("notify_url", receiver.url()),
+        ("notify_origin", origin.as_str()),
+        ("notify_secret", NOTIFY_SECRET),
+        ("notify_retry_seconds", "0"),
+    ];
+    vars.extend_from_slice(extra);
+    deploy_with(Auth::KeyPair, None, &vars).await
+}
+
+/// Delivers `ext`'s final callback as an instance that stops after acknowledging it,
+/// before its notification reaches the outbox: that write never lands. Returns once
+/// the write was tried.
+async fn final_never_queued(d: &Deployment, ext: &str, task_id: &str) {
+    let outbox = format!("outbox/task_{ext}_succeed_");
+    d.app.kv.fail_next_set_starting(&outbox);
+    let start = d.app.kv.log_len();
+    let reply = d
+        .app
+        .send(callback(ext, flat(task_id, ext, "succeed", 9)))
+        .await;
+    assert_eq!(reply.json()["outcome"], "applied");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d
+        .app
+        .kv
+        .ops_since(start)
+        .iter()
+        .any(|(_, key)| key.starts_with(&outbox))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the notification was never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until the receiver has accepted a message whose id starts with `webhook_id`
@@ -313,18 +344,7 @@ async fn a_late_processing_delivery_never_announces_itself_after_its_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_final_notification_its_sender_never_queued_is_sent_by_the_reconciler() {
     let receiver = Receiver::start(0).await;
-    let d = deploy_with(
-        Auth::KeyPair,
-        None,
-        &[
-            ("notify_url", receiver.url()),
-            ("notify_origin", &receiver.origin()),
-            ("notify_secret", NOTIFY_SECRET),
-            ("notify_retry_seconds", "0"),
-            ("stale_after_seconds", "0"),
-        ],
-    )
-    .await;
+    let d = deploy_notifying_with(&receiver, &[("stale_after_seconds", "0")]).await;
     let submitted = d
         .submit_scripted(
             "orphan",
@@ -335,31 +355,7 @@ async fn a_final_notification_its_sender_never_queued_is_sent_by_the_reconciler(
         )
         .await;
     let task_id = submitted["task_id"].as_str().unwrap();
-    // The instance stops after acknowledging the final callback, before its
-    // notification reaches the outbox: that write never lands.
-    d.app
-        .kv
-        .fail_next_set_starting("outbox/task_orphan_succeed_");
-    let start = d.app.kv.log_len();
-    let reply = d
-        .app
-        .send(callback("orphan", flat(task_id, "orphan", "succeed", 9)))
-        .await;
-    assert_eq!(reply.status, 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d
-        .app
-        .kv
-        .ops_since(start)
-        .iter()
-        .any(|(_, key)| key.starts_with("outbox/task_orphan_succeed_"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the notification was never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    final_never_queued(&d, "orphan", task_id).await;
     assert!(receiver.accepted().is_empty(), "{:?}", receiver.accepted());
 
     let run = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
@@ -378,17 +374,9 @@ async fn a_final_notification_its_sender_never_queued_is_sent_by_the_reconciler(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_final_never_queued_while_a_poll_waited_on_kling_is_still_sent() {
     let receiver = Receiver::start(0).await;
-    let d = deploy_with(
-        Auth::KeyPair,
-        None,
-        &[
-            ("notify_url", receiver.url()),
-            ("notify_origin", &receiver.origin()),
-            ("notify_secret", NOTIFY_SECRET),
-            ("notify_retry_seconds", "0"),
-            ("stale_after_seconds", "0"),
-            ("kling_timeout_ms", "10000"),
-        ],
+    let d = deploy_notifying_with(
+        &receiver,
+        &[("stale_after_seconds", "0"), ("kling_timeout_ms", "10000")],
     )
     .await;
     let (record, gate) = d.submit_held_at_kling("orphan-held").await;
@@ -398,34 +386,8 @@ async fn a_final_never_queued_while_a_poll_waited_on_kling_is_still_sent() {
         tokio::spawn(async move { app.ok_json(authorized("POST", "/tasks/reconcile")).await })
     };
     d.until_queried(&task_id, 0).await;
-    // The final lands while Kling is asked; its instance stops before queueing the
-    // notification.
-    d.app
-        .kv
-        .fail_next_set_starting("outbox/task_orphan-held_succeed_");
-    let start = d.app.kv.log_len();
-    let reply = d
-        .app
-        .send(callback(
-            "orphan-held",
-            flat(&task_id, "orphan-held", "succeed", 9),
-        ))
-        .await;
-    assert_eq!(reply.json()["outcome"], "applied");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d
-        .app
-        .kv
-        .ops_since(start)
-        .iter()
-        .any(|(_, key)| key.starts_with("outbox/task_orphan-held_succeed_"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the notification was never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The final lands while Kling is asked, and its notification is never queued.
+    final_never_queued(&d, "orphan-held", &task_id).await;
     assert!(receiver.accepted().is_empty(), "{:?}", receiver.accepted());
     gate.notify_one();
 
