@@ -201,10 +201,9 @@ impl<'a> TaskStore<'a> {
         self.get_json(&key.head())
     }
 
-    /// Applies one event through the ledger, the same way for callbacks and polls: read
-    /// the head, refuse another Kling task, judge, and for news write the slot with its
-    /// head. Returns the verdict and what is left to write ([`Bookkeeping::apply`];
-    /// callbacks apply it after acknowledging).
+    /// [`Self::record_event_with_head`] after reading the head (tests' shorthand: the
+    /// callback and the poll read the head themselves, each at the moment it must).
+    #[cfg(test)]
     pub fn record_event(
         &self,
         key: &TaskKey,
@@ -215,9 +214,12 @@ impl<'a> TaskStore<'a> {
         self.record_event_with_head(key, head, event, now_ms)
     }
 
-    /// [`Self::record_event`] for a caller that has just read the head itself. News is
-    /// one batch of the default label: its slot, on the first binding the task_id index,
-    /// for a task not submitted here its listing entry, and the head.
+    /// Applies one event through the ledger, the same way for callbacks and polls, to
+    /// the head the caller has just read: refuse another Kling task, judge, and for news
+    /// write the slot with its head in one batch of the default label (its slot, on the
+    /// first binding the task_id index, for a task not submitted here its listing entry,
+    /// and the head). Returns the verdict and what is left to write
+    /// ([`Bookkeeping::apply`]; callbacks apply it after acknowledging).
     pub fn record_event_with_head(
         &self,
         key: &TaskKey,
