@@ -20,7 +20,7 @@ use crate::config::{
 use crate::error::ApiError;
 use crate::kling::catalog::TaskKind;
 use crate::kling::client::{Found, KlingClient, TaskRef};
-use crate::notify::{Notification, Notifier};
+use crate::notify::Notifier;
 use crate::outbound::HttpTransport;
 use crate::pipeline::spec::parse_description;
 use crate::reconcile::{
@@ -276,13 +276,14 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
     )?;
     // Only a deployment that can submit has pipelines to move on.
     if let Ok(config) = SubmitConfig::load(env.vars) {
-        reconcile_pipelines(&env.submitter(&config), deadline_ms, &mut report)?;
+        reconcile_pipelines(
+            &env.submitter(&config),
+            notifier.as_ref(),
+            deadline_ms,
+            &mut report,
+        )?;
     }
     if let Some(notifier) = &notifier {
-        let now = env.clock.now_ms();
-        for pipeline in &report.changed_pipelines {
-            notifier.deliver(Notification::pipeline(pipeline, now))?;
-        }
         let outbox = notifier.retry_due(deadline_ms)?;
         report.notifications_sent = outbox.sent;
         report.notifications_pending = outbox.pending;

@@ -2,10 +2,13 @@
 //! is POSTed to `notify_url`, signed with Standard Webhooks headers.
 //!
 //! - `webhook-id` is deterministic and unique per content: `task_{id}_{status}_{digest}`
-//!   (the digest covers what Kling reported: status, message, `updated_at`, outputs) or
-//!   `pipeline_{id}_{status}_{step}`, so a receiver deduplicates what at-least-once
-//!   delivery repeats (a duplicate callback, a reconcile that finds the same change) and
-//!   never drops a real update (a `processing` refresh with new fields).
+//!   (the digest covers what Kling reported: status, message, `updated_at`, outputs),
+//!   `pipeline_{id}_running_{step}` (a step started) or `pipeline_{id}_{status}_{step}_{digest}`
+//!   (the pipeline ended; the digest covers its error and its last step's `sequence`),
+//!   so a receiver deduplicates what at-least-once delivery repeats (a duplicate
+//!   callback, a reconcile that finds the same change) and never drops a real update (a
+//!   `processing` refresh with new fields, a step given up as `lost` that Kling then
+//!   reports `failed`).
 //! - The body is `{"type": "task.updated" | "pipeline.updated", "timestamp": RFC 3339,
 //!   "data": record}`, the record exactly as `GET /tasks/{id}` or `GET /pipelines/{id}`
 //!   serves it.
@@ -26,6 +29,11 @@
 //!   releasing a final task, queues its final notification again when that marker is
 //!   lower: an instance that died between acknowledging a callback and queueing its
 //!   notification loses nothing.
+//! - A 2xx for a pipeline writes `pipeline:{id}:notified` (its `webhook-id`). Every
+//!   reconcile run queues, for each pipeline it still tracks, the notification of the
+//!   pipeline as it is when that marker names another one and the outbox holds none,
+//!   before it lets a finished pipeline go: a step started or a pipeline ended whose
+//!   notification was never queued still goes out.
 
 use std::cell::Cell;
 
@@ -36,9 +44,10 @@ use sha2::{Digest, Sha256};
 use crate::clock::Clock;
 use crate::config::NotifyConfig;
 use crate::outbound::{HttpTransport, OutboundRequest};
-use crate::pipeline::progress::PipelineView;
+use crate::pipeline::progress::{Next, PipelineView};
 use crate::store::index::Index;
 use crate::store::layout::TaskKey;
+use crate::store::pipelines::PipelineStore;
 use crate::store::tasks::TaskStore;
 use crate::store::{KeyValue, StoreError, to_json};
 use crate::task::TaskRecord;
@@ -62,6 +71,9 @@ pub struct Notification {
     /// that a send can carry the task's newer state instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<NotifiedTask>,
+    /// A pipeline's notification: the pipeline's id, marked as notified on a 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,17 +110,14 @@ impl Notification {
     }
 
     pub fn pipeline(view: &PipelineView, now_ms: u64) -> Self {
-        Self::new(
-            format!(
-                "pipeline_{}_{}_{}",
-                view.id,
-                view.status.as_str(),
-                view.current_step
-            ),
-            "pipeline.updated",
-            view,
-            now_ms,
-        )
+        let (id, status, step) = (&view.id, view.status.as_str(), view.current_step);
+        let webhook_id = match view.next() {
+            Next::Finished(_) => format!("pipeline_{id}_{status}_{step}_{}", ending_digest(view)),
+            Next::Submit(_) | Next::Wait => format!("pipeline_{id}_{status}_{step}"),
+        };
+        let mut notification = Self::new(webhook_id, "pipeline.updated", view, now_ms);
+        notification.pipeline = Some(id.clone());
+        notification
     }
 
     fn new(webhook_id: String, kind: &str, data: &impl Serialize, now_ms: u64) -> Self {
@@ -121,8 +130,19 @@ impl Notification {
             webhook_id,
             body: body.to_string(),
             task: None,
+            pipeline: None,
         }
     }
+}
+
+/// 16 hex digits of SHA-256 over how a pipeline ended: its error, and the `sequence` of
+/// the task of the step that ended it (so `failed` at one step for another reason, or
+/// a refreshed result, is another notification).
+fn ending_digest(view: &PipelineView) -> String {
+    let sequence = view.task(view.current_step).map(|task| task.sequence);
+    let content = json!([view.error, sequence]);
+    let digest = Sha256::digest(content.to_string().as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// 16 hex digits of SHA-256 over what Kling reported of a task (not our counters, which
@@ -234,6 +254,32 @@ impl<'a> Notifier<'a> {
         self.deliver(notification)
     }
 
+    /// Queues the notification of `view`, the pipeline as it is now, unless a receiver
+    /// took it or it is queued. Step 0 started is not one (`POST /pipelines` answered it),
+    /// nor a step not submitted yet. The reconciler calls this for every pipeline it
+    /// tracks, before it lets a finished one go, so one whose notification was never
+    /// queued (its sender stopped first) still goes out.
+    pub fn ensure_pipeline_notified(&self, view: &PipelineView) -> Result<(), StoreError> {
+        let announced = match view.next() {
+            Next::Finished(_) => true,
+            Next::Wait => view.current_step > 0,
+            Next::Submit(_) => false,
+        };
+        if !announced {
+            return Ok(());
+        }
+        let notification = Notification::pipeline(view, self.clock.now_ms());
+        let taken = PipelineStore::new(self.kv).notified(&view.id)?;
+        if taken.as_deref() == Some(notification.webhook_id.as_str())
+            || Index::outbox(self.kv)
+                .value(&notification.webhook_id)?
+                .is_some()
+        {
+            return Ok(());
+        }
+        self.deliver(notification)
+    }
+
     /// Sends one stored notification unless the receiver is down; removes it on a 2xx,
     /// else stores when to try again. Returns whether it was sent. A task's notification
     /// carries the task's highest stored state: when that is newer than what was queued,
@@ -258,6 +304,12 @@ impl<'a> Notifier<'a> {
                 {
                     eprintln!("notification {id} was sent but not marked: {error}");
                 }
+            }
+            // A lost mark costs one repeat of this notification (same id), no more.
+            if let Some(pipeline) = &pending.notification.pipeline
+                && let Err(error) = PipelineStore::new(self.kv).mark_notified(pipeline, &id)
+            {
+                eprintln!("notification {id} was sent but not marked: {error}");
             }
             // Both names carry content the receiver now has (or newer).
             for name in [&judged, &id] {
@@ -797,6 +849,59 @@ mod tests {
         let mut other = base.clone();
         other.status = TaskStatus::Failed;
         assert!(id(&other).starts_with("task_job-1_failed_"));
+    }
+
+    #[test]
+    fn a_pipeline_s_ids_tell_its_updates_apart_and_only_them() {
+        use crate::pipeline::progress::view;
+        use crate::pipeline::spec::{PipelineSpec, StepSpec};
+        let spec = PipelineSpec {
+            id: "p".into(),
+            steps: (0..2)
+                .map(|_| StepSpec {
+                    kind: "text2video".into(),
+                    request: Default::default(),
+                    inputs: Default::default(),
+                })
+                .collect(),
+            created_at: 1,
+            generation: "g".into(),
+        };
+        let step = |status, updated_at| {
+            Some(TaskRecord {
+                updated_at: Some(updated_at),
+                sequence: crate::task::sequence(status, Some(updated_at)),
+                ..TaskRecord::example(status)
+            })
+        };
+        let id = |tasks: &[Option<TaskRecord>]| {
+            Notification::pipeline(&view(&spec, tasks, None), 0).webhook_id
+        };
+        let running = id(&[step(TaskStatus::Succeed, 1), step(TaskStatus::Submitted, 2)]);
+        assert_eq!(running, "pipeline_p_running_1");
+        assert_eq!(
+            id(&[
+                step(TaskStatus::Succeed, 1),
+                step(TaskStatus::Processing, 3)
+            ]),
+            running,
+            "a step's progress is not the pipeline's news"
+        );
+        let lost = id(&[step(TaskStatus::Succeed, 1), step(TaskStatus::Lost, 4)]);
+        let failed = id(&[step(TaskStatus::Succeed, 1), step(TaskStatus::Failed, 5)]);
+        assert!(lost.starts_with("pipeline_p_failed_1_"), "{lost}");
+        assert!(failed.starts_with("pipeline_p_failed_1_"), "{failed}");
+        assert_ne!(
+            lost, failed,
+            "given up as lost, then failed by Kling: two updates"
+        );
+        assert_eq!(
+            failed,
+            id(&[step(TaskStatus::Succeed, 1), step(TaskStatus::Failed, 5)]),
+            "the same ending found twice"
+        );
+        let note = Notification::pipeline(&view(&spec, &[step(TaskStatus::Succeed, 1)], None), 0);
+        assert_eq!(note.pipeline.as_deref(), Some("p"), "marked on a 2xx");
     }
 
     /// A receiver that looks into the outbox when a notification arrives.

@@ -31,7 +31,7 @@ use crate::ledger::{PollState, TaskHead, Verdict};
 use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
 use crate::pipeline::advance::{PipelineError, Submitter, advance};
-use crate::pipeline::progress::{Next, PipelineView};
+use crate::pipeline::progress::Next;
 use crate::store::index::Index;
 use crate::store::layout::TaskKey;
 use crate::store::pipelines::{PipelineStore, pipeline_entry};
@@ -99,9 +99,6 @@ pub struct ReconcileReport {
     pub notifications_sent: usize,
     /// Notifications still in the outbox after the run.
     pub notifications_pending: usize,
-    /// Pipelines this run moved on or found finished (to notify).
-    #[serde(skip)]
-    pub changed_pipelines: Vec<PipelineView>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -627,6 +624,7 @@ fn issue_of(key: &TaskKey, state: &PollState) -> Option<ReconcileIssue> {
 /// Past `deadline_ms` (the run's budget) the rest waits for the next run.
 pub fn reconcile_pipelines(
     submitter: &Submitter<'_>,
+    notifier: Option<&Notifier<'_>>,
     deadline_ms: u64,
     report: &mut ReconcileReport,
 ) -> Result<(), StoreError> {
@@ -634,6 +632,15 @@ pub fn reconcile_pipelines(
     let store = PipelineStore::new(submitter.kv);
     let entries = index.entries()?;
     let mut remaining = entries.len();
+    // One value that does not parse must not stop every run: report it and go on; its
+    // entry stays.
+    let corrupt = |report: &mut ReconcileReport, id: &str, bad: &str| {
+        report.errors.push(ReconcileIssue::new(
+            id,
+            "store_corrupt",
+            format!("the stored value under `{bad}` is not valid; skipped for now"),
+        ));
+    };
     for entry in entries {
         if submitter.clock.now_ms() >= deadline_ms {
             report.budget_exhausted = true;
@@ -646,9 +653,16 @@ pub fn reconcile_pipelines(
         };
         // An entry of another creation of this id (forgotten, then created again) is
         // not this pipeline's: the current one has its own entry.
-        let current = store
-            .spec(id)?
-            .is_some_and(|spec| pipeline_entry(&spec.id, &spec.generation) == entry);
+        let current = match store.spec(id) {
+            Ok(spec) => {
+                spec.is_some_and(|spec| pipeline_entry(&spec.id, &spec.generation) == entry)
+            }
+            Err(StoreError::Corrupt(bad)) => {
+                corrupt(report, id, &bad);
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         let finished = if !current {
             true
         } else {
@@ -657,13 +671,18 @@ pub fn reconcile_pipelines(
                     if advanced.changed {
                         report.pipelines_advanced += 1;
                     }
-                    let finished = matches!(advanced.view.next(), Next::Finished(_));
-                    if advanced.changed || finished {
-                        report.changed_pipelines.push(advanced.view);
+                    // Queued before the entry can go: a finished pipeline is let go only
+                    // once its notification is in the outbox.
+                    if let Some(notifier) = notifier {
+                        notifier.ensure_pipeline_notified(&advanced.view)?;
                     }
-                    finished
+                    matches!(advanced.view.next(), Next::Finished(_))
                 }
                 Ok(None) => true,
+                Err(PipelineError::Store(StoreError::Corrupt(bad))) => {
+                    corrupt(report, id, &bad);
+                    false
+                }
                 Err(PipelineError::Store(e)) => return Err(e),
                 Err(error) => {
                     let rate_limited = matches!(
@@ -840,5 +859,214 @@ mod tests {
                 ("job-1", "n0", 8, 1)
             ]
         );
+    }
+
+    mod pipelines {
+        use super::*;
+        use crate::api::pipelines::{NewPipeline, create};
+        use crate::config::NotifyConfig;
+        use crate::notify::Notifier;
+        use crate::pipeline::spec::parse_description;
+        use crate::signatures::standard_webhooks::WebhookSecret;
+        use crate::task::{TaskEvent, Video};
+
+        /// Kling's answer to the create of step `step` of pipeline `id`.
+        fn created(id: &str, step: usize) -> String {
+            format!(
+                r#"{{"code":0,"message":"SUCCEED","data":{{"task_id":"t-{id}-{step}","task_status":"submitted"}}}}"#
+            )
+        }
+
+        fn notify_config() -> NotifyConfig {
+            NotifyConfig {
+                url: "https://next.example/hooks".into(),
+                secrets: vec![
+                    WebhookSecret::parse("whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI=")
+                        .unwrap(),
+                ],
+                retry_after_ms: 1_000,
+                outside_allowed_origin: false,
+            }
+        }
+
+        /// Pipeline `id` (text2video, then video-extend), step 0 submitted.
+        fn create_pipeline(kv: &MemoryKv, clock: &ManualClock, id: &str) {
+            let (_, steps) = parse_description(
+                br#"{"steps":[{"kind":"text2video","request":{"prompt":"a"}},
+                              {"kind":"video-extend","request":{"prompt":"b"}}]}"#,
+            )
+            .unwrap();
+            let config = submit_config();
+            let answer = created(id, 0);
+            let kling = Scripted::new(vec![Ok((200, &answer))]);
+            let submitter = Submitter {
+                config: &config,
+                kv,
+                transport: &kling,
+                clock,
+                new_id: &|| "g".to_string(),
+            };
+            let new = NewPipeline {
+                id: Some(id.into()),
+                steps,
+                idempotency_key: None,
+            };
+            assert!(create(new, &submitter).unwrap().created);
+        }
+
+        /// Kling reports step `step` of pipeline `id` with `status`, the way a callback
+        /// stores it.
+        fn report_step(kv: &MemoryKv, id: &str, step: usize, status: TaskStatus) {
+            let external = format!("{id}-{step}");
+            let event = TaskEvent {
+                task_id: format!("t-{external}"),
+                status,
+                status_msg: String::new(),
+                external_task_id: Some(external.clone()),
+                created_at: None,
+                updated_at: Some(5 + step as u64),
+                videos: vec![Video {
+                    id: Some(format!("v-{external}")),
+                    ..Video::default()
+                }],
+                images: Vec::new(),
+                more: Default::default(),
+                final_unit_deduction: None,
+                source: EventSource::Callback,
+            };
+            let key = TaskKey::external(&external);
+            let (_, books) = TaskStore::new(kv).record_event(&key, &event, 6).unwrap();
+            books.apply(kv).unwrap();
+        }
+
+        /// One pipeline pass: Kling answers each step submit with `kling`'s answers, the
+        /// notification receiver with `receiver`'s.
+        fn run(
+            kv: &MemoryKv,
+            clock: &ManualClock,
+            kling: &Scripted,
+            receiver: &Scripted,
+        ) -> Result<ReconcileReport, StoreError> {
+            let (config, notify) = (submit_config(), notify_config());
+            let submitter = Submitter {
+                config: &config,
+                kv,
+                transport: kling,
+                clock,
+                new_id: &|| "n".to_string(),
+            };
+            let notifier = Notifier::new(&notify, kv, receiver, clock);
+            let mut report = ReconcileReport::default();
+            reconcile_pipelines(&submitter, Some(&notifier), u64::MAX, &mut report)?;
+            Ok(report)
+        }
+
+        fn ids_sent(receiver: &Scripted) -> Vec<String> {
+            receiver
+                .sent
+                .borrow()
+                .iter()
+                .map(|request| {
+                    let (_, id) = request
+                        .headers
+                        .iter()
+                        .find(|(name, _)| *name == "webhook-id")
+                        .unwrap();
+                    id.clone()
+                })
+                .collect()
+        }
+
+        #[test]
+        fn a_step_start_and_an_end_whose_sender_stopped_are_still_announced_once() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            create_pipeline(&kv, &clock, "p");
+            report_step(&kv, "p", 0, TaskStatus::Succeed);
+            // The callback's follow-up submitted step 1, then stopped before queueing
+            // its notification.
+            let config = submit_config();
+            let answer = created("p", 1);
+            let kling = Scripted::new(vec![Ok((200, &answer))]);
+            let submitter = Submitter {
+                config: &config,
+                kv: &kv,
+                transport: &kling,
+                clock: &clock,
+                new_id: &|| "n".to_string(),
+            };
+            assert!(advance("p", &submitter).unwrap().unwrap().changed);
+
+            let receiver = Scripted::new(vec![Ok((200, "")), Ok((200, ""))]);
+            let none = Scripted::new(vec![]);
+            run(&kv, &clock, &none, &receiver).unwrap();
+            assert_eq!(ids_sent(&receiver), ["pipeline_p_running_1"]);
+            run(&kv, &clock, &none, &receiver).unwrap();
+            assert_eq!(
+                ids_sent(&receiver).len(),
+                1,
+                "a receiver took it: not again"
+            );
+
+            report_step(&kv, "p", 1, TaskStatus::Succeed);
+            let report = run(&kv, &clock, &none, &receiver).unwrap();
+            let sent = ids_sent(&receiver);
+            assert_eq!(sent.len(), 2, "{sent:?}");
+            assert!(sent[1].starts_with("pipeline_p_succeed_1_"), "{sent:?}");
+            assert_eq!(report.pipelines_pending, 0, "released once announced");
+            assert!(Index::outbox(&kv).entries().unwrap().is_empty());
+        }
+
+        #[test]
+        fn a_finished_pipeline_is_released_only_once_its_notification_is_stored() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            create_pipeline(&kv, &clock, "p");
+            report_step(&kv, "p", 0, TaskStatus::Failed);
+            let none = Scripted::new(vec![]);
+
+            // The outbox write fails: the run fails, and the pipeline stays tracked.
+            kv.sets.set(0);
+            kv.fail_nth_set.set(Some(1));
+            assert!(run(&kv, &clock, &none, &none).is_err());
+            kv.fail_nth_set.set(None);
+            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
+            assert!(none.sent.borrow().is_empty(), "nothing sent unstored");
+
+            // The receiver refuses it: stored, so the pipeline can go; the outbox retries.
+            let refusing = Scripted::new(vec![Ok((500, ""))]);
+            let report = run(&kv, &clock, &none, &refusing).unwrap();
+            assert_eq!(report.pipelines_pending, 0);
+            let queued = Index::outbox(&kv).entries().unwrap();
+            assert_eq!(queued.len(), 1, "{queued:?}");
+            assert!(queued[0].starts_with("pipeline_p_failed_0_"), "{queued:?}");
+        }
+
+        #[test]
+        fn one_unreadable_pipeline_or_step_does_not_stop_the_others() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            for id in ["a", "b", "c"] {
+                create_pipeline(&kv, &clock, id);
+                report_step(&kv, id, 0, TaskStatus::Failed);
+            }
+            kv.set("pipeline:a", b"not json").unwrap();
+            kv.set("task:b-0", b"not json").unwrap();
+            let receiver = Scripted::new(vec![Ok((200, ""))]);
+            let report = run(&kv, &clock, &Scripted::new(vec![]), &receiver).unwrap();
+            let issues: Vec<_> = report
+                .errors
+                .iter()
+                .map(|e| (e.external_task_id.as_str(), e.code.as_str()))
+                .collect();
+            assert_eq!(issues, [("a", "store_corrupt"), ("b", "store_corrupt")]);
+            assert_eq!(
+                Index::pipelines(&kv).entries().unwrap(),
+                ["a/g", "b/g"],
+                "kept for a later look; c, which failed, released"
+            );
+            let sent = ids_sent(&receiver);
+            assert!(
+                sent.len() == 1 && sent[0].starts_with("pipeline_c_failed_0_"),
+                "{sent:?}"
+            );
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! | `taskid:{task_id}` | `{key}` | the first binding |
 //! | `pipeline:{id}` | a pipeline's description ([`PipelineSpec`]) | `POST /pipelines`, once |
 //! | `pipeline:{id}:failure` | why a pipeline failed, when no step's task says it | a refused step |
+//! | `pipeline:{id}:notified` | the `webhook-id` of the pipeline's last notification a receiver took | the notifier, on a 2xx |
 //! | `listed/{first_seen_ms}/{key}` | `1`: the task is in `GET /tasks` and retention's scan | a submit; every news of a task not submitted here, in its batch, under the name its first chose (the head's `listed_at`); removed by retention |
 //! | `final/{day}/{key}` | `1`: retention's index by day | the reconciler, when a task it tracks is final (callbacks write none: retention's scan of `listed/` finds a task not submitted here); removed by retention, with the task |
 //!
@@ -135,6 +136,10 @@ pub fn pipeline_failure_key(id: &str) -> String {
     format!("pipeline:{id}:failure")
 }
 
+pub fn pipeline_notified_key(id: &str) -> String {
+    format!("pipeline:{id}:notified")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +155,7 @@ mod tests {
         assert_eq!(task_id_index("86"), "taskid:86");
         assert_eq!(pipeline_key("p"), "pipeline:p");
         assert_eq!(pipeline_failure_key("p"), "pipeline:p:failure");
+        assert_eq!(pipeline_notified_key("p"), "pipeline:p:notified");
         assert_eq!(key.poll(), "task:job-1:poll");
         assert_eq!(key.notified(), "task:job-1:notified");
     }
@@ -161,6 +167,7 @@ mod tests {
             ("task:job-1:final", Label::Default),
             ("taskid:86", Label::Default),
             ("pipeline:p", Label::Default),
+            ("pipeline:p:notified", Label::Default),
             ("pending/0000000000001/n/job-1", Label::Index),
             ("pipelines/p/g", Label::Index),
             ("outbox/task_job-1_succeed_ab", Label::Index),

@@ -2,7 +2,7 @@
 //! no step's task records (a refused step). Progress itself is read from the steps' tasks.
 
 use super::index::Index;
-use super::layout::{TaskKey, pipeline_failure_key, pipeline_key};
+use super::layout::{TaskKey, pipeline_failure_key, pipeline_key, pipeline_notified_key};
 use super::tasks::TaskStore;
 use super::{KeyValue, StoreError, get_json, to_json};
 use crate::pipeline::progress::{PipelineFailure, PipelineView, step_external_id, view};
@@ -43,6 +43,27 @@ impl<'a> PipelineStore<'a> {
             self.kv.delete(&pipeline_key(&spec.id))?;
         }
         Index::pipelines(self.kv).remove(&pipeline_entry(&spec.id, &spec.generation))
+    }
+
+    /// Deletes a pipeline: what it keeps beside its description first, the description
+    /// (what makes it exist) last.
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.kv.delete(&pipeline_failure_key(id))?;
+        self.kv.delete(&pipeline_notified_key(id))?;
+        self.kv.delete(&pipeline_key(id))
+    }
+
+    /// The `webhook-id` of the pipeline's last notification a receiver took.
+    pub fn notified(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .kv
+            .get(&pipeline_notified_key(id))?
+            .and_then(|bytes| String::from_utf8(bytes).ok()))
+    }
+
+    pub fn mark_notified(&self, id: &str, webhook_id: &str) -> Result<(), StoreError> {
+        self.kv
+            .set(&pipeline_notified_key(id), webhook_id.as_bytes())
     }
 
     pub fn fail(&self, id: &str, failure: &PipelineFailure) -> Result<(), StoreError> {

@@ -6,7 +6,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
 
 use super::index::{Index, PRESENT, sortable_ms};
-use super::layout::{TaskKey, pipeline_failure_key, pipeline_key, task_id_index};
+use super::layout::{TaskKey, task_id_index};
+use super::pipelines::PipelineStore;
 use super::{KeyValue, StoreError, get_json, to_json};
 use crate::ledger::{
     LedgerError, PollState, Slot, Submission, TaskHead, Verdict, assemble, assemble_submission,
@@ -344,8 +345,7 @@ impl<'a> TaskStore<'a> {
     /// would otherwise show steps whose tasks are gone).
     pub fn purge(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), StoreError> {
         if let Some(step) = &record.pipeline {
-            self.kv.delete(&pipeline_failure_key(&step.pipeline_id))?;
-            self.kv.delete(&pipeline_key(&step.pipeline_id))?;
+            PipelineStore::new(self.kv).delete(&step.pipeline_id)?;
         }
         self.delete_task(key, record.task_id.as_deref())
     }
