@@ -11,8 +11,11 @@
 
 use super::index::{Index, listed_and_finals};
 use super::layout::TaskKey;
+use super::pipelines::PipelineStore;
 use super::tasks::{DAY_MS, TaskStore};
 use super::{KeyValue, StoreError};
+use crate::pipeline::progress::Next;
+use crate::task::TaskRecord;
 
 /// What one run deleted, and whether it stopped at its limit.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -52,7 +55,9 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
         if !done.contains(&key.as_str().to_string()) {
             if let Some(record) = store.find_by_key(&key)? {
                 // Indexed as final, so its record is final; anything else is left alone.
-                if !record.status.is_final() {
+                // So is a step of a pipeline still running: its later steps are built
+                // from it (the listing scan takes it once the pipeline has finished).
+                if !record.status.is_final() || runs_a_live_pipeline(kv, &record)? {
                     finals.remove(&entry)?;
                     continue;
                 }
@@ -97,6 +102,11 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
         if !expired {
             continue;
         }
+        if let Some(record) = &record
+            && runs_a_live_pipeline(kv, record)?
+        {
+            continue;
+        }
         if let Some(record) = &record {
             store.purge(&key, record)?;
             purged.tasks += 1;
@@ -105,6 +115,21 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
         done.push(key.as_str().to_string());
     }
     Ok(purged)
+}
+
+/// Whether `record` is a step of a pipeline that has not finished. Purging it would take
+/// the pipeline with it (see [`TaskStore::purge`]), and the step's result feeds the steps
+/// after it.
+fn runs_a_live_pipeline(kv: &dyn KeyValue, record: &TaskRecord) -> Result<bool, StoreError> {
+    let Some(step) = &record.pipeline else {
+        return Ok(false);
+    };
+    Ok(match PipelineStore::new(kv).view(&step.pipeline_id) {
+        Ok(view) => view.is_some_and(|view| !matches!(view.next(), Next::Finished(_))),
+        // A pipeline that cannot be read cannot run on either.
+        Err(StoreError::Corrupt(_)) => false,
+        Err(error) => return Err(error),
+    })
 }
 
 fn remove_listed(listed: &Index<'_>, entries: &[String], key: &TaskKey) -> Result<(), StoreError> {
@@ -239,6 +264,46 @@ mod tests {
             .filter(|k| k.contains("old-") && !k.starts_with("pending/"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_step_of_a_pipeline_still_running_is_kept_with_its_pipeline() {
+        use crate::pipeline::spec::{PipelineSpec, StepSpec};
+        use crate::store::pipelines::PipelineStore;
+        let kv = MemoryKv::default();
+        let pipelines = PipelineStore::new(&kv);
+        pipelines
+            .save_spec(&PipelineSpec {
+                id: "p".into(),
+                steps: (0..2)
+                    .map(|_| StepSpec {
+                        kind: "text2video".into(),
+                        request: Default::default(),
+                        inputs: Default::default(),
+                    })
+                    .collect(),
+                created_at: 0,
+                generation: "g".into(),
+            })
+            .unwrap();
+        let step = |step| StepRef {
+            pipeline_id: "p".into(),
+            step,
+        };
+        // Step 0 succeeded long ago, and is indexed both ways (by day and listed); step 1
+        // is refused for a reason that leaves the pipeline running (balance, rate).
+        task(&kv, "p-0", 0, Some(TaskStatus::Succeed), Some(&step(0)));
+        Index::finals(&kv).add("000000/p-0").unwrap();
+
+        assert_eq!(purge_expired(&kv, 40 * DAY, 10).unwrap().tasks, 0);
+        assert!(exists(&kv, "p-0"), "a running pipeline's step stays");
+        assert!(pipelines.spec("p").unwrap().is_some(), "and its pipeline");
+
+        // Step 1 ran and failed: the pipeline has finished, and goes with its steps.
+        task(&kv, "p-1", DAY, Some(TaskStatus::Failed), Some(&step(1)));
+        assert_eq!(purge_expired(&kv, 40 * DAY, 10).unwrap().tasks, 2);
+        assert!(!exists(&kv, "p-0") && !exists(&kv, "p-1"));
+        assert_eq!(pipelines.spec("p").unwrap(), None);
     }
 
     #[test]
