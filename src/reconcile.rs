@@ -50,8 +50,10 @@ pub const DEFAULT_RETENTION_DAYS: u64 = 30;
 /// Tasks one run deletes at most.
 pub const MAX_PURGED_PER_RUN: usize = 50;
 /// How long a task may stay `submitting` before a Kling that does not know it means the
-/// create never went through. Far longer than any submit takes, so an in-flight submit
-/// is never forgotten under it.
+/// create never went through. Far longer than any submit takes (a create's call ends
+/// within about three `kling_timeout_ms`, at most two minutes each), so an in-flight
+/// submit is never forgotten under it; and a create answered after all re-tracks its task
+/// ([`TaskStore::bind_submission`]).
 pub const SUBMITTING_GRACE_MS: u64 = 10 * 60 * 1000;
 /// The longest wait between two polls of one task.
 pub const MAX_POLL_GAP_MS: u64 = 60 * 60 * 1000;

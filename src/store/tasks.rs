@@ -440,18 +440,32 @@ impl<'a> TaskStore<'a> {
     /// owns the Kling task is the one the reconciler keeps, and a head that a concurrent
     /// submit of the same id deleted, or a late write left without its submission, is
     /// whole again.
+    ///
+    /// A head that is gone was forgotten (the reconciler took the create for one that
+    /// never went through, or a concurrent submit's refusal deleted it) and its entries
+    /// may be released: the owner's task exists at Kling, so it is listed and made pending
+    /// again, under a pending name no reconciler has judged (one past the first due
+    /// time), so a release still in flight cannot take it.
     pub fn bind_submission(
         &self,
         key: &TaskKey,
         task_id: &str,
         owner: Option<&NewSubmission<'_>>,
     ) -> Result<(), StoreError> {
-        let mut head = self.head(key)?.unwrap_or_default();
+        let head = self.head(key)?;
+        let forgotten = head.is_none();
+        let mut head = head.unwrap_or_default();
         if let Some(owner) = owner {
             head.external_task_id = Some(owner.external_task_id.to_string());
             head.submission = Some(owner.submission());
         }
-        self.bind_head(key, head, task_id).map(drop)
+        self.bind_head(key, head, task_id)?;
+        if let Some(owner) = owner.filter(|_| forgotten) {
+            Index::listed(self.kv).add(&listed_entry(key, owner.now_ms))?;
+            let due = owner.first_due_ms.saturating_add(1);
+            Index::pending(self.kv).add(&pending_entry(key, owner.nonce, due))?;
+        }
+        Ok(())
     }
 
     /// Binds `head`, as the caller has just read it, to Kling's `task_id` (unless it is
@@ -741,6 +755,43 @@ mod tests {
         assert_eq!(store.head(&key).unwrap(), None);
         assert_eq!(store.poll_state(&key).unwrap(), None);
         assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Gone);
+    }
+
+    #[test]
+    fn a_create_answered_after_its_task_was_forgotten_is_tracked_again() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        let first = submission(&key, "job-1", "n1", 1);
+        store.record_submission(&first).unwrap();
+        // The reconciler took the unanswered create for one that never went through:
+        // it forgot the head and released the task's pending entry.
+        assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Forgotten);
+        Index::pending(&kv).remove(&first.pending_entry()).unwrap();
+        Index::listed(&kv)
+            .remove(&listed_entry(&key, first.now_ms))
+            .unwrap();
+
+        // Kling's answer comes after all: the task exists, so it is tracked again.
+        store.bind_submission(&key, "86", Some(&first)).unwrap();
+        let head = store.head(&key).unwrap().unwrap();
+        assert_eq!(head.task_id.as_deref(), Some("86"));
+        assert_eq!(head.submission.map(|s| s.nonce).as_deref(), Some("n1"));
+        assert_eq!(
+            Index::pending(&kv).entries().unwrap(),
+            [pending_entry(&key, "n1", first.first_due_ms + 1)]
+        );
+        assert_eq!(
+            Index::listed(&kv).entries().unwrap(),
+            [listed_entry(&key, first.now_ms)]
+        );
+        // An answer to a head still there adds nothing of the kind.
+        let other = TaskKey::external("job-2");
+        let second = submission(&other, "job-2", "n2", 1);
+        store.record_submission(&second).unwrap();
+        let sets = kv.sets.get();
+        store.bind_submission(&other, "87", Some(&second)).unwrap();
+        assert_eq!(kv.sets.get(), sets + 2, "the binding and the head");
     }
 
     #[test]
