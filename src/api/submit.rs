@@ -167,8 +167,13 @@ pub fn submit(
                     Ok(None) if error.is_duplicate_external_id() => {
                         return answer(&store, &key, false);
                     }
-                    Ok(None) => {}
-                    Err(lookup) => return Err(lookup.into()),
+                    // A duplicate Kling cannot be asked about: keep the record, and the
+                    // caller retries.
+                    Err(lookup) if error.is_duplicate_external_id() => return Err(lookup.into()),
+                    // Anything else is the request refused: the caller gets the refusal,
+                    // and nothing is left. (Were it a duplicate in other words after all,
+                    // the winner's create answer makes its task whole again.)
+                    Ok(None) | Err(_) => {}
                 }
             }
             store.forget_submission(&submission)?;
@@ -462,6 +467,29 @@ mod tests {
             "{err:?}"
         );
         assert!(TaskStore::new(&kv).find("job-1").unwrap().is_none());
+
+        // Also when Kling cannot be asked whether it has the task: the caller gets the
+        // refusal, and a corrected request under the same id is free to go.
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![
+            Ok((400, r#"{"code":1201,"message":"duration must be 5 or 10"}"#)),
+            Err(TransportError::Timeout),
+            Ok((200, CREATED)),
+        ]);
+        let err = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap_err();
+        assert!(
+            matches!(err, SubmitError::Kling(KlingError::Api(ref e)) if e.code == 1201),
+            "{err:?}"
+        );
+        assert!(TaskStore::new(&kv).find("job-1").unwrap().is_none());
+        assert!(
+            crate::store::index::Index::pending(&kv)
+                .entries()
+                .unwrap()
+                .is_empty()
+        );
+        let corrected = run(&kv, &kling, r#"{"prompt":"q"}"#, Some("job-1")).unwrap();
+        assert!(corrected.created);
     }
 
     #[test]
