@@ -336,6 +336,7 @@ pub static CATALOG: &[KindSpec] = &[
         &[&[
             Rule::Required("prompt"),
             Rule::Text("prompt", 200),
+            Rule::Required("duration"),
             Rule::Number("duration", 3, 10),
         ]],
         &[Output::Audios],

@@ -279,6 +279,7 @@ async fn invalid_requests_are_400_naming_the_field_and_reach_neither_kling_nor_t
             json!({"prompt": "rain", "duration": "5"}),
             "duration",
         ),
+        ("text-to-audio", json!({"prompt": "rain"}), "duration"),
         (
             "omni-image",
             json!({"prompt": "p", "result_type": "grid"}),
