@@ -95,6 +95,17 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
                 step_external_id(id, step)
             ),
         }),
+        // The request built from the earlier steps' results is not one the kind takes
+        // (a source that is an object where a URL belongs, an empty or too long text):
+        // the same results build the same request on every retry.
+        Err(StepError::Submit(error @ SubmitError::InvalidRequest(_))) => {
+            let error = ApiError::from(error);
+            Some(PipelineFailure {
+                step,
+                code: error.status_and_code().1.into(),
+                message: error.message(),
+            })
+        }
         Err(StepError::Submit(SubmitError::Kling(error))) if error.is_request_refused() => {
             // Kling refused the request itself: retrying cannot help. Anything else
             // (keys, balance, rate, Kling down) is left for the reconciler to retry.
@@ -259,6 +270,63 @@ mod tests {
             ["p/random"],
             "the reconciler will retry it"
         );
+    }
+
+    #[test]
+    fn a_step_request_its_kind_does_not_take_fails_the_pipeline_before_kling_is_asked() {
+        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+        // Step 1's image is step 0's whole video object: fine as a path up front (the
+        // check fills it with a stand-in string), not a URL once filled.
+        let (_, steps) = parse_description(
+            br#"{"steps":[{"kind":"text2video","request":{"prompt":"a"}},
+                          {"kind":"image2video","request":{},"inputs":{"image":"videos.0"}}]}"#,
+        )
+        .unwrap();
+        let config = submit_config();
+        let kling = Scripted::new(vec![Ok((200, CREATED))]);
+        let submitter = Submitter {
+            config: &config,
+            kv: &kv,
+            transport: &kling,
+            clock: &clock,
+            new_id: &|| "random".to_string(),
+        };
+        let new = NewPipeline {
+            id: Some("p".into()),
+            steps,
+            idempotency_key: None,
+        };
+        assert!(create(new, &submitter).unwrap().created);
+        let done = TaskEvent {
+            task_id: "86".into(),
+            status: TaskStatus::Succeed,
+            status_msg: String::new(),
+            external_task_id: Some("p-0".into()),
+            created_at: None,
+            updated_at: Some(5),
+            videos: vec![Video {
+                id: Some("v-86".into()),
+                url: Some("https://cdn.example/v.mp4".into()),
+                ..Video::default()
+            }],
+            images: Vec::new(),
+            more: Default::default(),
+            final_unit_deduction: None,
+            source: EventSource::Callback,
+        };
+        let key = TaskKey::external("p-0");
+        let (_, books) = TaskStore::new(&kv).record_event(&key, &done, 6).unwrap();
+        books.apply(&kv).unwrap();
+
+        let failed = advance("p", &submitter).unwrap().unwrap();
+        assert!(failed.changed);
+        assert_eq!(failed.view.status, PipelineStatus::Failed);
+        let error = failed.view.error.unwrap();
+        assert_eq!((error.step, error.code.as_str()), (1, "invalid_request"));
+        assert!(error.message.contains("image"), "{}", error.message);
+        assert_eq!(kling.sent.borrow().len(), 1, "only step 0 reached Kling");
+        let stored = get("p", &kv).unwrap().unwrap();
+        assert_eq!(stored.status, PipelineStatus::Failed, "and it stays failed");
     }
 
     #[test]
