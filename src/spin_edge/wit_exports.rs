@@ -172,10 +172,12 @@ fn to_wit(error: ApiError) -> wit::Error {
         };
     }
     match error.status_and_code() {
-        // A deployment setting, not worth retrying.
-        (_, "config_missing" | "config_invalid" | "kling_api_key_required") => {
-            wit::Error::Config(message)
-        }
+        // A deployment setting (a variable, or a store label the manifest lacks), not
+        // worth retrying.
+        (
+            _,
+            "config_missing" | "config_invalid" | "kling_api_key_required" | "store_not_configured",
+        ) => wit::Error::Config(message),
         (400 | 404 | 413 | 422, _) => wit::Error::InvalidRequest(message),
         _ => wit::Error::Unavailable(message),
     }
