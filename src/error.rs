@@ -26,7 +26,7 @@ pub enum ApiError {
     #[error("no task with this id")]
     TaskNotFound,
     #[error(
-        "query parameter `{0}` is not valid (status: submitting, submitted, processing, succeed or failed; limit: 1 to 100; cursor: as returned)"
+        "query parameter `{0}` is not valid (status: submitting, submitted, processing, succeed, failed or lost; limit: 1 to 100 for GET /tasks, 1 to 500 for reconcile; cursor: as returned)"
     )]
     InvalidQuery(&'static str),
     #[error(
