@@ -31,7 +31,7 @@ use crate::ledger::{PollState, TaskHead, Verdict};
 use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
 use crate::pipeline::advance::{PipelineError, Submitter, advance};
-use crate::pipeline::progress::Next;
+use crate::pipeline::progress::{Next, STEP_LOST};
 use crate::store::index::Index;
 use crate::store::layout::TaskKey;
 use crate::store::pipelines::{PipelineStore, pipeline_entry};
@@ -678,7 +678,16 @@ pub fn reconcile_pipelines(
                     if let Some(notifier) = notifier {
                         notifier.ensure_pipeline_notified(&advanced.view)?;
                     }
-                    matches!(advanced.view.next(), Next::Finished(_))
+                    // A step given up as `lost` may still be finished by Kling (a late
+                    // `succeed` beats `lost`): that pipeline stays tracked, so its next
+                    // step is submitted even if the callback's follow-up never ran.
+                    // Retention ends it, with its steps.
+                    let overturnable = advanced
+                        .view
+                        .error
+                        .as_ref()
+                        .is_some_and(|error| error.code == STEP_LOST);
+                    matches!(advanced.view.next(), Next::Finished(_)) && !overturnable
                 }
                 Ok(None) => true,
                 Err(PipelineError::Store(StoreError::Corrupt(bad))) => {
@@ -1040,6 +1049,28 @@ mod tests {
             let queued = Index::outbox(&kv).entries().unwrap();
             assert_eq!(queued.len(), 1, "{queued:?}");
             assert!(queued[0].starts_with("pipeline_p_failed_0_"), "{queued:?}");
+        }
+
+        #[test]
+        fn a_pipeline_failed_by_a_lost_step_stays_tracked_and_runs_on_when_kling_finishes_it() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            create_pipeline(&kv, &clock, "p");
+            report_step(&kv, "p", 0, TaskStatus::Lost);
+            let receiver = Scripted::new(vec![Ok((200, "")), Ok((200, ""))]);
+            let none = Scripted::new(vec![]);
+            let report = run(&kv, &clock, &none, &receiver).unwrap();
+            assert_eq!(report.pipelines_pending, 1, "lost can be overturned: kept");
+            assert!(ids_sent(&receiver)[0].starts_with("pipeline_p_failed_0_"));
+
+            // Kling finishes step 0 after all; the callback's follow-up never ran.
+            report_step(&kv, "p", 0, TaskStatus::Succeed);
+            let answer = created("p", 1);
+            let kling = Scripted::new(vec![Ok((200, &answer))]);
+            let report = run(&kv, &clock, &kling, &receiver).unwrap();
+            assert_eq!(report.pipelines_advanced, 1, "step 1 submitted by the run");
+            assert_eq!(kling.sent.borrow().len(), 1);
+            assert_eq!(ids_sent(&receiver)[1], "pipeline_p_running_1");
+            assert_eq!(report.pipelines_pending, 1);
         }
 
         #[test]

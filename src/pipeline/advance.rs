@@ -15,7 +15,9 @@ use crate::kling::catalog::TaskKind;
 use crate::outbound::HttpTransport;
 use crate::pipeline::progress::{self, Next, PipelineFailure, PipelineView, step_external_id};
 use crate::pipeline::spec::{PipelineSpec, SpecError, request_for};
+use crate::store::layout::TaskKey;
 use crate::store::pipelines::PipelineStore;
+use crate::store::tasks::TaskStore;
 use crate::store::{KeyValue, StoreError};
 use crate::task::StepRef;
 
@@ -107,6 +109,16 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
             })
         }
         Err(StepError::Submit(SubmitError::Kling(error))) if error.is_request_refused() => {
+            // A concurrent advance of the same step may have created its task, and this
+            // refusal be Kling's duplicate-id answer in words we do not recognise: a
+            // step whose task is there is running, not refused.
+            let key = TaskKey::external(&step_external_id(id, step));
+            if TaskStore::new(submitter.kv).find_by_key(&key)?.is_some() {
+                return Ok(Some(Advanced {
+                    view: store.view_of(&spec)?,
+                    changed: false,
+                }));
+            }
             // Kling refused the request itself: retrying cannot help. Anything else
             // (keys, balance, rate, Kling down) is left for the reconciler to retry.
             let error = ApiError::from(SubmitError::Kling(error));
@@ -180,7 +192,7 @@ mod tests {
     use crate::store::layout::TaskKey;
     use crate::store::memory::MemoryKv;
     use crate::store::tasks::TaskStore;
-    use crate::task::{EventSource, TaskEvent, TaskStatus, Video};
+    use crate::task::{EventSource, StepRef, TaskEvent, TaskStatus, Video};
     use std::cell::Cell;
 
     const CREATED: &str =
@@ -327,6 +339,82 @@ mod tests {
         assert_eq!(kling.sent.borrow().len(), 1, "only step 0 reached Kling");
         let stored = get("p", &kv).unwrap().unwrap();
         assert_eq!(stored.status, PipelineStatus::Failed, "and it stays failed");
+    }
+
+    /// Kling as a concurrent advance of the same step leaves it: that advance's create
+    /// lands while ours is on its way, and ours is refused in words we do not read as
+    /// "duplicate", while the lookup does not list the winner's task yet.
+    struct RacedByAnotherAdvance<'a> {
+        kv: &'a MemoryKv,
+        sent: Cell<usize>,
+    }
+
+    impl HttpTransport for RacedByAnotherAdvance<'_> {
+        fn send(
+            &self,
+            _: crate::outbound::OutboundRequest,
+        ) -> Result<crate::outbound::OutboundResponse, crate::outbound::TransportError> {
+            let n = self.sent.get();
+            self.sent.set(n + 1);
+            let (status, body) = if n == 0 {
+                let key = TaskKey::external("p-1");
+                let step = StepRef {
+                    pipeline_id: "p".into(),
+                    step: 1,
+                };
+                let winner = crate::store::tasks::NewSubmission {
+                    key: &key,
+                    external_task_id: "p-1",
+                    kind: "video-extend",
+                    pipeline: Some(&step),
+                    nonce: "winner",
+                    now_ms: 1_000,
+                    first_due_ms: 1_000,
+                    body_digest: None,
+                };
+                let store = TaskStore::new(self.kv);
+                store.record_submission(&winner).unwrap();
+                store.bind_submission(&key, "87", Some(&winner)).unwrap();
+                (400, r#"{"code":1201,"message":"task id conflict"}"#)
+            } else {
+                (404, r#"{"code":1203,"message":"task not found"}"#)
+            };
+            Ok(crate::outbound::OutboundResponse {
+                status,
+                body: body.as_bytes().to_vec(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_refusal_while_another_advance_created_the_step_does_not_fail_the_pipeline() {
+        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+        step_0_succeeded(&kv, &clock);
+        let config = submit_config();
+        let kling = RacedByAnotherAdvance {
+            kv: &kv,
+            sent: Cell::new(0),
+        };
+        let submitter = Submitter {
+            config: &config,
+            kv: &kv,
+            transport: &kling,
+            clock: &clock,
+            new_id: &|| "random".to_string(),
+        };
+        let advanced = advance("p", &submitter).unwrap().unwrap();
+        assert!(!advanced.changed);
+        assert_eq!(advanced.view.status, PipelineStatus::Running);
+        assert_eq!(
+            advanced.view.task(1).and_then(|t| t.task_id.as_deref()),
+            Some("87"),
+            "the winner's task is the step's"
+        );
+        let stored = get("p", &kv).unwrap().unwrap();
+        assert_eq!(
+            (stored.status, stored.error),
+            (PipelineStatus::Running, None)
+        );
     }
 
     #[test]

@@ -26,6 +26,10 @@ impl PipelineStatus {
     }
 }
 
+/// The failure code of a pipeline whose step was given up as `lost`: the one failure
+/// Kling can still overturn.
+pub const STEP_LOST: &str = "step_lost";
+
 /// Why a pipeline failed, when no step's task says so itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineFailure {
@@ -107,10 +111,11 @@ pub fn view(
         .unwrap_or(last);
     let failed_task = steps.iter().find_map(|s| {
         let task = s.task.as_ref()?;
-        // A step Kling lost (see `TaskStatus::Lost`) can no more succeed than a failed one.
+        // A step given up as lost (see `TaskStatus::Lost`) fails the pipeline, until Kling
+        // reports it after all (a late `succeed` beats `lost`, and the pipeline runs on).
         let code = match task.status {
             TaskStatus::Failed => "step_failed",
-            TaskStatus::Lost => "step_lost",
+            TaskStatus::Lost => STEP_LOST,
             _ => return None,
         };
         Some(PipelineFailure {
