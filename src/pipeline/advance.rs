@@ -418,6 +418,51 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_stored_before_another_advance_s_create_answered_is_outranked_by_its_task() {
+        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+        step_0_succeeded(&kv, &clock);
+        // Both advances found no task; the other's create is on its way at Kling, and
+        // ours (whose record the head now holds) is refused, with no task listed yet:
+        // ours is forgotten and the refusal stored.
+        let kling = Scripted::new(vec![
+            Ok((400, r#"{"code":1201,"message":"task id conflict"}"#)),
+            Ok((404, r#"{"code":1203,"message":"task not found"}"#)),
+        ]);
+        let config = submit_config();
+        let submitter = Submitter {
+            config: &config,
+            kv: &kv,
+            transport: &kling,
+            clock: &clock,
+            new_id: &|| "random".to_string(),
+        };
+        let refused = advance("p", &submitter).unwrap().unwrap();
+        assert_eq!(refused.view.status, PipelineStatus::Failed);
+        // The other's create answer comes: its task is the step's.
+        let key = TaskKey::external("p-1");
+        let step = StepRef {
+            pipeline_id: "p".into(),
+            step: 1,
+        };
+        let winner = crate::store::tasks::NewSubmission {
+            key: &key,
+            external_task_id: "p-1",
+            kind: "video-extend",
+            pipeline: Some(&step),
+            nonce: "winner",
+            now_ms: 1_000,
+            first_due_ms: 1_000,
+            body_digest: None,
+        };
+        TaskStore::new(&kv)
+            .bind_submission(&key, "87", Some(&winner))
+            .unwrap();
+        let view = get("p", &kv).unwrap().unwrap();
+        assert_eq!((view.status, view.error), (PipelineStatus::Running, None));
+        assert_eq!(view.current_step, 1);
+    }
+
+    #[test]
     fn only_a_refused_request_fails_the_pipeline_other_errors_wait_for_the_reconciler() {
         let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
         step_0_succeeded(&kv, &clock);

@@ -128,6 +128,17 @@ pub fn view(
             },
         })
     });
+    // A stored failure says the step could not be submitted. A task of this very step
+    // there after all (a concurrent advance created it while Kling refused ours, in
+    // words not read as a duplicate id) runs, and outranks it: state is derived.
+    let failure = failure.filter(|failure| {
+        let ran = steps
+            .get(failure.step)
+            .and_then(|s| s.task.as_ref())
+            .and_then(|task| task.pipeline.as_ref())
+            .is_some_and(|step| step.pipeline_id == spec.id && step.step == failure.step);
+        !ran
+    });
     let error = failed_task.or(failure);
     let status = match (&error, status_of(last)) {
         (Some(_), _) => PipelineStatus::Failed,
