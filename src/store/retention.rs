@@ -11,7 +11,7 @@
 
 use super::index::{Index, listed_and_finals};
 use super::layout::TaskKey;
-use super::pipelines::PipelineStore;
+use super::pipelines::{PipelineStore, pipeline_entry};
 use super::tasks::{DAY_MS, TaskStore};
 use super::{KeyValue, StoreError};
 use crate::pipeline::progress::Next;
@@ -117,16 +117,29 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
     Ok(purged)
 }
 
-/// Whether `record` is a step of a pipeline that has not finished. Purging it would take
-/// the pipeline with it (see [`TaskStore::purge`]), and the step's result feeds the steps
-/// after it.
+/// Whether `record` is a step of a pipeline the reconciler still moves on: indexed, and
+/// not finished. Purging it would take the pipeline with it (see [`TaskStore::purge`]),
+/// and the step's result feeds the steps after it. A pipeline that is not indexed goes
+/// (a delete that stopped halfway, its failure gone and its description left, must not
+/// read as running for ever); so does one indexed only because a step given up as
+/// `lost` may still be finished: retention is what ends it.
 fn runs_a_live_pipeline(kv: &dyn KeyValue, record: &TaskRecord) -> Result<bool, StoreError> {
     let Some(step) = &record.pipeline else {
         return Ok(false);
     };
-    Ok(match PipelineStore::new(kv).view(&step.pipeline_id) {
-        Ok(view) => view.is_some_and(|view| !matches!(view.next(), Next::Finished(_))),
+    let pipelines = PipelineStore::new(kv);
+    let spec = match pipelines.spec(&step.pipeline_id) {
+        Ok(Some(spec)) => spec,
         // A pipeline that cannot be read cannot run on either.
+        Ok(None) | Err(StoreError::Corrupt(_)) => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    let entry = pipeline_entry(&spec.id, &spec.generation);
+    if Index::pipelines(kv).value(&entry)?.is_none() {
+        return Ok(false);
+    }
+    Ok(match pipelines.view_of(&spec) {
+        Ok(view) => !matches!(view.next(), Next::Finished(_)),
         Err(StoreError::Corrupt(_)) => false,
         Err(error) => return Err(error),
     })
@@ -266,33 +279,46 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
     }
 
+    fn two_step_pipeline(id: &str) -> crate::pipeline::spec::PipelineSpec {
+        use crate::pipeline::spec::{PipelineSpec, StepSpec};
+        PipelineSpec {
+            id: id.into(),
+            steps: (0..2)
+                .map(|_| StepSpec {
+                    kind: "text2video".into(),
+                    request: Default::default(),
+                    inputs: Default::default(),
+                })
+                .collect(),
+            created_at: 0,
+            generation: "g".into(),
+        }
+    }
+
+    fn step_of(pipeline: &str, step: usize) -> StepRef {
+        StepRef {
+            pipeline_id: pipeline.into(),
+            step,
+        }
+    }
+
     #[test]
     fn a_step_of_a_pipeline_still_running_is_kept_with_its_pipeline() {
-        use crate::pipeline::spec::{PipelineSpec, StepSpec};
         use crate::store::pipelines::PipelineStore;
         let kv = MemoryKv::default();
         let pipelines = PipelineStore::new(&kv);
-        pipelines
-            .save_spec(&PipelineSpec {
-                id: "p".into(),
-                steps: (0..2)
-                    .map(|_| StepSpec {
-                        kind: "text2video".into(),
-                        request: Default::default(),
-                        inputs: Default::default(),
-                    })
-                    .collect(),
-                created_at: 0,
-                generation: "g".into(),
-            })
-            .unwrap();
-        let step = |step| StepRef {
-            pipeline_id: "p".into(),
-            step,
-        };
+        let spec = two_step_pipeline("p");
+        pipelines.save_spec(&spec).unwrap();
+        pipelines.index(&spec).unwrap();
         // Step 0 succeeded long ago, and is indexed both ways (by day and listed); step 1
         // is refused for a reason that leaves the pipeline running (balance, rate).
-        task(&kv, "p-0", 0, Some(TaskStatus::Succeed), Some(&step(0)));
+        task(
+            &kv,
+            "p-0",
+            0,
+            Some(TaskStatus::Succeed),
+            Some(&step_of("p", 0)),
+        );
         Index::finals(&kv).add("000000/p-0").unwrap();
 
         assert_eq!(purge_expired(&kv, 40 * DAY, 10).unwrap().tasks, 0);
@@ -300,10 +326,36 @@ mod tests {
         assert!(pipelines.spec("p").unwrap().is_some(), "and its pipeline");
 
         // Step 1 ran and failed: the pipeline has finished, and goes with its steps.
-        task(&kv, "p-1", DAY, Some(TaskStatus::Failed), Some(&step(1)));
+        task(
+            &kv,
+            "p-1",
+            DAY,
+            Some(TaskStatus::Failed),
+            Some(&step_of("p", 1)),
+        );
         assert_eq!(purge_expired(&kv, 40 * DAY, 10).unwrap().tasks, 2);
         assert!(!exists(&kv, "p-0") && !exists(&kv, "p-1"));
         assert_eq!(pipelines.spec("p").unwrap(), None);
+    }
+
+    #[test]
+    fn a_pipeline_the_reconciler_no_longer_tracks_does_not_hold_its_steps() {
+        use crate::store::pipelines::PipelineStore;
+        let kv = MemoryKv::default();
+        let pipelines = PipelineStore::new(&kv);
+        // A refused step 1 failed it and the reconciler let it go; then a purge deleted
+        // its failure and stopped before its description: read alone, it looks running.
+        pipelines.save_spec(&two_step_pipeline("q")).unwrap();
+        task(
+            &kv,
+            "q-0",
+            0,
+            Some(TaskStatus::Succeed),
+            Some(&step_of("q", 0)),
+        );
+        assert_eq!(purge_expired(&kv, 40 * DAY, 10).unwrap().tasks, 1);
+        assert!(!exists(&kv, "q-0"));
+        assert_eq!(pipelines.spec("q").unwrap(), None, "the delete is finished");
     }
 
     #[test]
