@@ -50,11 +50,15 @@ pub const DEFAULT_RETENTION_DAYS: u64 = 30;
 /// Tasks one run deletes at most.
 pub const MAX_PURGED_PER_RUN: usize = 50;
 /// How long a task may stay `submitting` before a Kling that does not know it means the
-/// create never went through. Far longer than any submit takes (a create's call ends
-/// within about three `kling_timeout_ms`, at most two minutes each), so an in-flight
-/// submit is never forgotten under it; and a create answered after all re-tracks its task
+/// create never went through. Longer than any submit takes (a create, and the lookup
+/// that may follow it, each end within about three `kling_timeout_ms` of at most a
+/// minute), so an in-flight submit is not forgotten under it unless its instance stalls
+/// for minutes; and a create answered after all re-tracks its task
 /// ([`TaskStore::bind_submission`]).
 pub const SUBMITTING_GRACE_MS: u64 = 10 * 60 * 1000;
+/// How long after its creation a pipeline failed by a step given up as `lost` is still
+/// tracked, in case Kling finishes that step after all: Kling keeps results 30 days.
+pub const LOST_STEP_WATCH_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// The longest wait between two polls of one task.
 pub const MAX_POLL_GAP_MS: u64 = 60 * 60 * 1000;
 /// "Not found" answers in a row, over at least [`DEFAULT_LOST_AFTER_SECS`], before a
@@ -94,7 +98,8 @@ pub struct ReconcileReport {
     pub purged: usize,
     /// Pipelines whose next step this run submitted, or which it failed.
     pub pipelines_advanced: usize,
-    /// Pipelines still running after the run.
+    /// Pipelines the reconciler still tracks after the run: running, or failed by a step
+    /// given up as `lost` that Kling may still finish.
     pub pipelines_pending: usize,
     pub errors: Vec<ReconcileIssue>,
     /// Notifications sent from the outbox.
@@ -680,13 +685,12 @@ pub fn reconcile_pipelines(
                     }
                     // A step given up as `lost` may still be finished by Kling (a late
                     // `succeed` beats `lost`): that pipeline stays tracked, so its next
-                    // step is submitted even if the callback's follow-up never ran.
-                    // Retention ends it, with its steps.
-                    let overturnable = advanced
-                        .view
-                        .error
-                        .as_ref()
-                        .is_some_and(|error| error.code == STEP_LOST);
+                    // step is submitted even if the callback's follow-up never ran, for
+                    // as long as Kling keeps a task's results.
+                    let view = &advanced.view;
+                    let overturnable = view.error.as_ref().is_some_and(|e| e.code == STEP_LOST)
+                        && submitter.clock.now_ms()
+                            < view.created_at.saturating_add(LOST_STEP_WATCH_MS);
                     matches!(advanced.view.next(), Next::Finished(_)) && !overturnable
                 }
                 Ok(None) => true,
@@ -1071,6 +1075,23 @@ mod tests {
             assert_eq!(kling.sent.borrow().len(), 1);
             assert_eq!(ids_sent(&receiver)[1], "pipeline_p_running_1");
             assert_eq!(report.pipelines_pending, 1);
+
+            // Not for ever: once Kling no longer keeps its results, a lost step's
+            // pipeline is let go.
+            create_pipeline(&kv, &clock, "q");
+            report_step(&kv, "q", 0, TaskStatus::Lost);
+            let receiver = Scripted::new(vec![Ok((200, ""))]);
+            assert_eq!(
+                run(&kv, &clock, &none, &receiver)
+                    .unwrap()
+                    .pipelines_pending,
+                2
+            );
+            clock.0.set(1_000 + LOST_STEP_WATCH_MS);
+            let receiver = Scripted::new(vec![]);
+            let report = run(&kv, &clock, &none, &receiver).unwrap();
+            assert_eq!(report.pipelines_pending, 1, "p runs on; q is let go");
+            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
         }
 
         #[test]

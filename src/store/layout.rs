@@ -28,7 +28,7 @@
 //! | key | value | added by | removed by |
 //! |---|---|---|---|
 //! | `pending/{due_ms}/{nonce}/{key}` | `1` | a submit | the reconciler, once the task is final, forgotten or re-submitted (a poll moves it to a later due time: add, then remove) |
-//! | `pipelines/{id}/{generation}` | `1` | `POST /pipelines` | the reconciler, once the pipeline finished |
+//! | `pipelines/{id}/{generation}` | `1` | `POST /pipelines` | the reconciler, once the pipeline finished (one failed by a `lost` step: 30 days after its creation) |
 //! | `outbox/{webhook_id}` | the notification ([`Pending`]) | every notification, before it is sent | its 2xx |
 //!
 //! `{key}` is the task's `external_task_id`, or `#` followed by Kling's `task_id` for a
