@@ -293,7 +293,7 @@ fn is_under_origin(url: &str, origin: &str) -> bool {
 pub const DEFAULT_KLING_BASE_URL: &str = "https://api-singapore.klingai.com";
 /// How long one Kling call may take before it counts as a timeout.
 pub const DEFAULT_KLING_TIMEOUT_MS: u64 = 20_000;
-pub const MAX_KLING_TIMEOUT_MS: u64 = 120_000;
+pub const MAX_KLING_TIMEOUT_MS: u64 = 60_000;
 
 /// How the component authenticates to Kling.
 #[derive(Debug, Clone)]
@@ -355,16 +355,16 @@ impl KlingConfig {
                 "expected an http(s):// URL",
             ));
         }
-        // At most two minutes for each of connect, first byte and between bytes: a create
-        // (a small JSON answer) then ends, answered or failed, well inside the
-        // reconciler's SUBMITTING_GRACE_MS, so an unanswered create is never taken for
-        // one that never went through.
+        // At most a minute for each of connect, first byte and between bytes: a create (a
+        // small JSON answer) and the lookup that may follow it then end, answered or
+        // failed, within about six minutes, inside the reconciler's SUBMITTING_GRACE_MS,
+        // so an unanswered create is not taken for one that never went through.
         let timeout_ms = bounded(
             vars,
             KLING_TIMEOUT_MS,
             DEFAULT_KLING_TIMEOUT_MS,
             (1, MAX_KLING_TIMEOUT_MS),
-            "expected a number of milliseconds from 1 to 120000",
+            "expected a number of milliseconds from 1 to 60000",
         )?;
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_string(),
@@ -579,8 +579,8 @@ pub(crate) mod tests {
             vars.insert(KLING_TIMEOUT_MS, timeout);
             KlingConfig::load(&MapVariables(vars))
         };
-        assert_eq!(kling_with("120000").unwrap().timeout_ms, 120_000);
-        assert!(kling_with("120001").is_err());
+        assert_eq!(kling_with("60000").unwrap().timeout_ms, 60_000);
+        assert!(kling_with("60001").is_err());
         // The largest accepted values still compute.
         let vars = MapVariables(HashMap::from([(RETENTION_DAYS, "36500")]));
         assert_eq!(retention_ms(&vars).unwrap(), Some(36_500 * 86_400_000));
