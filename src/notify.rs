@@ -305,11 +305,18 @@ impl<'a> Notifier<'a> {
                     eprintln!("notification {id} was sent but not marked: {error}");
                 }
             }
-            // A lost mark costs one repeat of this notification (same id), no more.
-            if let Some(pipeline) = &pending.notification.pipeline
-                && let Err(error) = PipelineStore::new(self.kv).mark_notified(pipeline, &id)
-            {
-                eprintln!("notification {id} was sent but not marked: {error}");
+            // A lost mark costs one repeat of this notification (same id), no more. A
+            // pipeline retention deleted meanwhile gets none: nothing would delete it.
+            if let Some(pipeline) = &pending.notification.pipeline {
+                let pipelines = PipelineStore::new(self.kv);
+                let marked = match pipelines.spec(pipeline) {
+                    Ok(Some(_)) => pipelines.mark_notified(pipeline, &id),
+                    Ok(None) | Err(StoreError::Corrupt(_)) => Ok(()),
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = marked {
+                    eprintln!("notification {id} was sent but not marked: {error}");
+                }
             }
             // Both names carry content the receiver now has (or newer).
             for name in [&judged, &id] {
@@ -902,6 +909,15 @@ mod tests {
         );
         let note = Notification::pipeline(&view(&spec, &[step(TaskStatus::Succeed, 1)], None), 0);
         assert_eq!(note.pipeline.as_deref(), Some("p"), "marked on a 2xx");
+
+        // Marked on a 2xx while the pipeline is stored; never for one deleted meanwhile.
+        let f = Fixture::new(10, vec![200, 200]);
+        let pipelines = PipelineStore::new(&f.kv);
+        f.notifier().deliver(note.clone()).unwrap();
+        assert_eq!(pipelines.notified("p").unwrap(), None, "deleted: no mark");
+        pipelines.save_spec(&spec).unwrap();
+        f.notifier().deliver(note.clone()).unwrap();
+        assert_eq!(pipelines.notified("p").unwrap(), Some(note.webhook_id));
     }
 
     /// A receiver that looks into the outbox when a notification arrives.
