@@ -7,7 +7,7 @@ use subtle::ConstantTimeEq;
 use crate::app::Env;
 use crate::config::{KeyRing, KlingConfig, ReconcileLimits, Variables, api_token, stale_after_ms};
 use crate::error::ApiError;
-use crate::reconcile::{Poller, ReconcileOptions};
+use crate::reconcile::{PollError, Poller, ReconcileOptions};
 use crate::store::KeyValue;
 use crate::store::layout::TaskKey;
 use crate::store::tasks::{Cursor, TaskPage, TaskStore};
@@ -82,13 +82,22 @@ pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<
                 repaired,
             })
         }
-        // Kling asked us to wait, or the poll's record could not be written: the stored
-        // state is still the truth we have.
-        Err(_) => Ok(Shown {
+        // Kling asked us to wait: the stored state is still the truth we have.
+        Err(PollError::RateLimited(_)) => Ok(Shown {
             key,
             record,
             repaired: false,
         }),
+        // A write of the poll failed, perhaps after its news was stored: what the store
+        // holds now is served, or, if it cannot be read either, the store error.
+        Err(PollError::Store(_)) => {
+            let record = store.find_by_key(&key)?.ok_or(ApiError::TaskNotFound)?;
+            Ok(Shown {
+                key,
+                record,
+                repaired: false,
+            })
+        }
     }
 }
 

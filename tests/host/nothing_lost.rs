@@ -225,6 +225,22 @@ async fn reading_a_stale_task_asks_kling_once_and_serves_the_truth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_poll_record_is_not_written_serves_what_the_store_holds() {
+    let kv = KvStore::default();
+    let d = deploy_silent(kv.clone(), &[("stale_after_seconds", "0")]).await;
+    d.submit_scripted("repair-me", silent()).await;
+    until_kling_finished(&d.standin).await;
+    // The read's poll stores Kling's `succeed`, then fails to write its poll record.
+    kv.fail_next_set_to("task:repair-me:poll");
+    let task = status(&d.app, "repair-me").await;
+    assert_eq!(
+        (task["status"].as_str(), task["source"].as_str()),
+        (Some("succeed"), Some("poll")),
+        "the store's state, not the one read before the poll: {task}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_task_is_served_as_stored_without_asking_kling() {
     let d = deploy_silent(KvStore::default(), &[("stale_after_seconds", "3600")]).await;
     d.submit_scripted("fresh", silent()).await;
