@@ -7,8 +7,10 @@ use crate::signatures::standard_webhooks::WebhookSecret;
 
 /// Where variable values come from: Spin's variables in the component, a map in tests.
 pub trait Variables {
-    /// The value of `name`, or `None` when it is undefined or empty.
-    fn get(&self, name: &str) -> Option<String>;
+    /// The value of `name`, or `None` when it is undefined or empty. An error when the
+    /// provider could not answer (a Vault that timed out): never read as "unset", which
+    /// would put a default (retention, verification off) in place of the real value.
+    fn get(&self, name: &'static str) -> Result<Option<String>, ConfigError>;
 }
 
 /// A secret value: never printed, compared in constant time where it is checked.
@@ -64,6 +66,8 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("variable `{0}` is not valid: {1}")]
     Invalid(&'static str, &'static str),
+    #[error("variable `{0}` could not be read: Spin's variables provider did not answer")]
+    Unavailable(&'static str),
 }
 
 pub const CALLBACK_SECRET: &str = "callback_secret";
@@ -107,7 +111,7 @@ fn bounded(
     (min, max): (u64, u64),
     expected: &'static str,
 ) -> Result<u64, ConfigError> {
-    match vars.get(name) {
+    match vars.get(name)? {
         None => Ok(default),
         Some(value) => value
             .parse::<u64>()
@@ -161,7 +165,7 @@ impl ReconcileLimits {
 
 /// `verify_callbacks` = `true`: re-fetch final callbacks from Kling before trusting them.
 pub fn verify_callbacks(vars: &dyn Variables) -> Result<bool, ConfigError> {
-    match vars.get(VERIFY_CALLBACKS).as_deref() {
+    match vars.get(VERIFY_CALLBACKS)?.as_deref() {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(_) => Err(ConfigError::Invalid(
@@ -215,7 +219,7 @@ pub struct NotifyConfig {
 impl NotifyConfig {
     /// `None` when `notify_url` is not set: notifications are off.
     pub fn load(vars: &dyn Variables) -> Result<Option<Self>, ConfigError> {
-        let Some(url) = vars.get(NOTIFY_URL) else {
+        let Some(url) = vars.get(NOTIFY_URL)? else {
             return Ok(None);
         };
         if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -228,10 +232,10 @@ impl NotifyConfig {
         // elsewhere is not refused here: its notifications wait in the outbox (nothing is
         // lost) and each failed send says why, until the variables are put right.
         let outside_allowed_origin = vars
-            .get(NOTIFY_ORIGIN)
+            .get(NOTIFY_ORIGIN)?
             .is_some_and(|origin| !origin.contains('*') && !is_under_origin(&url, &origin));
         let value = vars
-            .get(NOTIFY_SECRET)
+            .get(NOTIFY_SECRET)?
             .ok_or(ConfigError::Missing(NOTIFY_SECRET))?;
         let secrets = value
             .split_whitespace()
@@ -330,9 +334,9 @@ pub struct KlingConfig {
 impl KlingConfig {
     pub fn load(vars: &dyn Variables) -> Result<Self, ConfigError> {
         let auth = match (
-            vars.get(KLING_API_KEY),
-            vars.get(KLING_ACCESS_KEY),
-            vars.get(KLING_SECRET_KEY),
+            vars.get(KLING_API_KEY)?,
+            vars.get(KLING_ACCESS_KEY)?,
+            vars.get(KLING_SECRET_KEY)?,
         ) {
             (Some(key), _, _) => KlingAuth::ApiKey(Secret(key)),
             (None, Some(access_key), Some(secret_key)) => KlingAuth::AccessKey {
@@ -347,7 +351,7 @@ impl KlingConfig {
             }
         };
         let base_url = vars
-            .get(KLING_BASE_URL)
+            .get(KLING_BASE_URL)?
             .unwrap_or_else(|| DEFAULT_KLING_BASE_URL.to_string());
         if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
             return Err(ConfigError::Invalid(
@@ -400,7 +404,7 @@ pub struct SubmitConfig {
 impl SubmitConfig {
     pub fn load(vars: &dyn Variables) -> Result<Self, ConfigError> {
         let public_base_url = vars
-            .get(PUBLIC_BASE_URL)
+            .get(PUBLIC_BASE_URL)?
             .ok_or(ConfigError::Missing(PUBLIC_BASE_URL))?;
         if !(public_base_url.starts_with("https://") || public_base_url.starts_with("http://")) {
             return Err(ConfigError::Invalid(
@@ -443,11 +447,14 @@ impl CallbackConfig {
     ///
     /// [`Callback::can_use_webhook_key`]: crate::callback::receive::Callback::can_use_webhook_key
     pub fn load(vars: &dyn Variables, with_webhook_key: bool) -> Result<Self, ConfigError> {
+        let webhook_secret = if with_webhook_key {
+            vars.get(WEBHOOK_SIGNING_SECRET)?
+        } else {
+            None
+        };
         Ok(Self {
             callback_secret: key_ring(vars, CALLBACK_SECRET)?,
-            webhook_secret: with_webhook_key
-                .then(|| vars.get(WEBHOOK_SIGNING_SECRET))
-                .flatten()
+            webhook_secret: webhook_secret
                 .map(|value| {
                     WebhookSecret::parse(&value).map_err(|_| {
                         ConfigError::Invalid(
@@ -469,7 +476,7 @@ pub fn api_token(vars: &dyn Variables) -> Result<KeyRing, ConfigError> {
 /// A variable of one or more space-separated secrets, each at least
 /// [`MIN_SECRET_BYTES`] long.
 fn key_ring(vars: &dyn Variables, name: &'static str) -> Result<KeyRing, ConfigError> {
-    let value = vars.get(name).ok_or(ConfigError::Missing(name))?;
+    let value = vars.get(name)?.ok_or(ConfigError::Missing(name))?;
     let secrets: Vec<Secret> = value
         .split_whitespace()
         .map(|secret| Secret(secret.to_string()))
@@ -511,11 +518,12 @@ pub(crate) mod tests {
     pub struct MapVariables(pub HashMap<&'static str, &'static str>);
 
     impl Variables for MapVariables {
-        fn get(&self, name: &str) -> Option<String> {
-            self.0
+        fn get(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+            Ok(self
+                .0
                 .get(name)
                 .filter(|v| !v.is_empty())
-                .map(|v| v.to_string())
+                .map(|v| v.to_string()))
         }
     }
 
@@ -584,6 +592,58 @@ pub(crate) mod tests {
         // The largest accepted values still compute.
         let vars = MapVariables(HashMap::from([(RETENTION_DAYS, "36500")]));
         assert_eq!(retention_ms(&vars).unwrap(), Some(36_500 * 86_400_000));
+    }
+
+    /// A provider that answers for some variables and fails for one.
+    struct FailingFor(&'static str, MapVariables);
+
+    impl Variables for FailingFor {
+        fn get(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+            if name == self.0 {
+                return Err(ConfigError::Unavailable(name));
+            }
+            self.1.get(name)
+        }
+    }
+
+    #[test]
+    fn a_variable_its_provider_cannot_read_is_an_error_never_its_default() {
+        let set = || {
+            MapVariables(HashMap::from([
+                (RETENTION_DAYS, "0"),
+                (VERIFY_CALLBACKS, "true"),
+                (NOTIFY_URL, "https://next.example"),
+                (NOTIFY_SECRET, "whsec_aHVudGVyMi1odW50ZXIyLWh1bnRlcjI="),
+                (KLING_API_KEY, "k"),
+                (CALLBACK_SECRET, "a-callback-secret-of-16+"),
+            ]))
+        };
+        fn unavailable<T>(name: &'static str) -> Result<T, ConfigError> {
+            Err(ConfigError::Unavailable(name))
+        }
+        assert_eq!(retention_ms(&set()), Ok(None), "0 keeps everything");
+        assert_eq!(
+            retention_ms(&FailingFor(RETENTION_DAYS, set())),
+            unavailable(RETENTION_DAYS)
+        );
+        assert_eq!(
+            verify_callbacks(&FailingFor(VERIFY_CALLBACKS, set())),
+            unavailable(VERIFY_CALLBACKS)
+        );
+        assert_eq!(
+            NotifyConfig::load(&FailingFor(NOTIFY_URL, set())).map(|c| c.is_some()),
+            unavailable(NOTIFY_URL)
+        );
+        assert_eq!(
+            KlingConfig::load(&FailingFor(KLING_API_KEY, set())).map(drop),
+            unavailable(KLING_API_KEY)
+        );
+        assert_eq!(
+            CallbackConfig::load(&FailingFor(CALLBACK_SECRET, set()), false).map(drop),
+            unavailable(CALLBACK_SECRET)
+        );
+        let error = ConfigError::Unavailable(API_TOKEN).to_string();
+        assert!(error.contains("api_token"), "{error}");
     }
 
     #[test]

@@ -66,6 +66,7 @@ impl ApiError {
             ApiError::SubmitTooLarge => (413, "payload_too_large"),
             ApiError::Config(ConfigError::Missing(_)) => (500, "config_missing"),
             ApiError::Config(ConfigError::Invalid(..)) => (500, "config_invalid"),
+            ApiError::Config(ConfigError::Unavailable(_)) => (503, "config_unavailable"),
             ApiError::Store(e) | ApiError::Callback(CallbackError::Store(e)) => store(e),
             ApiError::Callback(e) => callback(e),
         }
@@ -223,6 +224,7 @@ fn callback(e: &CallbackError) -> (u16, &'static str) {
         CallbackError::BindingUnconfirmed => (503, "binding_unconfirmed"),
         CallbackError::Config(ConfigError::Missing(_)) => (500, "config_missing"),
         CallbackError::Config(ConfigError::Invalid(..)) => (500, "config_invalid"),
+        CallbackError::Config(ConfigError::Unavailable(_)) => (503, "config_unavailable"),
     }
 }
 

@@ -5,17 +5,23 @@ use std::cell::OnceCell;
 use spin_sdk::wit::wasi::keyvalue::batch;
 use spin_sdk::wit::wasi::keyvalue::store::{self as wasi_kv, Bucket};
 
-use crate::config::Variables;
+use crate::config::{ConfigError, Variables};
 use crate::store::layout::{Label, label_of};
 use crate::store::{KeyValue, StoreError};
 
 pub struct SpinVariables;
 
 impl Variables for SpinVariables {
-    fn get(&self, name: &str) -> Option<String> {
-        spin_sdk::variables::get(name)
-            .ok()
-            .filter(|value| !value.is_empty())
+    fn get(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        use spin_sdk::variables::Error;
+        match spin_sdk::variables::get(name) {
+            Ok(value) => Ok(Some(value).filter(|value| !value.is_empty())),
+            Err(Error::Undefined(_)) => Ok(None),
+            // The provider (Vault, Azure Key Vault) did not answer: not "unset".
+            Err(Error::Provider(_) | Error::Other(_) | Error::InvalidName(_)) => {
+                Err(ConfigError::Unavailable(name))
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::support::deployment::{Auth, Deployment, deploy_with, valid_body};
 use crate::support::requests::{callback, flat, get_task};
+use crate::support::spin_host::PROVIDER_FAILS;
 
 async fn deploy() -> Deployment {
     deploy_with(Auth::KeyPair, None, &[("verify_callbacks", "true")]).await
@@ -77,6 +78,36 @@ async fn a_forged_final_callback_with_a_valid_sig_is_rejected_and_changes_nothin
         task["final_unit_deduction"], "1",
         "Kling's record, not just the callback's"
     );
+}
+
+/// A provider that cannot answer `verify_callbacks` (a Vault that timed out) is not read
+/// as "off": the final is not stored unverified, and Kling's retry comes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_callback_whose_verify_setting_cannot_be_read_is_refused_for_a_retry() {
+    let d = deploy_with(Auth::KeyPair, None, &[("verify_callbacks", PROVIDER_FAILS)]).await;
+    let submitted = d
+        .submit_scripted(
+            "job-vault",
+            Script {
+                drop: vec!["submitted", "processing", "succeed"],
+                ..Script::default()
+            },
+        )
+        .await;
+    let task_id = submitted["task_id"].as_str().unwrap().to_string();
+    let before = d.app.kv.snapshot();
+    let body = json!({"task_id": task_id, "task_status": "succeed",
+        "task_result": {"videos": [{"id": "v", "url": "https://cdn.example/v.mp4"}]}});
+    let reply = d.app.send(callback("job-vault", body.to_string())).await;
+    let error = reply.expect_error(503, "config_unavailable", "a provider failure");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("verify_callbacks"),
+        "{error}"
+    );
+    assert_eq!(d.app.kv.snapshot(), before, "nothing stored unverified");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

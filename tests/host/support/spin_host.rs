@@ -319,13 +319,19 @@ impl batch::Host for HostState {
     }
 }
 
+/// A variable given this value reads as its provider failing to answer (a Vault that
+/// timed out), as Spin reports it: `error::provider`.
+pub const PROVIDER_FAILS: &str = "<the provider fails>";
+
 impl variables::Host for HostState {
     async fn get(&mut self, name: String) -> wasmtime::Result<Result<String, VarError>> {
-        Ok(self
-            .variables
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| VarError::Undefined(format!("no variable for {name:?}"))))
+        Ok(match self.variables.get(&name) {
+            Some(value) if value == PROVIDER_FAILS => {
+                Err(VarError::Provider("injected provider failure".into()))
+            }
+            Some(value) => Ok(value.clone()),
+            None => Err(VarError::Undefined(format!("no variable for {name:?}"))),
+        })
     }
 }
 
