@@ -81,6 +81,12 @@ async fn the_composed_example_submits_and_reads_through_kling_video() {
 
     let bad = starter.send(post("/videos", json!({"prompt": 7}))).await;
     assert_eq!(bad.status, 400);
+    // A body is read only up to 64 KiB, never buffered whole.
+    let huge = starter
+        .send(post("/videos", json!({"prompt": "x".repeat(70_000)})))
+        .await;
+    assert_eq!(huge.status, 413);
+    assert_eq!(d.standin.tasks().len(), 1, "Kling was not called");
     let unknown = starter.send(get("/videos/nope")).await;
     assert_eq!(unknown.status, 404);
 }

@@ -25,43 +25,83 @@ use bindings::kling::video::tasks;
 use bindings::kling::video::types::{
     Error, Output, Pipeline, PipelineStatus, PipelineStep, Task, TaskStatus,
 };
+use futures::StreamExt;
 use serde_json::{Value, json};
-use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http::{IncomingRequest, Method, Response};
 use spin_sdk::http_component;
 
+/// The largest body read: the starter's requests are a few short fields.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
 #[http_component]
-fn handle(request: Request) -> Response {
+async fn handle(request: IncomingRequest) -> Response {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .into_iter()
+            .next()
+            .and_then(|value| String::from_utf8(value).ok())
+    };
     // Under `/starter/...` Spin passes the rest of the path in `spin-path-info`.
-    let path = request
-        .header("spin-path-info")
-        .and_then(|value| value.as_str())
-        .unwrap_or(request.path())
+    let path = header("spin-path-info")
+        .or_else(|| request.path_with_query())
+        .unwrap_or_default();
+    let path = path
+        .split('?')
+        .next()
+        .unwrap_or_default()
         .trim_end_matches('/')
         .to_string();
-    if !authorized(&request) {
+    // The bearer first, from the headers alone: nothing of an unauthorized request's
+    // body is read.
+    if !authorized(header("authorization").as_deref()) {
         return reply(
             401,
             json!({"error": "send Authorization: Bearer {api_token}"}),
         );
     }
+    let method = request.method();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
-    match (request.method(), segments.as_slice()) {
-        (Method::Post, ["videos"]) => start_video(request.body()),
+    match (method, segments.as_slice()) {
+        (Method::Post, ["videos"]) => match read_body(request).await {
+            Some(body) => start_video(&body),
+            None => too_large(),
+        },
         (Method::Get, ["videos", id]) => show_video(id),
-        (Method::Post, ["promos"]) => start_promo(request.body()),
+        (Method::Post, ["promos"]) => match read_body(request).await {
+            Some(body) => start_promo(&body),
+            None => too_large(),
+        },
         (Method::Get, ["promos", id]) => show_promo(id),
         _ => reply(404, json!({"error": "not found"})),
     }
 }
 
-/// Whether the request carries one of `api_token`'s values as its bearer. Unset, or
+/// The body, or `None` past [`MAX_BODY_BYTES`] (never buffered whole) or unreadable.
+async fn read_body(request: IncomingRequest) -> Option<Vec<u8>> {
+    let mut stream = request.into_body_stream();
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk.ok()?);
+        if body.len() > MAX_BODY_BYTES {
+            return None;
+        }
+    }
+    Some(body)
+}
+
+fn too_large() -> Response {
+    reply(
+        413,
+        json!({"error": "the body is larger than 64 KiB (or unreadable)"}),
+    )
+}
+
+/// Whether `authorization` carries one of `api_token`'s values as its bearer. Unset, or
 /// shorter than 16 bytes, nothing is authorized.
-fn authorized(request: &Request) -> bool {
-    let Some(presented) = request
-        .header("authorization")
-        .and_then(|value| value.as_str())
-        .and_then(|value| value.strip_prefix("Bearer "))
-    else {
+fn authorized(authorization: Option<&str>) -> bool {
+    let Some(presented) = authorization.and_then(|value| value.strip_prefix("Bearer ")) else {
         return false;
     };
     let tokens = spin_sdk::variables::get("api_token").unwrap_or_default();
