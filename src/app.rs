@@ -14,8 +14,8 @@ use crate::callback::receive::{
 };
 use crate::clock::Clock;
 use crate::config::{
-    CallbackConfig, KlingConfig, NotifyConfig, ReconcileLimits, SubmitConfig, Variables, api_token,
-    retention_ms, stale_after_ms, verify_callbacks,
+    CallbackConfig, ConfigError, KlingConfig, NotifyConfig, ReconcileLimits, SubmitConfig,
+    Variables, api_token, retention_ms, stale_after_ms, verify_callbacks,
 };
 use crate::error::ApiError;
 use crate::kling::catalog::TaskKind;
@@ -140,19 +140,27 @@ pub fn body_limit(path: &str) -> usize {
 /// method, a missing or wrong bearer) is never read, so an unauthenticated client
 /// cannot make an instance buffer megabytes. Callbacks are authenticated over their
 /// bytes, so they are read (up to their small limit).
+///
+/// An error when the bearer's variable could not be read from its provider: the body is
+/// then withheld ([`Body::Withheld`]), and the request answered 503, never taken as a
+/// request without a body.
 pub fn may_read_body(
     method: &str,
     path: &str,
     authorization: Option<&str>,
     vars: &dyn Variables,
-) -> bool {
-    match Route::parse(path) {
+) -> Result<bool, ConfigError> {
+    Ok(match Route::parse(path) {
         Some(route) if method == "POST" && route.allows(method) => match route {
             Route::Callback { .. } => true,
-            _ => api_token(vars).is_ok_and(|token| check_bearer(authorization, &token).is_ok()),
+            _ => match api_token(vars) {
+                Ok(token) => check_bearer(authorization, &token).is_ok(),
+                Err(error @ ConfigError::Unavailable(_)) => return Err(error),
+                Err(_) => false,
+            },
         },
         _ => false,
-    }
+    })
 }
 
 pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
@@ -263,6 +271,13 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
     let kling = KlingConfig::load(env.vars)?;
     // Every variable is read before anything is done: a misconfigured run changes nothing.
     let notify = NotifyConfig::load(env.vars)?;
+    // Only a deployment that can submit has pipelines to move on; one whose provider
+    // cannot answer is not taken for one that cannot submit.
+    let submit = match SubmitConfig::load(env.vars) {
+        Ok(config) => Some(config),
+        Err(error @ ConfigError::Unavailable(_)) => return Err(error.into()),
+        Err(_) => None,
+    };
     // One budget for the whole run: tasks, then pipelines, then the outbox.
     let deadline_ms = env.clock.now_ms().saturating_add(options.limits.budget_ms);
     let notifier = notify.as_ref().map(|config| env.notifier(config));
@@ -274,10 +289,9 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
         options,
         notifier.as_ref(),
     )?;
-    // Only a deployment that can submit has pipelines to move on.
-    if let Ok(config) = SubmitConfig::load(env.vars) {
+    if let Some(config) = &submit {
         reconcile_pipelines(
-            &env.submitter(&config),
+            &env.submitter(config),
             notifier.as_ref(),
             deadline_ms,
             &mut report,
@@ -296,6 +310,7 @@ fn request_body(request: &Request) -> Result<&[u8], ApiError> {
         Body::Bytes(bytes) => Ok(bytes.as_slice()),
         Body::TooLarge => Err(ApiError::SubmitTooLarge),
         Body::Unreadable => Err(CallbackError::UnreadableBody.into()),
+        Body::Withheld(error) => Err(error.clone().into()),
     }
 }
 
@@ -459,12 +474,36 @@ mod tests {
         ] {
             assert_eq!(
                 may_read_body(method, path, authorization, &vars),
-                read,
+                Ok(read),
                 "{method} {path} {authorization:?}"
             );
         }
         let unconfigured = MapVariables(Default::default());
-        assert!(!may_read_body("POST", "/pipelines", bearer, &unconfigured));
+        assert_eq!(
+            may_read_body("POST", "/pipelines", bearer, &unconfigured),
+            Ok(false)
+        );
+        // A provider that cannot answer: undecided, so the body is withheld and the
+        // request answered 503 (not read as one without a body).
+        struct Down;
+        impl Variables for Down {
+            fn get(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+                Err(ConfigError::Unavailable(name))
+            }
+        }
+        assert_eq!(
+            may_read_body("POST", "/pipelines", bearer, &Down),
+            Err(ConfigError::Unavailable("api_token"))
+        );
+        let withheld = Request {
+            method: "POST".into(),
+            path: "/pipelines".into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: Body::Withheld(ConfigError::Unavailable("api_token")),
+        };
+        let error = request_body(&withheld).unwrap_err();
+        assert_eq!(error.status_and_code(), (503, "config_unavailable"));
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum Body {
     TooLarge,
     /// The connection failed while the body was read.
     Unreadable,
+    /// Not read: whether the request may be read could not be decided (the bearer's
+    /// variable could not be read from its provider).
+    Withheld(ConfigError),
 }
 
 /// One callback delivery, as the HTTP layer hands it over.
@@ -126,6 +129,7 @@ pub fn receive(
         Body::Bytes(bytes) => bytes.as_slice(),
         Body::TooLarge => return Err(CallbackError::TooLarge),
         Body::Unreadable => return Err(CallbackError::UnreadableBody),
+        Body::Withheld(error) => return Err(CallbackError::Config(error.clone())),
     };
     authenticate_body(callback, config, body, now_ms)?;
     if !is_json(callback.content_type) {

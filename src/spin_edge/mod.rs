@@ -67,10 +67,10 @@ async fn read_request(request: IncomingRequest) -> Request {
         .iter()
         .find(|(name, _)| name == "authorization")
         .map(|(_, value)| value.as_str());
-    let body = if app::may_read_body(&method, &path, authorization, &SpinVariables) {
-        read_body(request, &headers, app::body_limit(&path)).await
-    } else {
-        Body::Bytes(Vec::new())
+    let body = match app::may_read_body(&method, &path, authorization, &SpinVariables) {
+        Ok(true) => read_body(request, &headers, app::body_limit(&path)).await,
+        Ok(false) => Body::Bytes(Vec::new()),
+        Err(error) => Body::Withheld(error),
     };
     Request {
         method,
