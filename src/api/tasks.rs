@@ -89,13 +89,17 @@ pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<
             repaired: false,
         }),
         // A write of the poll failed, perhaps after its news was stored: what the store
-        // holds now is served, or, if it cannot be read either, the store error.
-        Err(PollError::Store(_)) => {
-            let record = store.find_by_key(&key)?.ok_or(ApiError::TaskNotFound)?;
+        // holds now is served (and, if newer, announced), or, if it cannot be read
+        // either, the store error.
+        Err(PollError::Store(error)) => {
+            eprintln!("GET /tasks/{id}: read repair could not finish: {error}");
+            let mut stored = store.find_by_key(&key)?.ok_or(ApiError::TaskNotFound)?;
+            let repaired = stored.sequence > record.sequence;
+            stored.reconcile = store.poll_state(&key)?.filter(|state| state.polls > 0);
             Ok(Shown {
                 key,
-                record,
-                repaired: false,
+                record: stored,
+                repaired,
             })
         }
     }
