@@ -6,10 +6,10 @@
 //! step by the reconciler, a notification from the outbox).
 
 use crate::app::Env;
-use crate::config::{NotifyConfig, SubmitConfig};
+use crate::config::{ConfigError, NotifyConfig, SubmitConfig};
 use crate::error::ApiError;
 use crate::ledger::assemble;
-use crate::notify::{Notification, Notifier};
+use crate::notify::{Notification, Notifier, queue_unsent};
 use crate::pipeline::advance::advance;
 use crate::pipeline::progress::Next;
 use crate::store::layout::TaskKey;
@@ -44,10 +44,25 @@ pub fn run(work: AfterAck, env: &Env<'_>) {
         ),
         _ => return, // a duplicate: nothing changed, nothing to announce
     };
-    let notify = NotifyConfig::load(env.vars).unwrap_or_else(|error| {
-        eprintln!("notifications are off: {error}");
-        None
-    });
+    let notify = match NotifyConfig::load(env.vars) {
+        Ok(notify) => notify,
+        // Whether notifications are on cannot be told: the change is queued unsent, for
+        // a reconcile run that finds them on (a final task's would be queued again by
+        // reconcile, a `processing` refresh would not).
+        Err(error @ ConfigError::Unavailable(_)) => {
+            let notification = Notification::task(&key, &task, env.now_ms);
+            let id = notification.webhook_id.clone();
+            match queue_unsent(env.kv, notification, env.now_ms) {
+                Ok(()) => eprintln!("notification {id} queued unsent: {error}"),
+                Err(store) => eprintln!("notification {id} was not queued ({error}): {store}"),
+            }
+            None
+        }
+        Err(error) => {
+            eprintln!("notifications are off: {error}");
+            None
+        }
+    };
     let notifier = notify.as_ref().map(|config| env.notifier(config));
     if let Some(notifier) = &notifier {
         deliver(notifier, Notification::task(&key, &task, env.now_ms));

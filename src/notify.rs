@@ -178,6 +178,22 @@ fn content_digest(record: &TaskRecord) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Stores `notification` in the outbox without sending it: for a request that cannot
+/// tell whether notifications are on (their variables could not be read). A reconcile
+/// run that finds them on sends it; with them off, runs never touch the outbox.
+pub fn queue_unsent(
+    kv: &dyn KeyValue,
+    notification: Notification,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let pending = Pending {
+        notification,
+        attempts: 0,
+        next_attempt_at: now_ms,
+    };
+    Index::outbox(kv).put(&pending.notification.webhook_id, &to_json(&pending))
+}
+
 /// A notification waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use kling_standin::Script;
 use serde_json::json;
 
-use crate::support::deployment::{Auth, Deployment, deploy_with};
+use crate::support::deployment::{Auth, Deployment, deploy_on, deploy_with};
 use crate::support::receiver::{Message, NOTIFY_SECRET, Receiver};
 use crate::support::requests::{API_TOKEN, authorized, callback, flat, request};
-use crate::support::spin_host::ALLOWED_OUTBOUND_HOSTS;
+use crate::support::spin_host::{ALLOWED_OUTBOUND_HOSTS, PROVIDER_FAILS};
 
 async fn deploy_notifying(receiver: &Receiver) -> Deployment {
     deploy_notifying_with(receiver, &[]).await
@@ -213,6 +213,42 @@ async fn a_receiver_that_fails_twice_gets_the_event_once_it_succeeds_and_the_out
     let quiet = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
     assert_eq!(quiet["notifications_sent"], 0);
     assert_eq!(receiver.accepted().len(), 1);
+}
+
+/// A callback that cannot tell whether notifications are on (`notify_url`'s provider did
+/// not answer) queues its change unsent; a run that finds them on sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_notify_settings_cannot_be_read_waits_unsent_for_a_run() {
+    let receiver = Receiver::start(0).await;
+    let d = deploy_notifying_with(&receiver, &[("notify_url", PROVIDER_FAILS)]).await;
+    let ext = "job-vault-notify";
+    d.submit_scripted(ext, Script::default()).await;
+    let queued = format!("outbox/task_{ext}_succeed_");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.app.kv.keys().iter().any(|key| key.starts_with(&queued)) {
+        assert!(Instant::now() < deadline, "{:?}", d.app.kv.keys());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(receiver.accepted().is_empty(), "nothing sent");
+
+    // The provider answers again: the next run sends what waited.
+    let origin = receiver.origin();
+    let fixed = deploy_on(
+        d.app.kv.clone(),
+        Auth::KeyPair,
+        None,
+        &[
+            ("notify_url", receiver.url()),
+            ("notify_origin", origin.as_str()),
+            ("notify_secret", NOTIFY_SECRET),
+        ],
+    )
+    .await;
+    fixed
+        .app
+        .ok_json(authorized("POST", "/tasks/reconcile"))
+        .await;
+    wait_for_message(&receiver, &format!("task_{ext}_succeed")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
