@@ -18,9 +18,12 @@ impl Variables for SpinVariables {
             Ok(value) => Ok(Some(value).filter(|value| !value.is_empty())),
             Err(Error::Undefined(_)) => Ok(None),
             // The provider (Vault, Azure Key Vault) did not answer: not "unset".
-            Err(Error::Provider(_) | Error::Other(_) | Error::InvalidName(_)) => {
-                Err(ConfigError::Unavailable(name))
-            }
+            Err(Error::Provider(_) | Error::Other(_)) => Err(ConfigError::Unavailable(name)),
+            // A name Spin refuses: a build that asks for it is wrong, not the provider.
+            Err(Error::InvalidName(_)) => Err(ConfigError::Invalid(
+                name,
+                "not a variable name Spin accepts",
+            )),
         }
     }
 }
