@@ -55,62 +55,74 @@ async fn handle(request: IncomingRequest) -> Response {
         .to_string();
     // The bearer first, from the headers alone: nothing of an unauthorized request's
     // body is read.
-    if !authorized(header("authorization").as_deref()) {
-        return reply(
-            401,
-            json!({"error": "send Authorization: Bearer {api_token}"}),
-        );
+    match authorized(header("authorization").as_deref()) {
+        Ok(true) => {}
+        Ok(false) => {
+            return reply(
+                401,
+                json!({"error": "send Authorization: Bearer {api_token}"}),
+            );
+        }
+        Err(()) => return reply(503, json!({"error": "api_token could not be read; retry"})),
     }
+    let declared = header("content-length").and_then(|length| length.parse::<usize>().ok());
     let method = request.method();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match (method, segments.as_slice()) {
-        (Method::Post, ["videos"]) => match read_body(request).await {
-            Some(body) => start_video(&body),
-            None => too_large(),
+        (Method::Post, ["videos"]) => match read_body(request, declared).await {
+            Ok(body) => start_video(&body),
+            Err(refused) => refused,
         },
         (Method::Get, ["videos", id]) => show_video(id),
-        (Method::Post, ["promos"]) => match read_body(request).await {
-            Some(body) => start_promo(&body),
-            None => too_large(),
+        (Method::Post, ["promos"]) => match read_body(request, declared).await {
+            Ok(body) => start_promo(&body),
+            Err(refused) => refused,
         },
         (Method::Get, ["promos", id]) => show_promo(id),
         _ => reply(404, json!({"error": "not found"})),
     }
 }
 
-/// The body, or `None` past [`MAX_BODY_BYTES`] (never buffered whole) or unreadable.
-async fn read_body(request: IncomingRequest) -> Option<Vec<u8>> {
+/// The body, read as a stream and never past [`MAX_BODY_BYTES`] (a larger declared
+/// length is refused unread); else the answer: 413 too large, 400 unreadable.
+async fn read_body(request: IncomingRequest, declared: Option<usize>) -> Result<Vec<u8>, Response> {
+    let too_large = || reply(413, json!({"error": "the body is larger than 64 KiB"}));
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
     let mut stream = request.into_body_stream();
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
-        body.extend_from_slice(&chunk.ok()?);
+        let Ok(chunk) = chunk else {
+            return Err(reply(400, json!({"error": "the body could not be read"})));
+        };
+        body.extend_from_slice(&chunk);
         if body.len() > MAX_BODY_BYTES {
-            return None;
+            return Err(too_large());
         }
     }
-    Some(body)
-}
-
-fn too_large() -> Response {
-    reply(
-        413,
-        json!({"error": "the body is larger than 64 KiB (or unreadable)"}),
-    )
+    Ok(body)
 }
 
 /// Whether `authorization` carries one of `api_token`'s values as its bearer. Unset, or
-/// shorter than 16 bytes, nothing is authorized.
-fn authorized(authorization: Option<&str>) -> bool {
-    let Some(presented) = authorization.and_then(|value| value.strip_prefix("Bearer ")) else {
-        return false;
+/// shorter than 16 bytes, nothing is authorized; a provider that cannot answer is an
+/// error (503), not a wrong token.
+fn authorized(authorization: Option<&str>) -> Result<bool, ()> {
+    use spin_sdk::variables::Error;
+    let tokens = match spin_sdk::variables::get("api_token") {
+        Ok(tokens) => tokens,
+        Err(Error::Undefined(_)) => String::new(),
+        Err(_) => return Err(()),
     };
-    let tokens = spin_sdk::variables::get("api_token").unwrap_or_default();
-    tokens
+    let Some(presented) = authorization.and_then(|value| value.strip_prefix("Bearer ")) else {
+        return Ok(false);
+    };
+    Ok(tokens
         .split_whitespace()
         .filter(|token| token.len() >= 16)
         .fold(false, |found, token| {
             found | same(token.as_bytes(), presented.as_bytes())
-        })
+        }))
 }
 
 /// Equal bytes, compared without stopping at the first difference.
