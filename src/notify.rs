@@ -877,19 +877,8 @@ mod tests {
     #[test]
     fn a_pipeline_s_ids_tell_its_updates_apart_and_only_them() {
         use crate::pipeline::progress::view;
-        use crate::pipeline::spec::{PipelineSpec, StepSpec};
-        let spec = PipelineSpec {
-            id: "p".into(),
-            steps: (0..2)
-                .map(|_| StepSpec {
-                    kind: "text2video".into(),
-                    request: Default::default(),
-                    inputs: Default::default(),
-                })
-                .collect(),
-            created_at: 1,
-            generation: "g".into(),
-        };
+        use crate::pipeline::spec::PipelineSpec;
+        let spec = PipelineSpec::of_text2video_steps("p", 2);
         let step = |status, updated_at| {
             Some(TaskRecord {
                 updated_at: Some(updated_at),

@@ -200,11 +200,18 @@ mod tests {
 
     /// A two-step pipeline (text2video, then video-extend) whose step 0 has succeeded.
     fn step_0_succeeded(kv: &MemoryKv, clock: &ManualClock) {
-        let (_, steps) = parse_description(
+        step_0_succeeded_of(
+            kv,
+            clock,
             br#"{"steps":[{"kind":"text2video","request":{"prompt":"a"}},
                           {"kind":"video-extend","request":{"prompt":"b"}}]}"#,
-        )
-        .unwrap();
+        );
+    }
+
+    /// Pipeline `p` of `description`, whose step 0 (Kling task 86) has succeeded with
+    /// video `v-86`.
+    fn step_0_succeeded_of(kv: &MemoryKv, clock: &ManualClock, description: &[u8]) {
+        let (_, steps) = parse_description(description).unwrap();
         let config = submit_config();
         let kling = Scripted::new(vec![Ok((200, CREATED))]);
         let submitter = Submitter {
@@ -229,6 +236,7 @@ mod tests {
             updated_at: Some(5),
             videos: vec![Video {
                 id: Some("v-86".into()),
+                url: Some("https://cdn.example/v.mp4".into()),
                 ..Video::default()
             }],
             images: Vec::new(),
@@ -289,13 +297,14 @@ mod tests {
         let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
         // Step 1's image is step 0's whole video object: fine as a path up front (the
         // check fills it with a stand-in string), not a URL once filled.
-        let (_, steps) = parse_description(
+        step_0_succeeded_of(
+            &kv,
+            &clock,
             br#"{"steps":[{"kind":"text2video","request":{"prompt":"a"}},
                           {"kind":"image2video","request":{},"inputs":{"image":"videos.0"}}]}"#,
-        )
-        .unwrap();
+        );
         let config = submit_config();
-        let kling = Scripted::new(vec![Ok((200, CREATED))]);
+        let kling = Scripted::new(vec![]);
         let submitter = Submitter {
             config: &config,
             kv: &kv,
@@ -303,42 +312,41 @@ mod tests {
             clock: &clock,
             new_id: &|| "random".to_string(),
         };
-        let new = NewPipeline {
-            id: Some("p".into()),
-            steps,
-            idempotency_key: None,
-        };
-        assert!(create(new, &submitter).unwrap().created);
-        let done = TaskEvent {
-            task_id: "86".into(),
-            status: TaskStatus::Succeed,
-            status_msg: String::new(),
-            external_task_id: Some("p-0".into()),
-            created_at: None,
-            updated_at: Some(5),
-            videos: vec![Video {
-                id: Some("v-86".into()),
-                url: Some("https://cdn.example/v.mp4".into()),
-                ..Video::default()
-            }],
-            images: Vec::new(),
-            more: Default::default(),
-            final_unit_deduction: None,
-            source: EventSource::Callback,
-        };
-        let key = TaskKey::external("p-0");
-        let (_, books) = TaskStore::new(&kv).record_event(&key, &done, 6).unwrap();
-        books.apply(&kv).unwrap();
-
         let failed = advance("p", &submitter).unwrap().unwrap();
         assert!(failed.changed);
         assert_eq!(failed.view.status, PipelineStatus::Failed);
         let error = failed.view.error.unwrap();
         assert_eq!((error.step, error.code.as_str()), (1, "invalid_request"));
         assert!(error.message.contains("image"), "{}", error.message);
-        assert_eq!(kling.sent.borrow().len(), 1, "only step 0 reached Kling");
+        assert!(kling.sent.borrow().is_empty(), "step 1 never reached Kling");
         let stored = get("p", &kv).unwrap().unwrap();
         assert_eq!(stored.status, PipelineStatus::Failed, "and it stays failed");
+    }
+
+    /// Another advance's submit of step 1 of `p`, bound to Kling task 87 by its create
+    /// answer; `recorded`: its `submitting` record was stored first (else the answer
+    /// finds the head gone and stores it whole).
+    fn other_advance_submits_step_1(kv: &MemoryKv, recorded: bool) {
+        let key = TaskKey::external("p-1");
+        let step = StepRef {
+            pipeline_id: "p".into(),
+            step: 1,
+        };
+        let winner = crate::store::tasks::NewSubmission {
+            key: &key,
+            external_task_id: "p-1",
+            kind: "video-extend",
+            pipeline: Some(&step),
+            nonce: "winner",
+            now_ms: 1_000,
+            first_due_ms: 1_000,
+            body_digest: None,
+        };
+        let store = TaskStore::new(kv);
+        if recorded {
+            store.record_submission(&winner).unwrap();
+        }
+        store.bind_submission(&key, "87", Some(&winner)).unwrap();
     }
 
     /// Kling as a concurrent advance of the same step leaves it: that advance's create
@@ -357,24 +365,7 @@ mod tests {
             let n = self.sent.get();
             self.sent.set(n + 1);
             let (status, body) = if n == 0 {
-                let key = TaskKey::external("p-1");
-                let step = StepRef {
-                    pipeline_id: "p".into(),
-                    step: 1,
-                };
-                let winner = crate::store::tasks::NewSubmission {
-                    key: &key,
-                    external_task_id: "p-1",
-                    kind: "video-extend",
-                    pipeline: Some(&step),
-                    nonce: "winner",
-                    now_ms: 1_000,
-                    first_due_ms: 1_000,
-                    body_digest: None,
-                };
-                let store = TaskStore::new(self.kv);
-                store.record_submission(&winner).unwrap();
-                store.bind_submission(&key, "87", Some(&winner)).unwrap();
+                other_advance_submits_step_1(self.kv, true);
                 (400, r#"{"code":1201,"message":"task id conflict"}"#)
             } else {
                 (404, r#"{"code":1203,"message":"task not found"}"#)
@@ -439,24 +430,7 @@ mod tests {
         let refused = advance("p", &submitter).unwrap().unwrap();
         assert_eq!(refused.view.status, PipelineStatus::Failed);
         // The other's create answer comes: its task is the step's.
-        let key = TaskKey::external("p-1");
-        let step = StepRef {
-            pipeline_id: "p".into(),
-            step: 1,
-        };
-        let winner = crate::store::tasks::NewSubmission {
-            key: &key,
-            external_task_id: "p-1",
-            kind: "video-extend",
-            pipeline: Some(&step),
-            nonce: "winner",
-            now_ms: 1_000,
-            first_due_ms: 1_000,
-            body_digest: None,
-        };
-        TaskStore::new(&kv)
-            .bind_submission(&key, "87", Some(&winner))
-            .unwrap();
+        other_advance_submits_step_1(&kv, false);
         let view = get("p", &kv).unwrap().unwrap();
         assert_eq!((view.status, view.error), (PipelineStatus::Running, None));
         assert_eq!(view.current_step, 1);

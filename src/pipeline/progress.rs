@@ -186,21 +186,9 @@ impl PipelineView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::spec::StepSpec;
 
     fn spec(steps: usize) -> PipelineSpec {
-        PipelineSpec {
-            id: "p".into(),
-            steps: (0..steps)
-                .map(|_| StepSpec {
-                    kind: "text2video".into(),
-                    request: Default::default(),
-                    inputs: Default::default(),
-                })
-                .collect(),
-            created_at: 1,
-            generation: String::new(),
-        }
+        PipelineSpec::of_text2video_steps("p", steps)
     }
 
     fn task(status: TaskStatus) -> Option<TaskRecord> {

@@ -45,6 +45,25 @@ pub struct PipelineSpec {
     pub generation: String,
 }
 
+#[cfg(test)]
+impl PipelineSpec {
+    /// Pipeline `id` of `steps` text2video steps, generation `g`, created at 1: for tests.
+    pub fn of_text2video_steps(id: &str, steps: usize) -> Self {
+        Self {
+            id: id.into(),
+            steps: (0..steps)
+                .map(|_| StepSpec {
+                    kind: "text2video".into(),
+                    request: Default::default(),
+                    inputs: Default::default(),
+                })
+                .collect(),
+            created_at: 1,
+            generation: "g".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepSpec {
     /// The task kind's name (`text2video`, ...), checked when the pipeline is created.

@@ -279,22 +279,6 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
     }
 
-    fn two_step_pipeline(id: &str) -> crate::pipeline::spec::PipelineSpec {
-        use crate::pipeline::spec::{PipelineSpec, StepSpec};
-        PipelineSpec {
-            id: id.into(),
-            steps: (0..2)
-                .map(|_| StepSpec {
-                    kind: "text2video".into(),
-                    request: Default::default(),
-                    inputs: Default::default(),
-                })
-                .collect(),
-            created_at: 0,
-            generation: "g".into(),
-        }
-    }
-
     fn step_of(pipeline: &str, step: usize) -> StepRef {
         StepRef {
             pipeline_id: pipeline.into(),
@@ -307,7 +291,7 @@ mod tests {
         use crate::store::pipelines::PipelineStore;
         let kv = MemoryKv::default();
         let pipelines = PipelineStore::new(&kv);
-        let spec = two_step_pipeline("p");
+        let spec = crate::pipeline::spec::PipelineSpec::of_text2video_steps("p", 2);
         pipelines.save_spec(&spec).unwrap();
         pipelines.index(&spec).unwrap();
         // Step 0 succeeded long ago, and is indexed both ways (by day and listed); step 1
@@ -345,7 +329,11 @@ mod tests {
         let pipelines = PipelineStore::new(&kv);
         // A refused step 1 failed it and the reconciler let it go; then a purge deleted
         // its failure and stopped before its description: read alone, it looks running.
-        pipelines.save_spec(&two_step_pipeline("q")).unwrap();
+        pipelines
+            .save_spec(&crate::pipeline::spec::PipelineSpec::of_text2video_steps(
+                "q", 2,
+            ))
+            .unwrap();
         task(
             &kv,
             "q-0",
