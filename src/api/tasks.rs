@@ -11,7 +11,7 @@ use crate::reconcile::{PollError, Poller, ReconcileOptions};
 use crate::store::KeyValue;
 use crate::store::layout::TaskKey;
 use crate::store::tasks::{Cursor, TaskPage, TaskStore};
-use crate::task::{TaskRecord, TaskStatus};
+use crate::task::{EventSource, TaskRecord, TaskStatus};
 
 pub const DEFAULT_LIMIT: usize = 20;
 pub const MAX_LIMIT: usize = 100;
@@ -94,8 +94,16 @@ pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<
         Err(PollError::Store(error)) => {
             eprintln!("GET /tasks/{id}: read repair could not finish: {error}");
             let mut stored = store.find_by_key(&key)?.ok_or(ApiError::TaskNotFound)?;
-            let repaired = stored.sequence > record.sequence;
-            stored.reconcile = store.poll_state(&key)?.filter(|state| state.polls > 0);
+            // Announced only if it is a poll's news (a callback that stored news while
+            // Kling was asked has announced it itself).
+            let repaired =
+                stored.sequence > record.sequence && stored.source == Some(EventSource::Poll);
+            // Best effort: the store has just failed once, and the task is what matters.
+            stored.reconcile = store
+                .poll_state(&key)
+                .ok()
+                .flatten()
+                .filter(|state| state.polls > 0);
             Ok(Shown {
                 key,
                 record: stored,

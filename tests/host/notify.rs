@@ -215,15 +215,46 @@ async fn a_receiver_that_fails_twice_gets_the_event_once_it_succeeds_and_the_out
     assert_eq!(receiver.accepted().len(), 1);
 }
 
+/// A read whose repair stored Kling's news but could not write its poll record still
+/// announces that news (nothing else would: no reconcile runs here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn news_a_read_repair_stored_is_announced_even_when_its_poll_record_fails() {
+    let receiver = Receiver::start(0).await;
+    let d = deploy_notifying_with(&receiver, &[("stale_after_seconds", "0")]).await;
+    let ext = "job-repaired";
+    let silent = Script {
+        drop: vec!["submitted", "processing", "succeed", "failed"],
+        ..Script::default()
+    };
+    d.submit_scripted(ext, silent).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.standin.tasks_with_external_id(ext)[0].status != "succeed" {
+        assert!(Instant::now() < deadline, "the stand-in did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.app.kv.fail_next_set_to(&format!("task:{ext}:poll"));
+    let task = d
+        .app
+        .send(authorized("GET", &format!("/tasks/{ext}")))
+        .await;
+    assert_eq!(task.expect_json(200)["status"], "succeed");
+    wait_for_message(&receiver, &format!("task_{ext}_succeed")).await;
+}
+
 /// A callback that cannot tell whether notifications are on (`notify_url`'s provider did
-/// not answer) queues its change unsent; a run that finds them on sends it.
+/// not answer) queues its change unsent; a run that finds them on sends it. A
+/// `processing` change, which nothing else would announce again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_whose_notify_settings_cannot_be_read_waits_unsent_for_a_run() {
     let receiver = Receiver::start(0).await;
     let d = deploy_notifying_with(&receiver, &[("notify_url", PROVIDER_FAILS)]).await;
     let ext = "job-vault-notify";
-    d.submit_scripted(ext, Script::default()).await;
-    let queued = format!("outbox/task_{ext}_succeed_");
+    let only_processing = Script {
+        drop: vec!["succeed", "failed"],
+        ..Script::default()
+    };
+    d.submit_scripted(ext, only_processing).await;
+    let queued = format!("outbox/task_{ext}_processing_");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !d.app.kv.keys().iter().any(|key| key.starts_with(&queued)) {
         assert!(Instant::now() < deadline, "{:?}", d.app.kv.keys());
@@ -248,7 +279,7 @@ async fn a_change_whose_notify_settings_cannot_be_read_waits_unsent_for_a_run() 
         .app
         .ok_json(authorized("POST", "/tasks/reconcile"))
         .await;
-    wait_for_message(&receiver, &format!("task_{ext}_succeed")).await;
+    wait_for_message(&receiver, &format!("task_{ext}_processing")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
