@@ -178,20 +178,25 @@ fn content_digest(record: &TaskRecord) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Stores `notification` in the outbox without sending it: for a request that cannot
-/// tell whether notifications are on (their variables could not be read). A reconcile
-/// run that finds them on sends it; with them off, runs never touch the outbox.
+/// Stores `notification` in the outbox without sending it, unless it is queued already
+/// (with its attempts and backoff): for a request that cannot tell whether notifications
+/// are on (their variables could not be read). A reconcile run that finds them on sends
+/// it; with them off, runs never touch the outbox, so it waits there until they are on.
 pub fn queue_unsent(
     kv: &dyn KeyValue,
     notification: Notification,
     now_ms: u64,
 ) -> Result<(), StoreError> {
+    let outbox = Index::outbox(kv);
+    if outbox.value(&notification.webhook_id)?.is_some() {
+        return Ok(());
+    }
     let pending = Pending {
         notification,
         attempts: 0,
         next_attempt_at: now_ms,
     };
-    Index::outbox(kv).put(&pending.notification.webhook_id, &to_json(&pending))
+    outbox.put(&pending.notification.webhook_id, &to_json(&pending))
 }
 
 /// A notification waiting in the outbox.
