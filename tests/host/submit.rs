@@ -13,6 +13,7 @@ use crate::support::deployment::{
 };
 use crate::support::kv::KvStore;
 use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task, request};
+use crate::support::spin_host::PROVIDER_FAILS_ONCE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jwt_the_component_sends_verifies_with_a_standard_library() {
@@ -608,4 +609,17 @@ async fn a_duration_too_large_to_compute_is_config_invalid_and_changes_nothing()
         );
         assert_eq!(d.app.kv.snapshot(), before, "{name}: nothing changed");
     }
+}
+
+/// The bearer's variable fails its first read (the one deciding whether the body may be
+/// read) and answers the next (the handler's): the body was withheld, so the submit is a
+/// 503 to retry, never a 400 for a body it did not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_whose_bearer_cannot_be_read_at_first_is_refused_for_a_retry() {
+    let flaky = format!("{PROVIDER_FAILS_ONCE}{API_TOKEN}");
+    let d = deploy_with(Auth::KeyPair, None, &[("api_token", flaky.as_str())]).await;
+    let reply = d.submit("text2video", json!({"prompt": "a fox"})).await;
+    reply.expect_error(503, "config_unavailable", "a flapping provider");
+    assert!(d.standin.tasks().is_empty(), "Kling was not called");
+    assert!(d.app.kv.keys().is_empty(), "nothing stored");
 }

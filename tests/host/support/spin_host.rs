@@ -49,6 +49,8 @@ pub struct HostState {
     table: ResourceTable,
     kv: KvStore,
     variables: Arc<HashMap<String, String>>,
+    /// Variables read so far by this request's instance (for [`PROVIDER_FAILS_ONCE`]).
+    variables_read: HashMap<String, usize>,
 }
 
 impl WasiView for HostState {
@@ -323,13 +325,23 @@ impl batch::Host for HostState {
 /// timed out), as Spin reports it: `error::provider`.
 pub const PROVIDER_FAILS: &str = "<the provider fails>";
 
+/// A variable given this prefix before its value fails the first read in each request,
+/// like [`PROVIDER_FAILS`], and answers the value after it from then on: a provider that
+/// flaps.
+pub const PROVIDER_FAILS_ONCE: &str = "<the provider fails once>";
+
 impl variables::Host for HostState {
     async fn get(&mut self, name: String) -> wasmtime::Result<Result<String, VarError>> {
+        let reads = self.variables_read.entry(name.clone()).or_default();
+        *reads += 1;
+        let provider_failure = || Err(VarError::Provider("injected provider failure".into()));
         Ok(match self.variables.get(&name) {
-            Some(value) if value == PROVIDER_FAILS => {
-                Err(VarError::Provider("injected provider failure".into()))
-            }
-            Some(value) => Ok(value.clone()),
+            Some(value) if value == PROVIDER_FAILS => provider_failure(),
+            Some(value) => match value.strip_prefix(PROVIDER_FAILS_ONCE) {
+                Some(_) if *reads == 1 => provider_failure(),
+                Some(value) => Ok(value.to_string()),
+                None => Ok(value.clone()),
+            },
             None => Err(VarError::Undefined(format!("no variable for {name:?}"))),
         })
     }
@@ -615,6 +627,7 @@ impl SpinApp {
                 table: ResourceTable::new(),
                 kv: self.kv.clone(),
                 variables: self.variables.clone(),
+                variables_read: HashMap::new(),
             },
         )
     }
