@@ -3,6 +3,8 @@
 //! way a Spin app with a component dependency runs: the example submits through
 //! `kling:video/tasks`, Kling calls kling-webhook back, and the example reads the result.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -81,6 +83,16 @@ async fn the_composed_example_submits_and_reads_through_kling_video() {
 
     let bad = starter.send(post("/videos", json!({"prompt": 7}))).await;
     assert_eq!(bad.status, 400);
+    // Without the bearer, the body is never read: one that never ends is answered.
+    let endless = starter
+        .send_endless(
+            request("POST", "/videos")
+                .body(Bytes::from_static(b"{\"prompt\": \""))
+                .unwrap(),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(endless.map(|reply| reply.status), Some(401));
     // A body is read only up to 64 KiB, never buffered whole.
     let huge = starter
         .send(post("/videos", json!({"prompt": "x".repeat(70_000)})))

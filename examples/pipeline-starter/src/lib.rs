@@ -109,13 +109,14 @@ async fn read_body(request: IncomingRequest, declared: Option<usize>) -> Result<
 /// error (503), not a wrong token.
 fn authorized(authorization: Option<&str>) -> Result<bool, ()> {
     use spin_sdk::variables::Error;
-    let tokens = match spin_sdk::variables::get("api_token") {
-        Ok(tokens) => tokens,
-        Err(Error::Undefined(_)) => String::new(),
-        Err(_) => return Err(()),
-    };
     let Some(presented) = authorization.and_then(|value| value.strip_prefix("Bearer ")) else {
         return Ok(false);
+    };
+    let tokens = match spin_sdk::variables::get("api_token") {
+        Ok(tokens) => tokens,
+        // Unset (or a name Spin refuses): nothing is authorized.
+        Err(Error::Undefined(_) | Error::InvalidName(_)) => String::new(),
+        Err(Error::Provider(_) | Error::Other(_)) => return Err(()),
     };
     Ok(tokens
         .split_whitespace()
