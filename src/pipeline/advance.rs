@@ -434,6 +434,14 @@ mod tests {
         let view = get("p", &kv).unwrap().unwrap();
         assert_eq!((view.status, view.error), (PipelineStatus::Running, None));
         assert_eq!(view.current_step, 1);
+        // Tracked again, even if a run let it go as failed in between.
+        let index = Index::pipelines(&kv);
+        for entry in index.entries().unwrap() {
+            index.remove(&entry).unwrap();
+        }
+        kv.delete("task:p-1").unwrap();
+        other_advance_submits_step_1(&kv, false);
+        assert_eq!(index.entries().unwrap(), ["p/random"]);
     }
 
     #[test]

@@ -464,6 +464,14 @@ impl<'a> TaskStore<'a> {
             Index::listed(self.kv).add(&listed_entry(key, owner.now_ms))?;
             let due = owner.first_due_ms.saturating_add(1);
             Index::pending(self.kv).add(&pending_entry(key, owner.nonce, due))?;
+            // A pipeline step: a run may have let the pipeline go meanwhile (it read a
+            // refusal stored while this create was on its way), so it is tracked again.
+            if let Some(step) = owner.pipeline {
+                let pipelines = PipelineStore::new(self.kv);
+                if let Some(spec) = pipelines.spec(&step.pipeline_id)? {
+                    pipelines.index(&spec)?;
+                }
+            }
         }
         Ok(())
     }
