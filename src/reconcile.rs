@@ -31,7 +31,9 @@ use crate::ledger::{PollState, TaskHead, Verdict};
 use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
 use crate::pipeline::advance::{PipelineError, Submitter, advance};
-use crate::pipeline::progress::{Next, STEP_LOST};
+use crate::pipeline::progress::{
+    Next, PIPELINE_WATCH_MS, PipelineFailure, STEP_LOST, STEP_NOT_SUBMITTED,
+};
 use crate::store::index::Index;
 use crate::store::layout::TaskKey;
 use crate::store::pipelines::{PipelineStore, pipeline_entry};
@@ -56,9 +58,6 @@ pub const MAX_PURGED_PER_RUN: usize = 50;
 /// for minutes; and a create answered after all re-tracks its task
 /// ([`TaskStore::bind_submission`]).
 pub const SUBMITTING_GRACE_MS: u64 = 10 * 60 * 1000;
-/// How long after its creation a pipeline failed by a step given up as `lost` is still
-/// tracked, in case Kling finishes that step after all: Kling keeps results 30 days.
-pub const LOST_STEP_WATCH_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// The longest wait between two polls of one task.
 pub const MAX_POLL_GAP_MS: u64 = 60 * 60 * 1000;
 /// "Not found" answers in a row, over at least [`DEFAULT_LOST_AFTER_SECS`], before a
@@ -244,8 +243,20 @@ pub fn reconcile(
     // Retention is bounded by its own count, not the budget: a run that always spends
     // its budget must still purge.
     if let Some(retention) = options.retention_ms {
-        report.purged =
-            purge_expired(kv, started.saturating_sub(retention), MAX_PURGED_PER_RUN)?.tasks;
+        let purged = purge_expired(
+            kv,
+            started.saturating_sub(retention),
+            started,
+            MAX_PURGED_PER_RUN,
+        )?;
+        report.purged = purged.tasks;
+        for key in purged.corrupt {
+            report.errors.push(ReconcileIssue::new(
+                &key,
+                "store_corrupt",
+                format!("a stored value of `{key}` is not valid; retention skipped it"),
+            ));
+        }
     }
     Ok(report)
 }
@@ -658,21 +669,17 @@ pub fn reconcile_pipelines(
             remaining -= 1;
             continue;
         };
-        // An entry of another creation of this id (forgotten, then created again) is
-        // not this pipeline's: the current one has its own entry.
-        let current = match store.spec(id) {
-            Ok(spec) => {
-                spec.is_some_and(|spec| pipeline_entry(&spec.id, &spec.generation) == entry)
-            }
+        let spec = match store.spec(id) {
+            Ok(spec) => spec.filter(|spec| pipeline_entry(&spec.id, &spec.generation) == entry),
             Err(StoreError::Corrupt(bad)) => {
                 corrupt(report, id, &bad);
                 continue;
             }
             Err(error) => return Err(error),
         };
-        let finished = if !current {
-            true
-        } else {
+        let finished = if let Some(spec) = spec {
+            let watched =
+                submitter.clock.now_ms() < spec.created_at.saturating_add(PIPELINE_WATCH_MS);
             match advance(id, submitter) {
                 Ok(Some(advanced)) => {
                     if advanced.changed {
@@ -688,9 +695,8 @@ pub fn reconcile_pipelines(
                     // step is submitted even if the callback's follow-up never ran, for
                     // as long as Kling keeps a task's results.
                     let view = &advanced.view;
-                    let overturnable = view.error.as_ref().is_some_and(|e| e.code == STEP_LOST)
-                        && submitter.clock.now_ms()
-                            < view.created_at.saturating_add(LOST_STEP_WATCH_MS);
+                    let overturnable =
+                        view.error.as_ref().is_some_and(|e| e.code == STEP_LOST) && watched;
                     matches!(advanced.view.next(), Next::Finished(_)) && !overturnable
                 }
                 Ok(None) => true,
@@ -699,6 +705,22 @@ pub fn reconcile_pipelines(
                     false
                 }
                 Err(PipelineError::Store(e)) => return Err(e),
+                // Not submitted for as long as a pipeline is watched: it fails, and its
+                // receiver hears so, instead of being retried for ever.
+                Err(PipelineError::Step { step, error }) if !watched => {
+                    let failure = PipelineFailure {
+                        step,
+                        code: STEP_NOT_SUBMITTED.into(),
+                        message: format!(
+                            "not submitted within 30 days of the pipeline's creation: {error}"
+                        ),
+                    };
+                    store.fail(id, &failure)?;
+                    if let (Some(notifier), Some(view)) = (notifier, store.view(id)?) {
+                        notifier.ensure_pipeline_notified(&view)?;
+                    }
+                    true
+                }
                 Err(error) => {
                     let rate_limited = matches!(
                         &error,
@@ -715,6 +737,10 @@ pub fn reconcile_pipelines(
                     false
                 }
             }
+        } else {
+            // Forgotten, or an entry of another creation of this id (forgotten, then
+            // created again): not this pipeline's; the current one has its own entry.
+            true
         };
         if finished {
             index.remove(&entry)?;
@@ -1087,11 +1113,34 @@ mod tests {
                     .pipelines_pending,
                 2
             );
-            clock.0.set(1_000 + LOST_STEP_WATCH_MS);
+            clock.0.set(1_000 + PIPELINE_WATCH_MS);
             let receiver = Scripted::new(vec![]);
             let report = run(&kv, &clock, &none, &receiver).unwrap();
             assert_eq!(report.pipelines_pending, 1, "p runs on; q is let go");
             assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
+        }
+
+        #[test]
+        fn a_pipeline_whose_next_step_cannot_be_submitted_fails_after_the_watch() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            create_pipeline(&kv, &clock, "p");
+            report_step(&kv, "p", 0, TaskStatus::Succeed);
+            let down = r#"{"code":5000,"message":"down"}"#;
+            let receiver = Scripted::new(vec![Ok((200, ""))]);
+            let kling = Scripted::new(vec![Ok((500, down))]);
+            let report = run(&kv, &clock, &kling, &receiver).unwrap();
+            assert_eq!(report.errors[0].code, "pipeline_step_not_submitted");
+            assert_eq!(report.pipelines_pending, 1, "retried by the next run");
+
+            clock.0.set(1_000 + PIPELINE_WATCH_MS);
+            let kling = Scripted::new(vec![Ok((500, down))]);
+            let report = run(&kv, &clock, &kling, &receiver).unwrap();
+            assert_eq!(report.pipelines_pending, 0, "given up, and let go");
+            let view = PipelineStore::new(&kv).view("p").unwrap().unwrap();
+            let error = view.error.unwrap();
+            assert_eq!((error.step, error.code.as_str()), (1, STEP_NOT_SUBMITTED));
+            let sent = ids_sent(&receiver);
+            assert!(sent[0].starts_with("pipeline_p_failed_1_"), "{sent:?}");
         }
 
         #[test]

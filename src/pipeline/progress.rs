@@ -30,6 +30,18 @@ impl PipelineStatus {
 /// Kling can still overturn.
 pub const STEP_LOST: &str = "step_lost";
 
+/// How long after its creation a pipeline that cannot move on is still tracked: one
+/// failed by a step given up as `lost` (Kling may still finish it), and one whose next
+/// step cannot be submitted for a reason that may pass (keys, balance, rate, Kling
+/// down). Kling keeps results 30 days, so a later step could not be built from them
+/// after that anyway: the reconciler then fails it (`step_not_submitted`) or lets it go,
+/// and retention no longer keeps its steps for it.
+pub const PIPELINE_WATCH_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// The failure code of a pipeline whose next step could not be submitted within
+/// [`PIPELINE_WATCH_MS`].
+pub const STEP_NOT_SUBMITTED: &str = "step_not_submitted";
+
 /// Why a pipeline failed, when no step's task says so itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineFailure {

@@ -14,7 +14,7 @@ use super::layout::TaskKey;
 use super::pipelines::{PipelineStore, pipeline_entry};
 use super::tasks::{DAY_MS, TaskStore};
 use super::{KeyValue, StoreError};
-use crate::pipeline::progress::Next;
+use crate::pipeline::progress::{Next, PIPELINE_WATCH_MS};
 use crate::task::TaskRecord;
 
 /// What one run deleted, and whether it stopped at its limit.
@@ -22,11 +22,20 @@ use crate::task::TaskRecord;
 pub struct Purged {
     pub tasks: usize,
     pub more_left: bool,
+    /// Tasks skipped because a value of theirs does not parse (reported, never a reason
+    /// to stop: a run must get past them).
+    pub corrupt: Vec<String>,
 }
 
 /// Deletes at most `max` tasks that ended before `cutoff_ms` (whole days), and their
-/// index entries.
-pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Purged, StoreError> {
+/// index entries. `now_ms` bounds how long a pipeline that cannot move on keeps its
+/// steps ([`PIPELINE_WATCH_MS`]).
+pub fn purge_expired(
+    kv: &dyn KeyValue,
+    cutoff_ms: u64,
+    now_ms: u64,
+    max: usize,
+) -> Result<Purged, StoreError> {
     let store = TaskStore::new(kv);
     let finals = Index::finals(kv);
     let listed = Index::listed(kv);
@@ -53,11 +62,20 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
         }
         let key = TaskKey::from_stored(key);
         if !done.contains(&key.as_str().to_string()) {
-            if let Some(record) = store.find_by_key(&key)? {
+            let found = match store.find_by_key(&key) {
+                // Left as it is (its entries too), reported once per run.
+                Err(StoreError::Corrupt(_)) => {
+                    purged.corrupt.push(key.as_str().to_string());
+                    done.push(key.as_str().to_string());
+                    continue;
+                }
+                found => found?,
+            };
+            if let Some(record) = found {
                 // Indexed as final, so its record is final; anything else is left alone.
                 // So is a step of a pipeline still running: its later steps are built
                 // from it (the listing scan takes it once the pipeline has finished).
-                if !record.status.is_final() || runs_a_live_pipeline(kv, &record)? {
+                if !record.status.is_final() || runs_a_live_pipeline(kv, &record, now_ms)? {
                     finals.remove(&entry)?;
                     continue;
                 }
@@ -88,8 +106,16 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
             return Ok(purged);
         }
         let key = TaskKey::from_stored(key.to_string());
-        let head = store.head(&key)?;
-        let record = store.record(&key, head.clone())?;
+        let read = store
+            .head(&key)
+            .and_then(|head| Ok((head.clone(), store.record(&key, head)?)));
+        let (head, record) = match read {
+            Err(StoreError::Corrupt(_)) => {
+                purged.corrupt.push(key.as_str().to_string());
+                continue;
+            }
+            read => read?,
+        };
         // No head: only slots of a task not submitted here are left (a submit writes
         // the head first), and it was first seen before the cutoff.
         let expired = match (&head, &record) {
@@ -103,7 +129,7 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
             continue;
         }
         if let Some(record) = &record
-            && runs_a_live_pipeline(kv, record)?
+            && runs_a_live_pipeline(kv, record, now_ms)?
         {
             continue;
         }
@@ -117,13 +143,18 @@ pub fn purge_expired(kv: &dyn KeyValue, cutoff_ms: u64, max: usize) -> Result<Pu
     Ok(purged)
 }
 
-/// Whether `record` is a step of a pipeline the reconciler still moves on: indexed, and
-/// not finished. Purging it would take the pipeline with it (see [`TaskStore::purge`]),
-/// and the step's result feeds the steps after it. A pipeline that is not indexed goes
-/// (a delete that stopped halfway, its failure gone and its description left, must not
-/// read as running for ever); so does one indexed only because a step given up as
-/// `lost` may still be finished: retention is what ends it.
-fn runs_a_live_pipeline(kv: &dyn KeyValue, record: &TaskRecord) -> Result<bool, StoreError> {
+/// Whether `record` is a step of a pipeline the reconciler still moves on: indexed, not
+/// finished, and within [`PIPELINE_WATCH_MS`] of its creation. Purging it would take the
+/// pipeline with it (see [`TaskStore::purge`]), and the step's result feeds the steps
+/// after it. A pipeline that is not indexed goes (a delete that stopped halfway, its
+/// failure gone and its description left, must not read as running for ever); so does
+/// one indexed only because a step given up as `lost` may still be finished, and one
+/// older than the watch (a deployment that cannot submit never fails it).
+fn runs_a_live_pipeline(
+    kv: &dyn KeyValue,
+    record: &TaskRecord,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
     let Some(step) = &record.pipeline else {
         return Ok(false);
     };
@@ -134,6 +165,9 @@ fn runs_a_live_pipeline(kv: &dyn KeyValue, record: &TaskRecord) -> Result<bool, 
         Ok(None) | Err(StoreError::Corrupt(_)) => return Ok(false),
         Err(error) => return Err(error),
     };
+    if now_ms >= spec.created_at.saturating_add(PIPELINE_WATCH_MS) {
+        return Ok(false);
+    }
     let entry = pipeline_entry(&spec.id, &spec.generation);
     if Index::pipelines(kv).value(&entry)?.is_none() {
         return Ok(false);
@@ -237,20 +271,22 @@ mod tests {
         kv.set("pipeline:p", b"{}").unwrap();
 
         // Cutoff: the start of day 3; at most 20 a run.
-        let first = purge_expired(&kv, 3 * DAY + 7, 20).unwrap();
+        let first = purge_expired(&kv, 3 * DAY + 7, 3 * DAY + 7, 20).unwrap();
         assert_eq!(
             first,
             Purged {
                 tasks: 20,
-                more_left: true
+                more_left: true,
+                corrupt: Vec::new(),
             }
         );
-        let second = purge_expired(&kv, 3 * DAY + 7, 20).unwrap();
+        let second = purge_expired(&kv, 3 * DAY + 7, 3 * DAY + 7, 20).unwrap();
         assert_eq!(
             second,
             Purged {
                 tasks: 11,
-                more_left: false
+                more_left: false,
+                corrupt: Vec::new(),
             }
         );
         assert!((0..30).all(|i| !exists(&kv, &format!("old-{i}"))));
@@ -305,7 +341,8 @@ mod tests {
         );
         Index::finals(&kv).add("000000/p-0").unwrap();
 
-        assert_eq!(purge_expired(&kv, 40 * DAY, 10).unwrap().tasks, 0);
+        // Ten days of retention, twenty days after the pipeline began.
+        assert_eq!(purge_expired(&kv, 10 * DAY, 20 * DAY, 10).unwrap().tasks, 0);
         assert!(exists(&kv, "p-0"), "a running pipeline's step stays");
         assert!(pipelines.spec("p").unwrap().is_some(), "and its pipeline");
 
@@ -317,9 +354,25 @@ mod tests {
             Some(TaskStatus::Failed),
             Some(&step_of("p", 1)),
         );
-        assert_eq!(purge_expired(&kv, 40 * DAY, 10).unwrap().tasks, 2);
+        assert_eq!(purge_expired(&kv, 10 * DAY, 20 * DAY, 10).unwrap().tasks, 2);
         assert!(!exists(&kv, "p-0") && !exists(&kv, "p-1"));
         assert_eq!(pipelines.spec("p").unwrap(), None);
+
+        // Not for ever: past the watch, a pipeline that cannot move on (a deployment
+        // that cannot submit never fails it) keeps nothing.
+        let stuck = crate::pipeline::spec::PipelineSpec::of_text2video_steps("s", 2);
+        pipelines.save_spec(&stuck).unwrap();
+        pipelines.index(&stuck).unwrap();
+        task(
+            &kv,
+            "s-0",
+            0,
+            Some(TaskStatus::Succeed),
+            Some(&step_of("s", 0)),
+        );
+        assert_eq!(purge_expired(&kv, 10 * DAY, 29 * DAY, 10).unwrap().tasks, 0);
+        assert_eq!(purge_expired(&kv, 10 * DAY, 31 * DAY, 10).unwrap().tasks, 1);
+        assert_eq!(pipelines.spec("s").unwrap(), None);
     }
 
     #[test]
@@ -341,7 +394,7 @@ mod tests {
             Some(TaskStatus::Succeed),
             Some(&step_of("q", 0)),
         );
-        assert_eq!(purge_expired(&kv, 40 * DAY, 10).unwrap().tasks, 1);
+        assert_eq!(purge_expired(&kv, 40 * DAY, 40 * DAY, 10).unwrap().tasks, 1);
         assert!(!exists(&kv, "q-0"));
         assert_eq!(pipelines.spec("q").unwrap(), None, "the delete is finished");
     }
@@ -364,10 +417,29 @@ mod tests {
         let (_, books) = store.record_event(&key, &e, 10).unwrap();
         books.apply(&kv).unwrap();
 
-        assert_eq!(purge_expired(&kv, 2 * DAY, 10).unwrap().tasks, 2);
+        assert_eq!(purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap().tasks, 2);
         assert!(!exists(&kv, "done-1"));
         assert!(!exists(&kv, "77"));
         assert!(exists(&kv, "ours-pending"));
+    }
+
+    #[test]
+    fn a_value_that_does_not_parse_is_reported_and_passed_over() {
+        let kv = MemoryKv::default();
+        for ext in ["bad-1", "good-3"] {
+            task(&kv, ext, 0, Some(TaskStatus::Succeed), None);
+        }
+        task(&kv, "bad-2", 0, Some(TaskStatus::Succeed), None);
+        kv.set("task:bad-1", b"not json").unwrap();
+        kv.set("task:bad-2", b"not json").unwrap();
+        let purged = purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
+        assert_eq!(purged.tasks, 1, "{purged:?}");
+        assert!(!exists(&kv, "good-3"));
+        assert_eq!(
+            purged.corrupt,
+            ["bad-1", "bad-2"],
+            "both passes skip and say so"
+        );
     }
 
     #[test]
@@ -376,7 +448,10 @@ mod tests {
         task(&kv, "fresh-1", 5 * DAY, Some(TaskStatus::Succeed), None);
         task(&kv, "fresh-2", 5 * DAY, None, None);
         kv.round_trips.set(0);
-        assert_eq!(purge_expired(&kv, 5 * DAY, 10).unwrap(), Purged::default());
+        assert_eq!(
+            purge_expired(&kv, 5 * DAY, 5 * DAY, 10).unwrap(),
+            Purged::default()
+        );
         assert_eq!(kv.round_trips.get(), 1, "one list-keys, nothing else");
     }
 
@@ -416,7 +491,7 @@ mod tests {
         store.write_slot(&key, Slot::Final, &done).unwrap();
         Index::finals(&kv.inner).add("000000/job").unwrap();
 
-        purge_expired(&kv, 2 * DAY, 10).unwrap();
+        purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
         let deleted = kv.deleted.borrow();
         let task_keys: Vec<&str> = deleted
             .iter()
