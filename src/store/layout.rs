@@ -11,7 +11,7 @@
 //! | `task:{key}:notified` | the `sequence` of the task's last notification a receiver took | the notifier, on a 2xx |
 //! | `taskid:{task_id}` | `{key}` | the first binding |
 //! | `pipeline:{id}` | a pipeline's description ([`PipelineSpec`]) | `POST /pipelines`, once |
-//! | `pipeline:{id}:failure` | why a pipeline failed, when no step's task says it | a refused step |
+//! | `pipeline:{id}:failure` | why a pipeline failed, when no step's task says it | a refused or unbuildable step; the reconciler, for a step not submitted within 30 days |
 //! | `pipeline:{id}:notified` | the `webhook-id` of the pipeline's last notification a receiver took | the notifier, on a 2xx |
 //! | `listed/{first_seen_ms}/{key}` | `1`: the task is in `GET /tasks` and retention's scan | a submit; every news of a task not submitted here, in its batch, under the name its first chose (the head's `listed_at`); removed by retention |
 //! | `final/{day}/{key}` | `1`: retention's index by day | the reconciler, when a task it tracks is final (callbacks write none: retention's scan of `listed/` finds a task not submitted here); removed by retention, with the task |
@@ -27,8 +27,8 @@
 //!
 //! | key | value | added by | removed by |
 //! |---|---|---|---|
-//! | `pending/{due_ms}/{nonce}/{key}` | `1` | a submit | the reconciler, once the task is final, forgotten or re-submitted (a poll moves it to a later due time: add, then remove) |
-//! | `pipelines/{id}/{generation}` | `1` | `POST /pipelines` | the reconciler, once the pipeline finished (one failed by a `lost` step: 30 days after its creation) |
+//! | `pending/{due_ms}/{nonce}/{key}` | `1` | a submit (again by its create answer, if the task was forgotten meanwhile) | the reconciler, once the task is final, forgotten or re-submitted (a poll moves it to a later due time: add, then remove) |
+//! | `pipelines/{id}/{generation}` | `1` | `POST /pipelines`; an advance with a step to submit; a step's create answered after its task was forgotten | the reconciler, once the pipeline finished (one failed by a `lost` step: 30 days after its creation) |
 //! | `outbox/{webhook_id}` | the notification ([`Pending`]) | every notification, before it is sent | its 2xx |
 //!
 //! `{key}` is the task's `external_task_id`, or `#` followed by Kling's `task_id` for a
