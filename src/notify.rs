@@ -865,6 +865,29 @@ mod tests {
     }
 
     #[test]
+    fn a_notification_queued_unsent_keeps_an_entry_already_queued() {
+        let f = Fixture::new(10, vec![500]);
+        let processing = f.store(&event(TaskStatus::Processing, 20));
+        let queued = note(&processing, 10);
+        let id = queued.webhook_id.clone();
+        f.notifier().deliver(queued.clone()).unwrap();
+        let backing_off = f.pending(&id).unwrap();
+        assert_eq!(backing_off.attempts, 1, "refused once, waiting to retry");
+        queue_unsent(&f.kv, queued.clone(), 10).unwrap();
+        assert_eq!(
+            f.pending(&id),
+            Some(backing_off),
+            "its attempts and backoff kept"
+        );
+
+        let fresh = Fixture::new(10, vec![]);
+        queue_unsent(&fresh.kv, queued, 10).unwrap();
+        let waiting = fresh.pending(&id).unwrap();
+        assert_eq!((waiting.attempts, waiting.next_attempt_at), (0, 10));
+        assert!(fresh.receiver.got.borrow().is_empty(), "stored, not sent");
+    }
+
+    #[test]
     fn webhook_ids_are_unique_per_content_not_per_counter() {
         let id = |record: &TaskRecord| note(record, 0).webhook_id;
         let base = record();
