@@ -191,11 +191,7 @@ pub fn queue_unsent(
     if outbox.value(&notification.webhook_id)?.is_some() {
         return Ok(());
     }
-    let pending = Pending {
-        notification,
-        attempts: 0,
-        next_attempt_at: now_ms,
-    };
+    let pending = Pending::due(notification, now_ms);
     outbox.put(&pending.notification.webhook_id, &to_json(&pending))
 }
 
@@ -207,6 +203,17 @@ pub struct Pending {
     pub attempts: u32,
     /// Our clock, milliseconds.
     pub next_attempt_at: u64,
+}
+
+impl Pending {
+    /// A notification not tried yet, due at `now_ms`.
+    fn due(notification: Notification, now_ms: u64) -> Self {
+        Self {
+            notification,
+            attempts: 0,
+            next_attempt_at: now_ms,
+        }
+    }
 }
 
 /// What an outbox run did.
@@ -244,11 +251,7 @@ impl<'a> Notifier<'a> {
     /// Stores the notification in the outbox, then sends it, and deletes it on a 2xx.
     /// An error means it could not be stored (nothing was sent then).
     pub fn deliver(&self, notification: Notification) -> Result<(), StoreError> {
-        let pending = Pending {
-            notification,
-            attempts: 0,
-            next_attempt_at: self.clock.now_ms(),
-        };
+        let pending = Pending::due(notification, self.clock.now_ms());
         Index::outbox(self.kv).put(&pending.notification.webhook_id, &to_json(&pending))?;
         self.attempt(pending)?;
         Ok(())

@@ -123,6 +123,16 @@ impl ReconcileIssue {
             message: message.into(),
         }
     }
+
+    /// A value under `bad` that does not parse, met while handling `key`: reported and
+    /// passed over, never a reason for a run to stop.
+    fn corrupt(key: &str, bad: &str) -> Self {
+        Self::new(
+            key,
+            "store_corrupt",
+            format!("the stored value under `{bad}` is not valid; skipped for now"),
+        )
+    }
 }
 
 /// The entries of one submission: normally one; a spare one where two runs moved it at
@@ -208,11 +218,9 @@ pub fn reconcile(
             // One value that does not parse must not stop every run: report it, and
             // look at the task again after the longest gap.
             Err(StoreError::Corrupt(bad)) => {
-                report.errors.push(ReconcileIssue::new(
-                    submission.key.as_str(),
-                    "store_corrupt",
-                    format!("the stored value under `{bad}` is not valid; skipped for now"),
-                ));
+                report
+                    .errors
+                    .push(ReconcileIssue::corrupt(submission.key.as_str(), &bad));
                 Judged::Due(clock.now_ms().saturating_add(MAX_POLL_GAP_MS))
             }
             judged => judged?,
@@ -251,11 +259,7 @@ pub fn reconcile(
         )?;
         report.purged = purged.tasks;
         for key in purged.corrupt {
-            report.errors.push(ReconcileIssue::new(
-                &key,
-                "store_corrupt",
-                format!("a stored value of `{key}` is not valid; retention skipped it"),
-            ));
+            report.errors.push(ReconcileIssue::corrupt(&key, &key));
         }
     }
     Ok(report)
@@ -650,15 +654,6 @@ pub fn reconcile_pipelines(
     let store = PipelineStore::new(submitter.kv);
     let entries = index.entries()?;
     let mut remaining = entries.len();
-    // One value that does not parse must not stop every run: report it and go on; its
-    // entry stays.
-    let corrupt = |report: &mut ReconcileReport, id: &str, bad: &str| {
-        report.errors.push(ReconcileIssue::new(
-            id,
-            "store_corrupt",
-            format!("the stored value under `{bad}` is not valid; skipped for now"),
-        ));
-    };
     for entry in entries {
         if submitter.clock.now_ms() >= deadline_ms {
             report.budget_exhausted = true;
@@ -672,7 +667,7 @@ pub fn reconcile_pipelines(
         let spec = match store.spec(id) {
             Ok(spec) => spec.filter(|spec| pipeline_entry(&spec.id, &spec.generation) == entry),
             Err(StoreError::Corrupt(bad)) => {
-                corrupt(report, id, &bad);
+                report.errors.push(ReconcileIssue::corrupt(id, &bad));
                 continue;
             }
             Err(error) => return Err(error),
@@ -701,7 +696,7 @@ pub fn reconcile_pipelines(
                 }
                 Ok(None) => true,
                 Err(PipelineError::Store(StoreError::Corrupt(bad))) => {
-                    corrupt(report, id, &bad);
+                    report.errors.push(ReconcileIssue::corrupt(id, &bad));
                     false
                 }
                 Err(PipelineError::Store(e)) => return Err(e),
@@ -940,13 +935,7 @@ mod tests {
             let config = submit_config();
             let answer = created(id, 0);
             let kling = Scripted::new(vec![Ok((200, &answer))]);
-            let submitter = Submitter {
-                config: &config,
-                kv,
-                transport: &kling,
-                clock,
-                new_id: &|| "g".to_string(),
-            };
+            let submitter = Submitter::for_tests(&config, kv, &kling, clock);
             let new = NewPipeline {
                 id: Some(id.into()),
                 steps,
@@ -989,13 +978,7 @@ mod tests {
             receiver: &Scripted,
         ) -> Result<ReconcileReport, StoreError> {
             let (config, notify) = (submit_config(), notify_config());
-            let submitter = Submitter {
-                config: &config,
-                kv,
-                transport: kling,
-                clock,
-                new_id: &|| "n".to_string(),
-            };
+            let submitter = Submitter::for_tests(&config, kv, kling, clock);
             let notifier = Notifier::new(&notify, kv, receiver, clock);
             let mut report = ReconcileReport::default();
             reconcile_pipelines(&submitter, Some(&notifier), u64::MAX, &mut report)?;
@@ -1028,13 +1011,7 @@ mod tests {
             let config = submit_config();
             let answer = created("p", 1);
             let kling = Scripted::new(vec![Ok((200, &answer))]);
-            let submitter = Submitter {
-                config: &config,
-                kv: &kv,
-                transport: &kling,
-                clock: &clock,
-                new_id: &|| "n".to_string(),
-            };
+            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
             assert!(advance("p", &submitter).unwrap().unwrap().changed);
 
             let receiver = Scripted::new(vec![Ok((200, "")), Ok((200, ""))]);

@@ -46,6 +46,28 @@ pub struct Submitter<'a> {
     pub new_id: &'a dyn Fn() -> String,
 }
 
+#[cfg(test)]
+impl<'a> Submitter<'a> {
+    /// A submitter for unit tests, whose every new id (pipeline generation, nonce) is `g`.
+    pub fn for_tests(
+        config: &'a SubmitConfig,
+        kv: &'a dyn KeyValue,
+        transport: &'a dyn HttpTransport,
+        clock: &'a dyn Clock,
+    ) -> Self {
+        fn same_id() -> String {
+            "g".to_string()
+        }
+        Self {
+            config,
+            kv,
+            transport,
+            clock,
+            new_id: &same_id,
+        }
+    }
+}
+
 /// A pipeline after [`advance`].
 #[derive(Debug)]
 pub struct Advanced {
@@ -214,13 +236,7 @@ mod tests {
         let (_, steps) = parse_description(description).unwrap();
         let config = submit_config();
         let kling = Scripted::new(vec![Ok((200, CREATED))]);
-        let submitter = Submitter {
-            config: &config,
-            kv,
-            transport: &kling,
-            clock,
-            new_id: &|| "random".to_string(),
-        };
+        let submitter = Submitter::for_tests(&config, kv, &kling, clock);
         let new = NewPipeline {
             id: Some("p".into()),
             steps,
@@ -256,13 +272,7 @@ mod tests {
     ) -> Result<Option<Advanced>, PipelineError> {
         let config = submit_config();
         let kling = Scripted::new(vec![Ok(answer)]);
-        let submitter = Submitter {
-            config: &config,
-            kv,
-            transport: &kling,
-            clock,
-            new_id: &|| "random".to_string(),
-        };
+        let submitter = Submitter::for_tests(&config, kv, &kling, clock);
         let advanced = advance("p", &submitter);
         let sent: serde_json::Value = serde_json::from_slice(&kling.sent.borrow()[0].body).unwrap();
         assert_eq!(sent["video_id"], "v-86", "step 1 takes step 0's video");
@@ -287,7 +297,7 @@ mod tests {
         );
         assert_eq!(
             index.entries().unwrap(),
-            ["p/random"],
+            ["p/g"],
             "the reconciler will retry it"
         );
     }
@@ -305,13 +315,7 @@ mod tests {
         );
         let config = submit_config();
         let kling = Scripted::new(vec![]);
-        let submitter = Submitter {
-            config: &config,
-            kv: &kv,
-            transport: &kling,
-            clock: &clock,
-            new_id: &|| "random".to_string(),
-        };
+        let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
         let failed = advance("p", &submitter).unwrap().unwrap();
         assert!(failed.changed);
         assert_eq!(failed.view.status, PipelineStatus::Failed);
@@ -386,13 +390,7 @@ mod tests {
             kv: &kv,
             sent: Cell::new(0),
         };
-        let submitter = Submitter {
-            config: &config,
-            kv: &kv,
-            transport: &kling,
-            clock: &clock,
-            new_id: &|| "random".to_string(),
-        };
+        let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
         let advanced = advance("p", &submitter).unwrap().unwrap();
         assert!(!advanced.changed);
         assert_eq!(advanced.view.status, PipelineStatus::Running);
@@ -420,13 +418,7 @@ mod tests {
             Ok((404, r#"{"code":1203,"message":"task not found"}"#)),
         ]);
         let config = submit_config();
-        let submitter = Submitter {
-            config: &config,
-            kv: &kv,
-            transport: &kling,
-            clock: &clock,
-            new_id: &|| "random".to_string(),
-        };
+        let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
         let refused = advance("p", &submitter).unwrap().unwrap();
         assert_eq!(refused.view.status, PipelineStatus::Failed);
         // The other's create answer comes: its task is the step's.
@@ -441,7 +433,7 @@ mod tests {
         }
         kv.delete("task:p-1").unwrap();
         other_advance_submits_step_1(&kv, false);
-        assert_eq!(index.entries().unwrap(), ["p/random"]);
+        assert_eq!(index.entries().unwrap(), ["p/g"]);
     }
 
     #[test]
