@@ -54,9 +54,9 @@ pub const MAX_PURGED_PER_RUN: usize = 50;
 /// How long a task may stay `submitting` before a Kling that does not know it means the
 /// create never went through. Longer than any submit takes (a create, and the lookup
 /// that may follow it, each end within about three `kling_timeout_ms` of at most a
-/// minute), so an in-flight submit is not forgotten under it unless its instance stalls
-/// for minutes; and a create answered after all re-tracks its task
-/// ([`TaskStore::bind_submission`]).
+/// minute), so a submit in flight is rarely given up. Correctness does not rest on it:
+/// giving up deletes nothing, and whatever binds the task later tracks it again
+/// ([`TaskStore::live_head`]).
 pub const SUBMITTING_GRACE_MS: u64 = 10 * 60 * 1000;
 /// The longest wait between two polls of one task.
 pub const MAX_POLL_GAP_MS: u64 = 60 * 60 * 1000;
@@ -292,8 +292,10 @@ impl Poller<'_> {
     ) -> Result<Judged, StoreError> {
         let store = TaskStore::new(self.kv);
         let key = &submission.key;
-        let Some(head) = store.head(key)? else {
-            return Ok(Judged::Release); // forgotten: Kling refused it
+        // Given up as never created (here or by a refusal), or deleted: whoever binds it
+        // later tracks it again (`TaskStore::live_head`).
+        let Some(head) = store.live_head(key)? else {
+            return Ok(Judged::Release);
         };
         let record = store.record(key, Some(head.clone()))?;
         if let Some(record) = record.as_ref().filter(|r| r.status.is_final()) {
@@ -468,7 +470,9 @@ impl Poller<'_> {
                         // Bound while Kling was asked (its create answer, or a callback),
                         // or submitted again: not this poll's to forget; the next poll
                         // asks by its task_id.
-                        Forget::Kept => state.last_outcome = "unchanged".into(),
+                        Forget::Bound | Forget::Superseded => {
+                            state.last_outcome = "unchanged".into();
+                        }
                     }
                 }
             }

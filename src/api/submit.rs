@@ -85,7 +85,8 @@ pub fn submit(
     let store = TaskStore::new(kv);
     let key = TaskKey::external(&external_task_id);
     let digest = body_digest(request.kind, &body);
-    let head = store.head(&key)?;
+    // A submission given up as never created is no task: the id may be used again.
+    let head = store.live_head(&key)?;
     // A pipeline step's request is rebuilt from the step before it on every advance, so
     // only its pipeline step must match; a client's retry must repeat its request.
     let conflicting = head
@@ -352,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_leaves_nothing_behind() {
+    fn a_refusal_leaves_no_task_behind() {
         let kv = MemoryKv::default();
         let kling = Scripted::new(vec![Ok((
             429,
@@ -363,11 +364,15 @@ mod tests {
             matches!(err, SubmitError::Kling(KlingError::Api(ref e)) if e.code == 1303),
             "{err:?}"
         );
-        // Only its (harmless, skipped) index entries remain.
-        assert!(
-            kv.keys().iter().all(|k| k.starts_with("index:")),
-            "{:?}",
-            kv.keys()
+        // No pending entry: only its head, marked as given up, and the listing entry
+        // through which retention deletes it.
+        assert_eq!(
+            kv.keys(),
+            [
+                "listed/0000001000000/job-1",
+                "task:job-1",
+                "task:job-1:forgotten"
+            ]
         );
         let store = TaskStore::new(&kv);
         assert!(store.find("job-1").unwrap().is_none());

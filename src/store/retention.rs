@@ -106,10 +106,13 @@ pub fn purge_expired(
             return Ok(purged);
         }
         let key = TaskKey::from_stored(key.to_string());
-        let read = store
-            .head(&key)
-            .and_then(|head| Ok((head.clone(), store.record(&key, head)?)));
-        let (head, record) = match read {
+        let read = store.head(&key).and_then(|stored| {
+            let forgotten = stored.is_some();
+            let head = stored.map_or(Ok(None), |head| store.live(&key, head))?;
+            let forgotten = forgotten && head.is_none();
+            Ok((forgotten, head.clone(), store.record(&key, head)?))
+        });
+        let (forgotten, head, record) = match read {
             Err(StoreError::Corrupt(_)) => {
                 purged.corrupt.push(key.as_str().to_string());
                 continue;
@@ -136,6 +139,9 @@ pub fn purge_expired(
         if let Some(record) = &record {
             store.purge(&key, record)?;
             purged.tasks += 1;
+        } else if forgotten {
+            // A submission given up as never created: its head and its mark.
+            store.delete_task(&key, None)?;
         }
         listed.remove(entry)?;
         done.push(key.as_str().to_string());
@@ -507,6 +513,7 @@ mod tests {
                 "task:job:poll",
                 "task:job:notified",
                 "task:job",
+                "task:job:forgotten",
                 "taskid:t-job",
                 "task:job:final"
             ]

@@ -128,6 +128,10 @@ pub struct Bookkeeping {
     final_at: Option<u64>,
     /// Whether the delivery changed the head (a repeat of a bound task does not).
     head_changed: bool,
+    /// Set when this delivery binds a task submitted here: once the binding is written,
+    /// the task is tracked again if it was given up meanwhile, under this due time
+    /// ([`TaskStore::track_if_forgotten`]).
+    retrack_due: Option<u64>,
     /// The head and the task_id index went with the slot, before the acknowledgement.
     batched: bool,
 }
@@ -151,6 +155,7 @@ impl Bookkeeping {
             if self.head_changed {
                 kv.set(&self.key.head(), &to_json(&self.head))?;
             }
+            self.track_if_forgotten(kv)?;
         }
         if let Some(ms) = self.final_at {
             Index::finals(kv).add(&final_entry(&self.key, ms))?;
@@ -182,6 +187,16 @@ impl Bookkeeping {
         batch
     }
 
+    /// After the binding is written (see [`Self::retrack_due`]).
+    fn track_if_forgotten(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
+        match (self.retrack_due, &self.head.submission) {
+            (Some(due_ms), Some(submission)) => {
+                TaskStore::new(kv).track_if_forgotten(&self.key, submission, due_ms)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The head as this delivery leaves it.
     pub fn head(&self) -> &TaskHead {
         &self.head
@@ -198,8 +213,85 @@ impl<'a> TaskStore<'a> {
         Self { kv }
     }
 
+    /// The head as stored, a submission given up as never created included. Writers
+    /// that bind a task read this; whoever asks whether the task exists reads
+    /// [`Self::live_head`].
     pub fn head(&self, key: &TaskKey) -> Result<Option<TaskHead>, StoreError> {
         self.get_json(&key.head())
+    }
+
+    /// The head, unless it is a submission given up as never created: unbound, and its
+    /// nonce in `task:{key}:forgotten` ([`Self::forget_unbound`]).
+    ///
+    /// Forgetting writes nothing a binding writes, so no binding is ever lost to it, and
+    /// no timing is assumed. The forgetter writes the mark and then reads the head; a
+    /// binder writes the head and then reads the mark ([`Self::track_if_forgotten`]).
+    /// Each store operation ends before the next begins, so at least one of them sees
+    /// the other: a forgetter that reads a bound head keeps the task, and a binder that
+    /// reads the mark tracks the task again. This reader reads the head once more after
+    /// the mark, for the same reason: a head bound before the mark was written is
+    /// never taken for forgotten. Costs a read only for an unbound head.
+    pub fn live_head(&self, key: &TaskKey) -> Result<Option<TaskHead>, StoreError> {
+        match self.head(key)? {
+            Some(head) => self.live(key, head),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Self::live_head`], given the head just read.
+    pub fn live(&self, key: &TaskKey, head: TaskHead) -> Result<Option<TaskHead>, StoreError> {
+        let Some(nonce) = unbound_nonce(&head) else {
+            return Ok(Some(head));
+        };
+        if self.forgotten_nonce(key)?.as_deref() != Some(nonce) {
+            return Ok(Some(head));
+        }
+        Ok(self
+            .head(key)?
+            .filter(|again| unbound_nonce(again) != Some(nonce)))
+    }
+
+    /// The nonce of the last submission given up on this key, if any.
+    fn forgotten_nonce(&self, key: &TaskKey) -> Result<Option<String>, StoreError> {
+        self.kv
+            .get(&key.forgotten())?
+            .map(|bytes| String::from_utf8(bytes).map_err(|_| StoreError::Corrupt(key.forgotten())))
+            .transpose()
+    }
+
+    /// Once a binding of `submission`'s task is written (head first): if any submission
+    /// of this key was given up meanwhile, its reconciler may have released the task's
+    /// pending entry, so the task is made pending again under `due_ms` (a name no
+    /// reconciler has judged), listed, and its pipeline tracked. One read otherwise.
+    pub fn track_if_forgotten(
+        &self,
+        key: &TaskKey,
+        submission: &Submission,
+        due_ms: u64,
+    ) -> Result<(), StoreError> {
+        if self.kv.get(&key.forgotten())?.is_none() {
+            return Ok(());
+        }
+        Index::pending(self.kv).add(&pending_entry(key, &submission.nonce, due_ms))?;
+        self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())
+    }
+
+    /// Lists a task submitted at `submitted_at` again, and indexes its pipeline again:
+    /// a run may have let either go while the task looked forgotten.
+    fn track_again(
+        &self,
+        key: &TaskKey,
+        submitted_at: u64,
+        step: Option<&StepRef>,
+    ) -> Result<(), StoreError> {
+        Index::listed(self.kv).add(&listed_entry(key, submitted_at))?;
+        if let Some(step) = step {
+            let pipelines = PipelineStore::new(self.kv);
+            if let Some(spec) = pipelines.spec(&step.pipeline_id)? {
+                pipelines.index(&spec)?;
+            }
+        }
+        Ok(())
     }
 
     /// [`Self::record_event_with_head`] after reading the head (tests' shorthand: the
@@ -237,6 +329,7 @@ impl<'a> TaskStore<'a> {
         if let Verdict::Apply(slot) = verdict {
             self.kv.set_all(&bookkeeping.news_batch(slot, event))?;
             bookkeeping.batched = true;
+            bookkeeping.track_if_forgotten(self.kv)?;
         }
         Ok((verdict, bookkeeping))
     }
@@ -290,11 +383,13 @@ impl<'a> TaskStore<'a> {
         if list_at.is_some() {
             after.listed_at = list_at;
         }
+        let binds_submission = first_binding && after.submission.is_some();
         Bookkeeping {
             key: key.clone(),
             head_changed: before.as_ref() != Some(&after),
             head: after,
             index_task_id: first_binding.then(|| event.task_id.clone()),
+            retrack_due: binds_submission.then_some(now_ms),
             list_at,
             // Only a poll (the reconciler, off the hot path) indexes a final task for
             // retention by day here. A final callback leaves it to the reconciler (a
@@ -313,6 +408,7 @@ impl<'a> TaskStore<'a> {
             key: key.clone(),
             head,
             index_task_id: None,
+            retrack_due: None,
             list_at: None,
             final_at: None,
             head_changed: true,
@@ -332,6 +428,7 @@ impl<'a> TaskStore<'a> {
         self.kv.delete(&key.poll())?;
         self.kv.delete(&key.notified())?;
         self.kv.delete(&key.head())?;
+        self.kv.delete(&key.forgotten())?;
         if let Some(task_id) = task_id {
             self.kv.delete(&task_id_index(task_id))?;
         }
@@ -441,11 +538,15 @@ impl<'a> TaskStore<'a> {
     /// submit of the same id deleted, or a late write left without its submission, is
     /// whole again.
     ///
-    /// A head that is gone was forgotten (the reconciler took the create for one that
-    /// never went through, or a concurrent submit's refusal deleted it) and its entries
-    /// may be released: the owner's task exists at Kling, so it is listed and made pending
-    /// again, under a pending name no reconciler has judged (one past the first due
-    /// time), so a release still in flight cannot take it.
+    /// Once the head is written, the owner's task exists at Kling, so it must be
+    /// tracked whatever a reconciler decided while Kling was asked: the owner gets a
+    /// pending entry of its own under a name only this binding writes (one past its
+    /// first due time; the reconciler folds it into the submit's), since a run may have
+    /// released the owner's entries while the head named another submission. If the
+    /// head was gone or any submission of this key was given up meanwhile
+    /// ([`Self::live_head`]), the task is listed and its pipeline tracked again too (a
+    /// run may have let the pipeline go on a refusal stored while this create was on
+    /// its way).
     pub fn bind_submission(
         &self,
         key: &TaskKey,
@@ -453,24 +554,18 @@ impl<'a> TaskStore<'a> {
         owner: Option<&NewSubmission<'_>>,
     ) -> Result<(), StoreError> {
         let head = self.head(key)?;
-        let forgotten = head.is_none();
+        let gone = head.is_none();
         let mut head = head.unwrap_or_default();
         if let Some(owner) = owner {
             head.external_task_id = Some(owner.external_task_id.to_string());
             head.submission = Some(owner.submission());
         }
         self.bind_head(key, head, task_id)?;
-        if let Some(owner) = owner.filter(|_| forgotten) {
-            Index::listed(self.kv).add(&listed_entry(key, owner.now_ms))?;
+        if let Some(owner) = owner {
             let due = owner.first_due_ms.saturating_add(1);
             Index::pending(self.kv).add(&pending_entry(key, owner.nonce, due))?;
-            // A pipeline step: a run may have let the pipeline go meanwhile (it read a
-            // refusal stored while this create was on its way), so it is tracked again.
-            if let Some(step) = owner.pipeline {
-                let pipelines = PipelineStore::new(self.kv);
-                if let Some(spec) = pipelines.spec(&step.pipeline_id)? {
-                    pipelines.index(&spec)?;
-                }
+            if gone || self.kv.get(&key.forgotten())?.is_some() {
+                self.track_again(key, owner.now_ms, owner.pipeline)?;
             }
         }
         Ok(())
@@ -496,36 +591,55 @@ impl<'a> TaskStore<'a> {
         Ok(head)
     }
 
-    /// Deletes the head (and the poll record) of a submission whose create never went
-    /// through, if it is still this submission's and still unbound: read again, since a
-    /// create answer or a callback may have bound it while Kling was asked.
+    /// Gives up a submission whose create never went through, if the head is still
+    /// this submission's and still unbound: it is marked (`task:{key}:forgotten`), not
+    /// deleted, so that a create answer or a callback that binds it meanwhile is never
+    /// lost (see [`Self::live_head`] for why the mark comes first and the head is read
+    /// after it). Its poll record goes: a submission of the same id again starts its
+    /// polls afresh.
     pub fn forget_unbound(&self, key: &TaskKey, nonce: &str) -> Result<Forget, StoreError> {
-        let Some(head) = self.head(key)? else {
-            return Ok(Forget::Gone);
+        let judged = |head: Option<TaskHead>| match head {
+            None => Forget::Gone,
+            Some(head) if unbound_nonce(&head) == Some(nonce) => Forget::Forgotten,
+            Some(head) if head.submission.as_ref().is_some_and(|s| s.nonce == nonce) => {
+                Forget::Bound
+            }
+            Some(_) => Forget::Superseded,
         };
-        if head.task_id.is_some() || head.submission.is_none_or(|s| s.nonce != nonce) {
-            return Ok(Forget::Kept);
+        match judged(self.head(key)?) {
+            Forget::Forgotten => {}
+            kept => return Ok(kept),
         }
-        self.kv.delete(&key.head())?;
-        // A submission of the same id again starts its polls afresh.
-        self.kv.delete(&key.poll())?;
-        Ok(Forget::Forgotten)
+        self.kv.set(&key.forgotten(), nonce.as_bytes())?;
+        let judged = judged(self.head(key)?);
+        if judged == Forget::Forgotten {
+            self.kv.delete(&key.poll())?;
+        }
+        Ok(judged)
     }
 
     /// Forgets a submission Kling refused: nothing may be left looking like a live task.
-    /// Only this submission's own keys go: the head if it still names this nonce, and
-    /// the listing and pending entries this submission added (by name).
+    /// The head is marked if it still names this nonce unbound, and this submission's
+    /// pending entry goes (by name). Its listing entry stays while its marked head does:
+    /// `GET /tasks` skips it, and retention's scan of the listing finds the head and
+    /// deletes it with its mark. A head of another submission keeps its own listing
+    /// entry, so this one's goes; a head of this one bound meanwhile (Kling has a task
+    /// under this id after all, and a callback or a poll bound it) keeps both entries.
     pub fn forget_submission(&self, submission: &NewSubmission<'_>) -> Result<(), StoreError> {
         let key = submission.key;
-        // Never a bound head: a Kling task exists for it, whoever created it.
-        self.forget_unbound(key, submission.nonce)?;
-        Index::listed(self.kv).remove(&listed_entry(key, submission.now_ms))?;
+        match self.forget_unbound(key, submission.nonce)? {
+            Forget::Bound => return Ok(()),
+            Forget::Forgotten => {}
+            Forget::Superseded | Forget::Gone => {
+                Index::listed(self.kv).remove(&listed_entry(key, submission.now_ms))?;
+            }
+        }
         Index::pending(self.kv).remove(&submission.pending_entry())
     }
 
     /// A task by its key, whatever is stored of it (head, slots, or both).
     pub fn find_by_key(&self, key: &TaskKey) -> Result<Option<TaskRecord>, StoreError> {
-        let head = self.head(key)?;
+        let head = self.live_head(key)?;
         self.record(key, head)
     }
 
@@ -550,7 +664,7 @@ impl<'a> TaskStore<'a> {
         };
         if is_valid_external_task_id(id) {
             let key = TaskKey::external(id);
-            if let Some(head) = self.head(&key)? {
+            if let Some(head) = self.live_head(&key)? {
                 return with_head(key, Some(head));
             }
         }
@@ -558,7 +672,7 @@ impl<'a> TaskStore<'a> {
             let key = String::from_utf8(stored)
                 .map(TaskKey::from_stored)
                 .map_err(|_| StoreError::Corrupt(task_id_index(id)))?;
-            let head = self.head(&key)?;
+            let head = self.live_head(&key)?;
             return with_head(key, head);
         }
         // No head or index yet (its bookkeeping was lost): the slots still hold the truth.
@@ -598,12 +712,23 @@ impl<'a> TaskStore<'a> {
     }
 }
 
+/// The nonce of a head's submission not bound to a Kling task yet.
+fn unbound_nonce(head: &TaskHead) -> Option<&str> {
+    match (&head.task_id, &head.submission) {
+        (None, Some(submission)) => Some(&submission.nonce),
+        _ => None,
+    }
+}
+
 /// What [`TaskStore::forget_unbound`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forget {
+    /// Unbound and this submission's: given up (marked).
     Forgotten,
-    /// Bound, or another submission's: kept.
-    Kept,
+    /// This submission's, bound to a Kling task (maybe meanwhile): kept.
+    Bound,
+    /// Another submission's: kept.
+    Superseded,
     /// No head any more.
     Gone,
 }
@@ -646,6 +771,7 @@ impl NewSubmission<'_> {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryKv;
+    use std::cell::RefCell;
 
     fn event(task_id: &str, ext: Option<&str>, status: TaskStatus) -> TaskEvent {
         TaskEvent {
@@ -745,24 +871,44 @@ mod tests {
     }
 
     #[test]
-    fn only_this_submission_s_unbound_head_is_forgotten() {
+    fn only_this_submission_s_unbound_head_is_forgotten_and_only_marked() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
         let submission = submission(&key, "job-1", "n1", 1);
         store.record_submission(&submission).unwrap();
-        // Another submission's nonce, then a binding: kept.
-        assert_eq!(store.forget_unbound(&key, "n2").unwrap(), Forget::Kept);
+        // Another submission's nonce, then a binding: kept, and nothing written.
+        let sets = kv.sets.get();
+        assert_eq!(
+            store.forget_unbound(&key, "n2").unwrap(),
+            Forget::Superseded
+        );
         store.bind_submission(&key, "86", None).unwrap();
-        assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Kept);
-        assert!(store.head(&key).unwrap().is_some());
-        // Its own, unbound: deleted, with its poll record.
+        assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Bound);
+        assert_eq!(kv.sets.get(), sets + 2, "the binding and the head alone");
+        assert!(store.live_head(&key).unwrap().is_some());
+        // Its own, unbound: marked, not deleted; its poll record goes.
         store.record_submission(&submission).unwrap();
         store.save_poll_state(&key, &PollState::default()).unwrap();
         assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Forgotten);
-        assert_eq!(store.head(&key).unwrap(), None);
+        assert_eq!(store.live_head(&key).unwrap(), None);
+        assert_eq!(store.find("job-1").unwrap(), None, "no task to readers");
+        assert!(
+            store.head(&key).unwrap().is_some(),
+            "the head is never deleted"
+        );
         assert_eq!(store.poll_state(&key).unwrap(), None);
-        assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Gone);
+        // A submission of the same id again is live: the mark names another nonce.
+        let again = self::submission(&key, "job-1", "n3", 2);
+        store.record_submission(&again).unwrap();
+        assert!(store.live_head(&key).unwrap().is_some());
+        // Deleted with the task, the mark too.
+        store.delete_task(&key, None).unwrap();
+        assert!(
+            kv.keys().iter().all(|k| !k.starts_with("task:")),
+            "{:?}",
+            kv.keys()
+        );
     }
 
     #[test]
@@ -782,7 +928,7 @@ mod tests {
 
         // Kling's answer comes after all: the task exists, so it is tracked again.
         store.bind_submission(&key, "86", Some(&first)).unwrap();
-        let head = store.head(&key).unwrap().unwrap();
+        let head = store.live_head(&key).unwrap().unwrap();
         assert_eq!(head.task_id.as_deref(), Some("86"));
         assert_eq!(head.submission.map(|s| s.nonce).as_deref(), Some("n1"));
         assert_eq!(
@@ -793,13 +939,198 @@ mod tests {
             Index::listed(&kv).entries().unwrap(),
             [listed_entry(&key, first.now_ms)]
         );
-        // An answer to a head still there adds nothing of the kind.
+        // An answer to a head no one gave up: its owner's own entry, and no listing.
         let other = TaskKey::external("job-2");
         let second = submission(&other, "job-2", "n2", 1);
         store.record_submission(&second).unwrap();
         let sets = kv.sets.get();
         store.bind_submission(&other, "87", Some(&second)).unwrap();
-        assert_eq!(kv.sets.get(), sets + 2, "the binding and the head");
+        assert_eq!(
+            kv.sets.get(),
+            sets + 3,
+            "the binding, the head, and the owner's entry"
+        );
+    }
+
+    /// The store, with another instance's work done just before one of this instance's
+    /// operations on a key: the interleavings that last-write-wins stores allow.
+    struct Between<'a> {
+        kv: &'a MemoryKv,
+        hooks: RefCell<Vec<Hook<'a>>>,
+    }
+
+    /// Before this operation ("get", "set" or "delete") of this key: this work.
+    type Hook<'a> = (&'static str, String, Box<dyn FnOnce() + 'a>);
+
+    impl<'a> Between<'a> {
+        fn new(kv: &'a MemoryKv) -> Self {
+            Self {
+                kv,
+                hooks: RefCell::default(),
+            }
+        }
+
+        /// Before this instance's next `op` ("get", "set" or "delete") of `key`.
+        fn before(self, op: &'static str, key: String, then: impl FnOnce() + 'a) -> Self {
+            self.hooks.borrow_mut().push((op, key, Box::new(then)));
+            self
+        }
+
+        fn run(&self, op: &str, key: &str) {
+            let position = self
+                .hooks
+                .borrow()
+                .iter()
+                .position(|(o, k, _)| *o == op && k == key);
+            if let Some(position) = position {
+                let (_, _, then) = self.hooks.borrow_mut().remove(position);
+                then();
+            }
+        }
+    }
+
+    impl KeyValue for Between<'_> {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.run("get", key);
+            self.kv.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.run("set", key);
+            self.kv.set(key, value)
+        }
+        fn set_all(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            for (key, _) in entries {
+                self.run("set", key);
+            }
+            self.kv.set_all(entries)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.run("delete", key);
+            self.kv.delete(key)
+        }
+        fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.kv.keys_with_prefix(prefix)
+        }
+    }
+
+    /// The task is bound to Kling's task and has a pending entry of its owner's.
+    fn assert_bound_and_tracked(kv: &MemoryKv, key: &TaskKey, nonce: &str) {
+        let store = TaskStore::new(kv);
+        let head = store.live_head(key).unwrap().expect("the task is live");
+        assert_eq!(head.task_id.as_deref(), Some("86"));
+        let pending = Index::pending(kv).entries().unwrap();
+        assert!(
+            pending
+                .iter()
+                .any(|e| PendingEntry::parse(e).is_some_and(|p| p.nonce == nonce && p.key == *key)),
+            "{pending:?}"
+        );
+    }
+
+    #[test]
+    fn a_create_answered_while_the_reconciler_gives_it_up_is_never_lost() {
+        let key = TaskKey::external("job-1");
+        let first = submission(&key, "job-1", "n1", 1);
+
+        // The answer is written after the reconciler read the head, before its mark.
+        let kv = MemoryKv::default();
+        TaskStore::new(&kv).record_submission(&first).unwrap();
+        let reconciler = Between::new(&kv).before("set", key.forgotten(), || {
+            TaskStore::new(&kv)
+                .bind_submission(&key, "86", Some(&first))
+                .unwrap();
+        });
+        let forgot = TaskStore::new(&reconciler)
+            .forget_unbound(&key, "n1")
+            .unwrap();
+        assert_eq!(
+            forgot,
+            Forget::Bound,
+            "the head read after the mark is bound"
+        );
+        assert_bound_and_tracked(&kv, &key, "n1");
+
+        // The answer is written after the mark, and the run then releases the task's
+        // entries: the binder reads the mark and tracks the task again.
+        let kv = MemoryKv::default();
+        TaskStore::new(&kv).record_submission(&first).unwrap();
+        let forgot = TaskStore::new(&kv).forget_unbound(&key, "n1").unwrap();
+        assert_eq!(forgot, Forget::Forgotten);
+        Index::pending(&kv).remove(&first.pending_entry()).unwrap();
+        TaskStore::new(&kv)
+            .bind_submission(&key, "86", Some(&first))
+            .unwrap();
+        assert_bound_and_tracked(&kv, &key, "n1");
+
+        // A reader that read the unbound head before the answer and the mark after it
+        // reads the head again: bound, so live.
+        let kv = MemoryKv::default();
+        TaskStore::new(&kv).record_submission(&first).unwrap();
+        let reader = Between::new(&kv).before("get", key.forgotten(), || {
+            let reconciler = Between::new(&kv).before("set", key.forgotten(), || {
+                TaskStore::new(&kv)
+                    .bind_submission(&key, "86", Some(&first))
+                    .unwrap();
+            });
+            TaskStore::new(&reconciler)
+                .forget_unbound(&key, "n1")
+                .unwrap();
+        });
+        let live = TaskStore::new(&reader).live_head(&key).unwrap();
+        assert_eq!(live.and_then(|h| h.task_id).as_deref(), Some("86"));
+    }
+
+    #[test]
+    fn a_callback_that_binds_a_task_given_up_tracks_it_again() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        let first = submission(&key, "job-1", "n1", 1);
+        store.record_submission(&first).unwrap();
+        assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Forgotten);
+        Index::pending(&kv).remove(&first.pending_entry()).unwrap();
+        // Kling calls back after all (its create was late): the delivery binds the
+        // task, which is pending again, due at once.
+        let e = event("86", Some("job-1"), TaskStatus::Processing);
+        let (verdict, books) = store.record_event(&key, &e, 500).unwrap();
+        assert_eq!(verdict, Verdict::Apply(Slot::Processing));
+        books.apply(&kv).unwrap();
+        assert_bound_and_tracked(&kv, &key, "n1");
+        assert_eq!(
+            Index::pending(&kv).entries().unwrap(),
+            [pending_entry(&key, "n1", 500)]
+        );
+        // A task no one gave up: the binding costs one read more, and no write.
+        let other = TaskKey::external("job-2");
+        store
+            .record_submission(&submission(&other, "job-2", "n2", 1))
+            .unwrap();
+        let (trips, sets) = (kv.round_trips.get(), kv.sets.get());
+        let e = event("87", Some("job-2"), TaskStatus::Processing);
+        let (_, books) = store.record_event(&other, &e, 500).unwrap();
+        assert!(books.changes_nothing());
+        assert_eq!(
+            (kv.round_trips.get() - trips, kv.sets.get() - sets),
+            (3, 1),
+            "the head, the batch, the mark"
+        );
+    }
+
+    #[test]
+    fn a_create_answered_after_a_run_released_its_owner_s_entries_is_still_tracked() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        // Two submits of one id; the head names the second when a run judges the
+        // first's entry, and releases it as another submission's.
+        let first = submission(&key, "job-1", "n1", 1);
+        let second = submission(&key, "job-1", "n2", 2);
+        store.record_submission(&first).unwrap();
+        store.record_submission(&second).unwrap();
+        Index::pending(&kv).remove(&first.pending_entry()).unwrap();
+        // The first's create answer makes it the owner.
+        store.bind_submission(&key, "86", Some(&first)).unwrap();
+        assert_bound_and_tracked(&kv, &key, "n1");
     }
 
     #[test]
@@ -1076,6 +1407,16 @@ mod tests {
         );
 
         store.forget_submission(&second).unwrap();
+        assert_eq!(store.find("job-s").unwrap(), None);
+        assert!(Index::pending(&kv).entries().unwrap().is_empty());
+        assert!(store.list(None, 10, None).unwrap().tasks.is_empty());
+        // The marked head stays listed until retention deletes it, its mark with it.
+        assert_eq!(
+            Index::listed(&kv).entries().unwrap(),
+            ["0000000000009/job-s"]
+        );
+        let purged = crate::store::retention::purge_expired(&kv, DAY_MS, DAY_MS, 10).unwrap();
+        assert_eq!(purged.tasks, 0, "no task: a submission given up");
         assert!(kv.keys().is_empty(), "{:?}", kv.keys());
     }
 
@@ -1098,7 +1439,8 @@ mod tests {
         assert_eq!(head.submission.unwrap().nonce, "nA", "its owner's nonce");
         assert_eq!(
             Index::pending(&kv).entries().unwrap(),
-            ["0000000000105/nA/job-s"]
+            ["0000000000105/nA/job-s", "0000000000106/nA/job-s"],
+            "the submit's entry, and its binding's"
         );
 
         // B forgot first: A's binding writes the whole head again.
