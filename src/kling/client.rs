@@ -197,7 +197,11 @@ impl<'a> KlingClient<'a> {
         };
         let Some(task) = tasks
             .into_iter()
-            .find(|task| !listed || is_named(task, id, filtered))
+            // `GET {path}/{id}` takes a task_id as well as an external id: asked by our
+            // id, an answer naming another external id is another task, never ours.
+            .find(|task| {
+                (!listed && matches!(id, TaskRef::Kling(_))) || is_named(task, id, filtered)
+            })
         else {
             return Ok(None);
         };
@@ -524,6 +528,31 @@ pub(crate) mod tests {
             transport.sent.borrow()[0].url,
             "http://kling.test/v1/videos/advanced-lip-sync?pageNum=1&pageSize=500"
         );
+    }
+
+    #[test]
+    fn a_task_kling_answers_for_our_id_is_ours_only_if_it_names_no_other_id() {
+        let answer = |ext: &str| {
+            format!(
+                r#"{{"code":0,"message":"SUCCEED","data":{{"task_id":"86","task_status":"processing"{ext}}}}}"#
+            )
+        };
+        let kind = TaskKind::from_name("text2video").unwrap();
+        let config = config();
+        // Kling took our digits for a task_id: that task is not ours.
+        let other = answer(r#","task_info":{"external_task_id":"job-other"}"#);
+        let mine = answer(r#","task_info":{"external_task_id":"1234"}"#);
+        let silent = answer("");
+        for (body, ours) in [(&other, false), (&mine, true), (&silent, true)] {
+            let transport = Scripted::new(vec![Ok((200, body.as_str()))]);
+            let client = KlingClient::new(&config, &transport, 0);
+            let found = client.query(kind, TaskRef::External("1234")).unwrap();
+            assert_eq!(found.is_some(), ours, "{body}");
+            // By task_id, the task Kling answers is the one asked about.
+            let transport = Scripted::new(vec![Ok((200, body.as_str()))]);
+            let client = KlingClient::new(&config, &transport, 0);
+            assert!(client.query(kind, TaskRef::Kling("86")).unwrap().is_some());
+        }
     }
 
     #[test]
