@@ -51,6 +51,7 @@ use crate::store::pipelines::PipelineStore;
 use crate::store::tasks::TaskStore;
 use crate::store::{KeyValue, StoreError, to_json};
 use crate::task::TaskRecord;
+use crate::validate::is_valid_external_task_id;
 
 /// How long one send may take.
 pub const SEND_TIMEOUT_MS: u64 = 5_000;
@@ -87,10 +88,12 @@ impl Notification {
     /// `record`'s notification; `key` is the task's store key (a callback's record may
     /// name no external id even where the task is stored under one).
     pub fn task(key: &TaskKey, record: &TaskRecord, now_ms: u64) -> Self {
+        // The id names a key (`outbox/{webhook_id}`): an external id outside our format
+        // (a task submitted elsewhere) is not used.
         let id = match (&record.external_task_id, &record.task_id) {
-            (Some(external), _) => external.clone(),
-            (None, Some(task_id)) => format!("kling-{task_id}"),
-            (None, None) => "unknown".into(),
+            (Some(external), _) if is_valid_external_task_id(external) => external.clone(),
+            (_, Some(task_id)) => format!("kling-{task_id}"),
+            (_, None) => "unknown".into(),
         };
         let mut notification = Self::new(
             format!(
@@ -903,6 +906,12 @@ mod tests {
         let mut other = base.clone();
         other.status = TaskStatus::Failed;
         assert!(id(&other).starts_with("task_job-1_failed_"));
+        // An external id outside our format (a task submitted elsewhere) names no key.
+        let mut elsewhere = base.clone();
+        elsewhere.external_task_id = Some("order#7/a:b".into());
+        let id = id(&elsewhere);
+        assert!(id.starts_with("task_kling-"), "{id}");
+        assert!(!id.contains(['/', ':', '#']), "{id}");
     }
 
     #[test]

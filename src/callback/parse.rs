@@ -18,7 +18,7 @@ use crate::task::{
     Audio, Element, EventSource, Image, KlingJson, MAX_KLING_JSON_BYTES, MoreOutputs, TaskEvent,
     TaskStatus, Video, Voice,
 };
-use crate::validate::{is_valid_external_task_id, is_valid_task_id};
+use crate::validate::is_valid_task_id;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
@@ -34,7 +34,7 @@ pub enum PayloadError {
     UnknownStatus,
     #[error("task id must be 1 to 128 characters of A-Z a-z 0-9 . _ -")]
     InvalidTaskId,
-    #[error("external_task_id must be 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    #[error("external_task_id must be a string or a whole number")]
     InvalidExternalTaskId,
 }
 
@@ -706,22 +706,16 @@ fn parse_task_id(id: Option<Lenient>) -> Result<String, PayloadError> {
 }
 
 /// An empty or `null` external id means "none" (Kling sends `""` when the submitter set
-/// none); a whole number is read digit for digit; anything else is refused, since the
-/// external id decides which task the delivery is filed under.
+/// none); a whole number is read digit for digit; any other string is kept as it came
+/// (a task submitted elsewhere may use any id Kling takes: the receiver files one outside
+/// our key format under Kling's `task_id`); anything else is refused, since the external
+/// id decides which task the delivery is filed under.
 fn parse_external_task_id(id: Option<&Value>) -> Result<Option<String>, PayloadError> {
     match id {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id)) => check_external_task_id(id.clone()),
-        Some(Value::Number(n)) if n.is_u64() => check_external_task_id(n.to_string()),
-        Some(_) => Err(PayloadError::InvalidExternalTaskId),
-    }
-}
-
-fn check_external_task_id(id: String) -> Result<Option<String>, PayloadError> {
-    match Some(id) {
-        None => Ok(None),
-        Some(id) if id.is_empty() => Ok(None),
-        Some(id) if is_valid_external_task_id(&id) => Ok(Some(id)),
+        Some(Value::String(id)) if id.is_empty() => Ok(None),
+        Some(Value::String(id)) => Ok(Some(id.clone())),
+        Some(Value::Number(n)) if n.is_u64() => Ok(Some(n.to_string())),
         Some(_) => Err(PayloadError::InvalidExternalTaskId),
     }
 }
@@ -928,6 +922,14 @@ mod tests {
         assert!(event.videos.is_empty());
         assert_eq!(event.status_msg, "");
 
+        // Any string is kept as it came (the receiver decides where it is filed).
+        for id in ["has space", "order#7/a:b"] {
+            let body = format!(
+                r#"{{"task_id":"1","task_status":"succeed","task_info":{{"external_task_id":"{id}"}}}}"#
+            );
+            let event = parse_callback(body.as_bytes()).unwrap();
+            assert_eq!(event.external_task_id.as_deref(), Some(id));
+        }
         // The external id decides where a delivery is filed: never guessed.
         for garbled in [r#"{"a":1}"#, "true", "1.5", "-3"] {
             let body = format!(r#"{{"id":"9","status":"succeeded","external_id":{garbled}}}"#);
@@ -960,10 +962,6 @@ mod tests {
             (
                 r#"{"task_id":"a/b","task_status":"succeed"}"#,
                 PayloadError::InvalidTaskId,
-            ),
-            (
-                r#"{"task_id":"1","task_status":"succeed","task_info":{"external_task_id":"has space"}}"#,
-                PayloadError::InvalidExternalTaskId,
             ),
             (
                 r#"{"code":0,"message":"success","data":{}}"#,

@@ -156,8 +156,11 @@ pub fn receive(
         (Some(url), Some(body)) if url != body => {
             return Err(CallbackError::ExternalTaskIdMismatch);
         }
-        (Some(id), _) | (None, Some(id)) => TaskKey::external(id),
-        (None, None) => TaskKey::kling(&envelope.task_id),
+        (Some(id), _) => TaskKey::external(id),
+        (None, Some(id)) if is_valid_external_task_id(id) => TaskKey::external(id),
+        // None, or one outside our key format (a task submitted elsewhere may use any id
+        // Kling takes): filed under Kling's task_id, the external id kept in the record.
+        (None, _) => TaskKey::kling(&envelope.task_id),
     };
 
     let store = TaskStore::new(kv);
@@ -844,6 +847,39 @@ pub(crate) mod tests {
         assert_eq!(
             receive(&callback, &config(true), &kv, &no_kling(), NOW_MS).unwrap_err(),
             CallbackError::Webhook(WebhookError::MissingHeader("webhook-id"))
+        );
+    }
+
+    #[test]
+    fn a_task_submitted_elsewhere_with_an_id_outside_our_format_is_filed_under_kling_s_id() {
+        let kv = MemoryKv::default();
+        let payload = br#"{"task_id":"1234567890","task_status":"processing","updated_at":5,"task_info":{"external_task_id":"order#7/a:b c"}}"#;
+        let body = Body::Bytes(payload.to_vec());
+        let secret = WebhookSecret::parse(WHSEC).unwrap();
+        let timestamp = (NOW_MS / 1000).to_string();
+        let signature = secret.sign("msg-1", (NOW_MS / 1000) as i64, payload);
+        let callback = Callback {
+            external_task_id: None,
+            sig: None,
+            content_type: Some("application/json"),
+            webhook: WebhookHeaders {
+                id: Some("msg-1"),
+                timestamp: Some(&timestamp),
+                signature: Some(&signature),
+            },
+            body: &body,
+        };
+        let received = receive(&callback, &config(true), &kv, &no_kling(), NOW_MS).unwrap();
+        assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
+        let record = TaskStore::new(&kv).find("1234567890").unwrap().unwrap();
+        assert_eq!(record.external_task_id.as_deref(), Some("order#7/a:b c"));
+        assert!(
+            kv.keys()
+                .iter()
+                .filter(|k| k.starts_with("task:"))
+                .all(|k| k.starts_with("task:#1234567890")),
+            "{:?}",
+            kv.keys()
         );
     }
 
