@@ -32,8 +32,9 @@ use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
 use crate::pipeline::advance::{PipelineError, Submitter, advance};
 use crate::pipeline::progress::{
-    Next, PIPELINE_WATCH_MS, PipelineFailure, STEP_LOST, STEP_NOT_SUBMITTED,
+    Next, PIPELINE_WATCH_MS, PipelineFailure, PipelineView, STEP_LOST, STEP_NOT_SUBMITTED,
 };
+use crate::pipeline::spec::PipelineSpec;
 use crate::store::index::Index;
 use crate::store::layout::TaskKey;
 use crate::store::pipelines::{PipelineStore, pipeline_entry};
@@ -292,10 +293,14 @@ impl Poller<'_> {
     ) -> Result<Judged, StoreError> {
         let store = TaskStore::new(self.kv);
         let key = &submission.key;
-        // Given up as never created (here or by a refusal), or deleted: whoever binds it
-        // later tracks it again (`TaskStore::live_head`).
-        let Some(head) = store.live_head(key)? else {
-            return Ok(Judged::Release);
+        let Some(stored) = store.head(key)? else {
+            return Ok(Judged::Release); // deleted by retention
+        };
+        // A head given up as never created (here, or by Kling's refusal) is judged as it
+        // is stored: whoever binds it later tracks it again (`TaskStore::live_head`).
+        let (head, given_up) = match store.live(key, stored.clone())? {
+            Some(head) => (head, false),
+            None => (stored, true),
         };
         let record = store.record(key, Some(head.clone()))?;
         if let Some(record) = record.as_ref().filter(|r| r.status.is_final()) {
@@ -320,7 +325,19 @@ impl Poller<'_> {
             return Ok(Judged::Due(now.saturating_add(MAX_POLL_GAP_MS)));
         };
         if owner.nonce != submission.nonce {
-            return Ok(Judged::Release); // another submission owns the task
+            // Another submission of this id wrote the head over this one's record.
+            if head.task_id.is_some() {
+                // It owns the Kling task, and its binding added an entry of its own.
+                return Ok(Judged::Release);
+            }
+            if !given_up {
+                // Its own entry polls Kling by the id for both.
+                return Ok(Judged::Due(now.saturating_add(self.options.stale_after_ms)));
+            }
+            // It was given up (a refusal says nothing of this submission's create):
+            // Kling is asked about the id once more, below, before this entry goes.
+        } else if given_up {
+            return Ok(Judged::Release);
         }
         let previous = store.poll_state(key)?;
         // A callback that came recently, or a concurrent run that polled, defers it.
@@ -546,8 +563,13 @@ impl Poller<'_> {
             return Ok(Applied::Gone);
         };
         let head = if head.task_id.is_none() {
-            // Kling's answer binds a task whose create answer never came.
-            store.bind_head(key, head, &event.task_id)?
+            // Kling's answer binds a task whose create answer never came; if it was given
+            // up meanwhile, it is tracked again.
+            let bound = store.bind_head(key, head, &event.task_id)?;
+            if let Some(submission) = &bound.submission {
+                store.track_if_forgotten(key, submission, now)?;
+            }
+            bound
         } else {
             head
         };
@@ -676,9 +698,11 @@ pub fn reconcile_pipelines(
             }
             Err(error) => return Err(error),
         };
+        let watched_now = |spec: &PipelineSpec| {
+            submitter.clock.now_ms() < spec.created_at.saturating_add(PIPELINE_WATCH_MS)
+        };
         let finished = if let Some(spec) = spec {
-            let watched =
-                submitter.clock.now_ms() < spec.created_at.saturating_add(PIPELINE_WATCH_MS);
+            let watched = watched_now(&spec);
             match advance(id, submitter) {
                 Ok(Some(advanced)) => {
                     if advanced.changed {
@@ -689,14 +713,7 @@ pub fn reconcile_pipelines(
                     if let Some(notifier) = notifier {
                         notifier.ensure_pipeline_notified(&advanced.view)?;
                     }
-                    // A step given up as `lost` may still be finished by Kling (a late
-                    // `succeed` beats `lost`): that pipeline stays tracked, so its next
-                    // step is submitted even if the callback's follow-up never ran, for
-                    // as long as Kling keeps a task's results.
-                    let view = &advanced.view;
-                    let overturnable =
-                        view.error.as_ref().is_some_and(|e| e.code == STEP_LOST) && watched;
-                    matches!(advanced.view.next(), Next::Finished(_)) && !overturnable
+                    !stays_tracked(&advanced.view, watched)
                 }
                 Ok(None) => true,
                 Err(PipelineError::Store(StoreError::Corrupt(bad))) => {
@@ -744,10 +761,40 @@ pub fn reconcile_pipelines(
         if finished {
             index.remove(&entry)?;
             remaining -= 1;
+            // Judged from a view read before the remove. Whatever reopens a pipeline (a
+            // step task's create answered after its refusal was stored) writes the task
+            // and then adds this very entry, which the remove may just have taken: so the
+            // pipeline is read again after it, and kept if it runs after all. No timing
+            // is assumed: either this read sees the task, or the entry was added after
+            // the remove.
+            let reread = store.spec(id).and_then(|spec| {
+                spec.filter(|spec| pipeline_entry(&spec.id, &spec.generation) == entry)
+                    .map(|spec| Ok((store.view_of(&spec)?, watched_now(&spec))))
+                    .transpose()
+            });
+            let runs = match reread {
+                Ok(view) => view.is_some_and(|(view, watched)| stays_tracked(&view, watched)),
+                Err(StoreError::Corrupt(_)) => false,
+                // Cannot tell: kept, and the next run judges it again.
+                Err(_) => true,
+            };
+            if runs {
+                index.add(&entry)?;
+                remaining += 1;
+            }
         }
     }
     report.pipelines_pending = remaining;
     Ok(())
+}
+
+/// Whether the reconciler keeps a pipeline in its index: it is not finished, or a step
+/// given up as `lost` ended it while it is `watched` (Kling may still finish that step,
+/// and a late `succeed` beats `lost`: its next step is then submitted even if the
+/// callback's follow-up never ran, for as long as Kling keeps a task's results).
+fn stays_tracked(view: &PipelineView, watched: bool) -> bool {
+    let overturnable = view.error.as_ref().is_some_and(|e| e.code == STEP_LOST) && watched;
+    !matches!(view.next(), Next::Finished(_)) || overturnable
 }
 
 #[cfg(test)]
@@ -814,6 +861,111 @@ mod tests {
             [pending_entry(&key, "n1", 50)],
             "the other run's entry survives"
         );
+    }
+
+    /// Kling's answer for task 86 under `job-1`, still processing.
+    const FOUND_86: &str = r#"{"code":0,"message":"SUCCEED","data":{"task_id":"86","task_status":"processing","task_info":{"external_task_id":"job-1"}}}"#;
+    const NOT_FOUND: &str = r#"{"code":1203,"message":"task not found"}"#;
+
+    fn recorded(kv: &MemoryKv, key: &TaskKey, nonce: &str) {
+        let submission = NewSubmission {
+            key,
+            external_task_id: key.as_str(),
+            kind: "text2video",
+            pipeline: None,
+            nonce,
+            now_ms: 0,
+            first_due_ms: 0,
+            body_digest: None,
+        };
+        TaskStore::new(kv).record_submission(&submission).unwrap();
+    }
+
+    fn has_entry_of(kv: &MemoryKv, nonce: &str) -> bool {
+        Index::pending(kv)
+            .entries()
+            .unwrap()
+            .iter()
+            .any(|e| PendingEntry::parse(e).is_some_and(|p| p.nonce == nonce))
+    }
+
+    #[test]
+    fn a_poll_that_binds_a_task_given_up_meanwhile_tracks_it_again() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        recorded(&kv, &key, "n1");
+        let head = store.head(&key).unwrap().unwrap();
+        // Read repair asks Kling; meanwhile a run gives the task up and releases it.
+        assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Forgotten);
+        for entry in Index::pending(&kv).entries().unwrap() {
+            Index::pending(&kv).remove(&entry).unwrap();
+        }
+        // Kling lists it after all: the poll binds it, and tracks it again.
+        let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
+        let (config, clock) = (submit_config(), ManualClock(Cell::new(10)));
+        let poller = Poller {
+            kv: &kv,
+            kling: &config.kling,
+            transport: &kling,
+            clock: &clock,
+            options: &options(),
+        };
+        let polled = poller.poll(&key, head, PollState::default()).ok().unwrap();
+        assert!(polled.news.is_some());
+        let live = store.live_head(&key).unwrap().unwrap();
+        assert_eq!(live.task_id.as_deref(), Some("86"));
+        assert!(
+            has_entry_of(&kv, "n1"),
+            "{:?}",
+            Index::pending(&kv).entries()
+        );
+    }
+
+    #[test]
+    fn a_submission_given_up_over_another_s_record_is_asked_about_once_more() {
+        let past_grace = SUBMITTING_GRACE_MS + 1;
+        for (kling_says, bound) in [(Ok((200, FOUND_86)), true), (Ok((404, NOT_FOUND)), false)] {
+            let kv = MemoryKv::default();
+            let store = TaskStore::new(&kv);
+            let key = TaskKey::external("job-1");
+            // Two submits of one id: n2's record over n1's; n1's create went out with no
+            // answer, and Kling refused n2's (say 1303): n2 is given up.
+            recorded(&kv, &key, "n1");
+            recorded(&kv, &key, "n2");
+            assert_eq!(store.forget_unbound(&key, "n2").unwrap(), Forget::Forgotten);
+            Index::pending(&kv)
+                .remove(&pending_entry(&key, "n2", 0))
+                .unwrap();
+
+            let kling = Scripted::new(vec![kling_says]);
+            let clock = ManualClock(Cell::new(past_grace));
+            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+            assert_eq!(kling.sent.borrow().len(), 1, "n1's entry asks Kling");
+            let live = store.live_head(&key).unwrap();
+            if bound {
+                // n1's task exists: bound, and tracked by the head's submission.
+                assert_eq!(live.and_then(|h| h.task_id).as_deref(), Some("86"));
+                assert!(
+                    has_entry_of(&kv, "n2"),
+                    "{:?}",
+                    Index::pending(&kv).entries()
+                );
+            } else {
+                assert_eq!(live, None);
+                assert!(Index::pending(&kv).entries().unwrap().is_empty());
+            }
+        }
+        // A submission given up over its own record is released without asking Kling.
+        let kv = MemoryKv::default();
+        let key = TaskKey::external("job-1");
+        recorded(&kv, &key, "n1");
+        TaskStore::new(&kv).forget_unbound(&key, "n1").unwrap();
+        let kling = Scripted::new(vec![]);
+        let clock = ManualClock(Cell::new(past_grace));
+        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        assert!(kling.sent.borrow().is_empty());
+        assert!(Index::pending(&kv).entries().unwrap().is_empty());
     }
 
     #[test]

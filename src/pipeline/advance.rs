@@ -211,8 +211,9 @@ mod tests {
     use crate::pipeline::progress::PipelineStatus;
     use crate::pipeline::spec::parse_description;
     use crate::store::index::Index;
+    use crate::store::layout::PIPELINES_PREFIX;
     use crate::store::layout::TaskKey;
-    use crate::store::memory::MemoryKv;
+    use crate::store::memory::{Between, MemoryKv};
     use crate::store::tasks::TaskStore;
     use crate::task::{EventSource, StepRef, TaskEvent, TaskStatus, Video};
     use std::cell::Cell;
@@ -434,6 +435,40 @@ mod tests {
         kv.delete("task:p-1").unwrap();
         other_advance_submits_step_1(&kv, false);
         assert_eq!(index.entries().unwrap(), ["p/g"]);
+    }
+
+    #[test]
+    fn a_run_letting_a_pipeline_go_as_its_step_s_create_answers_keeps_it() {
+        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+        step_0_succeeded(&kv, &clock);
+        // Our advance's step 1 is refused and the refusal stored: the pipeline reads failed.
+        let kling = Scripted::new(vec![
+            Ok((400, r#"{"code":1201,"message":"task id conflict"}"#)),
+            Ok((404, r#"{"code":1203,"message":"task not found"}"#)),
+        ]);
+        let config = submit_config();
+        let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+        let refused = advance("p", &submitter).unwrap().unwrap();
+        assert_eq!(refused.view.status, PipelineStatus::Failed);
+        // A run lets it go; just before its remove, the other advance's create answers,
+        // and its binding adds the very entry the remove takes.
+        let entry = format!("{PIPELINES_PREFIX}p/g");
+        let run = Between::new(&kv).before("delete", entry, || {
+            other_advance_submits_step_1(&kv, false);
+        });
+        let idle = Scripted::new(vec![]);
+        let submitter = Submitter::for_tests(&config, &run, &idle, &clock);
+        let mut report = crate::reconcile::ReconcileReport::default();
+        crate::reconcile::reconcile_pipelines(&submitter, None, u64::MAX, &mut report).unwrap();
+        assert_eq!(
+            get("p", &kv).unwrap().unwrap().status,
+            PipelineStatus::Running
+        );
+        assert_eq!(
+            Index::pipelines(&kv).entries().unwrap(),
+            ["p/g"],
+            "still tracked"
+        );
     }
 
     #[test]

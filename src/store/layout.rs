@@ -9,12 +9,13 @@
 //! | `task:{key}:submitted` / `:processing` / `:lost` / `:final` | the latest state of that rank ([`TaskEvent`]) | only deliveries (or polls) of that rank |
 //! | `task:{key}:poll` | the reconciler's polls of the task ([`PollState`]) | reconcile and read repair |
 //! | `task:{key}:notified` | the `sequence` of the task's last notification a receiver took | the notifier, on a 2xx |
-//! | `task:{key}:forgotten` | the nonce of a submission whose create never went through | the reconciler (Kling does not know it), or the submit Kling refused; never deleted but with the task |
+//! | `task:{key}:forgotten:{nonce}` | `1`: that submission was given up as never created | the reconciler (Kling does not know it), or the submit Kling refused; deleted with the head, or by the submit that replaces the head |
+//! | `task:{key}:purging` | `1`: retention is deleting a given-up head | retention, around that delete; a submit that finds it refuses (503), so a head it writes meanwhile is never deleted under it |
 //! | `taskid:{task_id}` | `{key}` | the first binding |
 //! | `pipeline:{id}` | a pipeline's description ([`PipelineSpec`]) | `POST /pipelines`, once |
 //! | `pipeline:{id}:failure` | why a pipeline failed, when no step's task says it | a refused or unbuildable step; the reconciler, for a step not submitted within 30 days |
 //! | `pipeline:{id}:notified` | the `webhook-id` of the pipeline's last notification a receiver took | the notifier, on a 2xx |
-//! | `listed/{first_seen_ms}/{key}` | `1`: the task is in `GET /tasks` and retention's scan | a submit (again by whatever binds it, if it was given up meanwhile); every news of a task not submitted here, in its batch, under the name its first chose (the head's `listed_at`); removed by retention |
+//! | `listed/{first_seen_ms}/{key}` | `1`: the task is in `GET /tasks` and retention's scan | a submit, and its create answer again (and a callback or poll that binds a task given up meanwhile); every news of a task not submitted here, in its batch, under the name its first chose (the head's `listed_at`); removed by retention |
 //! | `final/{day}/{key}` | `1`: retention's index by day | the reconciler, when a task it tracks is final (callbacks write none: retention's scan of `listed/` finds a task not submitted here); removed by retention, with the task |
 //!
 //! The listing lives beside the tasks so that a task's first callback lists it in the
@@ -28,7 +29,7 @@
 //!
 //! | key | value | added by | removed by |
 //! |---|---|---|---|
-//! | `pending/{due_ms}/{nonce}/{key}` | `1` | a submit, and its create answer (the owner's own entry); a callback that binds a task given up meanwhile | the reconciler, once the task is final, forgotten or re-submitted (a poll moves it to a later due time: add, then remove) |
+//! | `pending/{due_ms}/{nonce}/{key}` | `1` | a submit; its create answer, as `{nonce}.b` (the owner's own entry); a callback or poll that binds a task given up meanwhile, as `{nonce}.r` (suffixed names are never a run's own) | the reconciler, once the task is final, forgotten or re-submitted (a poll moves it to a later due time: add, then remove) |
 //! | `pipelines/{id}/{generation}` | `1` | `POST /pipelines`; an advance with a step to submit; a step's create answered after its task was forgotten | the reconciler, once the pipeline finished (one failed by a `lost` step: 30 days after its creation) |
 //! | `outbox/{webhook_id}` | the notification ([`Pending`]) | every notification, before it is sent | its 2xx |
 //!
@@ -88,12 +89,20 @@ impl TaskKey {
         format!("task:{}:notified", self.0)
     }
 
-    /// The nonce of a submission given up as never created. Kept apart from the head, so
-    /// that forgetting writes nothing a binding writes: see [`TaskStore::live_head`].
+    /// The mark of submission `nonce` given up as never created: a key of its own per
+    /// submission, so that giving one up writes nothing a binding (or another
+    /// submission's give-up) writes. See [`TaskStore::live_head`].
     ///
     /// [`TaskStore::live_head`]: super::tasks::TaskStore::live_head
-    pub fn forgotten(&self) -> String {
-        format!("task:{}:forgotten", self.0)
+    pub fn forgotten(&self, nonce: &str) -> String {
+        format!("task:{}:forgotten:{nonce}", self.0)
+    }
+
+    /// Set while retention deletes a given-up head (see [`TaskStore::purge_given_up`]).
+    ///
+    /// [`TaskStore::purge_given_up`]: super::tasks::TaskStore::purge_given_up
+    pub fn purging(&self) -> String {
+        format!("task:{}:purging", self.0)
     }
 }
 

@@ -77,6 +77,67 @@ pub(crate) mod memory {
     use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
 
+    /// The store, with another instance's work done just before one of this instance's
+    /// operations on a key: the interleavings that last-write-wins stores allow.
+    pub struct Between<'a> {
+        kv: &'a MemoryKv,
+        hooks: RefCell<Vec<Hook<'a>>>,
+    }
+
+    /// Before this operation ("get", "set" or "delete") of this key: this work.
+    pub type Hook<'a> = (&'static str, String, Box<dyn FnOnce() + 'a>);
+
+    impl<'a> Between<'a> {
+        pub fn new(kv: &'a MemoryKv) -> Self {
+            Self {
+                kv,
+                hooks: RefCell::default(),
+            }
+        }
+
+        /// Before this instance's next `op` ("get", "set" or "delete") of `key`.
+        pub fn before(self, op: &'static str, key: String, then: impl FnOnce() + 'a) -> Self {
+            self.hooks.borrow_mut().push((op, key, Box::new(then)));
+            self
+        }
+
+        fn run(&self, op: &str, key: &str) {
+            let position = self
+                .hooks
+                .borrow()
+                .iter()
+                .position(|(o, k, _)| *o == op && k == key);
+            if let Some(position) = position {
+                let (_, _, then) = self.hooks.borrow_mut().remove(position);
+                then();
+            }
+        }
+    }
+
+    impl KeyValue for Between<'_> {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.run("get", key);
+            self.kv.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.run("set", key);
+            self.kv.set(key, value)
+        }
+        fn set_all(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            for (key, _) in entries {
+                self.run("set", key);
+            }
+            self.kv.set_all(entries)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.run("delete", key);
+            self.kv.delete(key)
+        }
+        fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.kv.keys_with_prefix(prefix)
+        }
+    }
+
     #[derive(Default)]
     pub struct MemoryKv {
         pub map: RefCell<BTreeMap<String, Vec<u8>>>,

@@ -106,13 +106,18 @@ pub fn purge_expired(
             return Ok(purged);
         }
         let key = TaskKey::from_stored(key.to_string());
+        // A head given up as never created reads as no head; its nonce is kept to
+        // delete it.
         let read = store.head(&key).and_then(|stored| {
-            let forgotten = stored.is_some();
+            let nonce = stored
+                .as_ref()
+                .and_then(|h| h.submission.as_ref())
+                .map(|s| s.nonce.clone());
             let head = stored.map_or(Ok(None), |head| store.live(&key, head))?;
-            let forgotten = forgotten && head.is_none();
-            Ok((forgotten, head.clone(), store.record(&key, head)?))
+            let given_up = nonce.filter(|_| head.is_none());
+            Ok((given_up, head.clone(), store.record(&key, head)?))
         });
-        let (forgotten, head, record) = match read {
+        let (given_up, head, record) = match read {
             Err(StoreError::Corrupt(_)) => {
                 purged.corrupt.push(key.as_str().to_string());
                 continue;
@@ -139,9 +144,10 @@ pub fn purge_expired(
         if let Some(record) = &record {
             store.purge(&key, record)?;
             purged.tasks += 1;
-        } else if forgotten {
-            // A submission given up as never created: its head and its mark.
-            store.delete_task(&key, None)?;
+        } else if let Some(nonce) = given_up
+            && !store.purge_given_up(&key, &nonce)?
+        {
+            continue; // submitted again meanwhile: the new submission's now
         }
         listed.remove(entry)?;
         done.push(key.as_str().to_string());
@@ -513,7 +519,7 @@ mod tests {
                 "task:job:poll",
                 "task:job:notified",
                 "task:job",
-                "task:job:forgotten",
+                "task:job:forgotten:n",
                 "taskid:t-job",
                 "task:job:final"
             ]

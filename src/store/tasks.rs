@@ -77,6 +77,27 @@ pub fn pending_entry(key: &TaskKey, nonce: &str, due_ms: u64) -> String {
     format!("{}/{nonce}/{}", sortable_ms(due_ms), key.as_str())
 }
 
+/// Who adds a spare pending entry: see [`spare_pending_entry`].
+#[derive(Debug, Clone, Copy)]
+pub enum SpareBy {
+    /// A submit's create answer (or lookup) binding its task.
+    Binding,
+    /// A delivery or a poll binding a task given up meanwhile.
+    Retrack,
+}
+
+/// A pending entry added beside the submission's own, by a writer that is not the
+/// reconciler: the nonce carries a suffix (`.b`, `.r`) that no reconciler's name has,
+/// so a run that listed its own entries can never remove this one by its name. The
+/// reconciler folds it into the submission's entries ([`PendingEntry::parse`]).
+pub fn spare_pending_entry(key: &TaskKey, nonce: &str, due_ms: u64, by: SpareBy) -> String {
+    let suffix = match by {
+        SpareBy::Binding => "b",
+        SpareBy::Retrack => "r",
+    };
+    pending_entry(key, &format!("{nonce}.{suffix}"), due_ms)
+}
+
 /// A pending entry, read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingEntry {
@@ -90,7 +111,8 @@ impl PendingEntry {
     pub fn parse(name: &str) -> Option<Self> {
         let mut parts = name.splitn(3, '/');
         let due_ms = parts.next()?.parse().ok()?;
-        let nonce = parts.next()?.to_string();
+        // A spare entry's suffix is not part of the nonce (nonces are base64url: no `.`).
+        let nonce = parts.next()?.split('.').next()?.to_string();
         let key = TaskKey::from_stored(parts.next()?.to_string());
         Some(Self {
             name: name.to_string(),
@@ -221,16 +243,18 @@ impl<'a> TaskStore<'a> {
     }
 
     /// The head, unless it is a submission given up as never created: unbound, and its
-    /// nonce in `task:{key}:forgotten` ([`Self::forget_unbound`]).
+    /// nonce marked (`task:{key}:forgotten:{nonce}`, [`Self::forget_unbound`]).
     ///
-    /// Forgetting writes nothing a binding writes, so no binding is ever lost to it, and
+    /// Giving up writes nothing a binding writes, so no binding is ever lost to it, and
     /// no timing is assumed. The forgetter writes the mark and then reads the head; a
-    /// binder writes the head and then reads the mark ([`Self::track_if_forgotten`]).
-    /// Each store operation ends before the next begins, so at least one of them sees
-    /// the other: a forgetter that reads a bound head keeps the task, and a binder that
-    /// reads the mark tracks the task again. This reader reads the head once more after
-    /// the mark, for the same reason: a head bound before the mark was written is
-    /// never taken for forgotten. Costs a read only for an unbound head.
+    /// delivery or a poll that binds writes the head and then reads the mark
+    /// ([`Self::track_if_forgotten`]); a create answer makes its task pending whatever
+    /// it would read ([`Self::bind_submission`]). Each store operation ends before the
+    /// next begins, so of a forgetter and a binder at least one sees the other: a
+    /// forgetter that reads a bound head keeps the task, and a binder that reads the
+    /// mark tracks the task again. This reader reads the head once more after the mark,
+    /// for the same reason: a head bound before the mark was written is never taken for
+    /// given up. Costs a read only for an unbound head.
     pub fn live_head(&self, key: &TaskKey) -> Result<Option<TaskHead>, StoreError> {
         match self.head(key)? {
             Some(head) => self.live(key, head),
@@ -243,41 +267,42 @@ impl<'a> TaskStore<'a> {
         let Some(nonce) = unbound_nonce(&head) else {
             return Ok(Some(head));
         };
-        if self.forgotten_nonce(key)?.as_deref() != Some(nonce) {
+        if !self.is_given_up(key, nonce)? {
             return Ok(Some(head));
         }
+        let nonce = nonce.to_string();
         Ok(self
             .head(key)?
-            .filter(|again| unbound_nonce(again) != Some(nonce)))
+            .filter(|again| unbound_nonce(again) != Some(&nonce)))
     }
 
-    /// The nonce of the last submission given up on this key, if any.
-    fn forgotten_nonce(&self, key: &TaskKey) -> Result<Option<String>, StoreError> {
-        self.kv
-            .get(&key.forgotten())?
-            .map(|bytes| String::from_utf8(bytes).map_err(|_| StoreError::Corrupt(key.forgotten())))
-            .transpose()
+    /// Whether submission `nonce` of this key was given up as never created.
+    pub fn is_given_up(&self, key: &TaskKey, nonce: &str) -> Result<bool, StoreError> {
+        Ok(self.kv.get(&key.forgotten(nonce))?.is_some())
     }
 
-    /// Once a binding of `submission`'s task is written (head first): if any submission
-    /// of this key was given up meanwhile, its reconciler may have released the task's
-    /// pending entry, so the task is made pending again under `due_ms` (a name no
-    /// reconciler has judged), listed, and its pipeline tracked. One read otherwise.
+    /// Once a delivery or a poll has written the binding of `submission`'s task (head
+    /// first): if that submission was given up meanwhile, its reconciler may have
+    /// released the task's pending entries, so the task is made pending again (due at
+    /// `due_ms`, under a spare name), listed, and its pipeline tracked. One read
+    /// otherwise.
     pub fn track_if_forgotten(
         &self,
         key: &TaskKey,
         submission: &Submission,
         due_ms: u64,
     ) -> Result<(), StoreError> {
-        if self.kv.get(&key.forgotten())?.is_none() {
+        if !self.is_given_up(key, &submission.nonce)? {
             return Ok(());
         }
-        Index::pending(self.kv).add(&pending_entry(key, &submission.nonce, due_ms))?;
+        let entry = spare_pending_entry(key, &submission.nonce, due_ms, SpareBy::Retrack);
+        Index::pending(self.kv).add(&entry)?;
         self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())
     }
 
     /// Lists a task submitted at `submitted_at` again, and indexes its pipeline again:
-    /// a run may have let either go while the task looked forgotten.
+    /// a run may have let either go while the task looked given up (or its pipeline
+    /// failed on a refusal stored while the task's create was on its way).
     fn track_again(
         &self,
         key: &TaskKey,
@@ -421,6 +446,12 @@ impl<'a> TaskStore<'a> {
     /// The caller removes its index entries afterwards: a failure here leaves them, and
     /// the next retention run finds the task again.
     pub fn delete_task(&self, key: &TaskKey, task_id: Option<&str>) -> Result<(), StoreError> {
+        // A submission given up and bound later keeps its mark: it goes with the head.
+        let nonce = match self.head(key) {
+            Ok(head) => head.and_then(|h| h.submission).map(|s| s.nonce),
+            Err(StoreError::Corrupt(_)) => None,
+            Err(error) => return Err(error),
+        };
         let (live, final_state) = Slot::BY_RANK_ASC.split_at(Slot::BY_RANK_ASC.len() - 1);
         for slot in live {
             self.kv.delete(&key.slot(*slot))?;
@@ -428,7 +459,9 @@ impl<'a> TaskStore<'a> {
         self.kv.delete(&key.poll())?;
         self.kv.delete(&key.notified())?;
         self.kv.delete(&key.head())?;
-        self.kv.delete(&key.forgotten())?;
+        if let Some(nonce) = nonce {
+            self.kv.delete(&key.forgotten(&nonce))?;
+        }
         if let Some(task_id) = task_id {
             self.kv.delete(&task_id_index(task_id))?;
         }
@@ -505,6 +538,13 @@ impl<'a> TaskStore<'a> {
     /// which outruns Kling's create answer finds it: the head, then its listing entry,
     /// then its pending entry (due at `first_due_ms`), each one `set`. A record whose
     /// pending entry is missing is never left: on any failure the caller forgets it.
+    ///
+    /// Then two reads make sure that retention is not deleting the head just written (it
+    /// deletes a given-up head of the same id, [`Self::purge_given_up`]): its
+    /// `purging` key, then the head. Either one shows retention at work, or retention
+    /// finished before this submit read its key, and its read saw this head and left
+    /// it. Retention at work is [`StoreError::Unavailable`]: the caller forgets the
+    /// record and calls no Kling, and the client's retry starts afresh.
     pub fn record_submission(&self, submission: &NewSubmission<'_>) -> Result<(), StoreError> {
         let key = submission.key;
         let head = TaskHead {
@@ -514,7 +554,46 @@ impl<'a> TaskStore<'a> {
         };
         self.kv.set(&key.head(), &to_json(&head))?;
         Index::listed(self.kv).add(&listed_entry(key, submission.now_ms))?;
-        Index::pending(self.kv).add(&submission.pending_entry())
+        Index::pending(self.kv).add(&submission.pending_entry())?;
+        // (A head of another submit of this id is no sign of retention, which writes
+        // none: that race is Kling's 1201 and the binding's to settle.)
+        if self.kv.get(&key.purging())?.is_some() || self.head(key)?.is_none() {
+            return Err(StoreError::Unavailable(
+                "retention is deleting an earlier submission of this external_task_id; retry"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes a head given up as never created (submission `nonce`), its poll record
+    /// and its mark, unless the head is another's by now. Retention and a submit of the
+    /// same id race on the head key with no compare-and-swap: retention writes
+    /// `task:{key}:purging`, reads the head, deletes, and then deletes that key; a submit
+    /// writes the head and then reads that key and the head
+    /// ([`Self::record_submission`]). If retention read the head before the submit wrote
+    /// it, the submit reads either the key (retention still at work) or, once retention
+    /// has finished, the head it deleted: both stop the submit before it calls Kling.
+    /// Returns whether the head was deleted.
+    pub fn purge_given_up(&self, key: &TaskKey, nonce: &str) -> Result<bool, StoreError> {
+        self.kv.set(&key.purging(), PRESENT)?;
+        let given_up = self
+            .head(key)?
+            .is_some_and(|head| unbound_nonce(&head) == Some(nonce));
+        if given_up {
+            self.kv.delete(&key.poll())?;
+            self.kv.delete(&key.head())?;
+            self.kv.delete(&key.forgotten(nonce))?;
+        }
+        self.kv.delete(&key.purging())?;
+        Ok(given_up)
+    }
+
+    /// Deletes the mark of a given-up submission whose head a new submission of the
+    /// same id has replaced: nothing reads it any more (a mark is read only for the
+    /// head's own unbound submission).
+    pub fn drop_mark(&self, key: &TaskKey, nonce: &str) -> Result<(), StoreError> {
+        self.kv.delete(&key.forgotten(nonce))
     }
 
     /// Stores the pending entry of `submission`, the task's current one, again (due
@@ -538,35 +617,28 @@ impl<'a> TaskStore<'a> {
     /// submit of the same id deleted, or a late write left without its submission, is
     /// whole again.
     ///
-    /// Once the head is written, the owner's task exists at Kling, so it must be
-    /// tracked whatever a reconciler decided while Kling was asked: the owner gets a
-    /// pending entry of its own under a name only this binding writes (one past its
-    /// first due time; the reconciler folds it into the submit's), since a run may have
-    /// released the owner's entries while the head named another submission. If the
-    /// head was gone or any submission of this key was given up meanwhile
-    /// ([`Self::live_head`]), the task is listed and its pipeline tracked again too (a
-    /// run may have let the pipeline go on a refusal stored while this create was on
-    /// its way).
+    /// Once the head is written, the owner's task exists at Kling, so it is tracked
+    /// whatever a reconciler decided while Kling was asked, with no read to decide it:
+    /// the owner gets a spare pending entry of its own (due at its first due time),
+    /// since a run may have released its entries while the head named another
+    /// submission or while it looked given up; and the task is listed and its pipeline
+    /// indexed again.
     pub fn bind_submission(
         &self,
         key: &TaskKey,
         task_id: &str,
         owner: Option<&NewSubmission<'_>>,
     ) -> Result<(), StoreError> {
-        let head = self.head(key)?;
-        let gone = head.is_none();
-        let mut head = head.unwrap_or_default();
+        let mut head = self.head(key)?.unwrap_or_default();
         if let Some(owner) = owner {
             head.external_task_id = Some(owner.external_task_id.to_string());
             head.submission = Some(owner.submission());
         }
         self.bind_head(key, head, task_id)?;
         if let Some(owner) = owner {
-            let due = owner.first_due_ms.saturating_add(1);
-            Index::pending(self.kv).add(&pending_entry(key, owner.nonce, due))?;
-            if gone || self.kv.get(&key.forgotten())?.is_some() {
-                self.track_again(key, owner.now_ms, owner.pipeline)?;
-            }
+            let entry = spare_pending_entry(key, owner.nonce, owner.first_due_ms, SpareBy::Binding);
+            Index::pending(self.kv).add(&entry)?;
+            self.track_again(key, owner.now_ms, owner.pipeline)?;
         }
         Ok(())
     }
@@ -592,8 +664,8 @@ impl<'a> TaskStore<'a> {
     }
 
     /// Gives up a submission whose create never went through, if the head is still
-    /// this submission's and still unbound: it is marked (`task:{key}:forgotten`), not
-    /// deleted, so that a create answer or a callback that binds it meanwhile is never
+    /// this submission's and still unbound: it is marked (`task:{key}:forgotten:{nonce}`),
+    /// not deleted, so that a create answer or a callback that binds it meanwhile is never
     /// lost (see [`Self::live_head`] for why the mark comes first and the head is read
     /// after it). Its poll record goes: a submission of the same id again starts its
     /// polls afresh.
@@ -610,7 +682,7 @@ impl<'a> TaskStore<'a> {
             Forget::Forgotten => {}
             kept => return Ok(kept),
         }
-        self.kv.set(&key.forgotten(), nonce.as_bytes())?;
+        self.kv.set(&key.forgotten(nonce), PRESENT)?;
         let judged = judged(self.head(key)?);
         if judged == Forget::Forgotten {
             self.kv.delete(&key.poll())?;
@@ -770,8 +842,8 @@ impl NewSubmission<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::MemoryKv;
-    use std::cell::RefCell;
+    use crate::store::memory::{Between, MemoryKv};
+    use std::cell::Cell;
 
     fn event(task_id: &str, ext: Option<&str>, status: TaskStatus) -> TaskEvent {
         TaskEvent {
@@ -902,7 +974,9 @@ mod tests {
         let again = self::submission(&key, "job-1", "n3", 2);
         store.record_submission(&again).unwrap();
         assert!(store.live_head(&key).unwrap().is_some());
-        // Deleted with the task, the mark too.
+        // Its submit drops the mark it replaced; the new one's goes with the task.
+        store.drop_mark(&key, "n1").unwrap();
+        assert_eq!(store.forget_unbound(&key, "n3").unwrap(), Forget::Forgotten);
         store.delete_task(&key, None).unwrap();
         assert!(
             kv.keys().iter().all(|k| !k.starts_with("task:")),
@@ -933,84 +1007,29 @@ mod tests {
         assert_eq!(head.submission.map(|s| s.nonce).as_deref(), Some("n1"));
         assert_eq!(
             Index::pending(&kv).entries().unwrap(),
-            [pending_entry(&key, "n1", first.first_due_ms + 1)]
+            [spare_pending_entry(
+                &key,
+                "n1",
+                first.first_due_ms,
+                SpareBy::Binding
+            )]
         );
         assert_eq!(
             Index::listed(&kv).entries().unwrap(),
             [listed_entry(&key, first.now_ms)]
         );
-        // An answer to a head no one gave up: its owner's own entry, and no listing.
+        // Any answer writes the same, with no read to decide it: the binding, the head,
+        // the owner's spare entry and its listing entry (the submit's, again).
         let other = TaskKey::external("job-2");
         let second = submission(&other, "job-2", "n2", 1);
         store.record_submission(&second).unwrap();
-        let sets = kv.sets.get();
+        let (trips, sets) = (kv.round_trips.get(), kv.sets.get());
         store.bind_submission(&other, "87", Some(&second)).unwrap();
         assert_eq!(
-            kv.sets.get(),
-            sets + 3,
-            "the binding, the head, and the owner's entry"
+            (kv.round_trips.get() - trips, kv.sets.get() - sets),
+            (5, 4),
+            "the head read, then four writes"
         );
-    }
-
-    /// The store, with another instance's work done just before one of this instance's
-    /// operations on a key: the interleavings that last-write-wins stores allow.
-    struct Between<'a> {
-        kv: &'a MemoryKv,
-        hooks: RefCell<Vec<Hook<'a>>>,
-    }
-
-    /// Before this operation ("get", "set" or "delete") of this key: this work.
-    type Hook<'a> = (&'static str, String, Box<dyn FnOnce() + 'a>);
-
-    impl<'a> Between<'a> {
-        fn new(kv: &'a MemoryKv) -> Self {
-            Self {
-                kv,
-                hooks: RefCell::default(),
-            }
-        }
-
-        /// Before this instance's next `op` ("get", "set" or "delete") of `key`.
-        fn before(self, op: &'static str, key: String, then: impl FnOnce() + 'a) -> Self {
-            self.hooks.borrow_mut().push((op, key, Box::new(then)));
-            self
-        }
-
-        fn run(&self, op: &str, key: &str) {
-            let position = self
-                .hooks
-                .borrow()
-                .iter()
-                .position(|(o, k, _)| *o == op && k == key);
-            if let Some(position) = position {
-                let (_, _, then) = self.hooks.borrow_mut().remove(position);
-                then();
-            }
-        }
-    }
-
-    impl KeyValue for Between<'_> {
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            self.run("get", key);
-            self.kv.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-            self.run("set", key);
-            self.kv.set(key, value)
-        }
-        fn set_all(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
-            for (key, _) in entries {
-                self.run("set", key);
-            }
-            self.kv.set_all(entries)
-        }
-        fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.run("delete", key);
-            self.kv.delete(key)
-        }
-        fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-            self.kv.keys_with_prefix(prefix)
-        }
     }
 
     /// The task is bound to Kling's task and has a pending entry of its owner's.
@@ -1035,7 +1054,7 @@ mod tests {
         // The answer is written after the reconciler read the head, before its mark.
         let kv = MemoryKv::default();
         TaskStore::new(&kv).record_submission(&first).unwrap();
-        let reconciler = Between::new(&kv).before("set", key.forgotten(), || {
+        let reconciler = Between::new(&kv).before("set", key.forgotten("n1"), || {
             TaskStore::new(&kv)
                 .bind_submission(&key, "86", Some(&first))
                 .unwrap();
@@ -1066,8 +1085,8 @@ mod tests {
         // reads the head again: bound, so live.
         let kv = MemoryKv::default();
         TaskStore::new(&kv).record_submission(&first).unwrap();
-        let reader = Between::new(&kv).before("get", key.forgotten(), || {
-            let reconciler = Between::new(&kv).before("set", key.forgotten(), || {
+        let reader = Between::new(&kv).before("get", key.forgotten("n1"), || {
+            let reconciler = Between::new(&kv).before("set", key.forgotten("n1"), || {
                 TaskStore::new(&kv)
                     .bind_submission(&key, "86", Some(&first))
                     .unwrap();
@@ -1078,6 +1097,53 @@ mod tests {
         });
         let live = TaskStore::new(&reader).live_head(&key).unwrap();
         assert_eq!(live.and_then(|h| h.task_id).as_deref(), Some("86"));
+    }
+
+    #[test]
+    fn retention_never_deletes_the_head_of_a_submit_that_goes_on_to_kling() {
+        let key = TaskKey::external("job-1");
+        let old = submission(&key, "job-1", "n1", 1);
+        let new = submission(&key, "job-1", "n3", 2);
+        let given_up = |kv: &MemoryKv| {
+            let store = TaskStore::new(kv);
+            store.record_submission(&old).unwrap();
+            assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Forgotten);
+        };
+
+        // The submit writes its head after retention read the old one, before it
+        // deletes: the submit finds retention at work and calls no Kling.
+        let kv = MemoryKv::default();
+        given_up(&kv);
+        let submitted = Cell::new(None);
+        let retention = Between::new(&kv).before("delete", key.head(), || {
+            submitted.set(Some(TaskStore::new(&kv).record_submission(&new).is_ok()));
+        });
+        assert!(
+            TaskStore::new(&retention)
+                .purge_given_up(&key, "n1")
+                .unwrap()
+        );
+        assert_eq!(submitted.get(), Some(false), "the submit stops");
+
+        // Retention finishes between the submit's write and its reads: the submit finds
+        // its head gone.
+        let kv = MemoryKv::default();
+        given_up(&kv);
+        let submit = Between::new(&kv).before("get", key.purging(), || {
+            // What retention, having read the old head before this submit wrote, does.
+            kv.delete(&key.head()).unwrap();
+            kv.delete(&key.forgotten("n1")).unwrap();
+        });
+        assert!(TaskStore::new(&submit).record_submission(&new).is_err());
+
+        // Retention reads the new head: it keeps it, and the submit goes on.
+        let kv = MemoryKv::default();
+        given_up(&kv);
+        TaskStore::new(&kv).record_submission(&new).unwrap();
+        assert!(!TaskStore::new(&kv).purge_given_up(&key, "n1").unwrap());
+        let head = TaskStore::new(&kv).live_head(&key).unwrap().unwrap();
+        assert_eq!(head.submission.map(|s| s.nonce).as_deref(), Some("n3"));
+        assert_eq!(kv.get(&key.purging()).unwrap(), None, "retention cleans up");
     }
 
     #[test]
@@ -1098,7 +1164,7 @@ mod tests {
         assert_bound_and_tracked(&kv, &key, "n1");
         assert_eq!(
             Index::pending(&kv).entries().unwrap(),
-            [pending_entry(&key, "n1", 500)]
+            [spare_pending_entry(&key, "n1", 500, SpareBy::Retrack)]
         );
         // A task no one gave up: the binding costs one read more, and no write.
         let other = TaskKey::external("job-2");
@@ -1439,7 +1505,7 @@ mod tests {
         assert_eq!(head.submission.unwrap().nonce, "nA", "its owner's nonce");
         assert_eq!(
             Index::pending(&kv).entries().unwrap(),
-            ["0000000000105/nA/job-s", "0000000000106/nA/job-s"],
+            ["0000000000105/nA.b/job-s", "0000000000105/nA/job-s"],
             "the submit's entry, and its binding's"
         );
 
