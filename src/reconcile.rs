@@ -35,12 +35,13 @@ use crate::pipeline::progress::{
     Next, PIPELINE_WATCH_MS, PipelineFailure, PipelineView, STEP_LOST, STEP_NOT_SUBMITTED,
 };
 use crate::pipeline::spec::PipelineSpec;
-use crate::store::index::Index;
+use crate::store::index::{Index, PRESENT};
 use crate::store::layout::TaskKey;
 use crate::store::pipelines::{PipelineStore, pipeline_entry};
 use crate::store::retention::purge_expired;
 use crate::store::tasks::{
-    Forget, PendingEntry, RecordError, TaskStore, final_entry, pending_entry,
+    Forget, NewSubmission, PendingEntry, RecordError, TaskStore, final_entry, pending_entry,
+    pending_submission,
 };
 use crate::store::{KeyValue, StoreError};
 use crate::task::{EventSource, TaskEvent, TaskRecord, TaskStatus};
@@ -237,7 +238,12 @@ pub fn reconcile(
                 // The new entry first: at every moment at least one entry exists. A
                 // concurrent run may already have added this very name: never remove it.
                 let next = pending_entry(&submission.key, &submission.nonce, due_ms);
-                index.add(&next)?;
+                // It carries the submission on, like the entries it replaces.
+                let carried = match submission.entries.first() {
+                    Some(first) => index.value(first)?,
+                    None => None,
+                };
+                index.put(&next, carried.as_deref().unwrap_or(PRESENT))?;
                 for entry in submission.entries.iter().filter(|e| **e != next) {
                     index.remove(entry)?;
                 }
@@ -282,6 +288,10 @@ pub struct Polled {
     pub news: Option<TaskEvent>,
     pub record: Option<TaskRecord>,
     pub state: PollState,
+    /// Kling's answer ended the task here: given up as never created, or found deleted.
+    /// (A record that reads as none is not enough: a given-up head another submission's
+    /// entry asks about reads as none whatever Kling says.)
+    pub gone: bool,
 }
 
 impl Poller<'_> {
@@ -293,8 +303,12 @@ impl Poller<'_> {
     ) -> Result<Judged, StoreError> {
         let store = TaskStore::new(self.kv);
         let key = &submission.key;
-        let Some(stored) = store.head(key)? else {
-            return Ok(Judged::Release); // deleted by retention
+        let stored = match store.head(key)? {
+            Some(stored) => stored,
+            None => match self.restore_head(submission, report)? {
+                Ok(head) => head,
+                Err(judged) => return Ok(judged),
+            },
         };
         // A head given up as never created (here, or by Kling's refusal) is judged as it
         // is stored: whoever binds it later tracks it again (`TaskStore::live_head`).
@@ -324,21 +338,16 @@ impl Poller<'_> {
             ));
             return Ok(Judged::Due(now.saturating_add(MAX_POLL_GAP_MS)));
         };
-        if owner.nonce != submission.nonce {
-            // Another submission of this id wrote the head over this one's record.
-            if head.task_id.is_some() {
-                // It owns the Kling task, and its binding added an entry of its own.
-                return Ok(Judged::Release);
-            }
-            if !given_up {
-                // Its own entry polls Kling by the id for both.
-                return Ok(Judged::Due(now.saturating_add(self.options.stale_after_ms)));
-            }
-            // It was given up (a refusal says nothing of this submission's create):
-            // Kling is asked about the id once more, below, before this entry goes.
-        } else if given_up {
+        // This submission given up: Kling did not know the id (or refused this very
+        // create). Whatever binds the task later tracks it again.
+        if given_up && owner.nonce == submission.nonce {
             return Ok(Judged::Release);
         }
+        // Any other entry of the id is judged with the task (the poll record defers it
+        // while another entry polls): never released for the owner it names, which a
+        // late write can change, only for what Kling says or a final state. One whose
+        // record another, given-up submission overwrote asks Kling about the id once
+        // more (a refusal of that one says nothing of this create).
         let previous = store.poll_state(key)?;
         // A callback that came recently, or a concurrent run that polled, defers it.
         let not_before = [
@@ -384,7 +393,7 @@ impl Poller<'_> {
                 notifier.deliver(Notification::task(key, record, self.clock.now_ms()))?;
             }
         }
-        let finished = polled.record.as_ref().is_none_or(|r| r.status.is_final());
+        let finished = polled.gone || polled.record.as_ref().is_some_and(|r| r.status.is_final());
         Ok(if finished {
             if let Some(record) = &polled.record {
                 Index::finals(self.kv).add(&final_entry(key, now))?;
@@ -398,6 +407,67 @@ impl Poller<'_> {
         } else {
             Judged::Due(polled.state.next_poll_at)
         })
+    }
+
+    /// An entry whose head is gone: deleted by retention, with the task (its entries were
+    /// released then, so this is rare), or as a given-up head of an earlier submission
+    /// of the id, with no compare-and-swap to stop it taking the head a new submit
+    /// wrote meanwhile. The entry carries its submission, so Kling is asked by the id:
+    /// a task Kling has gets its head back (bound as a late create answer binds it) and
+    /// is judged as usual; one Kling does not know past the grace is released.
+    fn restore_head(
+        &self,
+        submission: &Submission,
+        report: &mut ReconcileReport,
+    ) -> Result<Result<TaskHead, Judged>, StoreError> {
+        let key = &submission.key;
+        let index = Index::pending(self.kv);
+        let mut carried = None;
+        for entry in &submission.entries {
+            if let Some(value) = index.value(entry)? {
+                carried = carried.or_else(|| pending_submission(&value));
+            }
+        }
+        // An entry of an older build carries nothing to ask Kling with.
+        let Some(sub) = carried else {
+            return Ok(Err(Judged::Release));
+        };
+        let Some(kind) = TaskKind::from_name(&sub.kind) else {
+            return Ok(Err(Judged::Release));
+        };
+        let now = self.clock.now_ms();
+        let later = Judged::Due(now.saturating_add(self.options.stale_after_ms.max(1)));
+        report.checked += 1;
+        let client = KlingClient::new(self.kling, self.transport, now / 1000);
+        match client.query(kind, TaskRef::External(key.as_str())) {
+            Ok(Some(found)) => {
+                let owner = NewSubmission {
+                    key,
+                    external_task_id: key.as_str(),
+                    kind: &sub.kind,
+                    pipeline: sub.pipeline.as_ref(),
+                    nonce: &sub.nonce,
+                    now_ms: sub.submitted_at,
+                    first_due_ms: submission.due_ms,
+                    body_digest: sub.body_digest.as_deref(),
+                };
+                let store = TaskStore::new(self.kv);
+                store.bind_submission(key, &found.task_id, Some(&owner))?;
+                Ok(store.head(key)?.ok_or(later))
+            }
+            Ok(None) if now.saturating_sub(sub.submitted_at) > SUBMITTING_GRACE_MS => {
+                Ok(Err(Judged::Release))
+            }
+            Err(KlingError::Api(e)) if matches!(e.code, 1302 | 1303) => {
+                report.errors.push(ReconcileIssue::new(
+                    key.as_str(),
+                    "kling_rate_limited",
+                    e.message,
+                ));
+                Ok(Err(Judged::Stop))
+            }
+            Ok(None) | Err(_) => Ok(Err(later)),
+        }
     }
 
     /// Asks Kling once about a task submitted here, applies the answer, and records the
@@ -431,6 +501,7 @@ impl Poller<'_> {
                 news: None,
                 record: store.record(key, Some(head))?,
                 state,
+                gone: false,
             });
         };
         // A task left `submitting` has no Kling id yet: ask by external id.
@@ -540,6 +611,7 @@ impl Poller<'_> {
                 news: None,
                 record: None,
                 state,
+                gone: true,
             });
         }
         store.save_poll_state(key, &state)?;
@@ -550,6 +622,7 @@ impl Poller<'_> {
             news,
             record,
             state,
+            gone: false,
         })
     }
 
@@ -956,6 +1029,27 @@ mod tests {
                 assert!(Index::pending(&kv).entries().unwrap().is_empty());
             }
         }
+        // Kling cannot answer: the entry stays, still carrying its submission.
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        recorded(&kv, &key, "n1");
+        recorded(&kv, &key, "n2");
+        store.forget_unbound(&key, "n2").unwrap();
+        Index::pending(&kv)
+            .remove(&pending_entry(&key, "n2", 0))
+            .unwrap();
+        let kling = Scripted::new(vec![Ok((500, r#"{"code":5000,"message":"down"}"#))]);
+        let clock = ManualClock(Cell::new(past_grace));
+        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        assert!(has_entry_of(&kv, "n1"), "kept: Kling said nothing");
+        let entry = Index::pending(&kv).entries().unwrap().remove(0);
+        let carried = Index::pending(&kv).value(&entry).unwrap().unwrap();
+        assert_eq!(
+            pending_submission(&carried).map(|s| s.nonce).as_deref(),
+            Some("n1")
+        );
+
         // A submission given up over its own record is released without asking Kling.
         let kv = MemoryKv::default();
         let key = TaskKey::external("job-1");
@@ -966,6 +1060,50 @@ mod tests {
         reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
         assert!(kling.sent.borrow().is_empty());
         assert!(Index::pending(&kv).entries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_head_deleted_under_a_live_submission_comes_back_from_its_entry() {
+        let past_grace = SUBMITTING_GRACE_MS + 1;
+        let error = Ok((500, r#"{"code":5000,"message":"down"}"#));
+        for (kling_says, outcome) in [
+            (Ok((200, FOUND_86)), "restored"),
+            (error, "kept"),
+            (Ok((404, NOT_FOUND)), "released"),
+        ] {
+            let kv = MemoryKv::default();
+            let store = TaskStore::new(&kv);
+            let key = TaskKey::external("job-1");
+            recorded(&kv, &key, "n3");
+            // Retention, from a read of an earlier given-up head, deletes this one.
+            kv.delete(&key.head()).unwrap();
+
+            let kling = Scripted::new(vec![kling_says, Ok((200, FOUND_86))]);
+            let clock = ManualClock(Cell::new(past_grace));
+            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+            let head = store.live_head(&key).unwrap();
+            match outcome {
+                "restored" => {
+                    let head = head.expect("restored");
+                    assert_eq!(head.task_id.as_deref(), Some("86"));
+                    let nonce = head.submission.map(|s| s.nonce);
+                    assert_eq!(nonce.as_deref(), Some("n3"), "its own submission");
+                    assert!(has_entry_of(&kv, "n3"));
+                    assert_eq!(
+                        store.find("86").unwrap().unwrap().kind.as_deref(),
+                        Some("text2video")
+                    );
+                }
+                "kept" => {
+                    assert_eq!(head, None);
+                    assert!(has_entry_of(&kv, "n3"), "Kling said nothing: kept");
+                }
+                _ => {
+                    assert_eq!(head, None);
+                    assert!(Index::pending(&kv).entries().unwrap().is_empty());
+                }
+            }
+        }
     }
 
     #[test]

@@ -85,18 +85,8 @@ pub fn submit(
     let store = TaskStore::new(kv);
     let key = TaskKey::external(&external_task_id);
     let digest = body_digest(request.kind, &body);
-    // A submission given up as never created is no task: the id may be used again (and
-    // its mark goes once this submission's record replaces its head).
-    let stored = store.head(&key)?;
-    let stored_nonce = stored
-        .as_ref()
-        .and_then(|h| h.submission.as_ref())
-        .map(|s| s.nonce.clone());
-    let head = match stored {
-        Some(stored) => store.live(&key, stored)?,
-        None => None,
-    };
-    let given_up = stored_nonce.filter(|_| head.is_none());
+    // A submission given up as never created is no task: the id may be used again.
+    let head = store.live_head(&key)?;
     // A pipeline step's request is rebuilt from the step before it on every advance, so
     // only its pipeline step must match; a client's retry must repeat its request.
     let conflicting = head
@@ -142,9 +132,6 @@ pub fn submit(
     if let Err(error) = store.record_submission(&submission) {
         store.forget_submission(&submission)?;
         return Err(error.into());
-    }
-    if let Some(replaced) = &given_up {
-        store.drop_mark(&key, replaced)?;
     }
     // Validation let `options` (API 2.0) be only an object or `null`: both paths can be set.
     set_path(&mut body, external_field, external_task_id.clone().into());

@@ -8,7 +8,9 @@
 //! nonce, a pipeline's generation, a due time), so a remover only ever deletes the exact
 //! entry it judged, never a newer one for the same task.
 
-use super::layout::{FINAL_PREFIX, LISTED_PREFIX, OUTBOX_PREFIX, PENDING_PREFIX, PIPELINES_PREFIX};
+use super::layout::{
+    FINAL_PREFIX, LISTED_PREFIX, OUTBOX_PREFIX, PENDING_PREFIX, PIPELINES_PREFIX, TaskKey,
+};
 use super::{KeyValue, StoreError};
 
 /// A set of entries under one key prefix.
@@ -98,15 +100,41 @@ impl<'a> Index<'a> {
     }
 }
 
-/// The listing's entries and the finals', from one `list-keys` of `default`, where both
-/// live: there a `list-keys` returns every key of every task, and retention reads both.
-pub fn listed_and_finals(kv: &dyn KeyValue) -> Result<(Vec<String>, Vec<String>), StoreError> {
+/// What retention reads of `default`, from one `list-keys` (there it returns every key
+/// of every task).
+pub struct DefaultKeys {
+    pub listed: Vec<String>,
+    pub finals: Vec<String>,
+    /// Every give-up mark (`task:{key}:forgotten:{nonce}`), deleted with its task.
+    pub marks: Vec<String>,
+}
+
+impl DefaultKeys {
+    /// The give-up marks of one task.
+    pub fn marks_of(&self, key: &TaskKey) -> Vec<String> {
+        let prefix = format!("task:{}:forgotten:", key.as_str());
+        self.marks
+            .iter()
+            .filter(|mark| mark.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The listing's entries, the finals' and the give-up marks, from one `list-keys` of
+/// `default`, where all live.
+pub fn default_keys(kv: &dyn KeyValue) -> Result<DefaultKeys, StoreError> {
     // Every key of `default`: the empty prefix is in that label (tested below).
     let keys = kv.keys_with_prefix("")?;
-    Ok((
-        Index::listed(kv).entries_among(&keys),
-        Index::finals(kv).entries_among(&keys),
-    ))
+    Ok(DefaultKeys {
+        listed: Index::listed(kv).entries_among(&keys),
+        finals: Index::finals(kv).entries_among(&keys),
+        marks: keys
+            .iter()
+            .filter(|k| k.starts_with("task:") && k.contains(":forgotten:"))
+            .cloned()
+            .collect(),
+    })
 }
 
 /// The store key of an entry: its index's prefix, then its name.
@@ -155,11 +183,17 @@ mod tests {
         Index::listed(&kv).add("0000000000001/a").unwrap();
         Index::finals(&kv).add("20000/a").unwrap();
         kv.set("task:a", b"{}").unwrap();
+        kv.set("task:a:forgotten:n1", b"1").unwrap();
+        kv.set("task:ab:forgotten:n2", b"1").unwrap();
         kv.round_trips.set(0);
-        let (listed, finals) = listed_and_finals(&kv).unwrap();
+        let keys = default_keys(&kv).unwrap();
         assert_eq!(kv.round_trips.get(), 1);
-        assert_eq!(listed, ["0000000000001/a", "0000000000002/b"]);
-        assert_eq!(finals, ["20000/a"]);
+        assert_eq!(keys.listed, ["0000000000001/a", "0000000000002/b"]);
+        assert_eq!(keys.finals, ["20000/a"]);
+        assert_eq!(
+            keys.marks_of(&TaskKey::external("a")),
+            ["task:a:forgotten:n1"]
+        );
     }
 
     #[test]

@@ -9,8 +9,7 @@
 //! | `task:{key}:submitted` / `:processing` / `:lost` / `:final` | the latest state of that rank ([`TaskEvent`]) | only deliveries (or polls) of that rank |
 //! | `task:{key}:poll` | the reconciler's polls of the task ([`PollState`]) | reconcile and read repair |
 //! | `task:{key}:notified` | the `sequence` of the task's last notification a receiver took | the notifier, on a 2xx |
-//! | `task:{key}:forgotten:{nonce}` | `1`: that submission was given up as never created | the reconciler (Kling does not know it), or the submit Kling refused; deleted with the head, or by the submit that replaces the head |
-//! | `task:{key}:purging` | `1`: retention is deleting a given-up head | retention, around that delete; a submit that finds it refuses (503), so a head it writes meanwhile is never deleted under it |
+//! | `task:{key}:forgotten:{nonce}` | `1`: that submission was given up as never created | the reconciler (Kling does not know it), or the submit Kling refused; deleted by whatever binds the task after all, or by retention with the head |
 //! | `taskid:{task_id}` | `{key}` | the first binding |
 //! | `pipeline:{id}` | a pipeline's description ([`PipelineSpec`]) | `POST /pipelines`, once |
 //! | `pipeline:{id}:failure` | why a pipeline failed, when no step's task says it | a refused or unbuildable step; the reconciler, for a step not submitted within 30 days |
@@ -29,7 +28,7 @@
 //!
 //! | key | value | added by | removed by |
 //! |---|---|---|---|
-//! | `pending/{due_ms}/{nonce}/{key}` | `1` | a submit; its create answer, as `{nonce}.b` (the owner's own entry); a callback or poll that binds a task given up meanwhile, as `{nonce}.r` (suffixed names are never a run's own) | the reconciler, once the task is final, forgotten or re-submitted (a poll moves it to a later due time: add, then remove) |
+//! | `pending/{due_ms}/{nonce}/{key}` | the submission ([`Submission`]: enough to ask Kling with no head) | a submit; its create answer, as `{nonce}.b` (the owner's own entry); a callback or poll that binds a task given up meanwhile, as `{nonce}.r` (suffixed names are never a run's own) | the reconciler, once the task is final, forgotten or re-submitted (a poll moves it to a later due time: add, then remove) |
 //! | `pipelines/{id}/{generation}` | `1` | `POST /pipelines`; an advance with a step to submit; a step's create answered after its task was forgotten | the reconciler, once the pipeline finished (one failed by a `lost` step: 30 days after its creation) |
 //! | `outbox/{webhook_id}` | the notification ([`Pending`]) | every notification, before it is sent | its 2xx |
 //!
@@ -44,6 +43,7 @@
 //! [`Pending`]: crate::notify::Pending
 //! [`TaskEvent`]: crate::task::TaskEvent
 //! [`PollState`]: crate::ledger::PollState
+//! [`Submission`]: crate::ledger::Submission
 
 use crate::ledger::Slot;
 
@@ -96,13 +96,6 @@ impl TaskKey {
     /// [`TaskStore::live_head`]: super::tasks::TaskStore::live_head
     pub fn forgotten(&self, nonce: &str) -> String {
         format!("task:{}:forgotten:{nonce}", self.0)
-    }
-
-    /// Set while retention deletes a given-up head (see [`TaskStore::purge_given_up`]).
-    ///
-    /// [`TaskStore::purge_given_up`]: super::tasks::TaskStore::purge_given_up
-    pub fn purging(&self) -> String {
-        format!("task:{}:purging", self.0)
     }
 }
 

@@ -9,7 +9,7 @@
 //! reconciler will ever finish it). A pending task of ours is left to the reconciler,
 //! which ends it (`lost` at worst) and indexes it then.
 
-use super::index::{Index, listed_and_finals};
+use super::index::{Index, default_keys};
 use super::layout::TaskKey;
 use super::pipelines::{PipelineStore, pipeline_entry};
 use super::tasks::{DAY_MS, TaskStore};
@@ -39,7 +39,8 @@ pub fn purge_expired(
     let store = TaskStore::new(kv);
     let finals = Index::finals(kv);
     let listed = Index::listed(kv);
-    let (listed_entries, final_entries) = listed_and_finals(kv)?;
+    let keys = default_keys(kv)?;
+    let (listed_entries, final_entries) = (&keys.listed, &keys.finals);
     // Whole days: everything before the start of the cutoff's day.
     let cutoff_day = cutoff_ms / DAY_MS;
     let cutoff_ms = cutoff_day * DAY_MS;
@@ -48,7 +49,7 @@ pub fn purge_expired(
 
     // Whole past days, oldest first (entries sort by day).
     let expired = final_entries
-        .into_iter()
+        .iter()
         .filter_map(|entry| {
             let (day, key) = entry.split_once('/')?;
             let day: u64 = day.parse().ok()?;
@@ -80,16 +81,17 @@ pub fn purge_expired(
                     continue;
                 }
                 store.purge(&key, &record)?;
+                delete_all(kv, &keys.marks_of(&key))?;
                 purged.tasks += 1;
             }
-            remove_listed(&listed, &listed_entries, &key)?;
+            remove_listed(&listed, listed_entries, &key)?;
             done.push(key.as_str().to_string());
         }
         finals.remove(&entry)?;
     }
 
     // The listing scan: listed before the cutoff, and no retention entry took it above.
-    for entry in &listed_entries {
+    for entry in listed_entries {
         let Some((ms, key)) = entry.split_once('/') else {
             continue;
         };
@@ -143,9 +145,10 @@ pub fn purge_expired(
         }
         if let Some(record) = &record {
             store.purge(&key, record)?;
+            delete_all(kv, &keys.marks_of(&key))?;
             purged.tasks += 1;
         } else if let Some(nonce) = given_up
-            && !store.purge_given_up(&key, &nonce)?
+            && !store.purge_given_up(&key, &nonce, &keys.marks_of(&key))?
         {
             continue; // submitted again meanwhile: the new submission's now
         }
@@ -189,6 +192,10 @@ fn runs_a_live_pipeline(
         Err(StoreError::Corrupt(_)) => false,
         Err(error) => return Err(error),
     })
+}
+
+fn delete_all(kv: &dyn KeyValue, keys: &[String]) -> Result<(), StoreError> {
+    keys.iter().try_for_each(|key| kv.delete(key))
 }
 
 fn remove_listed(listed: &Index<'_>, entries: &[String], key: &TaskKey) -> Result<(), StoreError> {

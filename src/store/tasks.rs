@@ -296,8 +296,10 @@ impl<'a> TaskStore<'a> {
             return Ok(());
         }
         let entry = spare_pending_entry(key, &submission.nonce, due_ms, SpareBy::Retrack);
-        Index::pending(self.kv).add(&entry)?;
-        self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())
+        add_pending(self.kv, &entry, submission)?;
+        self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())?;
+        // Bound and tracked: the mark has done its work (see `forget_unbound`).
+        self.kv.delete(&key.forgotten(&submission.nonce))
     }
 
     /// Lists a task submitted at `submitted_at` again, and indexes its pipeline again:
@@ -538,13 +540,8 @@ impl<'a> TaskStore<'a> {
     /// which outruns Kling's create answer finds it: the head, then its listing entry,
     /// then its pending entry (due at `first_due_ms`), each one `set`. A record whose
     /// pending entry is missing is never left: on any failure the caller forgets it.
-    ///
-    /// Then two reads make sure that retention is not deleting the head just written (it
-    /// deletes a given-up head of the same id, [`Self::purge_given_up`]): its
-    /// `purging` key, then the head. Either one shows retention at work, or retention
-    /// finished before this submit read its key, and its read saw this head and left
-    /// it. Retention at work is [`StoreError::Unavailable`]: the caller forgets the
-    /// record and calls no Kling, and the client's retry starts afresh.
+    /// The pending entry carries the submission itself, so the reconciler can ask Kling
+    /// about the task even if its head is deleted under it ([`Self::purge_given_up`]).
     pub fn record_submission(&self, submission: &NewSubmission<'_>) -> Result<(), StoreError> {
         let key = submission.key;
         let head = TaskHead {
@@ -554,46 +551,37 @@ impl<'a> TaskStore<'a> {
         };
         self.kv.set(&key.head(), &to_json(&head))?;
         Index::listed(self.kv).add(&listed_entry(key, submission.now_ms))?;
-        Index::pending(self.kv).add(&submission.pending_entry())?;
-        // (A head of another submit of this id is no sign of retention, which writes
-        // none: that race is Kling's 1201 and the binding's to settle.)
-        if self.kv.get(&key.purging())?.is_some() || self.head(key)?.is_none() {
-            return Err(StoreError::Unavailable(
-                "retention is deleting an earlier submission of this external_task_id; retry"
-                    .into(),
-            ));
-        }
-        Ok(())
+        add_pending(
+            self.kv,
+            &submission.pending_entry(),
+            &submission.submission(),
+        )
     }
 
-    /// Deletes a head given up as never created (submission `nonce`), its poll record
-    /// and its mark, unless the head is another's by now. Retention and a submit of the
-    /// same id race on the head key with no compare-and-swap: retention writes
-    /// `task:{key}:purging`, reads the head, deletes, and then deletes that key; a submit
-    /// writes the head and then reads that key and the head
-    /// ([`Self::record_submission`]). If retention read the head before the submit wrote
-    /// it, the submit reads either the key (retention still at work) or, once retention
-    /// has finished, the head it deleted: both stop the submit before it calls Kling.
-    /// Returns whether the head was deleted.
-    pub fn purge_given_up(&self, key: &TaskKey, nonce: &str) -> Result<bool, StoreError> {
-        self.kv.set(&key.purging(), PRESENT)?;
+    /// Deletes a head given up as never created (submission `nonce`) and its poll
+    /// record, if it is still that (read again first), and then `marks` (the key's give-up
+    /// marks). With no compare-and-swap, a submit (or a binding) of the same id can
+    /// still land its head between the read and the delete. Nothing is lost then: that
+    /// submit's pending entry carries its submission, and the reconciler, finding no
+    /// head, asks Kling and restores the head of a task Kling has
+    /// (`reconcile`'s headless judgement). Returns whether it deleted.
+    pub fn purge_given_up(
+        &self,
+        key: &TaskKey,
+        nonce: &str,
+        marks: &[String],
+    ) -> Result<bool, StoreError> {
         let given_up = self
             .head(key)?
             .is_some_and(|head| unbound_nonce(&head) == Some(nonce));
         if given_up {
             self.kv.delete(&key.poll())?;
             self.kv.delete(&key.head())?;
-            self.kv.delete(&key.forgotten(nonce))?;
+            for mark in marks {
+                self.kv.delete(mark)?;
+            }
         }
-        self.kv.delete(&key.purging())?;
         Ok(given_up)
-    }
-
-    /// Deletes the mark of a given-up submission whose head a new submission of the
-    /// same id has replaced: nothing reads it any more (a mark is read only for the
-    /// head's own unbound submission).
-    pub fn drop_mark(&self, key: &TaskKey, nonce: &str) -> Result<(), StoreError> {
-        self.kv.delete(&key.forgotten(nonce))
     }
 
     /// Stores the pending entry of `submission`, the task's current one, again (due
@@ -605,7 +593,11 @@ impl<'a> TaskStore<'a> {
         stale_after_ms: u64,
     ) -> Result<(), StoreError> {
         let due = submission.submitted_at.saturating_add(stale_after_ms);
-        Index::pending(self.kv).add(&pending_entry(key, &submission.nonce, due))
+        add_pending(
+            self.kv,
+            &pending_entry(key, &submission.nonce, due),
+            submission,
+        )
     }
 
     /// Binds Kling's `task_id` to a submitted task. Re-reads the head: a callback may have
@@ -637,8 +629,10 @@ impl<'a> TaskStore<'a> {
         self.bind_head(key, head, task_id)?;
         if let Some(owner) = owner {
             let entry = spare_pending_entry(key, owner.nonce, owner.first_due_ms, SpareBy::Binding);
-            Index::pending(self.kv).add(&entry)?;
+            add_pending(self.kv, &entry, &owner.submission())?;
             self.track_again(key, owner.now_ms, owner.pipeline)?;
+            // Bound and tracked: a give-up mark of the owner has done its work.
+            self.kv.delete(&key.forgotten(owner.nonce))?;
         }
         Ok(())
     }
@@ -686,6 +680,10 @@ impl<'a> TaskStore<'a> {
         let judged = judged(self.head(key)?);
         if judged == Forget::Forgotten {
             self.kv.delete(&key.poll())?;
+        } else {
+            // Bound (or replaced) meanwhile: the mark must not outlive it, or a stale
+            // write that unbinds the head again would make a live task read given up.
+            self.kv.delete(&key.forgotten(nonce))?;
         }
         Ok(judged)
     }
@@ -784,6 +782,17 @@ impl<'a> TaskStore<'a> {
     }
 }
 
+/// Adds a pending entry whose value is the submission it tracks.
+fn add_pending(kv: &dyn KeyValue, entry: &str, submission: &Submission) -> Result<(), StoreError> {
+    Index::pending(kv).put(entry, &to_json(submission))
+}
+
+/// The submission a pending entry carries (`None` for an entry of an older build, whose
+/// value is `1`).
+pub fn pending_submission(value: &[u8]) -> Option<Submission> {
+    serde_json::from_slice(value).ok()
+}
+
 /// The nonce of a head's submission not bound to a Kling task yet.
 fn unbound_nonce(head: &TaskHead) -> Option<&str> {
     match (&head.task_id, &head.submission) {
@@ -843,7 +852,6 @@ impl NewSubmission<'_> {
 mod tests {
     use super::*;
     use crate::store::memory::{Between, MemoryKv};
-    use std::cell::Cell;
 
     fn event(task_id: &str, ext: Option<&str>, status: TaskStatus) -> TaskEvent {
         TaskEvent {
@@ -974,10 +982,9 @@ mod tests {
         let again = self::submission(&key, "job-1", "n3", 2);
         store.record_submission(&again).unwrap();
         assert!(store.live_head(&key).unwrap().is_some());
-        // Its submit drops the mark it replaced; the new one's goes with the task.
-        store.drop_mark(&key, "n1").unwrap();
+        // Given up too: retention deletes the head with every mark of the id.
         assert_eq!(store.forget_unbound(&key, "n3").unwrap(), Forget::Forgotten);
-        store.delete_task(&key, None).unwrap();
+        crate::store::retention::purge_expired(&kv, 10 * DAY_MS, 10 * DAY_MS, 10).unwrap();
         assert!(
             kv.keys().iter().all(|k| !k.starts_with("task:")),
             "{:?}",
@@ -1027,8 +1034,8 @@ mod tests {
         store.bind_submission(&other, "87", Some(&second)).unwrap();
         assert_eq!(
             (kv.round_trips.get() - trips, kv.sets.get() - sets),
-            (5, 4),
-            "the head read, then four writes"
+            (6, 4),
+            "the head read, four writes, and the owner's mark deleted"
         );
     }
 
@@ -1068,6 +1075,11 @@ mod tests {
             "the head read after the mark is bound"
         );
         assert_bound_and_tracked(&kv, &key, "n1");
+        assert_eq!(
+            kv.get(&key.forgotten("n1")).unwrap(),
+            None,
+            "no mark outlives it"
+        );
 
         // The answer is written after the mark, and the run then releases the task's
         // entries: the binder reads the mark and tracks the task again.
@@ -1081,69 +1093,19 @@ mod tests {
             .unwrap();
         assert_bound_and_tracked(&kv, &key, "n1");
 
-        // A reader that read the unbound head before the answer and the mark after it
-        // reads the head again: bound, so live.
+        // A reader that read the unbound head before the answer, and the mark of a
+        // reconciler that has not read the head again yet after it, reads the head once
+        // more: bound, so live.
         let kv = MemoryKv::default();
         TaskStore::new(&kv).record_submission(&first).unwrap();
         let reader = Between::new(&kv).before("get", key.forgotten("n1"), || {
-            let reconciler = Between::new(&kv).before("set", key.forgotten("n1"), || {
-                TaskStore::new(&kv)
-                    .bind_submission(&key, "86", Some(&first))
-                    .unwrap();
-            });
-            TaskStore::new(&reconciler)
-                .forget_unbound(&key, "n1")
+            TaskStore::new(&kv)
+                .bind_submission(&key, "86", Some(&first))
                 .unwrap();
+            kv.set(&key.forgotten("n1"), PRESENT).unwrap();
         });
         let live = TaskStore::new(&reader).live_head(&key).unwrap();
         assert_eq!(live.and_then(|h| h.task_id).as_deref(), Some("86"));
-    }
-
-    #[test]
-    fn retention_never_deletes_the_head_of_a_submit_that_goes_on_to_kling() {
-        let key = TaskKey::external("job-1");
-        let old = submission(&key, "job-1", "n1", 1);
-        let new = submission(&key, "job-1", "n3", 2);
-        let given_up = |kv: &MemoryKv| {
-            let store = TaskStore::new(kv);
-            store.record_submission(&old).unwrap();
-            assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Forgotten);
-        };
-
-        // The submit writes its head after retention read the old one, before it
-        // deletes: the submit finds retention at work and calls no Kling.
-        let kv = MemoryKv::default();
-        given_up(&kv);
-        let submitted = Cell::new(None);
-        let retention = Between::new(&kv).before("delete", key.head(), || {
-            submitted.set(Some(TaskStore::new(&kv).record_submission(&new).is_ok()));
-        });
-        assert!(
-            TaskStore::new(&retention)
-                .purge_given_up(&key, "n1")
-                .unwrap()
-        );
-        assert_eq!(submitted.get(), Some(false), "the submit stops");
-
-        // Retention finishes between the submit's write and its reads: the submit finds
-        // its head gone.
-        let kv = MemoryKv::default();
-        given_up(&kv);
-        let submit = Between::new(&kv).before("get", key.purging(), || {
-            // What retention, having read the old head before this submit wrote, does.
-            kv.delete(&key.head()).unwrap();
-            kv.delete(&key.forgotten("n1")).unwrap();
-        });
-        assert!(TaskStore::new(&submit).record_submission(&new).is_err());
-
-        // Retention reads the new head: it keeps it, and the submit goes on.
-        let kv = MemoryKv::default();
-        given_up(&kv);
-        TaskStore::new(&kv).record_submission(&new).unwrap();
-        assert!(!TaskStore::new(&kv).purge_given_up(&key, "n1").unwrap());
-        let head = TaskStore::new(&kv).live_head(&key).unwrap().unwrap();
-        assert_eq!(head.submission.map(|s| s.nonce).as_deref(), Some("n3"));
-        assert_eq!(kv.get(&key.purging()).unwrap(), None, "retention cleans up");
     }
 
     #[test]
@@ -1166,6 +1128,16 @@ mod tests {
             Index::pending(&kv).entries().unwrap(),
             [spare_pending_entry(&key, "n1", 500, SpareBy::Retrack)]
         );
+        // The mark has done its work: a stale write that unbinds the head again (an
+        // after-acknowledgement write of a head read before this binding) leaves a task
+        // that is polled and bound again, not one read as given up.
+        let unbound = TaskHead {
+            external_task_id: Some("job-1".into()),
+            submission: Some(first.submission()),
+            ..TaskHead::default()
+        };
+        kv.set(&key.head(), &to_json(&unbound)).unwrap();
+        assert!(store.live_head(&key).unwrap().is_some());
         // A task no one gave up: the binding costs one read more, and no write.
         let other = TaskKey::external("job-2");
         store
