@@ -1,6 +1,8 @@
 //! Outbound HTTP (to Kling and to `notify_url`) over `wasi:http`, with timeouts
 //! (`spin_sdk::http::send` takes no request options, and a server that never answers
-//! must not hang a submit or a reconcile run).
+//! must not hang a submit or a reconcile run). `wasi:http`'s timeouts are per phase
+//! (connect, first byte, between bytes): a server that sends a byte now and then would
+//! pass them all for ever, so the body also has a deadline of its own.
 //!
 //! Synchronous on purpose: one instance serves one request, so blocking on the pollable
 //! costs nothing and keeps this short.
@@ -9,6 +11,8 @@ use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
 use spin_sdk::wit::wasi::http0_2_0::types::{
     ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
 };
+use wasi::clocks::monotonic_clock;
+use wasi::io::poll;
 use wasi::io::streams::StreamError;
 
 use crate::outbound::{
@@ -96,8 +100,15 @@ impl HttpTransport for SpinOutbound {
             let stream = incoming
                 .stream()
                 .map_err(|_| failed("response body stream"))?;
+            // The whole body within one more timeout after the headers.
+            let deadline = monotonic_clock::subscribe_duration(timeout_ns);
+            let readable = stream.subscribe();
             loop {
-                match stream.blocking_read(64 * 1024) {
+                let ready = poll::poll(&[&readable, &deadline]);
+                if !ready.contains(&0) {
+                    return Err(TransportError::Timeout);
+                }
+                match stream.read(64 * 1024) {
                     Ok(chunk) => {
                         bytes.extend_from_slice(&chunk);
                         if bytes.len() > MAX_RESPONSE_BYTES {

@@ -8,7 +8,7 @@ use kling_standin::Script;
 use serde_json::json;
 
 use crate::support::deployment::{Auth, Deployment, deploy_on, deploy_with};
-use crate::support::receiver::{Message, NOTIFY_SECRET, Receiver};
+use crate::support::receiver::{Dripping, Message, NOTIFY_SECRET, Receiver};
 use crate::support::requests::{API_TOKEN, authorized, callback, flat, request};
 use crate::support::spin_host::{ALLOWED_OUTBOUND_HOSTS, PROVIDER_FAILS};
 
@@ -504,6 +504,41 @@ async fn a_receiver_answering_with_megabytes_is_a_failed_send_not_a_buffered_one
     let run = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
     assert_eq!(run["notifications_sent"], 1, "{run}");
     assert_eq!(receiver.accepted().len(), 1);
+}
+
+/// A receiver that answers a byte at a time passes every per-phase timeout of `wasi:http`;
+/// the deadline on the whole body still ends the send, which then waits in the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_a_byte_at_a_time_is_a_failed_send_not_a_hung_one() {
+    let receiver = Dripping::start().await;
+    let origin = receiver.origin();
+    let vars = [
+        ("notify_url", receiver.url()),
+        ("notify_origin", origin.as_str()),
+        ("notify_secret", NOTIFY_SECRET),
+        ("notify_retry_seconds", "0"),
+    ];
+    let d = deploy_with(Auth::KeyPair, None, &vars).await;
+    // The request's follow-up sends the notification (5 s per phase, then 5 s for the
+    // body); the drip would go on for ten minutes, and the request with it.
+    let reply = tokio::time::timeout(
+        Duration::from_secs(60),
+        d.app
+            .send(callback("drip", flat("5400", "drip", "succeed", 9))),
+    )
+    .await
+    .expect("the request hung on the dripping receiver");
+    assert_eq!(reply.status, 200);
+    let failed_once = d
+        .app
+        .kv
+        .label_keys("index")
+        .into_iter()
+        .filter(|k| k.starts_with("outbox/task_drip_succeed_"))
+        .filter_map(|k| d.app.kv.json(&k))
+        .any(|pending| pending["attempts"] == 1);
+    assert!(failed_once, "a failed send, waiting in the outbox");
+    assert_eq!(receiver.requests(), 1);
 }
 
 /// The wasmtime host allows outbound HTTP exactly where the shipped `spin.toml` does.

@@ -114,3 +114,56 @@ fn reply(status: u16) -> Response<Full<Bytes>> {
         .body(Full::new(Bytes::new()))
         .unwrap()
 }
+
+/// A receiver that answers every request with 200 and a body it sends one byte at a time,
+/// a byte every 100 ms, for ten minutes: each byte arrives well inside any between-bytes
+/// timeout, so only a deadline on the whole body ends the exchange.
+pub struct Dripping {
+    url: String,
+    requests: Arc<Mutex<usize>>,
+}
+
+impl Dripping {
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dripping = Self {
+            url: format!("http://{}/hooks/kling", listener.local_addr().unwrap()),
+            requests: Arc::default(),
+        };
+        let requests = dripping.requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                *requests.lock().unwrap() += 1;
+                tokio::spawn(async move {
+                    // The request is small: whatever arrives first is all of it that matters.
+                    let mut request = [0u8; 16 * 1024];
+                    let _ = stream.read(&mut request).await;
+                    let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n";
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..6_000 {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        if stream.write_all(b" ").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        dripping
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn origin(&self) -> String {
+        self.url.split('/').take(3).collect::<Vec<_>>().join("/")
+    }
+
+    pub fn requests(&self) -> usize {
+        *self.requests.lock().unwrap()
+    }
+}
