@@ -43,7 +43,7 @@ use crate::store::tasks::{
     Forget, NewSubmission, PendingEntry, RecordError, TaskStore, final_entry, pending_entry,
     pending_submission,
 };
-use crate::store::{KeyValue, StoreError};
+use crate::store::{KeyValue, StoreError, to_json};
 use crate::task::{EventSource, TaskEvent, TaskRecord, TaskStatus};
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -169,9 +169,43 @@ fn submissions(entries: Vec<String>) -> Vec<Submission> {
     grouped
 }
 
+/// A submission carried by a pending entry, as the submit that made it would bind it.
+fn owner_from<'a>(
+    key: &'a TaskKey,
+    submission: &'a crate::ledger::Submission,
+    first_due_ms: u64,
+) -> NewSubmission<'a> {
+    NewSubmission {
+        key,
+        external_task_id: key.as_str(),
+        kind: &submission.kind,
+        pipeline: submission.pipeline.as_ref(),
+        nonce: &submission.nonce,
+        now_ms: submission.submitted_at,
+        first_due_ms,
+        body_digest: submission.body_digest.as_deref(),
+    }
+}
+
+/// The submission one of `group`'s entries carries: the first that parses (a concurrent
+/// run may have removed an entry, or an older build written `1`).
+fn carried_submission(
+    kv: &dyn KeyValue,
+    group: &Submission,
+) -> Result<Option<crate::ledger::Submission>, StoreError> {
+    let index = Index::pending(kv);
+    for entry in &group.entries {
+        if let Some(submission) = index.value(entry)?.and_then(|v| pending_submission(&v)) {
+            return Ok(Some(submission));
+        }
+    }
+    Ok(None)
+}
+
 /// What a task's judgement leaves of its entries.
 enum Judged {
-    /// Final, forgotten, or superseded by a newer submission: remove its entries.
+    /// Final, its submission given up, or unknown to Kling past the grace: remove its
+    /// entries.
     Release,
     /// Still pending: due again then.
     Due(u64),
@@ -200,7 +234,7 @@ pub fn reconcile(
         if submission.due_ms > started {
             break; // sorted: nothing after is due either
         }
-        if stopped || report.checked == options.limit {
+        if stopped || report.checked >= options.limit {
             report.left_due += 1;
             continue;
         }
@@ -239,11 +273,19 @@ pub fn reconcile(
                 // concurrent run may already have added this very name: never remove it.
                 let next = pending_entry(&submission.key, &submission.nonce, due_ms);
                 // It carries the submission on, like the entries it replaces.
-                let carried = match submission.entries.first() {
-                    Some(first) => index.value(first)?,
-                    None => None,
+                let carried = match carried_submission(kv, &submission)? {
+                    Some(carried) => Some(carried),
+                    None => TaskStore::new(kv)
+                        .head(&submission.key)
+                        .ok()
+                        .flatten()
+                        .and_then(|head| head.submission)
+                        .filter(|s| s.nonce == submission.nonce),
                 };
-                index.put(&next, carried.as_deref().unwrap_or(PRESENT))?;
+                match carried {
+                    Some(carried) => index.put(&next, &to_json(&carried))?,
+                    None => index.put(&next, PRESENT)?,
+                }
                 for entry in submission.entries.iter().filter(|e| **e != next) {
                     index.remove(entry)?;
                 }
@@ -328,6 +370,20 @@ impl Poller<'_> {
             return Ok(Judged::Release);
         }
         let now = self.clock.now_ms();
+        // A head written while none was stored (a callback's, after retention took a
+        // given-up head under a new submit) lacks the submission: the entry carries it,
+        // and it is bound in as a late create answer would be.
+        let head = match (&head.submission, &head.task_id) {
+            (None, Some(task_id)) => match carried_submission(self.kv, submission)? {
+                Some(sub) => {
+                    let owner = owner_from(key, &sub, submission.due_ms);
+                    store.bind_submission(key, task_id, Some(&owner))?;
+                    store.head(key)?.unwrap_or(head)
+                }
+                None => head,
+            },
+            _ => head,
+        };
         let Some(owner) = &head.submission else {
             // A head written from a read that missed the submission (a late write):
             // keep the entry rather than lose the task; the next binding restores it.
@@ -421,41 +477,27 @@ impl Poller<'_> {
         report: &mut ReconcileReport,
     ) -> Result<Result<TaskHead, Judged>, StoreError> {
         let key = &submission.key;
-        let index = Index::pending(self.kv);
-        let mut carried = None;
-        for entry in &submission.entries {
-            if let Some(value) = index.value(entry)? {
-                carried = carried.or_else(|| pending_submission(&value));
-            }
-        }
         // An entry of an older build carries nothing to ask Kling with.
-        let Some(sub) = carried else {
+        let Some(sub) = carried_submission(self.kv, submission)? else {
             return Ok(Err(Judged::Release));
         };
         let Some(kind) = TaskKind::from_name(&sub.kind) else {
             return Ok(Err(Judged::Release));
         };
         let now = self.clock.now_ms();
-        let later = Judged::Due(now.saturating_add(self.options.stale_after_ms.max(1)));
-        report.checked += 1;
+        // No poll record to back off with: a failed ask waits the longest gap.
+        let later = Judged::Due(now.saturating_add(MAX_POLL_GAP_MS));
         let client = KlingClient::new(self.kling, self.transport, now / 1000);
         match client.query(kind, TaskRef::External(key.as_str())) {
+            // Found: judged as usual from here on (and counted there).
             Ok(Some(found)) => {
-                let owner = NewSubmission {
-                    key,
-                    external_task_id: key.as_str(),
-                    kind: &sub.kind,
-                    pipeline: sub.pipeline.as_ref(),
-                    nonce: &sub.nonce,
-                    now_ms: sub.submitted_at,
-                    first_due_ms: submission.due_ms,
-                    body_digest: sub.body_digest.as_deref(),
-                };
+                let owner = owner_from(key, &sub, submission.due_ms);
                 let store = TaskStore::new(self.kv);
                 store.bind_submission(key, &found.task_id, Some(&owner))?;
                 Ok(store.head(key)?.ok_or(later))
             }
             Ok(None) if now.saturating_sub(sub.submitted_at) > SUBMITTING_GRACE_MS => {
+                report.checked += 1;
                 Ok(Err(Judged::Release))
             }
             Err(KlingError::Api(e)) if matches!(e.code, 1302 | 1303) => {
@@ -466,7 +508,10 @@ impl Poller<'_> {
                 ));
                 Ok(Err(Judged::Stop))
             }
-            Ok(None) | Err(_) => Ok(Err(later)),
+            Ok(None) | Err(_) => {
+                report.checked += 1;
+                Ok(Err(later))
+            }
         }
     }
 
@@ -877,7 +922,7 @@ mod tests {
     use crate::config::tests::submit_config;
     use crate::outbound::scripted::Scripted;
     use crate::store::memory::MemoryKv;
-    use crate::store::tasks::NewSubmission;
+    use crate::store::tasks::{SpareBy, spare_pending_entry};
     use std::cell::Cell;
 
     fn options() -> ReconcileOptions {
@@ -939,6 +984,8 @@ mod tests {
     /// Kling's answer for task 86 under `job-1`, still processing.
     const FOUND_86: &str = r#"{"code":0,"message":"SUCCEED","data":{"task_id":"86","task_status":"processing","task_info":{"external_task_id":"job-1"}}}"#;
     const NOT_FOUND: &str = r#"{"code":1203,"message":"task not found"}"#;
+    /// Kling's callback for task 86 under `job-1`, processing.
+    const FOUND_86_CALLBACK: &str = r#"{"task_id":"86","task_status":"processing","updated_at":1,"task_info":{"external_task_id":"job-1"}}"#;
 
     fn recorded(kv: &MemoryKv, key: &TaskKey, nonce: &str) {
         let submission = NewSubmission {
@@ -1060,6 +1107,89 @@ mod tests {
         reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
         assert!(kling.sent.borrow().is_empty());
         assert!(Index::pending(&kv).entries().unwrap().is_empty());
+    }
+
+    /// Kling's answer for task `86{n}` under `job-{n}`, still processing.
+    fn found(n: u32) -> String {
+        format!(
+            r#"{{"code":0,"message":"SUCCEED","data":{{"task_id":"86{n}","task_status":"processing","task_info":{{"external_task_id":"job-{n}"}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_restored_task_counts_once_against_the_run_s_limit() {
+        let kv = MemoryKv::default();
+        for n in 1..=3 {
+            let key = TaskKey::external(&format!("job-{n}"));
+            recorded(&kv, &key, &format!("n{n}"));
+            kv.delete(&key.head()).unwrap();
+        }
+        // Each restored task: the ask by the id, then its poll by task_id.
+        let answers: Vec<String> = [1, 1, 2, 2].into_iter().map(found).collect();
+        let kling = Scripted::new(answers.iter().map(|a| Ok((200, a.as_str()))).collect());
+        let clock = ManualClock(Cell::new(SUBMITTING_GRACE_MS + 1));
+        let options = ReconcileOptions {
+            limit: 2,
+            ..options()
+        };
+        let report = reconcile(&kv, &submit_config().kling, &kling, &clock, options, None).unwrap();
+        assert_eq!((report.checked, report.left_due), (2, 1), "{report:?}");
+    }
+
+    #[test]
+    fn a_moved_entry_carries_the_submission_any_of_its_entries_carries() {
+        let kv = MemoryKv::default();
+        let key = TaskKey::external("job-1");
+        recorded(&kv, &key, "n1");
+        let sub = TaskStore::new(&kv)
+            .head(&key)
+            .unwrap()
+            .unwrap()
+            .submission
+            .unwrap();
+        // The head is another submit's by now, so only the entries can say.
+        recorded(&kv, &key, "n2");
+        // The group's first entry carries nothing (an older build's, or one a
+        // concurrent run removed); the other carries the submission.
+        let first = spare_pending_entry(&key, "n1", 0, SpareBy::Binding);
+        Index::pending(&kv).put(&first, PRESENT).unwrap();
+        let kling = Scripted::new(vec![Ok((404, NOT_FOUND)), Ok((404, NOT_FOUND))]);
+        let clock = ManualClock(Cell::new(10));
+        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        let entries: Vec<String> = Index::pending(&kv)
+            .entries()
+            .unwrap()
+            .into_iter()
+            .filter(|e| PendingEntry::parse(e).is_some_and(|p| p.nonce == "n1"))
+            .collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let carried = Index::pending(&kv).value(&entries[0]).unwrap().unwrap();
+        assert_eq!(pending_submission(&carried), Some(sub));
+    }
+
+    #[test]
+    fn a_head_a_callback_wrote_with_no_submission_is_made_whole_from_the_entry() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        recorded(&kv, &key, "n3");
+        kv.delete(&key.head()).unwrap();
+        // A callback finds no head: it writes one of its own, bound, with no submission.
+        let event: TaskEvent =
+            crate::callback::parse::parse_callback(FOUND_86_CALLBACK.as_bytes()).unwrap();
+        let (_, books) = store.record_event(&key, &event, 5).unwrap();
+        books.apply(&kv).unwrap();
+        assert!(store.head(&key).unwrap().unwrap().submission.is_none());
+
+        let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
+        let clock = ManualClock(Cell::new(SUBMITTING_GRACE_MS + 1));
+        let report =
+            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        assert!(report.errors.is_empty(), "{report:?}");
+        let head = store.head(&key).unwrap().unwrap();
+        let nonce = head.submission.map(|s| s.nonce);
+        assert_eq!(nonce.as_deref(), Some("n3"));
+        assert_eq!(kling.sent.borrow().len(), 1, "then polled as usual");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use super::index::{Index, default_keys};
 use super::layout::TaskKey;
 use super::pipelines::{PipelineStore, pipeline_entry};
-use super::tasks::{DAY_MS, TaskStore};
+use super::tasks::{DAY_MS, PendingEntry, TaskStore};
 use super::{KeyValue, StoreError};
 use crate::pipeline::progress::{Next, PIPELINE_WATCH_MS};
 use crate::task::TaskRecord;
@@ -46,6 +46,7 @@ pub fn purge_expired(
     let cutoff_ms = cutoff_day * DAY_MS;
     let mut purged = Purged::default();
     let mut done: Vec<String> = Vec::new();
+    let mut stale = StalePending::new(kv);
 
     // Whole past days, oldest first (entries sort by day).
     let expired = final_entries
@@ -80,6 +81,7 @@ pub fn purge_expired(
                     finals.remove(&entry)?;
                     continue;
                 }
+                stale.remove_entries_of(&key)?;
                 store.purge(&key, &record)?;
                 delete_all(kv, &keys.marks_of(&key))?;
                 purged.tasks += 1;
@@ -144,13 +146,17 @@ pub fn purge_expired(
             continue;
         }
         if let Some(record) = &record {
+            stale.remove_entries_of(&key)?;
             store.purge(&key, record)?;
             delete_all(kv, &keys.marks_of(&key))?;
             purged.tasks += 1;
-        } else if let Some(nonce) = given_up
-            && !store.purge_given_up(&key, &nonce, &keys.marks_of(&key))?
-        {
-            continue; // submitted again meanwhile: the new submission's now
+        } else if let Some(nonce) = given_up {
+            if !store.purge_given_up(&key, &nonce, &keys.marks_of(&key))? {
+                continue; // submitted again meanwhile: the new submission's now
+            }
+        } else {
+            // No head: marks a give-up left behind it go with the listing.
+            delete_all(kv, &keys.marks_of(&key))?;
         }
         listed.remove(entry)?;
         done.push(key.as_str().to_string());
@@ -192,6 +198,36 @@ fn runs_a_live_pipeline(
         Err(StoreError::Corrupt(_)) => false,
         Err(error) => return Err(error),
     })
+}
+
+/// The pending entries of tasks retention deletes: none should be left (the reconciler
+/// releases a task's entries once it is final), but one that outlived its task would
+/// otherwise find no head and bring the task back from Kling (which keeps it 30 days).
+/// Removed before the task, from one `list-keys` of the pending index made at the first
+/// need: an entry a new submit of the same id adds can only come after the head is
+/// gone, so it is never in that list.
+struct StalePending<'a> {
+    kv: &'a dyn KeyValue,
+    entries: Option<Vec<String>>,
+}
+
+impl<'a> StalePending<'a> {
+    fn new(kv: &'a dyn KeyValue) -> Self {
+        Self { kv, entries: None }
+    }
+
+    fn remove_entries_of(&mut self, key: &TaskKey) -> Result<(), StoreError> {
+        let index = Index::pending(self.kv);
+        if self.entries.is_none() {
+            self.entries = Some(index.entries()?);
+        }
+        for entry in self.entries.iter().flatten() {
+            if PendingEntry::parse(entry).is_some_and(|p| p.key == *key) {
+                index.remove(entry)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn delete_all(kv: &dyn KeyValue, keys: &[String]) -> Result<(), StoreError> {
@@ -266,6 +302,30 @@ mod tests {
 
     fn exists(kv: &MemoryKv, ext: &str) -> bool {
         TaskStore::new(kv).find(ext).unwrap().is_some()
+    }
+
+    #[test]
+    fn a_purged_task_takes_any_pending_entry_and_give_up_mark_left_with_it() {
+        let kv = MemoryKv::default();
+        // Final by a poll (indexed by day) and by a callback (found by the listing scan),
+        // each with the pending entry the reconciler never got to release.
+        task(&kv, "job-1", 0, Some(TaskStatus::Succeed), None);
+        task(&kv, "job-2", 0, Some(TaskStatus::Succeed), None);
+        // A mark with no head left behind it, under an expired listing entry.
+        let orphan = TaskKey::external("job-3");
+        Index::listed(&kv).add("0000000000000/job-3").unwrap();
+        kv.set(&orphan.forgotten("n9"), b"1").unwrap();
+        assert_eq!(Index::pending(&kv).entries().unwrap().len(), 2);
+
+        let purged = purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
+        assert_eq!(purged.tasks, 2);
+        assert!(Index::pending(&kv).entries().unwrap().is_empty());
+        assert_eq!(kv.get(&orphan.forgotten("n9")).unwrap(), None);
+        assert!(
+            kv.keys().iter().all(|k| !k.starts_with("task:")),
+            "{:?}",
+            kv.keys()
+        );
     }
 
     #[test]

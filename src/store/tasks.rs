@@ -448,7 +448,8 @@ impl<'a> TaskStore<'a> {
     /// The caller removes its index entries afterwards: a failure here leaves them, and
     /// the next retention run finds the task again.
     pub fn delete_task(&self, key: &TaskKey, task_id: Option<&str>) -> Result<(), StoreError> {
-        // A submission given up and bound later keeps its mark: it goes with the head.
+        // A give-up mark of the head's submission goes with the head (retention also
+        // deletes any other mark of the id).
         let nonce = match self.head(key) {
             Ok(head) => head.and_then(|h| h.submission).map(|s| s.nonce),
             Err(StoreError::Corrupt(_)) => None,
@@ -664,26 +665,38 @@ impl<'a> TaskStore<'a> {
     /// after it). Its poll record goes: a submission of the same id again starts its
     /// polls afresh.
     pub fn forget_unbound(&self, key: &TaskKey, nonce: &str) -> Result<Forget, StoreError> {
-        let judged = |head: Option<TaskHead>| match head {
+        let judged = |head: &Option<TaskHead>| match head {
             None => Forget::Gone,
-            Some(head) if unbound_nonce(&head) == Some(nonce) => Forget::Forgotten,
+            Some(head) if unbound_nonce(head) == Some(nonce) => Forget::Forgotten,
             Some(head) if head.submission.as_ref().is_some_and(|s| s.nonce == nonce) => {
                 Forget::Bound
             }
             Some(_) => Forget::Superseded,
         };
-        match judged(self.head(key)?) {
+        match judged(&self.head(key)?) {
             Forget::Forgotten => {}
             kept => return Ok(kept),
         }
         self.kv.set(&key.forgotten(nonce), PRESENT)?;
-        let judged = judged(self.head(key)?);
-        if judged == Forget::Forgotten {
-            self.kv.delete(&key.poll())?;
-        } else {
-            // Bound (or replaced) meanwhile: the mark must not outlive it, or a stale
-            // write that unbinds the head again would make a live task read given up.
-            self.kv.delete(&key.forgotten(nonce))?;
+        let head = self.head(key)?;
+        let judged = judged(&head);
+        match (judged, head.and_then(|h| h.submission)) {
+            (Forget::Forgotten, _) => self.kv.delete(&key.poll())?,
+            (kept, submission) => {
+                // Bound (or replaced) meanwhile. Another give-up may have released the
+                // task's entries, and its binder may not have read this mark yet: what
+                // the binder would do is done here (a spare entry too many is harmless),
+                // and then the mark goes, since it must not outlive the binding (a stale
+                // write that unbinds the head again would make a live task read given
+                // up).
+                if let (Forget::Bound, Some(submission)) = (kept, submission) {
+                    let due = submission.submitted_at;
+                    let entry = spare_pending_entry(key, nonce, due, SpareBy::Retrack);
+                    add_pending(self.kv, &entry, &submission)?;
+                    self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())?;
+                }
+                self.kv.delete(&key.forgotten(nonce))?;
+            }
         }
         Ok(judged)
     }
@@ -1106,6 +1119,30 @@ mod tests {
         });
         let live = TaskStore::new(&reader).live_head(&key).unwrap();
         assert_eq!(live.and_then(|h| h.task_id).as_deref(), Some("86"));
+    }
+
+    #[test]
+    fn a_give_up_that_finds_the_head_bound_after_its_mark_tracks_the_task() {
+        let kv = MemoryKv::default();
+        let key = TaskKey::external("job-1");
+        let first = submission(&key, "job-1", "n1", 1);
+        TaskStore::new(&kv).record_submission(&first).unwrap();
+        // Between this give-up's read and its mark, another give-up released the
+        // task's entries, and a callback bound the head (and read no mark yet).
+        let giving_up = Between::new(&kv).before("set", key.forgotten("n1"), || {
+            for entry in Index::pending(&kv).entries().unwrap() {
+                Index::pending(&kv).remove(&entry).unwrap();
+            }
+            let e = event("86", Some("job-1"), TaskStatus::Processing);
+            let (_, books) = TaskStore::new(&kv).record_event(&key, &e, 5).unwrap();
+            books.apply(&kv).unwrap();
+        });
+        let forgot = TaskStore::new(&giving_up)
+            .forget_unbound(&key, "n1")
+            .unwrap();
+        assert_eq!(forgot, Forget::Bound);
+        assert_bound_and_tracked(&kv, &key, "n1");
+        assert_eq!(kv.get(&key.forgotten("n1")).unwrap(), None);
     }
 
     #[test]
