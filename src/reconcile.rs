@@ -71,7 +71,8 @@ pub const DEFAULT_BUDGET_SECS: u64 = 60;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ReconcileOptions {
-    /// Kling queries one run makes at most.
+    /// Tasks one run asks Kling about at most (one query each; a task whose head it
+    /// restores takes two, and counts once).
     pub limit: usize,
     /// A task is first due this long after its submission, and never sooner than this
     /// after its last news.
@@ -275,12 +276,13 @@ pub fn reconcile(
                 // It carries the submission on, like the entries it replaces.
                 let carried = match carried_submission(kv, &submission)? {
                     Some(carried) => Some(carried),
-                    None => TaskStore::new(kv)
-                        .head(&submission.key)
-                        .ok()
-                        .flatten()
-                        .and_then(|head| head.submission)
-                        .filter(|s| s.nonce == submission.nonce),
+                    None => match TaskStore::new(kv).head(&submission.key) {
+                        Ok(head) => head
+                            .and_then(|head| head.submission)
+                            .filter(|s| s.nonce == submission.nonce),
+                        Err(StoreError::Corrupt(_)) => None,
+                        Err(error) => return Err(error),
+                    },
                 };
                 match carried {
                     Some(carried) => index.put(&next, &to_json(&carried))?,
@@ -330,9 +332,10 @@ pub struct Polled {
     pub news: Option<TaskEvent>,
     pub record: Option<TaskRecord>,
     pub state: PollState,
-    /// Kling's answer ended the task here: given up as never created, or found deleted.
-    /// (A record that reads as none is not enough: a given-up head another submission's
-    /// entry asks about reads as none whatever Kling says.)
+    /// Kling's answer ended the task here: given up as never created. (A record that
+    /// reads as none is not enough: a given-up head another submission's entry asks
+    /// about reads as none whatever Kling says, and a head deleted while Kling was asked
+    /// is asked about again from its entries.)
     pub gone: bool,
 }
 
@@ -556,7 +559,12 @@ impl Poller<'_> {
         };
         let client = KlingClient::new(self.kling, self.transport, now / 1000);
         let mut news = None;
-        let mut forgotten = false;
+        // Given up (Kling does not know it): its entries go. Deleted while Kling was
+        // asked: not brought back here (read repair shows none), but its entries stay,
+        // and the reconciler's next judgement asks again from them (`restore_head`):
+        // only retention's delete of a given-up head can take a live one, and Kling
+        // knowing the task says this one is live.
+        let (mut forgotten, mut deleted) = (false, false);
         match client.query(kind, id) {
             // Kling's answer must be about this task: a task_id bound by mistake (or
             // forged) must not pour another task's result into this one.
@@ -580,7 +588,7 @@ impl Poller<'_> {
                     Applied::OtherTask => state.last_outcome = "task_id_mismatch".into(),
                     Applied::Gone => {
                         state.last_outcome = "gone".into();
-                        forgotten = true;
+                        deleted = true;
                     }
                 }
             }
@@ -627,7 +635,7 @@ impl Poller<'_> {
                         }
                         Applied::Gone => {
                             state.last_outcome = "gone".into();
-                            forgotten = true;
+                            deleted = true;
                         }
                         Applied::Verdict(_) | Applied::OtherTask => {}
                     }
@@ -651,12 +659,12 @@ impl Poller<'_> {
                 state.last_error = Some(error.to_string());
             }
         }
-        if forgotten {
+        if forgotten || deleted {
             return Ok(Polled {
                 news: None,
                 record: None,
                 state,
-                gone: true,
+                gone: forgotten,
             });
         }
         store.save_poll_state(key, &state)?;
@@ -685,7 +693,7 @@ impl Poller<'_> {
             // up meanwhile, it is tracked again.
             let bound = store.bind_head(key, head, &event.task_id)?;
             if let Some(submission) = &bound.submission {
-                store.track_if_forgotten(key, submission, now)?;
+                store.track_binding(key, submission, now)?;
             }
             bound
         } else {
@@ -1190,6 +1198,46 @@ mod tests {
         let nonce = head.submission.map(|s| s.nonce);
         assert_eq!(nonce.as_deref(), Some("n3"));
         assert_eq!(kling.sent.borrow().len(), 1, "then polled as usual");
+    }
+
+    #[test]
+    fn a_head_deleted_while_kling_is_asked_keeps_its_entries_and_comes_back() {
+        use crate::outbound::{OutboundRequest, OutboundResponse, TransportError};
+        /// Kling, asked while retention deletes the head (from its read of an earlier,
+        /// given-up head of the id).
+        struct DeletesHead<'a> {
+            kv: &'a MemoryKv,
+            key: &'a TaskKey,
+            kling: Scripted,
+        }
+        impl HttpTransport for DeletesHead<'_> {
+            fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
+                self.kv.delete(&self.key.head()).unwrap();
+                self.kling.send(request)
+            }
+        }
+        let kv = MemoryKv::default();
+        let key = TaskKey::external("job-1");
+        recorded(&kv, &key, "n1");
+        let kling = DeletesHead {
+            kv: &kv,
+            key: &key,
+            kling: Scripted::new(vec![Ok((200, FOUND_86))]),
+        };
+        let clock = ManualClock(Cell::new(SUBMITTING_GRACE_MS + 1));
+        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        assert_eq!(
+            TaskStore::new(&kv).head(&key).unwrap(),
+            None,
+            "not brought back here"
+        );
+        assert!(has_entry_of(&kv, "n1"), "Kling has it: kept");
+        // The next run asks from the entry and restores it.
+        let kling = Scripted::new(vec![Ok((200, FOUND_86)), Ok((200, FOUND_86))]);
+        clock.0.set(clock.0.get() + MAX_POLL_GAP_MS);
+        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        let head = TaskStore::new(&kv).live_head(&key).unwrap().unwrap();
+        assert_eq!(head.task_id.as_deref(), Some("86"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::router::Route;
 use crate::store::layout::TaskKey;
 use crate::store::tasks::{NewSubmission, TaskStore};
 use crate::store::{KeyValue, StoreError};
-use crate::task::{StepRef, TaskRecord, TaskStatus};
+use crate::task::{StepRef, TaskRecord};
 use crate::validate::{choose_id, is_valid_external_task_id};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,10 +102,12 @@ pub fn submit(
     }
     let submitted = head.as_ref().and_then(|h| h.submission.clone());
     if let Some(record) = store.record(&key, head)? {
-        // A `submitting` task whose submit stopped before storing its pending entry
-        // would never be reconciled: the retry stores it again (the same name, or a
-        // spare entry that the next reconcile run folds into the task's own).
-        if let Some(submission) = submitted.filter(|_| record.status == TaskStatus::Submitting) {
+        // A task of ours not final whose submit stopped before storing its pending
+        // entry (or whose binding stopped before storing its own, after a give-up
+        // released the first) would never be reconciled: the retry stores it again (the
+        // same name, or a spare entry that the next reconcile run folds into the
+        // task's own).
+        if let Some(submission) = submitted.filter(|_| !record.status.is_final()) {
             store.ensure_pending(&key, &submission, config.stale_after_ms)?;
         }
         return Ok(Submitted {
@@ -286,6 +288,7 @@ mod tests {
     use crate::outbound::TransportError;
     use crate::outbound::scripted::Scripted;
     use crate::store::memory::MemoryKv;
+    use crate::task::TaskStatus;
 
     const CREATED: &str = r#"{"code":0,"message":"SUCCEED","request_id":"r","data":{"task_id":"86","task_status":"submitted"}}"#;
 
@@ -516,6 +519,19 @@ mod tests {
         assert!(!retried.created, "Kling is not asked twice");
         assert_eq!(retried.record.status, TaskStatus::Submitting);
         assert_eq!(pending(), entries, "the reconciler will look it up");
+
+        // Bound, with no entry left (a binding that stopped after its head, once a
+        // give-up had released the submit's): the retry stores it again too.
+        let kv2 = MemoryKv::default();
+        let kling = Scripted::new(vec![Ok((200, CREATED))]);
+        run(&kv2, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
+        let index = crate::store::index::Index::pending(&kv2);
+        for entry in index.entries().unwrap() {
+            index.remove(&entry).unwrap();
+        }
+        let retried = run(&kv2, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
+        assert_eq!(retried.record.status, TaskStatus::Submitted);
+        assert_eq!(index.entries().unwrap().len(), 1);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub struct Shown {
 }
 
 /// A task by either id. Read repair: a task submitted here, not final, and without news
-/// for `stale_after_seconds` is asked about once (within `kling_timeout_ms`), the answer
+/// for `stale_after_seconds` is asked about once (within three `kling_timeout_ms`), the answer
 /// applied through the ledger, and the fresh state returned, so a client that polls
 /// this API sees the truth even where no scheduler runs reconcile. If Kling cannot be
 /// asked, the stored state is served as it is.

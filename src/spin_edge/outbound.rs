@@ -1,8 +1,10 @@
 //! Outbound HTTP (to Kling and to `notify_url`) over `wasi:http`, with timeouts
 //! (`spin_sdk::http::send` takes no request options, and a server that never answers
 //! must not hang a submit or a reconcile run). `wasi:http`'s timeouts are per phase
-//! (connect, first byte, between bytes): a server that sends a byte now and then would
-//! pass them all for ever, so the body also has a deadline of its own.
+//! (connect, first byte, between bytes), and a host may not apply one: a server that
+//! reads or sends a byte now and then would pass them all for ever. So the exchange
+//! also has deadlines of its own on the monotonic clock: the request sent and the
+//! headers back within two timeouts, the body within one more.
 //!
 //! Synchronous on purpose: one instance serves one request, so blocking on the pollable
 //! costs nothing and keeps this short.
@@ -12,7 +14,7 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
     ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
 };
 use wasi::clocks::monotonic_clock;
-use wasi::io::poll;
+use wasi::io::poll::{self, Pollable};
 use wasi::io::streams::StreamError;
 
 use crate::outbound::{
@@ -71,6 +73,7 @@ impl HttpTransport for SpinOutbound {
 
         let options = RequestOptions::new();
         let timeout_ns = request.timeout_ms.saturating_mul(1_000_000);
+        let headers_deadline = monotonic_clock::subscribe_duration(timeout_ns.saturating_mul(2));
         // A host that does not support one of these still applies the others.
         let _ = options.set_connect_timeout(Some(timeout_ns));
         let _ = options.set_first_byte_timeout(Some(timeout_ns));
@@ -79,15 +82,31 @@ impl HttpTransport for SpinOutbound {
 
         {
             let stream = body.write().map_err(|_| failed("request body stream"))?;
-            for chunk in request.body.chunks(WRITE_CHUNK) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|e| failed(format!("writing the request: {e:?}")))?;
+            let writable = stream.subscribe();
+            let writing = |e| failed(format!("writing the request: {e:?}"));
+            let mut rest = request.body.as_slice();
+            while !rest.is_empty() {
+                wait(&writable, &headers_deadline)?;
+                let room = usize::try_from(stream.check_write().map_err(writing)?)
+                    .unwrap_or(WRITE_CHUNK)
+                    .min(WRITE_CHUNK)
+                    .min(rest.len());
+                let (now, later) = rest.split_at(room);
+                stream.write(now).map_err(writing)?;
+                rest = later;
+            }
+            stream.flush().map_err(writing)?;
+            // Flushed once the stream takes writes again.
+            loop {
+                wait(&writable, &headers_deadline)?;
+                if stream.check_write().map_err(writing)? > 0 {
+                    break;
+                }
             }
         }
         OutgoingBody::finish(body, None).map_err(error_code)?;
 
-        future.subscribe().block();
+        wait(&future.subscribe(), &headers_deadline)?;
         let response = future
             .get()
             .ok_or_else(|| failed("no response after waiting"))?
@@ -104,10 +123,7 @@ impl HttpTransport for SpinOutbound {
             let deadline = monotonic_clock::subscribe_duration(timeout_ns);
             let readable = stream.subscribe();
             loop {
-                let ready = poll::poll(&[&readable, &deadline]);
-                if !ready.contains(&0) {
-                    return Err(TransportError::Timeout);
-                }
+                wait(&readable, &deadline)?;
                 match stream.read(64 * 1024) {
                     Ok(chunk) => {
                         bytes.extend_from_slice(&chunk);
@@ -125,6 +141,15 @@ impl HttpTransport for SpinOutbound {
             body: bytes,
         })
     }
+}
+
+/// Waits until `ready` is, or the deadline has passed (a timeout, even if both are:
+/// a stream that keeps reporting ready with nothing in it must not outlast it).
+fn wait(ready: &Pollable, deadline: &Pollable) -> Result<(), TransportError> {
+    if poll::poll(&[ready, deadline]).contains(&1) {
+        return Err(TransportError::Timeout);
+    }
+    Ok(())
 }
 
 fn failed(what: impl Into<String>) -> TransportError {

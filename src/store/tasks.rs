@@ -152,7 +152,7 @@ pub struct Bookkeeping {
     head_changed: bool,
     /// Set when this delivery binds a task submitted here: once the binding is written,
     /// the task is tracked again if it was given up meanwhile, under this due time
-    /// ([`TaskStore::track_if_forgotten`]).
+    /// ([`TaskStore::track_binding`]).
     retrack_due: Option<u64>,
     /// The head and the task_id index went with the slot, before the acknowledgement.
     batched: bool,
@@ -177,7 +177,7 @@ impl Bookkeeping {
             if self.head_changed {
                 kv.set(&self.key.head(), &to_json(&self.head))?;
             }
-            self.track_if_forgotten(kv)?;
+            self.track_binding(kv)?;
         }
         if let Some(ms) = self.final_at {
             Index::finals(kv).add(&final_entry(&self.key, ms))?;
@@ -210,10 +210,10 @@ impl Bookkeeping {
     }
 
     /// After the binding is written (see [`Self::retrack_due`]).
-    fn track_if_forgotten(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
+    fn track_binding(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
         match (self.retrack_due, &self.head.submission) {
             (Some(due_ms), Some(submission)) => {
-                TaskStore::new(kv).track_if_forgotten(&self.key, submission, due_ms)
+                TaskStore::new(kv).track_binding(&self.key, submission, due_ms)
             }
             _ => Ok(()),
         }
@@ -248,7 +248,7 @@ impl<'a> TaskStore<'a> {
     /// Giving up writes nothing a binding writes, so no binding is ever lost to it, and
     /// no timing is assumed. The forgetter writes the mark and then reads the head; a
     /// delivery or a poll that binds writes the head and then reads the mark
-    /// ([`Self::track_if_forgotten`]); a create answer makes its task pending whatever
+    /// ([`Self::track_binding`]); a create answer makes its task pending whatever
     /// it would read ([`Self::bind_submission`]). Each store operation ends before the
     /// next begins, so of a forgetter and a binder at least one sees the other: a
     /// forgetter that reads a bound head keeps the task, and a binder that reads the
@@ -282,21 +282,22 @@ impl<'a> TaskStore<'a> {
     }
 
     /// Once a delivery or a poll has written the binding of `submission`'s task (head
-    /// first): if that submission was given up meanwhile, its reconciler may have
-    /// released the task's pending entries, so the task is made pending again (due at
-    /// `due_ms`, under a spare name), listed, and its pipeline tracked. One read
-    /// otherwise.
-    pub fn track_if_forgotten(
+    /// first): the task gets a spare pending entry (due at `due_ms`) whatever else is
+    /// stored, since a give-up may have released its entries, or retention deleted a
+    /// given-up head and its mark under this binding. If the submission was given up
+    /// (its mark read after the head was written), the task is listed and its pipeline
+    /// tracked again, and the mark goes.
+    pub fn track_binding(
         &self,
         key: &TaskKey,
         submission: &Submission,
         due_ms: u64,
     ) -> Result<(), StoreError> {
+        let entry = spare_pending_entry(key, &submission.nonce, due_ms, SpareBy::Retrack);
+        add_pending(self.kv, &entry, submission)?;
         if !self.is_given_up(key, &submission.nonce)? {
             return Ok(());
         }
-        let entry = spare_pending_entry(key, &submission.nonce, due_ms, SpareBy::Retrack);
-        add_pending(self.kv, &entry, submission)?;
         self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())?;
         // Bound and tracked: the mark has done its work (see `forget_unbound`).
         self.kv.delete(&key.forgotten(&submission.nonce))
@@ -356,7 +357,7 @@ impl<'a> TaskStore<'a> {
         if let Verdict::Apply(slot) = verdict {
             self.kv.set_all(&bookkeeping.news_batch(slot, event))?;
             bookkeeping.batched = true;
-            bookkeeping.track_if_forgotten(self.kv)?;
+            bookkeeping.track_binding(self.kv)?;
         }
         Ok((verdict, bookkeeping))
     }
@@ -795,9 +796,14 @@ impl<'a> TaskStore<'a> {
     }
 }
 
-/// Adds a pending entry whose value is the submission it tracks.
+/// Adds a pending entry whose value is the submission it tracks, as it was submitted
+/// (`submitting`: the same bytes whoever writes it again).
 fn add_pending(kv: &dyn KeyValue, entry: &str, submission: &Submission) -> Result<(), StoreError> {
-    Index::pending(kv).put(entry, &to_json(submission))
+    let submitted = Submission {
+        status: TaskStatus::Submitting,
+        ..submission.clone()
+    };
+    Index::pending(kv).put(entry, &to_json(&submitted))
 }
 
 /// The submission a pending entry carries (`None` for an entry of an older build, whose
@@ -1146,6 +1152,27 @@ mod tests {
     }
 
     #[test]
+    fn a_binding_whose_given_up_head_retention_deletes_meanwhile_is_still_tracked() {
+        let kv = MemoryKv::default();
+        let key = TaskKey::external("job-1");
+        let first = submission(&key, "job-1", "n1", 1);
+        TaskStore::new(&kv).record_submission(&first).unwrap();
+        let forgot = TaskStore::new(&kv).forget_unbound(&key, "n1").unwrap();
+        assert_eq!(forgot, Forget::Forgotten);
+        Index::pending(&kv).remove(&first.pending_entry()).unwrap();
+        // A callback read the given-up head; before its batch lands, retention deletes
+        // the head and its mark. The callback reads no mark after its write.
+        let callback = Between::new(&kv).before("set", key.head(), || {
+            kv.delete(&key.head()).unwrap();
+            kv.delete(&key.forgotten("n1")).unwrap();
+        });
+        let e = event("86", Some("job-1"), TaskStatus::Processing);
+        let (_, books) = TaskStore::new(&callback).record_event(&key, &e, 5).unwrap();
+        books.apply(&kv).unwrap();
+        assert_bound_and_tracked(&kv, &key, "n1");
+    }
+
+    #[test]
     fn a_callback_that_binds_a_task_given_up_tracks_it_again() {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
@@ -1175,7 +1202,7 @@ mod tests {
         };
         kv.set(&key.head(), &to_json(&unbound)).unwrap();
         assert!(store.live_head(&key).unwrap().is_some());
-        // A task no one gave up: the binding costs one read more, and no write.
+        // A task no one gave up: the binding costs its spare entry and one read more.
         let other = TaskKey::external("job-2");
         store
             .record_submission(&submission(&other, "job-2", "n2", 1))
@@ -1186,8 +1213,8 @@ mod tests {
         assert!(books.changes_nothing());
         assert_eq!(
             (kv.round_trips.get() - trips, kv.sets.get() - sets),
-            (3, 1),
-            "the head, the batch, the mark"
+            (4, 2),
+            "the head, the batch, the spare entry, the mark"
         );
     }
 
@@ -1229,7 +1256,8 @@ mod tests {
         let e = event("86", Some("job-1"), TaskStatus::Processing);
         let (_, books) = store.record_event(&key, &e, 5).unwrap();
         assert!(books.changes_nothing(), "{books:?}");
-        assert_eq!(kv.sets.get(), sets + 1);
+        // The batch, and (this news binds the task) its spare pending entry.
+        assert_eq!(kv.sets.get(), sets + 2);
         // Listed by its submit only: the news batch holds no listing entry.
         let batch = books.news_batch(Slot::Processing, &e);
         assert!(
