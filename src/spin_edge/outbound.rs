@@ -95,12 +95,19 @@ impl HttpTransport for SpinOutbound {
                 stream.write(now).map_err(writing)?;
                 rest = later;
             }
-            stream.flush().map_err(writing)?;
-            // Flushed once the stream takes writes again.
+            // Flushed once the stream takes writes again. A host may close the stream
+            // as soon as the `content-length` it was given is written (Spin does): that
+            // is the body done, not an error.
+            match stream.flush() {
+                Ok(()) | Err(StreamError::Closed) => {}
+                Err(e) => return Err(writing(e)),
+            }
             loop {
                 wait(&writable, &headers_deadline)?;
-                if stream.check_write().map_err(writing)? > 0 {
-                    break;
+                match stream.check_write() {
+                    Ok(0) => {}
+                    Ok(_) | Err(StreamError::Closed) => break,
+                    Err(e) => return Err(writing(e)),
                 }
             }
         }
