@@ -41,9 +41,9 @@ use crate::store::pipelines::{PipelineStore, pipeline_entry};
 use crate::store::retention::purge_expired;
 use crate::store::tasks::{
     Forget, NewSubmission, PendingEntry, RecordError, TaskStore, final_entry, pending_entry,
-    pending_submission,
+    pending_submission, pending_value,
 };
-use crate::store::{KeyValue, StoreError, to_json};
+use crate::store::{KeyValue, StoreError};
 use crate::task::{EventSource, TaskEvent, TaskRecord, TaskStatus};
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -285,7 +285,7 @@ pub fn reconcile(
                     },
                 };
                 match carried {
-                    Some(carried) => index.put(&next, &to_json(&carried))?,
+                    Some(carried) => index.put(&next, &pending_value(&carried))?,
                     None => index.put(&next, PRESENT)?,
                 }
                 for entry in submission.entries.iter().filter(|e| **e != next) {

@@ -73,7 +73,9 @@ pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<
     match poller.poll(&key, head, previous) {
         Ok(polled) => {
             let repaired = polled.news.is_some();
-            // No record left: Kling never created it, and the poll forgot it.
+            // No record left: Kling never created it and the poll gave it up, or its head
+            // was deleted while Kling was asked (its entries stay; a run restores a task
+            // Kling has).
             let mut record = polled.record.ok_or(ApiError::TaskNotFound)?;
             record.reconcile = Some(polled.state);
             Ok(Shown {

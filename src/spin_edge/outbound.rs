@@ -23,7 +23,7 @@ use crate::outbound::{
 
 pub struct SpinOutbound;
 
-/// `wasi:io` writes take at most 4096 bytes at a time.
+/// Bytes written at a time, at most (and never more than the stream permits).
 const WRITE_CHUNK: usize = 4096;
 
 impl HttpTransport for SpinOutbound {
@@ -87,10 +87,14 @@ impl HttpTransport for SpinOutbound {
             let mut rest = request.body.as_slice();
             while !rest.is_empty() {
                 wait(&writable, &headers_deadline)?;
-                let room = usize::try_from(stream.check_write().map_err(writing)?)
-                    .unwrap_or(WRITE_CHUNK)
+                let room = stream.check_write().map_err(writing)?;
+                let room = usize::try_from(room)
+                    .unwrap_or(usize::MAX)
                     .min(WRITE_CHUNK)
                     .min(rest.len());
+                if room == 0 {
+                    continue;
+                }
                 let (now, later) = rest.split_at(room);
                 stream.write(now).map_err(writing)?;
                 rest = later;
@@ -98,16 +102,19 @@ impl HttpTransport for SpinOutbound {
             // Flushed once the stream takes writes again. A host may close the stream
             // as soon as the `content-length` it was given is written (Spin does): that
             // is the body done, not an error.
-            match stream.flush() {
-                Ok(()) | Err(StreamError::Closed) => {}
+            let closed = match stream.flush() {
+                Ok(()) => false,
+                Err(StreamError::Closed) => true,
                 Err(e) => return Err(writing(e)),
-            }
-            loop {
-                wait(&writable, &headers_deadline)?;
-                match stream.check_write() {
-                    Ok(0) => {}
-                    Ok(_) | Err(StreamError::Closed) => break,
-                    Err(e) => return Err(writing(e)),
+            };
+            if !closed {
+                loop {
+                    wait(&writable, &headers_deadline)?;
+                    match stream.check_write() {
+                        Ok(0) => {}
+                        Ok(_) | Err(StreamError::Closed) => break,
+                        Err(e) => return Err(writing(e)),
+                    }
                 }
             }
         }

@@ -327,6 +327,7 @@ mod tests {
         };
         assert!(of("job-1") > 0 && of("job-2") > 0);
         let running = of("job-4");
+        assert!(running > 0);
 
         let purged = purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
         assert_eq!(purged.tasks, 2);

@@ -282,11 +282,12 @@ impl<'a> TaskStore<'a> {
     }
 
     /// Once a delivery or a poll has written the binding of `submission`'s task (head
-    /// first): the task gets a spare pending entry (due at `due_ms`) whatever else is
-    /// stored, since a give-up may have released its entries, or retention deleted a
-    /// given-up head and its mark under this binding. If the submission was given up
-    /// (its mark read after the head was written), the task is listed and its pipeline
-    /// tracked again, and the mark goes.
+    /// first): the task gets a spare pending entry (due at `due_ms`), is listed and its
+    /// pipeline indexed again, whatever else is stored, since a give-up may have
+    /// released them, or retention deleted a given-up head, its mark and its listing
+    /// under this binding (a few writes, on the rare path of a first binding by a
+    /// delivery or a poll). Then a give-up mark of the submission goes (read after the
+    /// head was written; see [`Self::live_head`]).
     pub fn track_binding(
         &self,
         key: &TaskKey,
@@ -295,10 +296,10 @@ impl<'a> TaskStore<'a> {
     ) -> Result<(), StoreError> {
         let entry = spare_pending_entry(key, &submission.nonce, due_ms, SpareBy::Retrack);
         add_pending(self.kv, &entry, submission)?;
+        self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())?;
         if !self.is_given_up(key, &submission.nonce)? {
             return Ok(());
         }
-        self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())?;
         // Bound and tracked: the mark has done its work (see `forget_unbound`).
         self.kv.delete(&key.forgotten(&submission.nonce))
     }
@@ -796,14 +797,18 @@ impl<'a> TaskStore<'a> {
     }
 }
 
-/// Adds a pending entry whose value is the submission it tracks, as it was submitted
-/// (`submitting`: the same bytes whoever writes it again).
+/// Adds a pending entry whose value is the submission it tracks.
 fn add_pending(kv: &dyn KeyValue, entry: &str, submission: &Submission) -> Result<(), StoreError> {
-    let submitted = Submission {
+    Index::pending(kv).put(entry, &pending_value(submission))
+}
+
+/// A pending entry's value: the submission as it was submitted (`submitting`: the same
+/// bytes whoever writes it again).
+pub fn pending_value(submission: &Submission) -> Vec<u8> {
+    to_json(&Submission {
         status: TaskStatus::Submitting,
         ..submission.clone()
-    };
-    Index::pending(kv).put(entry, &to_json(&submitted))
+    })
 }
 
 /// The submission a pending entry carries (`None` for an entry of an older build, whose
@@ -1202,7 +1207,8 @@ mod tests {
         };
         kv.set(&key.head(), &to_json(&unbound)).unwrap();
         assert!(store.live_head(&key).unwrap().is_some());
-        // A task no one gave up: the binding costs its spare entry and one read more.
+        // A task no one gave up: the binding costs its spare and listing entries and one
+        // read more.
         let other = TaskKey::external("job-2");
         store
             .record_submission(&submission(&other, "job-2", "n2", 1))
@@ -1213,8 +1219,8 @@ mod tests {
         assert!(books.changes_nothing());
         assert_eq!(
             (kv.round_trips.get() - trips, kv.sets.get() - sets),
-            (4, 2),
-            "the head, the batch, the spare entry, the mark"
+            (5, 3),
+            "the head, the batch, the spare entry, the listing entry, the mark"
         );
     }
 
@@ -1256,8 +1262,9 @@ mod tests {
         let e = event("86", Some("job-1"), TaskStatus::Processing);
         let (_, books) = store.record_event(&key, &e, 5).unwrap();
         assert!(books.changes_nothing(), "{books:?}");
-        // The batch, and (this news binds the task) its spare pending entry.
-        assert_eq!(kv.sets.get(), sets + 2);
+        // The batch, and (this news binds the task) its spare pending entry and its
+        // listing entry again, under the submit's name.
+        assert_eq!(kv.sets.get(), sets + 3);
         // Listed by its submit only: the news batch holds no listing entry.
         let batch = books.news_batch(Slot::Processing, &e);
         assert!(

@@ -519,8 +519,8 @@ async fn a_receiver_answering_a_byte_at_a_time_is_a_failed_send_not_a_hung_one()
         ("notify_retry_seconds", "0"),
     ];
     let d = deploy_with(Auth::KeyPair, None, &vars).await;
-    // The request's follow-up sends the notification (5 s per phase, then 5 s for the
-    // body); the drip would go on for ten minutes, and the request with it.
+    // The request's follow-up sends the notification (headers within 10 s, then 5 s for
+    // the body); the drip would go on for ten minutes, and the request with it.
     let reply = tokio::time::timeout(
         Duration::from_secs(60),
         d.app
