@@ -407,21 +407,26 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_refusal_stored_before_another_advance_s_create_answered_is_outranked_by_its_task() {
-        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
-        step_0_succeeded(&kv, &clock);
-        // Both advances found no task; the other's create is on its way at Kling, and
-        // ours (whose record the head now holds) is refused, with no task listed yet:
-        // ours is forgotten and the refusal stored.
+    /// Pipeline `p` whose step 1 our advance found refused while another advance's
+    /// create of it is on its way at Kling: both advances found no task, and ours (whose
+    /// record the head holds) is refused with no task listed yet, so ours is given up
+    /// and the refusal stored. The pipeline reads failed.
+    fn step_1_refused_while_another_create_is_on_its_way(kv: &MemoryKv, clock: &ManualClock) {
+        step_0_succeeded(kv, clock);
         let kling = Scripted::new(vec![
             Ok((400, r#"{"code":1201,"message":"task id conflict"}"#)),
             Ok((404, r#"{"code":1203,"message":"task not found"}"#)),
         ]);
         let config = submit_config();
-        let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+        let submitter = Submitter::for_tests(&config, kv, &kling, clock);
         let refused = advance("p", &submitter).unwrap().unwrap();
         assert_eq!(refused.view.status, PipelineStatus::Failed);
+    }
+
+    #[test]
+    fn a_refusal_stored_before_another_advance_s_create_answered_is_outranked_by_its_task() {
+        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+        step_1_refused_while_another_create_is_on_its_way(&kv, &clock);
         // The other's create answer comes: its task is the step's.
         other_advance_submits_step_1(&kv, false);
         let view = get("p", &kv).unwrap().unwrap();
@@ -440,16 +445,8 @@ mod tests {
     #[test]
     fn a_run_letting_a_pipeline_go_as_its_step_s_create_answers_keeps_it() {
         let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
-        step_0_succeeded(&kv, &clock);
-        // Our advance's step 1 is refused and the refusal stored: the pipeline reads failed.
-        let kling = Scripted::new(vec![
-            Ok((400, r#"{"code":1201,"message":"task id conflict"}"#)),
-            Ok((404, r#"{"code":1203,"message":"task not found"}"#)),
-        ]);
+        step_1_refused_while_another_create_is_on_its_way(&kv, &clock);
         let config = submit_config();
-        let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
-        let refused = advance("p", &submitter).unwrap().unwrap();
-        assert_eq!(refused.view.status, PipelineStatus::Failed);
         // A run lets it go; just before its remove, the other advance's create answers,
         // and its binding adds the very entry the remove takes.
         let entry = format!("{PIPELINES_PREFIX}p/g");
