@@ -170,11 +170,13 @@ fn submissions(entries: Vec<String>) -> Vec<Submission> {
     grouped
 }
 
-/// A submission carried by a pending entry, as the submit that made it would bind it.
+/// A submission carried by a pending entry, as the submit that made it would bind it;
+/// its binding's spare entry is due at `due_ms` (the run's clock: a name of this run's
+/// own, never the create answer's, which a releasing run may have listed).
 fn owner_from<'a>(
     key: &'a TaskKey,
     submission: &'a crate::ledger::Submission,
-    first_due_ms: u64,
+    due_ms: u64,
 ) -> NewSubmission<'a> {
     NewSubmission {
         key,
@@ -183,7 +185,7 @@ fn owner_from<'a>(
         pipeline: submission.pipeline.as_ref(),
         nonce: &submission.nonce,
         now_ms: submission.submitted_at,
-        first_due_ms,
+        first_due_ms: due_ms,
         body_digest: submission.body_digest.as_deref(),
     }
 }
@@ -379,7 +381,7 @@ impl Poller<'_> {
         let head = match (&head.submission, &head.task_id) {
             (None, Some(task_id)) => match carried_submission(self.kv, submission)? {
                 Some(sub) => {
-                    let owner = owner_from(key, &sub, submission.due_ms);
+                    let owner = owner_from(key, &sub, now);
                     store.bind_submission(key, task_id, Some(&owner))?;
                     store.head(key)?.unwrap_or(head)
                 }
@@ -494,7 +496,7 @@ impl Poller<'_> {
         match client.query(kind, TaskRef::External(key.as_str())) {
             // Found: judged as usual from here on (and counted there).
             Ok(Some(found)) => {
-                let owner = owner_from(key, &sub, submission.due_ms);
+                let owner = owner_from(key, &sub, now);
                 let store = TaskStore::new(self.kv);
                 store.bind_submission(key, &found.task_id, Some(&owner))?;
                 Ok(store.head(key)?.ok_or(later))
