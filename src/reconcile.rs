@@ -40,8 +40,8 @@ use crate::store::layout::TaskKey;
 use crate::store::pipelines::{PipelineStore, pipeline_entry};
 use crate::store::retention::purge_expired;
 use crate::store::tasks::{
-    Forget, NewSubmission, PendingEntry, RecordError, TaskStore, final_entry, pending_entry,
-    pending_submission, pending_value,
+    Forget, NewSubmission, PendingEntry, RecordError, SpareBy, TaskStore, final_entry,
+    pending_entry, pending_submission, pending_value,
 };
 use crate::store::{KeyValue, StoreError};
 use crate::task::{EventSource, TaskEvent, TaskRecord, TaskStatus};
@@ -695,7 +695,7 @@ impl Poller<'_> {
             // up meanwhile, it is tracked again.
             let bound = store.bind_head(key, head, &event.task_id)?;
             if let Some(submission) = &bound.submission {
-                store.track_binding(key, submission, now)?;
+                store.track_binding(key, submission, now, SpareBy::Retrack)?;
             }
             bound
         } else {
@@ -932,7 +932,7 @@ mod tests {
     use crate::config::tests::submit_config;
     use crate::outbound::scripted::Scripted;
     use crate::store::memory::MemoryKv;
-    use crate::store::tasks::{SpareBy, spare_pending_entry};
+    use crate::store::tasks::spare_pending_entry;
     use std::cell::Cell;
 
     fn options() -> ReconcileOptions {

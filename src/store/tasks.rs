@@ -213,7 +213,7 @@ impl Bookkeeping {
     fn track_binding(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
         match (self.retrack_due, &self.head.submission) {
             (Some(due_ms), Some(submission)) => {
-                TaskStore::new(kv).track_binding(&self.key, submission, due_ms)
+                TaskStore::new(kv).track_binding(&self.key, submission, due_ms, SpareBy::Retrack)
             }
             _ => Ok(()),
         }
@@ -281,26 +281,24 @@ impl<'a> TaskStore<'a> {
         Ok(self.kv.get(&key.forgotten(nonce))?.is_some())
     }
 
-    /// Once a delivery or a poll has written the binding of `submission`'s task (head
-    /// first): the task gets a spare pending entry (due at `due_ms`), is listed and its
-    /// pipeline indexed again, whatever else is stored, since a give-up may have
-    /// released them, or retention deleted a given-up head, its mark and its listing
-    /// under this binding (a few writes, on the rare path of a first binding by a
-    /// delivery or a poll). Then a give-up mark of the submission goes (read after the
-    /// head was written; see [`Self::live_head`]).
+    /// Once the binding of `submission`'s task is written (head first), by whatever
+    /// binds it (a create answer, a delivery, a poll, or a give-up that finds the head
+    /// bound): the task gets a spare pending entry (`by`, due at `due_ms`), is listed
+    /// and its pipeline indexed again, with no read to decide it, since a give-up may
+    /// have released them, or retention deleted a given-up head, its mark and its
+    /// listing under this binding (a few writes, on rare paths). Then the submission's
+    /// give-up mark goes: it must not outlive the binding, or a stale write that unbinds
+    /// the head again would make a live task read given up. See [`Self::live_head`].
     pub fn track_binding(
         &self,
         key: &TaskKey,
         submission: &Submission,
         due_ms: u64,
+        by: SpareBy,
     ) -> Result<(), StoreError> {
-        let entry = spare_pending_entry(key, &submission.nonce, due_ms, SpareBy::Retrack);
+        let entry = spare_pending_entry(key, &submission.nonce, due_ms, by);
         add_pending(self.kv, &entry, submission)?;
         self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())?;
-        if !self.is_given_up(key, &submission.nonce)? {
-            return Ok(());
-        }
-        // Bound and tracked: the mark has done its work (see `forget_unbound`).
         self.kv.delete(&key.forgotten(&submission.nonce))
     }
 
@@ -631,11 +629,8 @@ impl<'a> TaskStore<'a> {
         }
         self.bind_head(key, head, task_id)?;
         if let Some(owner) = owner {
-            let entry = spare_pending_entry(key, owner.nonce, owner.first_due_ms, SpareBy::Binding);
-            add_pending(self.kv, &entry, &owner.submission())?;
-            self.track_again(key, owner.now_ms, owner.pipeline)?;
-            // Bound and tracked: a give-up mark of the owner has done its work.
-            self.kv.delete(&key.forgotten(owner.nonce))?;
+            let submission = owner.submission();
+            self.track_binding(key, &submission, owner.first_due_ms, SpareBy::Binding)?;
         }
         Ok(())
     }
@@ -684,21 +679,15 @@ impl<'a> TaskStore<'a> {
         let judged = judged(&head);
         match (judged, head.and_then(|h| h.submission)) {
             (Forget::Forgotten, _) => self.kv.delete(&key.poll())?,
-            (kept, submission) => {
-                // Bound (or replaced) meanwhile. Another give-up may have released the
-                // task's entries, and its binder may not have read this mark yet: what
-                // the binder would do is done here (a spare entry too many is harmless),
-                // and then the mark goes, since it must not outlive the binding (a stale
-                // write that unbinds the head again would make a live task read given
-                // up).
-                if let (Forget::Bound, Some(submission)) = (kept, submission) {
-                    let due = submission.submitted_at;
-                    let entry = spare_pending_entry(key, nonce, due, SpareBy::Retrack);
-                    add_pending(self.kv, &entry, &submission)?;
-                    self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())?;
-                }
-                self.kv.delete(&key.forgotten(nonce))?;
+            // Bound meanwhile. Another give-up may have released the task's entries
+            // after its binder deleted no mark yet: the binder's part is done again here
+            // (a spare entry too many is harmless), and this mark goes with it.
+            (Forget::Bound, Some(submission)) => {
+                let due = submission.submitted_at;
+                self.track_binding(key, &submission, due, SpareBy::Retrack)?;
             }
+            // Replaced meanwhile: the mark must not outlive this give-up either.
+            _ => self.kv.delete(&key.forgotten(nonce))?,
         }
         Ok(judged)
     }
