@@ -9,7 +9,7 @@
 //! reconciler will ever finish it). A pending task of ours is left to the reconciler,
 //! which ends it (`lost` at worst) and indexes it then.
 
-use super::index::{Index, default_keys};
+use super::index::{DefaultKeys, Index, default_keys};
 use super::layout::TaskKey;
 use super::pipelines::{PipelineStore, pipeline_entry};
 use super::tasks::{DAY_MS, PendingEntry, TaskStore};
@@ -81,9 +81,7 @@ pub fn purge_expired(
                     finals.remove(&entry)?;
                     continue;
                 }
-                stale.remove_entries_of(&key)?;
-                store.purge(&key, &record)?;
-                delete_all(kv, &keys.marks_of(&key))?;
+                purge_task(kv, &mut stale, &keys, &key, &record)?;
                 purged.tasks += 1;
             }
             remove_listed(&listed, listed_entries, &key)?;
@@ -146,9 +144,7 @@ pub fn purge_expired(
             continue;
         }
         if let Some(record) = &record {
-            stale.remove_entries_of(&key)?;
-            store.purge(&key, record)?;
-            delete_all(kv, &keys.marks_of(&key))?;
+            purge_task(kv, &mut stale, &keys, &key, record)?;
             purged.tasks += 1;
         } else if let Some(nonce) = given_up {
             if !store.purge_given_up(&key, &nonce, &keys.marks_of(&key))? {
@@ -228,6 +224,20 @@ impl<'a> StalePending<'a> {
         }
         Ok(())
     }
+}
+
+/// Deletes a task retention found expired: its leftover pending entries first, then the
+/// task (with its pipeline), then every give-up mark of its id.
+fn purge_task(
+    kv: &dyn KeyValue,
+    stale: &mut StalePending<'_>,
+    keys: &DefaultKeys,
+    key: &TaskKey,
+    record: &TaskRecord,
+) -> Result<(), StoreError> {
+    stale.remove_entries_of(key)?;
+    TaskStore::new(kv).purge(key, record)?;
+    delete_all(kv, &keys.marks_of(key))
 }
 
 fn delete_all(kv: &dyn KeyValue, keys: &[String]) -> Result<(), StoreError> {
@@ -311,6 +321,9 @@ mod tests {
         // each with the pending entry the reconciler never got to release.
         task(&kv, "job-1", 0, Some(TaskStatus::Succeed), None);
         task(&kv, "job-2", 0, Some(TaskStatus::Succeed), None);
+        // Given up once, then bound after all: the mark of that give-up goes too.
+        kv.set(&TaskKey::external("job-1").forgotten("n"), b"1")
+            .unwrap();
         // A mark with no head left behind it, under an expired listing entry.
         let orphan = TaskKey::external("job-3");
         Index::listed(&kv).add("0000000000000/job-3").unwrap();
@@ -333,6 +346,8 @@ mod tests {
         assert_eq!(purged.tasks, 2);
         assert_eq!((of("job-1"), of("job-2"), of("job-4")), (0, 0, running));
         assert_eq!(kv.get(&orphan.forgotten("n9")).unwrap(), None);
+        let bound_after_a_give_up = TaskKey::external("job-1").forgotten("n");
+        assert_eq!(kv.get(&bound_after_a_give_up).unwrap(), None);
         assert!(exists(&kv, "job-4"));
     }
 
@@ -594,7 +609,6 @@ mod tests {
                 "task:job:poll",
                 "task:job:notified",
                 "task:job",
-                "task:job:forgotten:n",
                 "taskid:t-job",
                 "task:job:final"
             ]

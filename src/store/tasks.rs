@@ -446,15 +446,9 @@ impl<'a> TaskStore<'a> {
     /// Deletes a task, its lowest rank first, so that while it goes no reader sees it
     /// move backwards; the head and the final state go last of the task's own keys.
     /// The caller removes its index entries afterwards: a failure here leaves them, and
-    /// the next retention run finds the task again.
+    /// the next retention run finds the task again. Give-up marks are retention's to
+    /// delete: it finds every one of the id in the `list-keys` it already made.
     pub fn delete_task(&self, key: &TaskKey, task_id: Option<&str>) -> Result<(), StoreError> {
-        // A give-up mark of the head's submission goes with the head (retention also
-        // deletes any other mark of the id).
-        let nonce = match self.head(key) {
-            Ok(head) => head.and_then(|h| h.submission).map(|s| s.nonce),
-            Err(StoreError::Corrupt(_)) => None,
-            Err(error) => return Err(error),
-        };
         let (live, final_state) = Slot::BY_RANK_ASC.split_at(Slot::BY_RANK_ASC.len() - 1);
         for slot in live {
             self.kv.delete(&key.slot(*slot))?;
@@ -462,9 +456,6 @@ impl<'a> TaskStore<'a> {
         self.kv.delete(&key.poll())?;
         self.kv.delete(&key.notified())?;
         self.kv.delete(&key.head())?;
-        if let Some(nonce) = nonce {
-            self.kv.delete(&key.forgotten(&nonce))?;
-        }
         if let Some(task_id) = task_id {
             self.kv.delete(&task_id_index(task_id))?;
         }
