@@ -953,20 +953,7 @@ mod tests {
         let kv = MemoryKv::default();
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
-        let submission = NewSubmission {
-            key: &key,
-            external_task_id: "job-1",
-            kind: "text2video",
-            pipeline: None,
-            nonce: "n1",
-            now_ms: 0,
-            first_due_ms: 0,
-            body_digest: None,
-        };
-        store.record_submission(&submission).unwrap();
-        store
-            .bind_submission(&key, "86", Some(&submission))
-            .unwrap();
+        bound(&kv, &key, "n1", "86");
         // Another run polled it, moved it to t = 50, and has not removed the old entry.
         let polled = PollState {
             polls: 1,
@@ -997,8 +984,9 @@ mod tests {
     /// Kling's callback for task 86 under `job-1`, processing.
     const FOUND_86_CALLBACK: &str = r#"{"task_id":"86","task_status":"processing","updated_at":1,"task_info":{"external_task_id":"job-1"}}"#;
 
-    fn recorded(kv: &MemoryKv, key: &TaskKey, nonce: &str) {
-        let submission = NewSubmission {
+    /// A text2video submit of `key` at t = 0, first due at once.
+    fn submission<'a>(key: &'a TaskKey, nonce: &'a str) -> NewSubmission<'a> {
+        NewSubmission {
             key,
             external_task_id: key.as_str(),
             kind: "text2video",
@@ -1007,8 +995,22 @@ mod tests {
             now_ms: 0,
             first_due_ms: 0,
             body_digest: None,
-        };
-        TaskStore::new(kv).record_submission(&submission).unwrap();
+        }
+    }
+
+    /// `key` recorded by a submit whose create has not answered.
+    fn recorded(kv: &MemoryKv, key: &TaskKey, nonce: &str) {
+        TaskStore::new(kv)
+            .record_submission(&submission(key, nonce))
+            .unwrap();
+    }
+
+    /// `key` submitted, its create answered with `task_id`.
+    fn bound(kv: &MemoryKv, key: &TaskKey, nonce: &str, task_id: &str) {
+        recorded(kv, key, nonce);
+        TaskStore::new(kv)
+            .bind_submission(key, task_id, Some(&submission(key, nonce)))
+            .unwrap();
     }
 
     fn has_entry_of(kv: &MemoryKv, nonce: &str) -> bool {
@@ -1289,23 +1291,8 @@ mod tests {
     #[test]
     fn a_corrupt_task_is_reported_and_skipped_and_the_run_goes_on() {
         let kv = MemoryKv::default();
-        let store = TaskStore::new(&kv);
         for (ext, nonce) in [("bad", "n0"), ("good", "n1")] {
-            let key = TaskKey::external(ext);
-            let submission = NewSubmission {
-                key: &key,
-                external_task_id: ext,
-                kind: "text2video",
-                pipeline: None,
-                nonce,
-                now_ms: 0,
-                first_due_ms: 0,
-                body_digest: None,
-            };
-            store.record_submission(&submission).unwrap();
-            store
-                .bind_submission(&key, &format!("t-{ext}"), Some(&submission))
-                .unwrap();
+            bound(&kv, &TaskKey::external(ext), nonce, &format!("t-{ext}"));
         }
         // The oldest due task's head is not what we wrote.
         kv.set("task:bad", b"not json").unwrap();
