@@ -1227,16 +1227,7 @@ mod tests {
         let store = TaskStore::new(&kv);
         let key = TaskKey::external("job-1");
         store
-            .record_submission(&NewSubmission {
-                key: &key,
-                external_task_id: "job-1",
-                kind: "text2video",
-                pipeline: None,
-                nonce: "n",
-                now_ms: 1,
-                first_due_ms: 2,
-                body_digest: None,
-            })
+            .record_submission(&submission(&key, "job-1", "n", 1))
             .unwrap();
         let sets = kv.sets.get();
         let e = event("86", Some("job-1"), TaskStatus::Processing);
