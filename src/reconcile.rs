@@ -37,12 +37,12 @@ use crate::pipeline::progress::{
 use crate::pipeline::spec::PipelineSpec;
 use crate::store::index::{Index, PRESENT};
 use crate::store::layout::TaskKey;
+use crate::store::pending::{
+    PendingEntry, SpareBy, pending_entry, pending_submission, pending_value,
+};
 use crate::store::pipelines::{PipelineStore, pipeline_entry};
 use crate::store::retention::purge_expired;
-use crate::store::tasks::{
-    Forget, NewSubmission, PendingEntry, RecordError, SpareBy, TaskStore, final_entry,
-    pending_entry, pending_submission, pending_value,
-};
+use crate::store::tasks::{Forget, NewSubmission, RecordError, TaskStore, final_entry};
 use crate::store::{KeyValue, StoreError};
 use crate::task::{EventSource, TaskEvent, TaskRecord, TaskStatus};
 
@@ -932,7 +932,7 @@ mod tests {
     use crate::config::tests::submit_config;
     use crate::outbound::scripted::Scripted;
     use crate::store::memory::MemoryKv;
-    use crate::store::tasks::spare_pending_entry;
+    use crate::store::pending::spare_pending_entry;
     use std::cell::Cell;
 
     fn options() -> ReconcileOptions {

@@ -7,10 +7,12 @@
 //!   read-modify-write (pending tasks, unfinished pipelines, the outbox, the listing,
 //!   retention by day).
 //! - [`tasks`]: reading and writing task heads, status slots and the task_id index.
+//! - [`pending`]: the pending index's entries: their names and the submission each carries.
 //! - [`pipelines`]: a pipeline's description and its refusal.
 
 pub mod index;
 pub mod layout;
+pub mod pending;
 pub mod pipelines;
 pub mod retention;
 pub mod tasks;

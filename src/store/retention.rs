@@ -11,8 +11,9 @@
 
 use super::index::{DefaultKeys, Index, default_keys};
 use super::layout::TaskKey;
+use super::pending::PendingEntry;
 use super::pipelines::{PipelineStore, pipeline_entry};
-use super::tasks::{DAY_MS, PendingEntry, TaskStore};
+use super::tasks::{DAY_MS, TaskStore};
 use super::{KeyValue, StoreError};
 use crate::pipeline::progress::{Next, PIPELINE_WATCH_MS};
 use crate::task::TaskRecord;

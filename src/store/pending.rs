@@ -1,0 +1,86 @@
+//! The pending index's entries: `pending/{due_ms}/{nonce}/{key}`, one or more per task
+//! submitted here that is not final yet, each carrying its submission, so that the
+//! reconciler can ask Kling about a task whatever is left of its head. Which entries
+//! exist, and when they go, is `reconcile`'s and the binders' (`tasks`) business; this
+//! module only names them and reads them back.
+
+use super::index::{Index, sortable_ms};
+use super::layout::TaskKey;
+use super::{KeyValue, StoreError, to_json};
+use crate::ledger::Submission;
+use crate::task::TaskStatus;
+
+/// A task's entry in the pending index: due at `due_ms`, for the submission `nonce`.
+pub fn pending_entry(key: &TaskKey, nonce: &str, due_ms: u64) -> String {
+    format!("{}/{nonce}/{}", sortable_ms(due_ms), key.as_str())
+}
+
+/// Who adds a spare pending entry: see [`spare_pending_entry`].
+#[derive(Debug, Clone, Copy)]
+pub enum SpareBy {
+    /// A submit's create answer (or lookup) binding its task.
+    Binding,
+    /// A delivery or a poll binding a task given up meanwhile.
+    Retrack,
+}
+
+/// A pending entry added beside the submission's own, by a writer that is not the
+/// reconciler: the nonce carries a suffix (`.b`, `.r`) that no reconciler's name has,
+/// so a run that listed its own entries can never remove this one by its name. The
+/// reconciler folds it into the submission's entries ([`PendingEntry::parse`]).
+pub fn spare_pending_entry(key: &TaskKey, nonce: &str, due_ms: u64, by: SpareBy) -> String {
+    let suffix = match by {
+        SpareBy::Binding => "b",
+        SpareBy::Retrack => "r",
+    };
+    pending_entry(key, &format!("{nonce}.{suffix}"), due_ms)
+}
+
+/// A pending entry, read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEntry {
+    pub name: String,
+    pub due_ms: u64,
+    pub nonce: String,
+    pub key: TaskKey,
+}
+
+impl PendingEntry {
+    pub fn parse(name: &str) -> Option<Self> {
+        let mut parts = name.splitn(3, '/');
+        let due_ms = parts.next()?.parse().ok()?;
+        // A spare entry's suffix is not part of the nonce (nonces are base64url: no `.`).
+        let nonce = parts.next()?.split('.').next()?.to_string();
+        let key = TaskKey::from_stored(parts.next()?.to_string());
+        Some(Self {
+            name: name.to_string(),
+            due_ms,
+            nonce,
+            key,
+        })
+    }
+}
+
+/// Adds a pending entry whose value is the submission it tracks.
+pub(super) fn add_pending(
+    kv: &dyn KeyValue,
+    entry: &str,
+    submission: &Submission,
+) -> Result<(), StoreError> {
+    Index::pending(kv).put(entry, &pending_value(submission))
+}
+
+/// A pending entry's value: the submission as it was submitted (`submitting`: the same
+/// bytes whoever writes it again).
+pub fn pending_value(submission: &Submission) -> Vec<u8> {
+    to_json(&Submission {
+        status: TaskStatus::Submitting,
+        ..submission.clone()
+    })
+}
+
+/// The submission a pending entry carries (`None` for an entry of an older build, whose
+/// value is `1`).
+pub fn pending_submission(value: &[u8]) -> Option<Submission> {
+    serde_json::from_slice(value).ok()
+}
