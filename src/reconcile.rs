@@ -170,24 +170,30 @@ fn submissions(entries: Vec<String>) -> Vec<Submission> {
     grouped
 }
 
-/// A submission carried by a pending entry, as the submit that made it would bind it;
-/// its binding's spare entry is due at `due_ms` (the run's clock: a name of this run's
-/// own, never the create answer's, which a releasing run may have listed).
-fn owner_from<'a>(
-    key: &'a TaskKey,
-    submission: &'a crate::ledger::Submission,
-    due_ms: u64,
-) -> NewSubmission<'a> {
-    NewSubmission {
+/// Binds `task_id` to the submission a pending entry carries, as the late create answer
+/// of the submit that made it would, and returns the head it leaves. Its spare entry is
+/// due at `now` (the run's clock: a name of this run's own, never the create answer's,
+/// which a releasing run may have listed).
+fn bind_carried(
+    kv: &dyn KeyValue,
+    key: &TaskKey,
+    submission: &crate::ledger::Submission,
+    task_id: &str,
+    now: u64,
+) -> Result<Option<TaskHead>, StoreError> {
+    let owner = NewSubmission {
         key,
         external_task_id: key.as_str(),
         kind: &submission.kind,
         pipeline: submission.pipeline.as_ref(),
         nonce: &submission.nonce,
         now_ms: submission.submitted_at,
-        first_due_ms: due_ms,
+        first_due_ms: now,
         body_digest: submission.body_digest.as_deref(),
-    }
+    };
+    let store = TaskStore::new(kv);
+    store.bind_submission(key, task_id, Some(&owner))?;
+    store.head(key)
 }
 
 /// The submission one of `group`'s entries carries: the first that parses (a concurrent
@@ -380,18 +386,15 @@ impl Poller<'_> {
         // and it is bound in as a late create answer would be.
         let head = match (&head.submission, &head.task_id) {
             (None, Some(task_id)) => match carried_submission(self.kv, submission)? {
-                Some(sub) => {
-                    let owner = owner_from(key, &sub, now);
-                    store.bind_submission(key, task_id, Some(&owner))?;
-                    store.head(key)?.unwrap_or(head)
-                }
+                Some(sub) => bind_carried(self.kv, key, &sub, task_id, now)?.unwrap_or(head),
                 None => head,
             },
             _ => head,
         };
         let Some(owner) = &head.submission else {
-            // A head written from a read that missed the submission (a late write):
-            // keep the entry rather than lose the task; the next binding restores it.
+            // A head without its submission that nothing above could make whole (an
+            // entry of an older build carries none): keep the entry rather than lose the
+            // task; the next binding restores it.
             report.errors.push(ReconcileIssue::new(
                 key.as_str(),
                 "submission_record_missing",
@@ -496,10 +499,7 @@ impl Poller<'_> {
         match client.query(kind, TaskRef::External(key.as_str())) {
             // Found: judged as usual from here on (and counted there).
             Ok(Some(found)) => {
-                let owner = owner_from(key, &sub, now);
-                let store = TaskStore::new(self.kv);
-                store.bind_submission(key, &found.task_id, Some(&owner))?;
-                Ok(store.head(key)?.ok_or(later))
+                Ok(bind_carried(self.kv, key, &sub, &found.task_id, now)?.ok_or(later))
             }
             Ok(None) if now.saturating_sub(sub.submitted_at) > SUBMITTING_GRACE_MS => {
                 report.checked += 1;
