@@ -196,15 +196,13 @@ impl<'a> TaskStore<'a> {
     /// nonce marked (`task:{key}:forgotten:{nonce}`, [`Self::forget_unbound`]).
     ///
     /// Giving up writes nothing a binding writes, so no binding is ever lost to it, and
-    /// no timing is assumed. The forgetter writes the mark and then reads the head; a
-    /// delivery or a poll that binds writes the head and then reads the mark
-    /// ([`Self::track_binding`]); a create answer makes its task pending whatever
-    /// it would read ([`Self::bind_submission`]). Each store operation ends before the
-    /// next begins, so of a forgetter and a binder at least one sees the other: a
-    /// forgetter that reads a bound head keeps the task, and a binder that reads the
-    /// mark tracks the task again. This reader reads the head once more after the mark,
-    /// for the same reason: a head bound before the mark was written is never taken for
-    /// given up. Costs a read only for an unbound head.
+    /// no timing is assumed. The forgetter writes the mark and then reads the head;
+    /// whatever binds writes the head and then tracks the task again with no read to
+    /// decide it ([`Self::track_binding`]). A forgetter that reads the bound head keeps
+    /// the task (and does the binder's part once more); a binding that lands after the
+    /// give-up re-tracks it. This reader reads the head once more after the mark: a
+    /// head bound before the mark was written is never taken for given up. Costs a read
+    /// only for an unbound head.
     pub fn live_head(&self, key: &TaskKey) -> Result<Option<TaskHead>, StoreError> {
         match self.head(key)? {
             Some(head) => self.live(key, head),
@@ -1017,7 +1015,7 @@ mod tests {
         );
 
         // The answer is written after the mark, and the run then releases the task's
-        // entries: the binder reads the mark and tracks the task again.
+        // entries: the binding tracks the task again.
         let kv = MemoryKv::default();
         TaskStore::new(&kv).record_submission(&first).unwrap();
         let forgot = TaskStore::new(&kv).forget_unbound(&key, "n1").unwrap();
