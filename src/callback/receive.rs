@@ -729,6 +729,15 @@ pub(crate) mod tests {
             br#"{"task_id":"86","task_status":"succeed","task_info":{"external_task_id":"job-2"}}"#
                 .to_vec(),
         );
+        // An id outside our format in the body of a signed URL's delivery: not the URL's.
+        let foreign_ext = Body::Bytes(
+            br#"{"task_id":"86","task_status":"succeed","task_info":{"external_task_id":"job 1"}}"#
+                .to_vec(),
+        );
+        let object_ext = Body::Bytes(
+            br#"{"task_id":"86","task_status":"succeed","task_info":{"external_task_id":{"a":1}}}"#
+                .to_vec(),
+        );
         let cases: Vec<(Callback<'_>, CallbackError)> = vec![
             (
                 Callback {
@@ -779,6 +788,26 @@ pub(crate) mod tests {
                     body: &other_ext,
                 },
                 CallbackError::ExternalTaskIdMismatch,
+            ),
+            (
+                Callback {
+                    external_task_id: Some("job-1"),
+                    sig: Some(&sig),
+                    content_type: None,
+                    webhook: WebhookHeaders::default(),
+                    body: &foreign_ext,
+                },
+                CallbackError::ExternalTaskIdMismatch,
+            ),
+            (
+                Callback {
+                    external_task_id: Some("job-1"),
+                    sig: Some(&sig),
+                    content_type: None,
+                    webhook: WebhookHeaders::default(),
+                    body: &object_ext,
+                },
+                CallbackError::Payload(PayloadError::InvalidExternalTaskId),
             ),
             (
                 Callback {
