@@ -3,8 +3,6 @@
 pub trait Clock {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
-    /// Blocks this request for `ms` milliseconds.
-    fn sleep_ms(&self, ms: u64);
 }
 
 #[cfg(test)]
@@ -18,10 +16,6 @@ pub(crate) mod manual {
     impl Clock for ManualClock {
         fn now_ms(&self) -> u64 {
             self.0.get()
-        }
-
-        fn sleep_ms(&self, ms: u64) {
-            self.0.set(self.0.get() + ms);
         }
     }
 }

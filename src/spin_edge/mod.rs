@@ -207,13 +207,6 @@ impl Clock for HostClock {
     fn now_ms(&self) -> u64 {
         now_ms()
     }
-
-    fn sleep_ms(&self, ms: u64) {
-        spin_sdk::wit::wasi::clocks0_2_0::monotonic_clock::subscribe_duration(
-            ms.saturating_mul(1_000_000),
-        )
-        .block();
-    }
 }
 
 fn now_ms() -> u64 {
