@@ -182,6 +182,12 @@ pub struct TaskHead {
     /// (`listed/{ms}/{key}`), which every news of it writes in its batch, before this head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listed_at: Option<u64>,
+    /// [`crate::signatures::callback_url::sig_digest`] of the `sig` that last proved a news
+    /// delivery of the task with the secret: a repeat on that URL is answered without
+    /// reading the secret. A head write that drops it (one made from an older read) costs
+    /// only that read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_sig_sha256: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -701,7 +701,7 @@ impl Poller<'_> {
         } else {
             head
         };
-        match store.record_event_with_head(key, Some(head), event, now) {
+        match store.record_event_with_head(key, Some(head), event, now, None) {
             Ok((verdict, bookkeeping)) => {
                 bookkeeping.apply(self.kv)?;
                 Ok(Applied::Verdict(verdict))

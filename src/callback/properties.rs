@@ -67,9 +67,11 @@ fn receive_for_job_p(kv: &MemoryKv, body: Vec<u8>) -> crate::callback::receive::
         webhook: WebhookHeaders::default(),
         body: &body,
     };
-    let config = CallbackConfig {
-        callback_secret: crate::config::KeyRing::single(secret),
-        webhook_secret: None,
+    let config = || {
+        Ok(CallbackConfig {
+            callback_secret: crate::config::KeyRing::single(secret.clone()),
+            webhook_secret: None,
+        })
     };
     receive(
         &callback,

@@ -1,14 +1,20 @@
 //! Receiving one Kling callback: authenticate, parse, check, judge, store.
 //!
-//! The order matters. Everything that can reject a delivery runs before the store is
-//! touched, so a rejected request stores nothing. Signatures are checked over the raw
+//! The order matters. Everything that can reject a delivery runs before anything is
+//! stored, so a rejected request stores nothing. Signatures are checked over the raw
 //! bytes before parsing. Then the store sees at most two round trips before the sender is
 //! acknowledged: one read of the task's head, and, for news, one batch of the status slot
 //! with the head (and the first binding, and a task not submitted here's listing entry).
 //! What is left (the head of a delivery that was not news but changed it) is returned to
 //! be written after the acknowledgement.
+//!
+//! One exception to "the secret first": a repeat, on the `sig` route, of a delivery
+//! already stored. News keeps a digest of its proven `sig` in the head, so a delivery
+//! whose `sig` the head knows, and which the head shows changes nothing, is answered from
+//! that one read without reading the secret (on Spin a variable read costs about as much
+//! as a store operation). Anything else takes the full path, reusing that read.
 
-use crate::callback::parse::{Envelope, PayloadError, parse_envelope};
+use crate::callback::parse::{Envelope, Parsed, PayloadError, parse_envelope};
 use crate::config::{CallbackConfig, ConfigError};
 use crate::kling::catalog::TaskKind;
 use crate::kling::client::{Found, KlingError, TaskRef};
@@ -113,14 +119,25 @@ pub struct Received {
     pub news: Option<TaskEvent>,
 }
 
-/// Handles one delivery. `now_ms` is our clock (Standard Webhooks tolerance, counters).
+/// Handles one delivery. `config` reads the secrets (only when they are needed); `now_ms`
+/// is our clock (Standard Webhooks tolerance, counters).
 pub fn receive(
     callback: &Callback<'_>,
-    config: &CallbackConfig,
+    config: &dyn Fn() -> Result<CallbackConfig, ConfigError>,
     kv: &dyn KeyValue,
     kling: &KlingCheck<'_>,
     now_ms: u64,
 ) -> Result<Received, CallbackError> {
+    let store = TaskStore::new(kv);
+    let early = known_repeat(callback, &store);
+    if let Some(verdict) = early.repeat {
+        return Ok(Received {
+            verdict,
+            bookkeeping: None,
+            news: None,
+        });
+    }
+    let config = &config()?;
     // Every proof before any judgment of what was sent: an unsigned request hears 401,
     // whatever its content type (the body's signature needs the body, so a body too large
     // or cut off to check comes first).
@@ -136,7 +153,7 @@ pub fn receive(
         return Err(CallbackError::UnsupportedContentType);
     }
 
-    let parsed = match parse_envelope(body) {
+    let parsed = match early.parsed.map_or_else(|| parse_envelope(body), Ok) {
         Err(PayloadError::UnknownStatus) => {
             // Never the body itself in the log: it is Kling's, not ours to print.
             eprintln!("callback ignored: a task status this build does not know");
@@ -163,8 +180,11 @@ pub fn receive(
         (None, _) => TaskKey::kling(&envelope.task_id),
     };
 
-    let store = TaskStore::new(kv);
-    let head = store.head(&key)?;
+    // The early read was of the URL's key, which is this one on the `sig` route.
+    let head = match early.head {
+        Some(read) => read?,
+        None => store.head(&key)?,
+    };
     if let Some(head) = &head {
         head.check_binding_to(&envelope.task_id)?;
         if let Some(verdict) = repeat_of_bound_task(head, envelope) {
@@ -196,7 +216,13 @@ pub fn receive(
             });
         }
     };
-    let (verdict, bookkeeping) = store.record_event_with_head(&key, head, &event, now_ms)?;
+    // Proven with the secret by now (on `/callbacks/kling` there is no `sig`).
+    let proven_sig = callback
+        .external_task_id
+        .and(callback.sig)
+        .map(callback_url::sig_digest);
+    let (verdict, bookkeeping) =
+        store.record_event_with_head(&key, head, &event, now_ms, proven_sig)?;
     let news = matches!(verdict, Verdict::Apply(_));
     Ok(Received {
         verdict,
@@ -205,6 +231,66 @@ pub fn receive(
         bookkeeping: (news || !bookkeeping.changes_nothing()).then_some(bookkeeping),
         news: news.then_some(event),
     })
+}
+
+/// What the repeat shortcut found: its answer, or what it read, so that the full path
+/// does neither twice.
+#[derive(Default)]
+struct BeforeTheSecret {
+    /// A repeat of a delivery already stored, on a URL whose `sig` the head knows.
+    repeat: Option<Verdict>,
+    /// The head, if it was read (`Some(Ok(None))`: no task). A failed read is reported
+    /// once the request is authenticated, as the full path's own read would be.
+    head: Option<Result<Option<TaskHead>, StoreError>>,
+    /// The envelope, if it was parsed.
+    parsed: Option<Parsed>,
+}
+
+/// The repeat shortcut (see the module's doc). Only a plain delivery on the `sig` route
+/// (a well-formed `sig`, no Standard Webhooks headers to check, a JSON envelope naming no
+/// other external id) is worth the early read of its head.
+fn known_repeat(callback: &Callback<'_>, store: &TaskStore<'_>) -> BeforeTheSecret {
+    let (Some(id), Some(sig), Body::Bytes(body)) =
+        (callback.external_task_id, callback.sig, callback.body)
+    else {
+        return BeforeTheSecret::default();
+    };
+    if callback.webhook.any_present()
+        || !callback_url::is_well_formed(sig)
+        || !is_valid_external_task_id(id)
+        || !is_json(callback.content_type)
+    {
+        return BeforeTheSecret::default();
+    }
+    let Ok(parsed) = parse_envelope(body) else {
+        return BeforeTheSecret::default();
+    };
+    let envelope = parsed.envelope();
+    if envelope
+        .external_task_id
+        .as_deref()
+        .is_some_and(|body| body != id)
+    {
+        return BeforeTheSecret::default();
+    }
+    let head = store.head(&TaskKey::external(id));
+    let repeat = head
+        .as_ref()
+        .ok()
+        .and_then(Option::as_ref)
+        .and_then(|head| {
+            let digest = head.callback_sig_sha256.as_deref()?;
+            if !callback_url::matches_digest(sig, digest) {
+                return None;
+            }
+            head.check_binding_to(&envelope.task_id).ok()?;
+            repeat_of_bound_task(head, envelope)
+        });
+    BeforeTheSecret {
+        repeat,
+        head: Some(head),
+        parsed: Some(parsed),
+    }
 }
 
 /// A duplicate or stale delivery of a bound task, recognised from its envelope and the
@@ -513,7 +599,7 @@ pub(crate) mod tests {
             webhook: WebhookHeaders::default(),
             body,
         };
-        receive(&callback, &config(false), kv, check, NOW_MS)
+        receive(&callback, &|| Ok(config(false)), kv, check, NOW_MS)
     }
 
     #[test]
@@ -649,7 +735,7 @@ pub(crate) mod tests {
             webhook: WebhookHeaders::default(),
             body,
         };
-        receive(&callback, &config(false), kv, &no_kling(), NOW_MS)
+        receive(&callback, &|| Ok(config(false)), kv, &no_kling(), NOW_MS)
     }
 
     #[test]
@@ -717,7 +803,7 @@ pub(crate) mod tests {
             webhook: WebhookHeaders::default(),
             body: &body("queued_for_review", 5),
         };
-        assert!(receive(&unsigned, &config(false), &kv, &no_kling(), NOW_MS).is_err());
+        assert!(receive(&unsigned, &|| Ok(config(false)), &kv, &no_kling(), NOW_MS).is_err());
     }
 
     #[test]
@@ -822,7 +908,7 @@ pub(crate) mod tests {
         ];
         for (callback, expected) in cases {
             assert_eq!(
-                receive(&callback, &config(false), &kv, &no_kling(), NOW_MS).unwrap_err(),
+                receive(&callback, &|| Ok(config(false)), &kv, &no_kling(), NOW_MS).unwrap_err(),
                 expected
             );
         }
@@ -863,18 +949,18 @@ pub(crate) mod tests {
             },
             body: &body,
         };
-        let received = receive(&callback, &config(true), &kv, &no_kling(), NOW_MS).unwrap();
+        let received = receive(&callback, &|| Ok(config(true)), &kv, &no_kling(), NOW_MS).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Final));
         assert!(kv.keys().contains(&"task:#1234567890:final".to_string()));
 
         callback.webhook.signature = Some("v1,UsKlJP00XoQyOn410NM9xv34sP+Gl0jnOO9Lcpr7NJ5=");
         assert_eq!(
-            receive(&callback, &config(true), &kv, &no_kling(), NOW_MS).unwrap_err(),
+            receive(&callback, &|| Ok(config(true)), &kv, &no_kling(), NOW_MS).unwrap_err(),
             CallbackError::Webhook(WebhookError::NoMatchingSignature)
         );
         callback.webhook = WebhookHeaders::default();
         assert_eq!(
-            receive(&callback, &config(true), &kv, &no_kling(), NOW_MS).unwrap_err(),
+            receive(&callback, &|| Ok(config(true)), &kv, &no_kling(), NOW_MS).unwrap_err(),
             CallbackError::Webhook(WebhookError::MissingHeader("webhook-id"))
         );
     }
@@ -898,7 +984,7 @@ pub(crate) mod tests {
             },
             body: &body,
         };
-        let received = receive(&callback, &config(true), &kv, &no_kling(), NOW_MS).unwrap();
+        let received = receive(&callback, &|| Ok(config(true)), &kv, &no_kling(), NOW_MS).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
         let record = TaskStore::new(&kv).find("1234567890").unwrap().unwrap();
         assert_eq!(record.external_task_id.as_deref(), Some("order#7/a:b c"));
@@ -910,6 +996,180 @@ pub(crate) mod tests {
             "{:?}",
             kv.keys()
         );
+    }
+
+    /// A plain delivery for `job-1` on a URL signed with `signed_with`, the secrets being
+    /// `ring` (space-separated, as the variable takes them); counts the secrets' reads.
+    fn deliver_on(
+        kv: &MemoryKv,
+        body: &Body,
+        signed_with: &str,
+        ring: &'static str,
+        webhook: WebhookHeaders<'_>,
+        reads: &std::cell::Cell<usize>,
+    ) -> Result<Received, CallbackError> {
+        use crate::config::{CALLBACK_SECRET, WEBHOOK_SIGNING_SECRET, tests::MapVariables};
+        let sig = callback_url::sign(&Secret::new(signed_with), "job-1");
+        let callback = Callback {
+            external_task_id: Some("job-1"),
+            sig: Some(&sig),
+            content_type: None,
+            webhook,
+            body,
+        };
+        let vars = MapVariables(std::collections::HashMap::from([
+            (CALLBACK_SECRET, ring),
+            (WEBHOOK_SIGNING_SECRET, WHSEC),
+        ]));
+        let config = || {
+            reads.set(reads.get() + 1);
+            CallbackConfig::load(&vars, callback.can_use_webhook_key())
+        };
+        receive(&callback, &config, kv, &no_kling(), NOW_MS)
+    }
+
+    #[test]
+    fn a_repeat_on_a_url_the_head_knows_is_answered_without_the_secret() {
+        let kv = MemoryKv::default();
+        let reads = std::cell::Cell::new(0);
+        let deliver = |body: &Body| {
+            let received = deliver_on(&kv, body, SECRET, SECRET, Default::default(), &reads);
+            let received = received.unwrap();
+            if let Some(books) = &received.bookkeeping {
+                books.apply(&kv).unwrap();
+            }
+            received.verdict
+        };
+        assert_eq!(
+            deliver(&body("processing", 5)),
+            Verdict::Apply(Slot::Processing)
+        );
+        assert_eq!(reads.get(), 1, "news is proven with the secret");
+        let stored = kv.map.borrow().clone();
+        kv.round_trips.set(0);
+        assert_eq!(deliver(&body("processing", 5)), Verdict::Duplicate);
+        assert_eq!(deliver(&body("submitted", 9)), Verdict::Stale);
+        assert_eq!(reads.get(), 1, "a repeat the head knows reads no secret");
+        assert_eq!(kv.round_trips.get(), 2, "one read each");
+        assert_eq!(*kv.map.borrow(), stored);
+        // News on the same URL is proven with the secret again, and costs no more round
+        // trips than before: the early read of the head is the one the full path uses.
+        assert_eq!(deliver(&body("succeed", 10)), Verdict::Apply(Slot::Final));
+        assert_eq!(reads.get(), 2);
+        assert_eq!(kv.round_trips.get(), 4, "the head read and one batch");
+    }
+
+    #[test]
+    fn a_sig_the_head_does_not_know_needs_the_secret() {
+        let kv = MemoryKv::default();
+        let reads = std::cell::Cell::new(0);
+        let no_headers = WebhookHeaders::default;
+        deliver_on(
+            &kv,
+            &body("processing", 5),
+            SECRET,
+            SECRET,
+            no_headers(),
+            &reads,
+        )
+        .unwrap()
+        .bookkeeping
+        .unwrap()
+        .apply(&kv)
+        .unwrap();
+        let stored = kv.map.borrow().clone();
+        // Another secret's sig, as well formed as ours: a repeat to the head, but its sig
+        // is not the one the head knows.
+        let forged = deliver_on(
+            &kv,
+            &body("processing", 5),
+            "another-secret",
+            SECRET,
+            no_headers(),
+            &reads,
+        );
+        assert_eq!(
+            forged.unwrap_err(),
+            CallbackError::Signature(CallbackSigError::Mismatch)
+        );
+        assert_eq!(reads.get(), 2);
+        // A head that knows no sig (a submit's, or one an older build wrote): the secret.
+        submitted(&kv, Some("86"));
+        let repeat = deliver_on(
+            &kv,
+            &body("submitted", 1),
+            SECRET,
+            SECRET,
+            no_headers(),
+            &reads,
+        );
+        assert_eq!(repeat.unwrap().verdict, Verdict::Apply(Slot::Submitted));
+        assert_eq!(reads.get(), 3);
+        // Standard Webhooks headers are checked whenever a sender includes them, so such
+        // a repeat reads the secrets, and a bad signature is refused.
+        kv.map.replace(stored.clone());
+        let headers = WebhookHeaders {
+            id: Some("msg-1"),
+            timestamp: Some("1781080794"),
+            signature: Some("v1,AAAA"),
+        };
+        let signed = deliver_on(&kv, &body("processing", 5), SECRET, SECRET, headers, &reads);
+        assert_eq!(
+            signed.unwrap_err(),
+            CallbackError::Webhook(WebhookError::NoMatchingSignature)
+        );
+        assert_eq!(reads.get(), 4);
+        assert_eq!(*kv.map.borrow(), stored);
+    }
+
+    #[test]
+    fn a_head_read_that_fails_before_the_secret_is_reported_after_it() {
+        let kv = MemoryKv::default();
+        let reads = std::cell::Cell::new(0);
+        let deliver = |signed_with: &str| {
+            kv.fail_next.set(true);
+            deliver_on(
+                &kv,
+                &body("processing", 5),
+                signed_with,
+                SECRET,
+                Default::default(),
+                &reads,
+            )
+        };
+        // Authenticated: the store's failure, not acknowledged, and not read twice.
+        kv.round_trips.set(0);
+        assert!(matches!(deliver(SECRET), Err(CallbackError::Store(_))));
+        assert_eq!(kv.round_trips.get(), 1);
+        // Not authenticated: 401 whatever the store does.
+        assert_eq!(
+            deliver("another-secret").unwrap_err(),
+            CallbackError::Signature(CallbackSigError::Mismatch)
+        );
+        assert!(kv.keys().is_empty());
+    }
+
+    #[test]
+    fn once_a_secret_is_dropped_its_urls_store_nothing_more() {
+        let kv = MemoryKv::default();
+        let reads = std::cell::Cell::new(0);
+        let rotated = "a-brand-new-callback-secret test-callback-secret";
+        let on_old_url = |body: &Body, ring: &'static str| {
+            deliver_on(&kv, body, SECRET, ring, Default::default(), &reads)
+        };
+        let news = on_old_url(&body("processing", 5), rotated).unwrap();
+        news.bookkeeping.unwrap().apply(&kv).unwrap();
+        let stored = kv.map.borrow().clone();
+        // The old secret dropped: a repeat on its URL changes nothing and is answered
+        // from the head, as before the drop; news on it is refused.
+        let new_only = "a-brand-new-callback-secret";
+        let repeat = on_old_url(&body("processing", 5), new_only).unwrap();
+        assert_eq!(repeat.verdict, Verdict::Duplicate);
+        assert_eq!(
+            on_old_url(&body("succeed", 9), new_only).unwrap_err(),
+            CallbackError::Signature(CallbackSigError::Mismatch)
+        );
+        assert_eq!(*kv.map.borrow(), stored);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::config::{KeyRing, Secret};
 
@@ -51,6 +51,35 @@ pub fn verify(
         .any(|secret| mac(secret, external_task_id).verify_slice(&sig).is_ok())
         .then_some(())
         .ok_or(CallbackSigError::Mismatch)
+}
+
+/// What a task's head keeps of the `sig` that last proved a news delivery of it:
+/// SHA-256 of the `sig` as sent, base64url. It reveals nothing of the secret, and only a
+/// sender who holds that very URL can match it. `receive` answers a repeat (which stores
+/// nothing) by it without reading the secret, a variable read that costs Spin about as
+/// much as a store operation.
+pub fn sig_digest(sig: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(sig.as_bytes()))
+}
+
+/// Whether `sig` is the one whose [`sig_digest`] a head keeps, compared in constant time.
+pub fn matches_digest(sig: &str, digest: &str) -> bool {
+    let ours = sig_digest(sig);
+    ours.len() == digest.len()
+        && ours
+            .bytes()
+            .zip(digest.bytes())
+            .fold(0, |differ, (a, b)| differ | (a ^ b))
+            == 0
+}
+
+/// Whether `sig` has the shape [`sign`] gives (43 base64url characters): only such a
+/// `sig` is worth a look at the head before the secret is read.
+pub fn is_well_formed(sig: &str) -> bool {
+    sig.len() == 43
+        && sig
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -133,6 +162,39 @@ mod tests {
         ];
         for (sig, expected) in cases {
             assert_eq!(verify(&ring(), "job-1", *sig), Err(*expected), "{sig:?}");
+        }
+    }
+
+    /// `printf %s V2ucXnrDxfowJok8DZQ7EDP7WSR1cOwBTCE3n54VYbA | openssl dgst -sha256 -binary | base64 | tr '+/' '-_' | tr -d =`
+    const GOLDEN_DIGEST: &str = "SOZeRNh1g3NdtCj0pTdh3EivvINSOpMUhG_YdWecYj4";
+
+    #[test]
+    fn a_head_knows_only_the_exact_sig_it_was_given() {
+        assert_eq!(sig_digest(GOLDEN_SIG), GOLDEN_DIGEST);
+        assert!(matches_digest(GOLDEN_SIG, GOLDEN_DIGEST));
+        let mut altered = GOLDEN_SIG.to_string();
+        altered.replace_range(42..43, "B");
+        let other_task = sign(&secret(), "job-2");
+        for other in [&altered, &other_task, &GOLDEN_SIG[..42], "", GOLDEN_DIGEST] {
+            assert!(!matches_digest(other, GOLDEN_DIGEST), "{other}");
+        }
+        for stored in [&GOLDEN_DIGEST[..42], "", GOLDEN_SIG] {
+            assert!(!matches_digest(GOLDEN_SIG, stored), "{stored}");
+        }
+    }
+
+    #[test]
+    fn only_a_sig_of_sign_s_shape_is_well_formed() {
+        assert!(is_well_formed(GOLDEN_SIG));
+        assert!(is_well_formed(&sign(&Secret::new("x"), "y")));
+        for bad in [
+            &GOLDEN_SIG[..42],
+            "V2ucXnrDxfowJok8DZQ7EDP7WSR1cOwBTCE3n54VYbA=",
+            "V2ucXnrDxfowJok8DZQ7EDP7WSR1cOwBTCE3n54VYb+",
+            "V2ucXnrDxfowJok8DZQ7EDP7WSR1cOwBTCE3n54VYb/",
+            "forged",
+        ] {
+            assert!(!is_well_formed(bad), "{bad}");
         }
     }
 }

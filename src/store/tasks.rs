@@ -279,7 +279,7 @@ impl<'a> TaskStore<'a> {
         now_ms: u64,
     ) -> Result<(Verdict, Bookkeeping), RecordError> {
         let head = self.head(key)?;
-        self.record_event_with_head(key, head, event, now_ms)
+        self.record_event_with_head(key, head, event, now_ms, None)
     }
 
     /// Applies one event through the ledger, the same way for callbacks and polls, to
@@ -287,13 +287,15 @@ impl<'a> TaskStore<'a> {
     /// write the slot with its head in one batch of the default label (its slot, on the
     /// first binding the task_id index, for a task not submitted here its listing entry,
     /// and the head). Returns the verdict and what is left to write
-    /// ([`Bookkeeping::apply`]; callbacks apply it after acknowledging).
+    /// ([`Bookkeeping::apply`]; callbacks apply it after acknowledging). `sig_digest`: a
+    /// callback's proven `sig`, which news keeps in the head.
     pub fn record_event_with_head(
         &self,
         key: &TaskKey,
         head: Option<TaskHead>,
         event: &TaskEvent,
         now_ms: u64,
+        sig_digest: Option<String>,
     ) -> Result<(Verdict, Bookkeeping), RecordError> {
         if let Some(head) = &head {
             head.check_binding(event)?;
@@ -301,6 +303,9 @@ impl<'a> TaskStore<'a> {
         let seen = head.as_ref().map(|h| h.seen.clone()).unwrap_or_default();
         let verdict = judge(&seen, event);
         let mut bookkeeping = Self::bookkeeping(key, head, event, verdict, now_ms);
+        if let (Verdict::Apply(_), Some(digest)) = (verdict, sig_digest) {
+            bookkeeping.head.callback_sig_sha256 = Some(digest);
+        }
         if let Verdict::Apply(slot) = verdict {
             self.kv.set_all(&bookkeeping.news_batch(slot, event))?;
             bookkeeping.batched = true;
@@ -1560,7 +1565,9 @@ mod tests {
         e.created_at = Some(42);
         for now in [50, 60] {
             // Two first deliveries at once, on two clocks: both read no head.
-            let (verdict, books) = store.record_event_with_head(&key, None, &e, now).unwrap();
+            let (verdict, books) = store
+                .record_event_with_head(&key, None, &e, now, None)
+                .unwrap();
             assert_eq!(verdict, Verdict::Apply(Slot::Processing));
             books.apply(&kv).unwrap();
         }
