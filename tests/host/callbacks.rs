@@ -452,3 +452,55 @@ async fn a_forged_callback_cannot_bind_a_task_whose_create_answer_is_on_its_way(
     );
     assert_eq!(d.app.send(get_task("999")).await.status, 404);
 }
+
+#[tokio::test]
+async fn a_repeat_on_a_url_the_task_knows_is_answered_while_the_secret_cannot_be_read() {
+    use crate::support::components::kling_app_with;
+    use crate::support::requests::{API_TOKEN, STANDARD_VARIABLES};
+    use crate::support::spin_host::PROVIDER_FAILS;
+    let app = kling_app();
+    let news = flat("9801", "job-known", "processing", 5);
+    assert_eq!(
+        app.send(callback("job-known", news.clone())).await.status,
+        200
+    );
+    // The same store, with the secret's provider down: only what needs no secret works.
+    let no_secret = kling_app_with(
+        &[
+            ("callback_secret", PROVIDER_FAILS),
+            ("api_token", API_TOKEN),
+        ],
+        app.kv.clone(),
+    );
+    let keys = app.kv.keys();
+    let repeat = no_secret.send(callback("job-known", news)).await;
+    assert_eq!(
+        repeat.json(),
+        json!({"received": true, "outcome": "duplicate"})
+    );
+    let stale = no_secret
+        .send(callback(
+            "job-known",
+            flat("9801", "job-known", "submitted", 9),
+        ))
+        .await;
+    assert_eq!(stale.json()["outcome"], "stale");
+    // News needs the secret: not acknowledged, so Kling brings it again.
+    let final_ = flat("9801", "job-known", "succeed", 6);
+    no_secret
+        .send(callback("job-known", final_.clone()))
+        .await
+        .expect_error(503, "config_unavailable", "");
+    // So does a task whose head knows no sig yet.
+    no_secret
+        .send(callback(
+            "job-other",
+            flat("9802", "job-other", "processing", 5),
+        ))
+        .await
+        .expect_error(503, "config_unavailable", "");
+    assert_eq!(app.kv.keys(), keys);
+    let again = kling_app_with(&STANDARD_VARIABLES, app.kv.clone());
+    assert_eq!(again.send(callback("job-known", final_)).await.status, 200);
+    assert_eq!(status_of(&again, "9801").await, "succeed");
+}
