@@ -2,7 +2,7 @@
 //!
 //! The order matters. Everything that can reject a delivery runs before anything is
 //! stored, so a rejected request stores nothing. Signatures are checked over the raw
-//! bytes before parsing. Then the store sees at most two round trips before the sender is
+//! bytes before anything parsed is acted on. Then the store sees at most two round trips before the sender is
 //! acknowledged: one read of the task's head, and, for news, one batch of the status slot
 //! with the head (and the first binding, and a task not submitted here's listing entry).
 //! What is left (the head of a delivery that was not news but changed it) is returned to
@@ -12,7 +12,15 @@
 //! already stored. News keeps a digest of its proven `sig` in the head, so a delivery
 //! whose `sig` the head knows, and which the head shows changes nothing, is answered from
 //! that one read without reading the secret (on Spin a variable read costs about as much
-//! as a store operation). Anything else takes the full path, reusing that read.
+//! as a store operation). To find that out, a plain delivery with a `sig` of our shape
+//! has its envelope parsed and its head read before the `sig` is checked. Anything else
+//! takes the full path, reusing that read and parse.
+//!
+//! The trade-off, decided: a head keeps its digest after the secret that proved it is
+//! dropped (until the task's next news on a URL of a current secret, or retention), so a
+//! repeat on such a URL is still answered `duplicate` or `stale` instead of 401. It stores
+//! nothing, and it tells only whether that status would change the task, to a sender who
+//! holds the URL and knows the task's Kling `task_id`; news on that URL is refused.
 
 use crate::callback::parse::{Envelope, Parsed, PayloadError, parse_envelope};
 use crate::config::{CallbackConfig, ConfigError};
@@ -153,7 +161,7 @@ pub fn receive(
         return Err(CallbackError::UnsupportedContentType);
     }
 
-    let parsed = match early.parsed.map_or_else(|| parse_envelope(body), Ok) {
+    let parsed = match early.parsed.unwrap_or_else(|| parse_envelope(body)) {
         Err(PayloadError::UnknownStatus) => {
             // Never the body itself in the log: it is Kling's, not ours to print.
             eprintln!("callback ignored: a task status this build does not know");
@@ -242,8 +250,8 @@ struct BeforeTheSecret {
     /// The head, if it was read (`Some(Ok(None))`: no task). A failed read is reported
     /// once the request is authenticated, as the full path's own read would be.
     head: Option<Result<Option<TaskHead>, StoreError>>,
-    /// The envelope, if it was parsed.
-    parsed: Option<Parsed>,
+    /// The envelope, or why it could not be read, if the body was parsed.
+    parsed: Option<Result<Parsed, PayloadError>>,
 }
 
 /// The repeat shortcut (see the module's doc). Only a plain delivery on the `sig` route
@@ -262,8 +270,14 @@ fn known_repeat(callback: &Callback<'_>, store: &TaskStore<'_>) -> BeforeTheSecr
     {
         return BeforeTheSecret::default();
     }
-    let Ok(parsed) = parse_envelope(body) else {
-        return BeforeTheSecret::default();
+    let parsed = match parse_envelope(body) {
+        Ok(parsed) => parsed,
+        failed @ Err(_) => {
+            return BeforeTheSecret {
+                parsed: Some(failed),
+                ..BeforeTheSecret::default()
+            };
+        }
     };
     let envelope = parsed.envelope();
     if envelope
@@ -271,7 +285,10 @@ fn known_repeat(callback: &Callback<'_>, store: &TaskStore<'_>) -> BeforeTheSecr
         .as_deref()
         .is_some_and(|body| body != id)
     {
-        return BeforeTheSecret::default();
+        return BeforeTheSecret {
+            parsed: Some(Ok(parsed)),
+            ..BeforeTheSecret::default()
+        };
     }
     let head = store.head(&TaskKey::external(id));
     let repeat = head
@@ -289,7 +306,7 @@ fn known_repeat(callback: &Callback<'_>, store: &TaskStore<'_>) -> BeforeTheSecr
     BeforeTheSecret {
         repeat,
         head: Some(head),
-        parsed: Some(parsed),
+        parsed: Some(Ok(parsed)),
     }
 }
 
@@ -1093,17 +1110,23 @@ pub(crate) mod tests {
             CallbackError::Signature(CallbackSigError::Mismatch)
         );
         assert_eq!(reads.get(), 2);
-        // A head that knows no sig (a submit's, or one an older build wrote): the secret.
-        submitted(&kv, Some("86"));
+        // A head that knows no sig (a submit's, or one an older build wrote): the same
+        // repeat needs the secret.
+        let mut head = TaskStore::new(&kv)
+            .head(&TaskKey::external("job-1"))
+            .unwrap()
+            .unwrap();
+        assert!(head.callback_sig_sha256.take().is_some());
+        kv.set("task:job-1", &crate::store::to_json(&head)).unwrap();
         let repeat = deliver_on(
             &kv,
-            &body("submitted", 1),
+            &body("processing", 5),
             SECRET,
             SECRET,
             no_headers(),
             &reads,
         );
-        assert_eq!(repeat.unwrap().verdict, Verdict::Apply(Slot::Submitted));
+        assert_eq!(repeat.unwrap().verdict, Verdict::Duplicate);
         assert_eq!(reads.get(), 3);
         // Standard Webhooks headers are checked whenever a sender includes them, so such
         // a repeat reads the secrets, and a bad signature is refused.
@@ -1120,6 +1143,102 @@ pub(crate) mod tests {
         );
         assert_eq!(reads.get(), 4);
         assert_eq!(*kv.map.borrow(), stored);
+    }
+
+    #[test]
+    fn a_known_sig_answers_nothing_but_a_true_repeat() {
+        let kv = MemoryKv::default();
+        deliver(&kv, &body("processing", 5))
+            .unwrap()
+            .bookkeeping
+            .unwrap()
+            .apply(&kv)
+            .unwrap();
+        let stored = kv.map.borrow().clone();
+        let sig = callback_url::sign(&Secret::new(SECRET), "job-1");
+        let other_ext = Body::Bytes(
+            br#"{"task_id":"86","task_status":"processing","updated_at":5,"task_info":{"external_task_id":"job-2"}}"#
+                .to_vec(),
+        );
+        let other_task =
+            Body::Bytes(br#"{"task_id":"99","task_status":"processing","updated_at":5}"#.to_vec());
+        let repeat = body("processing", 5);
+        let cases = [
+            (&other_ext, None, CallbackError::ExternalTaskIdMismatch),
+            (
+                &other_task,
+                None,
+                CallbackError::Ledger(LedgerError::BoundToAnotherTask),
+            ),
+            (
+                &repeat,
+                Some("text/plain"),
+                CallbackError::UnsupportedContentType,
+            ),
+        ];
+        for (body, content_type, expected) in cases {
+            let callback = Callback {
+                external_task_id: Some("job-1"),
+                sig: Some(&sig),
+                content_type,
+                webhook: WebhookHeaders::default(),
+                body,
+            };
+            assert_eq!(
+                receive(&callback, &|| Ok(config(false)), &kv, &no_kling(), NOW_MS).unwrap_err(),
+                expected
+            );
+        }
+        assert_eq!(*kv.map.borrow(), stored);
+    }
+
+    #[test]
+    fn only_a_sig_proven_on_its_own_route_is_kept() {
+        // News on `/callbacks/kling`, proven by Standard Webhooks, carrying a `sig` of
+        // our shape that nobody checked: the head must not learn it.
+        let kv = MemoryKv::default();
+        let planted = callback_url::sign(&Secret::new("not-the-secret"), "job-1");
+        let payload = br#"{"task_id":"86","task_status":"processing","updated_at":5,"task_info":{"external_task_id":"job-1"}}"#;
+        let body = Body::Bytes(payload.to_vec());
+        let secret = WebhookSecret::parse(WHSEC).unwrap();
+        let timestamp = (NOW_MS / 1000).to_string();
+        let signature = secret.sign("msg-1", (NOW_MS / 1000) as i64, payload);
+        let callback = Callback {
+            external_task_id: None,
+            sig: Some(&planted),
+            content_type: None,
+            webhook: WebhookHeaders {
+                id: Some("msg-1"),
+                timestamp: Some(&timestamp),
+                signature: Some(&signature),
+            },
+            body: &body,
+        };
+        let received = receive(&callback, &|| Ok(config(true)), &kv, &no_kling(), NOW_MS).unwrap();
+        assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
+        let head = TaskStore::new(&kv)
+            .head(&TaskKey::external("job-1"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.callback_sig_sha256, None);
+        // So the planted sig's repeat on the `sig` route is checked with the secret.
+        let reads = std::cell::Cell::new(0);
+        let repeat = deliver_on(
+            &kv,
+            &body_of(payload),
+            "not-the-secret",
+            SECRET,
+            Default::default(),
+            &reads,
+        );
+        assert_eq!(
+            repeat.unwrap_err(),
+            CallbackError::Signature(CallbackSigError::Mismatch)
+        );
+    }
+
+    fn body_of(payload: &[u8]) -> Body {
+        Body::Bytes(payload.to_vec())
     }
 
     #[test]
