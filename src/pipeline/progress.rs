@@ -71,6 +71,26 @@ pub struct PipelineView {
     pub outputs: Option<Outputs>,
     pub error: Option<PipelineFailure>,
     pub created_at: u64,
+    /// The pipeline's place in its own history ([`pipeline_sequence`]): a receiver of
+    /// its notifications keeps the largest it applied and drops any not larger.
+    pub sequence: u64,
+}
+
+/// A step's span in [`pipeline_sequence`]: above what one step's place can reach (a
+/// task's `sequence` is below 5 * 10^13: rank 4 at most, then an `updated_at` below 10^13).
+const STEP_SPAN: u64 = 2 * 10 * 10_000_000_000_000;
+
+/// Where a pipeline stands, as one number that only grows, whatever replica sends it:
+/// the step it stands at; then whether that step has a task (a task that turns up after
+/// the refusal stored for its step outranks the refusal); then the task's `sequence` (a
+/// late `succeed` or `failed` over `lost`); then whether the pipeline ended there.
+/// Below 2^53 for [`super::spec::MAX_STEPS`] steps, so exact in any JSON reader.
+pub fn pipeline_sequence(step: usize, task_sequence: Option<u64>, ended: bool) -> u64 {
+    let step = u64::try_from(step).unwrap_or(u64::MAX);
+    let within_step = task_sequence.map_or(0, |task| 2 + task.saturating_mul(2));
+    step.saturating_mul(STEP_SPAN)
+        .saturating_add(within_step)
+        .saturating_add(u64::from(ended))
 }
 
 /// The last step's outputs, named as in its task record.
@@ -165,14 +185,24 @@ pub fn view(
             more: last.map(|t| t.more.clone()).unwrap_or_default(),
         }
     });
+    let current_step = error.as_ref().map_or(current, |e| e.step);
+    let sequence = pipeline_sequence(
+        current_step,
+        steps
+            .get(current_step)
+            .and_then(|s| s.task.as_ref())
+            .map(|task| task.sequence),
+        status != PipelineStatus::Running,
+    );
     PipelineView {
         id: spec.id.clone(),
         status,
-        current_step: error.as_ref().map_or(current, |e| e.step),
+        current_step,
         steps,
         outputs,
         error,
         created_at: spec.created_at,
+        sequence,
     }
 }
 
@@ -296,6 +326,80 @@ mod tests {
             (view.status, view.current_step, view.error),
             (PipelineStatus::Failed, 1, Some(refused))
         );
+    }
+
+    /// Step `step`'s task at `status`, Kling's clock at `updated_at`, as the ledger
+    /// leaves it (its `sequence` set).
+    fn step_task(step: usize, status: TaskStatus, updated_at: u64) -> Option<TaskRecord> {
+        Some(TaskRecord {
+            updated_at: Some(updated_at),
+            sequence: crate::task::sequence(status, Some(updated_at)),
+            pipeline: Some(crate::task::StepRef {
+                pipeline_id: "p".into(),
+                step,
+            }),
+            ..TaskRecord::example(status)
+        })
+    }
+
+    #[test]
+    fn a_pipeline_s_sequence_grows_with_every_move_it_can_make() {
+        use TaskStatus::*;
+        let spec = spec(3);
+        let refused = |step| PipelineFailure {
+            step,
+            code: "kling_invalid_request".into(),
+            message: "bad".into(),
+        };
+        let done = |step| step_task(step, Succeed, 9_000_000_000_000);
+        // Every state a 3-step pipeline can pass through, in an order it can take them
+        // (one history with each way back from a failure that the ledger allows).
+        let history: Vec<(Vec<Option<TaskRecord>>, Option<PipelineFailure>)> = vec![
+            (vec![], None),
+            (vec![step_task(0, Submitting, 0)], None),
+            (vec![step_task(0, Submitted, 5)], None),
+            (vec![step_task(0, Processing, 5)], None),
+            (vec![step_task(0, Processing, 6)], None),
+            // Given up as lost: the pipeline fails; then Kling reports it failed...
+            (vec![step_task(0, Lost, 7)], None),
+            (vec![step_task(0, Failed, 8)], None),
+            // ...or (another history from `lost`) succeeded: the pipeline runs on.
+            (vec![done(0)], None),
+            // Kling refuses step 1: failed; then step 1's own task turns up after all.
+            (vec![done(0)], Some(refused(1))),
+            (vec![done(0), step_task(1, Submitting, 0)], Some(refused(1))),
+            (vec![done(0), step_task(1, Submitted, 3)], Some(refused(1))),
+            (vec![done(0), step_task(1, Processing, 4)], None),
+            (vec![done(0), done(1)], None),
+            (vec![done(0), done(1), step_task(2, Processing, 1)], None),
+            (vec![done(0), done(1), step_task(2, Lost, 2)], None),
+            (vec![done(0), done(1), done(2)], None),
+        ];
+        let mut last: Option<(u64, PipelineStatus)> = None;
+        for (tasks, failure) in history {
+            let view = view(&spec, &tasks, failure);
+            if let Some((before, _)) = last {
+                assert!(
+                    view.sequence > before,
+                    "{} after {before}: {:?} at step {}",
+                    view.sequence,
+                    view.status,
+                    view.current_step
+                );
+            }
+            last = Some((view.sequence, view.status));
+        }
+        assert_eq!(
+            last.map(|(_, status)| status),
+            Some(PipelineStatus::Succeed)
+        );
+        // The largest a pipeline can reach stays exact in JSON (below 2^53).
+        let top = pipeline_sequence(
+            super::super::spec::MAX_STEPS - 1,
+            Some(crate::task::sequence(Succeed, Some(u64::MAX))),
+            true,
+        );
+        assert!(top < 1 << 53, "{top}");
     }
 
     #[test]

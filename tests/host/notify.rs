@@ -121,6 +121,14 @@ async fn task_and_pipeline_changes_reach_the_next_system_signed_once_per_status(
     let done = wait_for_message(&receiver, "pipeline_clip_succeed_1").await;
     assert_eq!(done.body["data"]["status"], "succeed");
     assert!(done.body["data"]["outputs"]["videos"][0]["id"].is_string());
+    // A receiver orders a pipeline's notifications by their `sequence`.
+    let sequence = |m: &serde_json::Value| m["data"]["sequence"].as_u64().unwrap();
+    assert!(
+        sequence(&done.body) > sequence(&started.body),
+        "{} then {}",
+        sequence(&started.body),
+        sequence(&done.body)
+    );
     for status in ["submitted", "processing", "succeed"] {
         wait_for_message(&receiver, &format!("task_clip-1_{status}")).await;
     }
