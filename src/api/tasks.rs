@@ -32,6 +32,11 @@ pub struct Shown {
 /// asked, the stored state is served as it is.
 pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<Shown, ApiError> {
     check_bearer(authorization, &api_token(env.vars)?)?;
+    show_task(id, env)
+}
+
+/// [`get_task`] for a caller already trusted (the WIT `get`): the same read repair.
+pub fn show_task(id: &str, env: &Env<'_>) -> Result<Shown, ApiError> {
     let store = TaskStore::new(env.kv);
     let (key, head, mut record) = store.find_parts(id)?.ok_or(ApiError::TaskNotFound)?;
     // Only tasks submitted here are polled (their Kling endpoint is known).

@@ -30,18 +30,24 @@ use outbound::SpinOutbound;
 #[http_component]
 async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
     let request = read_request(request).await;
+    with_env(|env| {
+        let handled = app::handle(&request, env);
+        send(response_out, handled.response);
+        crate::after_ack::run(handled.after_ack, env);
+    });
+}
+
+/// The core's view of the host: Spin's stores, variables, outbound HTTP and clocks.
+fn with_env<R>(work: impl FnOnce(&Env<'_>) -> R) -> R {
     let kv = SpinKeyValue::default();
-    let env = Env {
+    work(&Env {
         kv: &kv,
         vars: &SpinVariables,
         http: &SpinOutbound,
         now_ms: now_ms(),
         clock: &HostClock,
         new_id: &new_id,
-    };
-    let handled = app::handle(&request, &env);
-    send(response_out, handled.response);
-    crate::after_ack::run(handled.after_ack, &env);
+    })
 }
 
 async fn read_request(request: IncomingRequest) -> Request {

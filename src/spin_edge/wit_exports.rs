@@ -16,15 +16,16 @@ use bindings::kling::video::types as wit;
 use super::host_apis::{SpinKeyValue, SpinVariables};
 use super::outbound::SpinOutbound;
 use super::{HostClock, new_id};
+use crate::after_ack::AfterAck;
 use crate::api::pipelines::{self, NewPipeline, Submitter};
 use crate::api::submit::{SubmitRequest, submit};
+use crate::api::tasks;
 use crate::callback::parse::parse_callback;
 use crate::config::SubmitConfig;
 use crate::error::ApiError;
 use crate::kling::catalog::TaskKind;
 use crate::pipeline::progress::{PipelineStatus, PipelineView};
 use crate::pipeline::spec::NewStep;
-use crate::store::tasks::TaskStore;
 use crate::task::{Image, MoreOutputs, TaskEvent, TaskRecord, TaskStatus, Video};
 
 struct Exports;
@@ -61,11 +62,26 @@ impl Guest for Exports {
             .map_err(|e| wit::Error::InvalidPayload(e.to_string()))
     }
 
+    /// As `GET /tasks/{id}`, read repair included; what a repair brought is announced
+    /// (notifications, a pipeline's next step) before the call returns, since a WIT call
+    /// has no response to send first.
     fn get(id: String) -> Result<Option<wit::Task>, wit::Error> {
-        TaskStore::new(&SpinKeyValue::default())
-            .find(&id)
-            .map(|task| task.map(task_to_wit))
-            .map_err(|e| to_wit(e.into()))
+        super::with_env(|env| match tasks::show_task(&id, env) {
+            Ok(shown) => {
+                let task = task_to_wit(shown.record.clone());
+                let changed = shown.repaired.then_some((shown.key, shown.record));
+                crate::after_ack::run(
+                    AfterAck {
+                        changed,
+                        ..AfterAck::default()
+                    },
+                    env,
+                );
+                Ok(Some(task))
+            }
+            Err(ApiError::TaskNotFound) => Ok(None),
+            Err(error) => Err(to_wit(error)),
+        })
     }
 
     fn start_pipeline(

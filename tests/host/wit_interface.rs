@@ -120,6 +120,58 @@ async fn get_serves_tasks_by_either_id() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_repairs_a_stale_task_as_the_http_route_does() {
+    use crate::support::deployment::{Auth, deploy_on};
+    use crate::support::kv::KvStore;
+    let d = deploy_on(
+        KvStore::default(),
+        Auth::KeyPair,
+        None,
+        &[("stale_after_seconds", "0")],
+    )
+    .await;
+    // Kling finishes the task and never calls back; no reconcile runs.
+    let silent = Script {
+        drop: vec!["submitted", "processing", "succeed", "failed"],
+        ..Script::default()
+    };
+    d.submit_scripted("repair-wit", silent).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while d.standin.tasks().iter().any(|t| t.status != "succeed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let queries = d.standin.received().len();
+    let get = || async {
+        let (mut store, video) = instance(&d.app).await;
+        video
+            .kling_video_tasks()
+            .call_get(&mut store, "repair-wit")
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    };
+    let task = get().await;
+    assert_eq!(task.status, TaskStatus::Succeed, "asked Kling: {task:?}");
+    assert_eq!(d.standin.received().len(), queries + 1, "asked once");
+    // Stored, as the HTTP route stores it: final now, so asked nothing more.
+    assert_eq!(get().await.status, TaskStatus::Succeed);
+    assert_eq!(d.standin.received().len(), queries + 1);
+    let http = d
+        .app
+        .ok_json(crate::support::requests::get_task("repair-wit"))
+        .await;
+    assert_eq!(
+        (http["status"].as_str(), http["source"].as_str()),
+        (Some("succeed"), Some("poll"))
+    );
+}
+
 async fn submit(
     d: &Deployment,
     kind: &str,
