@@ -79,6 +79,7 @@ pub fn run(work: AfterAck, env: &Env<'_>) {
             let finished = matches!(advanced.view.next(), Next::Finished(_));
             if let Some(notifier) = &notifier
                 && (advanced.changed || finished)
+                && advanced.view.is_announced()
             {
                 deliver(notifier, Notification::pipeline(&advanced.view, env.now_ms));
             }

@@ -282,17 +282,12 @@ impl<'a> Notifier<'a> {
     }
 
     /// Queues the notification of `view`, the pipeline as it is now, unless a receiver
-    /// took it or it is queued. Step 0 started is not one (`POST /pipelines` answered it),
-    /// nor a step not submitted yet. The reconciler calls this for every pipeline it
+    /// took it or it is queued, and unless this state is not announced
+    /// ([`PipelineView::is_announced`]). The reconciler calls this for every pipeline it
     /// tracks, before it lets a finished one go, so one whose notification was never
     /// queued (its sender stopped first) still goes out.
     pub fn ensure_pipeline_notified(&self, view: &PipelineView) -> Result<(), StoreError> {
-        let announced = match view.next() {
-            Next::Finished(_) => true,
-            Next::Wait => view.current_step > 0,
-            Next::Submit(_) => false,
-        };
-        if !announced {
+        if !view.is_announced() {
             return Ok(());
         }
         let notification = Notification::pipeline(view, self.clock.now_ms());

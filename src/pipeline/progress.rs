@@ -80,14 +80,19 @@ pub struct PipelineView {
 /// task's `sequence` is below 5 * 10^13: rank 4 at most, then an `updated_at` below 10^13).
 const STEP_SPAN: u64 = 2 * 10 * 10_000_000_000_000;
 
-/// Where a pipeline stands, as one number that only grows, whatever replica sends it:
-/// the step it stands at; then whether that step has a task (a task that turns up after
-/// the refusal stored for its step outranks the refusal); then the task's `sequence` (a
-/// late `succeed` or `failed` over `lost`); then whether the pipeline ended there.
-/// Below 2^53 for [`super::spec::MAX_STEPS`] steps, so exact in any JSON reader.
+/// Where a pipeline stands, as one number that grows with every state a notification
+/// announces ([`PipelineView::is_announced`]), whatever replica sends it: the step it
+/// stands at; then whether Kling has that step's task (a task that turns up after the
+/// refusal stored for its step outranks the refusal); then the task's `sequence` (a late
+/// `succeed` or `failed` over `lost`); then whether the pipeline ended there. A task still
+/// `submitting` counts as none: its create may yet be refused, or given up and refused
+/// again, which must outrank it. Below 2^53 for [`super::spec::MAX_STEPS`] steps, so
+/// exact in any JSON reader.
 pub fn pipeline_sequence(step: usize, task_sequence: Option<u64>, ended: bool) -> u64 {
     let step = u64::try_from(step).unwrap_or(u64::MAX);
-    let within_step = task_sequence.map_or(0, |task| 2 + task.saturating_mul(2));
+    // Twice the task's `sequence` (at least 2 * 10^13 once Kling has the task), plus one
+    // if the pipeline ended: a refusal, with no task, is 1.
+    let within_step = task_sequence.map_or(0, |task| task.saturating_mul(2));
     step.saturating_mul(STEP_SPAN)
         .saturating_add(within_step)
         .saturating_add(u64::from(ended))
@@ -191,6 +196,7 @@ pub fn view(
         steps
             .get(current_step)
             .and_then(|s| s.task.as_ref())
+            .filter(|task| task.status != TaskStatus::Submitting)
             .map(|task| task.sequence),
         status != PipelineStatus::Running,
     );
@@ -216,6 +222,24 @@ impl PipelineView {
             Some(Some(_)) => Next::Wait,
             // A stored description without steps (never written by `build`).
             None => Next::Finished(PipelineStatus::Failed),
+        }
+    }
+
+    /// Whether a notification announces this state: the pipeline ended, or a step after
+    /// the first runs at Kling. Step 0 started is `POST /pipelines`' own answer. A step
+    /// whose create is still on its way (its task `submitting`) waits until Kling has it
+    /// (the reconciler announces it then, if its create answer does not): it may yet be
+    /// refused, and [`pipeline_sequence`] ranks it below that refusal.
+    pub fn is_announced(&self) -> bool {
+        match self.next() {
+            Next::Finished(_) => true,
+            Next::Wait => {
+                self.current_step > 0
+                    && self
+                        .task(self.current_step)
+                        .is_some_and(|task| task.status != TaskStatus::Submitting)
+            }
+            Next::Submit(_) => false,
         }
     }
 
@@ -365,9 +389,10 @@ mod tests {
             (vec![step_task(0, Failed, 8)], None),
             // ...or (another history from `lost`) succeeded: the pipeline runs on.
             (vec![done(0)], None),
-            // Kling refuses step 1: failed; then step 1's own task turns up after all.
+            // Step 1's create gets no clear answer, and is given up; the submit of it
+            // again is refused: failed. Then step 1's own task turns up after all.
+            (vec![done(0), step_task(1, Submitting, 0)], None),
             (vec![done(0)], Some(refused(1))),
-            (vec![done(0), step_task(1, Submitting, 0)], Some(refused(1))),
             (vec![done(0), step_task(1, Submitted, 3)], Some(refused(1))),
             (vec![done(0), step_task(1, Processing, 4)], None),
             (vec![done(0), done(1)], None),
@@ -375,17 +400,29 @@ mod tests {
             (vec![done(0), done(1), step_task(2, Lost, 2)], None),
             (vec![done(0), done(1), done(2)], None),
         ];
+        // Never lower from one state to the next, and higher from one announced state to
+        // the next: a receiver that drops what is not larger drops no update.
         let mut last: Option<(u64, PipelineStatus)> = None;
+        let mut last_announced: Option<u64> = None;
         for (tasks, failure) in history {
             let view = view(&spec, &tasks, failure);
+            let at = format!("{:?} at step {}", view.status, view.current_step);
             if let Some((before, _)) = last {
                 assert!(
-                    view.sequence > before,
-                    "{} after {before}: {:?} at step {}",
-                    view.sequence,
-                    view.status,
-                    view.current_step
+                    view.sequence >= before,
+                    "{} after {before}: {at}",
+                    view.sequence
                 );
+            }
+            if view.is_announced() {
+                if let Some(before) = last_announced {
+                    assert!(
+                        view.sequence > before,
+                        "{} after {before}: {at}",
+                        view.sequence
+                    );
+                }
+                last_announced = Some(view.sequence);
             }
             last = Some((view.sequence, view.status));
         }
@@ -393,6 +430,9 @@ mod tests {
             last.map(|(_, status)| status),
             Some(PipelineStatus::Succeed)
         );
+        // Whatever a step's task reached, the next step starts above it.
+        let newest_task = crate::task::sequence(Succeed, Some(u64::MAX));
+        assert!(pipeline_sequence(1, Some(newest_task), true) < pipeline_sequence(2, None, false));
         // The largest a pipeline can reach stays exact in JSON (below 2^53).
         let top = pipeline_sequence(
             super::super::spec::MAX_STEPS - 1,
@@ -400,6 +440,36 @@ mod tests {
             true,
         );
         assert!(top < 1 << 53, "{top}");
+    }
+
+    #[test]
+    fn a_step_is_announced_once_kling_has_it_and_a_pipeline_once_it_ends() {
+        use TaskStatus::*;
+        let spec = spec(2);
+        let done = step_task(0, Succeed, 9);
+        let refused = PipelineFailure {
+            step: 1,
+            code: "kling_invalid_request".into(),
+            message: "bad".into(),
+        };
+        for (tasks, failure, announced) in [
+            (vec![step_task(0, Submitted, 1)], None, false),
+            (vec![done.clone()], None, false),
+            (vec![done.clone(), step_task(1, Submitting, 0)], None, false),
+            (vec![done.clone(), step_task(1, Submitted, 1)], None, true),
+            (vec![done.clone()], Some(refused), true),
+            (vec![done.clone(), step_task(1, Failed, 2)], None, true),
+            (vec![done.clone(), step_task(1, Succeed, 2)], None, true),
+        ] {
+            let view = view(&spec, &tasks, failure);
+            assert_eq!(
+                view.is_announced(),
+                announced,
+                "{:?} at step {}",
+                view.status,
+                view.current_step
+            );
+        }
     }
 
     #[test]

@@ -129,6 +129,21 @@ async fn task_and_pipeline_changes_reach_the_next_system_signed_once_per_status(
         sequence(&started.body),
         sequence(&done.body)
     );
+    // Step 1, twice its task's sequence, ended: as `GET /pipelines/clip` serves it.
+    let step_task = done.body["data"]["steps"][1]["task"]["sequence"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(sequence(&done.body), 2 * 10u64.pow(14) + 2 * step_task + 1);
+    let served = d
+        .app
+        .ok_json(
+            request("GET", "/pipelines/clip")
+                .header("authorization", format!("Bearer {API_TOKEN}"))
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(served["sequence"], done.body["data"]["sequence"]);
     for status in ["submitted", "processing", "succeed"] {
         wait_for_message(&receiver, &format!("task_clip-1_{status}")).await;
     }
