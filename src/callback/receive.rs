@@ -743,6 +743,12 @@ pub(crate) mod tests {
         )
     }
 
+    /// [`deliver`] news, and what it left for after the acknowledgement.
+    fn deliver_and_apply(kv: &MemoryKv, body: &Body) {
+        let received = deliver(kv, body).unwrap();
+        received.bookkeeping.expect("news").apply(kv).unwrap();
+    }
+
     fn deliver(kv: &MemoryKv, body: &Body) -> Result<Received, CallbackError> {
         let sig = callback_url::sign(&Secret::new(SECRET), "job-1");
         let callback = Callback {
@@ -935,12 +941,7 @@ pub(crate) mod tests {
     #[test]
     fn a_task_bound_to_one_kling_id_refuses_another() {
         let kv = MemoryKv::default();
-        deliver(&kv, &body("submitted", 1))
-            .unwrap()
-            .bookkeeping
-            .unwrap()
-            .apply(&kv)
-            .unwrap();
+        deliver_and_apply(&kv, &body("submitted", 1));
         let keys_before = kv.keys();
         let other = Body::Bytes(br#"{"task_id":"99","task_status":"succeed"}"#.to_vec());
         assert_eq!(
@@ -982,17 +983,20 @@ pub(crate) mod tests {
         );
     }
 
-    #[test]
-    fn a_task_submitted_elsewhere_with_an_id_outside_our_format_is_filed_under_kling_s_id() {
-        let kv = MemoryKv::default();
-        let payload = br#"{"task_id":"1234567890","task_status":"processing","updated_at":5,"task_info":{"external_task_id":"order#7/a:b c"}}"#;
+    /// `payload` on `/callbacks/kling`, validly signed with Standard Webhooks, with `sig`
+    /// in its query (which that route does not check).
+    fn deliver_webhook_signed(
+        kv: &MemoryKv,
+        payload: &[u8],
+        sig: Option<&str>,
+    ) -> Result<Received, CallbackError> {
         let body = Body::Bytes(payload.to_vec());
         let secret = WebhookSecret::parse(WHSEC).unwrap();
         let timestamp = (NOW_MS / 1000).to_string();
         let signature = secret.sign("msg-1", (NOW_MS / 1000) as i64, payload);
         let callback = Callback {
             external_task_id: None,
-            sig: None,
+            sig,
             content_type: Some("application/json"),
             webhook: WebhookHeaders {
                 id: Some("msg-1"),
@@ -1001,7 +1005,14 @@ pub(crate) mod tests {
             },
             body: &body,
         };
-        let received = receive(&callback, &|| Ok(config(true)), &kv, &no_kling(), NOW_MS).unwrap();
+        receive(&callback, &|| Ok(config(true)), kv, &no_kling(), NOW_MS)
+    }
+
+    #[test]
+    fn a_task_submitted_elsewhere_with_an_id_outside_our_format_is_filed_under_kling_s_id() {
+        let kv = MemoryKv::default();
+        let payload = br#"{"task_id":"1234567890","task_status":"processing","updated_at":5,"task_info":{"external_task_id":"order#7/a:b c"}}"#;
+        let received = deliver_webhook_signed(&kv, payload, None).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
         let record = TaskStore::new(&kv).find("1234567890").unwrap().unwrap();
         assert_eq!(record.external_task_id.as_deref(), Some("order#7/a:b c"));
@@ -1148,12 +1159,7 @@ pub(crate) mod tests {
     #[test]
     fn a_known_sig_answers_nothing_but_a_true_repeat() {
         let kv = MemoryKv::default();
-        deliver(&kv, &body("processing", 5))
-            .unwrap()
-            .bookkeeping
-            .unwrap()
-            .apply(&kv)
-            .unwrap();
+        deliver_and_apply(&kv, &body("processing", 5));
         let stored = kv.map.borrow().clone();
         let sig = callback_url::sign(&Secret::new(SECRET), "job-1");
         let other_ext = Body::Bytes(
@@ -1199,22 +1205,7 @@ pub(crate) mod tests {
         let kv = MemoryKv::default();
         let planted = callback_url::sign(&Secret::new("not-the-secret"), "job-1");
         let payload = br#"{"task_id":"86","task_status":"processing","updated_at":5,"task_info":{"external_task_id":"job-1"}}"#;
-        let body = Body::Bytes(payload.to_vec());
-        let secret = WebhookSecret::parse(WHSEC).unwrap();
-        let timestamp = (NOW_MS / 1000).to_string();
-        let signature = secret.sign("msg-1", (NOW_MS / 1000) as i64, payload);
-        let callback = Callback {
-            external_task_id: None,
-            sig: Some(&planted),
-            content_type: None,
-            webhook: WebhookHeaders {
-                id: Some("msg-1"),
-                timestamp: Some(&timestamp),
-                signature: Some(&signature),
-            },
-            body: &body,
-        };
-        let received = receive(&callback, &|| Ok(config(true)), &kv, &no_kling(), NOW_MS).unwrap();
+        let received = deliver_webhook_signed(&kv, payload, Some(&planted)).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
         let head = TaskStore::new(&kv)
             .head(&TaskKey::external("job-1"))

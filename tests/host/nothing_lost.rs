@@ -2,24 +2,18 @@
 //! that Kling no longer knows, read repair, and a run's wall-time budget.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kling_standin::{Config, Script, StandIn};
 use serde_json::Value;
 
 use crate::support::components::kling_app_with;
-use crate::support::deployment::{Auth, Deployment, deploy_on, list, text2video_as};
+use crate::support::deployment::{
+    Auth, deploy_on, deploy_silent, list, silent, text2video_as, until_kling_finished,
+};
 use crate::support::kv::KvStore;
 use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task};
 use crate::support::spin_host::SpinApp;
-
-/// Kling never calls back: only the reconciler (or read repair) can finish it.
-fn silent() -> Script {
-    Script {
-        drop: vec!["submitted", "processing", "succeed", "failed"],
-        ..Script::default()
-    }
-}
 
 async fn reconcile(app: &SpinApp, query: &str) -> Value {
     app.ok_json(authorized("POST", &format!("/tasks/reconcile{query}")))
@@ -31,18 +25,6 @@ async fn status(app: &SpinApp, id: &str) -> Value {
 }
 
 /// Waits until the stand-in holds every task it has as final.
-async fn until_kling_finished(standin: &StandIn) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while standin
-        .tasks()
-        .iter()
-        .any(|t| !matches!(t.status, "succeed" | "failed"))
-    {
-        assert!(Instant::now() < deadline, "the stand-in did not finish");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Runs reconcile until nothing is pending (at most `runs` times); returns the last report.
 async fn reconcile_until_idle(app: &SpinApp, runs: usize) -> Value {
     let mut last = Value::Null;
@@ -196,11 +178,6 @@ async fn tasks_kling_does_not_know_cannot_starve_the_others_and_end_lost() {
     let listed = list(&in_b, "?status=lost&limit=100").await;
     assert_eq!(listed["tasks"].as_array().unwrap().len(), unknown.len());
     assert!(kv.pending().is_empty(), "{:?}", kv.pending());
-}
-
-/// A deployment over `kv` whose Kling never calls back.
-async fn deploy_silent(kv: KvStore, extra: &[(&'static str, &str)]) -> Deployment {
-    deploy_on(kv, Auth::KeyPair, None, extra).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,29 +122,12 @@ async fn get_serves_tasks_by_either_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_repairs_a_stale_task_as_the_http_route_does() {
-    use crate::support::deployment::{Auth, deploy_on};
+    use crate::support::deployment::{deploy_silent, silent, until_kling_finished};
     use crate::support::kv::KvStore;
-    let d = deploy_on(
-        KvStore::default(),
-        Auth::KeyPair,
-        None,
-        &[("stale_after_seconds", "0")],
-    )
-    .await;
+    let d = deploy_silent(KvStore::default(), &[("stale_after_seconds", "0")]).await;
     // Kling finishes the task and never calls back; no reconcile runs.
-    let silent = Script {
-        drop: vec!["submitted", "processing", "succeed", "failed"],
-        ..Script::default()
-    };
-    d.submit_scripted("repair-wit", silent).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while d.standin.tasks().iter().any(|t| t.status != "succeed") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stand-in did not finish"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    d.submit_scripted("repair-wit", silent()).await;
+    until_kling_finished(&d.standin).await;
     let queries = d.standin.received().len();
     let get = || async {
         let (mut store, video) = instance(&d.app).await;

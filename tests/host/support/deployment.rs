@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kling_standin::{Config, StandIn};
+use kling_standin::{Config, Script, StandIn};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -255,5 +255,31 @@ pub fn valid_body(kind: &str) -> Value {
             json!({"prompt": "a fox in snow", "settings": {"duration": 5, "resolution": "1080p"}})
         }
         other => panic!("{other}"),
+    }
+}
+
+/// A deployment over `kv` (key pair auth, the real clock) for tasks scripted [`silent`].
+pub async fn deploy_silent(kv: KvStore, extra: &[(&'static str, &str)]) -> Deployment {
+    deploy_on(kv, Auth::KeyPair, None, extra).await
+}
+
+/// Kling never calls back: only the reconciler (or read repair) can finish it.
+pub fn silent() -> Script {
+    Script {
+        drop: vec!["submitted", "processing", "succeed", "failed"],
+        ..Script::default()
+    }
+}
+
+/// Waits (at most 30 s) until the stand-in has finished every task it was given.
+pub async fn until_kling_finished(standin: &StandIn) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while standin
+        .tasks()
+        .iter()
+        .any(|t| !matches!(t.status, "succeed" | "failed"))
+    {
+        assert!(Instant::now() < deadline, "the stand-in did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
