@@ -7,6 +7,7 @@ use subtle::ConstantTimeEq;
 use crate::app::Env;
 use crate::config::{KeyRing, KlingConfig, ReconcileLimits, Variables, api_token, stale_after_ms};
 use crate::error::ApiError;
+use crate::ledger::PollState;
 use crate::reconcile::{PollError, Poller, ReconcileOptions};
 use crate::store::KeyValue;
 use crate::store::layout::TaskKey;
@@ -29,7 +30,9 @@ pub struct Shown {
 /// for `stale_after_seconds` is asked about once (within three `kling_timeout_ms`), the answer
 /// applied through the ledger, and the fresh state returned, so a client that polls
 /// this API sees the truth even where no scheduler runs reconcile. If Kling cannot be
-/// asked, the stored state is served as it is.
+/// asked (no Kling keys, a variable that cannot be read or is invalid, a poll record that
+/// cannot be read), the stored state is served as it is, and why is logged: a read never
+/// fails for want of what only its repair needs.
 pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<Shown, ApiError> {
     check_bearer(authorization, &api_token(env.vars)?)?;
     show_task(id, env)
@@ -38,7 +41,7 @@ pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<
 /// [`get_task`] for a caller already trusted (the WIT `get`): the same read repair.
 pub fn show_task(id: &str, env: &Env<'_>) -> Result<Shown, ApiError> {
     let store = TaskStore::new(env.kv);
-    let (key, head, mut record) = store.find_parts(id)?.ok_or(ApiError::TaskNotFound)?;
+    let (key, head, record) = store.find_parts(id)?.ok_or(ApiError::TaskNotFound)?;
     // Only tasks submitted here are polled (their Kling endpoint is known).
     let Some(head) = head.filter(|h| h.submission.is_some()) else {
         return Ok(Shown {
@@ -47,26 +50,45 @@ pub fn show_task(id: &str, env: &Env<'_>) -> Result<Shown, ApiError> {
             repaired: false,
         });
     };
-    let previous = store.poll_state(&key)?.unwrap_or_default();
-    let stale_after = stale_after_ms(env.vars)?;
+    let as_stored = |key, mut record: TaskRecord, previous: Option<PollState>| {
+        record.reconcile = previous.filter(|p| p.polls > 0);
+        Ok(Shown {
+            key,
+            record,
+            repaired: false,
+        })
+    };
+    let previous = match store.poll_state(&key) {
+        Ok(previous) => previous.unwrap_or_default(),
+        Err(error) => {
+            eprintln!("GET /tasks/{id}: served as stored: its poll record: {error}");
+            return as_stored(key, record, None);
+        }
+    };
+    if record.status.is_final() {
+        return as_stored(key, record, Some(previous));
+    }
+    let repair = stale_after_ms(env.vars)
+        .and_then(|stale_after| Ok((stale_after, ReconcileLimits::load(env.vars)?)));
+    let (stale_after, limits) = match repair {
+        Ok(repair) => repair,
+        Err(error) => {
+            eprintln!("GET /tasks/{id}: served as stored: {error}");
+            return as_stored(key, record, Some(previous));
+        }
+    };
     let last_news = head.last_news().unwrap_or(0).max(previous.last_polled_at);
     let now = env.clock.now_ms();
     // Stale, and past the backoff the reconciler set: reading never polls faster.
     let stale = now.saturating_sub(last_news) >= stale_after && now >= previous.next_poll_at;
-    let kling = KlingConfig::load(env.vars).ok();
-    let (Some(kling), true) = (kling, stale && !record.status.is_final()) else {
-        record.reconcile = (previous.polls > 0).then_some(previous);
-        return Ok(Shown {
-            key,
-            record,
-            repaired: false,
-        });
+    let (Some(kling), true) = (KlingConfig::load(env.vars).ok(), stale) else {
+        return as_stored(key, record, Some(previous));
     };
     let options = ReconcileOptions {
         limit: 1,
         stale_after_ms: stale_after,
         retention_ms: None,
-        limits: ReconcileLimits::load(env.vars)?,
+        limits,
     };
     let poller = Poller {
         kv: env.kv,

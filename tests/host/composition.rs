@@ -123,7 +123,7 @@ async fn the_composed_example_runs_a_pipeline() {
 
 /// What the starter is granted: its own bearer, and what kling-webhook's `submit` reads
 /// (`SubmitConfig`). Nothing about callbacks, notifications or reconcile.
-const STARTER_VARIABLES: [&str; 9] = [
+const STARTER_VARIABLES: [&str; 11] = [
     "api_token",
     "callback_secret",
     "kling_api_key",
@@ -133,6 +133,8 @@ const STARTER_VARIABLES: [&str; 9] = [
     "kling_timeout_ms",
     "public_base_url",
     "stale_after_seconds",
+    "lost_after_polls",
+    "lost_after_seconds",
 ];
 
 /// The example's Spin manifest wires the same thing through component dependencies: it

@@ -218,6 +218,26 @@ async fn a_read_whose_poll_record_is_not_written_serves_what_the_store_holds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_repair_is_misconfigured_serves_the_stored_task() {
+    let d = deploy_silent(
+        KvStore::default(),
+        &[("stale_after_seconds", "0"), ("lost_after_polls", "many")],
+    )
+    .await;
+    d.submit_scripted("misread", silent()).await;
+    until_kling_finished(&d.standin).await;
+    let queries = d.standin.received().len();
+    // Only the repair needs `lost_after_polls`: the read serves what is stored.
+    assert_eq!(status(&d.app, "misread").await["status"], "submitted");
+    assert_eq!(d.standin.received().len(), queries, "Kling was not asked");
+    // A run, which needs it, says so.
+    d.app
+        .send(authorized("POST", "/tasks/reconcile"))
+        .await
+        .expect_error(500, "config_invalid", "lost_after_polls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_task_is_served_as_stored_without_asking_kling() {
     let d = deploy_silent(KvStore::default(), &[("stale_after_seconds", "3600")]).await;
     d.submit_scripted("fresh", silent()).await;

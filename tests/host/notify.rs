@@ -17,7 +17,10 @@ async fn deploy_notifying(receiver: &Receiver) -> Deployment {
 }
 
 /// [`deploy_notifying`], with `extra` variables besides.
-async fn deploy_notifying_with(receiver: &Receiver, extra: &[(&'static str, &str)]) -> Deployment {
+pub(crate) async fn deploy_notifying_with(
+    receiver: &Receiver,
+    extra: &[(&'static str, &str)],
+) -> Deployment {
     let origin = receiver.origin();
     let mut vars = vec![
         ("notify_url", receiver.url()),
@@ -59,7 +62,7 @@ async fn final_never_queued(d: &Deployment, ext: &str, task_id: &str) {
 
 /// Waits until the receiver has accepted a message whose id starts with `webhook_id`
 /// (a task's ids end with a digest of its content).
-async fn wait_for_message(receiver: &Receiver, webhook_id: &str) -> Message {
+pub(crate) async fn wait_for_message(receiver: &Receiver, webhook_id: &str) -> Message {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(message) = receiver

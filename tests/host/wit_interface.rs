@@ -155,6 +155,29 @@ async fn get_repairs_a_stale_task_as_the_http_route_does() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_get_repairs_is_announced_before_it_returns() {
+    use crate::notify::{deploy_notifying_with, wait_for_message};
+    use crate::support::deployment::{silent, until_kling_finished};
+    use crate::support::receiver::Receiver;
+    let receiver = Receiver::start(0).await;
+    let d = deploy_notifying_with(&receiver, &[("stale_after_seconds", "0")]).await;
+    d.submit_scripted("repair-told", silent()).await;
+    until_kling_finished(&d.standin).await;
+    let (mut store, video) = instance(&d.app).await;
+    let task = video
+        .kling_video_tasks()
+        .call_get(&mut store, "repair-told")
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::Succeed);
+    // No callback came and no run ran: only `get`'s own follow-up can have sent it.
+    let told = wait_for_message(&receiver, "task_repair-told_succeed").await;
+    assert_eq!(told.body["data"]["source"], "poll");
+}
+
 async fn submit(
     d: &Deployment,
     kind: &str,
