@@ -102,6 +102,9 @@ pub struct Script {
     pub callbacks_before_answer: bool,
     /// Answer queries for this task with this HTTP status and Kling code.
     pub query_error: Option<(u16, i64)>,
+    /// Fields added to this task's query answers (`data`), to see how the component
+    /// takes an unusual answer.
+    pub query_extra: Option<serde_json::Map<String, Value>>,
     /// Answer queries for this task only after this long.
     pub query_delay: Option<Duration>,
     /// Answer each query for this task only once the test lets it through
@@ -521,13 +524,22 @@ impl StandIn {
         });
         match task {
             Some(task) => {
-                let scripted = task
+                let script = task
                     .external_task_id
                     .as_ref()
-                    .and_then(|ext| self.state().scripts.get(ext).and_then(|s| s.query_error));
-                match scripted {
+                    .and_then(|ext| self.state().scripts.get(ext).cloned())
+                    .unwrap_or_default();
+                match script.query_error {
                     Some((http, code)) => error(http, code, "refused as scripted"),
-                    None => envelope(200, task_json(&task, task.status, task.updated_at)),
+                    None => {
+                        let mut data = task_json(&task, task.status, task.updated_at);
+                        if let (Some(extra), Some(data)) =
+                            (script.query_extra, data.as_object_mut())
+                        {
+                            data.extend(extra);
+                        }
+                        envelope(200, data)
+                    }
                 }
             }
             None => error(404, 1203, "task not found"),

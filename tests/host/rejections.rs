@@ -532,16 +532,17 @@ async fn a_rotated_callback_secret_still_verifies_urls_signed_with_the_old_one()
     assert!(message.contains("callback_secret") && !message.contains("change-me"));
 }
 
+/// A value `levels` deep: `{"a":{"a":...1}}`.
+fn nested(levels: usize) -> String {
+    format!("{}1{}", r#"{"a":"#.repeat(levels), "}".repeat(levels))
+}
+
 /// The component runs on a 128 KiB stack (build.rs), not Rust's 1 MiB. JSON nested as
 /// deep as serde_json parses (127 levels in all) on the callback, submit and pipeline
 /// routes is accepted, stored and served back: never a trap. (On a 32 KiB stack the
 /// callback traps.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_as_deep_as_the_parser_goes_is_answered_on_the_component_stack() {
-    /// A value `levels` deep: `{"a":{"a":...1}}`.
-    fn nested(levels: usize) -> String {
-        format!("{}1{}", r#"{"a":"#.repeat(levels), "}".repeat(levels))
-    }
     let d = deploy().await;
     for deepest in [64, 126, 127] {
         let id = format!("deep-{deepest}");
@@ -590,5 +591,34 @@ async fn json_as_deep_as_the_parser_goes_is_answered_on_the_component_stack() {
                 .await;
             assert_eq!(shown.status, 200, "GET {accepted}{id}: {shown:?}");
         }
+    }
+}
+
+/// The same limit on what Kling answers: a reconcile run, and a read's repair, take a
+/// query answer nested as deep as serde_json parses (127 levels in all: the envelope,
+/// `data`, then the extra field) on the component stack, and finish the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kling_answer_as_deep_as_the_parser_goes_is_taken_on_the_component_stack() {
+    use crate::support::deployment::{deploy_silent, silent, until_kling_finished};
+    let d = deploy_silent(KvStore::default(), &[("stale_after_seconds", "0")]).await;
+    for (deepest, read) in [(127, "reconcile"), (126, "GET")] {
+        let id = format!("deep-answer-{deepest}");
+        let extra: serde_json::Value = serde_json::from_str(&nested(deepest - 2)).unwrap();
+        let script = kling_standin::Script {
+            query_extra: Some(serde_json::Map::from_iter([("x".to_string(), extra)])),
+            ..silent()
+        };
+        d.submit_scripted(&id, script).await;
+        until_kling_finished(&d.standin).await;
+        if read == "reconcile" {
+            let run = d.app.send(authorized("POST", "/tasks/reconcile")).await;
+            assert_eq!(run.status, 200, "{deepest} levels: {run:?}");
+        }
+        let shown = d.app.send(get_task(&id)).await;
+        assert_eq!(
+            (shown.status, shown.json()["status"].as_str()),
+            (200, Some("succeed")),
+            "{read}, {deepest} levels: {shown:?}"
+        );
     }
 }

@@ -88,6 +88,28 @@ async fn parse_reads_every_shape_without_touching_the_store() {
     assert_eq!(app.kv.log_len(), 0, "parse is pure");
 }
 
+/// WIT calls run on the same 128 KiB stack as HTTP requests (build.rs): a callback body
+/// and a request nested as deep as serde_json parses are taken, never a trap.
+#[tokio::test]
+async fn parse_and_submit_take_json_as_deep_as_the_parser_goes() {
+    let d = deploy().await;
+    let nested = |levels: usize| format!("{}1{}", r#"{"a":"#.repeat(levels), "}".repeat(levels));
+    let body = format!(
+        r#"{{"task_id":"9","task_status":"succeed","task_result":{{"x":{}}}}}"#,
+        nested(125)
+    );
+    let (mut store, video) = instance(&d.app).await;
+    let event = video
+        .kling_video_tasks()
+        .call_parse(&mut store, body.as_bytes())
+        .await
+        .expect("no trap");
+    assert_eq!(event.unwrap().status, TaskStatus::Succeed);
+    let request = format!(r#"{{"prompt":"a cat","x":{}}}"#, nested(126));
+    let task = submit(&d, "text2video", &request, Some("deep-wit")).await;
+    assert_eq!(task.unwrap().status, TaskStatus::Submitted);
+}
+
 #[tokio::test]
 async fn get_serves_tasks_by_either_id() {
     let app = kling_app();
