@@ -5,7 +5,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::app::Env;
-use crate::config::{KeyRing, KlingConfig, ReconcileLimits, Variables, api_token, stale_after_ms};
+use crate::config::{
+    ConfigError, KeyRing, KlingConfig, ReconcileLimits, Variables, api_token, stale_after_ms,
+};
 use crate::error::ApiError;
 use crate::ledger::PollState;
 use crate::reconcile::{PollError, Poller, ReconcileOptions};
@@ -30,9 +32,10 @@ pub struct Shown {
 /// for `stale_after_seconds` is asked about once (within three `kling_timeout_ms`), the answer
 /// applied through the ledger, and the fresh state returned, so a client that polls
 /// this API sees the truth even where no scheduler runs reconcile. If Kling cannot be
-/// asked (no Kling keys, a variable that cannot be read or is invalid, a poll record that
-/// cannot be read), the stored state is served as it is, and why is logged: a read never
-/// fails for want of what only its repair needs.
+/// asked (no Kling keys, a variable the repair reads that cannot be read or is invalid, a
+/// poll record that cannot be read), the stored state is served as it is, and why is
+/// logged (unless the keys are simply not set): a read never fails for want of what only
+/// its repair needs.
 pub fn get_task(id: &str, authorization: Option<&str>, env: &Env<'_>) -> Result<Shown, ApiError> {
     check_bearer(authorization, &api_token(env.vars)?)?;
     show_task(id, env)
@@ -68,12 +71,13 @@ pub fn show_task(id: &str, env: &Env<'_>) -> Result<Shown, ApiError> {
     if record.status.is_final() {
         return as_stored(key, record, Some(previous));
     }
-    let repair = stale_after_ms(env.vars)
-        .and_then(|stale_after| Ok((stale_after, ReconcileLimits::load(env.vars)?)));
-    let (stale_after, limits) = match repair {
-        Ok(repair) => repair,
+    let unrepaired = |error: ConfigError| {
+        eprintln!("GET /tasks/{id}: served as stored, not asked about: {error}");
+    };
+    let stale_after = match stale_after_ms(env.vars) {
+        Ok(stale_after) => stale_after,
         Err(error) => {
-            eprintln!("GET /tasks/{id}: served as stored: {error}");
+            unrepaired(error);
             return as_stored(key, record, Some(previous));
         }
     };
@@ -81,8 +85,21 @@ pub fn show_task(id: &str, env: &Env<'_>) -> Result<Shown, ApiError> {
     let now = env.clock.now_ms();
     // Stale, and past the backoff the reconciler set: reading never polls faster.
     let stale = now.saturating_sub(last_news) >= stale_after && now >= previous.next_poll_at;
-    let (Some(kling), true) = (KlingConfig::load(env.vars).ok(), stale) else {
+    if !stale {
         return as_stored(key, record, Some(previous));
+    }
+    // Read only for a repair that is due. Without Kling's keys there is none to make,
+    // and that is said nowhere: GET needs only `api_token` (README, "Variables").
+    let repair =
+        KlingConfig::load(env.vars).and_then(|kling| Ok((kling, ReconcileLimits::load(env.vars)?)));
+    let (kling, limits) = match repair {
+        Ok(repair) => repair,
+        Err(error) => {
+            if !matches!(error, ConfigError::Missing(_)) {
+                unrepaired(error);
+            }
+            return as_stored(key, record, Some(previous));
+        }
     };
     let options = ReconcileOptions {
         limit: 1,

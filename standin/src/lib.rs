@@ -102,8 +102,8 @@ pub struct Script {
     pub callbacks_before_answer: bool,
     /// Answer queries for this task with this HTTP status and Kling code.
     pub query_error: Option<(u16, i64)>,
-    /// Fields added to this task's query answers (`data`), to see how the component
-    /// takes an unusual answer.
+    /// Fields added to this task's answers to a query by id (`data`; over any of the same
+    /// name), to see how the component takes an unusual answer. List queries ignore it.
     pub query_extra: Option<serde_json::Map<String, Value>>,
     /// Answer queries for this task only after this long.
     pub query_delay: Option<Duration>,

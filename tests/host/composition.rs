@@ -121,8 +121,9 @@ async fn the_composed_example_runs_a_pipeline() {
     assert_eq!(extend.request["video_id"], format!("{}9", first.task_id));
 }
 
-/// What the starter is granted: its own bearer, and what kling-webhook's `submit` reads
-/// (`SubmitConfig`). Nothing about callbacks, notifications or reconcile.
+/// What the starter is granted: its own bearer, what kling-webhook's `submit` reads
+/// (`SubmitConfig`), and what its `get` reads to ask Kling about a stale task (the
+/// staleness and the lost limits). Nothing about callbacks or notifications.
 const STARTER_VARIABLES: [&str; 11] = [
     "api_token",
     "callback_secret",

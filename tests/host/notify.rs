@@ -62,7 +62,7 @@ async fn final_never_queued(d: &Deployment, ext: &str, task_id: &str) {
 
 /// Waits until the receiver has accepted a message whose id starts with `webhook_id`
 /// (a task's ids end with a digest of its content).
-pub(crate) async fn wait_for_message(receiver: &Receiver, webhook_id: &str) -> Message {
+async fn wait_for_message(receiver: &Receiver, webhook_id: &str) -> Message {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(message) = receiver

@@ -601,8 +601,8 @@ async fn json_as_deep_as_the_parser_goes_is_answered_on_the_component_stack() {
 async fn a_kling_answer_as_deep_as_the_parser_goes_is_taken_on_the_component_stack() {
     use crate::support::deployment::{deploy_silent, silent, until_kling_finished};
     let d = deploy_silent(KvStore::default(), &[("stale_after_seconds", "0")]).await;
-    for (deepest, read) in [(127, "reconcile"), (126, "GET")] {
-        let id = format!("deep-answer-{deepest}");
+    for (deepest, read) in [(127, "reconcile"), (127, "GET")] {
+        let id = format!("deep-answer-{read}");
         let extra: serde_json::Value = serde_json::from_str(&nested(deepest - 2)).unwrap();
         let script = kling_standin::Script {
             query_extra: Some(serde_json::Map::from_iter([("x".to_string(), extra)])),
@@ -613,6 +613,7 @@ async fn a_kling_answer_as_deep_as_the_parser_goes_is_taken_on_the_component_sta
         if read == "reconcile" {
             let run = d.app.send(authorized("POST", "/tasks/reconcile")).await;
             assert_eq!(run.status, 200, "{deepest} levels: {run:?}");
+            assert_eq!(run.json()["updated"], 1, "the run took the answer");
         }
         let shown = d.app.send(get_task(&id)).await;
         assert_eq!(
