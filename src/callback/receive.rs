@@ -847,6 +847,14 @@ pub(crate) mod tests {
             br#"{"task_id":"86","task_status":"succeed","task_info":{"external_task_id":{"a":1}}}"#
                 .to_vec(),
         );
+        // A plain delivery on job-1's validly signed URL.
+        let signed = |body| Callback {
+            external_task_id: Some("job-1"),
+            sig: Some(&sig),
+            content_type: None,
+            webhook: WebhookHeaders::default(),
+            body,
+        };
         let cases: Vec<(Callback<'_>, CallbackError)> = vec![
             (
                 Callback {
@@ -870,52 +878,16 @@ pub(crate) mod tests {
             ),
             (
                 Callback {
-                    external_task_id: Some("job-1"),
-                    sig: Some(&sig),
                     content_type: Some("text/plain"),
-                    webhook: WebhookHeaders::default(),
-                    body: &good,
+                    ..signed(&good)
                 },
                 CallbackError::UnsupportedContentType,
             ),
+            (signed(&Body::TooLarge), CallbackError::TooLarge),
+            (signed(&other_ext), CallbackError::ExternalTaskIdMismatch),
+            (signed(&foreign_ext), CallbackError::ExternalTaskIdMismatch),
             (
-                Callback {
-                    external_task_id: Some("job-1"),
-                    sig: Some(&sig),
-                    content_type: None,
-                    webhook: WebhookHeaders::default(),
-                    body: &Body::TooLarge,
-                },
-                CallbackError::TooLarge,
-            ),
-            (
-                Callback {
-                    external_task_id: Some("job-1"),
-                    sig: Some(&sig),
-                    content_type: None,
-                    webhook: WebhookHeaders::default(),
-                    body: &other_ext,
-                },
-                CallbackError::ExternalTaskIdMismatch,
-            ),
-            (
-                Callback {
-                    external_task_id: Some("job-1"),
-                    sig: Some(&sig),
-                    content_type: None,
-                    webhook: WebhookHeaders::default(),
-                    body: &foreign_ext,
-                },
-                CallbackError::ExternalTaskIdMismatch,
-            ),
-            (
-                Callback {
-                    external_task_id: Some("job-1"),
-                    sig: Some(&sig),
-                    content_type: None,
-                    webhook: WebhookHeaders::default(),
-                    body: &object_ext,
-                },
+                signed(&object_ext),
                 CallbackError::Payload(PayloadError::InvalidExternalTaskId),
             ),
             (
