@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::support::deployment::{Auth, Deployment, deploy_on, deploy_with};
 use crate::support::receiver::{Dripping, Message, NOTIFY_SECRET, Receiver};
 use crate::support::requests::{API_TOKEN, authorized, callback, flat, request};
-use crate::support::spin_host::{ALLOWED_OUTBOUND_HOSTS, PROVIDER_FAILS};
+use crate::support::spin_host::{ALLOWED_OUTBOUND_HOSTS, PROVIDER_FAILS, SpinApp};
 
 async fn deploy_notifying(receiver: &Receiver) -> Deployment {
     deploy_notifying_with(receiver, &[]).await
@@ -58,6 +58,16 @@ async fn final_never_queued(d: &Deployment, ext: &str, task_id: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The outbox entries (`outbox/{webhook_id}`, index label) whose id starts with `prefix`.
+fn outbox(app: &SpinApp, prefix: &str) -> Vec<serde_json::Value> {
+    app.kv
+        .label_keys("index")
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("outbox/{prefix}")))
+        .filter_map(|k| app.kv.json(&k))
+        .collect()
 }
 
 /// Waits until the receiver has accepted a message whose id starts with `webhook_id`
@@ -178,13 +188,9 @@ async fn a_receiver_that_fails_twice_gets_the_event_once_it_succeeds_and_the_out
     // The first send failed after the acknowledgement: the message waits in the outbox
     // (one key of the index label) for reconcile.
     let outbox_entry = || {
-        d.app
-            .kv
-            .label_keys("index")
+        outbox(&d.app, "task_late-job_succeed_")
             .into_iter()
-            .find(|k| k.starts_with("outbox/task_late-job_succeed_"))
-            .and_then(|k| d.app.kv.json(&k))
-            .filter(|pending| pending["attempts"] == 1)
+            .find(|pending| pending["attempts"] == 1)
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while outbox_entry().is_none() {
@@ -204,14 +210,7 @@ async fn a_receiver_that_fails_twice_gets_the_event_once_it_succeeds_and_the_out
         "{second}"
     );
     assert_eq!(receiver.refused(), 2);
-    let pending = d
-        .app
-        .kv
-        .label_keys("index")
-        .into_iter()
-        .find(|k| k.starts_with("outbox/"))
-        .and_then(|k| d.app.kv.json(&k))
-        .unwrap();
+    let pending = outbox(&d.app, "").remove(0);
     assert_eq!(pending["attempts"], 2);
 
     let third = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
@@ -512,12 +511,8 @@ async fn a_receiver_answering_with_megabytes_is_a_failed_send_not_a_buffered_one
     // The answer was cut at 4 MiB: the send counts as failed and waits in the outbox.
     let deadline = Instant::now() + Duration::from_secs(10);
     let failed_once = || {
-        d.app
-            .kv
-            .label_keys("index")
-            .into_iter()
-            .filter(|k| k.starts_with("outbox/task_flood_succeed_"))
-            .filter_map(|k| d.app.kv.json(&k))
+        outbox(&d.app, "task_flood_succeed_")
+            .iter()
             .any(|pending| pending["attempts"] == 1)
     };
     while !failed_once() {
@@ -555,13 +550,8 @@ async fn a_receiver_answering_a_byte_at_a_time_is_a_failed_send_not_a_hung_one()
     .await
     .expect("the request hung on the dripping receiver");
     assert_eq!(reply.status, 200);
-    let failed_once = d
-        .app
-        .kv
-        .label_keys("index")
-        .into_iter()
-        .filter(|k| k.starts_with("outbox/task_drip_succeed_"))
-        .filter_map(|k| d.app.kv.json(&k))
+    let failed_once = outbox(&d.app, "task_drip_succeed_")
+        .iter()
         .any(|pending| pending["attempts"] == 1);
     assert!(failed_once, "a failed send, waiting in the outbox");
     assert_eq!(receiver.requests(), 1);
@@ -622,13 +612,7 @@ async fn a_notify_url_outside_notify_origin_is_refused_and_nothing_is_lost() {
         receiver.accepted().is_empty(),
         "Spin's rules let nothing out"
     );
-    let queued = misconfigured
-        .app
-        .kv
-        .label_keys("index")
-        .into_iter()
-        .filter(|key| key.starts_with("outbox/"))
-        .count();
+    let queued = outbox(&misconfigured.app, "").len();
     assert!(queued > 0, "the notifications wait in the outbox");
 
     // The same store, the variables put right: the next run sends them.
