@@ -184,7 +184,7 @@ pub fn handle(request: &Request, env: &Env<'_>) -> Handled {
         Route::Pipelines => create_pipeline(request, env),
         Route::Pipeline { id } => show_pipeline(request, id, env),
         Route::Submit { kind } => submit_task(request, kind, env),
-        Route::Task { id } => show_task(request, id, env),
+        Route::Task { id } => task_route(request, id, env),
         Route::Kinds => show_kinds(),
         Route::Kling(call) => kling_call(request, call, env),
     };
@@ -412,15 +412,11 @@ fn callback(
 }
 
 /// `GET /tasks/{id}`, with read repair: a stale unfinished task is asked about once.
-fn show_task(request: &Request, id: &str, env: &Env<'_>) -> Result<Handled, ApiError> {
+fn task_route(request: &Request, id: &str, env: &Env<'_>) -> Result<Handled, ApiError> {
     let shown = get_task(id, request.header("authorization"), env)?;
     Ok(Handled {
         response: Response::json(200, &shown.record),
-        after_ack: AfterAck {
-            bookkeeping: None,
-            news: None,
-            changed: shown.repaired.then_some((shown.key, shown.record)),
-        },
+        after_ack: shown.after_ack(),
     })
 }
 

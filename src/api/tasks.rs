@@ -4,6 +4,7 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::after_ack::AfterAck;
 use crate::app::Env;
 use crate::config::{
     ConfigError, KeyRing, KlingConfig, ReconcileLimits, Variables, api_token, stale_after_ms,
@@ -26,6 +27,16 @@ pub struct Shown {
     pub record: TaskRecord,
     /// Read repair asked Kling and the task changed.
     pub repaired: bool,
+}
+
+impl Shown {
+    /// What is left once the task is served: announcing what a repair changed.
+    pub fn after_ack(self) -> AfterAck {
+        AfterAck {
+            changed: self.repaired.then_some((self.key, self.record)),
+            ..AfterAck::default()
+        }
+    }
 }
 
 /// A task by either id. Read repair: a task submitted here, not final, and without news

@@ -2,10 +2,13 @@
 //!
 //! The order matters. Everything that can reject a delivery runs before anything is
 //! stored, so a rejected request stores nothing. Signatures are checked over the raw
-//! bytes before anything parsed is acted on. Then the store sees at most two round trips before the sender is
-//! acknowledged: one read of the task's head, and, for news, one batch of the status slot
-//! with the head (and the first binding, and a task not submitted here's listing entry).
-//! What is left (the head of a delivery that was not news but changed it) is returned to
+//! bytes before anything parsed is acted on. Then the store sees two round trips before
+//! the sender is acknowledged: one read of the task's head, and, for news, one batch of
+//! the status slot with the head (and the first binding, and a task not submitted here's
+//! listing entry). One rare delivery makes more: the one that binds a task submitted here
+//! before Kling's create answer also tracks it again ([`TaskStore::track_binding`]: its
+//! spare pending entry, listing, pipeline, and give-up mark), after asking Kling which
+//! task it is. What is left (the head of a delivery that was not news but changed it) is returned to
 //! be written after the acknowledgement.
 //!
 //! One exception to "the secret first": a repeat, on the `sig` route, of a delivery
@@ -193,15 +196,14 @@ pub fn receive(
         Some(read) => read?,
         None => store.head(&key)?,
     };
-    if let Some(head) = &head {
-        head.check_binding_to(&envelope.task_id)?;
-        if let Some(verdict) = repeat_of_bound_task(head, envelope) {
-            return Ok(Received {
-                verdict,
-                bookkeeping: None,
-                news: None,
-            });
-        }
+    if let Some(head) = &head
+        && let Some(verdict) = repeat_of_bound_task(head, envelope)?
+    {
+        return Ok(Received {
+            verdict,
+            bookkeeping: None,
+            news: None,
+        });
     }
     let event = parsed.into_event();
     let (event, head) = match checked_with_kling(kling, head.as_ref(), event)? {
@@ -300,8 +302,7 @@ fn known_repeat(callback: &Callback<'_>, store: &TaskStore<'_>) -> BeforeTheSecr
             if !callback_url::matches_digest(sig, digest) {
                 return None;
             }
-            head.check_binding_to(&envelope.task_id).ok()?;
-            repeat_of_bound_task(head, envelope)
+            repeat_of_bound_task(head, envelope).ok().flatten()
         });
     BeforeTheSecret {
         repeat,
@@ -313,14 +314,23 @@ fn known_repeat(callback: &Callback<'_>, store: &TaskStore<'_>) -> BeforeTheSecr
 /// A duplicate or stale delivery of a bound task, recognised from its envelope and the
 /// head: answered without reading its results, and nothing is written. Under
 /// `verify_callbacks` too: verifying guards what is stored, and a repeat stores nothing
-/// (a forged final that claims to be newer is news, and is verified).
-fn repeat_of_bound_task(head: &TaskHead, envelope: &Envelope) -> Option<Verdict> {
+/// (a forged final that claims to be newer is news, and is verified). A delivery naming
+/// another Kling task than the bound one is refused first.
+fn repeat_of_bound_task(
+    head: &TaskHead,
+    envelope: &Envelope,
+) -> Result<Option<Verdict>, LedgerError> {
+    head.check_binding_to(&envelope.task_id)?;
     // Unbound: Kling is asked which task this is (`checked_with_kling`).
-    head.task_id.as_ref()?;
-    match judge_status(&head.seen, envelope.status, envelope.updated_at) {
-        verdict @ (Verdict::Duplicate | Verdict::Stale) => Some(verdict),
-        _ => None,
+    if head.task_id.is_none() {
+        return Ok(None);
     }
+    Ok(
+        match judge_status(&head.seen, envelope.status, envelope.updated_at) {
+            verdict @ (Verdict::Duplicate | Verdict::Stale) => Some(verdict),
+            _ => None,
+        },
+    )
 }
 
 /// Kling asked with the component's own credentials: binding a task submitted here, and

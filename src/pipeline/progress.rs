@@ -193,11 +193,7 @@ pub fn view(
     let current_step = error.as_ref().map_or(current, |e| e.step);
     let sequence = pipeline_sequence(
         current_step,
-        steps
-            .get(current_step)
-            .and_then(|s| s.task.as_ref())
-            .filter(|task| task.status != TaskStatus::Submitting)
-            .map(|task| task.sequence),
+        task_at_kling(&steps, current_step).map(|task| task.sequence),
         status != PipelineStatus::Running,
     );
     PipelineView {
@@ -210,6 +206,15 @@ pub fn view(
         created_at: spec.created_at,
         sequence,
     }
+}
+
+/// Step `step`'s task once Kling has it: not while its create is on its way
+/// (`submitting`), which may yet be refused.
+fn task_at_kling(steps: &[StepView], step: usize) -> Option<&TaskRecord> {
+    steps
+        .get(step)
+        .and_then(|s| s.task.as_ref())
+        .filter(|task| task.status != TaskStatus::Submitting)
 }
 
 impl PipelineView {
@@ -234,10 +239,7 @@ impl PipelineView {
         match self.next() {
             Next::Finished(_) => true,
             Next::Wait => {
-                self.current_step > 0
-                    && self
-                        .task(self.current_step)
-                        .is_some_and(|task| task.status != TaskStatus::Submitting)
+                self.current_step > 0 && task_at_kling(&self.steps, self.current_step).is_some()
             }
             Next::Submit(_) => false,
         }

@@ -64,13 +64,8 @@ pub fn sig_digest(sig: &str) -> String {
 
 /// Whether `sig` is the one whose [`sig_digest`] a head keeps, compared in constant time.
 pub fn matches_digest(sig: &str, digest: &str) -> bool {
-    let ours = sig_digest(sig);
-    ours.len() == digest.len()
-        && ours
-            .bytes()
-            .zip(digest.bytes())
-            .fold(0, |differ, (a, b)| differ | (a ^ b))
-            == 0
+    use subtle::ConstantTimeEq;
+    bool::from(sig_digest(sig).as_bytes().ct_eq(digest.as_bytes()))
 }
 
 /// Whether `sig` has the shape [`sign`] gives (43 base64url characters): only such a

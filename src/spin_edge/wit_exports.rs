@@ -16,7 +16,6 @@ use bindings::kling::video::types as wit;
 use super::host_apis::{SpinKeyValue, SpinVariables};
 use super::outbound::SpinOutbound;
 use super::{HostClock, new_id};
-use crate::after_ack::AfterAck;
 use crate::api::pipelines::{self, NewPipeline, Submitter};
 use crate::api::submit::{SubmitRequest, submit};
 use crate::api::tasks;
@@ -69,14 +68,7 @@ impl Guest for Exports {
         super::with_env(|env| match tasks::show_task(&id, env) {
             Ok(shown) => {
                 let task = task_to_wit(shown.record.clone());
-                let changed = shown.repaired.then_some((shown.key, shown.record));
-                crate::after_ack::run(
-                    AfterAck {
-                        changed,
-                        ..AfterAck::default()
-                    },
-                    env,
-                );
+                crate::after_ack::run(shown.after_ack(), env);
                 Ok(Some(task))
             }
             Err(ApiError::TaskNotFound) => Ok(None),
