@@ -10,7 +10,7 @@ use crate::config::{
     ConfigError, KeyRing, KlingConfig, ReconcileLimits, Variables, api_token, stale_after_ms,
 };
 use crate::error::ApiError;
-use crate::ledger::PollState;
+use crate::ledger::{PollState, TaskHead};
 use crate::reconcile::{PollError, Poller, ReconcileOptions};
 use crate::store::KeyValue;
 use crate::store::layout::TaskKey;
@@ -30,6 +30,16 @@ pub struct Shown {
 }
 
 impl Shown {
+    /// The task as stored, with the reconciler's record of it once it has polled.
+    fn as_stored(key: TaskKey, mut record: TaskRecord, previous: Option<PollState>) -> Self {
+        record.reconcile = previous.filter(|p| p.polls > 0);
+        Shown {
+            key,
+            record,
+            repaired: false,
+        }
+    }
+
     /// What is left once the task is served: announcing what a repair changed.
     pub fn after_ack(self) -> AfterAck {
         AfterAck {
@@ -64,59 +74,20 @@ pub fn show_task(id: &str, env: &Env<'_>) -> Result<Shown, ApiError> {
             repaired: false,
         });
     };
-    let as_stored = |key, mut record: TaskRecord, previous: Option<PollState>| {
-        record.reconcile = previous.filter(|p| p.polls > 0);
-        Ok(Shown {
-            key,
-            record,
-            repaired: false,
-        })
-    };
     let previous = match store.poll_state(&key) {
-        Ok(previous) => previous.unwrap_or_default(),
+        Ok(previous) => previous,
         Err(error) => {
             eprintln!("GET /tasks/{id}: served as stored: its poll record: {error}");
-            return as_stored(key, record, None);
+            return Ok(Shown::as_stored(key, record, None));
         }
     };
-    if record.status.is_final() {
-        return as_stored(key, record, Some(previous));
-    }
-    let unrepaired = |error: ConfigError| {
-        eprintln!("GET /tasks/{id}: served as stored, not asked about: {error}");
+    let repair = if record.status.is_final() {
+        None
+    } else {
+        repair_due(id, &head, previous.as_ref(), env)
     };
-    let stale_after = match stale_after_ms(env.vars) {
-        Ok(stale_after) => stale_after,
-        Err(error) => {
-            unrepaired(error);
-            return as_stored(key, record, Some(previous));
-        }
-    };
-    let last_news = head.last_news().unwrap_or(0).max(previous.last_polled_at);
-    let now = env.clock.now_ms();
-    // Stale, and past the backoff the reconciler set: reading never polls faster.
-    let stale = now.saturating_sub(last_news) >= stale_after && now >= previous.next_poll_at;
-    if !stale {
-        return as_stored(key, record, Some(previous));
-    }
-    // Read only for a repair that is due. Without Kling's keys there is none to make,
-    // and that is said nowhere: GET needs only `api_token` (README, "Variables").
-    let repair =
-        KlingConfig::load(env.vars).and_then(|kling| Ok((kling, ReconcileLimits::load(env.vars)?)));
-    let (kling, limits) = match repair {
-        Ok(repair) => repair,
-        Err(error) => {
-            if !matches!(error, ConfigError::Missing(_)) {
-                unrepaired(error);
-            }
-            return as_stored(key, record, Some(previous));
-        }
-    };
-    let options = ReconcileOptions {
-        limit: 1,
-        stale_after_ms: stale_after,
-        retention_ms: None,
-        limits,
+    let Some((kling, options)) = repair else {
+        return Ok(Shown::as_stored(key, record, previous));
     };
     let poller = Poller {
         kv: env.kv,
@@ -125,7 +96,7 @@ pub fn show_task(id: &str, env: &Env<'_>) -> Result<Shown, ApiError> {
         clock: env.clock,
         options: &options,
     };
-    match poller.poll(&key, head, previous) {
+    match poller.poll(&key, head, previous.unwrap_or_default()) {
         Ok(polled) => {
             let repaired = polled.news.is_some();
             // No record left: Kling never created it and the poll gave it up, or its head
@@ -168,6 +139,43 @@ pub fn show_task(id: &str, env: &Env<'_>) -> Result<Shown, ApiError> {
             })
         }
     }
+}
+
+/// The settings a read repair asks Kling with, if one is due: the task is stale, and past
+/// the backoff the reconciler set (reading never polls faster). A setting that cannot be
+/// read or is invalid means no repair, and is logged; Kling's keys are read only for a
+/// repair that is due, and their absence is said nowhere: GET needs only `api_token`
+/// (README, "Variables").
+fn repair_due(
+    id: &str,
+    head: &TaskHead,
+    previous: Option<&PollState>,
+    env: &Env<'_>,
+) -> Option<(KlingConfig, ReconcileOptions)> {
+    let unrepaired = |error: ConfigError| {
+        if !matches!(error, ConfigError::Missing(_)) {
+            eprintln!("GET /tasks/{id}: served as stored, not asked about: {error}");
+        }
+    };
+    let stale_after = stale_after_ms(env.vars).map_err(unrepaired).ok()?;
+    let (last_polled_at, next_poll_at) =
+        previous.map_or((0, 0), |p| (p.last_polled_at, p.next_poll_at));
+    let last_news = head.last_news().unwrap_or(0).max(last_polled_at);
+    let now = env.clock.now_ms();
+    if now.saturating_sub(last_news) < stale_after || now < next_poll_at {
+        return None;
+    }
+    let kling = KlingConfig::load(env.vars).map_err(unrepaired).ok()?;
+    let limits = ReconcileLimits::load(env.vars).map_err(unrepaired).ok()?;
+    Some((
+        kling,
+        ReconcileOptions {
+            limit: 1,
+            stale_after_ms: stale_after,
+            retention_ms: None,
+            limits,
+        },
+    ))
 }
 
 /// `GET /tasks?status={status}&limit={n}&cursor={cursor}`: recent tasks, newest first.
