@@ -116,8 +116,15 @@ pub enum LedgerError {
 /// - `processing` beats `submitted`.
 /// - Within one status, a larger `updated_at` refreshes the stored fields; an equal or
 ///   smaller one (or none) is a duplicate.
+/// - A `succeed` without results never refreshes a stored final, whatever its
+///   `updated_at`: it would write over the results ([`TaskEvent::lacks_results`]).
 pub fn judge(seen: &Seen, event: &TaskEvent) -> Verdict {
-    judge_status(seen, event.status, event.updated_at)
+    match judge_status(seen, event.status, event.updated_at) {
+        Verdict::Apply(Slot::Final) if seen.final_state.is_some() && event.lacks_results() => {
+            Verdict::Duplicate
+        }
+        verdict => verdict,
+    }
 }
 
 /// [`judge`], from the status and `updated_at` alone (a callback's envelope).
@@ -370,12 +377,50 @@ mod tests {
             external_task_id: Some("ext".into()),
             created_at: Some(1),
             updated_at: Some(updated_at),
-            videos: vec![],
+            // A success carries its results (see `a_success_without_results_...`).
+            videos: (status == Succeed)
+                .then(|| crate::task::Video {
+                    url: Some(format!("https://cdn.example/{updated_at}.mp4")),
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
             images: vec![],
             more: Default::default(),
             final_unit_deduction: None,
             source: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_success_without_results_never_refreshes_a_final() {
+        let bare = |updated_at| TaskEvent {
+            videos: vec![],
+            ..event(Succeed, updated_at)
+        };
+        assert!(bare(31).lacks_results());
+        assert!(!event(Succeed, 31).lacks_results());
+        assert!(
+            !event(Failed, 31).lacks_results(),
+            "a failure has none to lack"
+        );
+        let seen = Seen {
+            final_state: Some(FinalSeen {
+                status: Succeed,
+                updated_at: 30,
+            }),
+            ..Seen::default()
+        };
+        assert_eq!(judge(&seen, &bare(31)), Verdict::Duplicate);
+        assert_eq!(
+            judge(&seen, &event(Succeed, 31)),
+            Verdict::Apply(Slot::Final)
+        );
+        // The first final is stored whatever it carries.
+        assert_eq!(
+            judge(&Seen::default(), &bare(31)),
+            Verdict::Apply(Slot::Final)
+        );
     }
 
     use TaskStatus::*;

@@ -267,6 +267,28 @@ pub struct TaskEvent {
     pub source: EventSource,
 }
 
+impl TaskEvent {
+    /// A `succeed` that carries no output at all: Kling may send one ("`task_result` may
+    /// be missing or `{}`"; API 2.0's own example success has no `outputs`). Kling's
+    /// record holds the results, and a results-less success never stands in for them.
+    pub fn lacks_results(&self) -> bool {
+        let more = &self.more;
+        self.status == TaskStatus::Succeed
+            && self.videos.is_empty()
+            && self.images.is_empty()
+            && more.series_images.is_empty()
+            && more.audios.is_empty()
+            && more.voices.is_empty()
+            && more.elements.is_empty()
+            // Outputs of a type this build does not read are kept verbatim.
+            && more
+                .kling_result
+                .as_ref()
+                .is_none_or(|json| matches!(json.0.get(), "{}" | "[]" | "null"))
+            && !more.kling_json_cut
+    }
+}
+
 /// A task as `GET /tasks/{id}` returns it. Only ever written: the store keeps events and
 /// heads, and a record is assembled from them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -84,8 +84,14 @@ fn receive_for_job_p(kv: &MemoryKv, body: Vec<u8>) -> crate::callback::receive::
 }
 
 fn deliver(kv: &MemoryKv, event: &Event) -> bool {
+    // A success carries its results: one without them never refreshes a final.
+    let result = if STATUSES[event.status] == "succeed" {
+        r#","task_result":{"videos":[{"url":"https://cdn.example/v.mp4"}]}"#
+    } else {
+        ""
+    };
     let body = format!(
-        r#"{{"task_id":"86","task_status":"{}","task_status_msg":"v{}","updated_at":{}}}"#,
+        r#"{{"task_id":"86","task_status":"{}","task_status_msg":"v{}","updated_at":{}{result}}}"#,
         STATUSES[event.status], event.tag, event.updated_at
     );
     let received = receive_for_job_p(kv, body.into_bytes());

@@ -333,9 +333,9 @@ fn repeat_of_bound_task(
     )
 }
 
-/// Kling asked with the component's own credentials: binding a task submitted here, and
-/// `verify_callbacks`. Legacy callbacks are unsigned, so a leaked callback URL could
-/// otherwise post anything.
+/// Kling asked with the component's own credentials: binding a task submitted here,
+/// fetching the results a `succeed` came without, and `verify_callbacks`. Legacy
+/// callbacks are unsigned, so a leaked callback URL could otherwise post anything.
 pub struct KlingCheck<'a> {
     pub lookup: &'a dyn KlingLookup,
     /// `verify_callbacks`: a final callback is stored only as Kling confirms it. Read only
@@ -368,19 +368,28 @@ enum Checked {
 ///   Kling's create answer) is bound only to the task Kling lists under our external
 ///   id: another `task_id` is refused (409), and a task Kling does not list yet is not
 ///   acknowledged (503), so a forged callback can never bind it.
+/// - A `succeed` without results ([`TaskEvent::lacks_results`]) of a task submitted here
+///   is stored as Kling reports it, results included, if Kling agrees on the task and
+///   its status (as it came otherwise: Kling's record may lag its callback); a Kling
+///   that cannot be asked is a 503, so the results are never stored missing for good
+///   (Kling retries, and the reconciler polls the task, still unfinished here).
 /// - With `verify_callbacks`, a final callback is stored as Kling reports it if Kling
-///   agrees (same task, status and result URLs), and rejected otherwise; a task not
-///   submitted here (its Kling endpoint unknown) cannot be verified and is rejected.
+///   agrees (same task, status and result URLs, or a success that claims none), and
+///   rejected otherwise; a task not submitted here (its Kling endpoint unknown) cannot
+///   be verified and is rejected.
 ///
-/// Every other delivery is stored as it came, without asking Kling.
+/// Every other delivery is stored as it came, without asking Kling: a task not
+/// submitted here, whose Kling endpoint is unknown, keeps a results-less success as it
+/// came.
 fn checked_with_kling(
     check: &KlingCheck<'_>,
     head: Option<&TaskHead>,
     callback: TaskEvent,
 ) -> Result<Checked, CallbackError> {
     let verify = callback.status.is_final() && (check.verify_finals)()?;
+    let fetch_results = callback.lacks_results();
     // The common case, first and without a look at the catalog: nothing to ask Kling.
-    if !verify && head.is_none_or(|h| h.task_id.is_some()) {
+    if !verify && !fetch_results && head.is_none_or(|h| h.task_id.is_some()) {
         return Ok(Checked::AsItCame(Box::new(callback)));
     }
     let submitted = head.and_then(|h| {
@@ -415,14 +424,14 @@ fn checked_with_kling(
             Some(_) => {}
         }
     }
-    if !verify {
+    if !verify && !fetch_results {
         return Ok(Checked::Confirmed(Box::new(callback)));
     }
     // Binding needed only Kling's ids; judging a final needs Kling's status too.
     let kling = match kling {
         // A status this build does not know: Kling cannot confirm this callback yet.
         // Not acknowledged, so Kling (or the reconciler) brings it again.
-        Some(Found { event: None, .. }) => {
+        Some(Found { event: None, .. }) if verify => {
             return Err(CallbackError::Verification(KlingError::UnknownStatus));
         }
         Some(Found { event, .. }) => event,
@@ -439,13 +448,16 @@ fn checked_with_kling(
         Some(mut kling)
             if kling.task_id == callback.task_id
                 && kling.status == callback.status
-                && urls(&kling) == urls(&callback) =>
+                && (fetch_results || urls(&kling) == urls(&callback)) =>
         {
             kling.external_task_id = Some(external_task_id.to_string());
             kling.source = EventSource::Callback;
             Checked::Confirmed(Box::new(kling))
         }
-        _ => Checked::Rejected,
+        _ if verify => Checked::Rejected,
+        // Only fetching: Kling's record has not caught up with its callback.
+        _ if unbound => Checked::Confirmed(Box::new(callback)),
+        _ => Checked::AsItCame(Box::new(callback)),
     })
 }
 
@@ -558,7 +570,11 @@ pub(crate) mod tests {
                 external_task_id: Some(self.external_task_id.into()),
                 created_at: None,
                 updated_at: Some(9),
-                videos: Vec::new(),
+                videos: vec![crate::task::Video {
+                    id: Some("867".into()),
+                    url: Some(VIDEO_URL.into()),
+                    ..Default::default()
+                }],
                 images: Vec::new(),
                 more: Default::default(),
                 final_unit_deduction: None,
@@ -709,6 +725,93 @@ pub(crate) mod tests {
         assert_eq!(other.asked.get(), 1);
     }
 
+    /// The video stored for `job-1`, if any.
+    fn stored_video(kv: &MemoryKv) -> Option<String> {
+        let record = TaskStore::new(kv)
+            .find_by_key(&TaskKey::external("job-1"))
+            .unwrap()?;
+        record.videos.first().and_then(|v| v.url.clone())
+    }
+
+    #[test]
+    fn a_success_without_results_stores_kling_s_record_of_a_task_submitted_here() {
+        for bound in [Some("86"), None] {
+            let kv = MemoryKv::default();
+            submitted(&kv, bound);
+            let kling = lists(Some("86"));
+            let received = deliver_checked(&kv, &bare_success(6), &kling, false).unwrap();
+            assert_eq!(received.verdict, Verdict::Apply(Slot::Final), "{bound:?}");
+            assert_eq!(kling.asked.get(), 1, "{bound:?}");
+            assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL), "{bound:?}");
+            assert!(
+                !received.news.expect("news").videos.is_empty(),
+                "announced whole"
+            );
+            // Its repeat asks nothing more.
+            let repeat = deliver_checked(&kv, &bare_success(6), &kling, false).unwrap();
+            assert_eq!(repeat.verdict, Verdict::Duplicate);
+            assert_eq!(kling.asked.get(), 1);
+        }
+        // Under `verify_callbacks` too: claiming no results contradicts none of Kling's.
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        let kling = lists(Some("86"));
+        let verified = deliver_checked(&kv, &bare_success(6), &kling, true).unwrap();
+        assert_eq!(verified.verdict, Verdict::Apply(Slot::Final));
+        assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL));
+    }
+
+    #[test]
+    fn a_success_without_results_waits_for_a_kling_that_cannot_be_asked() {
+        struct Unreachable;
+        impl KlingLookup for Unreachable {
+            fn find(&self, _: TaskKind, _: TaskRef<'_>) -> Result<Option<Found>, CallbackError> {
+                Err(CallbackError::Verification(KlingError::Transport(
+                    crate::outbound::TransportError::Timeout,
+                )))
+            }
+        }
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        let before = kv.map.borrow().clone();
+        let check = KlingCheck {
+            lookup: &Unreachable,
+            verify_finals: &off,
+        };
+        let unanswered = deliver_with(&kv, &bare_success(6), &check);
+        assert!(matches!(
+            unanswered,
+            Err(CallbackError::Verification(KlingError::Transport(_)))
+        ));
+        assert_eq!(*kv.map.borrow(), before, "nothing stored: Kling retries");
+    }
+
+    #[test]
+    fn a_success_without_results_is_stored_as_it_came_when_kling_has_none_to_give() {
+        // Not submitted here: no Kling endpoint to ask.
+        let kv = MemoryKv::default();
+        let received = deliver_with(&kv, &bare_success(6), &no_kling()).unwrap();
+        assert_eq!(received.verdict, Verdict::Apply(Slot::Final));
+        assert_eq!(stored_video(&kv), None);
+        // Kling's record lags its callback (still processing): the callback is trusted.
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        let mut kling = lists(Some("86"));
+        kling.new_status = true;
+        let received = deliver_checked(&kv, &bare_success(6), &kling, false).unwrap();
+        assert_eq!(received.verdict, Verdict::Apply(Slot::Final));
+        assert_eq!(kling.asked.get(), 1);
+    }
+
+    #[test]
+    fn a_later_success_without_results_never_writes_over_the_results() {
+        let kv = MemoryKv::default();
+        deliver_and_apply(&kv, &body("succeed", 6));
+        let later = deliver_with(&kv, &bare_success(60), &no_kling()).unwrap();
+        assert_eq!(later.verdict, Verdict::Duplicate);
+        assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL));
+    }
+
     #[test]
     fn verify_callbacks_is_read_only_for_a_final_that_would_be_stored() {
         let kv = MemoryKv::default();
@@ -746,12 +849,28 @@ pub(crate) mod tests {
         }
     }
 
+    /// A delivery of task 86 for `job-1`; a `succeed` carries its video ([`VIDEO_URL`]).
     fn body(status: &str, updated_at: u64) -> Body {
+        let result = if status == "succeed" {
+            format!(r#","task_result":{{"videos":[{{"id":"867","url":"{VIDEO_URL}"}}]}}"#)
+        } else {
+            String::new()
+        };
         Body::Bytes(
-            format!(r#"{{"task_id":"86","task_status":"{status}","updated_at":{updated_at},"task_info":{{"external_task_id":"job-1"}}}}"#)
+            format!(r#"{{"task_id":"86","task_status":"{status}","updated_at":{updated_at},"task_info":{{"external_task_id":"job-1"}}{result}}}"#)
                 .into_bytes(),
         )
     }
+
+    /// A `succeed` of task 86 for `job-1` without results, as kling-api.md allows.
+    fn bare_success(updated_at: u64) -> Body {
+        Body::Bytes(
+            format!(r#"{{"task_id":"86","task_status":"succeed","updated_at":{updated_at},"task_result":{{}}}}"#)
+                .into_bytes(),
+        )
+    }
+
+    const VIDEO_URL: &str = "https://cdn.example/86.mp4";
 
     /// [`deliver`] news, and what it left for after the acknowledgement.
     fn deliver_and_apply(kv: &MemoryKv, body: &Body) {

@@ -96,6 +96,10 @@ pub struct Script {
     pub duplicate: bool,
     /// Send the callbacks last status first.
     pub reverse: bool,
+    /// The success callback carries no results, as kling-api.md allows ("`task_result`
+    /// may be missing or `{}`"; API 2.0's own example success has no `outputs`); queries
+    /// still answer them.
+    pub bare_success: bool,
     /// Wait this long before the first callback.
     pub delay: Duration,
     /// Send all callbacks (and wait for their answers) before answering the create.
@@ -456,7 +460,7 @@ impl StandIn {
             }
             let copies = if script.duplicate { 2 } else { 1 };
             for _ in 0..copies {
-                self.deliver(task_id, status).await;
+                self.deliver(task_id, status, script.bare_success).await;
                 tokio::time::sleep(self.config.callback_spacing).await;
             }
         }
@@ -470,7 +474,7 @@ impl StandIn {
         }
     }
 
-    async fn deliver(&self, task_id: &str, status: &'static str) {
+    async fn deliver(&self, task_id: &str, status: &'static str, bare_success: bool) {
         let Some(task) = self.tasks().into_iter().find(|t| t.task_id == task_id) else {
             return;
         };
@@ -481,7 +485,12 @@ impl StandIn {
             .iter()
             .position(|s| *s == status)
             .unwrap_or(0) as u64;
-        let body = task_json(&task, status, task.created_at + 1000 * (rank + 1));
+        let mut body = task_json(&task, status, task.created_at + 1000 * (rank + 1));
+        if bare_success && let Some(fields) = body.as_object_mut() {
+            for results in ["task_result", "final_unit_deduction", "outputs", "billing"] {
+                fields.remove(results);
+            }
+        }
         let answered = post_json(&url, &body).await;
         self.state().deliveries.push(Delivery {
             task_id: task_id.to_string(),

@@ -463,3 +463,54 @@ async fn identify_face_and_tts_pass_through_and_store_nothing() {
     assert_eq!(d.standin.received().len(), 3);
     assert_eq!(d.app.kv.log_len(), 0, "nothing stored");
 }
+
+/// A success that comes without its results (kling-api.md: "`task_result` may be missing
+/// or `{}`"; API 2.0's own example success has no `outputs`) is stored with the results
+/// Kling's record holds, in both families, before its 200: never a success without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_that_comes_without_results_is_stored_with_kling_s() {
+    let d = deploy_with(Auth::ApiKey, None, &[]).await;
+    let kinds = kinds(&d.app).await;
+    for (name, id) in [
+        ("text2video", "bare-legacy"),
+        ("text-to-video/kling-3.0", "bare-api2"),
+    ] {
+        let kind = kinds.iter().find(|k| k["name"] == name).unwrap();
+        d.standin.script(
+            id,
+            Script {
+                bare_success: true,
+                ..Script::default()
+            },
+        );
+        let reply = d
+            .app
+            .send(submit_request(name, kind["example"].clone(), Some(id)))
+            .await;
+        let task_id = reply.expect_json(202)["task_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let done = d.wait_for(id, "succeed").await;
+        assert_eq!(
+            done["videos"][0]["url"],
+            format!("https://cdn.standin.example/{task_id}.mp4"),
+            "{name}: {done}"
+        );
+        // The stand-in records a delivery once it has the answer.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let success = loop {
+            let success = d
+                .standin
+                .deliveries()
+                .into_iter()
+                .find(|delivery| delivery.task_id == task_id && delivery.status == "succeed");
+            if let Some(success) = success {
+                break success;
+            }
+            assert!(Instant::now() < deadline, "{name}: never delivered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(success.answered, Some(200), "{name}");
+    }
+}
