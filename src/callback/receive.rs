@@ -54,8 +54,7 @@ pub enum Body {
     Withheld(ConfigError),
 }
 
-/// One callback delivery, as the HTTP layer hands it over.
-#[derive(Debug)]
+/// One callback delivery, as the HTTP layer hands it over. Its `Debug` shows no `sig`.
 pub struct Callback<'a> {
     /// From `/callbacks/kling/{external_task_id}`; `None` on `/callbacks/kling`.
     pub external_task_id: Option<&'a str>,
@@ -63,6 +62,18 @@ pub struct Callback<'a> {
     pub content_type: Option<&'a str>,
     pub webhook: WebhookHeaders<'a>,
     pub body: &'a Body,
+}
+
+impl std::fmt::Debug for Callback<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Callback")
+            .field("external_task_id", &self.external_task_id)
+            .field("sig", &self.sig.map(|_| "<redacted>"))
+            .field("content_type", &self.content_type)
+            .field("webhook", &self.webhook)
+            .field("body", &self.body)
+            .finish()
+    }
 }
 
 impl Callback<'_> {
@@ -801,6 +812,29 @@ pub(crate) mod tests {
         let received = deliver_checked(&kv, &bare_success(6), &kling, false).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Final));
         assert_eq!(kling.asked.get(), 1);
+    }
+
+    #[test]
+    fn a_callback_s_debug_form_shows_no_sig_or_signature() {
+        let body = body("processing", 5);
+        let callback = Callback {
+            external_task_id: Some("job-1"),
+            sig: Some("the-sig-itself"),
+            content_type: None,
+            webhook: WebhookHeaders {
+                id: Some("msg-1"),
+                timestamp: Some("1"),
+                signature: Some("v1,the-signature-itself"),
+            },
+            body: &body,
+        };
+        let shown = format!("{callback:?}");
+        assert!(
+            shown.contains("job-1") && shown.contains("msg-1"),
+            "{shown}"
+        );
+        assert!(!shown.contains("the-sig-itself"), "{shown}");
+        assert!(!shown.contains("the-signature-itself"), "{shown}");
     }
 
     #[test]

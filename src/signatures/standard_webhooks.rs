@@ -85,12 +85,23 @@ impl WebhookSecret {
     }
 }
 
-/// The three headers as received (any of them may be absent).
-#[derive(Debug, Clone, Copy, Default)]
+/// The three headers as received (any of them may be absent). Its `Debug` shows no
+/// signature.
+#[derive(Clone, Copy, Default)]
 pub struct WebhookHeaders<'a> {
     pub id: Option<&'a str>,
     pub timestamp: Option<&'a str>,
     pub signature: Option<&'a str>,
+}
+
+impl fmt::Debug for WebhookHeaders<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookHeaders")
+            .field("id", &self.id)
+            .field("timestamp", &self.timestamp)
+            .field("signature", &self.signature.map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl WebhookHeaders<'_> {
