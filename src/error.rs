@@ -216,7 +216,9 @@ fn callback(e: &CallbackError) -> (u16, &'static str) {
         CallbackError::UnreadableBody => (400, "unreadable_body"),
         CallbackError::Payload(p) => (400, payload(p)),
         CallbackError::ExternalTaskIdMismatch => (409, "external_task_id_mismatch"),
-        CallbackError::Ledger(LedgerError::BoundToAnotherTask) => (409, "task_id_mismatch"),
+        CallbackError::Ledger(LedgerError::BoundToAnotherTask) | CallbackError::TaskIdTaken => {
+            (409, "task_id_mismatch")
+        }
         CallbackError::Store(e) => store(e),
         // Not acknowledged: Kling retries once we can reach it.
         CallbackError::Verification(_) => (503, "verification_unavailable"),

@@ -117,6 +117,8 @@ pub enum CallbackError {
         "Kling does not list a task under this external_task_id yet, so this callback cannot be bound to it"
     )]
     BindingUnconfirmed,
+    #[error("this Kling task_id is already bound to another task")]
+    TaskIdTaken,
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -215,6 +217,20 @@ pub fn receive(
             bookkeeping: None,
             news: None,
         });
+    }
+    // A first binding of a task Kling is not asked about (not submitted here) writes
+    // `taskid:{task_id}`: one that would take another task's must not, or a URL whose
+    // task has no record yet (or no longer) could redirect that task's reads and
+    // notifications to a body of its poster's choosing. Read only then: one more read
+    // for a task's first delivery, none for any other.
+    if head
+        .as_ref()
+        .is_none_or(|h| h.task_id.is_none() && h.submission.is_none())
+        && store
+            .key_of_task_id(&envelope.task_id)?
+            .is_some_and(|owner| owner != key)
+    {
+        return Err(CallbackError::TaskIdTaken);
     }
     let event = parsed.into_event();
     let (event, head) = match checked_with_kling(kling, head.as_ref(), event)? {
@@ -815,6 +831,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_url_whose_task_has_no_record_cannot_take_another_task_s_task_id() {
+        let kv = MemoryKv::default();
+        deliver_and_apply(&kv, &body("processing", 5));
+        let before = kv.map.borrow().clone();
+        // A valid URL of job-2, which has no record yet, posting job-1's Kling task.
+        let sig = callback_url::sign(&Secret::new(SECRET), "job-2");
+        let forged =
+            Body::Bytes(br#"{"task_id":"86","task_status":"succeed","updated_at":9}"#.to_vec());
+        let callback = Callback {
+            external_task_id: Some("job-2"),
+            sig: Some(&sig),
+            content_type: None,
+            webhook: WebhookHeaders::default(),
+            body: &forged,
+        };
+        let refused = receive(&callback, &|| Ok(config(false)), &kv, &no_kling(), NOW_MS);
+        assert_eq!(refused.unwrap_err(), CallbackError::TaskIdTaken);
+        assert_eq!(*kv.map.borrow(), before, "nothing stored");
+        // Its own task is welcome.
+        let own =
+            Body::Bytes(br#"{"task_id":"87","task_status":"processing","updated_at":9}"#.to_vec());
+        let callback = Callback {
+            body: &own,
+            ..callback
+        };
+        let stored = receive(&callback, &|| Ok(config(false)), &kv, &no_kling(), NOW_MS);
+        assert_eq!(stored.unwrap().verdict, Verdict::Apply(Slot::Processing));
+    }
+
+    #[test]
     fn a_callback_s_debug_form_shows_no_sig_or_signature() {
         let body = body("processing", 5);
         let callback = Callback {
@@ -929,11 +975,12 @@ pub(crate) mod tests {
         let kv = MemoryKv::default();
         let received = deliver(&kv, &body("processing", 5)).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
-        // The head read and one batch (slot, binding, listing entry, head).
-        assert_eq!((kv.round_trips.get(), kv.sets.get()), (2, 1));
+        // A task's first delivery: the head read, the `taskid:` read (is Kling's id
+        // another task's?) and one batch (slot, binding, listing entry, head).
+        assert_eq!((kv.round_trips.get(), kv.sets.get()), (3, 1));
         // Nothing is left for after the acknowledgement, even for a task first seen.
         received.bookkeeping.as_ref().unwrap().apply(&kv).unwrap();
-        assert_eq!(kv.round_trips.get(), 2);
+        assert_eq!(kv.round_trips.get(), 3);
         let listed = crate::store::index::Index::listed(&kv).entries().unwrap();
         assert_eq!(listed.len(), 1);
 

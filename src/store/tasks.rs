@@ -666,6 +666,16 @@ impl<'a> TaskStore<'a> {
         Ok(self.find_parts(id)?.map(|(_, _, record)| record))
     }
 
+    /// The task Kling's `task_id` is bound to (the `taskid:` index).
+    pub fn key_of_task_id(&self, task_id: &str) -> Result<Option<TaskKey>, StoreError> {
+        let Some(stored) = self.kv.get(&task_id_index(task_id))? else {
+            return Ok(None);
+        };
+        String::from_utf8(stored)
+            .map(|key| Some(TaskKey::from_stored(key)))
+            .map_err(|_| StoreError::Corrupt(task_id_index(task_id)))
+    }
+
     /// [`Self::find`], with the task's key and head.
     #[allow(clippy::type_complexity)]
     pub fn find_parts(
@@ -686,10 +696,7 @@ impl<'a> TaskStore<'a> {
                 return with_head(key, Some(head));
             }
         }
-        if let Some(stored) = self.kv.get(&task_id_index(id))? {
-            let key = String::from_utf8(stored)
-                .map(TaskKey::from_stored)
-                .map_err(|_| StoreError::Corrupt(task_id_index(id)))?;
+        if let Some(key) = self.key_of_task_id(id)? {
             let head = self.live_head(&key)?;
             return with_head(key, head);
         }

@@ -253,12 +253,14 @@ async fn a_duplicate_changes_nothing_and_costs_one_read() {
 async fn store_traffic_per_delivery_is_as_documented() {
     let app = kling_app();
     let cases = [
-        // First delivery: read the head, then one batch: slot, binding (index), the
-        // listing entry (named by Kling's created_at), head. Nothing after the answer.
+        // First delivery: read the head, and whose task Kling's id is; then one batch:
+        // slot, binding (index), the listing entry (named by Kling's created_at), head.
+        // Nothing after the answer.
         (
             flat("7001", "job-ops", "submitted", 1),
             vec![
                 (Op::Get, "task:job-ops"),
+                (Op::Get, "taskid:7001"),
                 (Op::SetMany, "task:job-ops:submitted"),
                 (Op::SetMany, "taskid:7001"),
                 (Op::SetMany, "listed/1722769557708/job-ops"),
@@ -401,6 +403,33 @@ async fn the_unnamed_route_without_a_webhook_secret_refuses_everything() {
         .await;
     reply.expect_error(401, "webhook_signing_not_configured", "");
     assert_eq!(app.kv.log_len(), 0);
+}
+
+/// A valid URL whose task has no record (not used yet, or deleted by retention) cannot
+/// take another task's Kling `task_id`: it would answer that task's reads and name its
+/// notifications.
+#[tokio::test]
+async fn a_url_without_a_record_cannot_take_another_task_s_kling_id() {
+    let app = kling_app();
+    let own = app
+        .send(callback(
+            "job-owner",
+            flat("7100", "job-owner", "processing", 2),
+        ))
+        .await;
+    assert_eq!(own.status, 200);
+    let before = app.kv.snapshot();
+    let forged = app
+        .send(callback(
+            "job-other",
+            flat("7100", "job-other", "succeed", 9),
+        ))
+        .await;
+    forged.expect_error(409, "task_id_mismatch", "another task");
+    assert_eq!(app.kv.snapshot(), before, "nothing stored");
+    let shown = app.send(get_task("7100")).await.expect_json(200);
+    assert_eq!(shown["external_task_id"], "job-owner");
+    assert_eq!(shown["status"], "processing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
