@@ -1294,11 +1294,17 @@ mod tests {
         // writes its binding and head after the acknowledgement, index first.
         let key = TaskKey::external("job-1");
         let e = event("86", Some("job-1"), TaskStatus::Submitted);
+        let plan = TaskStore::bookkeeping(&key, None, &e, Verdict::Stale, 5);
+        // The first write fails: nothing is written.
         let kv = MemoryKv::default();
         kv.fail_next.set(true);
-        let plan = TaskStore::bookkeeping(&key, None, &e, Verdict::Stale, 5);
         assert!(plan.apply(&kv).is_err());
         assert!(kv.keys().is_empty(), "{:?}", kv.keys());
+        // The second fails: the index is there, and no head claims a binding.
+        let kv = MemoryKv::default();
+        kv.fail_nth_set.set(Some(2));
+        assert!(plan.apply(&kv).is_err());
+        assert_eq!(kv.keys(), ["taskid:86"]);
     }
 
     #[test]

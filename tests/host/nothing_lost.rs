@@ -54,15 +54,23 @@ async fn a_write_that_lands_a_second_late_loses_no_pending_task() {
     d.submit_scripted("late-0", Script::default()).await;
     d.wait_for("late-0", "succeed").await;
 
-    // The reconciler's next write to the pending index (releasing late-0) lands 1 s late.
+    // The reconciler's write to the pending index releasing late-0 lands 1 s late; the
+    // submits start once it is on its way.
     d.app
         .kv
-        .delay_next_write_to("pending", Duration::from_secs(1));
+        .delay_next_write_to("pending/*/late-0", Duration::from_secs(1));
     let run = {
         let app = d.app.clone();
         tokio::spawn(async move { app.send(authorized("POST", "/tasks/reconcile")).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while d.app.kv.late_writes_issued() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never released late-0"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     // Meanwhile, submits whose callbacks never come.
     let exts: Vec<String> = (1..=64).map(|i| format!("late-{i}")).collect();
     for ext in &exts {

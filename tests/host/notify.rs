@@ -160,6 +160,43 @@ async fn task_and_pipeline_changes_reach_the_next_system_signed_once_per_status(
     for status in ["submitted", "processing", "succeed"] {
         wait_for_message(&receiver, &format!("task_clip-1_{status}")).await;
     }
+    // Once per status: wait until the last callback's instance is done (the stand-in
+    // has its answer), then count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !d.standin.deliveries().iter().any(|delivery| {
+        delivery.status == "succeed"
+            && delivery.answered.is_some()
+            && d.standin
+                .tasks_with_external_id("clip-1")
+                .iter()
+                .any(|task| task.task_id == delivery.task_id)
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clip-1 never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut ids: Vec<String> = receiver
+        .accepted()
+        .iter()
+        .map(|m| m.webhook_id.clone())
+        .collect();
+    for step in ["clip-0", "clip-1"] {
+        for status in ["submitted", "processing", "succeed"] {
+            let prefix = format!("task_{step}_{status}_");
+            let sent = ids.iter().filter(|id| id.starts_with(&prefix)).count();
+            assert_eq!(sent, 1, "{prefix}: {ids:?}");
+        }
+    }
+    for prefix in ["pipeline_clip_running_1", "pipeline_clip_succeed_1"] {
+        let sent = ids.iter().filter(|id| id.starts_with(prefix)).count();
+        assert_eq!(sent, 1, "{prefix}: {ids:?}");
+    }
+    let all = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "no message twice");
     assert_eq!(receiver.forged(), 0, "every signature verified");
     let serialized = serde_json::to_string(
         &receiver

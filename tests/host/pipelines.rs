@@ -192,8 +192,19 @@ async fn a_failing_middle_step_fails_the_pipeline_and_nothing_after_it_starts() 
             .is_some_and(|m| !m.is_empty())
     );
     assert!(done["outputs"].is_null());
-    // Give a wrongly started step 2 time to show up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Step 1's failure is answered only once its instance is done, and that instance is
+    // what would have started step 2 (no reconcile runs here).
+    let failed = &d.standin.tasks_with_external_id("doomed-1")[0].task_id;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.standin.deliveries().iter().any(|delivery| {
+        &delivery.task_id == failed && delivery.status == "failed" && delivery.answered.is_some()
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "doomed-1's failure never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(d.standin.tasks_with_external_id("doomed-2").is_empty());
 }
 

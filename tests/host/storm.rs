@@ -19,12 +19,13 @@ use crate::support::receiver::{NOTIFY_SECRET, Receiver};
 use crate::support::requests::{authorized, get_task};
 use crate::support::spin_host::SpinApp;
 
+/// A status's rank as `GET /tasks/{id}` shows it; 0 is "not found (yet)".
 fn rank(status: &str) -> u8 {
     match status {
-        "submitting" => 0,
-        "submitted" => 1,
-        "processing" => 2,
-        _ => 3, // succeed, failed, lost
+        "submitting" => 1,
+        "submitted" => 2,
+        "processing" => 3,
+        _ => 4, // succeed, failed, lost
     }
 }
 
@@ -117,15 +118,18 @@ async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usiz
             while storming.load(Ordering::Relaxed) {
                 for (i, ext) in watched.iter().enumerate() {
                     let reply = app.send(get_task(ext)).await;
-                    if reply.status == 200 {
-                        let r = rank(reply.json()["status"].as_str().unwrap());
-                        assert!(
-                            r >= highest[i],
-                            "{ext} went back from rank {} to {r}",
-                            highest[i]
-                        );
-                        highest[i] = r;
-                    }
+                    // Not found yet ranks lowest: a task once found never is again.
+                    let r = match reply.status {
+                        200 => rank(reply.json()["status"].as_str().unwrap()),
+                        404 => 0,
+                        other => panic!("{ext}: {other} {:?}", reply.body),
+                    };
+                    assert!(
+                        r >= highest[i],
+                        "{ext} went back from rank {} to {r}",
+                        highest[i]
+                    );
+                    highest[i] = r;
                 }
             }
         })

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::support::components::kling_app_with;
 use crate::support::deployment::{
-    Auth, deploy, deploy_with, list, submit_request, text2video_as, valid_body,
+    Auth, deploy, deploy_on, deploy_with, list, submit_request, text2video_as, valid_body,
 };
 use crate::support::kv::KvStore;
 use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, authorized, get_task, request};
@@ -583,7 +583,21 @@ async fn a_duration_too_large_to_compute_is_config_invalid_and_changes_nothing()
         ("retention_days", "213503982334601"),
         ("notify_retry_seconds", "18446744073709551615"),
     ] {
-        let d = deploy_with(
+        // A task due now, stored by a well-configured deployment on the same store: a
+        // run that went ahead would ask about it and write its poll record.
+        let kv = KvStore::default();
+        let seeding = deploy_on(
+            kv.clone(),
+            Auth::KeyPair,
+            None,
+            &[("stale_after_seconds", "0")],
+        )
+        .await;
+        seeding
+            .submit_scripted("due-1", crate::support::deployment::silent())
+            .await;
+        let d = deploy_on(
+            kv,
             Auth::KeyPair,
             None,
             &[
@@ -608,6 +622,7 @@ async fn a_duration_too_large_to_compute_is_config_invalid_and_changes_nothing()
             "{message}"
         );
         assert_eq!(d.app.kv.snapshot(), before, "{name}: nothing changed");
+        assert!(d.standin.received().is_empty(), "{name}: Kling not asked");
     }
 }
 

@@ -26,6 +26,16 @@ pub struct Deployment {
     pub standin: StandIn,
 }
 
+/// A callback the stand-in sent that failed in the host fails the test that deployed it
+/// (unless it is failing already).
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.app.assert_served_without_failure();
+        }
+    }
+}
+
 /// The component served on loopback, talking to a fresh stand-in; `extra` variables
 /// are added (or override) last.
 pub async fn deploy_with(
@@ -193,7 +203,7 @@ pub async fn fast_standin() -> StandIn {
 
 /// `count` replicas of the component sharing `kv`, each served on its own loopback
 /// port (Kling calls each back on its own `public_base_url`), reconciling with no delay.
-pub async fn replicas(standin: &StandIn, kv: &KvStore, count: usize) -> Vec<SpinApp> {
+pub async fn replicas(standin: &StandIn, kv: &KvStore, count: usize) -> Replicas {
     replicas_with(standin, kv, count, &[]).await
 }
 
@@ -203,7 +213,7 @@ pub async fn replicas_with(
     kv: &KvStore,
     count: usize,
     extra: &[(&'static str, &str)],
-) -> Vec<SpinApp> {
+) -> Replicas {
     let mut replicas = Vec::new();
     for _ in 0..count {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -222,7 +232,29 @@ pub async fn replicas_with(
         app.serve(listener);
         replicas.push(app);
     }
-    replicas
+    Replicas(replicas)
+}
+
+/// Replicas of one deployment; like [`Deployment`], a callback one of them served that
+/// failed in the host fails the test.
+pub struct Replicas(Vec<SpinApp>);
+
+impl std::ops::Deref for Replicas {
+    type Target = [SpinApp];
+
+    fn deref(&self) -> &[SpinApp] {
+        &self.0
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            for replica in &self.0 {
+                replica.assert_served_without_failure();
+            }
+        }
+    }
 }
 
 pub async fn list(app: &SpinApp, query: &str) -> Value {

@@ -43,9 +43,23 @@ struct State {
     /// Each operation first waits a random 0 to this long (async, so concurrent
     /// operations overtake each other).
     max_delay: Duration,
-    /// The next writes (set or delete) to a key containing this text land this long
+    /// The next writes (set or delete) to a key matching this pattern land this long
     /// after they were issued.
     late_writes: Vec<(String, Duration)>,
+    /// Writes that took a delay of `late_writes`.
+    late_writes_issued: usize,
+}
+
+/// Whether `key` contains the pieces of `pattern` between its `*`s, in order.
+fn matches(key: &str, pattern: &str) -> bool {
+    let mut rest = key;
+    for piece in pattern.split('*') {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 impl State {
@@ -132,10 +146,17 @@ impl KvStore {
         self
     }
 
-    /// The next write (set or delete) to a key containing `text` lands `after` it was
-    /// issued: a retransmit, a failover, a queue behind a lock.
-    pub fn delay_next_write_to(&self, text: &str, after: Duration) {
-        self.state().late_writes.push((text.to_string(), after));
+    /// The next write (set or delete) to a key containing `pattern` (`*` for any run of
+    /// characters) lands `after` it was issued: a retransmit, a failover, a queue behind
+    /// a lock.
+    pub fn delay_next_write_to(&self, pattern: &str, after: Duration) {
+        self.state().late_writes.push((pattern.to_string(), after));
+    }
+
+    /// How many writes have taken a delay of [`Self::delay_next_write_to`] (issued, not
+    /// necessarily landed).
+    pub fn late_writes_issued(&self) -> usize {
+        self.state().late_writes_issued
     }
 
     /// Every operation costs `latency` (blocking the calling thread, as a synchronous
@@ -230,9 +251,10 @@ impl KvStore {
                 && let Some(at) = state
                     .late_writes
                     .iter()
-                    .position(|(t, _)| key.contains(t.as_str()))
+                    .position(|(pattern, _)| matches(key, pattern))
             {
                 delay += state.late_writes.remove(at).1;
+                state.late_writes_issued += 1;
             }
             (yields, state.latency, delay)
         };

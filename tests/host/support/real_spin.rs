@@ -415,6 +415,18 @@ impl SpinInstance {
     pub fn assert_no_secret_logged(&self) {
         let output = self.output();
         assert!(!self.secrets.is_empty(), "no secrets registered");
+        // Spin writes each component's stdout and stderr under logs/: without them there
+        // would be nothing to search.
+        let component_logs = self
+            .log_files()
+            .iter()
+            .filter(|file| file.starts_with(self.dir.join("logs")))
+            .count();
+        assert!(
+            component_logs > 0,
+            "no component logs under {}",
+            self.dir.join("logs").display()
+        );
         for secret in &self.secrets {
             assert!(
                 !output.contains(secret.as_str()),

@@ -388,6 +388,12 @@ pub struct SpinApp {
     clock: Option<u64>,
     /// kling-webhook's HTTP API: every exchange is checked against `openapi.json`.
     pub(super) documented: bool,
+    /// Requests [`Self::serve`] took over HTTP (the stand-in's callbacks) that failed in
+    /// the host: a guest trap, or an exchange `openapi.json` does not describe. Served
+    /// in tasks of their own, they would otherwise fail no test.
+    served_failures: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Requests [`Self::serve`] is serving now.
+    served_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A wall clock stopped at one instant.
@@ -485,7 +491,34 @@ impl SpinApp {
             ),
             clock: None,
             documented: false,
+            served_failures: Arc::default(),
+            served_in_flight: Arc::default(),
         }
+    }
+
+    /// Fails the test if a request served over HTTP failed in the host ([`Self::serve`]).
+    /// On a multi-threaded runtime it first lets the requests being served finish (up to
+    /// 20 s): a callback's work after its acknowledgement may still be running when the
+    /// test has seen what it waited for. (A current-thread runtime cannot run them while
+    /// this waits: there, only the requests already done are checked.)
+    pub fn assert_served_without_failure(&self) {
+        use std::sync::atomic::Ordering;
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while self.served_in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+        }
+        let failures = self.served_failures.lock().unwrap();
+        assert!(
+            failures.is_empty(),
+            "requests served over HTTP failed in the host: {failures:#?}"
+        );
     }
 
     /// Another component in the same deployment: same variables, same store, same clock.
@@ -505,6 +538,8 @@ impl SpinApp {
 
     /// Serves this deployment over real HTTP on `listener`, one instance per request, the
     /// way Spin does: this is how the Kling stand-in calls the component back.
+    /// A request that fails in the host is answered 500 and recorded
+    /// ([`Self::assert_served_without_failure`]).
     pub fn serve(&self, listener: tokio::net::TcpListener) {
         let app = self.clone();
         tokio::spawn(async move {
@@ -521,7 +556,30 @@ impl SpinApp {
                                     .await
                                     .map(|b| b.to_bytes())
                                     .unwrap_or_default();
-                                let reply = app.send(http::Request::from_parts(parts, body)).await;
+                                let what = format!("{} {}", parts.method, parts.uri);
+                                let sending = app.clone();
+                                let in_flight = app.served_in_flight.clone();
+                                in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let sent = tokio::spawn(async move {
+                                    sending.send(http::Request::from_parts(parts, body)).await
+                                })
+                                .await;
+                                in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                                let reply = match sent {
+                                    Ok(reply) => reply,
+                                    Err(failure) => {
+                                        app.served_failures
+                                            .lock()
+                                            .unwrap()
+                                            .push(format!("{what}: {failure}"));
+                                        let mut response = hyper::Response::new(Full::new(
+                                            Bytes::from_static(b"host failure"),
+                                        ));
+                                        *response.status_mut() =
+                                            http::StatusCode::INTERNAL_SERVER_ERROR;
+                                        return Ok(response);
+                                    }
+                                };
                                 let mut response = hyper::Response::new(Full::new(reply.body));
                                 *response.status_mut() =
                                     http::StatusCode::from_u16(reply.status).expect("status");
