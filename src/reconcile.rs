@@ -1462,6 +1462,75 @@ mod tests {
                 .collect()
         }
 
+        fn new_pipeline(id: &str) -> NewPipeline<'static> {
+            let (_, steps) = parse_description(
+                br#"{"steps":[{"kind":"text2video","request":{"prompt":"a"}},
+                              {"kind":"video-extend","request":{"prompt":"b"}}]}"#,
+            )
+            .unwrap();
+            NewPipeline {
+                id: Some(id.into()),
+                steps,
+                idempotency_key: None,
+            }
+        }
+
+        #[test]
+        fn an_id_is_free_again_only_once_every_step_task_of_its_last_pipeline_is_gone() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            create_pipeline(&kv, &clock, "p");
+            report_step(&kv, "p", 0, TaskStatus::Succeed);
+            report_step(&kv, "p", 1, TaskStatus::Succeed);
+            // Retention deleted step 0 (and with it the description) a day before step 1.
+            for key in kv.keys() {
+                if key.starts_with("pipeline:p") || key.starts_with("task:p-0") {
+                    kv.delete(&key).unwrap();
+                }
+            }
+            let config = submit_config();
+            let kling = Scripted::new(Vec::new());
+            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+            let before = kv.map.borrow().clone();
+            let refused = create(new_pipeline("p"), &submitter).err();
+            assert!(
+                matches!(
+                    refused,
+                    Some(PipelineError::Step {
+                        step: 1,
+                        error: SubmitError::IdempotencyConflict
+                    })
+                ),
+                "{refused:?}"
+            );
+            assert_eq!(*kv.map.borrow(), before, "nothing stored");
+            assert!(kling.sent.borrow().is_empty(), "Kling not asked");
+            // Retention deletes step 1 too: the id is free.
+            for key in kv.keys() {
+                if key.starts_with("task:p-1") {
+                    kv.delete(&key).unwrap();
+                }
+            }
+            create_pipeline(&kv, &clock, "p");
+        }
+
+        #[test]
+        fn a_create_that_finds_a_concurrent_create_s_step_returns_that_pipeline() {
+            use crate::store::memory::Between;
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            // The other create lands after this one found no description, before it
+            // looks at step 0's task.
+            let racing = Between::new(&kv).before("get", "task:p-0".into(), || {
+                create_pipeline(&kv, &clock, "p")
+            });
+            let config = submit_config();
+            let kling = Scripted::new(Vec::new());
+            let submitter = Submitter::for_tests(&config, &racing, &kling, &clock);
+            let created = create(new_pipeline("p"), &submitter).unwrap();
+            assert!(!created.created);
+            assert_eq!(created.view.id, "p");
+            assert!(kling.sent.borrow().is_empty(), "no second step 0");
+        }
+
         #[test]
         fn a_step_start_and_an_end_whose_sender_stopped_are_still_announced_once() {
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));

@@ -6,9 +6,11 @@ use crate::kling::catalog::TaskKind;
 use crate::kling::client::check_auth;
 pub use crate::pipeline::advance::{PipelineError, Submitter};
 use crate::pipeline::advance::{StepError, submit_step};
-use crate::pipeline::progress::{self, PipelineView};
+use crate::pipeline::progress::{self, PipelineView, step_external_id};
 use crate::pipeline::spec::{NewStep, SpecError, build};
+use crate::store::layout::TaskKey;
 use crate::store::pipelines::PipelineStore;
+use crate::store::tasks::TaskStore;
 use crate::store::{KeyValue, StoreError};
 use crate::validate::{choose_id, is_valid_external_task_id};
 
@@ -47,6 +49,28 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
                 step,
                 error: SubmitError::Kling(e),
             })?;
+        }
+    }
+    // An id is free again only once retention has deleted every step task of the
+    // pipeline that used it before: one left over (retention deletes each by the day it
+    // ended) would be taken for this pipeline's own, its result fed to the next step.
+    let tasks = TaskStore::new(submitter.kv);
+    for step in 0..spec.steps.len() {
+        if tasks
+            .live_head(&TaskKey::external(&step_external_id(&spec.id, step)))?
+            .is_some()
+        {
+            // Or a concurrent create of this very pipeline got there first.
+            if let Some(view) = store.view(&spec.id)? {
+                return Ok(Created {
+                    view,
+                    created: false,
+                });
+            }
+            return Err(PipelineError::Step {
+                step,
+                error: SubmitError::IdempotencyConflict,
+            });
         }
     }
     // This creation's own generation: its index entry names it, so a reconciler that
