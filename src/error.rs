@@ -219,6 +219,8 @@ fn callback(e: &CallbackError) -> (u16, &'static str) {
         CallbackError::Ledger(LedgerError::BoundToAnotherTask) | CallbackError::TaskIdTaken => {
             (409, "task_id_mismatch")
         }
+        // Not acknowledged: Kling retries, and the reconciler polls the task meanwhile.
+        CallbackError::ResultsNotReady => (503, "results_unavailable"),
         CallbackError::Store(e) => store(e),
         // Not acknowledged: Kling retries once we can reach it.
         CallbackError::Verification(_) => (503, "verification_unavailable"),

@@ -400,6 +400,27 @@ mod tests {
         };
         assert!(bare(31).lacks_results());
         assert!(!event(Succeed, 31).lacks_results());
+        let raw = |json: &str| TaskEvent {
+            more: crate::task::MoreOutputs {
+                kling_result: Some(crate::task::KlingJson(
+                    serde_json::value::RawValue::from_string(json.into()).unwrap(),
+                )),
+                ..Default::default()
+            },
+            ..bare(31)
+        };
+        for nothing in [
+            "{}",
+            "[]",
+            "null",
+            r#"{"videos":[]}"#,
+            r#"{ "videos": null, "images": {} }"#,
+        ] {
+            assert!(raw(nothing).lacks_results(), "{nothing}");
+        }
+        for something in [r#"{"new_kind":[{"url":"u"}]}"#, r#"[{"type":"video"}]"#] {
+            assert!(!raw(something).lacks_results(), "{something}");
+        }
         assert!(
             !event(Failed, 31).lacks_results(),
             "a failure has none to lack"

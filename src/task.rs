@@ -284,8 +284,25 @@ impl TaskEvent {
             && more
                 .kling_result
                 .as_ref()
-                .is_none_or(|json| matches!(json.0.get(), "{}" | "[]" | "null"))
+                .is_none_or(|json| holds_nothing(json.0.get()))
             && !more.kling_json_cut
+    }
+}
+
+/// Kling's raw `task_result` or `outputs` with nothing in it: `null`, `[]`, `{}`, or an
+/// object whose every member is one of those (`{"videos":[]}`, `{"videos":null}`).
+fn holds_nothing(raw: &str) -> bool {
+    use serde_json::Value;
+    let empty = |value: &Value| match value {
+        Value::Null => true,
+        Value::Array(items) => items.is_empty(),
+        Value::Object(members) => members.is_empty(),
+        _ => false,
+    };
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(members)) => members.values().all(empty),
+        Ok(value) => empty(&value),
+        Err(_) => false,
     }
 }
 

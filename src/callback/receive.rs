@@ -2,13 +2,15 @@
 //!
 //! The order matters. Everything that can reject a delivery runs before anything is
 //! stored, so a rejected request stores nothing. Signatures are checked over the raw
-//! bytes before anything parsed is acted on. Then the store sees two round trips before
-//! the sender is acknowledged: one read of the task's head, and, for news, one batch of
-//! the status slot with the head (and the first binding, and a task not submitted here's
-//! listing entry). One rare delivery makes more: the one that binds a task submitted here
-//! before Kling's create answer also tracks it again ([`TaskStore::track_binding`]: its
-//! spare pending entry, listing, pipeline, and give-up mark), after asking Kling which
-//! task it is. What is left (the head of a delivery that was not news but changed it) is returned to
+//! bytes before anything is stored or Kling is asked. Then the store sees two round trips
+//! before the sender is acknowledged: one read of the task's head, and, for news, one
+//! batch of the status slot with the head (and the first binding, and a task not
+//! submitted here's listing entry). A task's first delivery also reads whose task Kling's
+//! `task_id` is, so that it never takes another task's. One rare delivery makes more: the
+//! one that binds a task submitted here before Kling's create answer also tracks it again
+//! ([`TaskStore::track_binding`]: its spare pending entry, listing, pipeline, and give-up
+//! mark), before its batch and after it, after asking Kling which task it is; and a
+//! success without results asks Kling for them. What is left (the head of a delivery that was not news but changed it) is returned to
 //! be written after the acknowledgement.
 //!
 //! One exception to "the secret first": a repeat, on the `sig` route, of a delivery
@@ -119,6 +121,8 @@ pub enum CallbackError {
     BindingUnconfirmed,
     #[error("this Kling task_id is already bound to another task")]
     TaskIdTaken,
+    #[error("Kling's record of this task does not show this success and its results yet")]
+    ResultsNotReady,
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -172,7 +176,8 @@ pub fn receive(
         Body::Unreadable => return Err(CallbackError::UnreadableBody),
         Body::Withheld(error) => return Err(CallbackError::Config(error.clone())),
     };
-    authenticate_body(callback, config, body, now_ms)?;
+    // Kling signed this very body (Standard Webhooks): its ids are Kling's word.
+    let signed_by_kling = authenticate_body(callback, config, body, now_ms)?;
     if !is_json(callback.content_type) {
         return Err(CallbackError::UnsupportedContentType);
     }
@@ -219,16 +224,19 @@ pub fn receive(
         });
     }
     // A first binding of a task Kling is not asked about (not submitted here) writes
-    // `taskid:{task_id}`: one that would take another task's must not, or a URL whose
-    // task has no record yet (or no longer) could redirect that task's reads and
-    // notifications to a body of its poster's choosing. Read only then: one more read
-    // for a task's first delivery, none for any other.
-    if head
-        .as_ref()
-        .is_none_or(|h| h.task_id.is_none() && h.submission.is_none())
+    // `taskid:{task_id}`: on a body only the URL vouches for, one that would take
+    // another task's must not, or a URL whose task has no record yet (or no longer)
+    // could redirect that task's reads and notifications to a body of its poster's
+    // choosing. The same task filed under its Kling id before (a delivery that named no
+    // external id) is no other task. Read only then: one more read for a task's first
+    // delivery, none for any other.
+    if !signed_by_kling
+        && head
+            .as_ref()
+            .is_none_or(|h| h.task_id.is_none() && h.submission.is_none())
         && store
             .key_of_task_id(&envelope.task_id)?
-            .is_some_and(|owner| owner != key)
+            .is_some_and(|owner| owner != key && owner != TaskKey::kling(&envelope.task_id))
     {
         return Err(CallbackError::TaskIdTaken);
     }
@@ -414,7 +422,10 @@ fn checked_with_kling(
     callback: TaskEvent,
 ) -> Result<Checked, CallbackError> {
     let verify = callback.status.is_final() && (check.verify_finals)()?;
-    let fetch_results = callback.lacks_results();
+    // Not over a stored final: the ledger never lets it refresh one (and Kling would be
+    // asked again on every re-send).
+    let fetch_results =
+        callback.lacks_results() && head.is_none_or(|h| h.seen.final_state.is_none());
     // The common case, first and without a look at the catalog: nothing to ask Kling.
     if !verify && !fetch_results && head.is_none_or(|h| h.task_id.is_some()) {
         return Ok(Checked::AsItCame(Box::new(callback)));
@@ -482,9 +493,9 @@ fn checked_with_kling(
             Checked::Confirmed(Box::new(kling))
         }
         _ if verify => Checked::Rejected,
-        // Only fetching: Kling's record has not caught up with its callback.
-        _ if unbound => Checked::Confirmed(Box::new(callback)),
-        _ => Checked::AsItCame(Box::new(callback)),
+        // Only fetching, and Kling's record has not caught up with its callback: not
+        // stored without its results; Kling retries, and the reconciler polls the task.
+        _ => return Err(CallbackError::ResultsNotReady),
     })
 }
 
@@ -507,21 +518,23 @@ fn authenticate_url(callback: &Callback<'_>, config: &CallbackConfig) -> Result<
 }
 
 /// Standard Webhooks headers: required on `/callbacks/kling`; on the `sig` route they
-/// are verified whenever a secret is configured and the sender included them.
+/// are verified whenever a secret is configured and the sender included them. True when
+/// they were: Kling signed this body.
 fn authenticate_body(
     callback: &Callback<'_>,
     config: &CallbackConfig,
     body: &[u8],
     now_ms: u64,
-) -> Result<(), CallbackError> {
+) -> Result<bool, CallbackError> {
     let Some(secret) = &config.webhook_secret else {
-        return Ok(());
+        return Ok(false);
     };
-    if callback.can_use_webhook_key() {
-        let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
-        standard_webhooks::verify(secret, &callback.webhook, body, now_secs)?;
+    if !callback.can_use_webhook_key() {
+        return Ok(false);
     }
-    Ok(())
+    let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+    standard_webhooks::verify(secret, &callback.webhook, body, now_secs)?;
+    Ok(true)
 }
 
 /// `application/json`, any `+json` type, with any parameters; no content type at all is
@@ -701,6 +714,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_binding_whose_tracking_write_fails_is_done_whole_by_the_retry() {
+        // job-1 was given up (its mark; the run released its entries), and then Kling's
+        // callback comes: Kling lists task 86 under it.
+        let kv = MemoryKv::default();
+        submitted(&kv, None);
+        kv.set("task:job-1:forgotten:n", b"1").unwrap();
+        let kling = lists(Some("86"));
+        kv.fail_set_starting.replace(Some("pending/".into()));
+        let failed = deliver_checked(&kv, &body("processing", 5), &kling, false);
+        assert!(matches!(failed, Err(CallbackError::Store(_))), "a 503");
+        let retried = deliver_checked(&kv, &body("processing", 5), &kling, false).unwrap();
+        assert_eq!(
+            retried.verdict,
+            Verdict::Apply(Slot::Processing),
+            "not a repeat"
+        );
+        let pending = crate::store::index::Index::pending(&kv).entries().unwrap();
+        assert!(!pending.is_empty(), "tracked again");
+        assert_eq!(kv.map.borrow().get("task:job-1:forgotten:n"), None);
+        let head = TaskStore::new(&kv)
+            .head(&TaskKey::external("job-1"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.task_id.as_deref(), Some("86"));
+    }
+
+    #[test]
     fn a_status_kling_added_later_still_binds_but_cannot_verify_a_final() {
         let kv = MemoryKv::default();
         submitted(&kv, None);
@@ -820,14 +860,32 @@ pub(crate) mod tests {
         let received = deliver_with(&kv, &bare_success(6), &no_kling()).unwrap();
         assert_eq!(received.verdict, Verdict::Apply(Slot::Final));
         assert_eq!(stored_video(&kv), None);
-        // Kling's record lags its callback (still processing): the callback is trusted.
+    }
+
+    #[test]
+    fn a_success_without_results_that_kling_does_not_show_yet_waits_for_a_retry() {
         let kv = MemoryKv::default();
         submitted(&kv, Some("86"));
+        let before = kv.map.borrow().clone();
         let mut kling = lists(Some("86"));
         kling.new_status = true;
-        let received = deliver_checked(&kv, &bare_success(6), &kling, false).unwrap();
-        assert_eq!(received.verdict, Verdict::Apply(Slot::Final));
+        let unready = deliver_checked(&kv, &bare_success(6), &kling, false);
+        assert_eq!(unready.unwrap_err(), CallbackError::ResultsNotReady);
         assert_eq!(kling.asked.get(), 1);
+        assert_eq!(*kv.map.borrow(), before, "nothing stored");
+    }
+
+    #[test]
+    fn a_success_without_results_over_a_stored_final_asks_kling_nothing() {
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        let kling = lists(Some("86"));
+        deliver_checked(&kv, &body("succeed", 6), &kling, false).unwrap();
+        // Newer than the stored final: not a repeat by its envelope, and still no news.
+        let later = deliver_checked(&kv, &bare_success(60), &kling, false).unwrap();
+        assert_eq!(later.verdict, Verdict::Duplicate);
+        assert_eq!(kling.asked.get(), 0);
+        assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL));
     }
 
     #[test]
@@ -849,7 +907,9 @@ pub(crate) mod tests {
         let refused = receive(&callback, &|| Ok(config(false)), &kv, &no_kling(), NOW_MS);
         assert_eq!(refused.unwrap_err(), CallbackError::TaskIdTaken);
         assert_eq!(*kv.map.borrow(), before, "nothing stored");
-        // Its own task is welcome.
+        // Its own task is welcome, also when filed under its Kling id before (a delivery
+        // that named no external id).
+        kv.set("taskid:87", b"#87").unwrap();
         let own =
             Body::Bytes(br#"{"task_id":"87","task_status":"processing","updated_at":9}"#.to_vec());
         let callback = Callback {
@@ -1188,6 +1248,20 @@ pub(crate) mod tests {
             body: &body,
         };
         receive(&callback, &|| Ok(config(true)), kv, &no_kling(), NOW_MS)
+    }
+
+    #[test]
+    fn a_body_kling_signed_is_believed_about_its_task_id() {
+        let kv = MemoryKv::default();
+        deliver_and_apply(&kv, &body("processing", 5));
+        // Kling itself says task 86 is job-2's: the index follows it.
+        let payload = br#"{"task_id":"86","task_status":"succeed","updated_at":9,"task_info":{"external_task_id":"job-2"}}"#;
+        let received = deliver_webhook_signed(&kv, payload, None).unwrap();
+        assert_eq!(received.verdict, Verdict::Apply(Slot::Final));
+        assert_eq!(
+            kv.map.borrow().get("taskid:86").map(Vec::as_slice),
+            Some(&b"job-2"[..])
+        );
     }
 
     #[test]
