@@ -1514,13 +1514,43 @@ mod tests {
         }
 
         #[test]
+        fn a_create_retried_after_step_0_was_made_adopts_it() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            create_pipeline(&kv, &clock, "p");
+            // The create failed after Kling made step 0 (a store error): it forgot the
+            // description, and the client retries.
+            for key in kv.keys() {
+                if key.starts_with("pipeline:p") {
+                    kv.delete(&key).unwrap();
+                }
+            }
+            let config = submit_config();
+            let kling = Scripted::new(Vec::new());
+            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+            let created = create(new_pipeline("p"), &submitter).unwrap();
+            assert!(created.created);
+            assert_eq!(
+                created.view.steps[0]
+                    .task
+                    .as_ref()
+                    .unwrap()
+                    .task_id
+                    .as_deref(),
+                Some("t-p-0")
+            );
+            assert!(kling.sent.borrow().is_empty(), "no second step 0");
+        }
+
+        #[test]
         fn a_create_that_finds_a_concurrent_create_s_step_returns_that_pipeline() {
             use crate::store::memory::Between;
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
             // The other create lands after this one found no description, before it
-            // looks at step 0's task.
-            let racing = Between::new(&kv).before("get", "task:p-0".into(), || {
-                create_pipeline(&kv, &clock, "p")
+            // looks at step 1's task (which the other's step 0 must end to start).
+            let racing = Between::new(&kv).before("get", "task:p-1".into(), || {
+                create_pipeline(&kv, &clock, "p");
+                report_step(&kv, "p", 0, TaskStatus::Succeed);
+                report_step(&kv, "p", 1, TaskStatus::Processing);
             });
             let config = submit_config();
             let kling = Scripted::new(Vec::new());

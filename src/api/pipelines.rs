@@ -54,8 +54,11 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     // An id is free again only once retention has deleted every step task of the
     // pipeline that used it before: one left over (retention deletes each by the day it
     // ended) would be taken for this pipeline's own, its result fed to the next step.
+    // Step 0 is not looked at: it ended first, so retention takes it first, and a step 0
+    // left by a create of this very pipeline that failed after Kling made the task
+    // (a store error) is adopted by the retry, as a submit retry adopts its task.
     let tasks = TaskStore::new(submitter.kv);
-    for step in 0..spec.steps.len() {
+    for step in 1..spec.steps.len() {
         if tasks
             .live_head(&TaskKey::external(&step_external_id(&spec.id, step)))?
             .is_some()

@@ -147,6 +147,8 @@ pub(crate) mod memory {
         pub fail_next: Cell<bool>,
         /// Fail the set with this 1-based number (counted from the last reset).
         pub fail_nth_set: Cell<Option<usize>>,
+        /// Fail the next single `set` of a key starting with this.
+        pub fail_set_starting: RefCell<Option<String>>,
         pub sets: Cell<usize>,
     }
 
@@ -174,6 +176,11 @@ pub(crate) mod memory {
             self.trip()?;
             self.sets.set(self.sets.get() + 1);
             if self.fail_nth_set.get() == Some(self.sets.get()) {
+                return Err(StoreError::Unavailable("injected".into()));
+            }
+            let armed = self.fail_set_starting.borrow().clone();
+            if armed.is_some_and(|prefix| key.starts_with(&prefix)) {
+                self.fail_set_starting.replace(None);
                 return Err(StoreError::Unavailable("injected".into()));
             }
             self.map

@@ -169,6 +169,16 @@ impl Bookkeeping {
         }
     }
 
+    /// [`TaskStore::track`], before a news batch binds a task submitted here.
+    fn track_before_binding(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
+        match (self.retrack_due, &self.head.submission) {
+            (Some(due_ms), Some(submission)) => {
+                TaskStore::new(kv).track(&self.key, submission, due_ms, SpareBy::Retrack)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The head as this delivery leaves it.
     pub fn head(&self) -> &TaskHead {
         &self.head
@@ -244,10 +254,24 @@ impl<'a> TaskStore<'a> {
         due_ms: u64,
         by: SpareBy,
     ) -> Result<(), StoreError> {
+        self.track(key, submission, due_ms, by)?;
+        self.kv.delete(&key.forgotten(&submission.nonce))
+    }
+
+    /// [`Self::track_binding`] but for the give-up mark: the spare pending entry, the
+    /// listing entry and the pipeline's index entry. Written before a binding as well
+    /// (never instead): a leftover of a binding that then failed is an entry of a task
+    /// still given up, which the reconciler releases.
+    fn track(
+        &self,
+        key: &TaskKey,
+        submission: &Submission,
+        due_ms: u64,
+        by: SpareBy,
+    ) -> Result<(), StoreError> {
         let entry = spare_pending_entry(key, &submission.nonce, due_ms, by);
         add_pending(self.kv, &entry, submission)?;
-        self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())?;
-        self.kv.delete(&key.forgotten(&submission.nonce))
+        self.track_again(key, submission.submitted_at, submission.pipeline.as_ref())
     }
 
     /// Lists a task submitted at `submitted_at` again, and indexes its pipeline again:
@@ -307,6 +331,13 @@ impl<'a> TaskStore<'a> {
             bookkeeping.head.callback_sig_sha256 = Some(digest);
         }
         if let Verdict::Apply(slot) = verdict {
+            // A binding of a task submitted here tracks it before its batch too: if that
+            // fails, the 503's retry finds the head unbound and does it all again. After
+            // the batch alone, a failed write would be answered as a repeat on the retry
+            // and leave a bound task nothing polls. After the batch as well, as the
+            // give-up protocol needs (`live_head`): a run that gave the task up before
+            // the binding landed may have released the first spare entry.
+            bookkeeping.track_before_binding(self.kv)?;
             self.kv.set_all(&bookkeeping.news_batch(slot, event))?;
             bookkeeping.batched = true;
             bookkeeping.track_binding(self.kv)?;
@@ -1128,8 +1159,8 @@ mod tests {
         };
         kv.set(&key.head(), &to_json(&unbound)).unwrap();
         assert!(store.live_head(&key).unwrap().is_some());
-        // A task no one gave up: the binding costs its spare and listing entries and one
-        // read more.
+        // A task no one gave up: the binding costs its spare and listing entries (before
+        // its batch and again after it) and one read more.
         let other = TaskKey::external("job-2");
         store
             .record_submission(&submission(&other, "job-2", "n2", 1))
@@ -1140,8 +1171,8 @@ mod tests {
         assert!(books.changes_nothing());
         assert_eq!(
             (kv.round_trips.get() - trips, kv.sets.get() - sets),
-            (5, 3),
-            "the head, the batch, the spare entry, the listing entry, the mark"
+            (7, 5),
+            "the head, the spare and listing entries, the batch, both again, the mark"
         );
     }
 
@@ -1175,8 +1206,8 @@ mod tests {
         let (_, books) = store.record_event(&key, &e, 5).unwrap();
         assert!(books.changes_nothing(), "{books:?}");
         // The batch, and (this news binds the task) its spare pending entry and its
-        // listing entry again, under the submit's name.
-        assert_eq!(kv.sets.get(), sets + 3);
+        // listing entry again, under the submit's name, before the batch and after it.
+        assert_eq!(kv.sets.get(), sets + 5);
         // Listed by its submit only: the news batch holds no listing entry.
         let batch = books.news_batch(Slot::Processing, &e);
         assert!(

@@ -550,6 +550,10 @@ impl SpinApp {
                         move |request: hyper::Request<hyper::body::Incoming>| {
                             let app = app.clone();
                             async move {
+                                // Counted from the first byte: the body may still be on
+                                // its way when the test ends.
+                                let in_flight = app.served_in_flight.clone();
+                                in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 let (parts, body) = request.into_parts();
                                 let body = body
                                     .collect()
@@ -558,8 +562,6 @@ impl SpinApp {
                                     .unwrap_or_default();
                                 let what = format!("{} {}", parts.method, parts.uri);
                                 let sending = app.clone();
-                                let in_flight = app.served_in_flight.clone();
-                                in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 let sent = tokio::spawn(async move {
                                     sending.send(http::Request::from_parts(parts, body)).await
                                 })
