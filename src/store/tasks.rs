@@ -395,12 +395,20 @@ impl<'a> TaskStore<'a> {
             after.listed_at = list_at;
         }
         let binds_submission = first_binding && after.submission.is_some();
+        // Kling's final word on a task submitted here that was given up as `lost`: the
+        // reconciler released its entries then, so it is tracked again, and the next run
+        // makes sure the change is announced even if this instance stops before it is.
+        let final_after_lost = matches!(verdict, Verdict::Apply(Slot::Final))
+            && after.submission.is_some()
+            && before
+                .as_ref()
+                .is_some_and(|h| h.seen.lost.is_some() && h.seen.final_state.is_none());
         Bookkeeping {
             key: key.clone(),
             head_changed: before.as_ref() != Some(&after),
             head: after,
             index_task_id: first_binding.then(|| event.task_id.clone()),
-            retrack_due: binds_submission.then_some(now_ms),
+            retrack_due: (binds_submission || final_after_lost).then_some(now_ms),
             list_at,
             // Only a poll (the reconciler, off the hot path) indexes a final task for
             // retention by day here. A final callback leaves it to the reconciler (a
@@ -1127,6 +1135,38 @@ mod tests {
         let (_, books) = TaskStore::new(&callback).record_event(&key, &e, 5).unwrap();
         books.apply(&kv).unwrap();
         assert_bound_and_tracked(&kv, &key, "n1");
+    }
+
+    #[test]
+    fn kling_s_final_after_lost_tracks_the_task_again_so_its_announcement_is_redone() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        let sub = submission(&key, "job-1", "n1", 1);
+        store.record_submission(&sub).unwrap();
+        store.bind_submission(&key, "86", Some(&sub)).unwrap();
+        // The reconciler gave it up as lost and released its entries.
+        let lost = event("86", Some("job-1"), TaskStatus::Lost);
+        let (_, books) = store.record_event(&key, &lost, 10).unwrap();
+        books.apply(&kv).unwrap();
+        let pending = Index::pending(&kv);
+        for entry in pending.entries().unwrap() {
+            pending.remove(&entry).unwrap();
+        }
+        // A `processing` after it is stale and tracks nothing; Kling's final does.
+        let late = event("86", Some("job-1"), TaskStatus::Processing);
+        let (verdict, books) = store.record_event(&key, &late, 15).unwrap();
+        assert_eq!(verdict, Verdict::Stale);
+        books.apply(&kv).unwrap();
+        assert!(pending.entries().unwrap().is_empty());
+        let done = event("86", Some("job-1"), TaskStatus::Succeed);
+        let (verdict, books) = store.record_event(&key, &done, 20).unwrap();
+        assert_eq!(verdict, Verdict::Apply(Slot::Final));
+        books.apply(&kv).unwrap();
+        assert_eq!(
+            pending.entries().unwrap(),
+            [spare_pending_entry(&key, "n1", 20, SpareBy::Retrack)]
+        );
     }
 
     #[test]
