@@ -227,16 +227,20 @@ pub fn receive(
     // `taskid:{task_id}`: on a body only the URL vouches for, one that would take
     // another task's must not, or a URL whose task has no record yet (or no longer)
     // could redirect that task's reads and notifications to a body of its poster's
-    // choosing. The same task filed under its Kling id before (a delivery that named no
-    // external id) is no other task. Read only then: one more read for a task's first
-    // delivery, none for any other.
-    if !signed_by_kling
+    // choosing. Read only then: one more read for a task's first delivery, none for
+    // any other.
+    // Kling's signature covers the body, not the URL: it vouches for the key only when
+    // the body names it (`/callbacks/kling`, or the URL's own id in the body).
+    let key_signed = signed_by_kling
+        && (callback.external_task_id.is_none()
+            || envelope.external_task_id.as_deref() == callback.external_task_id);
+    if !key_signed
         && head
             .as_ref()
             .is_none_or(|h| h.task_id.is_none() && h.submission.is_none())
         && store
             .key_of_task_id(&envelope.task_id)?
-            .is_some_and(|owner| owner != key && owner != TaskKey::kling(&envelope.task_id))
+            .is_some_and(|owner| owner != key)
     {
         return Err(CallbackError::TaskIdTaken);
     }
@@ -492,9 +496,17 @@ fn checked_with_kling(
             kling.source = EventSource::Callback;
             Checked::Confirmed(Box::new(kling))
         }
+        // Only fetching, and Kling's record of the task does not show the success yet:
+        // that record is stored instead (binding the task, and tracking it again if it
+        // was given up), never a success without its results; the success comes with
+        // Kling's next delivery or the reconciler's poll.
+        Some(mut kling) if !verify && kling.task_id == callback.task_id => {
+            kling.external_task_id = Some(external_task_id.to_string());
+            kling.source = EventSource::Callback;
+            Checked::Confirmed(Box::new(kling))
+        }
         _ if verify => Checked::Rejected,
-        // Only fetching, and Kling's record has not caught up with its callback: not
-        // stored without its results; Kling retries, and the reconciler polls the task.
+        // Kling has no record of it (or one this build cannot read): Kling retries.
         _ => return Err(CallbackError::ResultsNotReady),
     })
 }
@@ -592,6 +604,8 @@ pub(crate) mod tests {
         asked: std::cell::Cell<usize>,
         /// Kling reports a status this build does not know.
         new_status: bool,
+        /// Kling reports the task still `processing`, with no results.
+        still_processing: bool,
     }
 
     impl KlingLookup for Lists {
@@ -605,16 +619,23 @@ pub(crate) mod tests {
             self.asked.set(self.asked.get() + 1);
             let event = self.task_id.map(|task_id| TaskEvent {
                 task_id: task_id.into(),
-                status: crate::task::TaskStatus::Succeed,
+                status: if self.still_processing {
+                    crate::task::TaskStatus::Processing
+                } else {
+                    crate::task::TaskStatus::Succeed
+                },
                 status_msg: String::new(),
                 external_task_id: Some(self.external_task_id.into()),
                 created_at: None,
                 updated_at: Some(9),
-                videos: vec![crate::task::Video {
-                    id: Some("867".into()),
-                    url: Some(VIDEO_URL.into()),
-                    ..Default::default()
-                }],
+                videos: (!self.still_processing)
+                    .then(|| crate::task::Video {
+                        id: Some("867".into()),
+                        url: Some(VIDEO_URL.into()),
+                        ..Default::default()
+                    })
+                    .into_iter()
+                    .collect(),
                 images: Vec::new(),
                 more: Default::default(),
                 final_unit_deduction: None,
@@ -634,6 +655,7 @@ pub(crate) mod tests {
             external_task_id: "job-1",
             asked: Default::default(),
             new_status: false,
+            still_processing: false,
         }
     }
 
@@ -876,6 +898,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_success_without_results_that_kling_shows_processing_stores_kling_s_record() {
+        // Bound, and unbound (given up meanwhile: the binding tracks it again).
+        for bound in [Some("86"), None] {
+            let kv = MemoryKv::default();
+            submitted(&kv, bound);
+            let mut kling = lists(Some("86"));
+            kling.still_processing = true;
+            let received = deliver_checked(&kv, &bare_success(6), &kling, false).unwrap();
+            assert_eq!(
+                received.verdict,
+                Verdict::Apply(Slot::Processing),
+                "{bound:?}"
+            );
+            let record = TaskStore::new(&kv)
+                .find_by_key(&TaskKey::external("job-1"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(record.status, crate::task::TaskStatus::Processing);
+            assert_eq!(record.task_id.as_deref(), Some("86"));
+            let pending = crate::store::index::Index::pending(&kv).entries().unwrap();
+            assert_eq!(!pending.is_empty(), bound.is_none(), "{pending:?}");
+        }
+    }
+
+    #[test]
     fn a_success_without_results_over_a_stored_final_asks_kling_nothing() {
         let kv = MemoryKv::default();
         submitted(&kv, Some("86"));
@@ -907,9 +954,22 @@ pub(crate) mod tests {
         let refused = receive(&callback, &|| Ok(config(false)), &kv, &no_kling(), NOW_MS);
         assert_eq!(refused.unwrap_err(), CallbackError::TaskIdTaken);
         assert_eq!(*kv.map.borrow(), before, "nothing stored");
-        // Its own task is welcome, also when filed under its Kling id before (a delivery
-        // that named no external id).
-        kv.set("taskid:87", b"#87").unwrap();
+        // Nor one filed under its Kling id (nothing shows it is the same task).
+        kv.set("taskid:88", b"#88").unwrap();
+        let other =
+            Body::Bytes(br#"{"task_id":"88","task_status":"processing","updated_at":9}"#.to_vec());
+        let refused = receive(
+            &Callback {
+                body: &other,
+                ..callback
+            },
+            &|| Ok(config(false)),
+            &kv,
+            &no_kling(),
+            NOW_MS,
+        );
+        assert_eq!(refused.unwrap_err(), CallbackError::TaskIdTaken);
+        // Its own task is welcome.
         let own =
             Body::Bytes(br#"{"task_id":"87","task_status":"processing","updated_at":9}"#.to_vec());
         let callback = Callback {

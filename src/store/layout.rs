@@ -28,7 +28,7 @@
 //!
 //! | key | value | added by | removed by |
 //! |---|---|---|---|
-//! | `pending/{due_ms}/{nonce}/{key}` | the submission ([`Submission`]: enough to ask Kling with no head) | a submit; its create answer, as `{nonce}.b` (the owner's own entry); a callback or poll that binds a task submitted here, as `{nonce}.r` (suffixed names are never a run's own) | the reconciler, once the task is final, its submission given up, or Kling does not know the id (a poll moves it to a later due time: add, then remove); retention, with a task it deletes |
+//! | `pending/{due_ms}/{nonce}/{key}` | the submission ([`Submission`]: enough to ask Kling with no head) | a submit; its create answer, as `{nonce}.b` (the owner's own entry); a callback or poll that binds a task submitted here, as `{nonce}.r` (a callback also as `{nonce}.p`, before its batch; suffixed names are never a run's own) | the reconciler, once the task is final, its submission given up, or Kling does not know the id (a poll moves it to a later due time: add, then remove); retention, with a task it deletes |
 //! | `pipelines/{id}/{generation}` | `1` | `POST /pipelines`; an advance with a step to submit; a step's create answered after its task was forgotten | the reconciler, once the pipeline finished (one failed by a `lost` step: 30 days after its creation) |
 //! | `outbox/{webhook_id}` | the notification ([`Pending`]) | every notification, before it is sent | its 2xx |
 //!

@@ -22,16 +22,21 @@ pub enum SpareBy {
     Binding,
     /// A delivery or a poll binding a task given up meanwhile.
     Retrack,
+    /// A delivery about to bind a task submitted here, before its batch: a name of its
+    /// own, so that a run that reads the head still unbound and releases this one never
+    /// takes the entry written after the binding ([`SpareBy::Retrack`]).
+    BeforeBinding,
 }
 
 /// A pending entry added beside the submission's own, by a writer that is not the
-/// reconciler: the nonce carries a suffix (`.b`, `.r`) that no reconciler's name has,
+/// reconciler: the nonce carries a suffix (`.b`, `.r`, `.p`) that no reconciler's name has,
 /// so a run that listed its own entries can never remove this one by its name. The
 /// reconciler folds it into the submission's entries ([`PendingEntry::parse`]).
 pub fn spare_pending_entry(key: &TaskKey, nonce: &str, due_ms: u64, by: SpareBy) -> String {
     let suffix = match by {
         SpareBy::Binding => "b",
         SpareBy::Retrack => "r",
+        SpareBy::BeforeBinding => "p",
     };
     pending_entry(key, &format!("{nonce}.{suffix}"), due_ms)
 }

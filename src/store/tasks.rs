@@ -169,11 +169,12 @@ impl Bookkeeping {
         }
     }
 
-    /// [`TaskStore::track`], before a news batch binds a task submitted here.
+    /// [`TaskStore::track`], before a news batch binds a task submitted here, under a
+    /// name of its own ([`SpareBy::BeforeBinding`]).
     fn track_before_binding(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
         match (self.retrack_due, &self.head.submission) {
             (Some(due_ms), Some(submission)) => {
-                TaskStore::new(kv).track(&self.key, submission, due_ms, SpareBy::Retrack)
+                TaskStore::new(kv).track(&self.key, submission, due_ms, SpareBy::BeforeBinding)
             }
             _ => Ok(()),
         }
@@ -334,9 +335,9 @@ impl<'a> TaskStore<'a> {
             // A binding of a task submitted here tracks it before its batch too: if that
             // fails, the 503's retry finds the head unbound and does it all again. After
             // the batch alone, a failed write would be answered as a repeat on the retry
-            // and leave a bound task nothing polls. After the batch as well, as the
-            // give-up protocol needs (`live_head`): a run that gave the task up before
-            // the binding landed may have released the first spare entry.
+            // and leave a bound task nothing polls. After the batch as well, under another
+            // name, as the give-up protocol needs (`live_head`): a run that read the head
+            // still unbound may release the first entry, never the second.
             bookkeeping.track_before_binding(self.kv)?;
             self.kv.set_all(&bookkeeping.news_batch(slot, event))?;
             bookkeeping.batched = true;
@@ -1165,7 +1166,10 @@ mod tests {
         books.apply(&kv).unwrap();
         assert_eq!(
             pending.entries().unwrap(),
-            [spare_pending_entry(&key, "n1", 20, SpareBy::Retrack)]
+            [
+                spare_pending_entry(&key, "n1", 20, SpareBy::BeforeBinding),
+                spare_pending_entry(&key, "n1", 20, SpareBy::Retrack)
+            ]
         );
     }
 
@@ -1187,7 +1191,10 @@ mod tests {
         assert_bound_and_tracked(&kv, &key, "n1");
         assert_eq!(
             Index::pending(&kv).entries().unwrap(),
-            [spare_pending_entry(&key, "n1", 500, SpareBy::Retrack)]
+            [
+                spare_pending_entry(&key, "n1", 500, SpareBy::BeforeBinding),
+                spare_pending_entry(&key, "n1", 500, SpareBy::Retrack)
+            ]
         );
         // The mark has done its work: a stale write that unbinds the head again (an
         // after-acknowledgement write of a head read before this binding) leaves a task
