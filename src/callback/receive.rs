@@ -500,7 +500,13 @@ fn checked_with_kling(
         // that record is stored instead (binding the task, and tracking it again if it
         // was given up), never a success without its results; the success comes with
         // Kling's next delivery or the reconciler's poll.
-        Some(mut kling) if !verify && kling.task_id == callback.task_id => {
+        // (Not over `lost`: a live state is stale there, and the success would be
+        // acknowledged and never stored.)
+        Some(mut kling)
+            if !verify
+                && kling.task_id == callback.task_id
+                && head.is_none_or(|h| h.seen.lost.is_none()) =>
+        {
             kling.external_task_id = Some(external_task_id.to_string());
             kling.source = EventSource::Callback;
             Checked::Confirmed(Box::new(kling))
@@ -920,6 +926,30 @@ pub(crate) mod tests {
             let pending = crate::store::index::Index::pending(&kv).entries().unwrap();
             assert_eq!(!pending.is_empty(), bound.is_none(), "{pending:?}");
         }
+    }
+
+    #[test]
+    fn a_success_without_results_over_lost_that_kling_shows_processing_waits_for_a_retry() {
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        let lost = TaskEvent {
+            status: crate::task::TaskStatus::Lost,
+            ..crate::callback::parse::parse_callback(
+                br#"{"task_id":"86","task_status":"processing"}"#,
+            )
+            .unwrap()
+        };
+        let store = TaskStore::new(&kv);
+        let (_, books) = store
+            .record_event(&TaskKey::external("job-1"), &lost, 5)
+            .unwrap();
+        books.apply(&kv).unwrap();
+        let before = kv.map.borrow().clone();
+        let mut kling = lists(Some("86"));
+        kling.still_processing = true;
+        let unready = deliver_checked(&kv, &bare_success(6), &kling, false);
+        assert_eq!(unready.unwrap_err(), CallbackError::ResultsNotReady);
+        assert_eq!(*kv.map.borrow(), before, "nothing stored: Kling retries");
     }
 
     #[test]
