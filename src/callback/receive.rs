@@ -508,9 +508,12 @@ fn checked_with_kling(
         // was given up), never a success without its results; the success comes with
         // Kling's next delivery or the reconciler's poll.
         // (Not over `lost`: a live state is stale there, and the success would be
-        // acknowledged and never stored.)
+        // acknowledged and never stored.) Under `verify_callbacks` too for a task not
+        // bound yet: the callback is not stored, but Kling's own record binds the task
+        // (and tracks it again if it was given up), where a rejection would leave a task
+        // Kling has just shown it has given up for good.
         Some(mut kling)
-            if !verify
+            if (!verify || unbound)
                 && kling.task_id == callback.task_id
                 && head.is_none_or(|h| h.seen.lost.is_none()) =>
         {
@@ -957,6 +960,29 @@ pub(crate) mod tests {
         let unready = deliver_checked(&kv, &bare_success(6), &kling, false);
         assert_eq!(unready.unwrap_err(), CallbackError::ResultsNotReady);
         assert_eq!(*kv.map.borrow(), before, "nothing stored: Kling retries");
+    }
+
+    #[test]
+    fn a_final_kling_contradicts_for_a_task_not_bound_yet_binds_it_with_kling_s_record() {
+        let kv = MemoryKv::default();
+        submitted(&kv, None);
+        let mut kling = lists(Some("86"));
+        kling.still_processing = true;
+        let received = deliver_checked(&kv, &body("succeed", 6), &kling, true).unwrap();
+        assert_eq!(received.verdict, Verdict::Apply(Slot::Processing));
+        let record = TaskStore::new(&kv)
+            .find_by_key(&TaskKey::external("job-1"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            record.status,
+            crate::task::TaskStatus::Processing,
+            "Kling's word"
+        );
+        assert_eq!(record.task_id.as_deref(), Some("86"), "bound");
+        // Bound now: the next final Kling contradicts is rejected.
+        let rejected = deliver_checked(&kv, &body("succeed", 7), &kling, true).unwrap();
+        assert_eq!(rejected.verdict, Verdict::Rejected);
     }
 
     #[test]
