@@ -3,7 +3,8 @@
 //! or a `redis-server` several instances share), driven over HTTP as a client would.
 //!
 //! The Spin CLI is `spin` from `PATH` when there is one, else `../shared/tools/spin`
-//! beside the checkout (`SPIN_BIN` names another); each run says which. Without any, the
+//! beside the checkout, or beside the local repository it was cloned from (`SPIN_BIN`
+//! names another); each run says which. Without any, the
 //! suite fails and says how to get one: it never skips.
 
 use std::os::unix::process::CommandExt;
@@ -25,6 +26,21 @@ pub fn workspace() -> &'static Path {
         .expect("tests/ sits in the workspace")
 }
 
+/// `../shared/tools/spin` beside the local repository this checkout was cloned from,
+/// when there is none beside the checkout (`git clone . "$(mktemp -d)"` leaves it behind).
+fn beside_origin() -> Option<PathBuf> {
+    if workspace().join("../shared/tools/spin").is_file() {
+        return None;
+    }
+    let origin = Command::new("git")
+        .args(["config", "--get", "remote.origin.url"])
+        .current_dir(workspace())
+        .output()
+        .ok()?;
+    let origin = PathBuf::from(String::from_utf8(origin.stdout).ok()?.trim());
+    Some(origin.join("../shared/tools/spin")).filter(|cli| cli.is_file())
+}
+
 /// The Spin CLI this suite runs, found once.
 pub fn spin_cli() -> &'static Path {
     static CLI: OnceLock<PathBuf> = OnceLock::new();
@@ -33,6 +49,11 @@ pub fn spin_cli() -> &'static Path {
             (PathBuf::from(path), "SPIN_BIN")
         } else if let Some(path) = on_path("spin") {
             (path, "PATH")
+        } else if let Some(path) = beside_origin() {
+            (
+                path,
+                "../shared/tools/spin beside the repository this was cloned from",
+            )
         } else {
             (
                 workspace().join("../shared/tools/spin"),
