@@ -493,15 +493,19 @@ fn checked_with_kling(
             .chain(e.images.iter().map(|i| i.url.clone()))
             .collect()
     };
+    // Kling's record is what is stored, filed under our external id.
+    let as_kling_reports = |mut kling: TaskEvent| {
+        kling.external_task_id = Some(external_task_id.to_string());
+        kling.source = EventSource::Callback;
+        Checked::Confirmed(Box::new(kling))
+    };
     Ok(match kling {
-        Some(mut kling)
+        Some(kling)
             if kling.task_id == callback.task_id
                 && kling.status == callback.status
                 && (fetch_results || urls(&kling) == urls(&callback)) =>
         {
-            kling.external_task_id = Some(external_task_id.to_string());
-            kling.source = EventSource::Callback;
-            Checked::Confirmed(Box::new(kling))
+            as_kling_reports(kling)
         }
         // Only fetching, and Kling's record of the task does not show the success yet:
         // that record is stored instead (binding the task, and tracking it again if it
@@ -512,14 +516,12 @@ fn checked_with_kling(
         // bound yet: the callback is not stored, but Kling's own record binds the task
         // (and tracks it again if it was given up), where a rejection would leave a task
         // Kling has just shown it has given up for good.
-        Some(mut kling)
+        Some(kling)
             if (!verify || unbound)
                 && kling.task_id == callback.task_id
                 && head.is_none_or(|h| h.seen.lost.is_none()) =>
         {
-            kling.external_task_id = Some(external_task_id.to_string());
-            kling.source = EventSource::Callback;
-            Checked::Confirmed(Box::new(kling))
+            as_kling_reports(kling)
         }
         _ if verify => Checked::Rejected,
         // Kling has no record of it (or one this build cannot read): Kling retries.

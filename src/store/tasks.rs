@@ -161,23 +161,28 @@ impl Bookkeeping {
 
     /// After the binding is written (see [`Self::retrack_due`]).
     fn track_binding(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
-        match (self.retrack_due, &self.head.submission) {
-            (Some(due_ms), Some(submission)) => {
+        match self.retracked() {
+            Some((due_ms, submission)) => {
                 TaskStore::new(kv).track_binding(&self.key, submission, due_ms, SpareBy::Retrack)
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
     /// [`TaskStore::track`], before a news batch binds a task submitted here, under a
     /// name of its own ([`SpareBy::BeforeBinding`]).
     fn track_before_binding(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
-        match (self.retrack_due, &self.head.submission) {
-            (Some(due_ms), Some(submission)) => {
+        match self.retracked() {
+            Some((due_ms, submission)) => {
                 TaskStore::new(kv).track(&self.key, submission, due_ms, SpareBy::BeforeBinding)
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
+    }
+
+    /// The submission this delivery tracks again, and when its spare entry is due.
+    fn retracked(&self) -> Option<(u64, &Submission)> {
+        Some((self.retrack_due?, self.head.submission.as_ref()?))
     }
 
     /// The head as this delivery leaves it.
