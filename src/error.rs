@@ -33,6 +33,9 @@ pub enum ApiError {
         "not a task kind: POST to /tasks/{{kind}} with a kind that GET /kinds lists; a task id answers GET only"
     )]
     UnknownKind,
+    /// A kind named by a caller of the WIT `submit` (HTTP callers name it in the path).
+    #[error("`{0}` is not a task kind (see `kinds`)")]
+    NotAKind(String),
     #[error(transparent)]
     Submit(#[from] SubmitError),
     #[error("no pipeline with this id")]
@@ -60,6 +63,7 @@ impl ApiError {
             ApiError::InvalidQuery(_) => (400, "invalid_query"),
             // `/tasks/{id}` is a task: it answers GET; POST is for the kinds' own paths.
             ApiError::UnknownKind => (405, "unknown_kind"),
+            ApiError::NotAKind(_) => (400, "invalid_kind"),
             ApiError::Submit(e) => submit(e),
             ApiError::PipelineNotFound => (404, "pipeline_not_found"),
             ApiError::Pipeline(e) => pipeline(e),
@@ -104,7 +108,9 @@ impl ApiError {
             ApiError::Pipeline(PipelineError::Spec(e)) => {
                 let field = match e {
                     SpecError::UnknownKind(step) => format!("steps[{step}].kind"),
-                    SpecError::RequestTooDeep(step) => format!("steps[{step}].request"),
+                    SpecError::RequestTooDeep(step) | SpecError::RequestNotAnObject(step) => {
+                        format!("steps[{step}].request")
+                    }
                     SpecError::InvalidRequest { step, error } => {
                         format!("steps[{step}].request.{}", error.field)
                     }
@@ -322,6 +328,7 @@ mod tests {
             (ApiError::MethodNotAllowed("POST"), 405),
             (ApiError::TaskNotFound, 404),
             (ApiError::UnknownKind, 405),
+            (ApiError::NotAKind("text2hologram".into()), 400),
             (SubmitError::IdempotencyKeyMismatch.into(), 400),
         ];
         for (error, status) in cases {

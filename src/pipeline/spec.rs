@@ -83,6 +83,10 @@ pub enum SpecError {
     UnknownKind(usize),
     #[error("`steps[{step}].request`: {error}")]
     InvalidRequest { step: usize, error: RequestError },
+    /// A step whose request is not a JSON object: only the WIT function can send one (it
+    /// takes the request as text, `request-json`); an HTTP body's is `InvalidBody`.
+    #[error("`steps[{0}].request-json` must be a JSON object")]
+    RequestNotAnObject(usize),
     #[error("`steps[{0}].request` nests more than {max} levels of objects and lists", max = MAX_REQUEST_NESTING)]
     RequestTooDeep(usize),
     #[error("`steps[{step}].request.{field}` is set by the pipeline; leave it out")]

@@ -16,15 +16,16 @@ use bindings::kling::video::types as wit;
 use super::host_apis::{SpinKeyValue, SpinVariables};
 use super::outbound::SpinOutbound;
 use super::{HostClock, new_id};
-use crate::api::pipelines::{self, NewPipeline, Submitter};
+use crate::api::pipelines::{self, NewPipeline, PipelineError, Submitter};
 use crate::api::submit::{SubmitRequest, submit};
 use crate::api::tasks;
 use crate::callback::parse::parse_callback;
+use crate::callback::receive::CallbackError;
 use crate::config::SubmitConfig;
 use crate::error::ApiError;
 use crate::kling::catalog::TaskKind;
 use crate::pipeline::progress::{PipelineStatus, PipelineView};
-use crate::pipeline::spec::NewStep;
+use crate::pipeline::spec::{NewStep, SpecError};
 use crate::task::{Image, MoreOutputs, TaskEvent, TaskRecord, TaskStatus, Video};
 
 struct Exports;
@@ -58,7 +59,7 @@ impl Guest for Exports {
     fn parse(body: Vec<u8>) -> Result<wit::TaskEvent, wit::Error> {
         parse_callback(&body)
             .map(event_to_wit)
-            .map_err(|e| wit::Error::InvalidPayload(e.to_string()))
+            .map_err(|e| to_wit(CallbackError::Payload(e).into()))
     }
 
     /// As `GET /tasks/{id}`, read repair included; what a repair brought is announced
@@ -121,9 +122,8 @@ fn step_from_wit(index: usize, step: wit::PipelineStep) -> Result<NewStep, wit::
     let request = match serde_json::from_str(&step.request_json) {
         Ok(serde_json::Value::Object(request)) => request,
         _ => {
-            return Err(wit::Error::InvalidRequest(format!(
-                "steps[{index}].request-json must be a JSON object"
-            )));
+            let error = PipelineError::Spec(SpecError::RequestNotAnObject(index));
+            return Err(to_wit(error.into()));
         }
     };
     // The pipeline checks the kind (and names the step) when it is built.
@@ -168,6 +168,9 @@ bindings::export!(Exports with_types_in bindings);
 /// mapping (`ApiError::status_and_code`) so both surfaces agree.
 fn to_wit(error: ApiError) -> wit::Error {
     let message = error.message();
+    if let ApiError::Callback(CallbackError::Payload(_)) = error {
+        return wit::Error::InvalidPayload(message);
+    }
     if let Some(e) = error.kling_error() {
         let kling = wit::KlingError {
             code: e.code,
@@ -192,9 +195,7 @@ fn to_wit(error: ApiError) -> wit::Error {
 }
 
 fn kind_from_wit(kind: &str) -> Result<TaskKind, wit::Error> {
-    TaskKind::from_name(kind).ok_or_else(|| {
-        wit::Error::InvalidRequest(format!("`{kind}` is not a task kind (see `kinds`)"))
-    })
+    TaskKind::from_name(kind).ok_or_else(|| to_wit(ApiError::NotAKind(kind.to_string())))
 }
 
 fn status_to_wit(status: TaskStatus) -> wit::TaskStatus {
