@@ -1251,6 +1251,12 @@ mod tests {
         for (kling_says, outcome) in [
             (Ok((200, FOUND_86)), "restored"),
             (error, "kept"),
+            // A 404 that is not Kling's "no such task" says nothing about the task.
+            (
+                Ok((404, r#"{"code":1202,"message":"wrong method"}"#)),
+                "kept",
+            ),
+            (Ok((404, "<html>Not Found</html>")), "kept"),
             (Ok((404, NOT_FOUND)), "released"),
         ] {
             let kv = MemoryKv::default();

@@ -181,7 +181,11 @@ impl<'a> KlingClient<'a> {
         let data = match self.call("GET", url, Vec::new()) {
             Ok(Some(data)) => data,
             Ok(None) => return Err(KlingError::InvalidResponse(200)),
-            Err(KlingError::Api(e)) if e.http_status == 404 => return Ok(None),
+            // "No such task" is Kling's own 404 with 1203 (resource does not exist). Its
+            // 404 with 1202 (wrong method), or a 404 that is not Kling's envelope (a
+            // proxy, a wrong `kling_base_url`) says nothing about the task: an error, so
+            // that no run gives a task up as `lost` over a misrouted query.
+            Err(KlingError::Api(e)) if e.http_status == 404 && e.code == 1203 => return Ok(None),
             Err(e) => return Err(e),
         };
         // A list answers `data: [...]` (or, API 2.0, `data: {"result": [...]}`): the task
@@ -389,7 +393,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn query_reads_the_task_and_a_404_means_unknown() {
+    fn query_reads_the_task_and_kling_s_1203_means_unknown() {
         let transport = Scripted::new(vec![
             Ok((
                 200,
@@ -423,6 +427,28 @@ pub(crate) mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_404_that_is_not_kling_s_no_such_task_is_an_error() {
+        for (body, expected) in [
+            (
+                r#"{"code":1202,"message":"wrong method","request_id":"r"}"#,
+                "1202",
+            ),
+            ("<html>Not Found</html>", "InvalidResponse(404)"),
+        ] {
+            let transport = Scripted::new(vec![Ok((404, body))]);
+            let config = config();
+            let client = KlingClient::new(&config, &transport, 0);
+            let error = client
+                .query(
+                    TaskKind::from_name("text2video").unwrap(),
+                    TaskRef::External("job-1"),
+                )
+                .unwrap_err();
+            assert!(format!("{error:?}").contains(expected), "{error:?}");
+        }
     }
 
     #[test]
