@@ -456,6 +456,16 @@ impl Poller<'_> {
             if let (Some(record), Some(notifier)) = (&polled.record, notifier) {
                 notifier.deliver(Notification::task(key, record, self.clock.now_ms()))?;
             }
+        } else if let (Some(record), Some(notifier)) = (&polled.record, notifier)
+            && record.source.is_some()
+            && !record.status.is_final()
+        {
+            // Nothing new from Kling, but what is stored may never have been announced: a
+            // poll whose run stopped before announcing it (its poll record could not be
+            // written), or a callback whose instance stopped after the acknowledgement.
+            // (A final one is made sure of below; a record built from the submission
+            // alone was never news.)
+            notifier.ensure_notified(key, record)?;
         }
         let finished = polled.gone || polled.record.as_ref().is_some_and(|r| r.status.is_final());
         Ok(if finished {
@@ -929,8 +939,11 @@ fn stays_tracked(view: &PipelineView, watched: bool) -> bool {
 mod tests {
     use super::*;
     use crate::clock::manual::ManualClock;
+    use crate::config::NotifyConfig;
     use crate::config::tests::submit_config;
+    use crate::notify::Notifier;
     use crate::outbound::scripted::Scripted;
+    use crate::signatures::standard_webhooks::WebhookSecret;
     use crate::store::memory::MemoryKv;
     use crate::store::pending::spare_pending_entry;
     use std::cell::Cell;
@@ -1019,6 +1032,70 @@ mod tests {
             .unwrap()
             .iter()
             .any(|e| PendingEntry::parse(e).is_some_and(|p| p.nonce == nonce))
+    }
+
+    fn notify_config() -> NotifyConfig {
+        NotifyConfig {
+            url: "https://next.example/hooks".into(),
+            secrets: vec![
+                WebhookSecret::parse("whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI=").unwrap(),
+            ],
+            retry_after_ms: 1_000,
+            outside_allowed_origin: false,
+        }
+    }
+
+    fn ids_sent(receiver: &Scripted) -> Vec<String> {
+        receiver
+            .sent
+            .borrow()
+            .iter()
+            .map(|request| {
+                let (_, id) = request
+                    .headers
+                    .iter()
+                    .find(|(name, _)| *name == "webhook-id")
+                    .unwrap();
+                id.clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn news_whose_announcement_was_cut_short_is_announced_by_the_next_poll() {
+        let kv = MemoryKv::default();
+        let key = TaskKey::external("job-1");
+        bound(&kv, &key, "n1", "86");
+        let notify = notify_config();
+        let receiver = Scripted::new(vec![Ok((200, "")), Ok((200, ""))]);
+        let clock = ManualClock(Cell::new(10));
+        let notifier = Notifier::new(&notify, &kv, &receiver, &clock);
+        let run = |kling: &Scripted| {
+            reconcile(
+                &kv,
+                &submit_config().kling,
+                kling,
+                &clock,
+                options(),
+                Some(&notifier),
+            )
+        };
+        // The poll stores Kling's `processing`, then cannot write its poll record: the
+        // run stops before announcing it.
+        kv.fail_set_starting.replace(Some(key.poll()));
+        assert!(run(&Scripted::new(vec![Ok((200, FOUND_86))])).is_err());
+        assert!(ids_sent(&receiver).is_empty());
+        assert!(has_entry_of(&kv, "n1"));
+        // The next poll brings nothing new, and announces what is stored, once.
+        for _ in 0..2 {
+            clock.0.set(clock.0.get() + MAX_POLL_GAP_MS);
+            run(&Scripted::new(vec![Ok((200, FOUND_86))])).unwrap();
+            let sent = ids_sent(&receiver);
+            assert!(
+                matches!(&sent[..], [id] if id.starts_with("task_job-1_processing_")),
+                "{sent:?}"
+            );
+        }
     }
 
     #[test]
@@ -1367,10 +1444,7 @@ mod tests {
     mod pipelines {
         use super::*;
         use crate::api::pipelines::{NewPipeline, create};
-        use crate::config::NotifyConfig;
-        use crate::notify::Notifier;
         use crate::pipeline::spec::parse_description;
-        use crate::signatures::standard_webhooks::WebhookSecret;
         use crate::task::{TaskEvent, Video};
 
         /// Kling's answer to the create of step `step` of pipeline `id`.
@@ -1378,18 +1452,6 @@ mod tests {
             format!(
                 r#"{{"code":0,"message":"SUCCEED","data":{{"task_id":"t-{id}-{step}","task_status":"submitted"}}}}"#
             )
-        }
-
-        fn notify_config() -> NotifyConfig {
-            NotifyConfig {
-                url: "https://next.example/hooks".into(),
-                secrets: vec![
-                    WebhookSecret::parse("whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI=")
-                        .unwrap(),
-                ],
-                retry_after_ms: 1_000,
-                outside_allowed_origin: false,
-            }
         }
 
         /// Pipeline `id` (text2video, then video-extend), step 0 submitted.
@@ -1450,22 +1512,6 @@ mod tests {
             let mut report = ReconcileReport::default();
             reconcile_pipelines(&submitter, Some(&notifier), u64::MAX, &mut report)?;
             Ok(report)
-        }
-
-        fn ids_sent(receiver: &Scripted) -> Vec<String> {
-            receiver
-                .sent
-                .borrow()
-                .iter()
-                .map(|request| {
-                    let (_, id) = request
-                        .headers
-                        .iter()
-                        .find(|(name, _)| *name == "webhook-id")
-                        .unwrap();
-                    id.clone()
-                })
-                .collect()
         }
 
         fn new_pipeline(id: &str) -> NewPipeline<'static> {
