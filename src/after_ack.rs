@@ -1,6 +1,7 @@
 //! The work a request leaves for after its response is sent: a callback's last
-//! bookkeeping (the head of a delivery that was not news but changed it: a first binding
-//! by a stale delivery, the `rejected` counter), then announcing what changed and moving
+//! bookkeeping (the head of a delivery that was not news but changed it, a first binding
+//! by a stale delivery; the count of a rejection, a key of its own), then announcing what
+//! changed and moving
 //! its pipeline on. Nothing here may lose the delivery, which is stored, with its head
 //! and listing, before the acknowledgement; whatever fails is redone (a pipeline's next
 //! step by the reconciler, a notification from the outbox).

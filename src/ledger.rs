@@ -174,10 +174,6 @@ pub struct TaskHead {
     pub deliveries: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_delivery_at: Option<u64>,
-    /// Final callbacks that would have been stored and that Kling contradicted
-    /// (`verify_callbacks`); repeats are answered from the head and not counted.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub rejected: u64,
     /// When a poll (the reconciler's, or read repair's) last brought news of the task (our
     /// clock, ms). Every poll's time is in the poll record (`task:{key}:poll`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,10 +191,6 @@ pub struct TaskHead {
     /// only that read again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_sig_sha256: Option<String>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// A task this component submitted to Kling.

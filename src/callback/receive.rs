@@ -258,16 +258,14 @@ pub fn receive(
         // head as it is now, so that what another delivery stored meanwhile (a final
         // above all) is neither repeated nor written over with the older read.
         Checked::Confirmed(event) => (*event, store.head(&key)?),
-        rejected @ (Checked::Rejected | Checked::Unverifiable) => {
-            // Counted on the head as it is once Kling answered, when Kling was asked.
-            let head = match rejected {
-                Checked::Rejected => store.head(&key)?,
-                _ => head,
-            };
+        Checked::Rejected | Checked::Unverifiable => {
             return Ok(Received {
                 verdict: Verdict::Rejected,
-                // A task never stored gets no head just to count its rejections.
-                bookkeeping: head.map(|head| TaskStore::bookkeeping_rejected(&key, head)),
+                // A task never stored gets no count of its own.
+                bookkeeping: match head {
+                    Some(head) => Some(store.bookkeeping_rejected(&key, head)?),
+                    None => None,
+                },
                 news: None,
             });
         }
@@ -830,6 +828,33 @@ pub(crate) mod tests {
         let rejected = deliver_checked(&kv, &body("succeed", 10), &other, true).unwrap();
         assert_eq!(rejected.verdict, Verdict::Rejected);
         assert_eq!(other.asked.get(), 1);
+    }
+
+    #[test]
+    fn a_rejection_is_counted_on_a_key_of_its_own_and_writes_no_head() {
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        let mut contradicts = lists(Some("86"));
+        contradicts.external_task_id = "job-2";
+        let rejected = deliver_checked(&kv, &body("succeed", 10), &contradicts, true).unwrap();
+        assert_eq!(rejected.verdict, Verdict::Rejected);
+        // Kling's next delivery is stored before the rejection's count is written.
+        let news = deliver_checked(&kv, &body("processing", 11), &lists(Some("86")), true);
+        if let Some(books) = news.unwrap().bookkeeping {
+            books.apply(&kv).unwrap();
+        }
+        let head = kv.map.borrow().get("task:job-1").cloned();
+        rejected.bookkeeping.expect("counted").apply(&kv).unwrap();
+        assert_eq!(
+            kv.map.borrow().get("task:job-1").cloned(),
+            head,
+            "the head as the news left it"
+        );
+        let count = || kv.map.borrow().get("task:job-1:rejected").cloned();
+        assert_eq!(count().as_deref(), Some(&b"1"[..]));
+        let again = deliver_checked(&kv, &body("succeed", 12), &contradicts, true).unwrap();
+        again.bookkeeping.expect("counted").apply(&kv).unwrap();
+        assert_eq!(count().as_deref(), Some(&b"2"[..]));
     }
 
     /// The video stored for `job-1`, if any.

@@ -5,10 +5,11 @@
 //!
 //! | key | value | written by |
 //! |---|---|---|
-//! | `task:{key}` | head: binding, what was seen, counters, the submission ([`TaskHead`]) | submits; every delivery that was news, in one batch with its slot; after it, a rejected callback's counter, or the first binding by a delivery that was not news |
+//! | `task:{key}` | head: binding, what was seen, counters, the submission ([`TaskHead`]) | submits; every delivery that was news, in one batch with its slot; after it, the first binding by a delivery that was not news |
 //! | `task:{key}:submitted` / `:processing` / `:lost` / `:final` | the latest state of that rank ([`TaskEvent`]) | only deliveries (or polls) of that rank |
 //! | `task:{key}:poll` | the reconciler's polls of the task ([`PollState`]) | reconcile and read repair |
 //! | `task:{key}:notified` | the `sequence` of the task's last notification a receiver took | the notifier, on a 2xx |
+//! | `task:{key}:rejected` | how many final callbacks Kling contradicted (`verify_callbacks`) | the rejection, after its acknowledgement (a key of its own: a count read before Kling answered never writes a head back) |
 //! | `task:{key}:forgotten:{nonce}` | `1`: that submission was given up as never created | the reconciler (Kling does not know it), or the submit Kling refused; deleted by whatever binds the task after all, or by retention with the head |
 //! | `taskid:{task_id}` | `{key}` | the first binding |
 //! | `pipeline:{id}` | a pipeline's description ([`PipelineSpec`]) | `POST /pipelines`, once |
@@ -87,6 +88,12 @@ impl TaskKey {
     /// The `sequence` of the last notification of this task a receiver acknowledged.
     pub fn notified(&self) -> String {
         format!("task:{}:notified", self.0)
+    }
+
+    /// How many final callbacks of this task Kling contradicted (`verify_callbacks`):
+    /// a count of its own, so that counting never writes the head.
+    pub fn rejected(&self) -> String {
+        format!("task:{}:rejected", self.0)
     }
 
     /// The mark of submission `nonce` given up as never created: a key of its own per
@@ -169,6 +176,7 @@ mod tests {
         assert_eq!(pipeline_notified_key("p"), "pipeline:p:notified");
         assert_eq!(key.poll(), "task:job-1:poll");
         assert_eq!(key.notified(), "task:job-1:notified");
+        assert_eq!(key.rejected(), "task:job-1:rejected");
     }
 
     #[test]

@@ -609,6 +609,7 @@ mod tests {
                 "task:job:lost",
                 "task:job:poll",
                 "task:job:notified",
+                "task:job:rejected",
                 "task:job",
                 "taskid:t-job",
                 "task:job:final"

@@ -83,9 +83,10 @@ pub struct TaskPage {
 /// task's first binding, the task_id index; for a task not submitted here, its listing
 /// entry) goes into the same batch as the slot, before the
 /// acknowledgement (see [`TaskStore::record_event_with_head`]). What is left for after it
-/// ([`Bookkeeping::apply`]) is the retention entry of a task a poll made final, and the
-/// changed head of a delivery that was not news (a first binding by a stale delivery,
-/// the `rejected` counter); a poll that is not news changes no head. Each is a key of this task alone: no delivery of another task waits on it.
+/// ([`Bookkeeping::apply`]) is the retention entry of a task a poll made final, the
+/// changed head of a delivery that was not news (a first binding by a stale delivery),
+/// and a rejection's count (a key of its own: a head read before Kling answered is never
+/// written back); a poll that is not news changes no head. Each is a key of this task alone: no delivery of another task waits on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "bookkeeping does nothing until applied"]
 pub struct Bookkeeping {
@@ -106,6 +107,8 @@ pub struct Bookkeeping {
     retrack_due: Option<u64>,
     /// The head and the task_id index went with the slot, before the acknowledgement.
     batched: bool,
+    /// A final callback Kling contradicted: the task's count of them, this one included.
+    rejected: Option<u64>,
 }
 
 impl Bookkeeping {
@@ -115,10 +118,12 @@ impl Bookkeeping {
     pub fn changes_nothing(&self) -> bool {
         (self.batched || (!self.head_changed && self.index_task_id.is_none()))
             && self.final_at.is_none()
+            && self.rejected.is_none()
     }
 
     /// The writes left after the acknowledgement, in order: for a delivery that was not
-    /// news, the task_id index and the head; then the retention entry.
+    /// news, the task_id index and the head; then the retention entry, or the count of
+    /// rejections.
     pub fn apply(&self, kv: &dyn KeyValue) -> Result<(), StoreError> {
         if !self.batched {
             if let Some(task_id) = &self.index_task_id {
@@ -131,6 +136,9 @@ impl Bookkeeping {
         }
         if let Some(ms) = self.final_at {
             Index::finals(kv).add(&final_entry(&self.key, ms))?;
+        }
+        if let Some(count) = self.rejected {
+            kv.set(&self.key.rejected(), count.to_string().as_bytes())?;
         }
         Ok(())
     }
@@ -422,23 +430,36 @@ impl<'a> TaskStore<'a> {
             // one write fewer for the delivery that matters most.
             final_at: (became_final && event.source == EventSource::Poll).then_some(now_ms),
             batched: false,
+            rejected: None,
         }
     }
 
-    /// The head's bookkeeping for a callback refused by verification: counted as rejected,
-    /// nothing else changes.
-    pub fn bookkeeping_rejected(key: &TaskKey, mut head: TaskHead) -> Bookkeeping {
-        head.rejected += 1;
-        Bookkeeping {
+    /// The bookkeeping of a callback refused by verification: one more rejection
+    /// counted (`task:{key}:rejected`, read now), nothing else written. The count is a
+    /// read-modify-write of a key of its own: two rejections at once may count one, and
+    /// no head is ever written back from `head`, a read older than Kling's answer (it
+    /// could undo a binding, or bring back a task deleted meanwhile).
+    pub fn bookkeeping_rejected(
+        &self,
+        key: &TaskKey,
+        head: TaskHead,
+    ) -> Result<Bookkeeping, StoreError> {
+        let counted = self
+            .kv
+            .get(&key.rejected())?
+            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok(Bookkeeping {
             key: key.clone(),
             head,
             index_task_id: None,
             retrack_due: None,
             list_at: None,
             final_at: None,
-            head_changed: true,
+            head_changed: false,
             batched: false,
-        }
+            rejected: Some(counted.saturating_add(1)),
+        })
     }
 
     /// Deletes a task, its lowest rank first, so that while it goes no reader sees it
@@ -453,6 +474,7 @@ impl<'a> TaskStore<'a> {
         }
         self.kv.delete(&key.poll())?;
         self.kv.delete(&key.notified())?;
+        self.kv.delete(&key.rejected())?;
         self.kv.delete(&key.head())?;
         if let Some(task_id) = task_id {
             self.kv.delete(&task_id_index(task_id))?;
@@ -566,6 +588,7 @@ impl<'a> TaskStore<'a> {
             .is_some_and(|head| unbound_nonce(&head) == Some(nonce));
         if given_up {
             self.kv.delete(&key.poll())?;
+            self.kv.delete(&key.rejected())?;
             self.kv.delete(&key.head())?;
             for mark in marks {
                 self.kv.delete(mark)?;
