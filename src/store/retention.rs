@@ -13,7 +13,7 @@ use super::index::{DefaultKeys, Index, default_keys};
 use super::layout::TaskKey;
 use super::pending::PendingEntry;
 use super::pipelines::{PipelineStore, pipeline_entry};
-use super::tasks::{DAY_MS, TaskStore};
+use super::tasks::{DAY_MS, TaskStore, listed_entry};
 use super::{KeyValue, StoreError};
 use crate::pipeline::progress::{Next, PIPELINE_WATCH_MS};
 use crate::task::TaskRecord;
@@ -86,6 +86,7 @@ pub fn purge_expired(
                 purged.tasks += 1;
             }
             remove_listed(&listed, listed_entries, &key)?;
+            relist_if_written_back(kv, &listed, &key)?;
             done.push(key.as_str().to_string());
         }
         finals.remove(&entry)?;
@@ -152,10 +153,16 @@ pub fn purge_expired(
                 continue; // submitted again meanwhile: the new submission's now
             }
         } else {
-            // No head: marks a give-up left behind it go with the listing.
+            // No record: a head left with none (a late delivery wrote it back while a
+            // run deleted the task, and that run deleted its slot) goes, and so do marks
+            // a give-up left behind it.
+            if let Some(head) = &head {
+                store.delete_task(&key, head.task_id.as_deref())?;
+            }
             delete_all(kv, &keys.marks_of(&key))?;
         }
         listed.remove(entry)?;
+        relist_if_written_back(kv, &listed, &key)?;
         done.push(key.as_str().to_string());
     }
     Ok(purged)
@@ -245,6 +252,29 @@ fn delete_all(kv: &dyn KeyValue, keys: &[String]) -> Result<(), StoreError> {
     keys.iter().try_for_each(|key| kv.delete(key))
 }
 
+/// A delivery that comes while retention deletes its task writes the task back, and
+/// lists it under the name its first delivery chose: often the very entry retention
+/// removes next. Read once more after the removal, so that a head written meanwhile is
+/// listed again and a later run finds it (the listing scan then deletes what is left of
+/// it, a slot or a head alone); a head written after this read lists itself. One read
+/// per deleted task, in retention only.
+fn relist_if_written_back(
+    kv: &dyn KeyValue,
+    listed: &Index<'_>,
+    key: &TaskKey,
+) -> Result<(), StoreError> {
+    let listed_at = match TaskStore::new(kv).head(key) {
+        Ok(head) => head.and_then(|head| head.listed_at),
+        // Reported by the run that meets it in the listing; this one cannot list it.
+        Err(StoreError::Corrupt(_)) => None,
+        Err(error) => return Err(error),
+    };
+    match listed_at {
+        Some(ms) => listed.add(&listed_entry(key, ms)),
+        None => Ok(()),
+    }
+}
+
 fn remove_listed(listed: &Index<'_>, entries: &[String], key: &TaskKey) -> Result<(), StoreError> {
     for entry in entries {
         if entry
@@ -261,7 +291,7 @@ fn remove_listed(listed: &Index<'_>, entries: &[String], key: &TaskKey) -> Resul
 mod tests {
     use super::*;
     use crate::ledger::Slot;
-    use crate::store::memory::MemoryKv;
+    use crate::store::memory::{Between, MemoryKv};
     use crate::store::tasks::NewSubmission;
     use crate::task::{EventSource, StepRef, TaskEvent, TaskStatus};
 
@@ -581,6 +611,48 @@ mod tests {
         }
         fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
             self.inner.keys_with_prefix(prefix)
+        }
+    }
+
+    /// A delivery of `ext` (first seen by callback, Kling's `created_at` 5) stored at `at`.
+    fn delivered(kv: &MemoryKv, ext: &str, status: TaskStatus, at: u64) {
+        let mut e = event(&format!("t-{ext}"), ext, status);
+        e.created_at = Some(5);
+        e.source = EventSource::Callback;
+        let (_, books) = TaskStore::new(kv)
+            .record_event(&TaskKey::external(ext), &e, at)
+            .unwrap();
+        books.apply(kv).unwrap();
+    }
+
+    #[test]
+    fn a_task_a_late_delivery_writes_back_while_it_goes_is_deleted_by_a_later_run() {
+        // Late news lands just before the listing entry it names goes (a head and a
+        // slot written back), or just before the final slot goes (a head and no slot).
+        for (ext, before_delete, late) in [
+            (
+                "job-2",
+                "listed/0000000000005/job-2",
+                TaskStatus::Processing,
+            ),
+            ("job-4", "task:job-4:final", TaskStatus::Succeed),
+        ] {
+            let kv = MemoryKv::default();
+            delivered(&kv, ext, TaskStatus::Succeed, 5);
+            let between = Between::new(&kv).before("delete", before_delete.into(), || {
+                delivered(&kv, ext, late, 2 * DAY)
+            });
+            assert_eq!(
+                purge_expired(&between, 2 * DAY, 2 * DAY, 10).unwrap().tasks,
+                1
+            );
+            assert!(
+                kv.get(&format!("task:{ext}")).unwrap().is_some(),
+                "written back"
+            );
+            purge_expired(&kv, 10 * DAY, 10 * DAY, 10).unwrap();
+            let left: Vec<String> = kv.keys().into_iter().filter(|k| k.contains(ext)).collect();
+            assert!(left.is_empty(), "{ext}: {left:?}");
         }
     }
 
