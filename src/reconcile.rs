@@ -356,10 +356,12 @@ impl Poller<'_> {
     ) -> Result<Judged, StoreError> {
         let store = TaskStore::new(self.kv);
         let key = &submission.key;
-        let stored = match store.head(key)? {
-            Some(stored) => stored,
+        // A restored head comes with Kling's answer, which its poll applies: Kling is
+        // asked once.
+        let (stored, answered) = match store.head(key)? {
+            Some(stored) => (stored, None),
             None => match self.restore_head(submission, report)? {
-                Ok(head) => head,
+                Ok((head, found)) => (head, Some(found)),
                 Err(judged) => return Ok(judged),
             },
         };
@@ -423,11 +425,12 @@ impl Poller<'_> {
         .flatten()
         .max()
         .unwrap_or(0);
-        if not_before > now {
+        if not_before > now && answered.is_none() {
             return Ok(Judged::Due(not_before));
         }
         report.checked += 1;
-        let polled = match self.poll(key, head, previous.unwrap_or_default()) {
+        let previous = previous.unwrap_or_default();
+        let polled = match self.poll_answered(key, head, previous, answered.map(|e| Ok(Some(e)))) {
             Ok(polled) => polled,
             Err(PollError::Store(e)) => return Err(e),
             Err(PollError::RateLimited(message)) => {
@@ -493,7 +496,7 @@ impl Poller<'_> {
         &self,
         submission: &Submission,
         report: &mut ReconcileReport,
-    ) -> Result<Result<TaskHead, Judged>, StoreError> {
+    ) -> Result<Result<(TaskHead, TaskEvent), Judged>, StoreError> {
         let key = &submission.key;
         // An entry of an older build carries nothing to ask Kling with.
         let Some(sub) = carried_submission(self.kv, submission)? else {
@@ -508,9 +511,9 @@ impl Poller<'_> {
         let client = KlingClient::new(self.kling, self.transport, now / 1000);
         match client.query(kind, TaskRef::External(key.as_str())) {
             // Found: judged as usual from here on (and counted there).
-            Ok(Some(found)) => {
-                Ok(bind_carried(self.kv, key, &sub, &found.task_id, now)?.ok_or(later))
-            }
+            Ok(Some(found)) => Ok(bind_carried(self.kv, key, &sub, &found.task_id, now)?
+                .map(|head| (head, found))
+                .ok_or(later)),
             Ok(None) if now.saturating_sub(sub.submitted_at) > SUBMITTING_GRACE_MS => {
                 report.checked += 1;
                 Ok(Err(Judged::Release))
@@ -537,6 +540,18 @@ impl Poller<'_> {
         key: &TaskKey,
         head: TaskHead,
         previous: PollState,
+    ) -> Result<Polled, PollError> {
+        self.poll_answered(key, head, previous, None)
+    }
+
+    /// [`Self::poll`], with Kling's answer when it is in hand already (the one that
+    /// restored the head), instead of asking again.
+    fn poll_answered(
+        &self,
+        key: &TaskKey,
+        head: TaskHead,
+        previous: PollState,
+        answered: Option<Result<Option<TaskEvent>, KlingError>>,
     ) -> Result<Polled, PollError> {
         let store = TaskStore::new(self.kv);
         let now = self.clock.now_ms();
@@ -577,7 +592,7 @@ impl Poller<'_> {
         // only retention's delete of a given-up head can take a live one, and Kling
         // knowing the task says this one is live.
         let (mut forgotten, mut deleted) = (false, false);
-        match client.query(kind, id) {
+        match answered.unwrap_or_else(|| client.query(kind, id)) {
             // Kling's answer must be about this task: a task_id bound by mistake (or
             // forged) must not pour another task's result into this one.
             Ok(Some(event))
@@ -1213,8 +1228,8 @@ mod tests {
             recorded(&kv, &key, &format!("n{n}"));
             kv.delete(&key.head()).unwrap();
         }
-        // Each restored task: the ask by the id, then its poll by task_id.
-        let answers: Vec<String> = [1, 1, 2, 2].into_iter().map(found).collect();
+        // Each restored task: one ask by the id, whose answer its poll applies.
+        let answers: Vec<String> = [1, 2].into_iter().map(found).collect();
         let kling = Scripted::new(answers.iter().map(|a| Ok((200, a.as_str()))).collect());
         let clock = ManualClock(Cell::new(SUBMITTING_GRACE_MS + 1));
         let options = ReconcileOptions {
@@ -1223,6 +1238,18 @@ mod tests {
         };
         let report = reconcile(&kv, &submit_config().kling, &kling, &clock, options, None).unwrap();
         assert_eq!((report.checked, report.left_due), (2, 1), "{report:?}");
+        assert_eq!(kling.sent.borrow().len(), 2, "Kling asked once per task");
+        assert_eq!(
+            report.updated, 2,
+            "the answer that restored each is applied"
+        );
+        for n in 1..=2 {
+            let record = TaskStore::new(&kv)
+                .find(&format!("86{n}"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(record.status, TaskStatus::Processing);
+        }
     }
 
     #[test]
