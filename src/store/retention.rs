@@ -85,8 +85,8 @@ pub fn purge_expired(
                 purge_task(kv, &mut stale, &keys, &key, &record)?;
                 purged.tasks += 1;
             }
-            remove_listed(&listed, listed_entries, &key)?;
-            relist_if_written_back(kv, &listed, &key)?;
+            let removed = remove_listed(&listed, listed_entries, &key)?;
+            relist_if_written_back(kv, &listed, &key, &removed, now_ms)?;
             done.push(key.as_str().to_string());
         }
         finals.remove(&entry)?;
@@ -131,7 +131,11 @@ pub fn purge_expired(
         // No head: only slots of a task not submitted here are left (a submit writes
         // the head first), and it was first seen before the cutoff.
         let expired = match (&head, &record) {
-            (None, _) | (_, None) => true,
+            (None, _) => true,
+            // A head with no state (a delivery wrote it back while a run deleted the
+            // task): as old as its last news, like any task, so that a delivery landing
+            // now is not deleted under its acknowledgement.
+            (Some(head), None) => head.last_news().is_none_or(|at| at < cutoff_ms),
             (Some(head), Some(record)) => {
                 head.last_news().is_some_and(|at| at < cutoff_ms)
                     && (record.status.is_final() || head.submission.is_none())
@@ -162,7 +166,7 @@ pub fn purge_expired(
             delete_all(kv, &keys.marks_of(&key))?;
         }
         listed.remove(entry)?;
-        relist_if_written_back(kv, &listed, &key)?;
+        relist_if_written_back(kv, &listed, &key, std::slice::from_ref(entry), now_ms)?;
         done.push(key.as_str().to_string());
     }
     Ok(purged)
@@ -252,39 +256,47 @@ fn delete_all(kv: &dyn KeyValue, keys: &[String]) -> Result<(), StoreError> {
     keys.iter().try_for_each(|key| kv.delete(key))
 }
 
-/// A delivery that comes while retention deletes its task writes the task back, and
-/// lists it under the name its first delivery chose: often the very entry retention
-/// removes next. Read once more after the removal, so that a head written meanwhile is
-/// listed again and a later run finds it (the listing scan then deletes what is left of
-/// it, a slot or a head alone); a head written after this read lists itself. One read
-/// per deleted task, in retention only.
+/// A delivery that lands while retention deletes its task writes the task back: one that
+/// read the head before the delete (a task submitted here included, which no delivery
+/// lists), or one that found none and lists it under the name its first delivery chose,
+/// often the very entry removed here. So the head is read once more after the listing
+/// entries went, and a head there now is listed again under the same names (under now
+/// if it had none): a later run finds it, and the listing scan deletes it once its news
+/// is as old as the cutoff (a head with no state included). A head written after this
+/// read lists itself. One read per deleted task, in retention only.
 fn relist_if_written_back(
     kv: &dyn KeyValue,
     listed: &Index<'_>,
     key: &TaskKey,
+    removed: &[String],
+    now_ms: u64,
 ) -> Result<(), StoreError> {
-    let listed_at = match TaskStore::new(kv).head(key) {
-        Ok(head) => head.and_then(|head| head.listed_at),
-        // Reported by the run that meets it in the listing; this one cannot list it.
-        Err(StoreError::Corrupt(_)) => None,
-        Err(error) => return Err(error),
-    };
-    match listed_at {
-        Some(ms) => listed.add(&listed_entry(key, ms)),
-        None => Ok(()),
+    if kv.get(&key.head())?.is_none() {
+        return Ok(());
     }
+    if removed.is_empty() {
+        return listed.add(&listed_entry(key, now_ms));
+    }
+    removed.iter().try_for_each(|entry| listed.add(entry))
 }
 
-fn remove_listed(listed: &Index<'_>, entries: &[String], key: &TaskKey) -> Result<(), StoreError> {
+/// Removes the task's listing entries; returns their names.
+fn remove_listed(
+    listed: &Index<'_>,
+    entries: &[String],
+    key: &TaskKey,
+) -> Result<Vec<String>, StoreError> {
+    let mut removed = Vec::new();
     for entry in entries {
         if entry
             .split_once('/')
             .is_some_and(|(_, k)| k == key.as_str())
         {
             listed.remove(entry)?;
+            removed.push(entry.clone());
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -654,6 +666,47 @@ mod tests {
             let left: Vec<String> = kv.keys().into_iter().filter(|k| k.contains(ext)).collect();
             assert!(left.is_empty(), "{ext}: {left:?}");
         }
+
+        // A task submitted here (no delivery lists it), final by a poll (indexed by
+        // day): a delivery that read its head before the delete writes it back.
+        let kv = MemoryKv::default();
+        task(&kv, "job-5", 0, Some(TaskStatus::Succeed), None);
+        let (head, done) = (kv.get("task:job-5").unwrap(), kv.get("task:job-5:final"));
+        let between =
+            Between::new(&kv).before("delete", "listed/0000000000000/job-5".into(), || {
+                kv.set_all(&[
+                    ("task:job-5:final".into(), done.unwrap().unwrap()),
+                    ("task:job-5".into(), head.unwrap()),
+                ])
+                .unwrap()
+            });
+        assert_eq!(
+            purge_expired(&between, 2 * DAY, 2 * DAY, 10).unwrap().tasks,
+            1
+        );
+        assert!(exists(&kv, "job-5"), "written back");
+        purge_expired(&kv, 10 * DAY, 10 * DAY, 10).unwrap();
+        let left: Vec<String> = kv
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains("job-5"))
+            .collect();
+        assert!(left.iter().all(|k| k.starts_with("pending/")), "{left:?}");
+    }
+
+    #[test]
+    fn a_head_with_no_state_is_kept_while_its_news_is_recent() {
+        let kv = MemoryKv::default();
+        delivered(&kv, "job-6", TaskStatus::Processing, 5);
+        delivered(&kv, "job-6", TaskStatus::Succeed, 3 * DAY);
+        for slot in ["processing", "final"] {
+            kv.delete(&format!("task:job-6:{slot}")).unwrap();
+        }
+        // Listed long ago, but its last news is newer than the cutoff: kept.
+        purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
+        assert!(kv.get("task:job-6").unwrap().is_some());
+        purge_expired(&kv, 4 * DAY, 4 * DAY, 10).unwrap();
+        assert_eq!(kv.get("task:job-6").unwrap(), None);
     }
 
     #[test]
