@@ -48,8 +48,8 @@ pub fn run(work: AfterAck, env: &Env<'_>) {
     let notify = match NotifyConfig::load(env.vars) {
         Ok(notify) => notify,
         // Whether notifications are on cannot be told: the change is queued unsent, for
-        // a reconcile run that finds them on (a final task's would be queued again by
-        // reconcile, a `processing` refresh would not).
+        // a reconcile run that finds them on (reconcile queues a tracked task's state
+        // again when no receiver took it; a task first seen by callback has no run to).
         Err(error @ ConfigError::Unavailable(_)) => {
             let notification = Notification::task(&key, &task, env.now_ms);
             let id = notification.webhook_id.clone();

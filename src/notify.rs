@@ -28,7 +28,8 @@
 //! - A 2xx for a task writes `task:{key}:notified` (that sequence). The reconciler,
 //!   releasing a final task, queues its final notification again when that marker is
 //!   lower: an instance that died between acknowledging a callback and queueing its
-//!   notification loses nothing.
+//!   notification loses nothing. A poll of a task it tracks that brings nothing new does
+//!   the same for a stored state not final yet (a callback's or a poll's).
 //! - A 2xx for a pipeline writes `pipeline:{id}:notified` (its `webhook-id`). Every
 //!   reconcile run queues, for each pipeline it still tracks, the notification of the
 //!   pipeline as it is when that marker names another one and the outbox holds none,
@@ -260,9 +261,11 @@ impl<'a> Notifier<'a> {
         Ok(())
     }
 
-    /// Queues a final task's notification again unless a receiver took it (or it is
-    /// queued): the reconciler calls this before releasing the task, so a notification
-    /// whose sender died before queueing it still goes out.
+    /// Queues a task's notification of `record` again unless a receiver took it (or it is
+    /// queued): the reconciler calls this before releasing a final task, and for a task
+    /// whose poll brought nothing new, so a notification whose sender died before
+    /// queueing it still goes out. (An older state's notification still queued is not
+    /// looked for: the outbox sends the highest state anyway, so this may send once more.)
     pub fn ensure_notified(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), StoreError> {
         let notified = self
             .kv

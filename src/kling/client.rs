@@ -183,8 +183,9 @@ impl<'a> KlingClient<'a> {
             Ok(None) => return Err(KlingError::InvalidResponse(200)),
             // "No such task" is Kling's own 404 with 1203 (resource does not exist). Its
             // 404 with 1202 (wrong method), or a 404 that is not Kling's envelope (a
-            // proxy, a wrong `kling_base_url`) says nothing about the task: an error, so
-            // that no run gives a task up as `lost` over a misrouted query.
+            // proxy, a `kling_base_url` that is not Kling) says nothing about the task: an
+            // error, so that no run gives a task up as `lost` over it. (Kling's 1203 for
+            // a path it no longer serves reads as "no such task": it cannot be told apart.)
             Err(KlingError::Api(e)) if e.http_status == 404 && e.code == 1203 => return Ok(None),
             Err(e) => return Err(e),
         };

@@ -305,7 +305,7 @@ async fn news_a_read_repair_stored_is_announced_even_when_its_poll_record_fails(
 
 /// A callback that cannot tell whether notifications are on (`notify_url`'s provider did
 /// not answer) queues its change unsent; a run that finds them on sends it. A
-/// `processing` change, which nothing else would announce again.
+/// `processing` change, queued by the callback itself before any poll could announce it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_whose_notify_settings_cannot_be_read_waits_unsent_for_a_run() {
     let receiver = Receiver::start(0).await;
