@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kling_standin::{Config, Script, StandIn};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::components::kling_app_with;
 use crate::support::deployment::{
@@ -243,6 +243,30 @@ async fn a_read_whose_repair_is_misconfigured_serves_the_stored_task() {
         .send(authorized("POST", "/tasks/reconcile"))
         .await
         .expect_error(500, "config_invalid", "lost_after_polls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_repair_kling_rate_limits_serves_the_stored_task_and_its_polls() {
+    let d = deploy_silent(KvStore::default(), &[("stale_after_seconds", "0")]).await;
+    let busy = Script {
+        query_error: Some((429, 1302)),
+        ..silent()
+    };
+    d.submit_scripted("busy", busy).await;
+    until_kling_finished(&d.standin).await;
+    assert_eq!(status(&d.app, "busy").await["status"], "submitted");
+    // Polled once (refused); the next read's repair is refused too, and the task is
+    // served with the polls it shows when none is due.
+    let task = status(&d.app, "busy").await;
+    assert_eq!(task["status"], "submitted");
+    assert_eq!(
+        (
+            &task["reconcile"]["polls"],
+            &task["reconcile"]["last_outcome"]
+        ),
+        (&json!(1), &json!("kling_rate_limited")),
+        "{task}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
