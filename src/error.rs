@@ -292,6 +292,54 @@ mod tests {
         assert_eq!(kling_error(1201).details().unwrap().1["request_id"], "r");
     }
 
+    /// Every code an HTTP route can answer is in `openapi.json`'s `Error.code` enum (the
+    /// codes are read from this file's mapping, so a new one cannot be forgotten there).
+    #[test]
+    fn every_code_is_in_the_published_document() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let read = |name: &str| std::fs::read_to_string(root.join(name)).unwrap();
+        let document: Value = serde_json::from_str(&read("openapi.json")).unwrap();
+        let published = &document["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
+            ["code"]["enum"];
+        let source = read("src/error.rs");
+        let between = |from: &str, to: &str| {
+            let start = source.find(from).unwrap();
+            &source[start..start + source[start..].find(to).unwrap()]
+        };
+        // `status_and_code`, and the functions after `ApiError`'s impl that it calls.
+        let mapping = [
+            between("pub fn status_and_code", "pub fn message"),
+            between("\nfn submit(", "#[cfg(test)]"),
+        ]
+        .concat();
+        // `(404, "not_found")` in the mappings, `=> "invalid_json"` in `payload`.
+        let parts: Vec<&str> = mapping.split('"').collect();
+        let codes: Vec<&str> = (1..parts.len())
+            .step_by(2)
+            .filter(|&i| {
+                let before = parts[i - 1].trim_end();
+                let status = before.strip_suffix(',').and_then(|b| b.get(b.len() - 4..));
+                before.ends_with("=>")
+                    || status.is_some_and(|s| {
+                        s.starts_with('(') && s[1..].bytes().all(|b| b.is_ascii_digit())
+                    })
+            })
+            .map(|i| parts[i])
+            .filter(|code| !code.is_empty())
+            .collect();
+        assert!(codes.len() > 40, "{codes:?}");
+        for code in codes {
+            // Only the WIT `submit` names a kind in its arguments.
+            if code == "invalid_kind" {
+                continue;
+            }
+            assert!(
+                published.as_array().unwrap().iter().any(|c| c == code),
+                "`{code}` is missing from openapi.json's Error.code"
+            );
+        }
+    }
+
     #[test]
     fn statuses_follow_the_documented_contract() {
         let cases: Vec<(ApiError, u16)> = vec![
