@@ -177,9 +177,12 @@ fn to_wit(error: ApiError) -> wit::Error {
             message: e.message.clone(),
             request_id: e.request_id.clone(),
         };
-        return match error.retry_after_secs() {
-            Some(secs) => wit::Error::RateLimited((kling, secs)),
-            None => wit::Error::Kling(kling),
+        return match (error.retry_after_secs(), error.status_and_code().1) {
+            (Some(secs), _) => wit::Error::RateLimited((kling, secs)),
+            // Kling's own trouble (5000-5002, maintenance, a code this build does not
+            // know): retryable, as over HTTP; `kling` is for Kling refusing the task.
+            (None, "kling_unavailable" | "kling_maintenance") => wit::Error::Unavailable(message),
+            (None, _) => wit::Error::Kling(kling),
         };
     }
     match error.status_and_code() {

@@ -285,6 +285,12 @@ async fn submit_behaves_like_the_http_route() {
         matches!(&refused, Err(Error::Kling(k)) if k.code == 1301),
         "{refused:?}"
     );
+    // Kling's maintenance is worth retrying, as over HTTP (503 `kling_maintenance`).
+    let down = refused_submit(&d, "job-maintenance", 503, 5001).await;
+    assert!(
+        matches!(&down, Err(Error::Unavailable(m)) if m.contains("5001")),
+        "{down:?}"
+    );
 }
 
 /// Submits under `ext` after scripting the stand-in to refuse it with `http` and `code`.
