@@ -282,6 +282,10 @@ impl StandIn {
             };
         }
         match (method.as_str(), path.as_str()) {
+            // API 2.0's queries, like its creates, take an API key only.
+            ("GET", "/tasks") if !self.is_api_key(authorization.as_deref()) => {
+                return error(401, 1002, "API 2.0 takes an API key");
+            }
             ("GET", "/tasks") => return self.query_tasks(query).await,
             ("POST", "/v1/videos/identify-face") => return identify_face(&json),
             ("POST", "/v1/audio/tts") => return tts(&json),
@@ -408,7 +412,7 @@ impl StandIn {
                 status: "submitted",
                 callback_url,
                 created_at: now,
-                updated_at: now,
+                updated_at: updated_at_of(now, "submitted"),
                 request,
             };
             state.tasks.push(task.clone());
@@ -442,19 +446,24 @@ impl StandIn {
         }
     }
 
-    /// Moves the task through its statuses, calling back for each as scripted.
+    /// Moves the task through its statuses, calling back for each as scripted: each
+    /// status once the task has it, as Kling does (a lookup that a callback causes sees
+    /// the task as that callback says); a reversed script calls back once it has ended.
     async fn run_callbacks(&self, task_id: &str, script: &Script) {
         tokio::time::sleep(script.delay).await;
         let last = if script.fails { "failed" } else { "succeed" };
         let mut statuses = vec!["submitted", "processing", last];
-        for status in ["processing", last] {
-            tokio::time::sleep(self.config.callback_spacing).await;
-            self.set_status(task_id, status);
-        }
         if script.reverse {
+            for status in ["processing", last] {
+                self.set_status(task_id, status);
+            }
             statuses.reverse();
         }
         for status in statuses {
+            if !script.reverse && status != "submitted" {
+                tokio::time::sleep(self.config.callback_spacing).await;
+                self.set_status(task_id, status);
+            }
             if script.drop.contains(&status) {
                 continue;
             }
@@ -470,7 +479,7 @@ impl StandIn {
         let mut state = self.state();
         if let Some(task) = state.tasks.iter_mut().find(|t| t.task_id == task_id) {
             task.status = status;
-            task.updated_at = now_ms();
+            task.updated_at = updated_at_of(task.created_at, status);
         }
     }
 
@@ -481,11 +490,7 @@ impl StandIn {
         let Some(url) = task.callback_url.clone() else {
             return;
         };
-        let rank = ["submitted", "processing", "succeed", "failed"]
-            .iter()
-            .position(|s| *s == status)
-            .unwrap_or(0) as u64;
-        let mut body = task_json(&task, status, task.created_at + 1000 * (rank + 1));
+        let mut body = task_json(&task, status, updated_at_of(task.created_at, status));
         if bare_success && let Some(fields) = body.as_object_mut() {
             for results in ["task_result", "final_unit_deduction", "outputs", "billing"] {
                 fields.remove(results);
@@ -740,6 +745,16 @@ fn respond(status: u16, body: Value) -> Response<Full<Bytes>> {
 
 fn request_id() -> String {
     format!("standin-{}", now_ms())
+}
+
+/// Kling's `updated_at` for a task of `created_at` in `status`: one value per state, the
+/// same in its callbacks, its create answer and its queries (a second apart per step).
+fn updated_at_of(created_at: u64, status: &str) -> u64 {
+    let rank = ["submitted", "processing", "succeed", "failed"]
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or(0) as u64;
+    created_at + 1000 * (rank + 1)
 }
 
 fn now_ms() -> u64 {

@@ -176,3 +176,41 @@ async fn a_delivery_stored_while_kling_verifies_another_is_not_written_over() {
         "processing"
     );
 }
+
+/// Kling calls back each status as the task has it, with the `updated_at` its queries
+/// show: a final sent twice is checked with Kling once, and the copy is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_sent_twice_is_checked_with_kling_once() {
+    let d = deploy().await;
+    let twice = Script {
+        duplicate: true,
+        ..Script::default()
+    };
+    let submitted = d.submit_scripted("job-twice", twice).await;
+    let task_id = submitted["task_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answered = || -> Vec<Option<u16>> {
+        d.standin
+            .deliveries()
+            .into_iter()
+            .filter(|delivery| delivery.task_id == task_id)
+            .map(|delivery| delivery.answered)
+            .collect()
+    };
+    while answered().len() < 6 {
+        assert!(Instant::now() < deadline, "{:?}", answered());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        answered().iter().all(|a| *a == Some(200)),
+        "{:?}",
+        answered()
+    );
+    assert_eq!(d.queries_about(&task_id), 1, "the final's check, once");
+    let task = d.app.send(get_task("job-twice")).await.json();
+    assert_eq!(
+        (&task["status"], &task["deliveries"]),
+        (&json!("succeed"), &json!(3)),
+        "{task}"
+    );
+}
