@@ -91,6 +91,15 @@ pub enum Rule {
     ListOf(&'static str, usize, usize, &'static str),
     /// If present: an image as a URL or raw base64, never a `data:` URI.
     Image(&'static str),
+    /// If present: a list of this many such images.
+    ImageList(&'static str, usize, usize),
+    /// If present: each entry's `item` (see [`Rule::ListOf`]) holds at most this many
+    /// characters.
+    ListTexts(&'static str, &'static str, usize),
+    /// If the first is given, the second must be this string.
+    Needs(&'static str, &'static str, &'static str),
+    /// Not taken by this kind (Kling refuses it).
+    Absent(&'static str),
 }
 
 /// A kind of Kling task.
@@ -246,6 +255,7 @@ pub static CATALOG: &[KindSpec] = &[
             Rule::Required("input"),
             Rule::Object("input"),
             Rule::Image("input.image"),
+            Rule::ImageList("input.images", 2, 2),
         ]],
         VIDEOS,
         r#"{"effect_scene":"hug","input":{"images":["https://example.com/a.png","https://example.com/b.png"]}}"#,
@@ -267,8 +277,17 @@ pub static CATALOG: &[KindSpec] = &[
                 Rule::RequiredUnless("prompt", "multi_shot"),
                 Rule::OneOf("sound", &["on", "off"]),
                 Rule::ListOf("multi_prompt", 1, 6, "prompt"),
+                Rule::ListTexts("multi_prompt", "prompt", 512),
                 Rule::List("voice_list", 1, 2),
                 Rule::NotBoth("voice_list", "element_list"),
+                Rule::Needs("voice_list", "sound", "on"),
+                // "3".."15" (kling-video-o1: to "10", which Kling checks).
+                Rule::OneOf(
+                    "duration",
+                    &[
+                        "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+                    ],
+                ),
             ],
         ],
         VIDEOS,
@@ -284,6 +303,7 @@ pub static CATALOG: &[KindSpec] = &[
                 Rule::Image("image"),
                 Rule::ExactlyOne("audio_id", "sound_file"),
                 Rule::Text("prompt", 2500),
+                Rule::Absent("model_name"),
             ]],
             VIDEOS,
             r#"{"image":"https://example.com/face.png","sound_file":"https://example.com/hello.mp3"}"#,
@@ -310,7 +330,11 @@ pub static CATALOG: &[KindSpec] = &[
         ..legacy(
             "advanced-lip-sync",
             "/v1/videos/advanced-lip-sync",
-            &[&[Rule::Required("session_id"), Rule::Required("face_choose")]],
+            &[&[
+                Rule::Required("session_id"),
+                Rule::Required("face_choose"),
+                Rule::List("face_choose", 1, 1),
+            ]],
             VIDEOS,
             r#"{"session_id":"s-1","face_choose":[{"face_id":"0","sound_file":"https://example.com/hello.mp3"}]}"#,
         )
@@ -369,7 +393,7 @@ pub static CATALOG: &[KindSpec] = &[
         "/v1/images/multi-image2image",
         &[&[
             Rule::Required("subject_image_list"),
-            Rule::List("subject_image_list", 1, 4),
+            Rule::ListOf("subject_image_list", 1, 4, "subject_image"),
             Rule::Text("prompt", 2500),
         ]],
         IMAGES,

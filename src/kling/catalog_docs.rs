@@ -103,7 +103,7 @@ fn nonblank_string() -> Value {
 
 /// A string that is no `data:` URI (the `not` names its type, so `null` passes it).
 fn no_data_uri() -> Value {
-    json!({"type": "string", "not": {"type": "string", "pattern": "^data:"}})
+    json!({"type": "string", "not": {"type": "string", "pattern": "^[Dd][Aa][Tt][Aa]:"}})
 }
 
 /// One rule as JSON Schema; together (`allOf`) they accept what [`validate`] accepts.
@@ -150,6 +150,21 @@ fn rule_schema(rule: &Rule) -> Value {
             optional(field, schema)
         }
         Rule::Image(field) => optional(field, no_data_uri()),
+        Rule::ImageList(field, min, max) => {
+            let mut schema = list(min, max);
+            schema["items"] = no_data_uri();
+            optional(field, schema)
+        }
+        // `maxLength` binds strings only, as the validator reads the entries.
+        Rule::ListTexts(field, item, max) => optional(
+            field,
+            json!({"items": {"properties": { item: {"maxLength": max} }}}),
+        ),
+        Rule::Needs(field, other, value) => json!({"anyOf": [
+            {"not": at(field, given(), true)},
+            at(other, json!({"const": value}), true),
+        ]}),
+        Rule::Absent(field) => json!({"not": at(field, json!({"not": {"type": "null"}}), true)}),
     }
 }
 

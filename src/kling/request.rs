@@ -234,13 +234,52 @@ fn check(rule: &Rule, request: &Map<String, Value>) -> Result<(), RequestError> 
             Some(_) => Err(problem(field, "must be a string: a URL or raw base64")),
             None => Ok(()),
         },
+        Rule::ImageList(field, min, max) => match at(field) {
+            Some(Value::Array(list)) if (min..=max).contains(&list.len()) => {
+                list.iter().enumerate().try_for_each(|(i, image)| {
+                    let name = format!("{field}[{i}]");
+                    match image.as_str() {
+                        Some(image) => check_image(&name, image),
+                        None => Err(problem(name, "must be a string: a URL or raw base64")),
+                    }
+                })
+            }
+            Some(_) => Err(problem(
+                field,
+                format!("must be a list of {min} to {max} images"),
+            )),
+            None => Ok(()),
+        },
+        Rule::ListTexts(field, item, max) => match at(field) {
+            Some(Value::Array(list)) => list.iter().enumerate().try_for_each(|(i, entry)| {
+                match entry.get(item).and_then(Value::as_str) {
+                    Some(text) if text.chars().count() > max => Err(problem(
+                        format!("{field}[{i}].{item}"),
+                        format!("is longer than {max} characters"),
+                    )),
+                    _ => Ok(()),
+                }
+            }),
+            _ => Ok(()),
+        },
+        Rule::Needs(field, other, value)
+            if given(request, field) && at(other).and_then(Value::as_str) != Some(value) =>
+        {
+            Err(problem(field, format!("needs `{other}` \"{value}\"")))
+        }
+        Rule::Absent(field) if at(field).is_some() => {
+            Err(problem(field, "is not taken by this kind; leave it out"))
+        }
         _ => Ok(()),
     }
 }
 
 /// Kling takes an image as a URL or as raw base64: a `data:` URI prefix is refused.
 fn check_image(field: &str, image: &str) -> Result<(), RequestError> {
-    if image.starts_with("data:") {
+    if image
+        .get(..5)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("data:"))
+    {
         Err(problem(
             field,
             "must be a URL or raw base64 without a `data:` prefix",
@@ -372,7 +411,57 @@ mod tests {
             ),
             (k("effects"), json!({"input": {}}), "effect_scene"),
             (k("effects"), json!({"effect_scene": "hug"}), "input"),
+            (
+                k("effects"),
+                json!({"effect_scene": "hug", "input": {"images": ["a"]}}),
+                "input.images",
+            ),
+            (
+                k("effects"),
+                json!({"effect_scene": "hug", "input": {"images": ["a", "DATA:image/png;base64,x"]}}),
+                "input.images[1]",
+            ),
             (k("image-generation"), json!({"prompt": " "}), "prompt"),
+            (
+                k("image2video"),
+                json!({"image": "Data:image/png;base64,iVBOR"}),
+                "image",
+            ),
+            (
+                k("multi-image2image"),
+                json!({"subject_image_list": [{"subject_image": "data:image/png;base64,x"}]}),
+                "subject_image_list[0].subject_image",
+            ),
+            (
+                k("multi-image2image"),
+                json!({"subject_image_list": [{"image": "https://a"}]}),
+                "subject_image_list[0].subject_image",
+            ),
+            (
+                k("avatar"),
+                json!({"image": "i", "audio_id": "a", "model_name": "kling-v2-1"}),
+                "model_name",
+            ),
+            (
+                k("advanced-lip-sync"),
+                json!({"session_id": "s", "face_choose": [{"face_id": "0"}, {"face_id": "1"}]}),
+                "face_choose",
+            ),
+            (
+                k("omni-video"),
+                json!({"prompt": "p", "duration": "20"}),
+                "duration",
+            ),
+            (
+                k("omni-video"),
+                json!({"prompt": "p", "voice_list": [{"voice_id": "v"}]}),
+                "voice_list",
+            ),
+            (
+                k("omni-video"),
+                json!({"multi_shot": true, "multi_prompt": [{"prompt": "x".repeat(513)}]}),
+                "multi_prompt[0].prompt",
+            ),
         ];
         for (kind, body, field) in cases {
             let err = check(kind, body.clone()).unwrap_err();
