@@ -86,8 +86,12 @@ impl ApiError {
             Some(e) if e.code == 1004 => {
                 " (the token has expired: this host's clock is behind Kling's)"
             }
-            Some(e) if (1000..=1002).contains(&e.code) || e.code == 1103 => {
+            Some(e) if (1000..=1002).contains(&e.code) => {
                 " (check kling_api_key, or kling_access_key and kling_secret_key, and that they belong to this Kling host)"
+            }
+            // kling-api.md: "no access to this API or model".
+            Some(e) if e.code == 1103 => {
+                " (this account has no access to this API or to the request's model_name; or the keys belong to another Kling host)"
             }
             _ => "",
         };
@@ -289,6 +293,7 @@ mod tests {
         assert_eq!(kling_error(1201).retry_after_secs(), None);
         assert!(kling_error(1003).message().contains("clock is ahead"));
         assert!(kling_error(1004).message().contains("clock is behind"));
+        assert!(kling_error(1103).message().contains("model_name"));
         assert_eq!(kling_error(1201).details().unwrap().1["request_id"], "r");
     }
 
