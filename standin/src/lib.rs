@@ -96,6 +96,10 @@ pub struct Script {
     pub duplicate: bool,
     /// Send the callbacks last status first.
     pub reverse: bool,
+    /// Once the task has ended, Kling refreshes its final state (a newer `updated_at`,
+    /// the same status) and calls back again (copies as `duplicate` says), as the
+    /// contract lets a status be refreshed; its queries answer the refreshed state.
+    pub refresh: bool,
     /// The success callback carries no results, as kling-api.md allows ("`task_result`
     /// may be missing or `{}`"; API 2.0's own example success has no `outputs`); queries
     /// still answer them.
@@ -467,11 +471,29 @@ impl StandIn {
             if script.drop.contains(&status) {
                 continue;
             }
-            let copies = if script.duplicate { 2 } else { 1 };
-            for _ in 0..copies {
-                self.deliver(task_id, status, script.bare_success).await;
-                tokio::time::sleep(self.config.callback_spacing).await;
+            self.deliver_copies(task_id, status, script).await;
+        }
+        if script.refresh {
+            self.refresh(task_id);
+            if !script.drop.contains(&last) {
+                self.deliver_copies(task_id, last, script).await;
             }
+        }
+    }
+
+    async fn deliver_copies(&self, task_id: &str, status: &'static str, script: &Script) {
+        let copies = if script.duplicate { 2 } else { 1 };
+        for _ in 0..copies {
+            self.deliver(task_id, status, script.bare_success).await;
+            tokio::time::sleep(self.config.callback_spacing).await;
+        }
+    }
+
+    /// The task's state again, half a second newer.
+    fn refresh(&self, task_id: &str) {
+        let mut state = self.state();
+        if let Some(task) = state.tasks.iter_mut().find(|t| t.task_id == task_id) {
+            task.updated_at += 500;
         }
     }
 
@@ -490,7 +512,14 @@ impl StandIn {
         let Some(url) = task.callback_url.clone() else {
             return;
         };
-        let mut body = task_json(&task, status, updated_at_of(task.created_at, status));
+        // The state the task is in carries its own time (refreshed or not); an earlier
+        // status (a reversed script) the time it had then.
+        let updated_at = if status == task.status {
+            task.updated_at
+        } else {
+            updated_at_of(task.created_at, status)
+        };
+        let mut body = task_json(&task, status, updated_at);
         if bare_success && let Some(fields) = body.as_object_mut() {
             for results in ["task_result", "final_unit_deduction", "outputs", "billing"] {
                 fields.remove(results);

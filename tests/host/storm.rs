@@ -74,7 +74,8 @@ async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usiz
     let replicas = replicas_with(&standin, &kv, replica_count, &notifying).await;
 
     // Every task's callbacks are duplicated; odd ones arrive in reverse; every tenth
-    // final is never delivered, and every third task fails.
+    // final is never delivered, every third task fails, and every fourth has its final
+    // refreshed by Kling (sent again, duplicated, with a newer `updated_at`).
     let exts: Vec<String> = (0..tasks).map(|i| format!("storm-{i}")).collect();
     for (i, ext) in exts.iter().enumerate() {
         let fails = i % 3 == 0;
@@ -88,6 +89,7 @@ async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usiz
                 fails,
                 duplicate: true,
                 reverse: i % 2 == 1,
+                refresh: i % 4 == 2,
                 drop,
                 ..Script::default()
             },
@@ -221,6 +223,8 @@ async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usiz
         let stored = replicas[1].send(get_task(&task.task_id)).await.json();
         assert_eq!(stored["status"], task.status, "{ext}");
         assert_eq!(stored["external_task_id"], ext.as_str());
+        // Kling's latest version of it: a refreshed final included.
+        assert_eq!(stored["updated_at"], task.updated_at, "{ext}");
         // Two replicas refreshing one final at once may leave either version in the
         // slot (the status is the same); the receiver keeps the newer of the two.
         let (kept, status) = applied
