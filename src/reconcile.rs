@@ -433,7 +433,7 @@ impl Poller<'_> {
         let polled = match self.poll_answered(key, head, previous, answered.map(|e| Ok(Some(e)))) {
             Ok(polled) => polled,
             Err(PollError::Store(e)) => return Err(e),
-            Err(PollError::RateLimited(message)) => {
+            Err(PollError::RateLimited { message, .. }) => {
                 report.errors.push(ReconcileIssue::new(
                     key.as_str(),
                     "kling_rate_limited",
@@ -671,7 +671,10 @@ impl Poller<'_> {
             Err(KlingError::Api(e)) if matches!(e.code, 1302 | 1303) => {
                 state.last_outcome = "kling_rate_limited".into();
                 store.save_poll_state(key, &state)?;
-                return Err(PollError::RateLimited(e.message));
+                return Err(PollError::RateLimited {
+                    message: e.message,
+                    state,
+                });
             }
             Err(error) => {
                 state.last_outcome = match &error {
@@ -758,8 +761,11 @@ enum Applied {
 #[derive(Debug)]
 pub enum PollError {
     Store(StoreError),
-    /// Kling answered 1302/1303: ask nothing more now.
-    RateLimited(String),
+    /// Kling answered 1302/1303: ask nothing more now. `state`: the poll as recorded.
+    RateLimited {
+        message: String,
+        state: PollState,
+    },
 }
 
 impl From<StoreError> for PollError {

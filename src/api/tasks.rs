@@ -96,7 +96,7 @@ pub fn show_task(id: &str, env: &Env<'_>) -> Result<Shown, ApiError> {
         clock: env.clock,
         options: &options,
     };
-    match poller.poll(&key, head, previous.clone().unwrap_or_default()) {
+    match poller.poll(&key, head, previous.unwrap_or_default()) {
         Ok(polled) => {
             let repaired = polled.news.is_some();
             // No record left: Kling never created it and the poll gave it up, or its head
@@ -110,9 +110,9 @@ pub fn show_task(id: &str, env: &Env<'_>) -> Result<Shown, ApiError> {
                 repaired,
             })
         }
-        // Kling asked us to wait: the stored state is still the truth we have, served
-        // as any read that is not repaired serves it.
-        Err(PollError::RateLimited(_)) => Ok(Shown::as_stored(key, record, previous)),
+        // Kling asked us to wait: the stored state is still the truth we have, with the
+        // poll as it was just recorded.
+        Err(PollError::RateLimited { state, .. }) => Ok(Shown::as_stored(key, record, Some(state))),
         // A write of the poll failed, perhaps after its news was stored: what the store
         // holds now is served (and, if newer, announced), or, if it cannot be read
         // either, the store error.
