@@ -179,9 +179,12 @@ fn to_wit(error: ApiError) -> wit::Error {
         };
         return match (error.retry_after_secs(), error.status_and_code().1) {
             (Some(secs), _) => wit::Error::RateLimited((kling, secs)),
-            // Kling's own trouble (5000-5002, maintenance, a code this build does not
-            // know): retryable, as over HTTP; `kling` is for Kling refusing the task.
-            (None, "kling_unavailable" | "kling_maintenance") => wit::Error::Unavailable(message),
+            // Kling's own trouble (5000-5002, maintenance, a code this build does not know
+            // sent with a 5xx): retryable, as over HTTP; `kling` is for Kling refusing the
+            // task (an unknown code with a 4xx included: retrying it would be refused).
+            (None, "kling_unavailable" | "kling_maintenance") if e.http_status >= 500 => {
+                wit::Error::Unavailable(message)
+            }
             (None, _) => wit::Error::Kling(kling),
         };
     }

@@ -291,6 +291,12 @@ async fn submit_behaves_like_the_http_route() {
         matches!(&down, Err(Error::Unavailable(m)) if m.contains("5001")),
         "{down:?}"
     );
+    // A refusal this build has no name for is still a refusal.
+    let unknown = refused_submit(&d, "job-unknown-code", 400, 1206).await;
+    assert!(
+        matches!(&unknown, Err(Error::Kling(k)) if k.code == 1206),
+        "{unknown:?}"
+    );
 }
 
 /// Submits under `ext` after scripting the stand-in to refuse it with `http` and `code`.
