@@ -311,28 +311,26 @@ mod tests {
             let start = source.find(from).unwrap();
             &source[start..start + source[start..].find(to).unwrap()]
         };
-        // `status_and_code`, and the functions after `ApiError`'s impl that it calls.
-        let mapping = [
+        // `status_and_code`, and the functions after `ApiError`'s impl that it calls: their
+        // only string literals are codes, however they are formatted (comments aside).
+        let mapping: String = [
             between("pub fn status_and_code", "pub fn message"),
             between("\nfn submit(", "#[cfg(test)]"),
         ]
-        .concat();
-        // `(404, "not_found")` in the mappings, `=> "invalid_json"` in `payload`.
-        let parts: Vec<&str> = mapping.split('"').collect();
-        let codes: Vec<&str> = (1..parts.len())
-            .step_by(2)
-            .filter(|&i| {
-                let before = parts[i - 1].trim_end();
-                let status = before.strip_suffix(',').and_then(|b| b.get(b.len() - 4..));
-                before.ends_with("=>")
-                    || status.is_some_and(|s| {
-                        s.starts_with('(') && s[1..].bytes().all(|b| b.is_ascii_digit())
-                    })
-            })
-            .map(|i| parts[i])
-            .filter(|code| !code.is_empty())
-            .collect();
-        assert!(codes.len() > 40, "{codes:?}");
+        .concat()
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect();
+        let mut codes: Vec<&str> = mapping.split('"').skip(1).step_by(2).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert!(
+            codes.len() >= 52
+                && codes.iter().all(
+                    |c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                ),
+            "{codes:?}"
+        );
         for code in codes {
             // Only the WIT `submit` names a kind in its arguments.
             if code == "invalid_kind" {
