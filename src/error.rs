@@ -91,7 +91,7 @@ impl ApiError {
             }
             // kling-api.md: "no access to this API or model".
             Some(e) if e.code == 1103 => {
-                " (this account has no access to this API or to the request's model_name; or the keys belong to another Kling host)"
+                " (this account has no access to this API or model: the request's model_name, or an API 2.0 kind's model; or the keys belong to another Kling host)"
             }
             _ => "",
         };

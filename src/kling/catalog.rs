@@ -98,8 +98,6 @@ pub enum Rule {
     ListTexts(&'static str, &'static str, usize),
     /// If the first is given, the second must be this string.
     Needs(&'static str, &'static str, &'static str),
-    /// Not taken by this kind (Kling refuses it).
-    Absent(&'static str),
 }
 
 /// A kind of Kling task.
@@ -303,7 +301,6 @@ pub static CATALOG: &[KindSpec] = &[
                 Rule::Image("image"),
                 Rule::ExactlyOne("audio_id", "sound_file"),
                 Rule::Text("prompt", 2500),
-                Rule::Absent("model_name"),
             ]],
             VIDEOS,
             r#"{"image":"https://example.com/face.png","sound_file":"https://example.com/hello.mp3"}"#,

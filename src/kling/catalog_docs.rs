@@ -164,7 +164,6 @@ fn rule_schema(rule: &Rule) -> Value {
             {"not": at(field, given(), true)},
             at(other, json!({"const": value}), true),
         ]}),
-        Rule::Absent(field) => json!({"not": at(field, json!({"not": {"type": "null"}}), true)}),
     }
 }
 

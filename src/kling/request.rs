@@ -267,9 +267,6 @@ fn check(rule: &Rule, request: &Map<String, Value>) -> Result<(), RequestError> 
         {
             Err(problem(field, format!("needs `{other}` \"{value}\"")))
         }
-        Rule::Absent(field) if at(field).is_some() => {
-            Err(problem(field, "is not taken by this kind; leave it out"))
-        }
         _ => Ok(()),
     }
 }
@@ -436,11 +433,6 @@ mod tests {
                 k("multi-image2image"),
                 json!({"subject_image_list": [{"image": "https://a"}]}),
                 "subject_image_list[0].subject_image",
-            ),
-            (
-                k("avatar"),
-                json!({"image": "i", "audio_id": "a", "model_name": "kling-v2-1"}),
-                "model_name",
             ),
             (
                 k("advanced-lip-sync"),

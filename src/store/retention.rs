@@ -263,7 +263,12 @@ fn delete_all(kv: &dyn KeyValue, keys: &[String]) -> Result<(), StoreError> {
 /// entries went, and a head there now is listed again under the same names (under now
 /// if it had none): a later run finds it, and the listing scan deletes it once its news
 /// is as old as the cutoff (a head with no state included). A head written after this
-/// read lists itself. One read per deleted task, in retention only.
+/// read lists itself if its task was not submitted here (every news batch of such a task
+/// holds its listing entry); a task submitted here whose delivery read its head before
+/// the delete and writes after this read (one kept waiting on Kling by
+/// `verify_callbacks`, a month after its last news) is left unlisted, still served by
+/// its id: no listing entry goes into its news batches just for that. One read per
+/// deleted task, in retention only.
 fn relist_if_written_back(
     kv: &dyn KeyValue,
     listed: &Index<'_>,
