@@ -165,7 +165,9 @@ fn pipeline_to_wit(view: PipelineView) -> wit::Pipeline {
 bindings::export!(Exports with_types_in bindings);
 
 /// The one mapping from the core's errors to the WIT variant, following the HTTP
-/// mapping (`ApiError::status_and_code`) so both surfaces agree.
+/// mapping (`ApiError::status_and_code`) so both surfaces agree, but for one case: a Kling
+/// code this build does not know, below 5000, is `kling` here (the caller gets the code;
+/// retrying a refusal is futile) where HTTP answers 502 `kling_unavailable`.
 fn to_wit(error: ApiError) -> wit::Error {
     let message = error.message();
     if let ApiError::Callback(CallbackError::Payload(_)) = error {
@@ -179,12 +181,10 @@ fn to_wit(error: ApiError) -> wit::Error {
         };
         return match (error.retry_after_secs(), error.status_and_code().1) {
             (Some(secs), _) => wit::Error::RateLimited((kling, secs)),
-            // Kling's own trouble (5000-5002, maintenance, a code this build does not know
-            // sent with a 5xx): retryable, as over HTTP; `kling` is for Kling refusing the
-            // task (an unknown code with a 4xx included: retrying it would be refused).
-            (None, "kling_unavailable" | "kling_maintenance") if e.http_status >= 500 => {
-                wit::Error::Unavailable(message)
-            }
+            // Kling's own trouble (5000-5002, maintenance, any 5xxx code, whatever HTTP
+            // status it came with): retryable, as over HTTP. Every other code is Kling
+            // refusing the task.
+            (None, _) if e.code >= 5000 => wit::Error::Unavailable(message),
             (None, _) => wit::Error::Kling(kling),
         };
     }

@@ -266,7 +266,7 @@ fn delete_all(kv: &dyn KeyValue, keys: &[String]) -> Result<(), StoreError> {
 /// read lists itself if its task was not submitted here (every news batch of such a task
 /// holds its listing entry); a task submitted here whose delivery read its head before
 /// the delete and writes after this read (one kept waiting on Kling by
-/// `verify_callbacks`, a month after its last news) is left unlisted, still served by
+/// `verify_callbacks`, `retention_days` after its last news) is left unlisted, still served by
 /// its id: no listing entry goes into its news batches just for that. One read per
 /// deleted task, in retention only.
 fn relist_if_written_back(

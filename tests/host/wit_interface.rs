@@ -291,8 +291,11 @@ async fn submit_behaves_like_the_http_route() {
         matches!(&down, Err(Error::Unavailable(m)) if m.contains("5001")),
         "{down:?}"
     );
-    // A refusal this build has no name for is still a refusal.
-    let unknown = refused_submit(&d, "job-unknown-code", 400, 1206).await;
+    // A refusal this build has no name for is still a refusal, whatever its HTTP status;
+    // Kling's own trouble is not, whatever its HTTP status.
+    let odd = refused_submit(&d, "job-odd-status", 400, 5000).await;
+    assert!(matches!(&odd, Err(Error::Unavailable(_))), "{odd:?}");
+    let unknown = refused_submit(&d, "job-unknown-code", 502, 1206).await;
     assert!(
         matches!(&unknown, Err(Error::Kling(k)) if k.code == 1206),
         "{unknown:?}"
