@@ -164,10 +164,11 @@ fn pipeline_to_wit(view: PipelineView) -> wit::Pipeline {
 
 bindings::export!(Exports with_types_in bindings);
 
-/// The one mapping from the core's errors to the WIT variant, following the HTTP
-/// mapping (`ApiError::status_and_code`) so both surfaces agree, but for one case: a Kling
-/// code this build does not know, below 5000, is `kling` here (the caller gets the code;
-/// retrying a refusal is futile) where HTTP answers 502 `kling_unavailable`.
+/// The one mapping from the core's errors to the WIT variant. Kling's answers go by its
+/// code: a refusal (1000 to 4999, known or not) is `kling`, with the code; its rate limits
+/// `rate-limited`; its own trouble (5000 and up, or a 5xx that carries no Kling code, as
+/// from a gateway) `unavailable`. Everything else follows the HTTP mapping
+/// (`ApiError::status_and_code`).
 fn to_wit(error: ApiError) -> wit::Error {
     let message = error.message();
     if let ApiError::Callback(CallbackError::Payload(_)) = error {
@@ -181,10 +182,10 @@ fn to_wit(error: ApiError) -> wit::Error {
         };
         return match (error.retry_after_secs(), error.status_and_code().1) {
             (Some(secs), _) => wit::Error::RateLimited((kling, secs)),
-            // Kling's own trouble (5000-5002, maintenance, any 5xxx code, whatever HTTP
-            // status it came with): retryable, as over HTTP. Every other code is Kling
-            // refusing the task.
             (None, _) if e.code >= 5000 => wit::Error::Unavailable(message),
+            (None, _) if !(1000..5000).contains(&e.code) && e.http_status >= 500 => {
+                wit::Error::Unavailable(message)
+            }
             (None, _) => wit::Error::Kling(kling),
         };
     }

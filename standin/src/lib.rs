@@ -457,9 +457,16 @@ impl StandIn {
     /// status once the task has it, as Kling does (a lookup that a callback causes sees
     /// the task as that callback says); a reversed script calls back once it has ended.
     async fn run_callbacks(&self, task_id: &str, script: &Script) {
+        /// Counts the task down however its callbacks end (a dropped future included).
+        struct CallingBack<'a>(&'a StandIn);
+        impl Drop for CallingBack<'_> {
+            fn drop(&mut self) {
+                self.0.state().calling_back -= 1;
+            }
+        }
         self.state().calling_back += 1;
+        let _counted = CallingBack(self);
         self.call_back(task_id, script).await;
-        self.state().calling_back -= 1;
     }
 
     /// Whether every task's callbacks have been sent (and answered, or given up on).

@@ -40,6 +40,11 @@ fn sequence_rank(status: &str) -> u64 {
     }
 }
 
+/// Whether Kling refreshes storm task `i`'s final.
+fn refreshed(i: usize) -> bool {
+    i % 5 == 2 || i % 20 == 10
+}
+
 async fn reconcile(app: &SpinApp) -> serde_json::Value {
     app.ok_json(authorized("POST", "/tasks/reconcile?limit=500"))
         .await
@@ -74,7 +79,8 @@ async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usiz
     let replicas = replicas_with(&standin, &kv, replica_count, &notifying).await;
 
     // Every task's callbacks are duplicated; odd ones arrive in reverse; every tenth
-    // final is never delivered, every third task fails, and every fifth has its final
+    // final is never delivered, every third task fails, and every fifth (and every
+    // twentieth from the tenth on, whose final is never delivered) has its final
     // refreshed by Kling (sent again, duplicated, with a newer `updated_at`).
     let exts: Vec<String> = (0..tasks).map(|i| format!("storm-{i}")).collect();
     for (i, ext) in exts.iter().enumerate() {
@@ -89,7 +95,7 @@ async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usiz
                 fails,
                 duplicate: true,
                 reverse: i % 2 == 1,
-                refresh: i % 5 == 2,
+                refresh: refreshed(i),
                 drop,
                 ..Script::default()
             },
@@ -227,7 +233,7 @@ async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usiz
         // Kling's latest version of it, or (two writers storing one final at once, the
         // last write wins) the version before a refresh.
         let i: usize = ext["storm-".len()..].parse().unwrap();
-        let (refreshed, final_sent) = (i % 5 == 2, !i.is_multiple_of(10));
+        let (refreshed, final_sent) = (refreshed(i), !i.is_multiple_of(10));
         let stored_at = stored["updated_at"].as_u64().unwrap();
         assert!(
             stored_at == task.updated_at || (refreshed && stored_at + 500 == task.updated_at),

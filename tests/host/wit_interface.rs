@@ -295,6 +295,12 @@ async fn submit_behaves_like_the_http_route() {
     // Kling's own trouble is not, whatever its HTTP status.
     let odd = refused_submit(&d, "job-odd-status", 400, 5000).await;
     assert!(matches!(&odd, Err(Error::Unavailable(_))), "{odd:?}");
+    // A gateway's 502 in JSON with no Kling code is Kling being unreachable.
+    let gateway = refused_submit(&d, "job-gateway", 502, 0).await;
+    assert!(
+        matches!(&gateway, Err(Error::Unavailable(_))),
+        "{gateway:?}"
+    );
     let unknown = refused_submit(&d, "job-unknown-code", 502, 1206).await;
     assert!(
         matches!(&unknown, Err(Error::Kling(k)) if k.code == 1206),
