@@ -461,24 +461,18 @@ impl Poller<'_> {
             }
         } else if let (Some(record), Some(notifier)) = (&polled.record, notifier)
             && record.source.is_some()
-            && !record.status.is_final()
         {
             // Nothing new from Kling, but what is stored may never have been announced: a
-            // poll whose run stopped before announcing it (its poll record could not be
-            // written), or a callback whose instance stopped after the acknowledgement.
-            // (A final one is made sure of below; a record built from the submission
-            // alone was never news.)
+            // callback whose instance stopped after the acknowledgement (a final one that
+            // came while Kling was asked included), or a poll whose run stopped before
+            // announcing it (its poll record could not be written). A record built from
+            // the submission alone was never news.
             notifier.ensure_notified(key, record)?;
         }
         let finished = polled.gone || polled.record.as_ref().is_some_and(|r| r.status.is_final());
         Ok(if finished {
-            if let Some(record) = &polled.record {
+            if polled.record.is_some() {
                 Index::finals(self.kv).add(&final_entry(key, now))?;
-                // A callback finished it while Kling was asked: as above, its instance
-                // may have stopped before queueing the notification.
-                if let (None, Some(notifier)) = (&polled.news, notifier) {
-                    notifier.ensure_notified(key, record)?;
-                }
             }
             Judged::Release
         } else {
