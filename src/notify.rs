@@ -50,7 +50,7 @@ use crate::store::index::Index;
 use crate::store::layout::TaskKey;
 use crate::store::pipelines::PipelineStore;
 use crate::store::tasks::TaskStore;
-use crate::store::{KeyValue, StoreError, to_json};
+use crate::store::{KeyValue, StoreError, get_count, to_json};
 use crate::task::TaskRecord;
 use crate::validate::is_valid_external_task_id;
 
@@ -267,10 +267,7 @@ impl<'a> Notifier<'a> {
     /// queueing it still goes out. (An older state's notification still queued is not
     /// looked for: the outbox sends the highest state anyway, so this may send once more.)
     pub fn ensure_notified(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), StoreError> {
-        let notified = self
-            .kv
-            .get(&key.notified())?
-            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse::<u64>().ok());
+        let notified = get_count(self.kv, &key.notified())?;
         if notified.is_some_and(|sequence| sequence >= record.sequence) {
             return Ok(());
         }

@@ -68,6 +68,14 @@ pub(crate) fn get_json<T: DeserializeOwned>(
     }
 }
 
+/// Reads a count we wrote as decimal text; anything else under the key reads as none (a
+/// count is bookkeeping: an unreadable one starts again).
+pub(crate) fn get_count(kv: &dyn KeyValue, key: &str) -> Result<Option<u64>, StoreError> {
+    Ok(kv
+        .get(key)?
+        .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok()))
+}
+
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("stored types serialize to JSON")
 }

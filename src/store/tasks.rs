@@ -444,11 +444,7 @@ impl<'a> TaskStore<'a> {
         key: &TaskKey,
         head: TaskHead,
     ) -> Result<Bookkeeping, StoreError> {
-        let counted = self
-            .kv
-            .get(&key.rejected())?
-            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse::<u64>().ok())
-            .unwrap_or(0);
+        let counted = super::get_count(self.kv, &key.rejected())?.unwrap_or(0);
         Ok(Bookkeeping {
             key: key.clone(),
             head,
