@@ -301,6 +301,27 @@ async fn invalid_requests_are_400_naming_the_field_and_reach_neither_kling_nor_t
             json!({"prompt": "p", "settings": {"duration": 16}}),
             "settings.duration",
         ),
+        // Limits kling-api.md states.
+        (
+            "omni-video",
+            json!({"prompt": "p", "duration": "20"}),
+            "duration",
+        ),
+        (
+            "omni-video",
+            json!({"prompt": "p", "voice_list": [{"voice_id": "v"}]}),
+            "voice_list",
+        ),
+        (
+            "advanced-lip-sync",
+            json!({"session_id": "s", "face_choose": [{"face_id": "0"}, {"face_id": "1"}]}),
+            "face_choose",
+        ),
+        (
+            "effects",
+            json!({"effect_scene": "hug", "input": {"images": ["https://a.png", "DATA:image/png;base64,x"]}}),
+            "input.images[1]",
+        ),
     ];
     for (kind, body, field) in cases {
         let reply = d.submit(kind, body).await;
