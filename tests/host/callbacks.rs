@@ -1,10 +1,14 @@
 //! The callback route through the real component: shapes, ordering, duplicates, and
 //! the store traffic each delivery costs.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
+use kling_standin::Config;
 use serde_json::json;
 
 use crate::support::components::kling_app;
+use crate::support::deployment::{Auth, deploy_against, submit_request, valid_body};
 use crate::support::kv::{KvStore, Op};
 use crate::support::requests::{authorized, callback, flat, get_task};
 use crate::support::spin_host::SpinApp;
@@ -538,4 +542,70 @@ async fn a_repeat_on_a_url_the_task_knows_is_answered_while_the_secret_cannot_be
     let again = kling_app_with(&STANDARD_VARIABLES, app.kv.clone());
     assert_eq!(again.send(callback("job-known", final_)).await.status, 200);
     assert_eq!(status_of(&again, "9801").await, "succeed");
+}
+
+/// Kling's opt-in Standard Webhooks signatures, end to end: the stand-in signs every
+/// callback of both families with the reference library, with two keys as during a
+/// rotation. A component holding either key stores what Kling sends; one holding neither
+/// refuses every delivery (401), so the task learns nothing from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_kling_signs_are_verified_end_to_end() {
+    const BEFORE_ROTATION: &str = "whsec_dGhlLWNvbnNvbGUta2V5LWJlZm9yZS1yb3RhdGlvbg==";
+    const AFTER_ROTATION: &str = "whsec_dGhlLWNvbnNvbGUta2V5LWFmdGVyLXJvdGF0aW9uIQ==";
+    const NOT_KLING_S: &str = "whsec_YS1rZXkta2xpbmctbmV2ZXItc2lnbnMtd2l0aC1vaw==";
+    for (configured, verifies) in [
+        (AFTER_ROTATION, true),
+        (BEFORE_ROTATION, true),
+        (NOT_KLING_S, false),
+    ] {
+        let kling = Config {
+            webhook_secrets: vec![AFTER_ROTATION.into(), BEFORE_ROTATION.into()],
+            ..Config::default()
+        };
+        let d = deploy_against(
+            kling,
+            KvStore::default(),
+            Auth::ApiKey,
+            None,
+            &[("webhook_signing_secret", configured)],
+        )
+        .await;
+        for (kind, ext) in [
+            ("text2video", "signed-legacy"),
+            ("text-to-video/kling-3.0-turbo", "signed-api2"),
+        ] {
+            let body = valid_body(kind);
+            d.app
+                .send(submit_request(kind, body, Some(ext)))
+                .await
+                .expect_json(202);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !d.standin.callbacks_done() || d.standin.deliveries().len() < 6 {
+            assert!(Instant::now() < deadline, "the stand-in did not call back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let answers: Vec<_> = d.standin.deliveries().iter().map(|d| d.answered).collect();
+        let expected = if verifies { Some(200) } else { Some(401) };
+        assert!(
+            answers.iter().all(|a| *a == expected),
+            "{configured}: {answers:?}"
+        );
+        for ext in ["signed-legacy", "signed-api2"] {
+            let task = d.app.send(get_task(ext)).await.expect_json(200);
+            if verifies {
+                assert_eq!(
+                    (task["status"].as_str(), task["source"].as_str()),
+                    (Some("succeed"), Some("callback")),
+                    "{configured}: {task}"
+                );
+            } else {
+                assert_eq!(
+                    (task["status"].as_str(), task["deliveries"].as_u64()),
+                    (Some("submitted"), Some(0)),
+                    "as the create answer left it: {task}"
+                );
+            }
+        }
+    }
 }

@@ -47,6 +47,18 @@ async fn standin() -> StandIn {
         .unwrap()
 }
 
+/// A stand-in whose account has Kling's Standard Webhooks signing on: every callback
+/// carries `webhook-*` headers, which the deployment talking to it verifies.
+async fn signing_standin() -> StandIn {
+    let kling = Config {
+        webhook_secrets: vec!["whsec_c2lnbmVkLWJ5LWtsaW5nLW9uLXJlYWwtc3Bpbg==".into()],
+        ..Config::default()
+    };
+    StandIn::start(kling, ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap()
+}
+
 /// The variables of a deployment talking to `standin` and notifying `receiver`.
 fn variables(standin: &StandIn, receiver: &Receiver) -> Vec<(&'static str, String)> {
     let origin = receiver.origin();
@@ -60,6 +72,15 @@ fn variables(standin: &StandIn, receiver: &Receiver) -> Vec<(&'static str, Strin
         ("notify_origin", origin),
         ("notify_secret", NOTIFY_SECRET.to_string()),
     ]
+    .into_iter()
+    .chain(
+        standin
+            .config()
+            .webhook_secrets
+            .first()
+            .map(|secret| ("webhook_signing_secret", secret.clone())),
+    )
+    .collect()
 }
 
 fn secrets(standin: &StandIn) -> Vec<String> {
@@ -69,6 +90,15 @@ fn secrets(standin: &StandIn) -> Vec<String> {
         standin.config().api_key.clone().unwrap(),
         NOTIFY_SECRET.trim_start_matches("whsec_").to_string(),
     ]
+    .into_iter()
+    .chain(
+        standin
+            .config()
+            .webhook_secrets
+            .iter()
+            .map(|secret| secret.trim_start_matches("whsec_").to_string()),
+    )
+    .collect()
 }
 
 async fn start(stores: &Stores, standin: &StandIn, receiver: &Receiver) -> SpinInstance {
@@ -420,7 +450,9 @@ async fn responses_arrive_whole(app: &SpinInstance) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_spin_two_instances_sharing_redis() {
     let redis = RedisServer::start().await;
-    let standin = standin().await;
+    // Kling's signatures on, so that they are checked on the real Spin too (the SQLite
+    // run keeps them off: the `sig` alone).
+    let standin = signing_standin().await;
     let receiver = Receiver::start(0).await;
     let stores = Stores::Redis(redis.port);
     let apps = [
@@ -428,6 +460,37 @@ async fn on_spin_two_instances_sharing_redis() {
         start(&stores, &standin, &receiver).await,
     ];
     scenario(&apps, &standin, &receiver).await;
+    // The headers were checked, not just carried: a valid `sig` with a signature that is
+    // not Kling's is refused.
+    let body = crate::support::requests::flat("8600000078", "e2e-not-kling", "succeed", 3);
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let mut forged = callback("e2e-not-kling", body.clone());
+    for (name, value) in [
+        ("webhook-id", "msg_not_kling".to_string()),
+        ("webhook-timestamp", now.to_string()),
+        (
+            "webhook-signature",
+            crate::support::requests::webhook_signature(
+                crate::support::requests::WEBHOOK_SECRET,
+                "msg_not_kling",
+                now,
+                body.as_bytes(),
+            ),
+        ),
+    ] {
+        forged.headers_mut().insert(name, value.parse().unwrap());
+    }
+    apps[0]
+        .send(forged)
+        .await
+        .expect_error(401, "invalid_webhook_signature", "");
+    assert_eq!(apps[1].send(get_task("e2e-not-kling")).await.status, 404);
     summarize("two instances, one Redis", &[&apps[0], &apps[1]], &standin);
 }
 

@@ -53,7 +53,18 @@ pub async fn deploy_on(
     clock: Option<u64>,
     extra: &[(&'static str, &str)],
 ) -> Deployment {
-    let standin = StandIn::start(Config::default(), SocketAddr::from(([127, 0, 0, 1], 0)))
+    deploy_against(Config::default(), kv, auth, clock, extra).await
+}
+
+/// [`deploy_on`] with a stand-in configured as `kling` says (signing its callbacks, say).
+pub async fn deploy_against(
+    kling: Config,
+    kv: KvStore,
+    auth: Auth,
+    clock: Option<u64>,
+    extra: &[(&'static str, &str)],
+) -> Deployment {
+    let standin = StandIn::start(kling, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
