@@ -430,7 +430,11 @@ fn checked_with_kling(
     head: Option<&TaskHead>,
     callback: TaskEvent,
 ) -> Result<Checked, CallbackError> {
-    let verify = callback.status.is_final() && (check.verify_finals)()?;
+    // A success without results over a stored final is never stored (the ledger's rule):
+    // nothing to verify, and no forgery to count.
+    let verify = callback.status.is_final()
+        && !(callback.lacks_results() && head.is_some_and(|h| h.seen.final_state.is_some()))
+        && (check.verify_finals)()?;
     // Not over a stored final: the ledger never lets it refresh one (and Kling would be
     // asked again on every re-send).
     let fetch_results =
@@ -1014,15 +1018,25 @@ pub(crate) mod tests {
 
     #[test]
     fn a_success_without_results_over_a_stored_final_asks_kling_nothing() {
-        let kv = MemoryKv::default();
-        submitted(&kv, Some("86"));
-        let kling = lists(Some("86"));
-        deliver_checked(&kv, &body("succeed", 6), &kling, false).unwrap();
-        // Newer than the stored final: not a repeat by its envelope, and still no news.
-        let later = deliver_checked(&kv, &bare_success(60), &kling, false).unwrap();
-        assert_eq!(later.verdict, Verdict::Duplicate);
-        assert_eq!(kling.asked.get(), 0);
-        assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL));
+        // With `verify_callbacks` too: it is never stored, so there is nothing to verify
+        // (and it is no forgery to count).
+        for verify in [false, true] {
+            let kv = MemoryKv::default();
+            submitted(&kv, Some("86"));
+            let kling = lists(Some("86"));
+            deliver_checked(&kv, &body("succeed", 6), &kling, verify).unwrap();
+            let asked = kling.asked.get();
+            // Newer than the stored final: not a repeat by its envelope, and still no news.
+            let later = deliver_checked(&kv, &bare_success(60), &kling, verify).unwrap();
+            assert_eq!(later.verdict, Verdict::Duplicate, "verify {verify}");
+            assert_eq!(kling.asked.get(), asked, "verify {verify}");
+            assert_eq!(
+                later.bookkeeping.map(|b| b.key().as_str().to_string()),
+                None
+            );
+            assert_eq!(kv.get("task:job-1:rejected").unwrap(), None);
+            assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL));
+        }
     }
 
     #[test]
