@@ -38,7 +38,7 @@ use crate::pipeline::spec::PipelineSpec;
 use crate::store::index::{Index, PRESENT};
 use crate::store::layout::TaskKey;
 use crate::store::pending::{
-    PendingEntry, SpareBy, pending_entry, pending_submission, pending_value,
+    PendingEntry, SpareBy, added_before_a_binding, pending_entry, pending_submission, pending_value,
 };
 use crate::store::pipelines::{PipelineStore, pipeline_entry};
 use crate::store::retention::purge_expired;
@@ -296,7 +296,13 @@ pub fn reconcile(
                     Some(carried) => index.put(&next, &pending_value(&carried))?,
                     None => index.put(&next, PRESENT)?,
                 }
-                for entry in submission.entries.iter().filter(|e| **e != next) {
+                // An entry a binding delivery wrote stays until the task reads bound (the
+                // judgement above removes it then) or ends.
+                for entry in submission
+                    .entries
+                    .iter()
+                    .filter(|e| **e != next && !added_before_a_binding(e))
+                {
                     index.remove(entry)?;
                 }
             }
@@ -371,6 +377,25 @@ impl Poller<'_> {
             Some(head) => (head, false),
             None => (stored, true),
         };
+        // A delivery binding the task wrote an entry before its batch: while the task
+        // reads given up, only Kling's answer settles it (the delivery's tracking after
+        // the batch may have failed, and its retry is a repeat); once bound, the task's
+        // own entries track it.
+        let being_bound = submission
+            .entries
+            .iter()
+            .any(|entry| added_before_a_binding(entry));
+        if being_bound && head.task_id.is_some() {
+            let index = Index::pending(self.kv);
+            for entry in submission
+                .entries
+                .iter()
+                .filter(|e| added_before_a_binding(e))
+            {
+                index.remove(entry)?;
+            }
+        }
+        let ask_kling_now = being_bound && given_up;
         let record = store.record(key, Some(head.clone()))?;
         if let Some(record) = record.as_ref().filter(|r| r.status.is_final()) {
             // A callback finished it: callbacks write no retention entry (one store
@@ -406,7 +431,7 @@ impl Poller<'_> {
         };
         // This submission given up: Kling did not know the id (or refused this very
         // create). Whatever binds the task later tracks it again.
-        if given_up && owner.nonce == submission.nonce {
+        if given_up && owner.nonce == submission.nonce && !ask_kling_now {
             return Ok(Judged::Release);
         }
         // Any other entry of the id is judged with the task (the poll record defers it
@@ -425,7 +450,7 @@ impl Poller<'_> {
         .flatten()
         .max()
         .unwrap_or(0);
-        if not_before > now && answered.is_none() {
+        if not_before > now && answered.is_none() && !ask_kling_now {
             return Ok(Judged::Due(not_before));
         }
         report.checked += 1;
@@ -1144,6 +1169,67 @@ mod tests {
             "{:?}",
             Index::pending(&kv).entries()
         );
+    }
+
+    /// A run that reads the head given up while a late delivery (Kling confirmed it) is
+    /// binding the task: the delivery's entry written before its batch makes the run ask
+    /// Kling instead of releasing it, since the delivery's tracking after the batch may
+    /// fail and its retry is then a repeat, leaving a bound task nothing polls.
+    #[test]
+    fn an_entry_a_binding_delivery_wrote_is_settled_by_kling_not_released_unasked() {
+        let past_grace = SUBMITTING_GRACE_MS + 10;
+        let not_found = Ok((404, NOT_FOUND));
+        let down = Ok((500, r#"{"code":5000,"message":"down"}"#));
+        for (kling_says, bound, kept) in [
+            (Ok((200, FOUND_86)), true, true),
+            (not_found, false, false),
+            (down, false, true),
+        ] {
+            let kv = MemoryKv::default();
+            let store = TaskStore::new(&kv);
+            let key = TaskKey::external("job-1");
+            recorded(&kv, &key, "n1");
+            // Given up, its entries released; then the delivery's entry before its batch.
+            assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Forgotten);
+            for entry in Index::pending(&kv).entries().unwrap() {
+                Index::pending(&kv).remove(&entry).unwrap();
+            }
+            let sub = store.head(&key).unwrap().unwrap().submission.unwrap();
+            let before_batch = spare_pending_entry(&key, "n1", 5, SpareBy::BeforeBinding);
+            Index::pending(&kv)
+                .put(&before_batch, &pending_value(&sub))
+                .unwrap();
+
+            let kling = Scripted::new(vec![kling_says]);
+            let clock = ManualClock(Cell::new(past_grace));
+            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+            assert_eq!(kling.sent.borrow().len(), 1, "Kling is asked");
+            let live = store.live_head(&key).unwrap();
+            assert_eq!(
+                live.and_then(|h| h.task_id).as_deref(),
+                bound.then_some("86")
+            );
+            assert_eq!(
+                has_entry_of(&kv, "n1"),
+                kept,
+                "{:?}",
+                Index::pending(&kv).entries()
+            );
+            if bound {
+                // Bound: the next run finds the task's own entries track it, and lets
+                // the delivery's go.
+                clock.0.set(past_grace + MAX_POLL_GAP_MS);
+                let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
+                reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+                let entries = Index::pending(&kv).entries().unwrap();
+                assert!(!entries.contains(&before_batch), "{entries:?}");
+                assert!(has_entry_of(&kv, "n1"), "{entries:?}");
+            } else if kept {
+                // Kling could not say: the entry stays, and the next run asks again.
+                let entries = Index::pending(&kv).entries().unwrap();
+                assert!(entries.contains(&before_batch), "{entries:?}");
+            }
+        }
     }
 
     #[test]

@@ -41,6 +41,17 @@ pub fn spare_pending_entry(key: &TaskKey, nonce: &str, due_ms: u64, by: SpareBy)
     pending_entry(key, &format!("{nonce}.{suffix}"), due_ms)
 }
 
+/// Whether `entry` is a [`SpareBy::BeforeBinding`] entry: a delivery that had Kling's
+/// word that the task exists wrote it before binding the task. Only Kling's answer (or
+/// the task's end) may take it while the task reads given up: that delivery's tracking
+/// after its batch may never come, since the retry of a failed write is a repeat.
+pub fn added_before_a_binding(entry: &str) -> bool {
+    entry
+        .split('/')
+        .nth(1)
+        .is_some_and(|nonce| nonce.ends_with(".p"))
+}
+
 /// A pending entry, read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingEntry {
