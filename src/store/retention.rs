@@ -15,6 +15,7 @@ use super::pending::PendingEntry;
 use super::pipelines::{PipelineStore, pipeline_entry};
 use super::tasks::{DAY_MS, TaskStore, listed_entry};
 use super::{KeyValue, StoreError};
+use crate::ledger::TaskHead;
 use crate::pipeline::progress::{Next, PIPELINE_WATCH_MS};
 use crate::task::TaskRecord;
 
@@ -65,7 +66,11 @@ pub fn purge_expired(
         }
         let key = TaskKey::from_stored(key);
         if !done.contains(&key.as_str().to_string()) {
-            let found = match store.find_by_key(&key) {
+            let read = store.live_head(&key).and_then(|head| {
+                let last_news = head.as_ref().and_then(TaskHead::last_news);
+                Ok(store.record(&key, head)?.map(|record| (record, last_news)))
+            });
+            let found = match read {
                 // Left as it is (its entries too), reported once per run.
                 Err(StoreError::Corrupt(_)) => {
                     purged.corrupt.push(key.as_str().to_string());
@@ -74,11 +79,16 @@ pub fn purge_expired(
                 }
                 found => found?,
             };
-            if let Some(record) = found {
+            if let Some((record, last_news)) = found {
                 // Indexed as final, so its record is final; anything else is left alone.
                 // So is a step of a pipeline still running: its later steps are built
                 // from it (the listing scan takes it once the pipeline has finished).
-                if !record.status.is_final() || runs_a_live_pipeline(kv, &record, now_ms)? {
+                // And a task with news since that day (given up as `lost`, then finished
+                // by Kling after all): the listing scan takes it by its last news.
+                if !record.status.is_final()
+                    || last_news.is_some_and(|at| at >= cutoff_ms)
+                    || runs_a_live_pipeline(kv, &record, now_ms)?
+                {
                     finals.remove(&entry)?;
                     continue;
                 }
@@ -697,6 +707,32 @@ mod tests {
             .filter(|k| k.contains("job-5"))
             .collect();
         assert!(left.iter().all(|k| k.starts_with("pending/")), "{left:?}");
+    }
+
+    /// Given up as `lost` by a poll on day 0 (indexed by that day), then finished by
+    /// Kling's callback on day 3: kept until its last news is `retention_days` old.
+    #[test]
+    fn a_lost_task_kling_finished_later_is_kept_by_its_last_news() {
+        let kv = MemoryKv::default();
+        task(&kv, "job-1", 0, Some(TaskStatus::Lost), None);
+        assert_eq!(Index::finals(&kv).entries().unwrap().len(), 1);
+        let mut done = event("t-job-1", "job-1", TaskStatus::Succeed);
+        done.updated_at = Some(2);
+        let (_, books) = TaskStore::new(&kv)
+            .record_event(&TaskKey::external("job-1"), &done, 3 * DAY)
+            .unwrap();
+        books.apply(&kv).unwrap();
+
+        assert_eq!(purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap().tasks, 0);
+        let kept = TaskStore::new(&kv).find("job-1").unwrap().unwrap();
+        assert_eq!(kept.status, TaskStatus::Succeed);
+        assert!(
+            Index::finals(&kv).entries().unwrap().is_empty(),
+            "its day's entry went"
+        );
+        // Its last news is old enough now: the listing scan takes it.
+        assert_eq!(purge_expired(&kv, 4 * DAY, 4 * DAY, 10).unwrap().tasks, 1);
+        assert!(!exists(&kv, "job-1"));
     }
 
     #[test]
