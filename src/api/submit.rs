@@ -86,7 +86,13 @@ pub fn submit(
     let key = TaskKey::external(&external_task_id);
     let digest = body_digest(request.kind, &body);
     // A submission given up as never created is no task: the id may be used again.
-    let head = store.live_head(&key)?;
+    let stored = store.head(&key)?;
+    let given_up = stored.as_ref().and_then(|h| h.submission.clone());
+    let head = match stored {
+        Some(stored) => store.live(&key, stored)?,
+        None => None,
+    };
+    let replacing = given_up.filter(|_| head.is_none());
     // A pipeline step's request is rebuilt from the step before it on every advance, so
     // only its pipeline step must match; a client's retry must repeat its request.
     let conflicting = head
@@ -132,7 +138,8 @@ pub fn submit(
     // the caller's retry then starts afresh instead of finding a `submitting` task
     // nothing would reconcile.
     if let Err(error) = store.record_submission(&submission) {
-        store.forget_submission(&submission)?;
+        // Its own listing entry may be missing: the given-up one's stays.
+        store.forget_submission(&submission, None)?;
         return Err(error.into());
     }
     // Validation let `options` (API 2.0) be only an object or `null`: both paths can be set.
@@ -179,7 +186,7 @@ pub fn submit(
                     Ok(None) | Err(_) => {}
                 }
             }
-            store.forget_submission(&submission)?;
+            store.forget_submission(&submission, replacing.as_ref())?;
             return Err(error.into());
         }
     }
@@ -380,6 +387,45 @@ mod tests {
         let store = TaskStore::new(&kv);
         assert!(store.find("job-1").unwrap().is_none());
         assert!(store.list(None, 10, None).unwrap().tasks.is_empty());
+    }
+
+    /// A pipeline step's advance (or a client) retrying while Kling refuses (1303, 1102):
+    /// each retry writes its head, listing entry and mark, and takes the ones of the
+    /// given-up submission it replaced, so the id keeps one of each.
+    #[test]
+    fn retries_refused_like_the_one_before_pile_up_nothing() {
+        let kv = MemoryKv::default();
+        for attempt in 0..4u64 {
+            let kling = Scripted::new(vec![Ok((
+                429,
+                r#"{"code":1303,"message":"too many","request_id":"r"}"#,
+            ))]);
+            let request = SubmitRequest {
+                kind: TaskKind::from_name("text2video").unwrap(),
+                body: br#"{"prompt":"p"}"#,
+                idempotency_key: Some("job-1"),
+                pipeline: None,
+            };
+            let clock = ManualClock(std::cell::Cell::new(1_000_000 + attempt * 120_000));
+            let nonce = format!("n{attempt}");
+            submit(&request, &submit_config(), &kv, &kling, &clock, &|| {
+                nonce.clone()
+            })
+            .unwrap_err();
+            assert_eq!(
+                kv.keys(),
+                [
+                    format!("listed/{:013}/job-1", 1_000_000 + attempt * 120_000),
+                    "task:job-1".to_string(),
+                    format!("task:job-1:forgotten:n{attempt}"),
+                ],
+                "attempt {attempt}"
+            );
+        }
+        // Then Kling takes it: a task like any other.
+        let kling = Scripted::new(vec![Ok((200, CREATED))]);
+        let made = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
+        assert_eq!(made.record.task_id.as_deref(), Some("86"));
     }
 
     #[test]

@@ -707,11 +707,29 @@ impl<'a> TaskStore<'a> {
     /// deletes it with its mark. A head of another submission keeps its own listing
     /// entry, so this one's goes; a head of this one bound meanwhile (Kling has a task
     /// under this id after all, and a callback or a poll bound it) keeps both entries.
-    pub fn forget_submission(&self, submission: &NewSubmission<'_>) -> Result<(), StoreError> {
+    ///
+    /// `replacing`: a given-up submission of the same id this one's head was written
+    /// over. Given up in turn, this one keeps its own listing entry and mark, and that
+    /// one's go (its head is gone, and only a submit writes an unbound head, under a new
+    /// nonce): retries refused like the one before them (a pipeline step's, on every
+    /// reconcile run while Kling answers 1303 or 1102) pile up neither.
+    pub fn forget_submission(
+        &self,
+        submission: &NewSubmission<'_>,
+        replacing: Option<&Submission>,
+    ) -> Result<(), StoreError> {
         let key = submission.key;
         match self.forget_unbound(key, submission.nonce)? {
             Forget::Bound => return Ok(()),
-            Forget::Forgotten => {}
+            Forget::Forgotten => {
+                if let Some(previous) = replacing.filter(|p| p.nonce != submission.nonce) {
+                    let listed = listed_entry(key, previous.submitted_at);
+                    if listed != listed_entry(key, submission.now_ms) {
+                        Index::listed(self.kv).remove(&listed)?;
+                    }
+                    self.kv.delete(&key.forgotten(&previous.nonce))?;
+                }
+            }
             Forget::Superseded | Forget::Gone => {
                 Index::listed(self.kv).remove(&listed_entry(key, submission.now_ms))?;
             }
@@ -1520,7 +1538,7 @@ mod tests {
         let second = submission(&key, "job-s", "n2", 9);
         store.record_submission(&second).unwrap();
 
-        store.forget_submission(&first).unwrap();
+        store.forget_submission(&first, None).unwrap();
         let head = store.head(&key).unwrap().unwrap();
         assert_eq!(
             head.submission.unwrap().nonce,
@@ -1536,7 +1554,7 @@ mod tests {
             ["0000000000009/job-s"]
         );
 
-        store.forget_submission(&second).unwrap();
+        store.forget_submission(&second, None).unwrap();
         assert_eq!(store.find("job-s").unwrap(), None);
         assert!(Index::pending(&kv).entries().unwrap().is_empty());
         assert!(store.list(None, 10, None).unwrap().tasks.is_empty());
@@ -1560,7 +1578,7 @@ mod tests {
         store.record_submission(&a).unwrap();
         store.record_submission(&b).unwrap(); // B's head lands last
         store.bind_submission(&key, "86", Some(&a)).unwrap(); // A's create succeeded
-        store.forget_submission(&b).unwrap(); // B was refused (say 1303)
+        store.forget_submission(&b, None).unwrap(); // B was refused (say 1303)
         let head = store
             .head(&key)
             .unwrap()
@@ -1578,7 +1596,7 @@ mod tests {
         let store = TaskStore::new(&kv);
         store.record_submission(&a).unwrap();
         store.record_submission(&b).unwrap();
-        store.forget_submission(&b).unwrap();
+        store.forget_submission(&b, None).unwrap();
         store.bind_submission(&key, "86", Some(&a)).unwrap();
         let head = store.head(&key).unwrap().unwrap();
         assert_eq!(
