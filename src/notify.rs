@@ -3,8 +3,10 @@
 //!
 //! - `webhook-id` is deterministic and unique per content: `task_{id}_{status}_{digest}`
 //!   (the digest covers what Kling reported: status, message, `updated_at`, outputs),
-//!   `pipeline_{id}_running_{step}` (a step started) or `pipeline_{id}_{status}_{step}_{digest}`
-//!   (the pipeline ended; the digest covers its error and its last step's `sequence`),
+//!   `pipeline_{id}_running_{step}_{created_at}` (a step started) or
+//!   `pipeline_{id}_{status}_{step}_{digest}` (the pipeline ended; the digest covers its
+//!   error, its last step's `sequence` and its `created_at`: an id used again after
+//!   retention deleted the pipeline is another pipeline),
 //!   so a receiver deduplicates what at-least-once delivery repeats (a duplicate
 //!   callback, a reconcile that finds the same change) and never drops a real update (a
 //!   `processing` refresh with new fields, a step given up as `lost` that Kling then
@@ -117,7 +119,9 @@ impl Notification {
         let (id, status, step) = (&view.id, view.status.as_str(), view.current_step);
         let webhook_id = match view.next() {
             Next::Finished(_) => format!("pipeline_{id}_{status}_{step}_{}", ending_digest(view)),
-            Next::Submit(_) | Next::Wait => format!("pipeline_{id}_{status}_{step}"),
+            Next::Submit(_) | Next::Wait => {
+                format!("pipeline_{id}_{status}_{step}_{}", view.created_at)
+            }
         };
         let mut notification = Self::new(webhook_id, "pipeline.updated", view, now_ms);
         notification.pipeline = Some(id.clone());
@@ -141,10 +145,10 @@ impl Notification {
 
 /// 16 hex digits of SHA-256 over how a pipeline ended: its error, and the `sequence` of
 /// the task of the step that ended it (so `failed` at one step for another reason, or
-/// a refreshed result, is another notification).
+/// a refreshed result, is another notification), and when the pipeline was created.
 fn ending_digest(view: &PipelineView) -> String {
     let sequence = view.task(view.current_step).map(|task| task.sequence);
-    let content = json!([view.error, sequence]);
+    let content = json!([view.error, sequence, view.created_at]);
     let digest = Sha256::digest(content.to_string().as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -925,7 +929,7 @@ mod tests {
             Notification::pipeline(&view(&spec, tasks, None), 0).webhook_id
         };
         let running = id(&[step(TaskStatus::Succeed, 1), step(TaskStatus::Submitted, 2)]);
-        assert_eq!(running, "pipeline_p_running_1");
+        assert_eq!(running, "pipeline_p_running_1_1");
         assert_eq!(
             id(&[
                 step(TaskStatus::Succeed, 1),
@@ -947,6 +951,31 @@ mod tests {
             id(&[step(TaskStatus::Succeed, 1), step(TaskStatus::Failed, 5)]),
             "the same ending found twice"
         );
+        // The id used again once retention deleted the pipeline: another pipeline, whose
+        // updates a receiver that remembers ids must not drop as repeats.
+        let again = PipelineSpec {
+            created_at: 2,
+            ..spec.clone()
+        };
+        for tasks in [
+            &[step(TaskStatus::Succeed, 1), step(TaskStatus::Submitted, 2)][..],
+            &[step(TaskStatus::Succeed, 1), step(TaskStatus::Failed, 5)][..],
+        ] {
+            assert_ne!(
+                Notification::pipeline(&view(&again, tasks, None), 0).webhook_id,
+                id(tasks)
+            );
+        }
+        let refused = crate::pipeline::progress::PipelineFailure {
+            step: 0,
+            code: "invalid_request".into(),
+            message: "refused".into(),
+        };
+        assert_ne!(
+            Notification::pipeline(&view(&again, &[], Some(refused.clone())), 0).webhook_id,
+            Notification::pipeline(&view(&spec, &[], Some(refused)), 0).webhook_id,
+        );
+
         let note = Notification::pipeline(&view(&spec, &[step(TaskStatus::Succeed, 1)], None), 0);
         assert_eq!(note.pipeline.as_deref(), Some("p"), "marked on a 2xx");
 

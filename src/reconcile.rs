@@ -1742,7 +1742,7 @@ mod tests {
             let receiver = Scripted::new(vec![Ok((200, "")), Ok((200, ""))]);
             let none = Scripted::new(vec![]);
             run(&kv, &clock, &none, &receiver).unwrap();
-            assert_eq!(ids_sent(&receiver), ["pipeline_p_running_1"]);
+            assert_eq!(ids_sent(&receiver), ["pipeline_p_running_1_1000"]);
             run(&kv, &clock, &none, &receiver).unwrap();
             assert_eq!(
                 ids_sent(&receiver).len(),
@@ -1801,7 +1801,7 @@ mod tests {
             let report = run(&kv, &clock, &kling, &receiver).unwrap();
             assert_eq!(report.pipelines_advanced, 1, "step 1 submitted by the run");
             assert_eq!(kling.sent.borrow().len(), 1);
-            assert_eq!(ids_sent(&receiver)[1], "pipeline_p_running_1");
+            assert_eq!(ids_sent(&receiver)[1], "pipeline_p_running_1_1000");
             assert_eq!(report.pipelines_pending, 1);
 
             // Not for ever: once Kling no longer keeps its results, a lost step's
