@@ -29,7 +29,7 @@
 
 use crate::callback::parse::{Envelope, Parsed, PayloadError, parse_envelope};
 use crate::config::{CallbackConfig, ConfigError};
-use crate::kling::catalog::TaskKind;
+use crate::kling::catalog::{Query, TaskKind};
 use crate::kling::client::{Found, KlingError, TaskRef};
 use crate::ledger::{LedgerError, TaskHead, Verdict, judge_status};
 use crate::signatures::callback_url::{self, CallbackSigError};
@@ -456,16 +456,23 @@ fn checked_with_kling(
     };
     // Here the task is unbound, or a final is to be verified.
     let unbound = bound_task_id.is_none();
+    // A kind Kling looks up by its own task_id only is asked by the callback's, not
+    // found in the newest 500 of its list, which a busy account may have moved past it.
+    let by_callback_id = unbound && kind.spec().query == Query::ByTaskIdOnly;
     let id = match bound_task_id {
         Some(task_id) => TaskRef::Kling(task_id),
+        None if by_callback_id => TaskRef::Kling(&callback.task_id),
         None => TaskRef::External(external_task_id),
     };
-    // Kling's answer must be about our external id, and its task the callback's.
-    let kling = check.lookup.find(kind, id)?.filter(|k| {
-        k.external_task_id
-            .as_ref()
-            .is_none_or(|ext| ext == external_task_id)
-    });
+    // Kling's answer must be about our external id, and its task the callback's. Asked
+    // by the callback's own id, only Kling naming our external id confirms it.
+    let kling = check
+        .lookup
+        .find(kind, id)?
+        .filter(|k| match &k.external_task_id {
+            Some(ext) => ext == external_task_id,
+            None => !by_callback_id,
+        });
     if unbound {
         match &kling {
             None => return Err(CallbackError::BindingUnconfirmed),
@@ -753,6 +760,79 @@ pub(crate) mod tests {
         let unconfirmed = deliver_checked(&kv, &body("processing", 5), &other, false);
         assert_eq!(unconfirmed.unwrap_err(), CallbackError::BindingUnconfirmed);
         assert_eq!(*kv.map.borrow(), before);
+    }
+
+    /// Kling for a kind it looks up by its own task_id only (advanced-lip-sync): asked by
+    /// our id it scans a list that no longer holds the task; asked by its id it answers,
+    /// naming the external id it was created with (`names`).
+    struct ByKlingIdOnly {
+        names: Option<&'static str>,
+        asked: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl KlingLookup for ByKlingIdOnly {
+        fn find(&self, _: TaskKind, id: TaskRef<'_>) -> Result<Option<Found>, CallbackError> {
+            let TaskRef::Kling(task_id) = id else {
+                self.asked.borrow_mut().push("by our id".into());
+                return Ok(None);
+            };
+            self.asked.borrow_mut().push(format!("by {task_id}"));
+            let event = TaskEvent {
+                task_id: task_id.into(),
+                status: crate::task::TaskStatus::Processing,
+                status_msg: String::new(),
+                external_task_id: self.names.map(Into::into),
+                created_at: None,
+                updated_at: Some(5),
+                videos: Vec::new(),
+                images: Vec::new(),
+                more: Default::default(),
+                final_unit_deduction: None,
+                source: EventSource::Poll,
+            };
+            Ok(Some(Found {
+                task_id: task_id.into(),
+                external_task_id: self.names.map(Into::into),
+                event: Some(event),
+            }))
+        }
+    }
+
+    #[test]
+    fn a_task_kling_finds_by_its_own_id_only_is_bound_by_the_callback_s_id() {
+        for (names, binds) in [(Some("job-1"), true), (Some("job-2"), false), (None, false)] {
+            let kv = MemoryKv::default();
+            submitted(&kv, None);
+            let mut head: TaskHead =
+                serde_json::from_slice(&kv.get("task:job-1").unwrap().unwrap()).unwrap();
+            if let Some(submission) = head.submission.as_mut() {
+                submission.kind = "advanced-lip-sync".into();
+            }
+            kv.set("task:job-1", &crate::store::to_json(&head)).unwrap();
+            let kling = ByKlingIdOnly {
+                names,
+                asked: Default::default(),
+            };
+            let check = KlingCheck {
+                lookup: &kling,
+                verify_finals: &off,
+            };
+            let received = deliver_with(&kv, &body("processing", 5), &check);
+            assert_eq!(*kling.asked.borrow(), ["by 86"], "{names:?}");
+            if binds {
+                assert_eq!(received.unwrap().verdict, Verdict::Apply(Slot::Processing));
+                let head = TaskStore::new(&kv)
+                    .head(&TaskKey::external("job-1"))
+                    .unwrap();
+                assert_eq!(head.and_then(|h| h.task_id).as_deref(), Some("86"));
+            } else {
+                assert_eq!(
+                    received.unwrap_err(),
+                    CallbackError::BindingUnconfirmed,
+                    "{names:?}"
+                );
+            }
+        }
     }
 
     #[test]
