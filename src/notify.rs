@@ -38,7 +38,7 @@
 //!   before it lets a finished pipeline go: a step started or a pipeline ended whose
 //!   notification was never queued still goes out.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -238,6 +238,9 @@ pub struct Notifier<'a> {
     clock: &'a dyn Clock,
     /// Sends that failed in a row during this request.
     failures_in_a_row: Cell<usize>,
+    /// Outbox entries [`Self::retry_due`] tried during this request: a run passes over
+    /// the outbox twice, and tries each entry once.
+    retried: RefCell<Vec<String>>,
 }
 
 impl<'a> Notifier<'a> {
@@ -253,6 +256,7 @@ impl<'a> Notifier<'a> {
             transport,
             clock,
             failures_in_a_row: Cell::new(0),
+            retried: RefCell::new(Vec::new()),
         }
     }
 
@@ -404,13 +408,12 @@ impl<'a> Notifier<'a> {
     }
 
     /// Sends every notification in the outbox that is due, at most
-    /// [`MAX_SENDS_PER_RUN`], none once the receiver is down, and none after
-    /// `deadline_ms` (the run's budget).
+    /// [`MAX_SENDS_PER_RUN`] and each once over this request's passes, none once the
+    /// receiver is down, and none after `deadline_ms`.
     pub fn retry_due(&self, deadline_ms: u64) -> Result<OutboxReport, StoreError> {
         let outbox = Index::outbox(self.kv);
         let now = self.clock.now_ms();
         let mut report = OutboxReport::default();
-        let mut attempts = 0;
         for id in outbox.entries()? {
             // Removed since the listing (sent by another run), or not ours: skip.
             let Some(pending) = outbox
@@ -420,14 +423,15 @@ impl<'a> Notifier<'a> {
                 continue;
             };
             if pending.next_attempt_at > now
-                || attempts == MAX_SENDS_PER_RUN
+                || self.retried.borrow().len() >= MAX_SENDS_PER_RUN
+                || self.retried.borrow().contains(&id)
                 || self.receiver_down()
                 || self.clock.now_ms() >= deadline_ms
             {
                 report.pending += 1;
                 continue;
             }
-            attempts += 1;
+            self.retried.borrow_mut().push(id);
             if self.attempt(pending)? {
                 report.sent += 1;
             } else {
@@ -1043,7 +1047,8 @@ mod tests {
 
         // Not due yet: nothing is sent.
         assert_eq!(
-            notifier.retry_due(u64::MAX).unwrap(),
+            // Each run is a request of its own.
+            fixture.notifier().retry_due(u64::MAX).unwrap(),
             OutboxReport {
                 sent: 0,
                 pending: 1
@@ -1052,7 +1057,8 @@ mod tests {
         assert_eq!(receiver.got.borrow().len(), 1);
         clock.0.set(clock.now_ms() + 1_000);
         assert_eq!(
-            notifier.retry_due(u64::MAX).unwrap(),
+            // Each run is a request of its own.
+            fixture.notifier().retry_due(u64::MAX).unwrap(),
             OutboxReport {
                 sent: 0,
                 pending: 1
@@ -1063,7 +1069,8 @@ mod tests {
         assert_eq!(pending.next_attempt_at, clock.now_ms() + 2_000, "doubled");
         clock.0.set(clock.now_ms() + 2_000);
         assert_eq!(
-            notifier.retry_due(u64::MAX).unwrap(),
+            // Each run is a request of its own.
+            fixture.notifier().retry_due(u64::MAX).unwrap(),
             OutboxReport {
                 sent: 1,
                 pending: 0

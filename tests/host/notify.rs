@@ -277,6 +277,61 @@ async fn a_receiver_that_fails_twice_gets_the_event_once_it_succeeds_and_the_out
     assert_eq!(receiver.accepted().len(), 1);
 }
 
+/// A Kling that times out holds back no notification: a run passes over the outbox first,
+/// within a quarter of its budget, before its polls (which here take all of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kling_that_times_out_holds_back_no_notification() {
+    let receiver = Receiver::start(1).await;
+    let d = deploy_notifying_with(
+        &receiver,
+        &[
+            ("reconcile_budget_seconds", "1"),
+            ("stale_after_seconds", "0"),
+        ],
+    )
+    .await;
+    // A callback's notification the receiver refused waits in the outbox.
+    let reply = d
+        .app
+        .send(callback(
+            "early-job",
+            flat("5200", "early-job", "succeed", 9),
+        ))
+        .await;
+    assert_eq!(reply.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while outbox(&d.app, "task_early-job_succeed_").is_empty() {
+        assert!(Instant::now() < deadline, "nothing reached the outbox");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Tasks whose queries Kling answers only after `kling_timeout_ms` (400 ms here).
+    for i in 0..4 {
+        d.submit_scripted(
+            &format!("slow-{i}"),
+            Script {
+                drop: vec!["submitted", "processing", "succeed", "failed"],
+                query_delay: Some(Duration::from_secs(2)),
+                ..Script::default()
+            },
+        )
+        .await;
+    }
+    let run = d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    assert_eq!(run["budget_exhausted"], true, "{run}");
+    assert_eq!(
+        (&run["notifications_sent"], &run["notifications_pending"]),
+        (&json!(1), &json!(0)),
+        "{run}"
+    );
+    let accepted = receiver.accepted();
+    assert!(
+        accepted
+            .iter()
+            .any(|m| m.webhook_id.starts_with("task_early-job_succeed_")),
+        "{accepted:?}"
+    );
+}
+
 /// A read whose repair stored Kling's news but could not write its poll record still
 /// announces that news (nothing else would: no reconcile runs here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
