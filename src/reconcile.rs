@@ -38,7 +38,8 @@ use crate::pipeline::spec::PipelineSpec;
 use crate::store::index::{Index, PRESENT};
 use crate::store::layout::TaskKey;
 use crate::store::pending::{
-    PendingEntry, SpareBy, added_before_a_binding, pending_entry, pending_submission, pending_value,
+    PendingEntry, SpareBy, added_before_a_binding, pending_entry, pending_submission,
+    pending_value, spare_pending_entry,
 };
 use crate::store::pipelines::{PipelineStore, pipeline_entry};
 use crate::store::retention::purge_expired;
@@ -259,17 +260,19 @@ pub fn reconcile(
             clock,
             options: &options,
         };
-        let judged = match poller.judge(&submission, notifier, &mut report) {
-            // One value that does not parse must not stop every run: report it, and
-            // look at the task again after the longest gap.
-            Err(StoreError::Corrupt(bad)) => {
-                report
-                    .errors
-                    .push(ReconcileIssue::corrupt(submission.key.as_str(), &bad));
-                Judged::Due(clock.now_ms().saturating_add(MAX_POLL_GAP_MS))
-            }
-            judged => judged?,
-        };
+        let mut keep_before_binding = false;
+        let judged =
+            match poller.judge(&submission, notifier, &mut report, &mut keep_before_binding) {
+                // One value that does not parse must not stop every run: report it, and
+                // look at the task again after the longest gap.
+                Err(StoreError::Corrupt(bad)) => {
+                    report
+                        .errors
+                        .push(ReconcileIssue::corrupt(submission.key.as_str(), &bad));
+                    Judged::Due(clock.now_ms().saturating_add(MAX_POLL_GAP_MS))
+                }
+                judged => judged?,
+            };
         match judged {
             Judged::Release => {
                 remaining -= 1;
@@ -292,16 +295,28 @@ pub fn reconcile(
                         Err(error) => return Err(error),
                     },
                 };
-                match carried {
-                    Some(carried) => index.put(&next, &pending_value(&carried))?,
-                    None => index.put(&next, PRESENT)?,
+                let value = match &carried {
+                    Some(carried) => pending_value(carried),
+                    None => PRESENT.to_vec(),
+                };
+                index.put(&next, &value)?;
+                // An entry a binding delivery wrote before its batch moves with the
+                // task while it reads given up (see `judge`).
+                let spare = keep_before_binding.then(|| {
+                    spare_pending_entry(
+                        &submission.key,
+                        &submission.nonce,
+                        due_ms,
+                        SpareBy::BeforeBinding,
+                    )
+                });
+                if let Some(spare) = &spare {
+                    index.put(spare, &value)?;
                 }
-                // An entry a binding delivery wrote stays until the task reads bound (the
-                // judgement above removes it then) or ends.
                 for entry in submission
                     .entries
                     .iter()
-                    .filter(|e| **e != next && !added_before_a_binding(e))
+                    .filter(|e| **e != next && Some(*e) != spare.as_ref())
                 {
                     index.remove(entry)?;
                 }
@@ -354,11 +369,14 @@ pub struct Polled {
 }
 
 impl Poller<'_> {
+    /// `keep_before_binding` is set when the group's entry a binding delivery wrote
+    /// before its batch must move on with the task rather than go.
     fn judge(
         &self,
         submission: &Submission,
         notifier: Option<&Notifier<'_>>,
         report: &mut ReconcileReport,
+        keep_before_binding: &mut bool,
     ) -> Result<Judged, StoreError> {
         let store = TaskStore::new(self.kv);
         let key = &submission.key;
@@ -379,23 +397,13 @@ impl Poller<'_> {
         };
         // A delivery binding the task wrote an entry before its batch: while the task
         // reads given up, only Kling's answer settles it (the delivery's tracking after
-        // the batch may have failed, and its retry is a repeat); once bound, the task's
-        // own entries track it.
-        let being_bound = submission
-            .entries
-            .iter()
-            .any(|entry| added_before_a_binding(entry));
-        if being_bound && head.task_id.is_some() {
-            let index = Index::pending(self.kv);
-            for entry in submission
+        // the batch may have failed, and its retry is a repeat), so it is kept, moved to
+        // the task's next due time; once the task reads bound, its own entries track it.
+        *keep_before_binding = given_up
+            && submission
                 .entries
                 .iter()
-                .filter(|e| added_before_a_binding(e))
-            {
-                index.remove(entry)?;
-            }
-        }
-        let ask_kling_now = being_bound && given_up;
+                .any(|entry| added_before_a_binding(entry));
         let record = store.record(key, Some(head.clone()))?;
         if let Some(record) = record.as_ref().filter(|r| r.status.is_final()) {
             // A callback finished it: callbacks write no retention entry (one store
@@ -431,7 +439,7 @@ impl Poller<'_> {
         };
         // This submission given up: Kling did not know the id (or refused this very
         // create). Whatever binds the task later tracks it again.
-        if given_up && owner.nonce == submission.nonce && !ask_kling_now {
+        if given_up && owner.nonce == submission.nonce && !*keep_before_binding {
             return Ok(Judged::Release);
         }
         // Any other entry of the id is judged with the task (the poll record defers it
@@ -450,7 +458,7 @@ impl Poller<'_> {
         .flatten()
         .max()
         .unwrap_or(0);
-        if not_before > now && answered.is_none() && !ask_kling_now {
+        if not_before > now && answered.is_none() {
             return Ok(Judged::Due(not_before));
         }
         report.checked += 1;
@@ -985,7 +993,6 @@ mod tests {
     use crate::outbound::scripted::Scripted;
     use crate::signatures::standard_webhooks::WebhookSecret;
     use crate::store::memory::MemoryKv;
-    use crate::store::pending::spare_pending_entry;
     use std::cell::Cell;
 
     fn options() -> ReconcileOptions {
@@ -1174,12 +1181,26 @@ mod tests {
     /// A run that reads the head given up while a late delivery (Kling confirmed it) is
     /// binding the task: the delivery's entry written before its batch makes the run ask
     /// Kling instead of releasing it, since the delivery's tracking after the batch may
-    /// fail and its retry is then a repeat, leaving a bound task nothing polls.
+    /// fail and its retry is then a repeat, leaving a bound task nothing polls. The entry
+    /// moves with the task's due time (so polls back off) until the task reads bound.
     #[test]
     fn an_entry_a_binding_delivery_wrote_is_settled_by_kling_not_released_unasked() {
         let past_grace = SUBMITTING_GRACE_MS + 10;
+        // Polls back off from a minute.
+        let polls_back_off = || ReconcileOptions {
+            stale_after_ms: 60_000,
+            ..options()
+        };
         let not_found = Ok((404, NOT_FOUND));
         let down = Ok((500, r#"{"code":5000,"message":"down"}"#));
+        let spares = |kv: &MemoryKv| -> Vec<String> {
+            Index::pending(kv)
+                .entries()
+                .unwrap()
+                .into_iter()
+                .filter(|e| added_before_a_binding(e))
+                .collect()
+        };
         for (kling_says, bound, kept) in [
             (Ok((200, FOUND_86)), true, true),
             (not_found, false, false),
@@ -1202,7 +1223,15 @@ mod tests {
 
             let kling = Scripted::new(vec![kling_says]);
             let clock = ManualClock(Cell::new(past_grace));
-            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+            reconcile(
+                &kv,
+                &submit_config().kling,
+                &kling,
+                &clock,
+                polls_back_off(),
+                None,
+            )
+            .unwrap();
             assert_eq!(kling.sent.borrow().len(), 1, "Kling is asked");
             let live = store.live_head(&key).unwrap();
             assert_eq!(
@@ -1215,21 +1244,69 @@ mod tests {
                 "{:?}",
                 Index::pending(&kv).entries()
             );
-            if bound {
-                // Bound: the next run finds the task's own entries track it, and lets
-                // the delivery's go.
-                clock.0.set(past_grace + MAX_POLL_GAP_MS);
-                let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
-                reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
-                let entries = Index::pending(&kv).entries().unwrap();
-                assert!(!entries.contains(&before_batch), "{entries:?}");
-                assert!(has_entry_of(&kv, "n1"), "{entries:?}");
-            } else if kept {
-                // Kling could not say: the entry stays, and the next run asks again.
-                let entries = Index::pending(&kv).entries().unwrap();
-                assert!(entries.contains(&before_batch), "{entries:?}");
+            if !kept {
+                continue;
             }
+            // Kept while the task read given up at the judgement, moved to its next due.
+            let moved = spares(&kv);
+            assert!(moved.len() == 1 && moved[0] != before_batch, "{moved:?}");
+            // Not asked again before then, however many runs; once the task reads bound,
+            // the run lets the delivery's entry go, after writing the task's own.
+            let quiet = Scripted::new(vec![]);
+            reconcile(
+                &kv,
+                &submit_config().kling,
+                &quiet,
+                &clock,
+                polls_back_off(),
+                None,
+            )
+            .unwrap();
+            assert!(quiet.sent.borrow().is_empty());
+            let left = if bound { vec![] } else { moved };
+            assert_eq!(spares(&kv), left);
+            assert!(
+                has_entry_of(&kv, "n1"),
+                "{:?}",
+                Index::pending(&kv).entries()
+            );
         }
+    }
+
+    /// A bound task whose only entry is the one its binding delivery wrote before its
+    /// batch (the write after the batch failed): a run that stops halfway keeps it; it
+    /// goes only once the task's own next entry is written.
+    #[test]
+    fn a_bound_task_s_last_entry_goes_only_after_its_next_is_written() {
+        let kv = MemoryKv::default();
+        let key = TaskKey::external("job-1");
+        bound(&kv, &key, "n1", "86");
+        let sub = TaskStore::new(&kv)
+            .head(&key)
+            .unwrap()
+            .unwrap()
+            .submission
+            .unwrap();
+        for entry in Index::pending(&kv).entries().unwrap() {
+            Index::pending(&kv).remove(&entry).unwrap();
+        }
+        let before_batch = spare_pending_entry(&key, "n1", 5, SpareBy::BeforeBinding);
+        Index::pending(&kv)
+            .put(&before_batch, &pending_value(&sub))
+            .unwrap();
+        let clock = ManualClock(Cell::new(10));
+        kv.fail_set_starting.replace(Some(key.poll()));
+        let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
+        assert!(reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).is_err());
+        assert_eq!(
+            Index::pending(&kv).entries().unwrap(),
+            std::slice::from_ref(&before_batch)
+        );
+        let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
+        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        let entries = Index::pending(&kv).entries().unwrap();
+        assert!(!entries.contains(&before_batch), "{entries:?}");
+        assert!(has_entry_of(&kv, "n1"), "{entries:?}");
     }
 
     #[test]
