@@ -396,10 +396,11 @@ impl Poller<'_> {
             None => (stored, true),
         };
         // A delivery binding the task wrote an entry before its batch: while the task
-        // reads given up, only Kling's answer settles it (the delivery's tracking after
-        // the batch may have failed, and its retry is a repeat), so it is kept, moved to
-        // the task's next due time; once the task reads bound, its own entries track it.
-        *keep_before_binding = given_up
+        // reads unbound, only Kling's answer settles it (the delivery's tracking after
+        // the batch may fail, its retry is then a repeat, and a give-up may come first),
+        // so it is kept, moved to the task's next due time; once the task reads bound,
+        // its own entries track it.
+        *keep_before_binding = head.task_id.is_none()
             && submission
                 .entries
                 .iter()
@@ -1178,6 +1179,26 @@ mod tests {
         );
     }
 
+    /// Leaves `key`'s binding delivery's entry, written before its batch and due at
+    /// `due_ms`, as its only pending entry (the give-up or the run before released the
+    /// others); returns its name.
+    fn only_the_entry_before_a_batch(kv: &MemoryKv, key: &TaskKey, due_ms: u64) -> String {
+        let sub = TaskStore::new(kv)
+            .head(key)
+            .unwrap()
+            .unwrap()
+            .submission
+            .unwrap();
+        for entry in Index::pending(kv).entries().unwrap() {
+            Index::pending(kv).remove(&entry).unwrap();
+        }
+        let entry = spare_pending_entry(key, &sub.nonce, due_ms, SpareBy::BeforeBinding);
+        Index::pending(kv)
+            .put(&entry, &pending_value(&sub))
+            .unwrap();
+        entry
+    }
+
     /// A run that reads the head given up while a late delivery (Kling confirmed it) is
     /// binding the task: the delivery's entry written before its batch makes the run ask
     /// Kling instead of releasing it, since the delivery's tracking after the batch may
@@ -1212,14 +1233,7 @@ mod tests {
             recorded(&kv, &key, "n1");
             // Given up, its entries released; then the delivery's entry before its batch.
             assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Forgotten);
-            for entry in Index::pending(&kv).entries().unwrap() {
-                Index::pending(&kv).remove(&entry).unwrap();
-            }
-            let sub = store.head(&key).unwrap().unwrap().submission.unwrap();
-            let before_batch = spare_pending_entry(&key, "n1", 5, SpareBy::BeforeBinding);
-            Index::pending(&kv)
-                .put(&before_batch, &pending_value(&sub))
-                .unwrap();
+            let before_batch = only_the_entry_before_a_batch(&kv, &key, 5);
 
             let kling = Scripted::new(vec![kling_says]);
             let clock = ManualClock(Cell::new(past_grace));
@@ -1263,14 +1277,61 @@ mod tests {
             )
             .unwrap();
             assert!(quiet.sent.borrow().is_empty());
-            let left = if bound { vec![] } else { moved };
+            let left = if bound { vec![] } else { moved.clone() };
             assert_eq!(spares(&kv), left);
+            if !bound {
+                // Due again: asked once more, and still down, moved on again.
+                let due = PendingEntry::parse(&moved[0]).unwrap().due_ms;
+                clock.0.set(due);
+                let kling = Scripted::new(vec![Ok((500, r#"{"code":5000,"message":"down"}"#))]);
+                reconcile(
+                    &kv,
+                    &submit_config().kling,
+                    &kling,
+                    &clock,
+                    polls_back_off(),
+                    None,
+                )
+                .unwrap();
+                assert_eq!(kling.sent.borrow().len(), 1);
+                let again = spares(&kv);
+                assert!(again.len() == 1 && again != moved, "{again:?}");
+            }
             assert!(
                 has_entry_of(&kv, "n1"),
                 "{:?}",
                 Index::pending(&kv).entries()
             );
         }
+    }
+
+    /// Not given up yet when a run judges it, but unbound: the delivery's entry still moves
+    /// on with the task, so a give-up right after cannot release the task unasked.
+    #[test]
+    fn an_unbound_task_keeps_its_binding_delivery_s_entry_until_it_reads_bound() {
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        recorded(&kv, &key, "n1");
+        only_the_entry_before_a_batch(&kv, &key, 0);
+        // Within the grace, Kling does not list it yet.
+        let clock = ManualClock(Cell::new(10));
+        let kling = Scripted::new(vec![Ok((404, NOT_FOUND))]);
+        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        let entries = Index::pending(&kv).entries().unwrap();
+        assert!(
+            entries.iter().any(|e| added_before_a_binding(e)),
+            "{entries:?}"
+        );
+        // Given up now (a refused retry, say): the next run asks Kling, never releases
+        // it unasked.
+        assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Forgotten);
+        clock.0.set(SUBMITTING_GRACE_MS + 20);
+        let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
+        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        assert_eq!(kling.sent.borrow().len(), 1);
+        let live = store.live_head(&key).unwrap();
+        assert_eq!(live.and_then(|h| h.task_id).as_deref(), Some("86"));
     }
 
     /// A bound task whose only entry is the one its binding delivery wrote before its
@@ -1281,31 +1342,27 @@ mod tests {
         let kv = MemoryKv::default();
         let key = TaskKey::external("job-1");
         bound(&kv, &key, "n1", "86");
-        let sub = TaskStore::new(&kv)
-            .head(&key)
-            .unwrap()
-            .unwrap()
-            .submission
-            .unwrap();
-        for entry in Index::pending(&kv).entries().unwrap() {
-            Index::pending(&kv).remove(&entry).unwrap();
-        }
-        let before_batch = spare_pending_entry(&key, "n1", 5, SpareBy::BeforeBinding);
-        Index::pending(&kv)
-            .put(&before_batch, &pending_value(&sub))
-            .unwrap();
+        let before_batch = only_the_entry_before_a_batch(&kv, &key, 5);
         let clock = ManualClock(Cell::new(10));
-        kv.fail_set_starting.replace(Some(key.poll()));
-        let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
-        assert!(reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).is_err());
-        assert_eq!(
-            Index::pending(&kv).entries().unwrap(),
-            std::slice::from_ref(&before_batch)
-        );
+        // Stopped while judging (its poll record), or while writing the next entry.
+        for stops_at in [key.poll(), "pending/".to_string()] {
+            kv.fail_set_starting.replace(Some(stops_at));
+            let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
+            assert!(
+                reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).is_err()
+            );
+            assert_eq!(
+                Index::pending(&kv).entries().unwrap(),
+                std::slice::from_ref(&before_batch)
+            );
+        }
         let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
         reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
         let entries = Index::pending(&kv).entries().unwrap();
-        assert!(!entries.contains(&before_batch), "{entries:?}");
+        assert!(
+            !entries.iter().any(|e| added_before_a_binding(e)),
+            "{entries:?}"
+        );
         assert!(has_entry_of(&kv, "n1"), "{entries:?}");
     }
 

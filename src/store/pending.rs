@@ -28,10 +28,11 @@ pub enum SpareBy {
     BeforeBinding,
 }
 
-/// A pending entry added beside the submission's own, by a writer that is not the
-/// reconciler: the nonce carries a suffix (`.b`, `.r`, `.p`) that no reconciler's name has,
-/// so a run that listed its own entries can never remove this one by its name. The
-/// reconciler folds it into the submission's entries ([`PendingEntry::parse`]).
+/// A pending entry added beside the submission's own, by a binder: the nonce carries a
+/// suffix (`.b`, `.r`, `.p`) that the reconciler's regular names never have, so a run
+/// that listed its own entries can never remove this one by its name. The reconciler
+/// folds it into the submission's entries ([`PendingEntry::parse`]), and moves a `.p` on
+/// to the task's next due time while the task reads unbound.
 pub fn spare_pending_entry(key: &TaskKey, nonce: &str, due_ms: u64, by: SpareBy) -> String {
     let suffix = match by {
         SpareBy::Binding => "b",
@@ -43,7 +44,7 @@ pub fn spare_pending_entry(key: &TaskKey, nonce: &str, due_ms: u64, by: SpareBy)
 
 /// Whether `entry` is a [`SpareBy::BeforeBinding`] entry: a delivery that had Kling's
 /// word that the task exists wrote it before binding the task. Only Kling's answer (or
-/// the task's end) may take it while the task reads given up: that delivery's tracking
+/// the task's end) may take it while the task reads unbound: that delivery's tracking
 /// after its batch may never come, since the retry of a failed write is a repeat.
 pub fn added_before_a_binding(entry: &str) -> bool {
     entry
