@@ -391,6 +391,55 @@ async fn bad_descriptions_and_refused_first_steps_store_nothing() {
         .expect_error(404, "pipeline_not_found", "forgotten");
 }
 
+/// A step Kling refuses for now (1303: too many running tasks) is tried again by every
+/// reconcile run, and however many runs it takes, the step's id keeps one listing entry
+/// and one give-up mark (not two more keys a run); once Kling takes it, the pipeline
+/// runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_kling_refuses_for_now_is_retried_and_piles_up_nothing() {
+    let d: Deployment = crate::support::deployment::deploy_with(
+        crate::support::deployment::Auth::KeyPair,
+        None,
+        &[("stale_after_seconds", "0")],
+    )
+    .await;
+    let busy = Script {
+        create: CreateBehaviour::Refuse {
+            http: 429,
+            code: 1303,
+        },
+        ..Script::default()
+    };
+    d.standin.script("busy-1", busy);
+    assert_eq!(create(&d.app, &three_steps("busy")).await.status, 202);
+    let refused = || {
+        d.standin
+            .received()
+            .iter()
+            .filter(|r| r.method == "POST" && r.body["external_task_id"] == "busy-1")
+            .count()
+    };
+    for run in 1..=3 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while refused() < run {
+            assert!(Instant::now() < deadline, "step 1 never tried");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    }
+    assert!(refused() >= 4, "the callback's try, then each run's");
+    let keys = d.app.kv.keys();
+    let of_step: Vec<&String> = keys.iter().filter(|k| k.contains("busy-1")).collect();
+    let count = |pred: &dyn Fn(&str) -> bool| of_step.iter().filter(|k| pred(k)).count();
+    assert_eq!(count(&|k| k.starts_with("listed/")), 1, "{of_step:?}");
+    assert_eq!(count(&|k| k.contains(":forgotten:")), 1, "{of_step:?}");
+
+    d.standin.script("busy-1", Script::default());
+    d.app.ok_json(authorized("POST", "/tasks/reconcile")).await;
+    let done = wait_until_finished(&d.app, "busy").await;
+    assert_eq!(done["status"], "succeed", "{done}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_moves_a_pipeline_on_when_a_step_s_final_callback_is_lost() {
     let d: Deployment = crate::support::deployment::deploy_with(
