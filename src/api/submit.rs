@@ -87,12 +87,13 @@ pub fn submit(
     let digest = body_digest(request.kind, &body);
     // A submission given up as never created is no task: the id may be used again.
     let stored = store.head(&key)?;
-    let given_up = stored.as_ref().and_then(|h| h.submission.clone());
+    let stored_submission = stored.as_ref().and_then(|h| h.submission.clone());
     let head = match stored {
         Some(stored) => store.live(&key, stored)?,
         None => None,
     };
-    let replacing = given_up.filter(|_| head.is_none());
+    // The given-up submission this one's head will be written over, if any.
+    let replacing = stored_submission.filter(|_| head.is_none());
     // A pipeline step's request is rebuilt from the step before it on every advance, so
     // only its pipeline step must match; a client's retry must repeat its request.
     let conflicting = head
