@@ -301,7 +301,7 @@ pub fn reconcile(
                 };
                 index.put(&next, &value)?;
                 // An entry a binding delivery wrote before its batch moves with the
-                // task while it reads given up (see `judge`).
+                // task while it reads unbound (see `judge`).
                 let spare = keep_before_binding.then(|| {
                     spare_pending_entry(
                         &submission.key,
