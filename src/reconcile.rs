@@ -1237,15 +1237,18 @@ mod tests {
 
             let kling = Scripted::new(vec![kling_says]);
             let clock = ManualClock(Cell::new(past_grace));
-            reconcile(
-                &kv,
-                &submit_config().kling,
-                &kling,
-                &clock,
-                polls_back_off(),
-                None,
-            )
-            .unwrap();
+            let run = |kling: &Scripted| {
+                reconcile(
+                    &kv,
+                    &submit_config().kling,
+                    kling,
+                    &clock,
+                    polls_back_off(),
+                    None,
+                )
+                .unwrap()
+            };
+            run(&kling);
             assert_eq!(kling.sent.borrow().len(), 1, "Kling is asked");
             let live = store.live_head(&key).unwrap();
             assert_eq!(
@@ -1267,15 +1270,7 @@ mod tests {
             // Not asked again before then, however many runs; once the task reads bound,
             // the run lets the delivery's entry go, after writing the task's own.
             let quiet = Scripted::new(vec![]);
-            reconcile(
-                &kv,
-                &submit_config().kling,
-                &quiet,
-                &clock,
-                polls_back_off(),
-                None,
-            )
-            .unwrap();
+            run(&quiet);
             assert!(quiet.sent.borrow().is_empty());
             let left = if bound { vec![] } else { moved.clone() };
             assert_eq!(spares(&kv), left);
@@ -1284,15 +1279,7 @@ mod tests {
                 let due = PendingEntry::parse(&moved[0]).unwrap().due_ms;
                 clock.0.set(due);
                 let kling = Scripted::new(vec![Ok((500, r#"{"code":5000,"message":"down"}"#))]);
-                reconcile(
-                    &kv,
-                    &submit_config().kling,
-                    &kling,
-                    &clock,
-                    polls_back_off(),
-                    None,
-                )
-                .unwrap();
+                run(&kling);
                 assert_eq!(kling.sent.borrow().len(), 1);
                 let again = spares(&kv);
                 assert!(again.len() == 1 && again != moved, "{again:?}");

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use kling_standin::{CreateBehaviour, Script, StandIn};
 use serde_json::{Value, json};
 
-use crate::support::deployment::{Deployment, deploy, fast_standin, replicas};
+use crate::support::deployment::{Auth, Deployment, deploy, deploy_with, fast_standin, replicas};
 use crate::support::kv::KvStore;
 use crate::support::requests::{API_TOKEN, authorized, request};
 use crate::support::spin_host::{Reply, SpinApp};
@@ -391,18 +391,18 @@ async fn bad_descriptions_and_refused_first_steps_store_nothing() {
         .expect_error(404, "pipeline_not_found", "forgotten");
 }
 
+/// A deployment whose reconcile runs poll every pending task, however recent.
+async fn deploy_reconciling_every_run() -> Deployment {
+    deploy_with(Auth::KeyPair, None, &[("stale_after_seconds", "0")]).await
+}
+
 /// A step Kling refuses for now (1303: too many running tasks) is tried again by every
 /// reconcile run, and however many runs it takes, the step's id keeps one listing entry
 /// and one give-up mark (not two more keys a run); once Kling takes it, the pipeline
 /// runs on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_kling_refuses_for_now_is_retried_and_piles_up_nothing() {
-    let d: Deployment = crate::support::deployment::deploy_with(
-        crate::support::deployment::Auth::KeyPair,
-        None,
-        &[("stale_after_seconds", "0")],
-    )
-    .await;
+    let d = deploy_reconciling_every_run().await;
     let busy = Script {
         create: CreateBehaviour::Refuse {
             http: 429,
@@ -442,12 +442,7 @@ async fn a_step_kling_refuses_for_now_is_retried_and_piles_up_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_moves_a_pipeline_on_when_a_step_s_final_callback_is_lost() {
-    let d: Deployment = crate::support::deployment::deploy_with(
-        crate::support::deployment::Auth::KeyPair,
-        None,
-        &[("stale_after_seconds", "0")],
-    )
-    .await;
+    let d = deploy_reconciling_every_run().await;
     d.standin.script(
         "quiet-0",
         Script {
