@@ -430,15 +430,14 @@ fn checked_with_kling(
     head: Option<&TaskHead>,
     callback: TaskEvent,
 ) -> Result<Checked, CallbackError> {
+    let bare = callback.lacks_results();
+    let final_stored = head.is_some_and(|h| h.seen.final_state.is_some());
     // A success without results over a stored final is never stored (the ledger's rule):
     // nothing to verify, and no forgery to count.
-    let verify = callback.status.is_final()
-        && !(callback.lacks_results() && head.is_some_and(|h| h.seen.final_state.is_some()))
-        && (check.verify_finals)()?;
+    let verify = callback.status.is_final() && !(bare && final_stored) && (check.verify_finals)()?;
     // Not over a stored final: the ledger never lets it refresh one (and Kling would be
     // asked again on every re-send).
-    let fetch_results =
-        callback.lacks_results() && head.is_none_or(|h| h.seen.final_state.is_none());
+    let fetch_results = bare && !final_stored;
     // The common case, first and without a look at the catalog: nothing to ask Kling.
     if !verify && !fetch_results && head.is_none_or(|h| h.task_id.is_some()) {
         return Ok(Checked::AsItCame(Box::new(callback)));
