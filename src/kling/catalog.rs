@@ -126,6 +126,13 @@ const PROMPTS: &[Rule] = &[
     Rule::StringValued("duration"),
 ];
 const MODES: &[Rule] = &[Rule::OneOf("mode", &["std", "pro", "4k"])];
+/// Kling's documented ranges for text2video (kling-api.md); image2video takes the same
+/// `cfg_scale` and `sound`. Model names are not checked: Kling adds models faster than a
+/// deployed component is upgraded, and answers 1201 for one it does not know.
+const SCALE_AND_SOUND: &[Rule] = &[
+    Rule::Number("cfg_scale", 0, 1),
+    Rule::OneOf("sound", &["on", "off"]),
+];
 const API2: &[Rule] = &[
     Rule::AnyOf(&["prompt", "contents"]),
     Rule::Text("prompt", 3072),
@@ -181,7 +188,11 @@ pub static CATALOG: &[KindSpec] = &[
         &[
             PROMPTS,
             MODES,
-            &[Rule::RequiredUnless("prompt", "multi_shot")],
+            SCALE_AND_SOUND,
+            &[
+                Rule::RequiredUnless("prompt", "multi_shot"),
+                Rule::OneOf("aspect_ratio", &["16:9", "9:16", "1:1"]),
+            ],
         ],
         VIDEOS,
         r#"{"prompt":"a cat on a skateboard"}"#,
@@ -194,6 +205,7 @@ pub static CATALOG: &[KindSpec] = &[
             &[
                 PROMPTS,
                 MODES,
+                SCALE_AND_SOUND,
                 &[
                     Rule::AnyOf(&["image", "image_tail"]),
                     Rule::Image("image"),
@@ -252,6 +264,8 @@ pub static CATALOG: &[KindSpec] = &[
             Rule::Required("effect_scene"),
             Rule::Required("input"),
             Rule::Object("input"),
+            // A scene takes one image or two (kling-api.md).
+            Rule::ExactlyOne("input.image", "input.images"),
             Rule::Image("input.image"),
             Rule::ImageList("input.images", 2, 2),
         ]],

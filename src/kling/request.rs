@@ -312,6 +312,18 @@ mod tests {
                 json!({"multi_shot": true, "multi_prompt": [{"prompt": "x"}]}),
             ),
             (k("image2video"), json!({"image": "https://img/1.png"})),
+            (
+                k("text2video"),
+                json!({"prompt": "p", "cfg_scale": 0.5, "aspect_ratio": "9:16", "sound": "on"}),
+            ),
+            (
+                k("image2video"),
+                json!({"image": "u", "cfg_scale": 1, "sound": "off"}),
+            ),
+            (
+                k("effects"),
+                json!({"effect_scene": "cheers", "input": {"image": "https://a.png"}}),
+            ),
             (k("image2video"), json!({"image_tail": "iVBORw0KGgo="})),
             (
                 k("multi-image2video"),
@@ -362,6 +374,31 @@ mod tests {
                 json!({"prompt": "p", "mode": "fast"}),
                 "mode",
             ),
+            (
+                k("text2video"),
+                json!({"prompt": "p", "cfg_scale": 2}),
+                "cfg_scale",
+            ),
+            (
+                k("text2video"),
+                json!({"prompt": "p", "cfg_scale": "0.5"}),
+                "cfg_scale",
+            ),
+            (
+                k("text2video"),
+                json!({"prompt": "p", "aspect_ratio": "4:3"}),
+                "aspect_ratio",
+            ),
+            (
+                k("text2video"),
+                json!({"prompt": "p", "sound": true}),
+                "sound",
+            ),
+            (
+                k("image2video"),
+                json!({"image": "u", "cfg_scale": -0.1}),
+                "cfg_scale",
+            ),
             (k("image2video"), json!({}), "image"),
             (
                 k("image2video"),
@@ -408,6 +445,16 @@ mod tests {
             ),
             (k("effects"), json!({"input": {}}), "effect_scene"),
             (k("effects"), json!({"effect_scene": "hug"}), "input"),
+            (
+                k("effects"),
+                json!({"effect_scene": "hug", "input": {}}),
+                "input.image",
+            ),
+            (
+                k("effects"),
+                json!({"effect_scene": "hug", "input": {"image": "a", "images": ["a", "b"]}}),
+                "input.image",
+            ),
             (
                 k("effects"),
                 json!({"effect_scene": "hug", "input": {"images": ["a"]}}),
