@@ -1848,6 +1848,44 @@ mod tests {
         }
 
         #[test]
+        fn a_create_retried_after_its_instance_stopped_before_indexing_gets_step_0_submitted() {
+            use crate::store::memory::Between;
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            let config = submit_config();
+            let none = Scripted::new(Vec::new());
+            // The first create stores the description, then its instance stops before
+            // the index write (a panic stands for the stop).
+            let stopping = Between::new(&kv).before("set", "pipelines/p/g".into(), || {
+                panic!("the instance stops here")
+            });
+            let first = Submitter::for_tests(&config, &stopping, &none, &clock);
+            let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                create(new_pipeline("p"), &first)
+            }));
+            assert!(stopped.is_err());
+            assert!(Index::pipelines(&kv).entries().unwrap().is_empty());
+
+            // The client's retry finds the pipeline and answers it as it is...
+            let retry = Submitter::for_tests(&config, &kv, &none, &clock);
+            let again = create(new_pipeline("p"), &retry).unwrap();
+            assert!(!again.created);
+            assert!(again.view.steps[0].task.is_none());
+            assert!(none.sent.borrow().is_empty());
+            // ...and the next reconcile run submits step 0.
+            let answer = created("p", 0);
+            let kling = Scripted::new(vec![Ok((200, &answer))]);
+            let receiver = Scripted::new(Vec::new());
+            let report = run(&kv, &clock, &kling, &receiver).unwrap();
+            assert_eq!(report.pipelines_advanced, 1);
+            assert_eq!(kling.sent.borrow().len(), 1, "step 0 sent once");
+            let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
+            assert_eq!(
+                view.steps[0].task.as_ref().unwrap().task_id.as_deref(),
+                Some("t-p-0")
+            );
+        }
+
+        #[test]
         fn a_step_start_and_an_end_whose_sender_stopped_are_still_announced_once() {
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
             create_pipeline(&kv, &clock, "p");

@@ -6,7 +6,7 @@ use crate::kling::catalog::TaskKind;
 use crate::kling::client::check_auth;
 pub use crate::pipeline::advance::{PipelineError, Submitter};
 use crate::pipeline::advance::{StepError, submit_step};
-use crate::pipeline::progress::{self, PipelineView, step_external_id};
+use crate::pipeline::progress::{self, Next, PipelineView, step_external_id};
 use crate::pipeline::spec::{NewStep, SpecError, build};
 use crate::store::layout::TaskKey;
 use crate::store::pipelines::PipelineStore;
@@ -35,11 +35,8 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
         .ok_or(SpecError::IdempotencyKeyMismatch)?;
     let mut spec = build(id, new.steps, submitter.clock.now_ms())?;
     let store = PipelineStore::new(submitter.kv);
-    if let Some(view) = store.view(&spec.id)? {
-        return Ok(Created {
-            view,
-            created: false,
-        });
+    if let Some(existing) = existing(&store, &spec.id)? {
+        return Ok(existing);
     }
     // A later API 2.0 step this deployment cannot submit must not fail the pipeline after
     // earlier steps have cost Kling credits: say so before anything is stored.
@@ -64,11 +61,8 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
             .is_some()
         {
             // Or a concurrent create of this very pipeline got there first.
-            if let Some(view) = store.view(&spec.id)? {
-                return Ok(Created {
-                    view,
-                    created: false,
-                });
+            if let Some(existing) = existing(&store, &spec.id)? {
+                return Ok(existing);
             }
             return Err(PipelineError::Step {
                 step,
@@ -98,6 +92,24 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
             })
         }
     }
+}
+
+/// A pipeline already stored under `id`, as it is. One with a step to submit is indexed
+/// again (one idempotent write): a create cut short between storing the description and
+/// indexing it (the instance stopped, or the index write and the clean-up both failed)
+/// left it where no reconcile run looks, and this retry is the only one who knows.
+fn existing(store: &PipelineStore<'_>, id: &str) -> Result<Option<Created>, PipelineError> {
+    let Some(spec) = store.spec(id)? else {
+        return Ok(None);
+    };
+    let view = store.view_of(&spec)?;
+    if matches!(view.next(), Next::Submit(_)) {
+        store.index(&spec)?;
+    }
+    Ok(Some(Created {
+        view,
+        created: false,
+    }))
 }
 
 pub fn get(id: &str, kv: &dyn KeyValue) -> Result<Option<PipelineView>, StoreError> {
