@@ -208,13 +208,20 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
             if !is_path(target) || target.split('.').any(|s| s.parse::<usize>().is_ok()) {
                 return Err(invalid("the target must be a dot path of field names"));
             }
+            // Nor anything inside one: `external_task_id.a` would make it an object.
+            let within = |field: &str| {
+                target
+                    .strip_prefix(field)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            };
             if [
                 callback_field,
                 external_field,
                 "callback_url",
                 "external_task_id",
             ]
-            .contains(&target.as_str())
+            .into_iter()
+            .any(within)
             {
                 return Err(invalid("this field is set by kling-webhook"));
             }
@@ -735,6 +742,24 @@ mod tests {
                 SpecError::InvalidInput {
                     step: 1,
                     target: "callback_url".into(),
+                    problem: "this field is set by kling-webhook",
+                },
+            ),
+            (
+                json!([{"kind": "text2video", "request": {"prompt": "a"}},
+                       {"kind": "video-extend", "request": {}, "inputs": {"video_id": "videos.0.id", "external_task_id.a": "videos.0.id"}}]),
+                SpecError::InvalidInput {
+                    step: 1,
+                    target: "external_task_id.a".into(),
+                    problem: "this field is set by kling-webhook",
+                },
+            ),
+            (
+                json!([{"kind": "text2video", "request": {"prompt": "a"}},
+                       {"kind": "text-to-video/kling-3.0", "request": {"prompt": "b"}, "inputs": {"options.external_task_id.x": "videos.0.id"}}]),
+                SpecError::InvalidInput {
+                    step: 1,
+                    target: "options.external_task_id.x".into(),
                     problem: "this field is set by kling-webhook",
                 },
             ),
