@@ -208,10 +208,13 @@ pub fn parse_limit(limit: Option<&str>, default: usize, max: usize) -> Result<us
 }
 
 /// `Authorization: Bearer {api_token}`, compared in constant time. Comparing digests
-/// keeps the token's length out of the timing too.
+/// keeps the token's length out of the timing too. The scheme's name is
+/// case-insensitive (RFC 9110, 11.1): `bearer` is `Bearer`.
 pub fn check_bearer(authorization: Option<&str>, tokens: &KeyRing) -> Result<(), ApiError> {
     let presented = authorization
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .ok_or(ApiError::Unauthorized)?;
     let presented = Sha256::digest(presented.trim().as_bytes());
     // Every token is compared, in constant time, whichever matches.
@@ -262,7 +265,9 @@ mod tests {
     #[test]
     fn only_the_exact_bearer_token_passes() {
         let token = KeyRing::single(Secret::new("t0ken"));
-        assert_eq!(check_bearer(Some("Bearer t0ken"), &token), Ok(()));
+        for good in ["Bearer t0ken", "bearer t0ken", "BEARER t0ken"] {
+            assert_eq!(check_bearer(Some(good), &token), Ok(()), "{good}");
+        }
         for bad in [
             None,
             Some(""),
@@ -272,6 +277,8 @@ mod tests {
             Some("Bearer t0ken2"),
             Some("Basic t0ken"),
             Some("bearer x"),
+            Some("Bearer: t0ken"),
+            Some("Bearert0ken"),
         ] {
             assert_eq!(
                 check_bearer(bad, &token),
