@@ -109,7 +109,10 @@ pub struct Found {
 
 #[derive(Deserialize)]
 struct Envelope {
-    code: i64,
+    /// kling-api.md shows API 2.0's create answer only as `data{...}`: a 2xx with `data`
+    /// and no `code` is read as success, anything else without one is not Kling's.
+    #[serde(default)]
+    code: Option<i64>,
     #[serde(default)]
     message: String,
     #[serde(default)]
@@ -260,10 +263,15 @@ impl<'a> KlingClient<'a> {
         })?;
         let envelope: Envelope = serde_json::from_slice(&response.body)
             .map_err(|_| KlingError::InvalidResponse(response.status))?;
-        if envelope.code != 0 || response.status >= 400 {
+        let code = match envelope.code {
+            Some(code) => code,
+            None if (200..300).contains(&response.status) && envelope.data.is_some() => 0,
+            None => return Err(KlingError::InvalidResponse(response.status)),
+        };
+        if code != 0 || response.status >= 400 {
             return Err(KlingError::Api(KlingApiError {
                 http_status: response.status,
-                code: envelope.code,
+                code,
                 message: envelope.message,
                 request_id: envelope.request_id,
             }));
@@ -501,6 +509,30 @@ pub(crate) mod tests {
                 "http://kling.test/tasks?task_ids=t-0",
             ]
         );
+    }
+
+    #[test]
+    fn an_answer_without_code_is_kling_s_only_as_a_2xx_with_data() {
+        let kind = TaskKind::from_name("text-to-video/kling-3.0-turbo").unwrap();
+        let config = config();
+        let created = Scripted::new(vec![Ok((
+            200,
+            r#"{"data":{"id":"t-9","status":"submitted","external_id":"job-9"}}"#,
+        ))]);
+        let client = KlingClient::new(&config, &created, 0);
+        assert_eq!(client.create(kind, &Map::new()).unwrap(), "t-9");
+        for (status, body) in [
+            (200, r#"{"message":"hello"}"#),
+            (500, r#"{"data":{"id":"t-9"}}"#),
+        ] {
+            let transport = Scripted::new(vec![Ok((status, body))]);
+            let client = KlingClient::new(&config, &transport, 0);
+            let err = client.create(kind, &Map::new()).unwrap_err();
+            assert!(
+                matches!(err, KlingError::InvalidResponse(s) if s == status),
+                "{status} {body}: {err:?}"
+            );
+        }
     }
 
     #[test]
