@@ -23,7 +23,8 @@ pub struct NewPipeline<'a> {
 
 pub struct Created {
     pub view: PipelineView,
-    /// `false` when a pipeline with this id already existed and nothing was done.
+    /// `false` when a pipeline with this id already existed: nothing was submitted (its
+    /// index entry may have been written again, see [`existing`]).
     pub created: bool,
 }
 
@@ -94,16 +95,19 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     }
 }
 
-/// A pipeline already stored under `id`, as it is. One with a step to submit is indexed
-/// again (one idempotent write): a create cut short between storing the description and
-/// indexing it (the instance stopped, or the index write and the clean-up both failed)
-/// left it where no reconcile run looks, and this retry is the only one who knows.
+/// A pipeline already stored under `id`, as it is. One whose step 0 has no task is
+/// indexed again (one idempotent write): a create cut short between storing the
+/// description and indexing it (the instance stopped, or the index write and the
+/// clean-up both failed) left it where no reconcile run looks, and this retry is the
+/// only one who knows. Only step 0: a later step without a task may belong to a
+/// pipeline that failed and that retention is half-way through deleting (its failure
+/// record goes first), which must not run again.
 fn existing(store: &PipelineStore<'_>, id: &str) -> Result<Option<Created>, PipelineError> {
     let Some(spec) = store.spec(id)? else {
         return Ok(None);
     };
     let view = store.view_of(&spec)?;
-    if matches!(view.next(), Next::Submit(_)) {
+    if matches!(view.next(), Next::Submit(0)) {
         store.index(&spec)?;
     }
     Ok(Some(Created {
