@@ -288,6 +288,14 @@ async fn bad_descriptions_and_refused_first_steps_store_nothing() {
             "invalid_pipeline",
             "steps[0].request.options.external_task_id",
         ),
+        // A target inside a field kling-webhook sets.
+        (
+            json!({"steps": [{"kind": "text2video", "request": {"prompt": "a"}},
+                             {"kind": "video-extend", "request": {}, "inputs": {"video_id": "videos.0.id", "external_task_id.a": "videos.0.id"}}]}),
+            400,
+            "invalid_pipeline",
+            "steps[1].inputs.external_task_id.a",
+        ),
     ];
     for (body, status, code, field) in cases {
         let reply = create(&d.app, &body).await;

@@ -322,6 +322,26 @@ async fn invalid_requests_are_400_naming_the_field_and_reach_neither_kling_nor_t
             json!({"effect_scene": "hug", "input": {"images": ["https://a.png", "DATA:image/png;base64,x"]}}),
             "input.images[1]",
         ),
+        (
+            "text2video",
+            json!({"prompt": "p", "cfg_scale": 1.5}),
+            "cfg_scale",
+        ),
+        (
+            "text2video",
+            json!({"prompt": "p", "aspect_ratio": "4:3"}),
+            "aspect_ratio",
+        ),
+        (
+            "image2video",
+            json!({"image": "https://a.png", "sound": "loud"}),
+            "sound",
+        ),
+        (
+            "effects",
+            json!({"effect_scene": "hug", "input": {}}),
+            "input.image",
+        ),
     ];
     for (kind, body, field) in cases {
         let reply = d.submit(kind, body).await;

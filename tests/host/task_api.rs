@@ -29,6 +29,12 @@ async fn tasks_need_the_bearer_token() {
         assert!(!String::from_utf8_lossy(&reply.body).contains("succeed"));
     }
     assert_eq!(app.send(get_task("job-1")).await.status, 200);
+    // The scheme's name is case-insensitive (RFC 9110).
+    let lowercase = request("GET", "/tasks/job-1")
+        .header("authorization", format!("bearer {API_TOKEN}"))
+        .body(Bytes::new())
+        .unwrap();
+    assert_eq!(app.send(lowercase).await.status, 200);
 }
 
 #[tokio::test]
