@@ -1009,6 +1009,15 @@ mod tests {
         }
     }
 
+    /// One run with [`options`] and notifications off.
+    fn reconcile_once(
+        kv: &MemoryKv,
+        kling: &dyn HttpTransport,
+        clock: &ManualClock,
+    ) -> Result<ReconcileReport, StoreError> {
+        reconcile(kv, &submit_config().kling, kling, clock, options(), None)
+    }
+
     #[test]
     fn a_run_never_removes_the_entry_a_concurrent_run_just_added() {
         let kv = MemoryKv::default();
@@ -1029,8 +1038,7 @@ mod tests {
 
         let clock = ManualClock(Cell::new(10));
         let kling = Scripted::new(vec![]);
-        let report =
-            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        let report = reconcile_once(&kv, &kling, &clock).unwrap();
         assert_eq!(report.checked, 0, "not due: the other run polled it");
         assert_eq!(
             Index::pending(&kv).entries().unwrap(),
@@ -1304,7 +1312,7 @@ mod tests {
         // Within the grace, Kling does not list it yet.
         let clock = ManualClock(Cell::new(10));
         let kling = Scripted::new(vec![Ok((404, NOT_FOUND))]);
-        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        reconcile_once(&kv, &kling, &clock).unwrap();
         let entries = Index::pending(&kv).entries().unwrap();
         assert!(
             entries.iter().any(|e| added_before_a_binding(e)),
@@ -1315,7 +1323,7 @@ mod tests {
         assert_eq!(store.forget_unbound(&key, "n1").unwrap(), Forget::Forgotten);
         clock.0.set(SUBMITTING_GRACE_MS + 20);
         let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
-        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        reconcile_once(&kv, &kling, &clock).unwrap();
         assert_eq!(kling.sent.borrow().len(), 1);
         let live = store.live_head(&key).unwrap();
         assert_eq!(live.and_then(|h| h.task_id).as_deref(), Some("86"));
@@ -1335,16 +1343,14 @@ mod tests {
         for stops_at in [key.poll(), "pending/".to_string()] {
             kv.fail_set_starting.replace(Some(stops_at));
             let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
-            assert!(
-                reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).is_err()
-            );
+            assert!(reconcile_once(&kv, &kling, &clock).is_err());
             assert_eq!(
                 Index::pending(&kv).entries().unwrap(),
                 std::slice::from_ref(&before_batch)
             );
         }
         let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
-        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        reconcile_once(&kv, &kling, &clock).unwrap();
         let entries = Index::pending(&kv).entries().unwrap();
         assert!(
             !entries.iter().any(|e| added_before_a_binding(e)),
@@ -1371,7 +1377,7 @@ mod tests {
 
             let kling = Scripted::new(vec![kling_says]);
             let clock = ManualClock(Cell::new(past_grace));
-            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+            reconcile_once(&kv, &kling, &clock).unwrap();
             assert_eq!(kling.sent.borrow().len(), 1, "n1's entry asks Kling");
             let live = store.live_head(&key).unwrap();
             if bound {
@@ -1399,7 +1405,7 @@ mod tests {
             .unwrap();
         let kling = Scripted::new(vec![Ok((500, r#"{"code":5000,"message":"down"}"#))]);
         let clock = ManualClock(Cell::new(past_grace));
-        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        reconcile_once(&kv, &kling, &clock).unwrap();
         assert!(has_entry_of(&kv, "n1"), "kept: Kling said nothing");
         let entry = Index::pending(&kv).entries().unwrap().remove(0);
         let carried = Index::pending(&kv).value(&entry).unwrap().unwrap();
@@ -1415,7 +1421,7 @@ mod tests {
         TaskStore::new(&kv).forget_unbound(&key, "n1").unwrap();
         let kling = Scripted::new(vec![]);
         let clock = ManualClock(Cell::new(past_grace));
-        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        reconcile_once(&kv, &kling, &clock).unwrap();
         assert!(kling.sent.borrow().is_empty());
         assert!(Index::pending(&kv).entries().unwrap().is_empty());
     }
@@ -1478,7 +1484,7 @@ mod tests {
         Index::pending(&kv).put(&first, PRESENT).unwrap();
         let kling = Scripted::new(vec![Ok((404, NOT_FOUND)), Ok((404, NOT_FOUND))]);
         let clock = ManualClock(Cell::new(10));
-        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        reconcile_once(&kv, &kling, &clock).unwrap();
         let entries: Vec<String> = Index::pending(&kv)
             .entries()
             .unwrap()
@@ -1506,8 +1512,7 @@ mod tests {
 
         let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
         let clock = ManualClock(Cell::new(SUBMITTING_GRACE_MS + 1));
-        let report =
-            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        let report = reconcile_once(&kv, &kling, &clock).unwrap();
         assert!(report.errors.is_empty(), "{report:?}");
         let head = store.head(&key).unwrap().unwrap();
         let nonce = head.submission.map(|s| s.nonce);
@@ -1540,7 +1545,7 @@ mod tests {
             kling: Scripted::new(vec![Ok((200, FOUND_86))]),
         };
         let clock = ManualClock(Cell::new(SUBMITTING_GRACE_MS + 1));
-        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        reconcile_once(&kv, &kling, &clock).unwrap();
         assert_eq!(
             TaskStore::new(&kv).head(&key).unwrap(),
             None,
@@ -1550,7 +1555,7 @@ mod tests {
         // The next run asks from the entry and restores it.
         let kling = Scripted::new(vec![Ok((200, FOUND_86)), Ok((200, FOUND_86))]);
         clock.0.set(clock.0.get() + MAX_POLL_GAP_MS);
-        reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        reconcile_once(&kv, &kling, &clock).unwrap();
         let head = TaskStore::new(&kv).live_head(&key).unwrap().unwrap();
         assert_eq!(head.task_id.as_deref(), Some("86"));
     }
@@ -1579,7 +1584,7 @@ mod tests {
 
             let kling = Scripted::new(vec![kling_says, Ok((200, FOUND_86))]);
             let clock = ManualClock(Cell::new(past_grace));
-            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+            reconcile_once(&kv, &kling, &clock).unwrap();
             let head = store.live_head(&key).unwrap();
             match outcome {
                 "restored" => {
@@ -1621,8 +1626,7 @@ mod tests {
         }})
         .to_string();
         let kling = Scripted::new(vec![Ok((200, &answer))]);
-        let report =
-            reconcile(&kv, &submit_config().kling, &kling, &clock, options(), None).unwrap();
+        let report = reconcile_once(&kv, &kling, &clock).unwrap();
         assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
         assert_eq!(
             (
