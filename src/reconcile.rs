@@ -1683,7 +1683,7 @@ mod tests {
         use super::*;
         use crate::api::pipelines::{NewPipeline, create};
         use crate::pipeline::spec::parse_description;
-        use crate::task::{TaskEvent, Video};
+        use crate::task::{StepRef, TaskEvent, Video};
 
         /// Kling's answer to the create of step `step` of pipeline `id`.
         fn created(id: &str, step: usize) -> String {
@@ -1849,6 +1849,111 @@ mod tests {
             assert!(!created.created);
             assert_eq!(created.view.id, "p");
             assert!(kling.sent.borrow().is_empty(), "no second step 0");
+        }
+
+        /// What a concurrent create of pipeline `p` does once it has found no
+        /// description: stores its own (generation `other`), indexes it, and records and
+        /// binds its step 0 (Kling task `t-p-0`).
+        fn other_create_submits_step_0(kv: &MemoryKv) {
+            let (_, steps) = parse_description(
+                br#"{"steps":[{"kind":"text2video","request":{"prompt":"a"}},
+                              {"kind":"video-extend","request":{"prompt":"b"}}]}"#,
+            )
+            .unwrap();
+            let mut spec = crate::pipeline::spec::build("p".into(), steps, 1_000).unwrap();
+            spec.generation = "other".into();
+            let store = PipelineStore::new(kv);
+            store.save_spec(&spec).unwrap();
+            store.index(&spec).unwrap();
+            let key = TaskKey::external("p-0");
+            let step = StepRef {
+                pipeline_id: "p".into(),
+                step: 0,
+            };
+            let submission = crate::store::tasks::NewSubmission {
+                key: &key,
+                external_task_id: "p-0",
+                kind: "text2video",
+                pipeline: Some(&step),
+                nonce: "other",
+                now_ms: 1_000,
+                first_due_ms: 1_000,
+                body_digest: None,
+            };
+            let tasks = TaskStore::new(kv);
+            tasks.record_submission(&submission).unwrap();
+            tasks
+                .bind_submission(&key, "t-p-0", Some(&submission))
+                .unwrap();
+        }
+
+        #[test]
+        fn a_create_whose_step_0_fails_keeps_a_concurrent_create_s_pipeline() {
+            use crate::store::memory::Between;
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            // Both creates found no description. Ours stored its own over the other's,
+            // and Kling refused its step 0 (rate limited); the other's step 0 is recorded
+            // and bound just before our forget deletes the description they share.
+            let racing = Between::new(&kv).before("delete", "pipeline:p".into(), || {
+                other_create_submits_step_0(&kv)
+            });
+            let config = submit_config();
+            let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
+            let submitter = Submitter::for_tests(&config, &racing, &kling, &clock);
+            let found = create(new_pipeline("p"), &submitter).unwrap();
+            assert!(!found.created);
+            assert_eq!(
+                found.view.steps[0]
+                    .task
+                    .as_ref()
+                    .unwrap()
+                    .task_id
+                    .as_deref(),
+                Some("t-p-0"),
+                "the other create's step 0"
+            );
+            // Stored and tracked: a reconcile run keeps it, and submits step 1 when step 0
+            // ends.
+            let none = Scripted::new(Vec::new());
+            assert_eq!(run(&kv, &clock, &none, &none).unwrap().pipelines_pending, 1);
+            report_step(&kv, "p", 0, TaskStatus::Succeed);
+            let answer = created("p", 1);
+            let kling = Scripted::new(vec![Ok((200, &answer))]);
+            let receiver = Scripted::new(vec![Ok((200, ""))]);
+            let report = run(&kv, &clock, &kling, &receiver).unwrap();
+            assert_eq!(report.pipelines_advanced, 1);
+            let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
+            assert_eq!(view.current_step, 1);
+        }
+
+        #[test]
+        fn a_create_whose_description_a_failed_concurrent_create_deleted_stores_it_again() {
+            use crate::outbound::{OutboundRequest, OutboundResponse, TransportError};
+            /// Kling creates step 0; while its answer is on its way, the other create
+            /// (refused) deletes the description they share, and a reconcile run lets
+            /// this create's entry go for want of it.
+            struct RacedByAFailedCreate<'a>(&'a MemoryKv);
+            impl HttpTransport for RacedByAFailedCreate<'_> {
+                fn send(&self, _: OutboundRequest) -> Result<OutboundResponse, TransportError> {
+                    self.0.delete("pipeline:p").unwrap();
+                    self.0.delete("pipelines/p/g").unwrap();
+                    Ok(OutboundResponse {
+                        status: 200,
+                        body: created("p", 0).into_bytes(),
+                    })
+                }
+            }
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            let config = submit_config();
+            let kling = RacedByAFailedCreate(&kv);
+            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+            assert!(create(new_pipeline("p"), &submitter).unwrap().created);
+            let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
+            assert_eq!(
+                view.steps[0].task.as_ref().unwrap().task_id.as_deref(),
+                Some("t-p-0")
+            );
+            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
         }
 
         #[test]

@@ -23,8 +23,10 @@ pub struct NewPipeline<'a> {
 
 pub struct Created {
     pub view: PipelineView,
-    /// `false` when a pipeline with this id already existed: nothing was submitted (its
-    /// index entry may have been written again, see [`existing`]).
+    /// `false` when this create answers a pipeline it found rather than made: one stored
+    /// under this id already, or, after this create's step 0 failed, one whose step 0 a
+    /// concurrent create of the same id had recorded. Nothing was submitted (its index
+    /// entry may have been written again, see [`existing`]).
     pub created: bool,
 }
 
@@ -79,14 +81,34 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
         store.forget(&spec)?;
         return Err(error.into());
     }
+    let step_0 = TaskKey::external(&step_external_id(&spec.id, 0));
     match submit_step(&spec, None, 0, submitter) {
-        // Nothing else of it exists yet: its view is step 0's task.
-        Ok(submitted) => Ok(Created {
-            view: progress::view(&spec, &[Some(submitted.record)], None),
-            created: true,
-        }),
+        Ok(submitted) => {
+            // A concurrent create of this id whose own step 0 failed may have deleted
+            // this description (the two share its key), and a reconcile run may have let
+            // this entry go for want of it: now that step 0 is Kling's, both are written
+            // again (blind, idempotent writes; see the error arm for the other side).
+            store.save_spec(&spec)?;
+            store.index(&spec)?;
+            // Nothing else of it exists yet: its view is step 0's task.
+            Ok(Created {
+                view: progress::view(&spec, &[Some(submitted.record)], None),
+                created: true,
+            })
+        }
         Err(error) => {
             store.forget(&spec)?;
+            // Step 0 is looked at only after the forget: a concurrent create of this id
+            // whose step 0 was recorded before it is seen here, and its pipeline is
+            // kept; one recorded after it writes the description again itself. So no
+            // order of the two loses a pipeline whose step 0 Kling has.
+            if tasks.live_head(&step_0)?.is_some() {
+                store.save_spec(&spec)?;
+                store.index(&spec)?;
+                if let Some(existing) = existing(&store, &spec.id)? {
+                    return Ok(existing);
+                }
+            }
             Err(match error {
                 StepError::Submit(error) => PipelineError::Step { step: 0, error },
                 StepError::Input(message) => PipelineError::Input { step: 0, message },
