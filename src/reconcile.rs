@@ -1927,17 +1927,38 @@ mod tests {
         }
 
         #[test]
-        fn a_create_whose_description_a_failed_concurrent_create_deleted_stores_it_again() {
-            use crate::outbound::{OutboundRequest, OutboundResponse, TransportError};
-            /// Kling creates step 0; while its answer is on its way, the other create
-            /// (refused) deletes the description they share, and a reconcile run lets
-            /// this create's entry go for want of it.
-            struct RacedByAFailedCreate<'a>(&'a MemoryKv);
-            impl HttpTransport for RacedByAFailedCreate<'_> {
-                fn send(&self, _: OutboundRequest) -> Result<OutboundResponse, TransportError> {
-                    self.0.delete("pipeline:p").unwrap();
-                    self.0.delete("pipelines/p/g").unwrap();
-                    Ok(OutboundResponse {
+        fn a_create_whose_index_write_fails_keeps_a_concurrent_create_s_pipeline() {
+            use crate::store::memory::Between;
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            kv.fail_set_starting.replace(Some("pipelines/p/g".into()));
+            let racing = Between::new(&kv).before("delete", "pipeline:p".into(), || {
+                other_create_submits_step_0(&kv)
+            });
+            let config = submit_config();
+            let none = Scripted::new(Vec::new());
+            let submitter = Submitter::for_tests(&config, &racing, &none, &clock);
+            let found = create(new_pipeline("p"), &submitter).unwrap();
+            assert!(!found.created);
+            assert!(none.sent.borrow().is_empty());
+            let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
+            assert_eq!(
+                view.steps[0].task.as_ref().unwrap().task_id.as_deref(),
+                Some("t-p-0")
+            );
+        }
+
+        #[test]
+        fn a_create_whose_binding_failed_is_not_taken_for_a_concurrent_one_its_retry_adopts_it() {
+            /// Kling creates step 0, and the store fails the binding's write.
+            struct CreatedThenStoreFails<'a>(&'a MemoryKv);
+            impl HttpTransport for CreatedThenStoreFails<'_> {
+                fn send(
+                    &self,
+                    _: crate::outbound::OutboundRequest,
+                ) -> Result<crate::outbound::OutboundResponse, crate::outbound::TransportError>
+                {
+                    self.0.fail_next.set(true);
+                    Ok(crate::outbound::OutboundResponse {
                         status: 200,
                         body: created("p", 0).into_bytes(),
                     })
@@ -1945,9 +1966,114 @@ mod tests {
             }
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
             let config = submit_config();
+            let kling = CreatedThenStoreFails(&kv);
+            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+            // Step 0's record is this create's own: a 5xx, so the client retries.
+            let failed = create(new_pipeline("p"), &submitter).err();
+            assert!(
+                matches!(
+                    failed,
+                    Some(PipelineError::Step {
+                        step: 0,
+                        error: SubmitError::Store(_)
+                    })
+                ),
+                "{failed:?}"
+            );
+            let none = Scripted::new(Vec::new());
+            let retry = Submitter::for_tests(&config, &kv, &none, &clock);
+            assert!(create(new_pipeline("p"), &retry).unwrap().created);
+            assert!(none.sent.borrow().is_empty(), "step 0 adopted, not sent again");
+        }
+
+        #[test]
+        fn a_task_submitted_otherwise_under_step_0_s_id_is_not_taken_for_a_concurrent_create() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            let key = TaskKey::external("p-0");
+            let plain = crate::store::tasks::NewSubmission {
+                key: &key,
+                external_task_id: "p-0",
+                kind: "text2video",
+                pipeline: None,
+                nonce: "client",
+                now_ms: 1_000,
+                first_due_ms: 1_000,
+                body_digest: None,
+            };
+            let tasks = TaskStore::new(&kv);
+            tasks.record_submission(&plain).unwrap();
+            tasks
+                .bind_submission(&key, "t-client", Some(&plain))
+                .unwrap();
+            let config = submit_config();
+            let none = Scripted::new(Vec::new());
+            let submitter = Submitter::for_tests(&config, &kv, &none, &clock);
+            let refused = create(new_pipeline("p"), &submitter).err();
+            assert!(
+                matches!(
+                    refused,
+                    Some(PipelineError::Step {
+                        step: 0,
+                        error: SubmitError::IdempotencyConflict
+                    })
+                ),
+                "{refused:?}"
+            );
+            assert!(crate::api::pipelines::get("p", &kv).unwrap().is_none());
+            assert!(Index::pipelines(&kv).entries().unwrap().is_empty());
+            assert!(none.sent.borrow().is_empty());
+        }
+
+        /// Kling creates step 0; while its answer is on its way, a create of the same id
+        /// (refused) deletes the description, and a reconcile run lets the entry go for
+        /// want of it.
+        struct RacedByAFailedCreate<'a>(&'a MemoryKv);
+
+        impl HttpTransport for RacedByAFailedCreate<'_> {
+            fn send(
+                &self,
+                _: crate::outbound::OutboundRequest,
+            ) -> Result<crate::outbound::OutboundResponse, crate::outbound::TransportError>
+            {
+                self.0.delete("pipeline:p").unwrap();
+                self.0.delete("pipelines/p/g").unwrap();
+                Ok(crate::outbound::OutboundResponse {
+                    status: 200,
+                    body: created("p", 0).into_bytes(),
+                })
+            }
+        }
+
+        #[test]
+        fn a_create_whose_description_a_failed_concurrent_create_deleted_stores_it_again() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            let config = submit_config();
             let kling = RacedByAFailedCreate(&kv);
             let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
             assert!(create(new_pipeline("p"), &submitter).unwrap().created);
+            let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
+            assert_eq!(
+                view.steps[0].task.as_ref().unwrap().task_id.as_deref(),
+                Some("t-p-0")
+            );
+            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
+        }
+
+        #[test]
+        fn a_run_submitting_step_0_stores_again_a_description_a_failed_create_deleted() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            // A pipeline whose create was cut short before step 0 (its retry indexed it).
+            let mut spec =
+                crate::pipeline::spec::build("p".into(), new_pipeline("p").steps, 1_000).unwrap();
+            spec.generation = "g".into();
+            let store = PipelineStore::new(&kv);
+            store.save_spec(&spec).unwrap();
+            store.index(&spec).unwrap();
+            // A run submits step 0 while a create of the same id, refused, deletes it.
+            let config = submit_config();
+            let kling = RacedByAFailedCreate(&kv);
+            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+            assert!(advance("p", &submitter).unwrap().unwrap().changed);
             let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
             assert_eq!(
                 view.steps[0].task.as_ref().unwrap().task_id.as_deref(),

@@ -7,12 +7,14 @@ use crate::kling::client::check_auth;
 pub use crate::pipeline::advance::{PipelineError, Submitter};
 use crate::pipeline::advance::{StepError, submit_step};
 use crate::pipeline::progress::{self, Next, PipelineView, step_external_id};
-use crate::pipeline::spec::{NewStep, SpecError, build};
+use crate::pipeline::spec::{NewStep, PipelineSpec, SpecError, build};
 use crate::store::layout::TaskKey;
 use crate::store::pipelines::PipelineStore;
 use crate::store::tasks::TaskStore;
 use crate::store::{KeyValue, StoreError};
+use crate::task::StepRef;
 use crate::validate::{choose_id, is_valid_external_task_id};
+use std::cell::RefCell;
 
 /// What `POST /pipelines` and the WIT `create-pipeline` take.
 pub struct NewPipeline<'a> {
@@ -24,15 +26,16 @@ pub struct NewPipeline<'a> {
 pub struct Created {
     pub view: PipelineView,
     /// `false` when this create answers a pipeline it found rather than made: one stored
-    /// under this id already, or, after this create's step 0 failed, one whose step 0 a
-    /// concurrent create of the same id had recorded. Nothing was submitted (its index
-    /// entry may have been written again, see [`existing`]).
+    /// under this id already, or, after this create's own step 0 failed, one whose step 0
+    /// another submitter had recorded ([`forget_unless_taken`]). Its index entry may have
+    /// been written again (see [`existing`]).
     pub created: bool,
 }
 
 /// Validates every step, stores the description, indexes the pipeline for the
 /// reconciler, and submits step 0. If step 0 is refused, the pipeline is forgotten and
-/// the refusal returned, so a corrected request can use the same id.
+/// the refusal returned, so a corrected request can use the same id (unless another
+/// submitter has recorded step 0 meanwhile: [`forget_unless_taken`]).
 pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created, PipelineError> {
     let id = choose_id(new.id.as_deref(), new.idempotency_key, submitter.new_id)
         .ok_or(SpecError::IdempotencyKeyMismatch)?;
@@ -78,43 +81,66 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     spec.generation = (submitter.new_id)();
     store.save_spec(&spec)?;
     if let Err(error) = store.index(&spec) {
-        store.forget(&spec)?;
-        return Err(error.into());
+        return forget_unless_taken(&store, &tasks, &spec, None)?.ok_or(error.into());
     }
-    let step_0 = TaskKey::external(&step_external_id(&spec.id, 0));
-    match submit_step(&spec, None, 0, submitter) {
-        Ok(submitted) => {
-            // A concurrent create of this id whose own step 0 failed may have deleted
-            // this description (the two share its key), and a reconcile run may have let
-            // this entry go for want of it: now that step 0 is Kling's, both are written
-            // again (blind, idempotent writes; see the error arm for the other side).
-            store.save_spec(&spec)?;
-            store.index(&spec)?;
-            // Nothing else of it exists yet: its view is step 0's task.
-            Ok(Created {
-                view: progress::view(&spec, &[Some(submitted.record)], None),
-                created: true,
-            })
-        }
-        Err(error) => {
-            store.forget(&spec)?;
-            // Step 0 is looked at only after the forget: a concurrent create of this id
-            // whose step 0 was recorded before it is seen here, and its pipeline is
-            // kept; one recorded after it writes the description again itself. So no
-            // order of the two loses a pipeline whose step 0 Kling has.
-            if tasks.live_head(&step_0)?.is_some() {
-                store.save_spec(&spec)?;
-                store.index(&spec)?;
-                if let Some(existing) = existing(&store, &spec.id)? {
-                    return Ok(existing);
-                }
-            }
-            Err(match error {
+    // The nonce step 0's submit draws, to tell its record from another submitter's.
+    let nonce = RefCell::new(None);
+    let drawing = || nonce.borrow_mut().insert((submitter.new_id)()).clone();
+    match submit_step(
+        &spec,
+        None,
+        0,
+        &Submitter {
+            new_id: &drawing,
+            ..*submitter
+        },
+    ) {
+        // Nothing else of it exists yet: its view is step 0's task.
+        Ok(submitted) => Ok(Created {
+            view: progress::view(&spec, &[Some(submitted.record)], None),
+            created: true,
+        }),
+        Err(error) => forget_unless_taken(&store, &tasks, &spec, nonce.borrow().as_deref())?.ok_or(
+            match error {
                 StepError::Submit(error) => PipelineError::Step { step: 0, error },
                 StepError::Input(message) => PipelineError::Input { step: 0, message },
-            })
-        }
+            },
+        ),
     }
+}
+
+/// Forgets this creation's pipeline (its index write or its step 0 failed) so the id
+/// can be used again, unless another submitter of this pipeline's step 0 (a concurrent
+/// create of the same id, or a reconcile run) has recorded it: then the description is
+/// written back and the pipeline answered as it is. Step 0 is looked at only after the
+/// delete, and whoever submits step 0 writes the description again once Kling has
+/// answered ([`submit_step`]): so either the other's record is seen here, or its write
+/// comes after this delete, and no order loses a pipeline whose step 0 Kling has. A
+/// record of this creation's own submit (`own_nonce`: a store error left it) is not
+/// another's, nor is a task submitted otherwise under the step's id.
+fn forget_unless_taken(
+    store: &PipelineStore<'_>,
+    tasks: &TaskStore<'_>,
+    spec: &PipelineSpec,
+    own_nonce: Option<&str>,
+) -> Result<Option<Created>, PipelineError> {
+    store.forget(spec)?;
+    let step_0 = StepRef {
+        pipeline_id: spec.id.clone(),
+        step: 0,
+    };
+    let taken = tasks
+        .live_head(&TaskKey::external(&step_external_id(&spec.id, 0)))?
+        .and_then(|head| head.submission)
+        .is_some_and(|other| {
+            other.pipeline.as_ref() == Some(&step_0) && Some(other.nonce.as_str()) != own_nonce
+        });
+    if !taken {
+        return Ok(None);
+    }
+    store.save_spec(spec)?;
+    store.index(spec)?;
+    existing(store, &spec.id)
 }
 
 /// A pipeline already stored under `id`, as it is. One whose step 0 has no task is
