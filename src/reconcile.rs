@@ -1983,7 +1983,10 @@ mod tests {
             let none = Scripted::new(Vec::new());
             let retry = Submitter::for_tests(&config, &kv, &none, &clock);
             assert!(create(new_pipeline("p"), &retry).unwrap().created);
-            assert!(none.sent.borrow().is_empty(), "step 0 adopted, not sent again");
+            assert!(
+                none.sent.borrow().is_empty(),
+                "step 0 adopted, not sent again"
+            );
         }
 
         #[test]
