@@ -1855,16 +1855,18 @@ mod tests {
         /// description: stores its own (generation `other`), indexes it, and records and
         /// binds its step 0 (Kling task `t-p-0`).
         fn other_create_submits_step_0(kv: &MemoryKv) {
-            let (_, steps) = parse_description(
-                br#"{"steps":[{"kind":"text2video","request":{"prompt":"a"}},
-                              {"kind":"video-extend","request":{"prompt":"b"}}]}"#,
-            )
-            .unwrap();
-            let mut spec = crate::pipeline::spec::build("p".into(), steps, 1_000).unwrap();
+            let mut spec =
+                crate::pipeline::spec::build("p".into(), new_pipeline("p").steps, 1_000).unwrap();
             spec.generation = "other".into();
             let store = PipelineStore::new(kv);
             store.save_spec(&spec).unwrap();
             store.index(&spec).unwrap();
+            other_submits_step_0(kv);
+        }
+
+        /// Another submitter of pipeline `p`'s step 0 records and binds it (Kling task
+        /// `t-p-0`).
+        fn other_submits_step_0(kv: &MemoryKv) {
             let key = TaskKey::external("p-0");
             let step = StepRef {
                 pipeline_id: "p".into(),
@@ -1924,6 +1926,41 @@ mod tests {
             assert_eq!(report.pipelines_advanced, 1);
             let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
             assert_eq!(view.current_step, 1);
+        }
+
+        #[test]
+        fn a_create_whose_step_0_fails_leaves_a_pipeline_whose_step_0_another_has_in_place() {
+            /// The other create stored its description first, and its step 0 is recorded
+            /// while ours is on its way; Kling refuses ours, and from then on the store
+            /// fails every write of the description.
+            struct RacedAndRefused<'a>(&'a MemoryKv);
+            impl HttpTransport for RacedAndRefused<'_> {
+                fn send(
+                    &self,
+                    _: crate::outbound::OutboundRequest,
+                ) -> Result<crate::outbound::OutboundResponse, crate::outbound::TransportError>
+                {
+                    other_submits_step_0(self.0);
+                    self.0.fail_set_starting.replace(Some("pipeline:p".into()));
+                    Ok(crate::outbound::OutboundResponse {
+                        status: 429,
+                        body: br#"{"code":1303,"message":"busy"}"#.to_vec(),
+                    })
+                }
+            }
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            let config = submit_config();
+            let kling = RacedAndRefused(&kv);
+            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+            // Not deleted and written back (which would fail here): never deleted.
+            let found = create(new_pipeline("p"), &submitter).unwrap();
+            assert!(!found.created);
+            let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
+            assert_eq!(
+                view.steps[0].task.as_ref().unwrap().task_id.as_deref(),
+                Some("t-p-0")
+            );
+            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
         }
 
         #[test]
@@ -2025,64 +2062,6 @@ mod tests {
             assert!(crate::api::pipelines::get("p", &kv).unwrap().is_none());
             assert!(Index::pipelines(&kv).entries().unwrap().is_empty());
             assert!(none.sent.borrow().is_empty());
-        }
-
-        /// Kling creates step 0; while its answer is on its way, a create of the same id
-        /// (refused) deletes the description, and a reconcile run lets the entry go for
-        /// want of it.
-        struct RacedByAFailedCreate<'a>(&'a MemoryKv);
-
-        impl HttpTransport for RacedByAFailedCreate<'_> {
-            fn send(
-                &self,
-                _: crate::outbound::OutboundRequest,
-            ) -> Result<crate::outbound::OutboundResponse, crate::outbound::TransportError>
-            {
-                self.0.delete("pipeline:p").unwrap();
-                self.0.delete("pipelines/p/g").unwrap();
-                Ok(crate::outbound::OutboundResponse {
-                    status: 200,
-                    body: created("p", 0).into_bytes(),
-                })
-            }
-        }
-
-        #[test]
-        fn a_create_whose_description_a_failed_concurrent_create_deleted_stores_it_again() {
-            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
-            let config = submit_config();
-            let kling = RacedByAFailedCreate(&kv);
-            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
-            assert!(create(new_pipeline("p"), &submitter).unwrap().created);
-            let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
-            assert_eq!(
-                view.steps[0].task.as_ref().unwrap().task_id.as_deref(),
-                Some("t-p-0")
-            );
-            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
-        }
-
-        #[test]
-        fn a_run_submitting_step_0_stores_again_a_description_a_failed_create_deleted() {
-            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
-            // A pipeline whose create was cut short before step 0 (its retry indexed it).
-            let mut spec =
-                crate::pipeline::spec::build("p".into(), new_pipeline("p").steps, 1_000).unwrap();
-            spec.generation = "g".into();
-            let store = PipelineStore::new(&kv);
-            store.save_spec(&spec).unwrap();
-            store.index(&spec).unwrap();
-            // A run submits step 0 while a create of the same id, refused, deletes it.
-            let config = submit_config();
-            let kling = RacedByAFailedCreate(&kv);
-            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
-            assert!(advance("p", &submitter).unwrap().unwrap().changed);
-            let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
-            assert_eq!(
-                view.steps[0].task.as_ref().unwrap().task_id.as_deref(),
-                Some("t-p-0")
-            );
-            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
         }
 
         #[test]

@@ -26,16 +26,17 @@ pub struct NewPipeline<'a> {
 pub struct Created {
     pub view: PipelineView,
     /// `false` when this create answers a pipeline it found rather than made: one stored
-    /// under this id already, or, after this create's own step 0 failed, one whose step 0
-    /// another submitter had recorded ([`forget_unless_taken`]). Its index entry may have
-    /// been written again (see [`existing`]).
+    /// under this id already, or, after this create's own step 0 or index write failed,
+    /// one whose step 0 another submitter had recorded ([`forget_unless_taken`]). Its
+    /// index entry may have been written again (see [`existing`]).
     pub created: bool,
 }
 
 /// Validates every step, stores the description, indexes the pipeline for the
-/// reconciler, and submits step 0. If step 0 is refused, the pipeline is forgotten and
-/// the refusal returned, so a corrected request can use the same id (unless another
-/// submitter has recorded step 0 meanwhile: [`forget_unless_taken`]).
+/// reconciler, and submits step 0. If step 0 fails, the pipeline is forgotten and the
+/// error returned, so a retry, or a corrected request, can use the same id (unless
+/// another submitter has recorded step 0 meanwhile: [`forget_unless_taken`]). A step 0
+/// that Kling made before a store error stopped this create is the retry's to adopt.
 pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created, PipelineError> {
     let id = choose_id(new.id.as_deref(), new.idempotency_key, submitter.new_id)
         .ok_or(SpecError::IdempotencyKeyMismatch)?;
@@ -111,35 +112,45 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
 
 /// Forgets this creation's pipeline (its index write or its step 0 failed) so the id
 /// can be used again, unless another submitter of this pipeline's step 0 (a concurrent
-/// create of the same id, or a reconcile run) has recorded it: then the description is
-/// written back and the pipeline answered as it is. Step 0 is looked at only after the
-/// delete, and whoever submits step 0 writes the description again once Kling has
-/// answered ([`submit_step`]): so either the other's record is seen here, or its write
-/// comes after this delete, and no order loses a pipeline whose step 0 Kling has. A
-/// record of this creation's own submit (`own_nonce`: a store error left it) is not
-/// another's, nor is a task submitted otherwise under the step's id.
+/// create of the same id, or a reconcile run) has recorded it: the two share the
+/// description's key, so that pipeline is kept and answered as it is. Step 0 is looked
+/// at before the delete and again after it, and a description the delete took is
+/// written back (this create's, unless another create has stored its own since). A
+/// record this creation's own submit left (`own_nonce`: a store error) is not another's,
+/// nor is a task submitted otherwise under the step's id. What no look can see: the
+/// other's record landing after the second look, its description already deleted (no
+/// compare-and-swap; the README says so).
 fn forget_unless_taken(
     store: &PipelineStore<'_>,
     tasks: &TaskStore<'_>,
     spec: &PipelineSpec,
     own_nonce: Option<&str>,
 ) -> Result<Option<Created>, PipelineError> {
-    store.forget(spec)?;
     let step_0 = StepRef {
         pipeline_id: spec.id.clone(),
         step: 0,
     };
-    let taken = tasks
-        .live_head(&TaskKey::external(&step_external_id(&spec.id, 0)))?
-        .and_then(|head| head.submission)
-        .is_some_and(|other| {
-            other.pipeline.as_ref() == Some(&step_0) && Some(other.nonce.as_str()) != own_nonce
-        });
-    if !taken {
-        return Ok(None);
+    let taken = || -> Result<bool, StoreError> {
+        Ok(tasks
+            .live_head(&TaskKey::external(&step_external_id(&spec.id, 0)))?
+            .and_then(|head| head.submission)
+            .is_some_and(|other| {
+                other.pipeline.as_ref() == Some(&step_0) && Some(other.nonce.as_str()) != own_nonce
+            }))
+    };
+    if !taken()? {
+        store.forget(spec)?;
+        if !taken()? {
+            return Ok(None);
+        }
+        match store.spec(&spec.id)? {
+            Some(stored) => store.index(&stored)?,
+            None => {
+                store.save_spec(spec)?;
+                store.index(spec)?;
+            }
+        }
     }
-    store.save_spec(spec)?;
-    store.index(spec)?;
     existing(store, &spec.id)
 }
 

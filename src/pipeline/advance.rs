@@ -184,7 +184,7 @@ pub(crate) fn submit_step(
         pipeline_id: spec.id.clone(),
         step,
     };
-    let submitted = submit(
+    submit(
         &SubmitRequest {
             kind,
             body: &body,
@@ -198,18 +198,7 @@ pub(crate) fn submit_step(
         // The idempotency key names the id; this only draws the submit's nonce.
         submitter.new_id,
     )
-    .map_err(StepError::Submit)?;
-    if step == 0 {
-        // A create of the same id whose own step 0 failed may have deleted this
-        // description (they share its key) before it could see this step's record, and
-        // a reconcile run may have let the entry go for want of it: now that Kling has
-        // answered, both are written again (blind, idempotent; the other side is
-        // `forget_unless_taken` in `api::pipelines`).
-        let store = PipelineStore::new(submitter.kv);
-        let stored = store.save_spec(spec).and_then(|()| store.index(spec));
-        stored.map_err(|e| StepError::Submit(e.into()))?;
-    }
-    Ok(submitted)
+    .map_err(StepError::Submit)
 }
 
 #[cfg(test)]
