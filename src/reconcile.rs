@@ -1867,6 +1867,12 @@ mod tests {
         /// Another submitter of pipeline `p`'s step 0 records and binds it (Kling task
         /// `t-p-0`).
         fn other_submits_step_0(kv: &MemoryKv) {
+            other_step_0(kv, true, true);
+        }
+
+        /// Another submitter of pipeline `p`'s step 0 (nonce `other`): `record`s it,
+        /// and if `bind`, Kling's create answer binds it to task `t-p-0`.
+        fn other_step_0(kv: &MemoryKv, record: bool, bind: bool) {
             let key = TaskKey::external("p-0");
             let step = StepRef {
                 pipeline_id: "p".into(),
@@ -1883,10 +1889,14 @@ mod tests {
                 body_digest: None,
             };
             let tasks = TaskStore::new(kv);
-            tasks.record_submission(&submission).unwrap();
-            tasks
-                .bind_submission(&key, "t-p-0", Some(&submission))
-                .unwrap();
+            if record {
+                tasks.record_submission(&submission).unwrap();
+            }
+            if bind {
+                tasks
+                    .bind_submission(&key, "t-p-0", Some(&submission))
+                    .unwrap();
+            }
         }
 
         #[test]
@@ -1931,8 +1941,8 @@ mod tests {
         #[test]
         fn a_create_whose_step_0_fails_leaves_a_pipeline_whose_step_0_another_has_in_place() {
             /// The other create stored its description first, and its step 0 is recorded
-            /// while ours is on its way; Kling refuses ours, and from then on the store
-            /// fails every write of the description.
+            /// while ours is on its way; Kling refuses ours, and the store then fails the
+            /// next write of the description (a write-back would be that write).
             struct RacedAndRefused<'a>(&'a MemoryKv);
             impl HttpTransport for RacedAndRefused<'_> {
                 fn send(
@@ -1961,6 +1971,51 @@ mod tests {
                 Some("t-p-0")
             );
             assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
+        }
+
+        #[test]
+        fn a_create_whose_step_0_record_hides_another_s_keeps_that_pipeline() {
+            use crate::store::memory::Between;
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            // Both creates found step 0 unrecorded; the other's record lands just before
+            // ours writes the same head over it. Kling refuses ours, and ours is given up:
+            // the head now shows only ours, given up, while the other's create is on its
+            // way to Kling.
+            let racing = Between::new(&kv)
+                .before("set", "task:p-0".into(), || other_step_0(&kv, true, false));
+            let config = submit_config();
+            let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
+            let submitter = Submitter::for_tests(&config, &racing, &kling, &clock);
+            let found = create(new_pipeline("p"), &submitter).unwrap();
+            assert!(!found.created);
+            // The other's create answer comes: its task is the pipeline's step 0.
+            other_step_0(&kv, false, true);
+            let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
+            assert_eq!(
+                view.steps[0].task.as_ref().unwrap().task_id.as_deref(),
+                Some("t-p-0")
+            );
+            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
+        }
+
+        #[test]
+        fn a_create_whose_index_write_fails_indexes_the_pipeline_another_has_step_0_of() {
+            use crate::store::memory::Between;
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            // Both found no description; the other create stored and indexed its own and
+            // Kling bound its step 0 before ours wrote its description over it, and then
+            // ours fails to index.
+            kv.fail_set_starting.replace(Some("pipelines/p/g".into()));
+            let racing = Between::new(&kv).before("set", "pipeline:p".into(), || {
+                other_create_submits_step_0(&kv)
+            });
+            let config = submit_config();
+            let none = Scripted::new(Vec::new());
+            let submitter = Submitter::for_tests(&config, &racing, &none, &clock);
+            assert!(!create(new_pipeline("p"), &submitter).unwrap().created);
+            // The stored description (ours) is indexed: the other's entry names a
+            // generation no longer stored, which the next run lets go.
+            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g", "p/other"]);
         }
 
         #[test]

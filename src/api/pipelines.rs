@@ -113,42 +113,36 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
 /// Forgets this creation's pipeline (its index write or its step 0 failed) so the id
 /// can be used again, unless another submitter of this pipeline's step 0 (a concurrent
 /// create of the same id, or a reconcile run) has recorded it: the two share the
-/// description's key, so that pipeline is kept and answered as it is. Step 0 is looked
-/// at before the delete and again after it, and a description the delete took is
-/// written back (this create's, unless another create has stored its own since). A
-/// record this creation's own submit left (`own_nonce`: a store error) is not another's,
-/// nor is a task submitted otherwise under the step's id. What no look can see: the
-/// other's record landing after the second look, its description already deleted (no
-/// compare-and-swap; the README says so).
+/// description's key, so that pipeline is kept (and indexed, as stored) and answered as
+/// it is. Step 0 is looked at before the delete and again after it, and a description
+/// the delete took is written back (this create's, unless another create has stored its
+/// own since). A record this creation's own submit left (`own_nonce`: a store error) is
+/// not another's, nor is a task submitted otherwise under the step's id. What no look
+/// can see: the other's step 0 recorded only after the second look, its description
+/// already deleted (no compare-and-swap; the README says so).
 fn forget_unless_taken(
     store: &PipelineStore<'_>,
     tasks: &TaskStore<'_>,
     spec: &PipelineSpec,
     own_nonce: Option<&str>,
 ) -> Result<Option<Created>, PipelineError> {
+    let key = TaskKey::external(&step_external_id(&spec.id, 0));
     let step_0 = StepRef {
         pipeline_id: spec.id.clone(),
         step: 0,
     };
-    let taken = || -> Result<bool, StoreError> {
-        Ok(tasks
-            .live_head(&TaskKey::external(&step_external_id(&spec.id, 0)))?
-            .and_then(|head| head.submission)
-            .is_some_and(|other| {
-                other.pipeline.as_ref() == Some(&step_0) && Some(other.nonce.as_str()) != own_nonce
-            }))
-    };
+    let taken = || tasks.submitted_by_another(&key, &step_0, own_nonce);
     if !taken()? {
         store.forget(spec)?;
         if !taken()? {
             return Ok(None);
         }
-        match store.spec(&spec.id)? {
-            Some(stored) => store.index(&stored)?,
-            None => {
-                store.save_spec(spec)?;
-                store.index(spec)?;
-            }
+    }
+    match store.spec(&spec.id)? {
+        Some(stored) => store.index(&stored)?,
+        None => {
+            store.save_spec(spec)?;
+            store.index(spec)?;
         }
     }
     existing(store, &spec.id)

@@ -7,7 +7,9 @@ use serde::de::DeserializeOwned;
 
 use super::index::{Index, PRESENT, sortable_ms};
 use super::layout::{TaskKey, task_id_index};
-use super::pending::{SpareBy, add_pending, pending_entry, spare_pending_entry};
+use super::pending::{
+    PendingEntry, SpareBy, add_pending, pending_entry, pending_submission, spare_pending_entry,
+};
 use super::pipelines::PipelineStore;
 use super::{KeyValue, StoreError, get_json, to_json};
 use crate::ledger::{
@@ -564,6 +566,46 @@ impl<'a> TaskStore<'a> {
             &submission.pending_entry(),
             &submission.submission(),
         )
+    }
+
+    /// Whether a submission of `key` as `step` of a pipeline, other than `own_nonce`'s,
+    /// is recorded and not forgotten. The head shows the last one recorded, and may be
+    /// `own_nonce`'s written over another's; every submission not forgotten also keeps
+    /// pending entries of its own (written after its head), so those are read too (one
+    /// `list-keys`, then the value of each entry of `key`).
+    pub fn submitted_by_another(
+        &self,
+        key: &TaskKey,
+        step: &StepRef,
+        own_nonce: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let another = |submission: &Submission| {
+            submission.pipeline.as_ref() == Some(step)
+                && Some(submission.nonce.as_str()) != own_nonce
+        };
+        if let Some(head) = self.live_head(key)?
+            && head.submission.as_ref().is_some_and(another)
+        {
+            return Ok(true);
+        }
+        let pending = Index::pending(self.kv);
+        for entry in pending.entries()? {
+            let Some(parsed) = PendingEntry::parse(&entry) else {
+                continue;
+            };
+            if parsed.key != *key {
+                continue;
+            }
+            let value = pending.value(&entry)?;
+            if value
+                .as_deref()
+                .and_then(pending_submission)
+                .is_some_and(|submission| another(&submission))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Deletes a head given up as never created (submission `nonce`) and its poll
