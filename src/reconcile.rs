@@ -994,7 +994,7 @@ mod tests {
     use crate::outbound::scripted::Scripted;
     use crate::signatures::standard_webhooks::WebhookSecret;
     use crate::store::memory::MemoryKv;
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
 
     fn options() -> ReconcileOptions {
         ReconcileOptions {
@@ -1996,6 +1996,111 @@ mod tests {
                 Some("t-p-0")
             );
             assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
+        }
+
+        /// Kling refuses every create (rate limited), and the pending entries there were
+        /// when the first one was sent are put back after it: a refused submit whose
+        /// entry's removal never happened.
+        struct RefusedLeavingEntries<'a> {
+            kv: &'a MemoryKv,
+            entries: RefCell<Vec<(String, Vec<u8>)>>,
+        }
+        impl HttpTransport for RefusedLeavingEntries<'_> {
+            fn send(
+                &self,
+                _: crate::outbound::OutboundRequest,
+            ) -> Result<crate::outbound::OutboundResponse, crate::outbound::TransportError>
+            {
+                let mut entries = self.entries.borrow_mut();
+                if entries.is_empty() {
+                    *entries = (self.kv.map.borrow().iter())
+                        .filter(|(key, _)| key.starts_with("pending/"))
+                        .map(|(key, value)| (key.clone(), value.clone()))
+                        .collect();
+                }
+                Ok(crate::outbound::OutboundResponse {
+                    status: 429,
+                    body: br#"{"code":1303,"message":"busy"}"#.to_vec(),
+                })
+            }
+        }
+
+        fn refused(created: Result<crate::api::pipelines::Created, PipelineError>) {
+            assert!(
+                matches!(
+                    created,
+                    Err(PipelineError::Step {
+                        step: 0,
+                        error: SubmitError::Kling(_)
+                    })
+                ),
+                "{:?}",
+                created.map(|c| c.view)
+            );
+        }
+
+        #[test]
+        fn a_retry_refused_again_is_not_kept_for_the_pending_entry_its_first_attempt_left() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            let config = submit_config();
+            let kling = RefusedLeavingEntries {
+                kv: &kv,
+                entries: RefCell::default(),
+            };
+            let first = Submitter::for_tests(&config, &kv, &kling, &clock);
+            refused(create(new_pipeline("p"), &first));
+            for (key, value) in kling.entries.borrow().iter() {
+                kv.set(key, value).unwrap();
+            }
+            // The client's retry (its own generation and nonce) is refused too: its
+            // submit replaces the given-up one and deletes its mark, and the entry left
+            // is still the first attempt's, nobody else's.
+            let retry = Submitter {
+                new_id: &|| "retry".to_string(),
+                ..Submitter::for_tests(&config, &kv, &kling, &clock)
+            };
+            refused(create(new_pipeline("p"), &retry));
+            assert!(crate::api::pipelines::get("p", &kv).unwrap().is_none());
+        }
+
+        #[test]
+        fn a_pending_entry_of_a_given_up_submission_is_nobody_s() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            // Another submission of step 0 was given up (its mark written), and its head
+            // is gone, but a run stopped before removing its pending entry.
+            other_step_0(&kv, true, false);
+            kv.set(&TaskKey::external("p-0").forgotten("other"), b"1")
+                .unwrap();
+            kv.delete("task:p-0").unwrap();
+            let config = submit_config();
+            let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
+            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+            refused(create(new_pipeline("p"), &submitter));
+            assert!(crate::api::pipelines::get("p", &kv).unwrap().is_none());
+        }
+
+        #[test]
+        fn a_spare_entry_of_another_s_step_0_counts_though_its_submission_was_given_up() {
+            use crate::store::memory::Between;
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            // The other submission of step 0 was given up, then found at Kling by a
+            // delivery (its spare entry); our record is written over its head, and Kling
+            // refuses ours.
+            let racing = Between::new(&kv).before("set", "task:p-0".into(), || {
+                other_step_0(&kv, true, false);
+                kv.set(&TaskKey::external("p-0").forgotten("other"), b"1")
+                    .unwrap();
+                let (name, value) = (kv.map.borrow().iter())
+                    .find(|(key, _)| key.starts_with("pending/") && key.contains("/other/"))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .unwrap();
+                kv.set(&name.replace("/other/", "/other.r/"), &value)
+                    .unwrap();
+            });
+            let config = submit_config();
+            let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
+            let submitter = Submitter::for_tests(&config, &racing, &kling, &clock);
+            assert!(!create(new_pipeline("p"), &submitter).unwrap().created);
         }
 
         #[test]

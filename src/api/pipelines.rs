@@ -80,9 +80,21 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     // This creation's own generation: its index entry names it, so a reconciler that
     // judged an earlier pipeline of the same id never removes this one's entry.
     spec.generation = (submitter.new_id)();
+    // A submission of step 0 given up before this create (an earlier attempt's, refused)
+    // is nobody's: its pending entries may outlive it, and this create's own submit,
+    // refused in turn, may delete its give-up mark.
+    let step_0 = TaskKey::external(&step_external_id(&spec.id, 0));
+    let given_up = match tasks.head(&step_0)? {
+        Some(head) => match head.submission.clone() {
+            Some(earlier) if tasks.live(&step_0, head)?.is_none() => Some(earlier.nonce),
+            _ => None,
+        },
+        None => None,
+    };
     store.save_spec(&spec)?;
     if let Err(error) = store.index(&spec) {
-        return forget_unless_taken(&store, &tasks, &spec, None)?.ok_or(error.into());
+        let nobody = [given_up.as_deref()];
+        return forget_unless_taken(&store, &tasks, &spec, &nobody)?.ok_or(error.into());
     }
     // The nonce step 0's submit draws, to tell its record from another submitter's.
     let nonce = RefCell::new(None);
@@ -101,12 +113,16 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
             view: progress::view(&spec, &[Some(submitted.record)], None),
             created: true,
         }),
-        Err(error) => forget_unless_taken(&store, &tasks, &spec, nonce.borrow().as_deref())?.ok_or(
-            match error {
-                StepError::Submit(error) => PipelineError::Step { step: 0, error },
-                StepError::Input(message) => PipelineError::Input { step: 0, message },
-            },
-        ),
+        Err(error) => forget_unless_taken(
+            &store,
+            &tasks,
+            &spec,
+            &[given_up.as_deref(), nonce.borrow().as_deref()],
+        )?
+        .ok_or(match error {
+            StepError::Submit(error) => PipelineError::Step { step: 0, error },
+            StepError::Input(message) => PipelineError::Input { step: 0, message },
+        }),
     }
 }
 
@@ -116,22 +132,24 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
 /// description's key, so that pipeline is kept (and indexed, as stored) and answered as
 /// it is. Step 0 is looked at before the delete and again after it, and a description
 /// the delete took is written back (this create's, unless another create has stored its
-/// own since). A record this creation's own submit left (`own_nonce`: a store error) is
-/// not another's, nor is a task submitted otherwise under the step's id. What no look
+/// own since). Submissions in `not_another` are nobody else's (this creation's own, left
+/// by a store error; one given up before it), nor is a task submitted otherwise under
+/// the step's id. What no look
 /// can see: the other's step 0 recorded only after the second look, its description
 /// already deleted (no compare-and-swap; the README says so).
 fn forget_unless_taken(
     store: &PipelineStore<'_>,
     tasks: &TaskStore<'_>,
     spec: &PipelineSpec,
-    own_nonce: Option<&str>,
+    not_another: &[Option<&str>],
 ) -> Result<Option<Created>, PipelineError> {
+    let not_another: Vec<&str> = not_another.iter().flatten().copied().collect();
     let key = TaskKey::external(&step_external_id(&spec.id, 0));
     let step_0 = StepRef {
         pipeline_id: spec.id.clone(),
         step: 0,
     };
-    let taken = || tasks.submitted_by_another(&key, &step_0, own_nonce);
+    let taken = || tasks.submitted_by_another(&key, &step_0, &not_another);
     if !taken()? {
         store.forget(spec)?;
         if !taken()? {

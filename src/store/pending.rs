@@ -63,6 +63,15 @@ pub struct PendingEntry {
 }
 
 impl PendingEntry {
+    /// Whether a binder added this entry beside the submission's own
+    /// ([`spare_pending_entry`]).
+    pub fn is_spare(&self) -> bool {
+        self.name
+            .split('/')
+            .nth(1)
+            .is_some_and(|nonce| nonce.contains('.'))
+    }
+
     pub fn parse(name: &str) -> Option<Self> {
         let mut parts = name.splitn(3, '/');
         let due_ms = parts.next()?.parse().ok()?;

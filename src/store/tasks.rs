@@ -568,20 +568,23 @@ impl<'a> TaskStore<'a> {
         )
     }
 
-    /// Whether a submission of `key` as `step` of a pipeline, other than `own_nonce`'s,
-    /// is recorded and not forgotten. The head shows the last one recorded, and may be
-    /// `own_nonce`'s written over another's; every submission not forgotten also keeps
-    /// pending entries of its own (written after its head), so those are read too (one
-    /// `list-keys`, then the value of each entry of `key`).
+    /// Whether a submission of `key` as `step` of a pipeline (of any pipeline of that id),
+    /// other than those of the nonces in `not_another`, is recorded and not given up.
+    /// The head shows the last one recorded, and may be one in `not_another` written over
+    /// another's; every submission also keeps pending entries of its own (written after
+    /// its head) until it is forgotten or the reconciler releases them, so those are read
+    /// too (one `list-keys`, then the value of each entry of `key`). An entry of a
+    /// submission given up is not counted (one a removal did not reach), but a spare
+    /// entry is: a binder adds one only once Kling has the task.
     pub fn submitted_by_another(
         &self,
         key: &TaskKey,
         step: &StepRef,
-        own_nonce: Option<&str>,
+        not_another: &[&str],
     ) -> Result<bool, StoreError> {
         let another = |submission: &Submission| {
             submission.pipeline.as_ref() == Some(step)
-                && Some(submission.nonce.as_str()) != own_nonce
+                && !not_another.contains(&submission.nonce.as_str())
         };
         if let Some(head) = self.live_head(key)?
             && head.submission.as_ref().is_some_and(another)
@@ -593,7 +596,7 @@ impl<'a> TaskStore<'a> {
             let Some(parsed) = PendingEntry::parse(&entry) else {
                 continue;
             };
-            if parsed.key != *key {
+            if parsed.key != *key || (!parsed.is_spare() && self.is_given_up(key, &parsed.nonce)?) {
                 continue;
             }
             let value = pending.value(&entry)?;
