@@ -1851,6 +1851,20 @@ mod tests {
             assert!(kling.sent.borrow().is_empty(), "no second step 0");
         }
 
+        /// Pipeline `p` (text2video, then video-extend) created through `kv`, Kling
+        /// answering as `kling` does.
+        fn create_p(
+            kv: &dyn KeyValue,
+            kling: &dyn HttpTransport,
+            clock: &ManualClock,
+        ) -> Result<crate::api::pipelines::Created, PipelineError> {
+            let config = submit_config();
+            create(
+                new_pipeline("p"),
+                &Submitter::for_tests(&config, kv, kling, clock),
+            )
+        }
+
         /// What a concurrent create of pipeline `p` does once it has found no
         /// description: stores its own (generation `other`), indexes it, and records and
         /// binds its step 0 (Kling task `t-p-0`).
@@ -1909,10 +1923,8 @@ mod tests {
             let racing = Between::new(&kv).before("delete", "pipeline:p".into(), || {
                 other_create_submits_step_0(&kv)
             });
-            let config = submit_config();
             let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
-            let submitter = Submitter::for_tests(&config, &racing, &kling, &clock);
-            let found = create(new_pipeline("p"), &submitter).unwrap();
+            let found = create_p(&racing, &kling, &clock).unwrap();
             assert!(!found.created);
             assert_eq!(
                 found.view.steps[0]
@@ -1959,11 +1971,9 @@ mod tests {
                 }
             }
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
-            let config = submit_config();
             let kling = RacedAndRefused(&kv);
-            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
             // Not deleted and written back (which would fail here): never deleted.
-            let found = create(new_pipeline("p"), &submitter).unwrap();
+            let found = create_p(&kv, &kling, &clock).unwrap();
             assert!(!found.created);
             let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
             assert_eq!(
@@ -1983,10 +1993,8 @@ mod tests {
             // way to Kling.
             let racing = Between::new(&kv)
                 .before("set", "task:p-0".into(), || other_step_0(&kv, true, false));
-            let config = submit_config();
             let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
-            let submitter = Submitter::for_tests(&config, &racing, &kling, &clock);
-            let found = create(new_pipeline("p"), &submitter).unwrap();
+            let found = create_p(&racing, &kling, &clock).unwrap();
             assert!(!found.created);
             // The other's create answer comes: its task is the pipeline's step 0.
             other_step_0(&kv, false, true);
@@ -2072,10 +2080,8 @@ mod tests {
             kv.set(&TaskKey::external("p-0").forgotten("other"), b"1")
                 .unwrap();
             kv.delete("task:p-0").unwrap();
-            let config = submit_config();
             let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
-            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
-            refused(create(new_pipeline("p"), &submitter));
+            refused(create_p(&kv, &kling, &clock));
             assert!(crate::api::pipelines::get("p", &kv).unwrap().is_none());
         }
 
@@ -2097,10 +2103,8 @@ mod tests {
                 kv.set(&name.replace("/other/", "/other.r/"), &value)
                     .unwrap();
             });
-            let config = submit_config();
             let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
-            let submitter = Submitter::for_tests(&config, &racing, &kling, &clock);
-            assert!(!create(new_pipeline("p"), &submitter).unwrap().created);
+            assert!(!create_p(&racing, &kling, &clock).unwrap().created);
         }
 
         #[test]
@@ -2114,10 +2118,8 @@ mod tests {
             let racing = Between::new(&kv).before("set", "pipeline:p".into(), || {
                 other_create_submits_step_0(&kv)
             });
-            let config = submit_config();
             let none = Scripted::new(Vec::new());
-            let submitter = Submitter::for_tests(&config, &racing, &none, &clock);
-            assert!(!create(new_pipeline("p"), &submitter).unwrap().created);
+            assert!(!create_p(&racing, &none, &clock).unwrap().created);
             // The stored description (ours) is indexed: the other's entry names a
             // generation no longer stored, which the next run lets go.
             assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g", "p/other"]);
@@ -2131,10 +2133,8 @@ mod tests {
             let racing = Between::new(&kv).before("delete", "pipeline:p".into(), || {
                 other_create_submits_step_0(&kv)
             });
-            let config = submit_config();
             let none = Scripted::new(Vec::new());
-            let submitter = Submitter::for_tests(&config, &racing, &none, &clock);
-            let found = create(new_pipeline("p"), &submitter).unwrap();
+            let found = create_p(&racing, &none, &clock).unwrap();
             assert!(!found.created);
             assert!(none.sent.borrow().is_empty());
             let view = crate::api::pipelines::get("p", &kv).unwrap().unwrap();
@@ -2205,10 +2205,8 @@ mod tests {
             tasks
                 .bind_submission(&key, "t-client", Some(&plain))
                 .unwrap();
-            let config = submit_config();
             let none = Scripted::new(Vec::new());
-            let submitter = Submitter::for_tests(&config, &kv, &none, &clock);
-            let refused = create(new_pipeline("p"), &submitter).err();
+            let refused = create_p(&kv, &none, &clock).err();
             assert!(
                 matches!(
                     refused,
