@@ -2107,6 +2107,53 @@ mod tests {
             assert!(!create_p(&racing, &kling, &clock).unwrap().created);
         }
 
+        /// Kling answers every create with task `t-p-0`, and the store then fails the
+        /// next write whose key starts with `failing`.
+        struct CreatedThenFailing<'a>(&'a MemoryKv, &'static str);
+        impl HttpTransport for CreatedThenFailing<'_> {
+            fn send(
+                &self,
+                _: crate::outbound::OutboundRequest,
+            ) -> Result<crate::outbound::OutboundResponse, crate::outbound::TransportError>
+            {
+                self.0.fail_set_starting.replace(Some(self.1.into()));
+                Ok(crate::outbound::OutboundResponse {
+                    status: 200,
+                    body: created("p", 0).into_bytes(),
+                })
+            }
+        }
+
+        #[test]
+        fn a_create_whose_store_failed_after_kling_bound_its_step_0_keeps_the_pipeline() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            // The binding's head is written, its spare pending entry is not.
+            let kling = CreatedThenFailing(&kv, "pending/");
+            let kept = create_p(&kv, &kling, &clock).unwrap();
+            assert_eq!(
+                kept.view.steps[0].task.as_ref().unwrap().task_id.as_deref(),
+                Some("t-p-0")
+            );
+            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
+        }
+
+        #[test]
+        fn a_submission_given_up_before_the_create_counts_once_kling_has_it() {
+            use crate::store::memory::Between;
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            // Another submission of step 0 was given up as never created; the create
+            // reads it so. While the create is on its way, a delivery finds it at Kling
+            // and binds it (its spare entry), and then the create's record is written
+            // over its head, and Kling refuses the create.
+            other_step_0(&kv, true, false);
+            kv.set(&TaskKey::external("p-0").forgotten("other"), b"1")
+                .unwrap();
+            let racing = Between::new(&kv)
+                .before("set", "task:p-0".into(), || other_step_0(&kv, false, true));
+            let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
+            assert!(!create_p(&racing, &kling, &clock).unwrap().created);
+        }
+
         #[test]
         fn a_create_whose_index_write_fails_indexes_the_pipeline_another_has_step_0_of() {
             use crate::store::memory::Between;

@@ -27,7 +27,8 @@ pub struct Created {
     pub view: PipelineView,
     /// `false` when this create answers a pipeline it found rather than made: one stored
     /// under this id already, or, after this create's own step 0 or index write failed,
-    /// one whose step 0 another submitter had recorded ([`forget_unless_taken`]). Its
+    /// one whose step 0 another submitter had recorded or Kling has
+    /// ([`forget_unless_taken`]). Its
     /// index entry may have been written again (see [`existing`]).
     pub created: bool,
 }
@@ -36,7 +37,8 @@ pub struct Created {
 /// reconciler, and submits step 0. If step 0 fails, the pipeline is forgotten and the
 /// error returned, so a retry, or a corrected request, can use the same id (unless
 /// another submitter has recorded step 0 meanwhile: [`forget_unless_taken`]). A step 0
-/// that Kling made before a store error stopped this create is the retry's to adopt.
+/// that Kling made before a store error stopped this create keeps the pipeline if its
+/// binding was written, and is else the retry's to adopt.
 pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created, PipelineError> {
     let id = choose_id(new.id.as_deref(), new.idempotency_key, submitter.new_id)
         .ok_or(SpecError::IdempotencyKeyMismatch)?;
@@ -81,8 +83,8 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     // judged an earlier pipeline of the same id never removes this one's entry.
     spec.generation = (submitter.new_id)();
     // A submission of step 0 given up before this create (an earlier attempt's, refused)
-    // is nobody's: its pending entries may outlive it, and this create's own submit,
-    // refused in turn, may delete its give-up mark.
+    // is discounted unless Kling has it after all: its pending entries may outlive it,
+    // and this create's own submit, refused in turn, may delete its give-up mark.
     let step_0 = TaskKey::external(&step_external_id(&spec.id, 0));
     let given_up = match tasks.head(&step_0)? {
         Some(head) => match head.submission.clone() {
@@ -93,8 +95,8 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     };
     store.save_spec(&spec)?;
     if let Err(error) = store.index(&spec) {
-        let nobody = [given_up.as_deref()];
-        return forget_unless_taken(&store, &tasks, &spec, &nobody)?.ok_or(error.into());
+        let discounted = [given_up.as_deref()];
+        return forget_unless_taken(&store, &tasks, &spec, &discounted)?.ok_or(error.into());
     }
     // The nonce step 0's submit draws, to tell its record from another submitter's.
     let nonce = RefCell::new(None);
@@ -127,29 +129,29 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
 }
 
 /// Forgets this creation's pipeline (its index write or its step 0 failed) so the id
-/// can be used again, unless another submitter of this pipeline's step 0 (a concurrent
-/// create of the same id, or a reconcile run) has recorded it: the two share the
+/// can be used again, unless this pipeline's step 0 is taken: recorded by another
+/// submitter (a concurrent create of the same id, or a reconcile run), or had by Kling
+/// ([`TaskStore::submitted_as_step`]; `discounted`: this creation's own submission,
+/// left unbound by a store error, and one given up before it). The creates share the
 /// description's key, so that pipeline is kept (and indexed, as stored) and answered as
 /// it is. Step 0 is looked at before the delete and again after it, and a description
 /// the delete took is written back (this create's, unless another create has stored its
-/// own since). Submissions in `not_another` are nobody else's (this creation's own, left
-/// by a store error; one given up before it), nor is a task submitted otherwise under
-/// the step's id. What no look
+/// own since). A task submitted otherwise under the step's id never counts. What no look
 /// can see: the other's step 0 recorded only after the second look, its description
 /// already deleted (no compare-and-swap; the README says so).
 fn forget_unless_taken(
     store: &PipelineStore<'_>,
     tasks: &TaskStore<'_>,
     spec: &PipelineSpec,
-    not_another: &[Option<&str>],
+    discounted: &[Option<&str>],
 ) -> Result<Option<Created>, PipelineError> {
-    let not_another: Vec<&str> = not_another.iter().flatten().copied().collect();
+    let discounted: Vec<&str> = discounted.iter().flatten().copied().collect();
     let key = TaskKey::external(&step_external_id(&spec.id, 0));
     let step_0 = StepRef {
         pipeline_id: spec.id.clone(),
         step: 0,
     };
-    let taken = || tasks.submitted_by_another(&key, &step_0, &not_another);
+    let taken = || tasks.submitted_as_step(&key, &step_0, &discounted);
     if !taken()? {
         store.forget(spec)?;
         if !taken()? {

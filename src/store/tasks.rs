@@ -568,26 +568,28 @@ impl<'a> TaskStore<'a> {
         )
     }
 
-    /// Whether a submission of `key` as `step` of a pipeline (of any pipeline of that id),
-    /// other than those of the nonces in `not_another`, is recorded and not given up.
-    /// The head shows the last one recorded, and may be one in `not_another` written over
-    /// another's; every submission also keeps pending entries of its own (written after
-    /// its head) until it is forgotten or the reconciler releases them, so those are read
-    /// too (one `list-keys`, then the value of each entry of `key`). An entry of a
-    /// submission given up is not counted (one a removal did not reach), but a spare
-    /// entry is: a binder adds one only once Kling has the task.
-    pub fn submitted_by_another(
+    /// Whether `key` is submitted as `step` of a pipeline (of any pipeline of that id) by
+    /// a submission that counts: one Kling has (a bound head, or a spare pending entry,
+    /// which a binder adds only once Kling has the task), or one recorded, not given up,
+    /// whose nonce is not `discounted` (a caller's own; one given up before it). The head
+    /// shows the last submission recorded, and may be a discounted one written over
+    /// another's; every submission keeps pending entries of its own (written after its
+    /// head) until it is forgotten or the reconciler releases them, so those are read too
+    /// (one `list-keys`, then the value of each entry of `key`). A regular entry of a
+    /// submission given up does not count (one its removal did not reach).
+    pub fn submitted_as_step(
         &self,
         key: &TaskKey,
         step: &StepRef,
-        not_another: &[&str],
+        discounted: &[&str],
     ) -> Result<bool, StoreError> {
-        let another = |submission: &Submission| {
-            submission.pipeline.as_ref() == Some(step)
-                && !not_another.contains(&submission.nonce.as_str())
+        let of_step = |submission: &Submission| submission.pipeline.as_ref() == Some(step);
+        let counts = |submission: &Submission, kling_has_it: bool| {
+            of_step(submission)
+                && (kling_has_it || !discounted.contains(&submission.nonce.as_str()))
         };
         if let Some(head) = self.live_head(key)?
-            && head.submission.as_ref().is_some_and(another)
+            && (head.submission.as_ref()).is_some_and(|s| counts(s, head.task_id.is_some()))
         {
             return Ok(true);
         }
@@ -596,15 +598,12 @@ impl<'a> TaskStore<'a> {
             let Some(parsed) = PendingEntry::parse(&entry) else {
                 continue;
             };
-            if parsed.key != *key || (!parsed.is_spare() && self.is_given_up(key, &parsed.nonce)?) {
+            let spare = parsed.is_spare();
+            if parsed.key != *key || (!spare && self.is_given_up(key, &parsed.nonce)?) {
                 continue;
             }
             let value = pending.value(&entry)?;
-            if value
-                .as_deref()
-                .and_then(pending_submission)
-                .is_some_and(|submission| another(&submission))
-            {
+            if (value.as_deref().and_then(pending_submission)).is_some_and(|s| counts(&s, spare)) {
                 return Ok(true);
             }
         }
