@@ -85,14 +85,7 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     // A submission of step 0 given up before this create (an earlier attempt's, refused)
     // is discounted unless Kling has it after all: its pending entries may outlive it,
     // and this create's own submit, refused in turn, may delete its give-up mark.
-    let step_0 = TaskKey::external(&step_external_id(&spec.id, 0));
-    let given_up = match tasks.head(&step_0)? {
-        Some(head) => match head.submission.clone() {
-            Some(earlier) if tasks.live(&step_0, head)?.is_none() => Some(earlier.nonce),
-            _ => None,
-        },
-        None => None,
-    };
+    let given_up = tasks.given_up_nonce(&TaskKey::external(&step_external_id(&spec.id, 0)))?;
     store.save_spec(&spec)?;
     if let Err(error) = store.index(&spec) {
         let discounted = [given_up.as_deref()];

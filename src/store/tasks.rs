@@ -250,6 +250,18 @@ impl<'a> TaskStore<'a> {
             .filter(|again| unbound_nonce(again) != Some(&nonce)))
     }
 
+    /// The nonce of the submission `key`'s head records, if it was given up as never
+    /// created.
+    pub fn given_up_nonce(&self, key: &TaskKey) -> Result<Option<String>, StoreError> {
+        let Some(head) = self.head(key)? else {
+            return Ok(None);
+        };
+        match unbound_nonce(&head) {
+            Some(nonce) if self.is_given_up(key, nonce)? => Ok(Some(nonce.to_string())),
+            _ => Ok(None),
+        }
+    }
+
     /// Whether submission `nonce` of this key was given up as never created.
     pub fn is_given_up(&self, key: &TaskKey, nonce: &str) -> Result<bool, StoreError> {
         Ok(self.kv.get(&key.forgotten(nonce))?.is_some())
