@@ -106,4 +106,27 @@ pub(crate) mod scripted {
                 .expect("an answer is scripted")
         }
     }
+
+    /// Scripted answers, each given after `meanwhile` has run: what another instance
+    /// (or a failing store) does while a request is on its way.
+    pub struct Meanwhile<'a> {
+        pub answers: Scripted,
+        meanwhile: Box<dyn Fn() + 'a>,
+    }
+
+    impl<'a> Meanwhile<'a> {
+        pub fn new(answers: Vec<Answer<'_>>, meanwhile: impl Fn() + 'a) -> Self {
+            Self {
+                answers: Scripted::new(answers),
+                meanwhile: Box::new(meanwhile),
+            }
+        }
+    }
+
+    impl HttpTransport for Meanwhile<'_> {
+        fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
+            (self.meanwhile)();
+            self.answers.send(request)
+        }
+    }
 }

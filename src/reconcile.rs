@@ -991,7 +991,7 @@ mod tests {
     use crate::config::NotifyConfig;
     use crate::config::tests::submit_config;
     use crate::notify::Notifier;
-    use crate::outbound::scripted::Scripted;
+    use crate::outbound::scripted::{Meanwhile, Scripted};
     use crate::signatures::standard_webhooks::WebhookSecret;
     use crate::store::memory::MemoryKv;
     use std::cell::{Cell, RefCell};
@@ -1522,28 +1522,14 @@ mod tests {
 
     #[test]
     fn a_head_deleted_while_kling_is_asked_keeps_its_entries_and_comes_back() {
-        use crate::outbound::{OutboundRequest, OutboundResponse, TransportError};
-        /// Kling, asked while retention deletes the head (from its read of an earlier,
-        /// given-up head of the id).
-        struct DeletesHead<'a> {
-            kv: &'a MemoryKv,
-            key: &'a TaskKey,
-            kling: Scripted,
-        }
-        impl HttpTransport for DeletesHead<'_> {
-            fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, TransportError> {
-                self.kv.delete(&self.key.head()).unwrap();
-                self.kling.send(request)
-            }
-        }
         let kv = MemoryKv::default();
         let key = TaskKey::external("job-1");
         recorded(&kv, &key, "n1");
-        let kling = DeletesHead {
-            kv: &kv,
-            key: &key,
-            kling: Scripted::new(vec![Ok((200, FOUND_86))]),
-        };
+        // Kling, asked while retention deletes the head (from its read of an earlier,
+        // given-up head of the id).
+        let kling = Meanwhile::new(vec![Ok((200, FOUND_86))], || {
+            kv.delete(&key.head()).unwrap();
+        });
         let clock = ManualClock(Cell::new(SUBMITTING_GRACE_MS + 1));
         reconcile_once(&kv, &kling, &clock).unwrap();
         assert_eq!(
@@ -1851,6 +1837,9 @@ mod tests {
             assert!(kling.sent.borrow().is_empty(), "no second step 0");
         }
 
+        /// Kling's answer to a create while the account is rate limited.
+        const BUSY: &str = r#"{"code":1303,"message":"busy"}"#;
+
         /// Pipeline `p` (text2video, then video-extend) created through `kv`, Kling
         /// answering as `kling` does.
         fn create_p(
@@ -1923,7 +1912,7 @@ mod tests {
             let racing = Between::new(&kv).before("delete", "pipeline:p".into(), || {
                 other_create_submits_step_0(&kv)
             });
-            let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
+            let kling = Scripted::new(vec![Ok((429, BUSY))]);
             let found = create_p(&racing, &kling, &clock).unwrap();
             assert!(!found.created);
             assert_eq!(
@@ -1952,26 +1941,14 @@ mod tests {
 
         #[test]
         fn a_create_whose_step_0_fails_leaves_a_pipeline_whose_step_0_another_has_in_place() {
-            /// The other create stored its description first, and its step 0 is recorded
-            /// while ours is on its way; Kling refuses ours, and the store then fails the
-            /// next write of the description (a write-back would be that write).
-            struct RacedAndRefused<'a>(&'a MemoryKv);
-            impl HttpTransport for RacedAndRefused<'_> {
-                fn send(
-                    &self,
-                    _: crate::outbound::OutboundRequest,
-                ) -> Result<crate::outbound::OutboundResponse, crate::outbound::TransportError>
-                {
-                    other_submits_step_0(self.0);
-                    self.0.fail_set_starting.replace(Some("pipeline:p".into()));
-                    Ok(crate::outbound::OutboundResponse {
-                        status: 429,
-                        body: br#"{"code":1303,"message":"busy"}"#.to_vec(),
-                    })
-                }
-            }
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
-            let kling = RacedAndRefused(&kv);
+            // The other create stored its description first, and its step 0 is recorded
+            // while ours is on its way; Kling refuses ours, and the store then fails the
+            // next write of the description (a write-back would be that write).
+            let kling = Meanwhile::new(vec![Ok((429, BUSY))], || {
+                other_submits_step_0(&kv);
+                kv.fail_set_starting.replace(Some("pipeline:p".into()));
+            });
             // Not deleted and written back (which would fail here): never deleted.
             let found = create_p(&kv, &kling, &clock).unwrap();
             assert!(!found.created);
@@ -1993,7 +1970,7 @@ mod tests {
             // way to Kling.
             let racing = Between::new(&kv)
                 .before("set", "task:p-0".into(), || other_step_0(&kv, true, false));
-            let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
+            let kling = Scripted::new(vec![Ok((429, BUSY))]);
             let found = create_p(&racing, &kling, &clock).unwrap();
             assert!(!found.created);
             // The other's create answer comes: its task is the pipeline's step 0.
@@ -2004,33 +1981,6 @@ mod tests {
                 Some("t-p-0")
             );
             assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
-        }
-
-        /// Kling refuses every create (rate limited), and the pending entries there were
-        /// when the first one was sent are put back after it: a refused submit whose
-        /// entry's removal never happened.
-        struct RefusedLeavingEntries<'a> {
-            kv: &'a MemoryKv,
-            entries: RefCell<Vec<(String, Vec<u8>)>>,
-        }
-        impl HttpTransport for RefusedLeavingEntries<'_> {
-            fn send(
-                &self,
-                _: crate::outbound::OutboundRequest,
-            ) -> Result<crate::outbound::OutboundResponse, crate::outbound::TransportError>
-            {
-                let mut entries = self.entries.borrow_mut();
-                if entries.is_empty() {
-                    *entries = (self.kv.map.borrow().iter())
-                        .filter(|(key, _)| key.starts_with("pending/"))
-                        .map(|(key, value)| (key.clone(), value.clone()))
-                        .collect();
-                }
-                Ok(crate::outbound::OutboundResponse {
-                    status: 429,
-                    body: br#"{"code":1303,"message":"busy"}"#.to_vec(),
-                })
-            }
         }
 
         fn refused(created: Result<crate::api::pipelines::Created, PipelineError>) {
@@ -2051,13 +2001,23 @@ mod tests {
         fn a_retry_refused_again_is_not_kept_for_the_pending_entry_its_first_attempt_left() {
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
             let config = submit_config();
-            let kling = RefusedLeavingEntries {
-                kv: &kv,
-                entries: RefCell::default(),
-            };
+            // Kling refuses every create (rate limited), and the pending entries there
+            // were when the first one was sent are put back after it: a refused submit
+            // whose entry's removal never happened.
+            let entries = RefCell::new(Vec::new());
+            let kling = Meanwhile::new(vec![Ok((429, BUSY)), Ok((429, BUSY))], || {
+                let mut entries = entries.borrow_mut();
+                if entries.is_empty() {
+                    *entries = (kv.map.borrow().iter())
+                        .filter(|(key, _)| key.starts_with("pending/"))
+                        .map(|(key, value)| (key.clone(), value.clone()))
+                        .collect();
+                }
+            });
             let first = Submitter::for_tests(&config, &kv, &kling, &clock);
             refused(create(new_pipeline("p"), &first));
-            for (key, value) in kling.entries.borrow().iter() {
+            assert!(!entries.borrow().is_empty(), "the first attempt's entry");
+            for (key, value) in entries.borrow().iter() {
                 kv.set(key, value).unwrap();
             }
             // The client's retry (its own generation and nonce) is refused too: its
@@ -2080,7 +2040,7 @@ mod tests {
             kv.set(&TaskKey::external("p-0").forgotten("other"), b"1")
                 .unwrap();
             kv.delete("task:p-0").unwrap();
-            let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
+            let kling = Scripted::new(vec![Ok((429, BUSY))]);
             refused(create_p(&kv, &kling, &clock));
             assert!(crate::api::pipelines::get("p", &kv).unwrap().is_none());
         }
@@ -2103,33 +2063,21 @@ mod tests {
                 kv.set(&name.replace("/other/", "/other.r/"), &value)
                     .unwrap();
             });
-            let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
+            let kling = Scripted::new(vec![Ok((429, BUSY))]);
             assert!(!create_p(&racing, &kling, &clock).unwrap().created);
-        }
-
-        /// Kling answers every create with task `t-p-0`, and the store then fails the
-        /// next write whose key starts with `failing`.
-        struct CreatedThenFailing<'a>(&'a MemoryKv, &'static str);
-        impl HttpTransport for CreatedThenFailing<'_> {
-            fn send(
-                &self,
-                _: crate::outbound::OutboundRequest,
-            ) -> Result<crate::outbound::OutboundResponse, crate::outbound::TransportError>
-            {
-                self.0.fail_set_starting.replace(Some(self.1.into()));
-                Ok(crate::outbound::OutboundResponse {
-                    status: 200,
-                    body: created("p", 0).into_bytes(),
-                })
-            }
         }
 
         #[test]
         fn a_create_whose_store_failed_after_kling_bound_its_step_0_keeps_the_pipeline() {
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
-            // The binding's head is written, its spare pending entry is not.
-            let kling = CreatedThenFailing(&kv, "pending/");
+            // Kling creates step 0; the binding's head is written, its spare pending
+            // entry is not.
+            let answer = created("p", 0);
+            let kling = Meanwhile::new(vec![Ok((200, &answer))], || {
+                kv.fail_set_starting.replace(Some("pending/".into()));
+            });
             let kept = create_p(&kv, &kling, &clock).unwrap();
+            assert!(!kept.created, "kept after the failure, not created");
             assert_eq!(
                 kept.view.steps[0].task.as_ref().unwrap().task_id.as_deref(),
                 Some("t-p-0")
@@ -2150,7 +2098,7 @@ mod tests {
                 .unwrap();
             let racing = Between::new(&kv)
                 .before("set", "task:p-0".into(), || other_step_0(&kv, false, true));
-            let kling = Scripted::new(vec![Ok((429, r#"{"code":1303,"message":"busy"}"#))]);
+            let kling = Scripted::new(vec![Ok((429, BUSY))]);
             assert!(!create_p(&racing, &kling, &clock).unwrap().created);
         }
 
@@ -2193,24 +2141,11 @@ mod tests {
 
         #[test]
         fn a_create_whose_binding_failed_is_not_taken_for_a_concurrent_one_its_retry_adopts_it() {
-            /// Kling creates step 0, and the store fails the binding's write.
-            struct CreatedThenStoreFails<'a>(&'a MemoryKv);
-            impl HttpTransport for CreatedThenStoreFails<'_> {
-                fn send(
-                    &self,
-                    _: crate::outbound::OutboundRequest,
-                ) -> Result<crate::outbound::OutboundResponse, crate::outbound::TransportError>
-                {
-                    self.0.fail_next.set(true);
-                    Ok(crate::outbound::OutboundResponse {
-                        status: 200,
-                        body: created("p", 0).into_bytes(),
-                    })
-                }
-            }
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
             let config = submit_config();
-            let kling = CreatedThenStoreFails(&kv);
+            // Kling creates step 0, and the store fails the binding's write.
+            let answer = created("p", 0);
+            let kling = Meanwhile::new(vec![Ok((200, &answer))], || kv.fail_next.set(true));
             let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
             // Step 0's record is this create's own: a 5xx, so the client retries.
             let failed = create(new_pipeline("p"), &submitter).err();
