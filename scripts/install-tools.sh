@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Everything the tests and the benchmark need beyond Rust, each pinned or from Debian;
-# a no-op when it is all there (CI runs it every time).
+# Everything the tests and the benchmark need beyond the Rust toolchain, each pinned or
+# from Debian; a no-op when it is all there (CI runs it every time).
+#   - the wasm32-wasip2 target: rust-toolchain.toml names it, but rustup may not add it
+#     to a toolchain that was installed before (our machines: Rust 1.95.0 without the
+#     target, and RUSTUP_AUTO_INSTALL=0)
 #   - redis-server (Debian): the real-Spin suite's two-instance run on a shared Redis
 #   - wrk (Debian): bench/on-spin.sh's load generator
 #   - schemathesis, pinned (its own dependencies resolved by pip at install time), in a
@@ -11,6 +14,10 @@ set -euo pipefail
 SCHEMATHESIS_VERSION=4.32.5
 # The suite looks here (or at $KLING_WEBHOOK_VENV).
 VENV="${KLING_WEBHOOK_VENV:-$HOME/.cache/kling-webhook/venv-schemathesis-$SCHEMATHESIS_VERSION}"
+
+if command -v rustup > /dev/null && ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    rustup target add wasm32-wasip2
+fi
 
 missing=()
 command -v wrk > /dev/null || missing+=(wrk)
