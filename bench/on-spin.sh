@@ -15,7 +15,11 @@
 #          delivery can do (the yardstick for new and news)
 #   varfloor  bench/baseline reading one variable (mapped from callback_secret, given as
 #          the component's is) before its write: what a variable costs
-# (forged, readfloor, rwfloor and varfloor run only when BENCH_SCENARIOS names them.)
+#   layoutfloor  bench/baseline doing with the store what `new` does (two reads of keys
+#          that are not there, one batch of four keys of the same sizes), and nothing
+#          else: what the key layout costs a first delivery, without the component
+# (forged, readfloor, rwfloor, varfloor and layoutfloor run only when BENCH_SCENARIOS
+# names them.)
 # on Spin's default SQLite store and on Redis, at 50 connections and at 1. Every build named
 # runs in a Spin of its own, all at once (on ports from BENCH_PORT up, with SQLite files of
 # their own), and each scenario runs on every build in turn, back to back, the order
@@ -95,7 +99,7 @@ shipped = 'source = "target/wasm32-wasip2/release/kling_webhook.wasm"'
 if shipped not in text:
     sys.exit(f"{manifest} no longer has {shipped}: update bench/on-spin.sh")
 print(text.replace(shipped, f"source = {component}"))
-for route in ("/floor/...", "/floor-read/...", "/floor-rw/...", "/floor-var/..."):
+for route in ("/floor/...", "/floor-read/...", "/floor-rw/...", "/floor-var/...", "/floor-layout/..."):
     print(f'[[trigger.http]]\nroute = "{route}"\ncomponent = "floor"')
 print(f'[component.floor]\nsource = {floor}\nkey_value_stores = ["default"]')
 # The variable every callback reads.
@@ -251,6 +255,7 @@ db.commit()' "$db"
         cp "$dir/dup.lines" "$dir/readfloor.lines"
         cp "$dir/floor.lines" "$dir/rwfloor.lines"
         cp "$dir/floor.lines" "$dir/varfloor.lines"
+        cp "$dir/floor.lines" "$dir/layoutfloor.lines"
         IFS=$'\t' read -r dup_path dup_body < "$dir/dup.lines"
         for prime in "" /floor; do
           curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
@@ -266,6 +271,7 @@ db.commit()' "$db"
           readfloor) prefix="/floor-read" ;;
           rwfloor) prefix="/floor-rw" ;;
           varfloor) prefix="/floor-var" ;;
+          layoutfloor) prefix="/floor-layout" ;;
           *) prefix="" ;;
         esac
         for b in $order; do
@@ -301,7 +307,7 @@ for (store, conns, name, scenario), fs in rows.items():
     errs = sum(int(f["errors"]) + int(f["non2xx"]) for f in fs)
     ratio = lambda k: f"{med(fs, k) / med(floor, k):7.2f}" if floor else f"{'-':>7}"
     wraps = sum(int(f["wraps"]) for f in fs)
-    note = " (ran out of distinct tasks)" if wraps and scenario in ("floor", "rwfloor", "varfloor", "new", "news") else ""
+    note = " (ran out of distinct tasks)" if wraps and scenario in ("floor", "rwfloor", "varfloor", "layoutfloor", "new", "news") else ""
     print(f"{store:6} {conns:>5} {name[:16]:16} {scenario:9} {med(fs, 'rps'):7.0f} "
           f"{ratio('rps')} {med(fs, 'p50_us') / 1000:7.2f} "
           f"{ratio('p50_us')} {med(fs, 'p99_us') / 1000:7.2f} {errs:6} "
