@@ -129,6 +129,9 @@ impl ApiError {
                 };
                 Some(("field", json!(field)))
             }
+            ApiError::Pipeline(PipelineError::IdempotencyConflict(_)) => {
+                Some(("field", json!("id")))
+            }
             _ => None,
         }
     }
@@ -179,6 +182,7 @@ fn pipeline(e: &PipelineError) -> (u16, &'static str) {
         PipelineError::Spec(_) => (400, "invalid_pipeline"),
         PipelineError::Step { error, .. } => submit(error),
         PipelineError::Input { .. } => (400, "input_missing"),
+        PipelineError::IdempotencyConflict(_) => (422, "idempotency_conflict"),
         PipelineError::Store(e) => store(e),
     }
 }

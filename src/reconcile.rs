@@ -1668,7 +1668,7 @@ mod tests {
     mod pipelines {
         use super::*;
         use crate::api::pipelines::{NewPipeline, create};
-        use crate::pipeline::spec::parse_description;
+        use crate::pipeline::spec::{NewStep, parse_description};
         use crate::task::{StepRef, TaskEvent, Video};
 
         /// Kling's answer to the create of step `step` of pipeline `id`.
@@ -1749,6 +1749,60 @@ mod tests {
                 steps,
                 idempotency_key: None,
             }
+        }
+
+        /// `new_pipeline`'s steps with step 1's prompt `prompt`.
+        fn other_steps(prompt: &str) -> Vec<NewStep> {
+            let mut steps = new_pipeline("p").steps;
+            steps[1].request.insert("prompt".into(), prompt.into());
+            steps
+        }
+
+        #[test]
+        fn a_known_id_answers_its_pipeline_only_to_the_same_steps() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            create_pipeline(&kv, &clock, "p");
+            let before = kv.map.borrow().clone();
+            let config = submit_config();
+            let none = Scripted::new(Vec::new());
+            let submitter = Submitter::for_tests(&config, &kv, &none, &clock);
+            let retried = create(new_pipeline("p"), &submitter).unwrap();
+            assert!(!retried.created);
+            let other = NewPipeline {
+                steps: other_steps("c"),
+                ..new_pipeline("p")
+            };
+            match create(other, &submitter) {
+                Err(PipelineError::IdempotencyConflict(id)) => assert_eq!(id, "p"),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("a pipeline answered to other steps"),
+            }
+            assert_eq!(*kv.map.borrow(), before, "nothing changed");
+            assert!(none.sent.borrow().is_empty());
+        }
+
+        #[test]
+        fn a_create_whose_step_0_fails_while_another_body_is_kept_is_a_conflict() {
+            use crate::store::memory::Between;
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            // Both found no description. The other create (other steps) stores its own
+            // over ours and submits step 0 before ours records its step 0, which Kling
+            // then refuses: the pipeline kept is the other's, and ours must not be told
+            // its steps were taken.
+            let racing = Between::new(&kv).before("set", "task:p-0".into(), || {
+                other_create_of_steps_submits_step_0(&kv, other_steps("c"))
+            });
+            let kling = Scripted::new(vec![Ok((429, BUSY))]);
+            match create_p(&racing, &kling, &clock) {
+                Err(PipelineError::IdempotencyConflict(id)) => assert_eq!(id, "p"),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("the other's pipeline answered to our steps"),
+            }
+            let stored = PipelineStore::new(&kv).spec("p").unwrap().unwrap();
+            assert_eq!(stored.generation, "other");
+            assert_eq!(stored.steps[1].request["prompt"], "c");
+            // Ours names a generation no longer stored, which the next run lets go.
+            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g", "p/other"]);
         }
 
         #[test]
@@ -1858,8 +1912,12 @@ mod tests {
         /// description: stores its own (generation `other`), indexes it, and records and
         /// binds its step 0 (Kling task `t-p-0`).
         fn other_create_submits_step_0(kv: &MemoryKv) {
-            let mut spec =
-                crate::pipeline::spec::build("p".into(), new_pipeline("p").steps, 1_000).unwrap();
+            other_create_of_steps_submits_step_0(kv, new_pipeline("p").steps);
+        }
+
+        /// The same, the other create's steps being `steps`.
+        fn other_create_of_steps_submits_step_0(kv: &MemoryKv, steps: Vec<NewStep>) {
+            let mut spec = crate::pipeline::spec::build("p".into(), steps, 1_000).unwrap();
             spec.generation = "other".into();
             let store = PipelineStore::new(kv);
             store.save_spec(&spec).unwrap();

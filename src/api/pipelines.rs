@@ -25,11 +25,11 @@ pub struct NewPipeline<'a> {
 
 pub struct Created {
     pub view: PipelineView,
-    /// `false` when this create answers a pipeline it found rather than made: one stored
-    /// under this id already, or, after this create's own step 0 or index write failed,
-    /// one whose step 0 another submitter had recorded or Kling has
-    /// ([`forget_unless_taken`]). Its
-    /// index entry may have been written again (see [`existing`]).
+    /// `false` when this create answers a pipeline it found rather than made, with the
+    /// same steps ([`existing`]): one stored under this id already, or, after this
+    /// create's own step 0 or index write failed, one whose step 0 another submitter had
+    /// recorded or Kling has ([`forget_unless_taken`]). Its index entry may have been
+    /// written again (see [`existing`]).
     pub created: bool,
 }
 
@@ -44,7 +44,7 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
         .ok_or(SpecError::IdempotencyKeyMismatch)?;
     let mut spec = build(id, new.steps, submitter.clock.now_ms())?;
     let store = PipelineStore::new(submitter.kv);
-    if let Some(existing) = existing(&store, &spec.id)? {
+    if let Some(existing) = existing(&store, &spec)? {
         return Ok(existing);
     }
     // A later API 2.0 step this deployment cannot submit must not fail the pipeline after
@@ -70,7 +70,7 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
             .is_some()
         {
             // Or a concurrent create of this very pipeline got there first.
-            if let Some(existing) = existing(&store, &spec.id)? {
+            if let Some(existing) = existing(&store, &spec)? {
                 return Ok(existing);
             }
             return Err(PipelineError::Step {
@@ -158,20 +158,29 @@ fn forget_unless_taken(
             store.index(spec)?;
         }
     }
-    existing(store, &spec.id)
+    existing(store, spec)
 }
 
-/// A pipeline already stored under `id`, as it is. One whose step 0 has no task is
+/// The pipeline already stored under `spec`'s id, as it is, if its steps are `spec`'s
+/// (else `IdempotencyConflict`: a retry must repeat its request, as a submit's must; a
+/// pipeline stored by an older build that normalised steps differently conflicts too).
+/// One whose step 0 has no task is
 /// indexed again (one idempotent write): a create cut short between storing the
 /// description and indexing it (the instance stopped, or the index write and the
 /// clean-up both failed) left it where no reconcile run looks, and this retry is the
 /// only one who knows. Only step 0: a later step without a task may belong to a
 /// pipeline that failed and that retention is half-way through deleting (its failure
 /// record goes first), which must not run again.
-fn existing(store: &PipelineStore<'_>, id: &str) -> Result<Option<Created>, PipelineError> {
-    let Some(spec) = store.spec(id)? else {
+fn existing(
+    store: &PipelineStore<'_>,
+    wanted: &PipelineSpec,
+) -> Result<Option<Created>, PipelineError> {
+    let Some(spec) = store.spec(&wanted.id)? else {
         return Ok(None);
     };
+    if spec.steps != wanted.steps {
+        return Err(PipelineError::IdempotencyConflict(spec.id));
+    }
     let view = store.view_of(&spec)?;
     if matches!(view.next(), Next::Submit(0)) {
         store.index(&spec)?;

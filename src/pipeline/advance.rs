@@ -31,6 +31,10 @@ pub enum PipelineError {
     /// A step's request could not be built from the previous step's result.
     #[error("step {step}: {message}")]
     Input { step: usize, message: String },
+    /// A create under an id whose stored pipeline has other steps: an id (or
+    /// `Idempotency-Key`) names one pipeline, as an `external_task_id` names one task.
+    #[error("pipeline `{0}` was created with other steps")]
+    IdempotencyConflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -95,10 +95,18 @@ async fn a_three_step_pipeline_runs_to_the_end_each_step_taking_the_previous_vid
         );
     }
 
-    // Creating it again changes nothing and says so.
+    // Creating it again changes nothing and says so; under the same id with other steps
+    // it is refused, and nothing changes either.
     let again = create(&d.app, &three_steps("promo")).await;
     assert_eq!(again.status, 200);
     assert_eq!(again.json()["status"], "succeed");
+    let mut other = three_steps("promo");
+    other["steps"][1]["request"]["prompt"] = json!("it sleeps");
+    let refused = create(&d.app, &other).await;
+    let error = refused.expect_error(422, "idempotency_conflict", "other steps");
+    assert_eq!(error["field"], "id");
+    let stored = d.app.send(authorized("GET", "/pipelines/promo")).await;
+    assert_eq!(stored.expect_json(200), again.json());
     assert_eq!(d.standin.tasks().len(), 3);
 }
 
