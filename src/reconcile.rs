@@ -1782,6 +1782,71 @@ mod tests {
         }
 
         #[test]
+        fn a_retry_is_the_same_steps_whatever_its_floats_nulls_and_key_order() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            let steps = |body: &[u8]| parse_description(body).unwrap().1;
+            let first = br#"{"steps":[{"kind":"text2video",
+                "request":{"prompt":"a","cfg_scale":0.9215686321258545}}]}"#;
+            let config = submit_config();
+            let answer = created("p", 0);
+            let kling = Scripted::new(vec![Ok((200, &answer))]);
+            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+            let new = |steps| NewPipeline {
+                id: Some("p".into()),
+                steps,
+                idempotency_key: None,
+            };
+            assert!(create(new(steps(first)), &submitter).unwrap().created);
+            for retry in [
+                &first[..],
+                br#"{"steps":[{"request":{"cfg_scale":0.9215686321258545,"prompt":"a",
+                    "negative_prompt":null},"kind":"text2video"}]}"#,
+            ] {
+                let again = create(new(steps(retry)), &submitter);
+                assert!(
+                    !again.unwrap().created,
+                    "{}",
+                    String::from_utf8_lossy(retry)
+                );
+            }
+            let other = br#"{"steps":[{"kind":"text2video",
+                "request":{"prompt":"a","cfg_scale":0.9215686321258546}}]}"#;
+            assert!(matches!(
+                create(new(steps(other)), &submitter),
+                Err(PipelineError::IdempotencyConflict(_))
+            ));
+            // A description stored before its steps had a digest matches any steps.
+            let store = PipelineStore::new(&kv);
+            let mut older = store.spec("p").unwrap().unwrap();
+            older.steps_digest = None;
+            store.save_spec(&older).unwrap();
+            assert!(!create(new(steps(other)), &submitter).unwrap().created);
+        }
+
+        #[test]
+        fn a_known_id_with_other_steps_still_lists_a_pipeline_no_run_looks_at() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            // A create stored its description and stopped before indexing it.
+            let mut spec =
+                crate::pipeline::spec::build("p".into(), new_pipeline("p").steps, 1_000).unwrap();
+            spec.generation = "g".into();
+            PipelineStore::new(&kv).save_spec(&spec).unwrap();
+            let config = submit_config();
+            let none = Scripted::new(Vec::new());
+            let submitter = Submitter::for_tests(&config, &kv, &none, &clock);
+            let other = NewPipeline {
+                steps: other_steps("c"),
+                ..new_pipeline("p")
+            };
+            assert!(matches!(
+                create(other, &submitter),
+                Err(PipelineError::IdempotencyConflict(_))
+            ));
+            assert_eq!(Index::pipelines(&kv).entries().unwrap(), ["p/g"]);
+            assert!(none.sent.borrow().is_empty());
+        }
+
+        #[test]
         fn a_create_whose_step_0_fails_while_another_body_is_kept_is_a_conflict() {
             use crate::store::memory::Between;
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));

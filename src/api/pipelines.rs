@@ -161,10 +161,9 @@ fn forget_unless_taken(
     existing(store, spec)
 }
 
-/// The pipeline already stored under `spec`'s id, as it is, if its steps are `spec`'s
-/// (else `IdempotencyConflict`: a retry must repeat its request, as a submit's must; a
-/// pipeline stored by an older build that normalised steps differently conflicts too).
-/// One whose step 0 has no task is
+/// The pipeline already stored under `wanted`'s id, as it is, if it was created with
+/// `wanted`'s steps (their digests; else `IdempotencyConflict`: a retry must repeat its
+/// request, as a submit's must). One whose step 0 has no task is
 /// indexed again (one idempotent write): a create cut short between storing the
 /// description and indexing it (the instance stopped, or the index write and the
 /// clean-up both failed) left it where no reconcile run looks, and this retry is the
@@ -178,12 +177,15 @@ fn existing(
     let Some(spec) = store.spec(&wanted.id)? else {
         return Ok(None);
     };
-    if spec.steps != wanted.steps {
-        return Err(PipelineError::IdempotencyConflict(spec.id));
-    }
     let view = store.view_of(&spec)?;
+    // Repaired whatever this request asks: a pipeline no run looks at blocks its id.
     if matches!(view.next(), Next::Submit(0)) {
         store.index(&spec)?;
+    }
+    if let (Some(stored), Some(wanted)) = (&spec.steps_digest, &wanted.steps_digest)
+        && stored != wanted
+    {
+        return Err(PipelineError::IdempotencyConflict(spec.id));
     }
     Ok(Some(Created {
         view,

@@ -12,13 +12,14 @@
 //!      `submitting` for the reconciler, and the caller gets 202.
 
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::kling::catalog::TaskKind;
 use crate::kling::client::{KlingClient, KlingError, TaskRef, check_auth};
-use crate::kling::request::{RequestError, lookup, own_fields, set_path, validate};
+use crate::kling::request::{
+    RequestError, comparable, digest_of, lookup, own_fields, set_path, validate,
+};
 use crate::outbound::HttpTransport;
 use crate::router::Route;
 use crate::store::layout::TaskKey;
@@ -202,28 +203,10 @@ fn answer(store: &TaskStore<'_>, key: &TaskKey, created: bool) -> Result<Submitt
     Ok(Submitted { record, created })
 }
 
-/// 16 hex digits of SHA-256 over the kind and the request as Kling gets it, less the
-/// external id (which may come from the body or the `Idempotency-Key`). serde_json's
-/// maps are sorted, so the same request in another key order has the same digest.
+/// The digest of the kind and the request as Kling gets it, compared as a retry's is
+/// ([`comparable`]).
 fn body_digest(kind: TaskKind, body: &Map<String, Value>) -> String {
-    let mut request = body.clone();
-    request.remove("external_task_id");
-    if let Some(Value::Object(options)) = request.get_mut("options") {
-        options.remove("external_task_id");
-    }
-    without_nulls(&mut request);
-    // API 2.0: `options` holding nothing else is the same request as no `options`.
-    if request
-        .get("options")
-        .is_some_and(|o| o.as_object().is_some_and(Map::is_empty))
-    {
-        request.remove("options");
-    }
-    let bytes = serde_json::to_vec(&(kind.name(), request)).unwrap_or_default();
-    Sha256::digest(bytes)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    digest_of(&(kind.name(), comparable(body)))
 }
 
 #[cfg(test)]
@@ -252,15 +235,6 @@ fn an_api_2_request_is_the_same_with_or_without_its_id_in_options() {
 
 /// Drops `null` fields, at any depth: validation reads them as left out, so a retry that
 /// adds or drops one is the same request.
-fn without_nulls(object: &mut Map<String, Value>) {
-    object.retain(|_, value| !value.is_null());
-    for value in object.values_mut() {
-        if let Value::Object(inner) = value {
-            without_nulls(inner);
-        }
-    }
-}
-
 /// An id `GET /tasks/{id}` can reach: `/tasks/{kind}` and `/tasks/reconcile` are routes
 /// of their own.
 fn is_addressable(id: &str) -> bool {

@@ -69,6 +69,48 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, RequestError> {
     }
 }
 
+/// A create request as two requests are compared (a retry's with the first's): without
+/// its external id (which may come from the body or the `Idempotency-Key`), without null
+/// fields, and without an API 2.0 `options` that holds nothing else. serde_json's maps
+/// are sorted, so key order never matters.
+pub fn comparable(body: &Map<String, Value>) -> Map<String, Value> {
+    let mut request = body.clone();
+    request.remove("external_task_id");
+    if let Some(Value::Object(options)) = request.get_mut("options") {
+        options.remove("external_task_id");
+    }
+    without_nulls(&mut request);
+    if request
+        .get("options")
+        .is_some_and(|o| o.as_object().is_some_and(Map::is_empty))
+    {
+        request.remove("options");
+    }
+    request
+}
+
+fn without_nulls(object: &mut Map<String, Value>) {
+    object.retain(|_, value| !value.is_null());
+    for value in object.values_mut() {
+        if let Value::Object(inner) = value {
+            without_nulls(inner);
+        }
+    }
+}
+
+/// 16 hex digits of SHA-256 over `value`'s JSON: what a record keeps of the request it
+/// was made from, to tell a retry from another request. Taken from the request as
+/// parsed, never from one read back from the store (serde_json's default float parsing
+/// may not give back the float it wrote).
+pub fn digest_of(value: &impl serde::Serialize) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    Sha256::digest(bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The value at a dot path, if any (`null` counts as absent).
 pub fn lookup<'a>(request: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     let mut segments = path.split('.');

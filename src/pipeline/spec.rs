@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::kling::catalog::{Rule, TaskKind};
-use crate::kling::request::{RequestError, given, lookup, own_fields, set_path, validate};
+use crate::kling::request::{
+    RequestError, comparable, digest_of, given, lookup, own_fields, set_path, validate,
+};
 use crate::task::TaskRecord;
 use crate::validate::is_valid_external_task_id;
 
@@ -43,6 +45,11 @@ pub struct PipelineSpec {
     /// [`crate::store::pipelines::pipeline_entry`]).
     #[serde(default)]
     pub generation: String,
+    /// The digest of the steps as the creating request gave them ([`steps_digest`]), so
+    /// that the same id with other steps is refused, not answered with this pipeline.
+    /// `None` in a description stored before this field: any steps match it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_digest: Option<String>,
 }
 
 #[cfg(test)]
@@ -60,6 +67,7 @@ impl PipelineSpec {
                 .collect(),
             created_at: 1,
             generation: "g".into(),
+            steps_digest: None,
         }
     }
 }
@@ -157,6 +165,7 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
     if steps.is_empty() || steps.len() > MAX_STEPS {
         return Err(SpecError::StepCount);
     }
+    let digest = steps_digest(&steps);
     let mut built: Vec<StepSpec> = Vec::with_capacity(steps.len());
     for (index, step) in steps.into_iter().enumerate() {
         let kind = TaskKind::from_name(&step.kind).ok_or(SpecError::UnknownKind(index))?;
@@ -246,7 +255,19 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
         steps: built,
         created_at: now_ms,
         generation: String::new(),
+        steps_digest: Some(digest),
     })
+}
+
+/// The digest of steps as a request gives them: each one's kind, request (compared as a
+/// task submit's: [`comparable`]) and inputs, before any default is filled in, so a
+/// retry matches whatever the catalog's defaults become.
+pub fn steps_digest(steps: &[NewStep]) -> String {
+    let comparable: Vec<_> = steps
+        .iter()
+        .map(|step| (&step.kind, comparable(&step.request), &step.inputs))
+        .collect();
+    digest_of(&comparable)
 }
 
 /// How deep a step's request may nest. serde_json reads 127 levels, and the stored

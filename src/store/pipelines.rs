@@ -114,6 +114,7 @@ mod tests {
             steps: Vec::new(),
             created_at: 1,
             generation: generation.into(),
+            steps_digest: None,
         }
     }
 
