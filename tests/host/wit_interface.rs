@@ -387,6 +387,31 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
     };
     assert_eq!(lip_sync["input"]["video_url"], video.url.clone().unwrap());
 
+    // Started again: the same steps are answered with the pipeline, other steps refused.
+    let (mut store, video) = instance(&d.app).await;
+    let again = video
+        .kling_video_tasks()
+        .call_start_pipeline(&mut store, Some("wit-p"), &steps)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, Ok(p) if p.status == PipelineStatus::Succeed),
+        "{again:?}"
+    );
+    let mut other = steps.clone();
+    other[0].request_json = r#"{"prompt":"a cat"}"#.into();
+    let (mut store, video) = instance(&d.app).await;
+    let refused = video
+        .kling_video_tasks()
+        .call_start_pipeline(&mut store, Some("wit-p"), &other)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Err(Error::InvalidRequest(m)) if m.contains("other steps")),
+        "{refused:?}"
+    );
+    assert_eq!(d.standin.tasks().len(), 2);
+
     let not_an_object = [PipelineStep {
         kind: "text2video".into(),
         request_json: "[1]".into(),
