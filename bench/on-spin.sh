@@ -16,8 +16,8 @@
 #   varfloor  bench/baseline reading one variable (mapped from callback_secret, given as
 #          the component's is) before its write: what a variable costs
 #   layoutfloor  bench/baseline doing with the store what `new` does (two reads of keys
-#          that are not there, one batch of four keys of the same sizes), and nothing
-#          else: what the key layout costs a first delivery, without the component
+#          that are not there, one batch of four keys of about the same sizes), and
+#          nothing else: what the key layout costs a first delivery, without the component
 # (forged, readfloor, rwfloor, varfloor and layoutfloor run only when BENCH_SCENARIOS
 # names them.)
 # on Spin's default SQLite store and on Redis, at 50 connections and at 1. Every build named
@@ -300,7 +300,7 @@ for line in open(sys.argv[1]):
     store, conns, name, scenario, *fields = line.split()
     f = dict(x.split("=") for x in fields)
     rows.setdefault((store, conns, name, scenario), []).append(f)
-print(f"{'store':6} {'conns':>5} {'component':16} {'scenario':9} {'req/s':>7} {'x floor':>7} {'p50 ms':>7} {'x floor':>7} {'p99 ms':>7} {'errors':>6} {'cpu us':>6} {'x floor':>7}")
+print(f"{'store':6} {'conns':>5} {'component':16} {'scenario':11} {'req/s':>7} {'x floor':>7} {'p50 ms':>7} {'x floor':>7} {'p99 ms':>7} {'errors':>6} {'cpu us':>6} {'x floor':>7}")
 for (store, conns, name, scenario), fs in rows.items():
     med = lambda fs, k: statistics.median(float(f[k]) for f in fs)
     floor = rows.get((store, conns, name, "floor"))
@@ -308,7 +308,7 @@ for (store, conns, name, scenario), fs in rows.items():
     ratio = lambda k: f"{med(fs, k) / med(floor, k):7.2f}" if floor else f"{'-':>7}"
     wraps = sum(int(f["wraps"]) for f in fs)
     note = " (ran out of distinct tasks)" if wraps and scenario in ("floor", "rwfloor", "varfloor", "layoutfloor", "new", "news") else ""
-    print(f"{store:6} {conns:>5} {name[:16]:16} {scenario:9} {med(fs, 'rps'):7.0f} "
+    print(f"{store:6} {conns:>5} {name[:16]:16} {scenario:11} {med(fs, 'rps'):7.0f} "
           f"{ratio('rps')} {med(fs, 'p50_us') / 1000:7.2f} "
           f"{ratio('p50_us')} {med(fs, 'p99_us') / 1000:7.2f} {errs:6} "
           f"{med(fs, 'cpu_us'):6.0f} {ratio('cpu_us')}{note}")

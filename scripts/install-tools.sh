@@ -10,6 +10,8 @@
 #     virtualenv outside the clone: the real-Spin suite's fuzzer
 # Prints nothing but what it installs.
 set -euo pipefail
+# The repository's rust-toolchain.toml decides which toolchain gets the target.
+cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
 # The suite looks here (or at $KLING_WEBHOOK_VENV).

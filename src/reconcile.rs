@@ -1782,7 +1782,7 @@ mod tests {
         }
 
         #[test]
-        fn a_retry_is_the_same_steps_whatever_its_floats_nulls_and_key_order() {
+        fn a_retry_is_the_same_steps_whatever_its_floats_nulls_key_order_and_step_0_inputs() {
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
             let steps = |body: &[u8]| parse_description(body).unwrap().1;
             let first = br#"{"steps":[{"kind":"text2video",
@@ -1800,7 +1800,7 @@ mod tests {
             for retry in [
                 &first[..],
                 br#"{"steps":[{"request":{"cfg_scale":0.9215686321258545,"prompt":"a",
-                    "negative_prompt":null},"kind":"text2video"}]}"#,
+                    "negative_prompt":null},"kind":"text2video","inputs":{}}]}"#,
             ] {
                 let again = create(new(steps(retry)), &submitter);
                 assert!(

@@ -233,8 +233,6 @@ fn an_api_2_request_is_the_same_with_or_without_its_id_in_options() {
     assert_ne!(digest(json!({"prompt": "q"})), plain);
 }
 
-/// Drops `null` fields, at any depth: validation reads them as left out, so a retry that
-/// adds or drops one is the same request.
 /// An id `GET /tasks/{id}` can reach: `/tasks/{kind}` and `/tasks/reconcile` are routes
 /// of their own.
 fn is_addressable(id: &str) -> bool {

@@ -89,6 +89,8 @@ pub fn comparable(body: &Map<String, Value>) -> Map<String, Value> {
     request
 }
 
+/// Drops `null` fields, at any depth: validation reads them as left out, so a retry that
+/// adds or drops one is the same request.
 fn without_nulls(object: &mut Map<String, Value>) {
     object.retain(|_, value| !value.is_null());
     for value in object.values_mut() {

@@ -261,11 +261,16 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
 
 /// The digest of steps as a request gives them: each one's kind, request (compared as a
 /// task submit's: [`comparable`]) and inputs, before any default is filled in, so a
-/// retry matches whatever the catalog's defaults become.
+/// retry matches whatever the catalog's defaults become. Step 0's inputs are left out:
+/// it has none (any is refused), so `{}` and none are the same request there.
 pub fn steps_digest(steps: &[NewStep]) -> String {
     let comparable: Vec<_> = steps
         .iter()
-        .map(|step| (&step.kind, comparable(&step.request), &step.inputs))
+        .enumerate()
+        .map(|(index, step)| {
+            let inputs = step.inputs.as_ref().filter(|_| index > 0);
+            (&step.kind, comparable(&step.request), inputs)
+        })
         .collect();
     digest_of(&comparable)
 }
