@@ -8,7 +8,8 @@
 //! submitted here does in kling-webhook's key layout, and nothing else: two reads of keys
 //! that are not there (the task's head, its `taskid:`), then one `wasi:keyvalue` batch of
 //! four (the status slot holding the body, the `taskid:` entry, the listing entry, and a
-//! head of about 225 bytes: the component writes a slot of about 440 and a head of 265): what the layout costs, without the component's own work.
+//! head of about 225 bytes; the component writes a slot of about 440 and a head of 265):
+//! what the layout costs, without the component's own work.
 #![cfg(target_arch = "wasm32")]
 
 use spin_sdk::http::{IncomingRequest, Response};
