@@ -20,7 +20,9 @@
 #          nothing else: what the key layout costs a first delivery, without the component
 # (forged, readfloor, rwfloor, varfloor and layoutfloor run only when BENCH_SCENARIOS
 # names them.)
-# on Spin's default SQLite store and on Redis, at 50 connections and at 1. Every build named
+# on Spin's default SQLite store and on Redis, at 50 connections and at 1 (on SQLite at 1
+# the floor, which hands Spin its response before its body, stalls on Nagle's algorithm
+# for about 40 ms on most requests: ratios to it there say nothing). Every build named
 # runs in a Spin of its own, all at once (on ports from BENCH_PORT up, with SQLite files of
 # their own), and each scenario runs on every build in turn, back to back, the order
 # changing each round: a shared machine's drift hits every build alike. Prints
