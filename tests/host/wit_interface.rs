@@ -32,6 +32,20 @@ async fn instance(app: &SpinApp) -> (Store<HostState>, bindings::KlingVideo) {
     (store, instance)
 }
 
+/// The WIT `start-pipeline` in an instance of its own.
+async fn start_pipeline(
+    app: &SpinApp,
+    id: Option<&str>,
+    steps: &[bindings::kling::video::types::PipelineStep],
+) -> Result<bindings::kling::video::types::Pipeline, Error> {
+    let (mut store, video) = instance(app).await;
+    video
+        .kling_video_tasks()
+        .call_start_pipeline(&mut store, id, steps)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn parse_reads_every_shape_without_touching_the_store() {
     let app = kling_app();
@@ -350,13 +364,7 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
             }]),
         },
     ];
-    let (mut store, video) = instance(&d.app).await;
-    let started = video
-        .kling_video_tasks()
-        .call_start_pipeline(&mut store, Some("wit-p"), &steps)
-        .await
-        .unwrap()
-        .unwrap();
+    let started = start_pipeline(&d.app, Some("wit-p"), &steps).await.unwrap();
     assert_eq!(
         (started.id.as_str(), started.status, started.tasks.len()),
         ("wit-p", PipelineStatus::Running, 2)
@@ -388,24 +396,14 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
     assert_eq!(lip_sync["input"]["video_url"], video.url.clone().unwrap());
 
     // Started again: the same steps are answered with the pipeline, other steps refused.
-    let (mut store, video) = instance(&d.app).await;
-    let again = video
-        .kling_video_tasks()
-        .call_start_pipeline(&mut store, Some("wit-p"), &steps)
-        .await
-        .unwrap();
+    let again = start_pipeline(&d.app, Some("wit-p"), &steps).await;
     assert!(
         matches!(&again, Ok(p) if p.status == PipelineStatus::Succeed),
         "{again:?}"
     );
     let mut other = steps.clone();
     other[0].request_json = r#"{"prompt":"a cat"}"#.into();
-    let (mut store, video) = instance(&d.app).await;
-    let refused = video
-        .kling_video_tasks()
-        .call_start_pipeline(&mut store, Some("wit-p"), &other)
-        .await
-        .unwrap();
+    let refused = start_pipeline(&d.app, Some("wit-p"), &other).await;
     assert!(
         matches!(&refused, Err(Error::InvalidRequest(m)) if m.contains("other steps")),
         "{refused:?}"
@@ -434,12 +432,7 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
         ("not-object", &not_an_object[..], "steps[0].request-json"),
         ("too-deep", &too_deep[..], "steps[0].request"),
     ] {
-        let (mut store, video) = instance(&d.app).await;
-        let invalid = video
-            .kling_video_tasks()
-            .call_start_pipeline(&mut store, Some(id), steps)
-            .await
-            .unwrap();
+        let invalid = start_pipeline(&d.app, Some(id), steps).await;
         assert!(
             matches!(&invalid, Err(Error::InvalidRequest(m)) if m.contains(named)),
             "{invalid:?}"
@@ -453,12 +446,7 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
         );
     }
     // The deepest request accepted is stored so that it reads back.
-    let (mut store, video) = instance(&d.app).await;
-    let deepest = video
-        .kling_video_tasks()
-        .call_start_pipeline(&mut store, Some("deepest"), &[nested(124)])
-        .await
-        .unwrap();
+    let deepest = start_pipeline(&d.app, Some("deepest"), &[nested(124)]).await;
     assert!(deepest.is_ok(), "{deepest:?}");
     let (mut store, video) = instance(&d.app).await;
     let read_back = video
