@@ -235,6 +235,7 @@ fn callback(e: &CallbackError) -> (u16, &'static str) {
         }
         // Not acknowledged: Kling retries, and the reconciler polls the task meanwhile.
         CallbackError::ResultsNotReady => (503, "results_unavailable"),
+        CallbackError::FinalNotConfirmed => (503, "final_unconfirmed"),
         CallbackError::Store(e) => store(e),
         // Not acknowledged: Kling retries once we can reach it.
         CallbackError::Verification(_) => (503, "verification_unavailable"),

@@ -130,6 +130,8 @@ pub enum CallbackError {
     TaskIdTaken,
     #[error("Kling's record of this task does not show this success and its results yet")]
     ResultsNotReady,
+    #[error("Kling's record of this task does not show it finished yet")]
+    FinalNotConfirmed,
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -418,9 +420,13 @@ enum Checked {
 ///   that cannot be asked is a 503, so the results are never stored missing for good
 ///   (Kling retries, and the reconciler polls the task, still unfinished here).
 /// - With `verify_callbacks`, a final callback is stored as Kling reports it if Kling
-///   agrees (same task, status and result URLs, or a success that claims none), and
-///   rejected otherwise; a task not submitted here (its Kling endpoint unknown) cannot
-///   be verified and is rejected.
+///   agrees on the task and its status, whatever result URLs the callback carried (they
+///   are not what is stored, and Kling's hot-link protected CDN URLs need not be the
+///   same in two answers). A final Kling's record does not show yet (the task still
+///   running there, or a success without its results) is not acknowledged (503): Kling
+///   may be behind its own callback, and a retry or the reconciler settles it. Any other
+///   answer (another final, another task, none) contradicts it: rejected. A task not
+///   submitted here (its Kling endpoint unknown) cannot be verified and is rejected.
 ///
 /// Every other delivery is stored as it came, without asking Kling: a task not
 /// submitted here, whose Kling endpoint is unknown, keeps a results-less success as it
@@ -494,13 +500,6 @@ fn checked_with_kling(
         Some(Found { event, .. }) => event,
         None => None,
     };
-    let urls = |e: &TaskEvent| -> Vec<Option<String>> {
-        e.videos
-            .iter()
-            .map(|v| v.url.clone())
-            .chain(e.images.iter().map(|i| i.url.clone()))
-            .collect()
-    };
     // Kling's record is what is stored, filed under our external id.
     let as_kling_reports = |mut kling: TaskEvent| {
         kling.external_task_id = Some(external_task_id.to_string());
@@ -508,10 +507,12 @@ fn checked_with_kling(
         Checked::Confirmed(Box::new(kling))
     };
     Ok(match kling {
+        // Kling agrees. (A callback with results that Kling's success still lacks is
+        // not confirmed yet: below.)
         Some(kling)
             if kling.task_id == callback.task_id
                 && kling.status == callback.status
-                && (fetch_results || urls(&kling) == urls(&callback)) =>
+                && (bare || !kling.lacks_results()) =>
         {
             as_kling_reports(kling)
         }
@@ -530,6 +531,15 @@ fn checked_with_kling(
                 && head.is_none_or(|h| h.seen.lost.is_none()) =>
         {
             as_kling_reports(kling)
+        }
+        // Kling is behind its callback: the same task, not finished there yet, or
+        // finished without its results. Not acknowledged, and not counted as a forgery.
+        Some(kling)
+            if verify
+                && kling.task_id == callback.task_id
+                && (!kling.status.is_final() || kling.status == callback.status) =>
+        {
+            return Err(CallbackError::FinalNotConfirmed);
         }
         _ if verify => Checked::Rejected,
         // Kling has no record of it (or one this build cannot read): Kling retries.
@@ -632,6 +642,8 @@ pub(crate) mod tests {
         new_status: bool,
         /// Kling reports the task still `processing`, with no results.
         still_processing: bool,
+        /// A success without its results (Kling's record behind its callback).
+        results_pending: bool,
     }
 
     impl KlingLookup for Lists {
@@ -654,7 +666,7 @@ pub(crate) mod tests {
                 external_task_id: Some(self.external_task_id.into()),
                 created_at: None,
                 updated_at: Some(9),
-                videos: (!self.still_processing)
+                videos: (!self.still_processing && !self.results_pending)
                     .then(|| crate::task::Video {
                         id: Some("867".into()),
                         url: Some(VIDEO_URL.into()),
@@ -682,6 +694,7 @@ pub(crate) mod tests {
             asked: Default::default(),
             new_status: false,
             still_processing: false,
+            results_pending: false,
         }
     }
 
@@ -1090,8 +1103,64 @@ pub(crate) mod tests {
             "Kling's word"
         );
         assert_eq!(record.task_id.as_deref(), Some("86"), "bound");
-        // Bound now: the next final Kling contradicts is rejected.
-        let rejected = deliver_checked(&kv, &body("succeed", 7), &kling, true).unwrap();
+        // Bound now: a final Kling does not show yet waits for a retry, uncounted.
+        let before = kv.map.borrow().clone();
+        let unconfirmed = deliver_checked(&kv, &body("succeed", 7), &kling, true);
+        assert_eq!(unconfirmed.unwrap_err(), CallbackError::FinalNotConfirmed);
+        assert_eq!(*kv.map.borrow(), before, "nothing stored, nothing counted");
+    }
+
+    /// Kling's CDN URLs are hot-link protected and need not repeat from one answer to
+    /// the next: a final Kling agrees with is stored as Kling reports it, whatever URLs
+    /// the callback carried. A success Kling shows without its results is not confirmed
+    /// yet; another final, or another task's, contradicts it.
+    #[test]
+    fn a_verified_final_is_judged_by_kling_s_task_and_status_and_stored_as_kling_has_it() {
+        let with_url = |url: &str| {
+            Body::Bytes(format!(
+                r#"{{"task_id":"86","task_status":"succeed","updated_at":7,"task_info":{{"external_task_id":"job-1"}},"task_result":{{"videos":[{{"id":"867","url":"{url}"}}]}}}}"#
+            ).into_bytes())
+        };
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        let verified = deliver_checked(
+            &kv,
+            &with_url("https://cdn.example/86.mp4?token=another"),
+            &lists(Some("86")),
+            true,
+        )
+        .unwrap();
+        assert_eq!(verified.verdict, Verdict::Apply(Slot::Final));
+        assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL), "Kling's URL");
+
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        let forged = deliver_checked(
+            &kv,
+            &with_url("https://evil.example/fake.mp4"),
+            &lists(Some("86")),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            forged.verdict,
+            Verdict::Apply(Slot::Final),
+            "Kling's record, not the body"
+        );
+        assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL));
+
+        // Kling's success without its results yet.
+        let kv = MemoryKv::default();
+        submitted(&kv, Some("86"));
+        let before = kv.map.borrow().clone();
+        let mut no_results = lists(Some("86"));
+        no_results.results_pending = true;
+        let unconfirmed = deliver_checked(&kv, &body("succeed", 7), &no_results, true);
+        assert_eq!(unconfirmed.unwrap_err(), CallbackError::FinalNotConfirmed);
+        assert_eq!(*kv.map.borrow(), before);
+
+        // Kling's success contradicts a `failed`.
+        let rejected = deliver_checked(&kv, &body("failed", 7), &lists(Some("86")), true).unwrap();
         assert_eq!(rejected.verdict, Verdict::Rejected);
     }
 
