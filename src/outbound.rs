@@ -50,7 +50,13 @@ pub struct OutboundResponse {
 pub enum TransportError {
     #[error("no answer in time")]
     Timeout,
+    /// The request certainly never reached the server (refused before anything was sent:
+    /// a URL or header the host rejects, a host it does not allow, no such host, a
+    /// refused connection), so nothing can have been created by it.
     #[error("could not connect: {0}")]
+    NotSent(String),
+    /// The exchange broke off after the request may have left.
+    #[error("the exchange failed: {0}")]
     Failed(String),
     #[error("the response is larger than 4 MiB")]
     ResponseTooLarge,

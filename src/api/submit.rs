@@ -362,6 +362,35 @@ mod tests {
         assert!(store.list(None, 10, None).unwrap().tasks.is_empty());
     }
 
+    /// A create that certainly never left (a refused connection, a host Spin does not
+    /// allow) cannot have made a task: it is not looked up, and it leaves what a refusal
+    /// leaves, so the caller's 502 and retry start afresh.
+    #[test]
+    fn a_create_that_never_left_is_given_up_like_a_refusal() {
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![Err(TransportError::NotSent(
+            "ConnectionRefused".into(),
+        ))]);
+        let err = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SubmitError::Kling(KlingError::Transport(TransportError::NotSent(_)))
+            ),
+            "{err:?}"
+        );
+        assert_eq!(kling.sent.borrow().len(), 1, "not looked up");
+        assert_eq!(
+            kv.keys(),
+            [
+                "listed/0000001000000/job-1",
+                "task:job-1",
+                "task:job-1:forgotten:generated-id"
+            ]
+        );
+        assert!(TaskStore::new(&kv).find("job-1").unwrap().is_none());
+    }
+
     /// A pipeline step's advance (or a client) retrying while Kling refuses (1303, 1102):
     /// each retry writes its head, listing entry and mark, and takes the ones of the
     /// given-up submission it replaced, so the id keeps one of each.

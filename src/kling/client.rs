@@ -48,6 +48,7 @@ impl KlingError {
     /// looked up, never blindly created again).
     pub fn may_have_created(&self) -> bool {
         match self {
+            KlingError::Transport(TransportError::NotSent(_)) => false,
             KlingError::Transport(_) => true,
             KlingError::Api(e) => e.code == CODE_TIMEOUT,
             KlingError::InvalidResponse(status) => *status >= 500,
@@ -389,6 +390,15 @@ pub(crate) mod tests {
             ),
             (Ok((502, "<html>bad gateway</html>")), true),
             (Err(TransportError::Timeout), true),
+            (
+                Err(TransportError::Failed("reading the response".into())),
+                true,
+            ),
+            // Refused before anything was sent: nothing can exist.
+            (
+                Err(TransportError::NotSent("ConnectionRefused".into())),
+                false,
+            ),
         ];
         let config = config();
         for (answer, may_exist) in cases {

@@ -31,7 +31,7 @@ impl HttpTransport for SpinOutbound {
         let (scheme, rest) = request
             .url
             .split_once("://")
-            .ok_or_else(|| failed("the URL has no scheme"))?;
+            .ok_or_else(|| not_sent("the URL has no scheme"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -47,7 +47,8 @@ impl HttpTransport for SpinOutbound {
                 request.body.len().to_string().into_bytes(),
             ));
         }
-        let fields = Fields::from_list(&headers).map_err(|e| failed(format!("headers: {e:?}")))?;
+        let fields =
+            Fields::from_list(&headers).map_err(|e| not_sent(format!("headers: {e:?}")))?;
         let outgoing = OutgoingRequest::new(fields);
         let method = if request.method == "GET" {
             Method::Get
@@ -59,17 +60,19 @@ impl HttpTransport for SpinOutbound {
         } else {
             Scheme::Http
         };
-        outgoing.set_method(&method).map_err(|_| failed("method"))?;
+        outgoing
+            .set_method(&method)
+            .map_err(|_| not_sent("method"))?;
         outgoing
             .set_scheme(Some(&scheme))
-            .map_err(|_| failed("scheme"))?;
+            .map_err(|_| not_sent("scheme"))?;
         outgoing
             .set_authority(Some(authority))
-            .map_err(|_| failed("authority"))?;
+            .map_err(|_| not_sent("authority"))?;
         outgoing
             .set_path_with_query(Some(path))
-            .map_err(|_| failed("path"))?;
-        let body = outgoing.body().map_err(|_| failed("request body"))?;
+            .map_err(|_| not_sent("path"))?;
+        let body = outgoing.body().map_err(|_| not_sent("request body"))?;
 
         let options = RequestOptions::new();
         let timeout_ns = request.timeout_ms.saturating_mul(1_000_000);
@@ -78,7 +81,10 @@ impl HttpTransport for SpinOutbound {
         let _ = options.set_connect_timeout(Some(timeout_ns));
         let _ = options.set_first_byte_timeout(Some(timeout_ns));
         let _ = options.set_between_bytes_timeout(Some(timeout_ns));
-        let future = outgoing_handler::handle(outgoing, Some(options)).map_err(error_code)?;
+        // An error here is the host refusing the request before sending it (a host it
+        // does not allow, a URL it cannot use).
+        let future = outgoing_handler::handle(outgoing, Some(options))
+            .map_err(|code| not_sent(format!("{code:?}")))?;
 
         {
             let stream = body.write().map_err(|_| failed("request body stream"))?;
@@ -170,11 +176,29 @@ fn failed(what: impl Into<String>) -> TransportError {
     TransportError::Failed(what.into())
 }
 
+fn not_sent(what: impl Into<String>) -> TransportError {
+    TransportError::NotSent(what.into())
+}
+
+/// `wasi:http`'s error, by whether the request may have reached the server. Only
+/// errors that end an exchange before its request is written count as not sent: no
+/// name, no route, a refused connection, a certificate refused in the handshake, a
+/// request the host denies. A connect timeout stays a timeout, as a host may report a
+/// slow exchange so.
 fn error_code(code: ErrorCode) -> TransportError {
     match code {
         ErrorCode::ConnectionTimeout
         | ErrorCode::ConnectionReadTimeout
         | ErrorCode::HttpResponseTimeout => TransportError::Timeout,
+        ErrorCode::DnsTimeout
+        | ErrorCode::DnsError(_)
+        | ErrorCode::DestinationNotFound
+        | ErrorCode::DestinationIpProhibited
+        | ErrorCode::DestinationIpUnroutable
+        | ErrorCode::ConnectionRefused
+        | ErrorCode::TlsCertificateError
+        | ErrorCode::HttpRequestDenied
+        | ErrorCode::HttpRequestUriInvalid => not_sent(format!("{code:?}")),
         other => failed(format!("{other:?}")),
     }
 }

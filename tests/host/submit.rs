@@ -207,6 +207,39 @@ async fn other_refusals_map_to_what_the_caller_should_do() {
     }
 }
 
+/// A Kling the host cannot connect to (nothing listens on its port) never got the create:
+/// the caller learns it at once (502), nothing is left pending, and its retry against a
+/// Kling that answers creates the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kling_that_refuses_the_connection_is_502_and_leaves_nothing_pending() {
+    let d = deploy().await;
+    let refused = kling_app_with(
+        &[
+            ("api_token", API_TOKEN),
+            ("callback_secret", CALLBACK_SECRET),
+            ("kling_api_key", "standin-api-key"),
+            ("kling_base_url", "http://127.0.0.1:9"),
+            ("public_base_url", "http://127.0.0.1:9"),
+        ],
+        d.app.kv.clone(),
+    );
+    let reply = refused.send(text2video_as("job-refused")).await;
+    let error = reply.expect_error(502, "kling_unreachable", "a refused connection");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not connect"),
+        "{error}"
+    );
+    assert_eq!(d.app.send(get_task("job-refused")).await.status, 404);
+    assert!(d.app.kv.pending().is_empty(), "{:?}", d.app.kv.pending());
+
+    let retried = d.app.send(text2video_as("job-refused")).await;
+    assert_eq!(retried.status, 202);
+    assert_eq!(retried.json()["status"], "submitted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_keys_or_clocks_are_kling_auth_failed_and_say_which() {
     let now = SystemTime::now()
