@@ -246,9 +246,16 @@ struct LazyKling<'a> {
     env: &'a Env<'a>,
 }
 
+/// The longest a callback waits on Kling per phase (connect, first byte, between bytes),
+/// whatever `kling_timeout_ms` allows a submit: its sender waits for the answer, and a
+/// Kling too slow to ask is a 503 that Kling retries (and the reconciler polls the task
+/// meanwhile), where waiting out a minute could outlast the sender's own patience.
+const CALLBACK_KLING_TIMEOUT_MS: u64 = 3_000;
+
 impl KlingLookup for LazyKling<'_> {
     fn find(&self, kind: TaskKind, id: TaskRef<'_>) -> Result<Option<Found>, CallbackError> {
-        let config = KlingConfig::load(self.env.vars)?;
+        let mut config = KlingConfig::load(self.env.vars)?;
+        config.timeout_ms = config.timeout_ms.min(CALLBACK_KLING_TIMEOUT_MS);
         KlingClient::new(&config, self.env.http, self.env.now_ms / 1000)
             .find(kind, id)
             .map_err(CallbackError::Verification)

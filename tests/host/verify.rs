@@ -86,6 +86,53 @@ async fn a_forged_final_callback_with_a_valid_sig_is_rejected_and_changes_nothin
     );
 }
 
+/// A callback waits on Kling a few seconds at most, whatever a submit may wait
+/// (`kling_timeout_ms`): a Kling too slow to confirm a final is a 503 that Kling retries,
+/// nothing stored, and once Kling answers in time the retry is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_kling_is_too_slow_to_confirm_is_refused_for_a_retry_not_waited_on() {
+    let d = deploy_with(
+        Auth::KeyPair,
+        None,
+        &[("verify_callbacks", "true"), ("kling_timeout_ms", "60000")],
+    )
+    .await;
+    let silent = Script {
+        drop: vec!["submitted", "processing", "succeed"],
+        ..Script::default()
+    };
+    let submitted = d.submit_scripted("job-slow-kling", silent.clone()).await;
+    let task_id = submitted["task_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.standin.tasks_with_external_id("job-slow-kling")[0].status != "succeed" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    d.standin.script(
+        "job-slow-kling",
+        Script {
+            query_delay: Some(Duration::from_secs(8)),
+            ..silent.clone()
+        },
+    );
+    let before = d.app.kv.snapshot();
+    let final_ = json!({"task_id": task_id, "task_status": "succeed",
+        "task_result": {"videos": [{"id": "v", "url": "https://cdn.example/v.mp4"}]}});
+    let reply = d
+        .app
+        .send(callback("job-slow-kling", final_.to_string()))
+        .await;
+    reply.expect_error(503, "verification_unavailable", "Kling too slow to ask");
+    assert_eq!(d.app.kv.snapshot(), before, "nothing stored");
+
+    d.standin.script("job-slow-kling", silent);
+    let reply = d
+        .app
+        .send(callback("job-slow-kling", final_.to_string()))
+        .await;
+    assert_eq!(reply.json()["outcome"], "applied");
+}
+
 /// A provider that cannot answer `verify_callbacks` (a Vault that timed out) is not read
 /// as "off": the final is not stored unverified, and Kling's retry comes later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
