@@ -204,7 +204,9 @@ fn runs_a_live_pipeline(
         Ok(None) | Err(StoreError::Corrupt(_)) => return Ok(false),
         Err(error) => return Err(error),
     };
-    if now_ms >= spec.created_at.saturating_add(PIPELINE_WATCH_MS) {
+    // A step past its last is an older pipeline's of the same id: not this one's.
+    if step.step >= spec.steps.len() || now_ms >= spec.created_at.saturating_add(PIPELINE_WATCH_MS)
+    {
         return Ok(false);
     }
     let entry = pipeline_entry(&spec.id, &spec.generation);
@@ -533,6 +535,44 @@ mod tests {
         assert_eq!(purge_expired(&kv, 10 * DAY, 29 * DAY, 10).unwrap().tasks, 0);
         assert_eq!(purge_expired(&kv, 10 * DAY, 31 * DAY, 10).unwrap().tasks, 1);
         assert_eq!(pipelines.spec("s").unwrap(), None);
+    }
+
+    /// An id used again after retention took an old pipeline's first steps: the old
+    /// pipeline's step past the new one's last did not block the create, is not held by
+    /// the new pipeline, and takes nothing of it when retention deletes it.
+    #[test]
+    fn an_older_pipeline_s_step_past_the_last_leaves_the_new_pipeline_of_its_id_alone() {
+        use crate::store::pipelines::PipelineStore;
+        let kv = MemoryKv::default();
+        let pipelines = PipelineStore::new(&kv);
+        // The old pipeline's step 2 ended on day 1; its description and first steps are gone.
+        task(
+            &kv,
+            "p-2",
+            DAY,
+            Some(TaskStatus::Succeed),
+            Some(&step_of("p", 2)),
+        );
+        // The new pipeline `p`, two steps, running: step 0 done, step 1 not yet.
+        let spec = crate::pipeline::spec::PipelineSpec::of_text2video_steps("p", 2);
+        pipelines.save_spec(&spec).unwrap();
+        pipelines.index(&spec).unwrap();
+        task(
+            &kv,
+            "p-0",
+            5 * DAY,
+            Some(TaskStatus::Succeed),
+            Some(&step_of("p", 0)),
+        );
+
+        assert_eq!(purge_expired(&kv, 3 * DAY, 3 * DAY, 10).unwrap().tasks, 1);
+        assert!(!exists(&kv, "p-2"), "not the running pipeline's step");
+        assert!(exists(&kv, "p-0"));
+        assert_eq!(
+            pipelines.spec("p").unwrap(),
+            Some(spec),
+            "the new pipeline stays"
+        );
     }
 
     #[test]

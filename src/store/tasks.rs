@@ -496,10 +496,20 @@ impl<'a> TaskStore<'a> {
     }
 
     /// Deletes a task and, when it ran a pipeline step, the pipeline with it (its view
-    /// would otherwise show steps whose tasks are gone).
+    /// would otherwise show steps whose tasks are gone). A step past the last of the
+    /// pipeline now stored under its id is an older pipeline's, left behind when the id
+    /// was used again (a create checks only the steps it has): that pipeline is not its.
     pub fn purge(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), StoreError> {
         if let Some(step) = &record.pipeline {
-            PipelineStore::new(self.kv).delete(&step.pipeline_id)?;
+            let pipelines = PipelineStore::new(self.kv);
+            let another_s = match pipelines.spec(&step.pipeline_id) {
+                Ok(spec) => spec.is_some_and(|spec| step.step >= spec.steps.len()),
+                Err(StoreError::Corrupt(_)) => false,
+                Err(error) => return Err(error),
+            };
+            if !another_s {
+                pipelines.delete(&step.pipeline_id)?;
+            }
         }
         self.delete_task(key, record.task_id.as_deref())
     }
