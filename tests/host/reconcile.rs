@@ -103,6 +103,21 @@ fn kling_down(d: &Deployment) -> SpinApp {
     same_store(d, "http://127.0.0.1:9", None)
 }
 
+/// The same deployment (same store) with a Kling that takes connections and never
+/// answers: for all the component knows, a create sent there may have been made. The
+/// connections are held until the handle is dropped.
+async fn kling_silent(d: &Deployment) -> (SpinApp, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (same_store(d, &url, None), holder)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_that_never_arrive_are_reconciled_to_the_true_final_state() {
     let d = deploy().await;
@@ -281,13 +296,14 @@ async fn a_store_failure_mid_run_is_a_503_and_the_retry_lands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_left_submitting_is_bound_or_forgotten_by_what_kling_says() {
     let d = deploy().await;
-    // Kling unreachable while submitting: the task stays `submitting`, Kling never saw it.
-    let down = kling_down(&d);
-    let reply = down.send(text2video_as("job-never")).await;
+    // Kling silent while submitting: the task stays `submitting`, Kling never saw it.
+    let (silent, holder) = kling_silent(&d).await;
+    let reply = silent.send(text2video_as("job-never")).await;
     assert_eq!(
         (reply.status, reply.json()["status"].as_str()),
         (202, Some("submitting"))
     );
+    holder.abort();
 
     // Within the grace period an in-flight submit may look like this: left alone.
     let run = report(&d.app).await;
