@@ -19,7 +19,7 @@ use crate::store::layout::TaskKey;
 use crate::store::pipelines::PipelineStore;
 use crate::store::tasks::TaskStore;
 use crate::store::{KeyValue, StoreError};
-use crate::task::StepRef;
+use crate::task::{StepRef, TaskStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PipelineError {
@@ -91,11 +91,17 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
         return Ok(None);
     };
     let view = store.view_of(&spec)?;
-    let Next::Submit(step) = view.next() else {
-        return Ok(Some(Advanced {
-            view,
-            changed: false,
-        }));
+    let step = match view.next() {
+        Next::Submit(step) => step,
+        next => {
+            if next == Next::Wait {
+                keep_a_submitting_step_pending(&spec, &view, submitter)?;
+            }
+            return Ok(Some(Advanced {
+                view,
+                changed: false,
+            }));
+        }
     };
     // A pipeline with a step to submit is indexed first, whoever moves it on: one that
     // a run released as finished (a step given up as `lost` that Kling then finished)
@@ -163,6 +169,33 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
         view: progress::view(&spec, &tasks, failure),
         changed: true,
     }))
+}
+
+/// Makes sure the running step is pending if its create has not come back (its task
+/// `submitting`). A submit cut short between writing its head and its pending entry
+/// leaves a task no reconcile run looks at; a client's retry stores the entry again, but
+/// nobody retries a step, so the pipeline would wait on it for ever. The entry is the
+/// submit's own (same name, same value): where it is already, nothing new is written.
+fn keep_a_submitting_step_pending(
+    spec: &PipelineSpec,
+    view: &PipelineView,
+    submitter: &Submitter<'_>,
+) -> Result<(), StoreError> {
+    let step = view.current_step;
+    let submitting = view
+        .steps
+        .get(step)
+        .and_then(|s| s.task.as_ref())
+        .is_some_and(|task| task.status == TaskStatus::Submitting);
+    if !submitting {
+        return Ok(());
+    }
+    let key = TaskKey::external(&step_external_id(&spec.id, step));
+    let tasks = TaskStore::new(submitter.kv);
+    if let Some(submission) = tasks.live_head(&key)?.and_then(|head| head.submission) {
+        tasks.ensure_pending(&key, &submission, submitter.config.stale_after_ms)?;
+    }
+    Ok(())
 }
 
 pub(crate) enum StepError {
@@ -283,6 +316,40 @@ mod tests {
         assert_eq!(sent["video_id"], "v-86", "step 1 takes step 0's video");
         assert_eq!(sent["external_task_id"], "p-1");
         advanced
+    }
+
+    /// The advance that submitted step 1 stopped between its head and its pending entry
+    /// (and before Kling was called): the next advance (a reconcile run's) stores the
+    /// entry, so the reconciler asks Kling about the step and it cannot wait for ever.
+    #[test]
+    fn a_step_whose_submit_stopped_before_its_pending_entry_is_made_pending() {
+        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+        step_0_succeeded(&kv, &clock);
+        let config = submit_config();
+        let silent = Scripted::new(vec![Err(crate::outbound::TransportError::Timeout); 2]);
+        let submitter = Submitter::for_tests(&config, &kv, &silent, &clock);
+        advance("p", &submitter).unwrap();
+        let pending = || Index::pending(&kv).entries().unwrap();
+        let step_1: Vec<String> = pending()
+            .into_iter()
+            .filter(|e| e.ends_with("/p-1"))
+            .collect();
+        assert_eq!(step_1.len(), 1, "{:?}", pending());
+        kv.delete(&format!("pending/{}", step_1[0])).unwrap();
+
+        let kling = Scripted::new(Vec::new());
+        let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+        let advanced = advance("p", &submitter).unwrap().unwrap();
+        assert_eq!(advanced.view.next(), Next::Wait);
+        assert!(
+            kling.sent.borrow().is_empty(),
+            "Kling is not asked to create it again"
+        );
+        let again: Vec<String> = pending()
+            .into_iter()
+            .filter(|e| e.ends_with("/p-1"))
+            .collect();
+        assert_eq!(again, step_1, "the submit's own entry");
     }
 
     #[test]
