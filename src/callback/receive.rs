@@ -204,7 +204,7 @@ pub fn receive(
         parsed => parsed?,
     };
     let envelope = parsed.envelope();
-    let key = match (
+    let mut key = match (
         callback.external_task_id,
         envelope.external_task_id.as_deref(),
     ) {
@@ -219,10 +219,23 @@ pub fn receive(
     };
 
     // The early read was of the URL's key, which is this one on the `sig` route.
-    let head = match early.head {
+    let mut head = match early.head {
         Some(read) => read?,
         None => store.head(&key)?,
     };
+    // A body that names no external id we can key by, of a task stored under its
+    // external id (an older delivery without `task_info`, after one with it): that
+    // task's, not a second task filed under the same Kling id. Read only when nothing is
+    // filed under the Kling id yet: the first such delivery.
+    if callback.external_task_id.is_none()
+        && head.is_none()
+        && key == TaskKey::kling(&envelope.task_id)
+        && let Some(owner) = store.key_of_task_id(&envelope.task_id)?
+        && owner != key
+    {
+        head = store.head(&owner)?;
+        key = owner;
+    }
     if let Some(head) = &head
         && let Some(verdict) = repeat_of_bound_task(head, envelope)?
     {
@@ -1575,6 +1588,30 @@ pub(crate) mod tests {
             kv.map.borrow().get("taskid:86").map(Vec::as_slice),
             Some(&b"job-2"[..])
         );
+    }
+
+    /// Kling's older deliveries lack `task_info`: one without it, after one with it, is
+    /// the same task's (found by its `task_id`), not a second task under Kling's id.
+    #[test]
+    fn a_signed_body_without_an_external_id_goes_to_the_task_its_task_id_is_bound_to() {
+        let kv = MemoryKv::default();
+        let named = br#"{"task_id":"86","task_status":"succeed","updated_at":9,"task_info":{"external_task_id":"job-9"}}"#;
+        let stored = deliver_webhook_signed(&kv, named, None).unwrap();
+        assert_eq!(stored.verdict, Verdict::Apply(Slot::Final));
+        let unnamed = br#"{"task_id":"86","task_status":"processing","updated_at":5}"#;
+        let late = deliver_webhook_signed(&kv, unnamed, None).unwrap();
+        assert_eq!(late.verdict, Verdict::Stale, "job-9 has finished");
+        assert!(
+            kv.keys().iter().all(|k| !k.starts_with("task:#")),
+            "{:?}",
+            kv.keys()
+        );
+        assert_eq!(
+            kv.map.borrow().get("taskid:86").map(Vec::as_slice),
+            Some(&b"job-9"[..])
+        );
+        let again = deliver_webhook_signed(&kv, named, None).unwrap();
+        assert_eq!(again.verdict, Verdict::Duplicate);
     }
 
     #[test]
