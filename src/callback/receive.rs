@@ -230,7 +230,11 @@ pub fn receive(
     if callback.external_task_id.is_none()
         && head.is_none()
         && key == TaskKey::kling(&envelope.task_id)
-        && let Some(owner) = store.key_of_task_id(&envelope.task_id)?
+        && let Some(owner) = match store.key_of_task_id(&envelope.task_id) {
+            // An entry that cannot be read names no task: filed under the Kling id.
+            Err(StoreError::Corrupt(_)) => None,
+            read => read?,
+        }
         && owner != key
     {
         head = store.head(&owner)?;
@@ -538,6 +542,16 @@ fn checked_with_kling(
         // bound yet: the callback is not stored, but Kling's own record binds the task
         // (and tracks it again if it was given up), where a rejection would leave a task
         // Kling has just shown it has given up for good.
+        // Kling's success still without the results the callback brings: Kling is behind
+        // its callback (bound or not, a success stored without its results would stay so).
+        Some(kling)
+            if verify
+                && !bare
+                && kling.task_id == callback.task_id
+                && kling.status == callback.status =>
+        {
+            return Err(CallbackError::FinalNotConfirmed);
+        }
         Some(kling)
             if (!verify || unbound)
                 && kling.task_id == callback.task_id
@@ -545,13 +559,9 @@ fn checked_with_kling(
         {
             as_kling_reports(kling)
         }
-        // Kling is behind its callback: the same task, not finished there yet, or
-        // finished without its results. Not acknowledged, and not counted as a forgery.
-        Some(kling)
-            if verify
-                && kling.task_id == callback.task_id
-                && (!kling.status.is_final() || kling.status == callback.status) =>
-        {
+        // Kling is behind its callback: the same task, not finished there yet. Not
+        // acknowledged, and not counted as a forgery.
+        Some(kling) if verify && kling.task_id == callback.task_id && !kling.status.is_final() => {
             return Err(CallbackError::FinalNotConfirmed);
         }
         _ if verify => Checked::Rejected,
@@ -1162,15 +1172,24 @@ pub(crate) mod tests {
         );
         assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL));
 
-        // Kling's success without its results yet.
+        // Kling's success without its results yet, whether the task is bound or not (a
+        // success stored without its results would stay so).
+        for bound in [None, Some("86")] {
+            let kv = MemoryKv::default();
+            submitted(&kv, bound);
+            let before = kv.map.borrow().clone();
+            let mut no_results = lists(Some("86"));
+            no_results.results_pending = true;
+            let unconfirmed = deliver_checked(&kv, &body("succeed", 7), &no_results, true);
+            assert_eq!(
+                unconfirmed.unwrap_err(),
+                CallbackError::FinalNotConfirmed,
+                "{bound:?}"
+            );
+            assert_eq!(*kv.map.borrow(), before, "{bound:?}");
+        }
         let kv = MemoryKv::default();
         submitted(&kv, Some("86"));
-        let before = kv.map.borrow().clone();
-        let mut no_results = lists(Some("86"));
-        no_results.results_pending = true;
-        let unconfirmed = deliver_checked(&kv, &body("succeed", 7), &no_results, true);
-        assert_eq!(unconfirmed.unwrap_err(), CallbackError::FinalNotConfirmed);
-        assert_eq!(*kv.map.borrow(), before);
 
         // Kling's success contradicts a `failed`.
         let rejected = deliver_checked(&kv, &body("failed", 7), &lists(Some("86")), true).unwrap();

@@ -172,10 +172,13 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
 }
 
 /// Makes sure the running step is pending if its create has not come back (its task
-/// `submitting`). A submit cut short between writing its head and its pending entry
-/// leaves a task no reconcile run looks at; a client's retry stores the entry again, but
-/// nobody retries a step, so the pipeline would wait on it for ever. The entry is the
-/// submit's own (same name, same value): where it is already, nothing new is written.
+/// `submitting`) and no reconcile run has polled it yet. A submit cut short between
+/// writing its head and its pending entry leaves a task no run looks at; a client's
+/// retry stores the entry again, but nobody retries a step, so the pipeline would wait
+/// on it for ever. The entry is the submit's own (same name, same value): where it is
+/// already, nothing new is written. Once a run has polled the task (its poll record),
+/// the run has moved its entry along, and writing the first name again would only add a
+/// spare for the next run to fold.
 fn keep_a_submitting_step_pending(
     spec: &PipelineSpec,
     view: &PipelineView,
@@ -192,6 +195,9 @@ fn keep_a_submitting_step_pending(
     }
     let key = TaskKey::external(&step_external_id(&spec.id, step));
     let tasks = TaskStore::new(submitter.kv);
+    if tasks.poll_state(&key)?.is_some() {
+        return Ok(());
+    }
     if let Some(submission) = tasks.live_head(&key)?.and_then(|head| head.submission) {
         tasks.ensure_pending(&key, &submission, submitter.config.stale_after_ms)?;
     }
@@ -350,6 +356,25 @@ mod tests {
             .filter(|e| e.ends_with("/p-1"))
             .collect();
         assert_eq!(again, step_1, "the submit's own entry");
+
+        // Once a run has polled it, the run moves its entry along: nothing is added.
+        kv.delete(&format!("pending/{}", step_1[0])).unwrap();
+        let polled = crate::ledger::PollState {
+            polls: 1,
+            last_polled_at: 1_000,
+            next_poll_at: 60_000,
+            last_outcome: "not_created_yet".into(),
+            ..Default::default()
+        };
+        TaskStore::new(&kv)
+            .save_poll_state(&TaskKey::external("p-1"), &polled)
+            .unwrap();
+        advance("p", &submitter).unwrap();
+        assert!(
+            pending().iter().all(|e| !e.ends_with("/p-1")),
+            "{:?}",
+            pending()
+        );
     }
 
     #[test]

@@ -499,11 +499,13 @@ impl<'a> TaskStore<'a> {
     /// would otherwise show steps whose tasks are gone). A step past the last of the
     /// pipeline now stored under its id is an older pipeline's, left behind when the id
     /// was used again (a create checks only the steps it has): that pipeline is not its.
+    /// No description, nothing to delete: the delete takes it last, so its failure and
+    /// mark went before it, and a create of the id meanwhile keeps what it stores.
     pub fn purge(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), StoreError> {
         if let Some(step) = &record.pipeline {
             let pipelines = PipelineStore::new(self.kv);
             let another_s = match pipelines.spec(&step.pipeline_id) {
-                Ok(spec) => spec.is_some_and(|spec| step.step >= spec.steps.len()),
+                Ok(spec) => spec.is_none_or(|spec| step.step >= spec.steps.len()),
                 Err(StoreError::Corrupt(_)) => false,
                 Err(error) => return Err(error),
             };
