@@ -6,8 +6,8 @@
 #     target, and RUSTUP_AUTO_INSTALL=0)
 #   - redis-server (Debian): the real-Spin suite's two-instance run on a shared Redis
 #   - wrk (Debian): bench/on-spin.sh's load generator
-#   - schemathesis, pinned (its own dependencies resolved by pip at install time), in a
-#     virtualenv outside the clone: the real-Spin suite's fuzzer
+#   - schemathesis, pinned with its dependencies (scripts/schemathesis-constraints.txt),
+#     in a virtualenv outside the clone: the real-Spin suite's fuzzer
 # Prints nothing but what it installs.
 set -euo pipefail
 # The repository's rust-toolchain.toml decides which toolchain gets the target.
@@ -34,5 +34,6 @@ fi
 
 if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    "$VENV/bin/pip" install -q --disable-pip-version-check \
+        -c scripts/schemathesis-constraints.txt "schemathesis==$SCHEMATHESIS_VERSION"
 fi

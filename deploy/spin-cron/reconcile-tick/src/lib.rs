@@ -4,8 +4,11 @@ use spin_cron_sdk::{Error, Metadata, cron_component};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::variables;
 
+// A plain fn that drives spin-sdk's own executor for the send: spin-cron-sdk runs its
+// handler on an executor of its own version, which would not see spin-sdk's pending
+// outbound request.
 #[cron_component]
-async fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
+fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
     let url = variables::get("reconcile_url").map_err(|e| Error::Other(e.to_string()))?;
     let tokens = variables::get("api_token").map_err(|e| Error::Other(e.to_string()))?;
     // While api_token is rotated it holds several space-separated tokens: send the first.
@@ -15,8 +18,7 @@ async fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
         .uri(url)
         .header("authorization", format!("Bearer {token}"))
         .build();
-    let response: Response = spin_sdk::http::send(request)
-        .await
+    let response: Response = spin_sdk::http::run(spin_sdk::http::send(request))
         .map_err(|e| Error::Other(e.to_string()))?;
     // The report, e.g. {"checked":3,"updated":2,"pending":1,"left_due":0,...}.
     let status = *response.status();
