@@ -7,7 +7,7 @@
 //! step by the reconciler, a notification from the outbox).
 
 use crate::app::Env;
-use crate::config::{ConfigError, NotifyConfig, SubmitConfig};
+use crate::config::{NotifyConfig, SubmitConfig};
 use crate::error::ApiError;
 use crate::ledger::assemble;
 use crate::notify::{Notification, Notifier, queue_unsent};
@@ -47,20 +47,19 @@ pub fn run(work: AfterAck, env: &Env<'_>) {
     };
     let notify = match NotifyConfig::load(env.vars) {
         Ok(notify) => notify,
-        // Whether notifications are on cannot be told: the change is queued unsent, for
-        // a reconcile run that finds them on (reconcile queues a tracked task's state
-        // again when no receiver took it; a task first seen by callback has no run to).
-        Err(error @ ConfigError::Unavailable(_)) => {
+        // Whether notifications are on cannot be told (a provider that did not answer),
+        // or they are on (`notify_url` is set) with settings that cannot be used yet (no
+        // `notify_secret`, one mistyped): the change is queued unsent, for a reconcile
+        // run that finds them on and whole (reconcile queues a tracked task's state
+        // again when no receiver took it; a task first seen by callback has no run to,
+        // and intermediate states none either).
+        Err(error) => {
             let notification = Notification::task(&key, &task, env.now_ms);
             let id = notification.webhook_id.clone();
             match queue_unsent(env.kv, notification, env.now_ms) {
                 Ok(()) => eprintln!("notification {id} queued unsent: {error}"),
                 Err(store) => eprintln!("notification {id} was not queued ({error}): {store}"),
             }
-            None
-        }
-        Err(error) => {
-            eprintln!("notifications are off: {error}");
             None
         }
     };

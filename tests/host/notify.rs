@@ -363,9 +363,21 @@ async fn news_a_read_repair_stored_is_announced_even_when_its_poll_record_fails(
 /// `processing` change, queued by the callback itself before any poll could announce it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_whose_notify_settings_cannot_be_read_waits_unsent_for_a_run() {
+    waits_unsent_for_a_run(("notify_url", PROVIDER_FAILS), "job-vault-notify").await;
+}
+
+/// Notifications on (`notify_url` set) but not usable yet (`notify_secret` missing): the
+/// change is queued unsent too, and sent once the secret is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_notify_secret_is_missing_waits_unsent_for_a_run() {
+    waits_unsent_for_a_run(("notify_secret", ""), "job-no-secret").await;
+}
+
+/// `ext`'s `processing` change, with `setting` spoiling the notify settings, waits in
+/// the outbox unsent; a run with them whole sends it.
+async fn waits_unsent_for_a_run(setting: (&'static str, &str), ext: &str) {
     let receiver = Receiver::start(0).await;
-    let d = deploy_notifying_with(&receiver, &[("notify_url", PROVIDER_FAILS)]).await;
-    let ext = "job-vault-notify";
+    let d = deploy_notifying_with(&receiver, &[setting]).await;
     let only_processing = Script {
         drop: vec!["succeed", "failed"],
         ..Script::default()
