@@ -1144,33 +1144,17 @@ pub(crate) mod tests {
                 r#"{{"task_id":"86","task_status":"succeed","updated_at":7,"task_info":{{"external_task_id":"job-1"}},"task_result":{{"videos":[{{"id":"867","url":"{url}"}}]}}}}"#
             ).into_bytes())
         };
-        let kv = MemoryKv::default();
-        submitted(&kv, Some("86"));
-        let verified = deliver_checked(
-            &kv,
-            &with_url("https://cdn.example/86.mp4?token=another"),
-            &lists(Some("86")),
-            true,
-        )
-        .unwrap();
-        assert_eq!(verified.verdict, Verdict::Apply(Slot::Final));
-        assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL), "Kling's URL");
-
-        let kv = MemoryKv::default();
-        submitted(&kv, Some("86"));
-        let forged = deliver_checked(
-            &kv,
-            &with_url("https://evil.example/fake.mp4"),
-            &lists(Some("86")),
-            true,
-        )
-        .unwrap();
-        assert_eq!(
-            forged.verdict,
-            Verdict::Apply(Slot::Final),
-            "Kling's record, not the body"
-        );
-        assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL));
+        // Another signed URL of the same video, or a forger's: Kling's is what is stored.
+        for url in [
+            "https://cdn.example/86.mp4?token=another",
+            "https://evil.example/fake.mp4",
+        ] {
+            let kv = MemoryKv::default();
+            submitted(&kv, Some("86"));
+            let verified = deliver_checked(&kv, &with_url(url), &lists(Some("86")), true).unwrap();
+            assert_eq!(verified.verdict, Verdict::Apply(Slot::Final), "{url}");
+            assert_eq!(stored_video(&kv).as_deref(), Some(VIDEO_URL), "{url}");
+        }
 
         // Kling's success without its results yet, whether the task is bound or not (a
         // success stored without its results would stay so).
