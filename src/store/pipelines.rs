@@ -48,9 +48,16 @@ impl<'a> PipelineStore<'a> {
     /// Deletes a pipeline: what it keeps beside its description first, the description
     /// (what makes it exist) last.
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
-        self.kv.delete(&pipeline_failure_key(id))?;
-        self.kv.delete(&pipeline_notified_key(id))?;
+        self.delete_marks(id)?;
         self.kv.delete(&pipeline_key(id))
+    }
+
+    /// The failure and notified mark only, of a pipeline whose description is gone: an
+    /// advance or a send that read the description just before it went may write one
+    /// after, and a later pipeline of the id must not inherit it.
+    pub fn delete_marks(&self, id: &str) -> Result<(), StoreError> {
+        self.kv.delete(&pipeline_failure_key(id))?;
+        self.kv.delete(&pipeline_notified_key(id))
     }
 
     /// The `webhook-id` of the pipeline's last notification a receiver took.

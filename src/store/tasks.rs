@@ -499,18 +499,18 @@ impl<'a> TaskStore<'a> {
     /// would otherwise show steps whose tasks are gone). A step past the last of the
     /// pipeline now stored under its id is an older pipeline's, left behind when the id
     /// was used again (a create checks only the steps it has): that pipeline is not its.
-    /// No description, nothing to delete: the delete takes it last, so its failure and
-    /// mark went before it, and a create of the id meanwhile keeps what it stores.
+    /// No description: only a failure or mark written after it went is deleted, so a
+    /// create of the id meanwhile keeps the description it stores.
     pub fn purge(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), StoreError> {
         if let Some(step) = &record.pipeline {
             let pipelines = PipelineStore::new(self.kv);
-            let another_s = match pipelines.spec(&step.pipeline_id) {
-                Ok(spec) => spec.is_none_or(|spec| step.step >= spec.steps.len()),
-                Err(StoreError::Corrupt(_)) => false,
+            match pipelines.spec(&step.pipeline_id) {
+                Ok(Some(spec)) if step.step >= spec.steps.len() => {}
+                Ok(None) => pipelines.delete_marks(&step.pipeline_id)?,
+                Ok(Some(_)) | Err(StoreError::Corrupt(_)) => {
+                    pipelines.delete(&step.pipeline_id)?;
+                }
                 Err(error) => return Err(error),
-            };
-            if !another_s {
-                pipelines.delete(&step.pipeline_id)?;
             }
         }
         self.delete_task(key, record.task_id.as_deref())
