@@ -226,7 +226,7 @@ pub fn receive(
     // A body that names no external id we can key by, of a task stored under its
     // external id (an older delivery without `task_info`, after one with it): that
     // task's, not a second task filed under the same Kling id. Read only when nothing is
-    // filed under the Kling id yet: the first such delivery.
+    // filed under the Kling id (so every such delivery of that task pays it).
     if callback.external_task_id.is_none()
         && head.is_none()
         && key == TaskKey::kling(&envelope.task_id)
@@ -533,15 +533,6 @@ fn checked_with_kling(
         {
             as_kling_reports(kling)
         }
-        // Only fetching, and Kling's record of the task does not show the success yet:
-        // that record is stored instead (binding the task, and tracking it again if it
-        // was given up), never a success without its results; the success comes with
-        // Kling's next delivery or the reconciler's poll.
-        // (Not over `lost`: a live state is stale there, and the success would be
-        // acknowledged and never stored.) Under `verify_callbacks` too for a task not
-        // bound yet: the callback is not stored, but Kling's own record binds the task
-        // (and tracks it again if it was given up), where a rejection would leave a task
-        // Kling has just shown it has given up for good.
         // Kling's success still without the results the callback brings: Kling is behind
         // its callback (bound or not, a success stored without its results would stay so).
         Some(kling)
@@ -552,6 +543,15 @@ fn checked_with_kling(
         {
             return Err(CallbackError::FinalNotConfirmed);
         }
+        // Only fetching, and Kling's record of the task does not show the success yet:
+        // that record is stored instead (binding the task, and tracking it again if it
+        // was given up), never a success without its results; the success comes with
+        // Kling's next delivery or the reconciler's poll.
+        // (Not over `lost`: a live state is stale there, and the success would be
+        // acknowledged and never stored.) Under `verify_callbacks` too for a task not
+        // bound yet: the callback is not stored, but Kling's own record binds the task
+        // (and tracks it again if it was given up), where a rejection would leave a task
+        // Kling has just shown it has given up for good.
         Some(kling)
             if (!verify || unbound)
                 && kling.task_id == callback.task_id
