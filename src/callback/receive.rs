@@ -165,6 +165,14 @@ pub fn receive(
     kling: &KlingCheck<'_>,
     now_ms: u64,
 ) -> Result<Received, CallbackError> {
+    // A malformed id in the URL is refused before anything is read, the secrets included:
+    // it is a 400 whatever the deployment's settings.
+    if callback
+        .external_task_id
+        .is_some_and(|id| !is_valid_external_task_id(id))
+    {
+        return Err(CallbackError::InvalidExternalTaskId);
+    }
     let store = TaskStore::new(kv);
     let early = known_repeat(callback, &store);
     if let Some(verdict) = early.repeat {
@@ -574,12 +582,8 @@ fn checked_with_kling(
 /// Standard Webhooks signature is the only proof, so it must be configured.
 fn authenticate_url(callback: &Callback<'_>, config: &CallbackConfig) -> Result<(), CallbackError> {
     match callback.external_task_id {
-        Some(id) => {
-            if !is_valid_external_task_id(id) {
-                return Err(CallbackError::InvalidExternalTaskId);
-            }
-            callback_url::verify(&config.callback_secret, id, callback.sig)?;
-        }
+        // Its format was checked first thing.
+        Some(id) => callback_url::verify(&config.callback_secret, id, callback.sig)?,
         None if config.webhook_secret.is_none() => {
             return Err(CallbackError::WebhookSigningNotConfigured);
         }
@@ -1520,6 +1524,27 @@ pub(crate) mod tests {
             CallbackError::Ledger(LedgerError::BoundToAnotherTask)
         );
         assert_eq!(kv.keys(), keys_before);
+    }
+
+    /// A malformed id in the URL is a 400 before the secrets are read or the store is
+    /// asked: a deployment without `callback_secret` still says what is wrong.
+    #[test]
+    fn a_malformed_url_id_is_refused_before_the_secrets_or_the_store() {
+        let kv = MemoryKv::default();
+        let body = body("succeed", 5);
+        let callback = Callback {
+            external_task_id: Some("job:1"),
+            sig: Some("c2lnbmF0dXJlLW9mLWEtc2hhcGUtd2UtdGFrZS1mb3ItYS1zaWc"),
+            content_type: None,
+            webhook: WebhookHeaders::default(),
+            body: &body,
+        };
+        let unset = || Err(ConfigError::Missing(crate::config::CALLBACK_SECRET));
+        assert_eq!(
+            receive(&callback, &unset, &kv, &no_kling(), NOW_MS).unwrap_err(),
+            CallbackError::InvalidExternalTaskId
+        );
+        assert_eq!(kv.round_trips.get(), 0, "nothing read");
     }
 
     #[test]
