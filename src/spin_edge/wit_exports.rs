@@ -168,9 +168,12 @@ bindings::export!(Exports with_types_in bindings);
 /// code: a refusal (1000 to 4999, known or not) is `kling`, with the code; its rate limits
 /// `rate-limited`; its own trouble (5000 and up, or a 5xx that carries no Kling code, as
 /// from a gateway) `unavailable`. Everything else follows the HTTP mapping
-/// (`ApiError::status_and_code`).
+/// (`ApiError::status_and_code`). Every message starts with the HTTP API's
+/// machine-readable code, `{code}: {message}`, so a caller branches on the same codes over
+/// both surfaces (`idempotency_conflict` and `store_corrupt` included, which share a
+/// variant with others).
 fn to_wit(error: ApiError) -> wit::Error {
-    let message = error.message();
+    let message = format!("{}: {}", error.status_and_code().1, error.message());
     if let ApiError::Callback(CallbackError::Payload(_)) = error {
         return wit::Error::InvalidPayload(message);
     }

@@ -302,7 +302,7 @@ async fn submit_behaves_like_the_http_route() {
     // Kling's maintenance is worth retrying, as over HTTP (503 `kling_maintenance`).
     let down = refused_submit(&d, "job-maintenance", 503, 5001).await;
     assert!(
-        matches!(&down, Err(Error::Unavailable(m)) if m.contains("5001")),
+        matches!(&down, Err(Error::Unavailable(m)) if m.starts_with("kling_maintenance: ") && m.contains("5001")),
         "{down:?}"
     );
     // A refusal this build has no name for is still a refusal, whatever its HTTP status;
@@ -405,7 +405,7 @@ async fn start_pipeline_chains_steps_like_the_http_route() {
     other[0].request_json = r#"{"prompt":"a cat"}"#.into();
     let refused = start_pipeline(&d.app, Some("wit-p"), &other).await;
     assert!(
-        matches!(&refused, Err(Error::InvalidRequest(m)) if m.contains("other steps")),
+        matches!(&refused, Err(Error::InvalidRequest(m)) if m.starts_with("idempotency_conflict: ") && m.contains("other steps")),
         "{refused:?}"
     );
     assert_eq!(d.standin.tasks().len(), 2);
