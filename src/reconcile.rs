@@ -1973,6 +1973,26 @@ mod tests {
             )
         }
 
+        /// A failure and a notified mark an earlier pipeline of the id left behind it
+        /// (written just after retention took its description) are not the new one's.
+        #[test]
+        fn a_new_pipeline_of_an_id_inherits_no_failure_or_mark_left_behind() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            kv.set(
+                "pipeline:p:failure",
+                br#"{"step":1,"code":"step_failed","message":"old"}"#,
+            )
+            .unwrap();
+            kv.set("pipeline:p:notified", b"old-webhook-id").unwrap();
+            let answer = created("p", 0);
+            let kling = Scripted::new(vec![Ok((200, answer.as_str()))]);
+            let made = create_p(&kv, &kling, &clock).unwrap();
+            assert!(made.created);
+            assert_eq!(made.view.error, None);
+            assert_eq!(kv.get("pipeline:p:failure").unwrap(), None);
+            assert_eq!(kv.get("pipeline:p:notified").unwrap(), None);
+        }
+
         /// What a concurrent create of pipeline `p` does once it has found no
         /// description: stores its own (generation `other`), indexes it, and records and
         /// binds its step 0 (Kling task `t-p-0`).

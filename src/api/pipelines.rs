@@ -86,6 +86,10 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     // is discounted unless Kling has it after all: its pending entries may outlive it,
     // and this create's own submit, refused in turn, may delete its give-up mark.
     let given_up = tasks.given_up_nonce(&TaskKey::external(&step_external_id(&spec.id, 0)))?;
+    // A failure or notified mark an earlier pipeline of this id left behind (an advance
+    // or a send that read its description just before retention deleted it) is not
+    // this pipeline's.
+    store.delete_marks(&spec.id)?;
     store.save_spec(&spec)?;
     if let Err(error) = store.index(&spec) {
         let discounted = [given_up.as_deref()];

@@ -52,9 +52,9 @@ impl<'a> PipelineStore<'a> {
         self.kv.delete(&pipeline_key(id))
     }
 
-    /// The failure and notified mark only, of a pipeline whose description is gone: an
-    /// advance or a send that read the description just before it went may write one
-    /// after, and a later pipeline of the id must not inherit it.
+    /// The failure and notified mark only: a create clears what an earlier pipeline of
+    /// the id may have left (an advance or a send that read the description just before
+    /// it went may write one after), so the new pipeline does not inherit it.
     pub fn delete_marks(&self, id: &str) -> Result<(), StoreError> {
         self.kv.delete(&pipeline_failure_key(id))?;
         self.kv.delete(&pipeline_notified_key(id))

@@ -575,23 +575,6 @@ mod tests {
         );
     }
 
-    /// A failure an advance wrote just after a purge took the description goes with the
-    /// next step retention deletes, so a later pipeline of the id does not inherit it.
-    #[test]
-    fn a_failure_left_after_its_pipeline_went_goes_with_a_later_step() {
-        let kv = MemoryKv::default();
-        task(
-            &kv,
-            "p-1",
-            DAY,
-            Some(TaskStatus::Failed),
-            Some(&step_of("p", 1)),
-        );
-        kv.set("pipeline:p:failure", br#"{"step":1}"#).unwrap();
-        assert_eq!(purge_expired(&kv, 3 * DAY, 3 * DAY, 10).unwrap().tasks, 1);
-        assert_eq!(kv.get("pipeline:p:failure").unwrap(), None);
-    }
-
     #[test]
     fn a_pipeline_the_reconciler_no_longer_tracks_does_not_hold_its_steps() {
         use crate::store::pipelines::PipelineStore;

@@ -499,14 +499,15 @@ impl<'a> TaskStore<'a> {
     /// would otherwise show steps whose tasks are gone). A step past the last of the
     /// pipeline now stored under its id is an older pipeline's, left behind when the id
     /// was used again (a create checks only the steps it has): that pipeline is not its.
-    /// No description: only a failure or mark written after it went is deleted, so a
-    /// create of the id meanwhile keeps the description it stores.
+    /// No description, nothing to delete: the delete takes it last, and a create of the
+    /// id meanwhile keeps what it stores (a failure or mark written after the description
+    /// went is cleared by the next create of the id).
     pub fn purge(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), StoreError> {
         if let Some(step) = &record.pipeline {
             let pipelines = PipelineStore::new(self.kv);
             match pipelines.spec(&step.pipeline_id) {
                 Ok(Some(spec)) if step.step >= spec.steps.len() => {}
-                Ok(None) => pipelines.delete_marks(&step.pipeline_id)?,
+                Ok(None) => {}
                 Ok(Some(_)) | Err(StoreError::Corrupt(_)) => {
                     pipelines.delete(&step.pipeline_id)?;
                 }
