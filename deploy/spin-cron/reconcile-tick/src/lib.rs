@@ -4,9 +4,9 @@ use spin_cron_sdk::{Error, Metadata, cron_component};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::variables;
 
-// A plain fn that drives spin-sdk's own executor for the send: spin-cron-sdk runs its
-// handler on an executor of its own version, which would not see spin-sdk's pending
-// outbound request.
+// A plain fn that drives the send with spin-sdk's own `run`: spin-cron-sdk's macro runs
+// the handler inside an executor of its own, and which spin-executor version that is
+// depends on the spin-cron-sdk revision; driving the send here works with any of them.
 #[cron_component]
 fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
     let url = variables::get("reconcile_url").map_err(|e| Error::Other(e.to_string()))?;
