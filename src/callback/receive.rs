@@ -329,7 +329,8 @@ struct BeforeTheSecret {
 
 /// The repeat shortcut (see the module's doc). Only a plain delivery on the `sig` route
 /// (a well-formed `sig`, no Standard Webhooks headers to check, a JSON envelope naming no
-/// other external id) is worth the early read of its head.
+/// other external id) is worth the early read of its head. The id's format was checked
+/// first thing in [`receive`].
 fn known_repeat(callback: &Callback<'_>, store: &TaskStore<'_>) -> BeforeTheSecret {
     let (Some(id), Some(sig), Body::Bytes(body)) =
         (callback.external_task_id, callback.sig, callback.body)
@@ -338,7 +339,6 @@ fn known_repeat(callback: &Callback<'_>, store: &TaskStore<'_>) -> BeforeTheSecr
     };
     if callback.webhook.any_present()
         || !callback_url::is_well_formed(sig)
-        || !is_valid_external_task_id(id)
         || !is_json(callback.content_type)
     {
         return BeforeTheSecret::default();

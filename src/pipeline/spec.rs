@@ -52,6 +52,15 @@ pub struct PipelineSpec {
     pub steps_digest: Option<String>,
 }
 
+impl PipelineSpec {
+    /// Whether step `step` is one of this pipeline's. A step task past its last is an
+    /// older pipeline's of the same id, left behind when the id was used again (a create
+    /// checks only the steps it has for leftovers).
+    pub fn has_step(&self, step: usize) -> bool {
+        step < self.steps.len()
+    }
+}
+
 #[cfg(test)]
 impl PipelineSpec {
     /// Pipeline `id` of `steps` text2video steps, generation `g`, created at 1: for tests.

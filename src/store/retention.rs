@@ -204,9 +204,7 @@ fn runs_a_live_pipeline(
         Ok(None) | Err(StoreError::Corrupt(_)) => return Ok(false),
         Err(error) => return Err(error),
     };
-    // A step past its last is an older pipeline's of the same id: not this one's.
-    if step.step >= spec.steps.len() || now_ms >= spec.created_at.saturating_add(PIPELINE_WATCH_MS)
-    {
+    if !spec.has_step(step.step) || now_ms >= spec.created_at.saturating_add(PIPELINE_WATCH_MS) {
         return Ok(false);
     }
     let entry = pipeline_entry(&spec.id, &spec.generation);

@@ -497,16 +497,16 @@ impl<'a> TaskStore<'a> {
 
     /// Deletes a task and, when it ran a pipeline step, the pipeline with it (its view
     /// would otherwise show steps whose tasks are gone). A step past the last of the
-    /// pipeline now stored under its id is an older pipeline's, left behind when the id
-    /// was used again (a create checks only the steps it has): that pipeline is not its.
-    /// No description, nothing to delete: the delete takes it last, and a create of the
+    /// pipeline now stored under its id is an older pipeline's
+    /// ([`PipelineSpec::has_step`](crate::pipeline::spec::PipelineSpec::has_step)): that
+    /// pipeline is not its. No description, nothing to delete: the delete takes it last, and a create of the
     /// id meanwhile keeps what it stores (a failure or mark written after the description
     /// went is cleared by the next create of the id).
     pub fn purge(&self, key: &TaskKey, record: &TaskRecord) -> Result<(), StoreError> {
         if let Some(step) = &record.pipeline {
             let pipelines = PipelineStore::new(self.kv);
             match pipelines.spec(&step.pipeline_id) {
-                Ok(Some(spec)) if step.step >= spec.steps.len() => {}
+                Ok(Some(spec)) if !spec.has_step(step.step) => {}
                 Ok(None) => {}
                 Ok(Some(_)) | Err(StoreError::Corrupt(_)) => {
                     pipelines.delete(&step.pipeline_id)?;
