@@ -1094,15 +1094,20 @@ mod tests {
         assert!(kv.keys().is_empty(), "{:?}", kv.keys());
     }
 
-    #[test]
-    fn a_dead_receiver_is_tried_three_times_a_request_and_nothing_is_dropped() {
-        let fixture = Fixture::new(10_000, vec![500; 10]);
-        let notifier = fixture.notifier();
-        for n in 0..5 {
+    /// Delivers the notifications of `count` tasks, `job-0`, `job-1`, ...
+    fn deliver_tasks(notifier: &Notifier<'_>, count: usize) {
+        for n in 0..count {
             let mut record = record();
             record.external_task_id = Some(format!("job-{n}"));
             notifier.deliver(note(&record, 10_000)).unwrap();
         }
+    }
+
+    #[test]
+    fn a_dead_receiver_is_tried_three_times_a_request_and_nothing_is_dropped() {
+        let fixture = Fixture::new(10_000, vec![500; 10]);
+        let notifier = fixture.notifier();
+        deliver_tasks(&notifier, 5);
         assert_eq!(
             fixture.receiver.got.borrow().len(),
             MAX_FAILURES_IN_A_ROW,
@@ -1130,12 +1135,7 @@ mod tests {
     #[test]
     fn a_run_over_a_large_outbox_reads_only_what_it_tries() {
         let fixture = Fixture::new(10_000, vec![500; 300]);
-        let notifier = fixture.notifier();
-        for n in 0..200 {
-            let mut record = record();
-            record.external_task_id = Some(format!("job-{n}"));
-            notifier.deliver(note(&record, 10_000)).unwrap();
-        }
+        deliver_tasks(&fixture.notifier(), 200);
         fixture.clock.0.set(fixture.clock.now_ms() + 1_000);
         fixture.kv.round_trips.set(0);
         let report = fixture.notifier().retry_due(u64::MAX).unwrap();
