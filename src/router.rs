@@ -33,6 +33,8 @@ impl KlingCall {
                 Rule::Text("text", 1000),
                 Rule::Required("voice_id"),
                 Rule::StringValued("voice_id"),
+                Rule::Required("voice_language"),
+                Rule::StringValued("voice_language"),
             ],
         }
     }

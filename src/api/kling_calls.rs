@@ -75,6 +75,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, SubmitError::InvalidRequest(_)), "{err:?}");
+        let err = pass_through(
+            KlingCall::Tts,
+            br#"{"text":"hi","voice_id":"v"}"#,
+            &config(),
+            &transport,
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, SubmitError::InvalidRequest(ref e) if e.field == "voice_language"),
+            "{err:?}"
+        );
         assert!(transport.sent.borrow().is_empty());
         let err = pass_through(
             KlingCall::Tts,

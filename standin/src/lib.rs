@@ -799,6 +799,13 @@ fn tts(request: &Value) -> Response<Full<Bytes>> {
     if request.get("voice_id").and_then(Value::as_str) == Some("unknown-voice") {
         return error(400, 1201, "voice_id is invalid");
     }
+    if request
+        .get("voice_language")
+        .and_then(Value::as_str)
+        .is_none()
+    {
+        return error(400, 1201, "voice_language is required");
+    }
     match request.get("text").and_then(Value::as_str) {
         Some(text) if text.chars().count() <= 1000 => envelope(
             200,

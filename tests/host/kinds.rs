@@ -418,7 +418,7 @@ async fn identify_face_and_tts_pass_through_and_store_nothing() {
         .app
         .send(call(
             "/kling/tts",
-            json!({"text": "x".repeat(1001), "voice_id": "v1"}),
+            json!({"text": "x".repeat(1001), "voice_id": "v1", "voice_language": "en"}),
         ))
         .await
         .expect_json(400);
@@ -438,12 +438,25 @@ async fn identify_face_and_tts_pass_through_and_store_nothing() {
         .await
         .expect_json(400);
     assert_eq!(both["error"]["field"], "video_id");
+    // kling-api.md: tts takes `voice_language` as well as `voice_id`.
+    let no_language = d
+        .app
+        .send(call("/kling/tts", json!({"text": "hi", "voice_id": "v1"})))
+        .await
+        .expect_json(400);
+    assert_eq!(
+        (
+            no_language["error"]["code"].as_str(),
+            no_language["error"]["field"].as_str()
+        ),
+        (Some("invalid_request"), Some("voice_language"))
+    );
     assert_eq!(d.standin.received().len(), 2);
     let refused = d
         .app
         .send(call(
             "/kling/tts",
-            json!({"text": "hi", "voice_id": "unknown-voice"}),
+            json!({"text": "hi", "voice_id": "unknown-voice", "voice_language": "en"}),
         ))
         .await
         .expect_json(400);
@@ -455,7 +468,9 @@ async fn identify_face_and_tts_pass_through_and_store_nothing() {
         .app
         .send(
             request("POST", "/kling/tts")
-                .body(bytes::Bytes::from(r#"{"text":"hi","voice_id":"v1"}"#))
+                .body(bytes::Bytes::from(
+                    r#"{"text":"hi","voice_id":"v1","voice_language":"en"}"#,
+                ))
                 .unwrap(),
         )
         .await;
