@@ -144,6 +144,14 @@ pub fn submit(
         store.forget_submission(&submission, None)?;
         return Err(error.into());
     }
+    // Listed now under this submission: the given-up one's entry would list the id twice
+    // (a failure to remove it costs a repeated entry in `GET /tasks`, nothing more).
+    if let Some(previous) = &replacing
+        && previous.nonce != nonce
+        && let Err(error) = store.unlist_replaced(&submission, previous)
+    {
+        eprintln!("could not remove a replaced submission's listing entry: {error}");
+    }
     // Validation let `options` (API 2.0) be only an object or `null`: both paths can be set.
     set_path(&mut body, external_field, external_task_id.clone().into());
     set_path(
@@ -424,10 +432,38 @@ mod tests {
                 "attempt {attempt}"
             );
         }
-        // Then Kling takes it: a task like any other.
+        // Then Kling takes it: a task like any other, listed once, at this submission.
         let kling = Scripted::new(vec![Ok((200, CREATED))]);
-        let made = run(&kv, &kling, r#"{"prompt":"p"}"#, Some("job-1")).unwrap();
+        let request = SubmitRequest {
+            kind: TaskKind::from_name("text2video").unwrap(),
+            body: br#"{"prompt":"p"}"#,
+            idempotency_key: Some("job-1"),
+            pipeline: None,
+        };
+        let clock = ManualClock(std::cell::Cell::new(2_000_000));
+        let made = submit(&request, &submit_config(), &kv, &kling, &clock, &|| {
+            "n-last".to_string()
+        })
+        .unwrap();
         assert_eq!(made.record.task_id.as_deref(), Some("86"));
+        let listed: Vec<String> = kv
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("listed/"))
+            .collect();
+        assert_eq!(listed, ["listed/0000002000000/job-1"]);
+        // Page by page, as `GET /tasks?limit=1` and its cursors serve it.
+        let store = TaskStore::new(&kv);
+        let (mut served, mut cursor) = (0, None);
+        loop {
+            let page = store.list(None, 1, cursor.as_ref()).unwrap();
+            served += page.tasks.len();
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(served, 1);
     }
 
     #[test]

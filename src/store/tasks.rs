@@ -792,10 +792,7 @@ impl<'a> TaskStore<'a> {
             Forget::Bound => return Ok(()),
             Forget::Forgotten => {
                 if let Some(previous) = replacing.filter(|p| p.nonce != submission.nonce) {
-                    let listed = listed_entry(key, previous.submitted_at);
-                    if listed != listed_entry(key, submission.now_ms) {
-                        Index::listed(self.kv).remove(&listed)?;
-                    }
+                    self.unlist_replaced(submission, previous)?;
                     self.kv.delete(&key.forgotten(&previous.nonce))?;
                 }
             }
@@ -804,6 +801,22 @@ impl<'a> TaskStore<'a> {
             }
         }
         Index::pending(self.kv).remove(&submission.pending_entry())
+    }
+
+    /// Removes the listing entry of `previous`, a given-up submission whose head
+    /// `submission`'s was written over, so that the id is listed once, at its newest
+    /// submission. Should Kling bind `previous` after all, its binding lists it again
+    /// ([`Self::track_binding`]).
+    pub fn unlist_replaced(
+        &self,
+        submission: &NewSubmission<'_>,
+        previous: &Submission,
+    ) -> Result<(), StoreError> {
+        let listed = listed_entry(submission.key, previous.submitted_at);
+        if listed == listed_entry(submission.key, submission.now_ms) {
+            return Ok(());
+        }
+        Index::listed(self.kv).remove(&listed)
     }
 
     /// A task by its key, whatever is stored of it (head, slots, or both).
