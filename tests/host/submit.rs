@@ -137,6 +137,11 @@ async fn an_ambiguous_create_is_looked_up_and_never_repeated() {
         let at_kling = d.standin.tasks_with_external_id(ext);
         assert_eq!(at_kling.len(), 1, "{ext}: exactly one task at Kling");
         assert_eq!(
+            d.creates_of(ext),
+            1,
+            "{ext}: created once, never posted again"
+        );
+        assert_eq!(
             record["task_id"],
             at_kling[0].task_id.as_str(),
             "{ext}: bound by the lookup"
@@ -578,7 +583,7 @@ async fn an_idempotency_key_reused_with_another_body_is_422_and_changes_nothing(
     let again = d.app.send(fox()).await.expect_json(200);
     assert_eq!(again["task_id"], first["task_id"]);
     let before = d.app.kv.snapshot();
-    let creates = d.standin.tasks().len();
+    assert_eq!(d.creates_of("fox-1"), 1);
     d.app
         .send(submit_request(
             "text2video",
@@ -588,7 +593,7 @@ async fn an_idempotency_key_reused_with_another_body_is_422_and_changes_nothing(
         .await
         .expect_error(422, "idempotency_conflict", "another request body");
     assert_eq!(d.app.kv.snapshot(), before, "nothing stored");
-    assert_eq!(d.standin.tasks().len(), creates, "Kling not called");
+    assert_eq!(d.creates_of("fox-1"), 1, "Kling not called");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

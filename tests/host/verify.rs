@@ -171,7 +171,10 @@ async fn verified_deployments_still_complete_normally() {
         .as_str()
         .unwrap()
         .to_string();
+    let task_id = reply.json()["task_id"].as_str().unwrap().to_string();
     d.wait_for(&ext, "succeed").await;
+    // The final was stored because Kling confirmed it: asked once, by its task_id.
+    assert_eq!(d.queries_about(&task_id), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

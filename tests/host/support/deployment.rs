@@ -162,6 +162,17 @@ impl Deployment {
         (record, gate)
     }
 
+    /// How many creates naming `external_task_id` Kling has received, refused ones
+    /// included (the stand-in refuses an id it has, so its task count cannot show a
+    /// repeated create): the legacy family's top-level `external_task_id` only.
+    pub fn creates_of(&self, external_task_id: &str) -> usize {
+        self.standin
+            .received()
+            .iter()
+            .filter(|r| r.method == "POST" && r.body["external_task_id"] == external_task_id)
+            .count()
+    }
+
     /// How many queries about `task_id` Kling has received (answered or held): the
     /// legacy family's `GET /v1/.../{task_id}` only.
     pub fn queries_about(&self, task_id: &str) -> usize {
