@@ -17,7 +17,7 @@ use super::host_apis::{SpinKeyValue, SpinVariables};
 use super::outbound::SpinOutbound;
 use super::{HostClock, new_id};
 use crate::api::pipelines::{self, NewPipeline, PipelineError, Submitter};
-use crate::api::submit::{SubmitRequest, submit};
+use crate::api::submit::{SubmitError, SubmitRequest, submit};
 use crate::api::tasks;
 use crate::callback::parse::parse_callback;
 use crate::callback::receive::CallbackError;
@@ -164,16 +164,18 @@ fn pipeline_to_wit(view: PipelineView) -> wit::Pipeline {
 
 bindings::export!(Exports with_types_in bindings);
 
-/// The one mapping from the core's errors to the WIT variant. Kling's answers go by its
-/// code: a refusal (1000 to 4999, known or not) is `kling`, with the code; its rate limits
-/// `rate-limited`; its own trouble (5000 and up, or a 5xx that carries no Kling code, as
-/// from a gateway) `unavailable`. Everything else follows the HTTP mapping
-/// (`ApiError::status_and_code`). Every message starts with the HTTP API's
-/// machine-readable code, `{code}: {message}`, so a caller branches on the same codes over
-/// both surfaces (`idempotency_conflict` and `store_corrupt` included, which share a
-/// variant with others).
+/// The one mapping from the core's errors to the WIT variant, and it follows the HTTP
+/// mapping (`ApiError::status_and_code`): Kling's rate limits are `rate-limited`; what
+/// HTTP answers as Kling's own trouble (`kling_unavailable`, `kling_maintenance`: a 5xxx
+/// code, a code this build does not know, a 5xx from a gateway) is `unavailable`, worth
+/// retrying, as a pipeline's step retries it; any other Kling answer is `kling`, with
+/// Kling's code. Every message starts with the HTTP API's machine-readable code,
+/// `{code}: {message}`, so a caller branches on the same codes over both surfaces
+/// (`idempotency_conflict` and `store_corrupt` included, which share a variant with
+/// others).
 fn to_wit(error: ApiError) -> wit::Error {
-    let message = format!("{}: {}", error.status_and_code().1, error.message());
+    let code = error.status_and_code().1;
+    let message = format!("{code}: {}", wit_message(&error));
     if let ApiError::Callback(CallbackError::Payload(_)) = error {
         return wit::Error::InvalidPayload(message);
     }
@@ -183,12 +185,9 @@ fn to_wit(error: ApiError) -> wit::Error {
             message: e.message.clone(),
             request_id: e.request_id.clone(),
         };
-        return match (error.retry_after_secs(), error.status_and_code().1) {
+        return match (error.retry_after_secs(), code) {
             (Some(secs), _) => wit::Error::RateLimited((kling, secs)),
-            (None, _) if e.code >= 5000 => wit::Error::Unavailable(message),
-            (None, _) if !(1000..5000).contains(&e.code) && e.http_status >= 500 => {
-                wit::Error::Unavailable(message)
-            }
+            (None, "kling_unavailable" | "kling_maintenance") => wit::Error::Unavailable(message),
             (None, _) => wit::Error::Kling(kling),
         };
     }
@@ -201,6 +200,17 @@ fn to_wit(error: ApiError) -> wit::Error {
         ) => wit::Error::Config(message),
         (400 | 404 | 413 | 422, _) => wit::Error::InvalidRequest(message),
         _ => wit::Error::Unavailable(message),
+    }
+}
+
+/// The error's message, naming the WIT argument where HTTP's names a header.
+fn wit_message(error: &ApiError) -> String {
+    match error {
+        ApiError::Submit(SubmitError::InvalidIdempotencyKey) => "`external-task-id` must be 1 to 64 characters of A-Z a-z 0-9 _ -, and not a kind's name or `reconcile`".into(),
+        ApiError::Submit(SubmitError::IdempotencyKeyMismatch) => {
+            "`external-task-id` and the request's `external_task_id` differ".into()
+        }
+        _ => error.message(),
     }
 }
 

@@ -98,7 +98,17 @@ async fn parse_reads_every_shape_without_touching_the_store() {
     assert_eq!(event.billing_json.as_deref(), Some(r#"[{"amount":1}]"#));
 
     let bad = tasks.call_parse(&mut store, b"{not json").await.unwrap();
-    assert!(matches!(bad, Err(Error::InvalidPayload(_))), "{bad:?}");
+    assert!(
+        matches!(&bad, Err(Error::InvalidPayload(m)) if m.starts_with("invalid_json: ")),
+        "{bad:?}"
+    );
+    // A status this build does not know: the code tells the caller to acknowledge it.
+    let unknown = br#"{"task_id":"9","task_status":"queued"}"#;
+    let unknown = tasks.call_parse(&mut store, unknown).await.unwrap();
+    assert!(
+        matches!(&unknown, Err(Error::InvalidPayload(m)) if m.starts_with("unknown_status: ")),
+        "{unknown:?}"
+    );
     assert_eq!(app.kv.log_len(), 0, "parse is pure");
 }
 
@@ -274,10 +284,37 @@ async fn submit_behaves_like_the_http_route() {
     // is refused before anything is stored.
     let unknown = submit(&d, "text2hologram", r#"{"prompt":"p"}"#, Some("job-holo")).await;
     assert!(
-        matches!(&unknown, Err(Error::InvalidRequest(m)) if m.contains("text2hologram")),
+        matches!(&unknown, Err(Error::InvalidRequest(m)) if m.starts_with("invalid_kind: ") && m.contains("text2hologram")),
         "{unknown:?}"
     );
     assert!(d.app.kv.json("task:job-holo").is_none());
+    // The external id's errors name the argument, not HTTP's `Idempotency-Key`.
+    let before = d.app.kv.snapshot();
+    let body = valid_body("text2video").to_string();
+    let reserved = submit(&d, "text2video", &body, Some("reconcile")).await;
+    assert!(
+        matches!(&reserved, Err(Error::InvalidRequest(m)) if m.starts_with("invalid_idempotency_key: `external-task-id`")),
+        "{reserved:?}"
+    );
+    let mut named = valid_body("text2video");
+    named["external_task_id"] = "job-a".into();
+    let differing = submit(&d, "text2video", &named.to_string(), Some("job-b")).await;
+    assert!(
+        matches!(&differing, Err(Error::InvalidRequest(m)) if m.starts_with("idempotency_key_mismatch: `external-task-id`")),
+        "{differing:?}"
+    );
+    // A deployment setting: API 2.0 kinds need kling_api_key, which this one lacks.
+    let newer = "text-to-video/kling-3.0-turbo";
+    let unset = submit(&d, newer, &valid_body(newer).to_string(), Some("job-2")).await;
+    assert!(
+        matches!(&unset, Err(Error::Config(m)) if m.starts_with("kling_api_key_required: ")),
+        "{unset:?}"
+    );
+    assert_eq!(
+        d.app.kv.snapshot(),
+        before,
+        "refused before anything is stored"
+    );
     let (mut store, video) = instance(&d.app).await;
     let kinds = video
         .kling_video_tasks()
@@ -305,8 +342,8 @@ async fn submit_behaves_like_the_http_route() {
         matches!(&down, Err(Error::Unavailable(m)) if m.starts_with("kling_maintenance: ") && m.contains("5001")),
         "{down:?}"
     );
-    // A refusal this build has no name for is still a refusal, whatever its HTTP status;
-    // Kling's own trouble is not, whatever its HTTP status.
+    // Kling's own trouble is worth retrying, whatever its HTTP status; so is a code this
+    // build has no name for, as over HTTP (502 `kling_unavailable`) and in a pipeline.
     let odd = refused_submit(&d, "job-odd-status", 400, 5000).await;
     assert!(matches!(&odd, Err(Error::Unavailable(_))), "{odd:?}");
     // A gateway's 502 in JSON with no Kling code is Kling being unreachable.
@@ -315,11 +352,13 @@ async fn submit_behaves_like_the_http_route() {
         matches!(&gateway, Err(Error::Unavailable(_))),
         "{gateway:?}"
     );
-    let unknown = refused_submit(&d, "job-unknown-code", 502, 1206).await;
-    assert!(
-        matches!(&unknown, Err(Error::Kling(k)) if k.code == 1206),
-        "{unknown:?}"
-    );
+    for http in [400, 502] {
+        let unknown = refused_submit(&d, &format!("job-unknown-code-{http}"), http, 1206).await;
+        assert!(
+            matches!(&unknown, Err(Error::Unavailable(m)) if m.starts_with("kling_unavailable: ") && m.contains("1206")),
+            "{unknown:?}"
+        );
+    }
 }
 
 /// Submits under `ext` after scripting the stand-in to refuse it with `http` and `code`.
