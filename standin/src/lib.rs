@@ -12,7 +12,9 @@
 //!   Envelopes are `{code,message,request_id,data}`.
 //! - Auth: `Authorization: Bearer <JWT>` verified exactly (HS256 signature, `iss`, `nbf`,
 //!   `exp`: codes 1001 to 1004), or the configured API key.
-//! - Long numeric string task ids; `external_task_id` unique per account.
+//! - Long numeric string task ids; `external_task_id` unique per account; a create body
+//!   without what kling-api.md says a path requires is refused `1201` ([`requests`], read
+//!   from kling-api.md on its own, not from the catalog).
 //! - After a create, calls back the callback URL with the family's body: `submitted`,
 //!   `processing`, then `succeed` (API 2.0: `succeeded`) with the kind's outputs (or
 //!   `failed`). The synchronous `identify-face` and `tts` answer at once.
@@ -41,6 +43,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use kling_webhook::kling::catalog::{CATALOG, Family, KindSpec, Output, Query};
+
+pub mod requests;
 
 /// The kind whose create endpoint is `path`.
 fn kind_at(path: &str) -> Option<&'static KindSpec> {
@@ -406,6 +410,9 @@ impl StandIn {
             .unwrap_or_default();
         if let CreateBehaviour::Refuse { http, code } = script.create {
             return error(http, code, "refused as scripted");
+        }
+        if let Some(field) = requests::refused_field(kind.create_path, &request) {
+            return error(400, 1201, &format!("{field} is invalid"));
         }
         let task = {
             let mut state = self.state();
