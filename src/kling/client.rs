@@ -33,12 +33,25 @@ pub enum KlingError {
     /// Kling accepted a create (code 0) but its answer names no task.
     #[error("Kling accepted the create but its answer has no task_id")]
     MissingTaskId,
+    /// Looked up by our id where Kling takes only its own: the task was not among the
+    /// newest this many of Kling's list, which went on, so whether it exists is unknown.
+    #[error(
+        "Kling's list of this kind did not show the task among its newest {0}: whether Kling has it cannot be told yet"
+    )]
+    NotListed(usize),
     /// API 2.0 takes an API key only; a JWT from access/secret keys is refused.
     #[error(
         "this kind is in Kling's API 2.0, which takes an API key only: set kling_api_key (only kling_access_key and kling_secret_key are configured)"
     )]
     ApiKeyRequired,
 }
+
+/// A page of Kling's list (`pageSize` goes up to 500), and how many pages a lookup by our
+/// id reads where Kling takes only its own id (advanced-lip-sync, ai-multi-shot). A
+/// create with no clear answer is looked up at once, and a stale task within minutes,
+/// so it is among the newest.
+const LIST_PAGE_SIZE: usize = 500;
+const MAX_LIST_PAGES: usize = 4;
 
 /// Kling's "internal timeout" on a create: the task may exist anyway.
 pub const CODE_TIMEOUT: i64 = 5002;
@@ -54,7 +67,10 @@ impl KlingError {
             KlingError::InvalidResponse(status) => *status >= 500,
             // Kling said yes: the task exists, its id is what is missing.
             KlingError::MissingTaskId => true,
-            KlingError::UnknownStatus | KlingError::ApiKeyRequired => false,
+            // Not a create's answer.
+            KlingError::UnknownStatus | KlingError::ApiKeyRequired | KlingError::NotListed(_) => {
+                false
+            }
         }
     }
 
@@ -166,22 +182,62 @@ impl<'a> KlingClient<'a> {
     /// build does not know (enough to bind a task, not to judge it).
     pub fn find(&self, kind: TaskKind, id: TaskRef<'_>) -> Result<Option<Found>, KlingError> {
         let path = kind.path();
+        self.check_auth(kind)?;
         // Ids go into the URL as they are: ours are `[A-Za-z0-9_-]`, Kling's were checked
         // as `[A-Za-z0-9._-]` when they were stored.
         // `filtered`: Kling answered only tasks under the id asked about.
         let (url, listed, filtered) = match (kind.spec().query, id) {
             (Query::ById, TaskRef::Kling(id) | TaskRef::External(id))
             | (Query::ByTaskIdOnly, TaskRef::Kling(id)) => (format!("{path}/{id}"), false, true),
-            // Kling cannot look these up by our id: find it in the newest 500 of its list.
+            // Kling cannot look these up by our id: find it in its list, page by page.
             (Query::ByTaskIdOnly, TaskRef::External(_)) => {
-                (format!("{path}?pageNum=1&pageSize=500"), true, false)
+                return match self.find_in_list(path, id)? {
+                    Some(task) => found(&task).map(Some),
+                    None => Ok(None),
+                };
             }
             (Query::Tasks, TaskRef::Kling(id)) => (format!("/tasks?task_ids={id}"), true, true),
             (Query::Tasks, TaskRef::External(id)) => {
                 (format!("/tasks?external_task_ids={id}"), true, true)
             }
         };
-        self.check_auth(kind)?;
+        let Some(tasks) = self.tasks_at(url, listed)? else {
+            return Ok(None);
+        };
+        let task = tasks
+            .into_iter()
+            // `GET {path}/{id}` takes a task_id as well as an external id: asked by our
+            // id, an answer naming another external id is another task, never ours.
+            .find(|task| {
+                (!listed && matches!(id, TaskRef::Kling(_))) || is_named(task, id, filtered)
+            });
+        task.as_ref().map(found).transpose()
+    }
+
+    /// The task named `id` in Kling's list of `path` (`pageNum` 1, 2, ... of
+    /// [`LIST_PAGE_SIZE`]): `None` once a page that is not full ends the list without
+    /// it. A list that goes on past [`MAX_LIST_PAGES`] without it cannot say the task
+    /// does not exist: an error, so that no run gives it up as `lost` over that.
+    fn find_in_list(&self, path: &str, id: TaskRef<'_>) -> Result<Option<Value>, KlingError> {
+        for page in 1..=MAX_LIST_PAGES {
+            let url = format!("{path}?pageNum={page}&pageSize={LIST_PAGE_SIZE}");
+            let Some(tasks) = self.tasks_at(url, true)? else {
+                return Ok(None);
+            };
+            let full = tasks.len() >= LIST_PAGE_SIZE;
+            if let Some(task) = tasks.into_iter().find(|task| is_named(task, id, false)) {
+                return Ok(Some(task));
+            }
+            if !full {
+                return Ok(None);
+            }
+        }
+        Err(KlingError::NotListed(MAX_LIST_PAGES * LIST_PAGE_SIZE))
+    }
+
+    /// The tasks of Kling's answer to `GET url`: the one task of a query, or a list's
+    /// (`listed`); `None` for Kling's "no such task".
+    fn tasks_at(&self, url: String, listed: bool) -> Result<Option<Vec<Value>>, KlingError> {
         let data = match self.call("GET", url, Vec::new()) {
             Ok(Some(data)) => data,
             Ok(None) => return Err(KlingError::InvalidResponse(200)),
@@ -195,40 +251,14 @@ impl<'a> KlingClient<'a> {
         };
         // A list answers `data: [...]` (or, API 2.0, `data: {"result": [...]}`): the task
         // is the one with the id asked about, never merely the first.
-        let tasks = match data {
-            Value::Object(task) if !listed => vec![Value::Object(task)],
+        match data {
+            Value::Object(task) if !listed => Ok(Some(vec![Value::Object(task)])),
             Value::Object(mut page) => match page.remove("result") {
-                Some(Value::Array(tasks)) => tasks,
-                _ => return Err(KlingError::InvalidResponse(200)),
+                Some(Value::Array(tasks)) => Ok(Some(tasks)),
+                _ => Err(KlingError::InvalidResponse(200)),
             },
-            Value::Array(tasks) if listed => tasks,
-            _ => return Err(KlingError::InvalidResponse(200)),
-        };
-        let Some(task) = tasks
-            .into_iter()
-            // `GET {path}/{id}` takes a task_id as well as an external id: asked by our
-            // id, an answer naming another external id is another task, never ours.
-            .find(|task| {
-                (!listed && matches!(id, TaskRef::Kling(_))) || is_named(task, id, filtered)
-            })
-        else {
-            return Ok(None);
-        };
-        match parse_callback(task.to_string().as_bytes()) {
-            Ok(event) => Ok(Some(Found {
-                task_id: event.task_id.clone(),
-                external_task_id: event.external_task_id.clone(),
-                event: Some(event),
-            })),
-            Err(PayloadError::UnknownStatus) => {
-                let task_id = kling_id(&task).ok_or(KlingError::InvalidResponse(200))?;
-                Ok(Some(Found {
-                    task_id,
-                    external_task_id: external_id(&task),
-                    event: None,
-                }))
-            }
-            Err(_) => Err(KlingError::InvalidResponse(200)),
+            Value::Array(tasks) if listed => Ok(Some(tasks)),
+            _ => Err(KlingError::InvalidResponse(200)),
         }
     }
 
@@ -313,6 +343,23 @@ fn kling_id(task: &Value) -> Option<String> {
 /// Whether a task of a list answer is the one `id` names. In an answer Kling filtered by
 /// our id, a task that does not repeat it counts (the contract names `external_id` in
 /// creates and callbacks, not in every query answer); one naming another never does.
+/// The task Kling reported, read as a callback body is.
+fn found(task: &Value) -> Result<Found, KlingError> {
+    match parse_callback(task.to_string().as_bytes()) {
+        Ok(event) => Ok(Found {
+            task_id: event.task_id.clone(),
+            external_task_id: event.external_task_id.clone(),
+            event: Some(event),
+        }),
+        Err(PayloadError::UnknownStatus) => Ok(Found {
+            task_id: kling_id(task).ok_or(KlingError::InvalidResponse(200))?,
+            external_task_id: external_id(task),
+            event: None,
+        }),
+        Err(_) => Err(KlingError::InvalidResponse(200)),
+    }
+}
+
 fn is_named(task: &Value, id: TaskRef<'_>, filtered: bool) -> bool {
     match id {
         TaskRef::Kling(id) => kling_id(task).as_deref() == Some(id),
@@ -597,6 +644,51 @@ pub(crate) mod tests {
             transport.sent.borrow()[0].url,
             "http://kling.test/v1/videos/advanced-lip-sync?pageNum=1&pageSize=500"
         );
+    }
+
+    /// Past a full page the list goes on: the next page is read, up to
+    /// [`MAX_LIST_PAGES`], and a list still going on after them says nothing about the
+    /// task (an error, never "Kling does not have it").
+    #[test]
+    fn a_lookup_in_kling_s_list_reads_on_while_pages_are_full() {
+        let page = |first: usize, count: usize, mine: bool| {
+            let mut tasks: Vec<String> = (first..first + count)
+                .map(|n| {
+                    format!(
+                        r#"{{"task_id":"{n}","task_status":"succeed","task_info":{{"external_task_id":"other-{n}"}}}}"#
+                    )
+                })
+                .collect();
+            if mine {
+                tasks.push(
+                    r#"{"task_id":"7","task_status":"processing","task_info":{"external_task_id":"mine"}}"#.into(),
+                );
+            }
+            format!(r#"{{"code":0,"data":[{}]}}"#, tasks.join(","))
+        };
+        let kind = TaskKind::from_name("ai-multi-shot").unwrap();
+        let config = config();
+        let full = || page(1000, LIST_PAGE_SIZE, false);
+        let lookup = |answers: Vec<String>| {
+            let transport = Scripted::new(answers.iter().map(|a| Ok((200, a.as_str()))).collect());
+            let found = KlingClient::new(&config, &transport, 0)
+                .find(kind, TaskRef::External("mine"))
+                .map(|found| found.map(|f| f.task_id));
+            let pages: Vec<String> = (transport.sent.borrow().iter())
+                .map(|sent| sent.url.rsplit_once('?').unwrap().1.to_string())
+                .collect();
+            (found, pages)
+        };
+
+        let (found, pages) = lookup(vec![full(), page(0, 10, true)]);
+        assert_eq!(found, Ok(Some("7".to_string())));
+        assert_eq!(pages, ["pageNum=1&pageSize=500", "pageNum=2&pageSize=500"]);
+        // A page that is not full ends the list: Kling does not have the task.
+        let (found, pages) = lookup(vec![full(), page(0, 499, false)]);
+        assert_eq!((found, pages.len()), (Ok(None), 2));
+        let (found, pages) = lookup(vec![full(); MAX_LIST_PAGES]);
+        assert_eq!(found, Err(KlingError::NotListed(2000)));
+        assert_eq!(pages.len(), MAX_LIST_PAGES);
     }
 
     #[test]

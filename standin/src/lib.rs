@@ -130,6 +130,10 @@ pub struct Script {
     /// Answer each query for this task only once the test lets it through
     /// (`notify_one`): a test can act while Kling is being asked, without timing.
     pub query_gate: Option<Arc<Notify>>,
+    /// Right after creating this task, the account creates this many more of its kind
+    /// (other clients' tasks, ended, no callback to us), so a lookup in Kling's list
+    /// (newest first) finds it only past the first pages.
+    pub created_after: usize,
 }
 
 /// A request the stand-in received, for assertions.
@@ -295,7 +299,7 @@ impl StandIn {
             }
             return match method.as_str() {
                 "POST" => self.create(kind, json).await,
-                "GET" if kind.family == Family::Legacy => self.list(kind),
+                "GET" if kind.family == Family::Legacy => self.list(kind, query),
                 _ => error(404, 1202, "wrong method"),
             };
         }
@@ -437,6 +441,17 @@ impl StandIn {
                 request,
             };
             state.tasks.push(task.clone());
+            for _ in 0..script.created_after {
+                state.next_id += 97;
+                let other = Task {
+                    task_id: state.next_id.to_string(),
+                    external_task_id: Some(format!("other-{}", state.next_id)),
+                    status: "succeed",
+                    callback_url: None,
+                    ..task.clone()
+                };
+                state.tasks.push(other);
+            }
             task
         };
         if script.callbacks_before_answer {
@@ -654,13 +669,26 @@ impl StandIn {
         }
     }
 
-    fn list(&self, kind: &'static KindSpec) -> Response<Full<Bytes>> {
+    /// `GET {path}?pageNum=1..1000&pageSize=1..500` (defaults 1 and 30): newest first.
+    fn list(&self, kind: &'static KindSpec, query: &str) -> Response<Full<Bytes>> {
+        let param = |name: &str, default: usize| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+                .map_or(Some(default), |value| value.parse::<usize>().ok())
+        };
+        let (Some(page @ 1..=1000), Some(size @ 1..=500)) =
+            (param("pageNum", 1), param("pageSize", 30))
+        else {
+            return error(400, 1201, "pageNum is 1 to 1000, pageSize 1 to 500");
+        };
         let tasks: Vec<Value> = self
             .tasks()
             .iter()
             .rev()
             .filter(|t| t.kind == kind)
-            .take(500)
+            .skip((page - 1) * size)
+            .take(size)
             .map(|t| task_json(t, t.status, t.updated_at))
             .collect();
         envelope(200, Value::Array(tasks))

@@ -151,6 +151,40 @@ async fn an_ambiguous_create_is_looked_up_and_never_repeated() {
     }
 }
 
+/// Kling looks advanced-lip-sync up by its own task_id only: after a create with no clear
+/// answer, the task is found by our id in Kling's list, read page by page past the
+/// account's newer tasks (newest first, 500 a page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_create_of_a_kind_kling_only_lists_is_found_past_the_first_page() {
+    let d = deploy().await;
+    d.standin.script(
+        "job-listed",
+        Script {
+            create: CreateBehaviour::CreateThenTimeout,
+            created_after: 700,
+            ..Script::default()
+        },
+    );
+    let body = json!({"session_id": "s-1", "face_choose": [{"face_id": "0", "sound_file": "https://a.mp3"}]});
+    let record = d
+        .app
+        .send(submit_request(
+            "advanced-lip-sync",
+            body,
+            Some("job-listed"),
+        ))
+        .await
+        .expect_json(202);
+    let at_kling = d.standin.tasks_with_external_id("job-listed");
+    assert_eq!(record["task_id"], at_kling[0].task_id.as_str(), "{record}");
+    let pages: Vec<String> = (d.standin.received().iter())
+        .filter(|r| r.method == "GET" && r.query.contains("pageNum"))
+        .map(|r| r.query.clone())
+        .collect();
+    assert_eq!(pages, ["pageNum=1&pageSize=500", "pageNum=2&pageSize=500"]);
+    assert_eq!(d.creates_of("job-listed"), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_are_429_with_retry_after_and_leave_nothing_behind() {
     let d = deploy().await;
