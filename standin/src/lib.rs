@@ -11,7 +11,8 @@
 //!
 //!   Envelopes are `{code,message,request_id,data}`.
 //! - Auth: `Authorization: Bearer <JWT>` verified exactly (HS256 signature, `iss`, `nbf`,
-//!   `exp`: codes 1001 to 1004), or the configured API key.
+//!   `exp`: codes 1001 to 1004), or the configured API key; a POST without
+//!   `Content-Type: application/json` is refused (1200).
 //! - Long numeric string task ids; `external_task_id` unique per account; a create body
 //!   without what kling-api.md says a path requires is refused `1201` ([`requests`], read
 //!   from kling-api.md on its own, not from the catalog).
@@ -277,6 +278,12 @@ impl StandIn {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        // kling-api.md: `Content-Type: application/json` on every call with a body.
+        let json_declared = request
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("application/json"));
         let body = match request.into_body().collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => return error(400, 1200, "could not read the request body"),
@@ -291,6 +298,9 @@ impl StandIn {
         });
         if let Err((code, message)) = self.authenticate(authorization.as_deref()) {
             return error(401, code, message);
+        }
+        if method == "POST" && !json_declared {
+            return error(400, 1200, "Content-Type must be application/json");
         }
         let query = uri_query.as_deref().unwrap_or("");
         if let Some(kind) = kind_at(&path) {
