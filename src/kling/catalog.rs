@@ -65,6 +65,10 @@ pub enum Rule {
     /// [`Rule::Required`] unless the boolean field is `true` (multi-shot takes its
     /// prompts from `multi_prompt`).
     RequiredUnless(&'static str, &'static str),
+    /// Required when the boolean field is `true` (multi-shot's `multi_prompt`).
+    RequiredIf(&'static str, &'static str),
+    /// Not taken by this kind (avatar has no `model_name`): Kling refuses it.
+    Absent(&'static str),
     /// At least one of these is given.
     AnyOf(&'static [&'static str]),
     /// Exactly one of the two is given.
@@ -287,6 +291,7 @@ pub static CATALOG: &[KindSpec] = &[
             MODES,
             &[
                 Rule::RequiredUnless("prompt", "multi_shot"),
+                Rule::RequiredIf("multi_prompt", "multi_shot"),
                 Rule::OneOf("sound", &["on", "off"]),
                 Rule::ListOf("multi_prompt", 1, 6, "prompt"),
                 Rule::ListTexts("multi_prompt", "prompt", 512),
@@ -315,6 +320,7 @@ pub static CATALOG: &[KindSpec] = &[
                 Rule::Image("image"),
                 Rule::ExactlyOne("audio_id", "sound_file"),
                 Rule::Text("prompt", 2500),
+                Rule::Absent("model_name"),
             ]],
             VIDEOS,
             r#"{"image":"https://example.com/face.png","sound_file":"https://example.com/hello.mp3"}"#,

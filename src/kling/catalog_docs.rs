@@ -116,6 +116,11 @@ fn rule_schema(rule: &Rule) -> Value {
             at(field, given(), true),
             at(flag, json!({"const": true}), true),
         ]}),
+        Rule::RequiredIf(field, flag) => json!({"anyOf": [
+            {"not": at(flag, json!({"const": true}), true)},
+            at(field, given(), true),
+        ]}),
+        Rule::Absent(field) => json!({"not": at(field, given(), true)}),
         Rule::AnyOf(fields) => json!({
             "anyOf": fields.iter().map(|f| at(f, given(), true)).collect::<Vec<_>>()
         }),

@@ -168,6 +168,14 @@ fn check(rule: &Rule, request: &Map<String, Value>) -> Result<(), RequestError> 
                 format!("is required unless `{flag}` is true"),
             ))
         }
+        Rule::RequiredIf(field, flag)
+            if !given(request, field) && at(flag).and_then(Value::as_bool) == Some(true) =>
+        {
+            Err(problem(field, format!("is required when `{flag}` is true")))
+        }
+        Rule::Absent(field) if given(request, field) => {
+            Err(problem(field, "is not taken by this kind"))
+        }
         Rule::AnyOf(fields) if !fields.iter().any(|f| given(request, f)) => {
             let (first, others) = fields.split_first().unwrap_or((&"", &[]));
             let others: Vec<String> = others.iter().map(|f| format!("`{f}`")).collect();
@@ -587,6 +595,33 @@ mod tests {
                 Some("audio_id"),
             ),
             ("avatar", json!({"image": "i", "audio_id": "a"}), None),
+            // "no `model_name`".
+            (
+                "avatar",
+                json!({"image": "i", "audio_id": "a", "model_name": "kling-v2-6"}),
+                Some("model_name"),
+            ),
+            (
+                "avatar",
+                json!({"image": "i", "audio_id": "a", "model_name": null}),
+                None,
+            ),
+            // Multi-shot takes its prompts from `multi_prompt`.
+            (
+                "omni-video",
+                json!({"multi_shot": true}),
+                Some("multi_prompt"),
+            ),
+            (
+                "omni-video",
+                json!({"multi_shot": true, "multi_prompt": [{"prompt": "p"}]}),
+                None,
+            ),
+            (
+                "omni-video",
+                json!({"multi_shot": false, "prompt": "p"}),
+                None,
+            ),
             ("video-to-audio", json!({}), Some("video_id")),
             (
                 "video-to-audio",

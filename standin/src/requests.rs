@@ -15,8 +15,13 @@ pub fn refused_field(create_path: &str, body: &Value) -> Option<&'static str> {
     match create_path {
         "/v1/videos/text2video" | "/v1/videos/omni-video" => {
             // "`prompt` ... unless multi-shot".
-            if body["multi_shot"] != Value::Bool(true) && !has("prompt") {
+            let multi_shot = body["multi_shot"] == Value::Bool(true);
+            if !multi_shot && !has("prompt") {
                 return Some("prompt");
+            }
+            // omni-video: "`multi_shot` + `shot_type` + `multi_prompt`".
+            if multi_shot && create_path.ends_with("omni-video") && !has("multi_prompt") {
+                return Some("multi_prompt");
             }
             legacy_duration(body)
         }
@@ -136,6 +141,11 @@ mod tests {
                 Some("prompt"),
             ),
             ("/v1/videos/text2video", json!({"multi_shot": true}), None),
+            (
+                "/v1/videos/omni-video",
+                json!({"multi_shot": true}),
+                Some("multi_prompt"),
+            ),
             (
                 "/v1/videos/image2video",
                 json!({"image_tail": "https://i"}),

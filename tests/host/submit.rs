@@ -384,6 +384,12 @@ async fn invalid_requests_are_400_naming_the_field_and_reach_neither_kling_nor_t
             json!({"prompt": "p", "voice_list": [{"voice_id": "v"}]}),
             "voice_list",
         ),
+        ("omni-video", json!({"multi_shot": true}), "multi_prompt"),
+        (
+            "avatar",
+            json!({"image": "https://a.png", "audio_id": "a", "model_name": "kling-v2-6"}),
+            "model_name",
+        ),
         (
             "advanced-lip-sync",
             json!({"session_id": "s", "face_choose": [{"face_id": "0"}, {"face_id": "1"}]}),
