@@ -170,7 +170,6 @@ fn submit(e: &SubmitError) -> (u16, &'static str) {
         SubmitError::Kling(
             KlingError::InvalidResponse(_) | KlingError::MissingTaskId | KlingError::UnknownStatus,
         ) => (502, "kling_bad_response"),
-        SubmitError::Kling(KlingError::NotListed(_)) => (502, "kling_unavailable"),
         // The deployment's credentials, as for `kling_auth_failed`: not the caller's fault.
         SubmitError::Kling(KlingError::ApiKeyRequired) => (500, "kling_api_key_required"),
     }

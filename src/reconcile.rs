@@ -712,7 +712,6 @@ impl Poller<'_> {
                         "kling_bad_response".into()
                     }
                     KlingError::UnknownStatus => "kling_unknown_status".into(),
-                    KlingError::NotListed(_) => "kling_task_not_listed".into(),
                     KlingError::ApiKeyRequired => "kling_api_key_required".into(),
                 };
                 state.last_error = Some(error.to_string());

@@ -144,14 +144,18 @@ pub fn submit(
         store.forget_submission(&submission, None)?;
         return Err(error.into());
     }
-    // Listed now under this submission: the given-up one's entry would list the id twice
-    // (a failure to remove it costs a repeated entry in `GET /tasks`, nothing more).
-    if let Some(previous) = &replacing
-        && previous.nonce != nonce
-        && let Err(error) = store.unlist_replaced(&submission, previous)
-    {
-        eprintln!("could not remove a replaced submission's listing entry: {error}");
-    }
+    // Once Kling has not refused this submission, it is listed under this one's entry,
+    // which nothing in this request removes after that: the given-up one's entry would
+    // list the id twice. (Removed no sooner: a refusal of this one may find the head a
+    // late binding of the given-up one wrote meanwhile, and remove this one's entry.)
+    // A failure to remove it costs a repeated entry in `GET /tasks`, nothing more.
+    let unlist_replaced = || {
+        if let Some(previous) = replacing.as_ref().filter(|p| p.nonce != nonce)
+            && let Err(error) = store.unlist_replaced(&submission, previous)
+        {
+            eprintln!("could not remove a replaced submission's listing entry: {error}");
+        }
+    };
     // Validation let `options` (API 2.0) be only an object or `null`: both paths can be set.
     set_path(&mut body, external_field, external_task_id.clone().into());
     set_path(
@@ -179,6 +183,7 @@ pub fn submit(
                 match kling.query(request.kind, TaskRef::External(&external_task_id)) {
                     Ok(Some(found)) => {
                         store.bind_submission(&key, &found.task_id, Some(&submission))?;
+                        unlist_replaced();
                         return answer(&store, &key, false);
                     }
                     // "Already exists", but not listed yet: the winner's create is on
@@ -200,6 +205,7 @@ pub fn submit(
             return Err(error.into());
         }
     }
+    unlist_replaced();
     answer(&store, &key, true)
 }
 
@@ -464,6 +470,67 @@ mod tests {
             }
         }
         assert_eq!(served, 1);
+    }
+
+    /// A submit of an id whose earlier submission was given up, refused by Kling while a
+    /// late callback binds that earlier submission after all: the earlier task stays
+    /// listed (its entry is never taken by a submit Kling refused).
+    #[test]
+    fn a_refused_resubmit_leaves_a_late_bound_earlier_submission_listed() {
+        let kv = MemoryKv::default();
+        let refused = || {
+            Scripted::new(vec![Ok((
+                429,
+                r#"{"code":1303,"message":"too many","request_id":"r"}"#,
+            ))])
+        };
+        let request = SubmitRequest {
+            kind: TaskKind::from_name("text2video").unwrap(),
+            body: br#"{"prompt":"p"}"#,
+            idempotency_key: Some("job-1"),
+            pipeline: None,
+        };
+        let clock = ManualClock(std::cell::Cell::new(1_000_000));
+        submit(&request, &submit_config(), &kv, &refused(), &clock, &|| {
+            "n0".into()
+        })
+        .unwrap_err();
+        // n0, given up, is bound by its late callback while Kling is asked about n1.
+        let key = TaskKey::external("job-1");
+        let late = NewSubmission {
+            key: &key,
+            external_task_id: "job-1",
+            kind: "text2video",
+            pipeline: None,
+            nonce: "n0",
+            now_ms: 1_000_000,
+            first_due_ms: 1_300_000,
+            body_digest: None,
+        };
+        let kling = crate::outbound::scripted::Meanwhile::new(
+            vec![Ok((
+                429,
+                r#"{"code":1303,"message":"too many","request_id":"r"}"#,
+            ))],
+            || {
+                TaskStore::new(&kv)
+                    .bind_submission(&key, "77", Some(&late))
+                    .unwrap()
+            },
+        );
+        clock.0.set(2_000_000);
+        submit(&request, &submit_config(), &kv, &kling, &clock, &|| {
+            "n1".into()
+        })
+        .unwrap_err();
+        let page = TaskStore::new(&kv).list(None, 10, None).unwrap();
+        assert_eq!(
+            page.tasks
+                .iter()
+                .map(|t| t.task_id.as_deref())
+                .collect::<Vec<_>>(),
+            [Some("77")]
+        );
     }
 
     #[test]

@@ -487,7 +487,8 @@ fn checked_with_kling(
     // Here the task is unbound, or a final is to be verified.
     let unbound = bound_task_id.is_none();
     // A kind Kling looks up by its own task_id only is asked by the callback's, not
-    // found in the newest 500 of its list, which a busy account may have moved past it.
+    // looked for in the newest pages of its list, which a busy account may have moved
+    // past it.
     let by_callback_id = unbound && kind.spec().query == Query::ByTaskIdOnly;
     let id = match bound_task_id {
         Some(task_id) => TaskRef::Kling(task_id),

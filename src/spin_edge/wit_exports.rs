@@ -203,13 +203,14 @@ fn to_wit(error: ApiError) -> wit::Error {
     }
 }
 
-/// The error's message, naming the WIT argument where HTTP's names a header.
+/// The error's message, naming the WIT argument where HTTP's names its header.
 fn wit_message(error: &ApiError) -> String {
     match error {
-        ApiError::Submit(SubmitError::InvalidIdempotencyKey) => "`external-task-id` must be 1 to 64 characters of A-Z a-z 0-9 _ -, and not a kind's name or `reconcile`".into(),
-        ApiError::Submit(SubmitError::IdempotencyKeyMismatch) => {
-            "`external-task-id` and the request's `external_task_id` differ".into()
-        }
+        ApiError::Submit(
+            SubmitError::InvalidIdempotencyKey | SubmitError::IdempotencyKeyMismatch,
+        ) => error
+            .message()
+            .replace("`Idempotency-Key`", "`external-task-id`"),
         _ => error.message(),
     }
 }

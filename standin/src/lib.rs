@@ -342,9 +342,7 @@ impl StandIn {
     /// list of those it knows.
     async fn query_tasks(&self, query: &str) -> Response<Full<Bytes>> {
         let ids = |name: &str| -> Vec<String> {
-            query
-                .split('&')
-                .filter_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            query_values(query, name)
                 .flat_map(|list| list.split(','))
                 .filter(|id| !id.is_empty())
                 .map(str::to_string)
@@ -682,9 +680,8 @@ impl StandIn {
     /// `GET {path}?pageNum=1..1000&pageSize=1..500` (defaults 1 and 30): newest first.
     fn list(&self, kind: &'static KindSpec, query: &str) -> Response<Full<Bytes>> {
         let param = |name: &str, default: usize| {
-            query
-                .split('&')
-                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            query_values(query, name)
+                .next()
                 .map_or(Some(default), |value| value.parse::<usize>().ok())
         };
         let (Some(page @ 1..=1000), Some(size @ 1..=500)) =
@@ -703,6 +700,13 @@ impl StandIn {
             .collect();
         envelope(200, Value::Array(tasks))
     }
+}
+
+/// The values of the query parameter `name`, in order.
+fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> {
+    query
+        .split('&')
+        .filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// The task as Kling reports it (query `data`, and the callback body), in its family's
