@@ -18,9 +18,11 @@
 //!   `index` label, one key each) *before* it is sent, and deleted on the receiver's 2xx.
 //!   An instance that stops mid-send loses nothing: each reconcile run sends what is
 //!   due, `notify_retry_seconds` after a failure, doubling up to an hour.
-//! - A notifier that met [`MAX_FAILURES_IN_A_ROW`] transport failures in a row stops
-//!   sending for the rest of its request and only stores, so a dead receiver costs one
-//!   timeout per attempt, not one per changed task.
+//! - A notifier that met [`MAX_FAILURES_IN_A_ROW`] failures in a row (no answer, a 5xx,
+//!   408 or 429) stops sending for the rest of its request and only stores, so a dead
+//!   receiver costs one timeout per attempt, not one per changed task. A 4xx refuses
+//!   that notification only (it waits in the outbox, backing off): the receiver is up,
+//!   so the others still go.
 //! - A task's notifications go out in status order: each send reads the task's highest
 //!   stored state and sends that instead when it is newer than what was queued, so a
 //!   late `processing` never follows its `succeed` from one sender. Every record carries
@@ -323,10 +325,13 @@ impl<'a> Notifier<'a> {
         let (mut pending, stored) = self.newest(pending)?;
         let id = pending.notification.webhook_id.clone();
         let sent = self.send(&pending.notification);
-        if let Err(why) = &sent {
+        if let Err(failed) = &sent {
             // The receiver's status or the transport's error: never the URL's query,
             // nor a signature.
-            eprintln!("notification {id} was not sent, and stays in the outbox: {why}");
+            eprintln!(
+                "notification {id} was not sent, and stays in the outbox: {}",
+                failed.why
+            );
         }
         if sent.is_ok() {
             self.failures_in_a_row.set(0);
@@ -362,7 +367,12 @@ impl<'a> Notifier<'a> {
             }
             return Ok(true);
         }
-        self.failures_in_a_row.set(self.failures_in_a_row.get() + 1);
+        // A receiver that refused this notification (a 4xx) is up: the others still go.
+        if sent.is_err_and(|failed| failed.receiver_up) {
+            self.failures_in_a_row.set(0);
+        } else {
+            self.failures_in_a_row.set(self.failures_in_a_row.get() + 1);
+        }
         pending.attempts += 1;
         pending.next_attempt_at = self
             .clock
@@ -462,7 +472,7 @@ impl<'a> Notifier<'a> {
             .min(MAX_BACKOFF_MS)
     }
 
-    fn send(&self, notification: &Notification) -> Result<(), String> {
+    fn send(&self, notification: &Notification) -> Result<(), SendFailure> {
         let timestamp = i64::try_from(self.clock.now_ms() / 1000).unwrap_or(i64::MAX);
         let body = notification.body.as_bytes();
         // One signature per secret, space-separated, as Standard Webhooks defines.
@@ -487,21 +497,33 @@ impl<'a> Notifier<'a> {
                 body: body.to_vec(),
                 timeout_ms: SEND_TIMEOUT_MS,
             })
-            .map_err(|e| {
-                if self.config.outside_allowed_origin {
+            .map_err(|e| SendFailure {
+                why: if self.config.outside_allowed_origin {
                     format!(
                         "{e} (notify_url is not under notify_origin, the only notification host spin.toml allows)"
                     )
                 } else {
                     e.to_string()
-                }
+                },
+                receiver_up: false,
             })?;
-        if (200..300).contains(&response.status) {
-            Ok(())
-        } else {
-            Err(format!("the receiver answered HTTP {}", response.status))
+        match response.status {
+            200..300 => Ok(()),
+            status => Err(SendFailure {
+                why: format!("the receiver answered HTTP {status}"),
+                // 408 and 429 ask for a later try, as a receiver that is down does.
+                receiver_up: (400..500).contains(&status) && !matches!(status, 408 | 429),
+            }),
         }
     }
+}
+
+/// Why a notification was not taken.
+struct SendFailure {
+    /// The receiver's status or the transport's error, for the log.
+    why: String,
+    /// The receiver answered, refusing this notification (a 4xx): it is not down.
+    receiver_up: bool,
 }
 
 /// `2026-11-26T21:07:10.123Z` from milliseconds since the epoch.
@@ -1101,6 +1123,21 @@ mod tests {
             record.external_task_id = Some(format!("job-{n}"));
             notifier.deliver(note(&record, 10_000)).unwrap();
         }
+    }
+
+    /// A receiver that refuses some notifications (a 4xx) is up: the others still go,
+    /// in the same request, and the refused ones wait in the outbox.
+    #[test]
+    fn notifications_a_receiver_refuses_do_not_hold_up_the_others() {
+        let fixture = Fixture::new(10_000, vec![400, 422, 404, 410, 200, 200]);
+        let notifier = fixture.notifier();
+        deliver_tasks(&notifier, 6);
+        assert_eq!(fixture.receiver.got.borrow().len(), 6, "every one tried");
+        assert_eq!(fixture.kv.keys().len(), 4, "the four refused wait");
+        // 408 and 429 ask for a later try, as a receiver that is down does.
+        let fixture = Fixture::new(10_000, vec![429, 408, 503, 200]);
+        deliver_tasks(&fixture.notifier(), 4);
+        assert_eq!(fixture.receiver.got.borrow().len(), MAX_FAILURES_IN_A_ROW);
     }
 
     #[test]
