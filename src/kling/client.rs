@@ -298,12 +298,31 @@ impl<'a> KlingClient<'a> {
             return Err(KlingError::Api(KlingApiError {
                 http_status: response.status,
                 code,
-                message: envelope.message,
+                message: without_sig(&envelope.message),
                 request_id: envelope.request_id,
             }));
         }
         Ok(envelope.data)
     }
+}
+
+/// Kling's message with the value of any `sig=` cut out. A message about an invalid
+/// parameter may quote the request, whose `callback_url` carries the `sig` that
+/// authenticates callbacks; the message goes to callers, the store and logs.
+fn without_sig(message: &str) -> String {
+    let mut kept = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("sig=") {
+        let (before, after) = rest.split_at(at + "sig=".len());
+        kept.push_str(before);
+        kept.push_str("[redacted]");
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '%'))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    kept.push_str(rest);
+    kept
 }
 
 /// Whether these credentials can reach `kind` at all (API 2.0 takes an API key only).
@@ -683,6 +702,26 @@ pub(crate) mod tests {
         // Past the last page read: not found, as the end of the list is.
         let (found, pages) = lookup(vec![full(); MAX_LIST_PAGES + 1]);
         assert_eq!((found, pages.len()), (Ok(None), MAX_LIST_PAGES));
+    }
+
+    /// Kling's message reaches callers, the store and logs: a `sig` it quotes does not.
+    #[test]
+    fn a_sig_quoted_in_kling_s_message_is_cut_out() {
+        let transport = Scripted::new(vec![Ok((
+            400,
+            r#"{"code":1201,"message":"callback_url https://h/callbacks/kling/j?sig=abc-DEF_123 is invalid; sig=x2","request_id":"r"}"#,
+        ))]);
+        let config = config();
+        let client = KlingClient::new(&config, &transport, 0);
+        let kind = TaskKind::from_name("text2video").unwrap();
+        let Err(KlingError::Api(e)) = client.create(kind, &Map::new()) else {
+            panic!("a refusal");
+        };
+        assert_eq!(
+            e.message,
+            "callback_url https://h/callbacks/kling/j?sig=[redacted] is invalid; sig=[redacted]"
+        );
+        assert_eq!(without_sig("no secret here"), "no secret here");
     }
 
     #[test]
