@@ -54,11 +54,9 @@ async fn a_write_that_lands_a_second_late_loses_no_pending_task() {
     d.submit_scripted("late-0", Script::default()).await;
     d.wait_for("late-0", "succeed").await;
 
-    // The reconciler's write to the pending index releasing late-0 lands 1 s late; the
-    // submits start once it is on its way.
-    d.app
-        .kv
-        .delay_next_write_to("pending/*/late-0", Duration::from_secs(1));
+    // The reconciler's write to the pending index releasing late-0 lands late, after
+    // the submits, which start once it is on its way.
+    let late = d.app.kv.hold_next_write_to("pending/*/late-0");
     let run = {
         let app = d.app.clone();
         tokio::spawn(async move { app.send(authorized("POST", "/tasks/reconcile")).await })
@@ -86,6 +84,7 @@ async fn a_write_that_lands_a_second_late_loses_no_pending_task() {
     for submit in submits {
         assert_eq!(submit.await.unwrap(), 202);
     }
+    late.notify_one();
     assert_eq!(run.await.unwrap().status, 200);
 
     until_kling_finished(&d.standin).await;
@@ -114,7 +113,7 @@ fn app_for(standin: &StandIn, kv: &KvStore, extra: &[(&str, &str)]) -> SpinApp {
         ("kling_api_key", standin.config().api_key.clone().unwrap()),
         ("kling_base_url", standin.base_url()),
         ("public_base_url", "http://127.0.0.1:9".to_string()),
-        ("kling_timeout_ms", "1000".to_string()),
+        ("kling_timeout_ms", "10000".to_string()),
     ];
     for (name, value) in extra {
         variables.retain(|(n, _)| n != name);

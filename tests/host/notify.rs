@@ -482,11 +482,9 @@ async fn wait_for_count(receiver: &Receiver, count: usize) -> Vec<Message> {
 async fn a_late_processing_delivery_never_announces_itself_after_its_succeed() {
     let receiver = Receiver::start(0).await;
     let d = deploy_notifying(&receiver).await;
-    // `processing` is judged news, but its slot write lands a second late: `succeed`
-    // overtakes it and is announced first.
-    d.app
-        .kv
-        .delay_next_write_to("task:overlap:processing", Duration::from_secs(1));
+    // `processing` is judged news, but its slot write lands late, once `succeed` has
+    // overtaken it and been answered.
+    let late = d.app.kv.hold_next_write_to("task:overlap:processing");
     let start = d.app.kv.log_len();
     let app = d.app.clone();
     let processing = tokio::spawn(async move {
@@ -514,6 +512,7 @@ async fn a_late_processing_delivery_never_announces_itself_after_its_succeed() {
         .send(callback("overlap", flat("5200", "overlap", "succeed", 30)))
         .await;
     assert_eq!(reply.status, 200);
+    late.notify_one();
     assert_eq!(processing.await.unwrap(), 200);
 
     // Each delivery announced something; the late one carried the highest state.

@@ -81,14 +81,21 @@ fn task_state(kv: &crate::support::kv::KvStore) -> std::collections::BTreeMap<St
 }
 
 /// The same deployment (same store) with other variables; `clock` stops its wall clock.
-fn same_store(d: &Deployment, kling_base_url: &str, clock: Option<u64>) -> SpinApp {
+/// `kling_timeout_ms` short where Kling is meant to time out, long where it is meant to
+/// answer (a loaded machine must not turn an answer into a timeout).
+fn same_store(
+    d: &Deployment,
+    kling_base_url: &str,
+    kling_timeout_ms: &str,
+    clock: Option<u64>,
+) -> SpinApp {
     let variables = [
         ("callback_secret", CALLBACK_SECRET),
         ("api_token", API_TOKEN),
         ("kling_api_key", "standin-api-key"),
         ("kling_base_url", kling_base_url),
         ("public_base_url", "http://127.0.0.1:9"),
-        ("kling_timeout_ms", "300"),
+        ("kling_timeout_ms", kling_timeout_ms),
         ("stale_after_seconds", "0"),
     ];
     let app = kling_app_with(&variables, d.app.kv.clone());
@@ -100,7 +107,7 @@ fn same_store(d: &Deployment, kling_base_url: &str, clock: Option<u64>) -> SpinA
 
 /// The same deployment (same store) with Kling unreachable.
 fn kling_down(d: &Deployment) -> SpinApp {
-    same_store(d, "http://127.0.0.1:9", None)
+    same_store(d, "http://127.0.0.1:9", "300", None)
 }
 
 /// The same deployment (same store) with a Kling that takes connections and never
@@ -115,7 +122,7 @@ async fn kling_silent(d: &Deployment) -> (SpinApp, tokio::task::JoinHandle<()>) 
             held.push(socket);
         }
     });
-    (same_store(d, &url, None), holder)
+    (same_store(d, &url, "300", None), holder)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,14 +212,14 @@ async fn kling_too_slow_during_a_run_times_out_changes_nothing_and_the_next_run_
     let d = deploy_with(
         Auth::KeyPair,
         None,
-        &[("stale_after_seconds", "0"), ("kling_timeout_ms", "300")],
+        &[("stale_after_seconds", "0"), ("kling_timeout_ms", "2000")],
     )
     .await;
     submit_silent(&d, "job-slow", false).await;
     d.standin.script(
         "job-slow",
         Script {
-            query_delay: Some(Duration::from_secs(2)),
+            query_delay: Some(Duration::from_secs(30)),
             ..Script::default()
         },
     );
@@ -326,7 +333,7 @@ async fn a_submit_left_submitting_is_bound_or_forgotten_by_what_kling_says() {
         .unwrap()
         .as_secs()
         + 11 * 60;
-    let run = report(&same_store(&d, &d.standin.base_url(), Some(later))).await;
+    let run = report(&same_store(&d, &d.standin.base_url(), "10000", Some(later))).await;
     assert_eq!(run["errors"][0]["code"], "not_created", "{run}");
     assert_eq!(
         d.app.send(get_task("job-never")).await.status,
@@ -421,7 +428,7 @@ async fn purged_31_days_later(d: &Deployment, ids: [&str; 2]) {
         .unwrap()
         .as_secs()
         + 31 * 24 * 3600;
-    let future = same_store(d, &d.standin.base_url(), Some(later));
+    let future = same_store(d, &d.standin.base_url(), "10000", Some(later));
     let run = report(&future).await;
     assert_eq!(run["purged"], 1, "{run}");
     for id in ids {

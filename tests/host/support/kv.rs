@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Get,
@@ -43,10 +45,10 @@ struct State {
     /// Each operation first waits a random 0 to this long (async, so concurrent
     /// operations overtake each other).
     max_delay: Duration,
-    /// The next writes (set or delete) to a key matching this pattern land this long
-    /// after they were issued.
-    late_writes: Vec<(String, Duration)>,
-    /// Writes that took a delay of `late_writes`.
+    /// The next writes (set or delete) to a key matching this pattern land once the
+    /// test lets them through.
+    late_writes: Vec<(String, Arc<Notify>)>,
+    /// Writes held by `late_writes` (issued, not necessarily landed).
     late_writes_issued: usize,
 }
 
@@ -147,14 +149,17 @@ impl KvStore {
     }
 
     /// The next write (set or delete) to a key containing `pattern` (`*` for any run of
-    /// characters) lands `after` it was issued: a retransmit, a failover, a queue behind
-    /// a lock.
-    pub fn delay_next_write_to(&self, pattern: &str, after: Duration) {
-        self.state().late_writes.push((pattern.to_string(), after));
+    /// characters) lands late, once the test calls `notify_one` on the gate returned: a
+    /// retransmit, a failover, a queue behind a lock. The test decides what happens
+    /// meanwhile, with no timing.
+    pub fn hold_next_write_to(&self, pattern: &str) -> Arc<Notify> {
+        let gate = Arc::new(Notify::new());
+        (self.state().late_writes).push((pattern.to_string(), gate.clone()));
+        gate
     }
 
-    /// How many writes have taken a delay of [`Self::delay_next_write_to`] (issued, not
-    /// necessarily landed).
+    /// How many writes [`Self::hold_next_write_to`] has held (issued, not necessarily
+    /// landed).
     pub fn late_writes_issued(&self) -> usize {
         self.state().late_writes_issued
     }
@@ -234,30 +239,35 @@ impl KvStore {
     /// Waits before an operation takes effect: interleaving, latency, the slow store's
     /// random delay, and a late write's delay.
     async fn pause(&self, write_to: Option<&str>) {
-        let (yields, latency, delay) = {
+        let (yields, latency, delay, held) = {
             let mut state = self.state();
             let yields = if state.interleave {
                 state.next_random() % 8
             } else {
                 0
             };
-            let mut delay = if state.max_delay.is_zero() {
+            let delay = if state.max_delay.is_zero() {
                 Duration::ZERO
             } else {
                 let max = u64::try_from(state.max_delay.as_micros()).unwrap_or(u64::MAX);
                 Duration::from_micros(state.next_random() % (max + 1))
             };
-            if let Some(key) = write_to
+            let held = if let Some(key) = write_to
                 && let Some(at) = state
                     .late_writes
                     .iter()
                     .position(|(pattern, _)| matches(key, pattern))
             {
-                delay += state.late_writes.remove(at).1;
                 state.late_writes_issued += 1;
-            }
-            (yields, state.latency, delay)
+                Some(state.late_writes.remove(at).1)
+            } else {
+                None
+            };
+            (yields, state.latency, delay, held)
         };
+        if let Some(gate) = held {
+            gate.notified().await;
+        }
         for _ in 0..yields {
             tokio::task::yield_now().await;
         }
