@@ -164,6 +164,7 @@ fn submit(e: &SubmitError) -> (u16, &'static str) {
         SubmitError::InvalidIdempotencyKey => (400, "invalid_idempotency_key"),
         SubmitError::IdempotencyKeyMismatch => (400, "idempotency_key_mismatch"),
         SubmitError::IdempotencyConflict => (422, "idempotency_conflict"),
+        SubmitError::ExternalIdTaken => (409, "external_task_id_taken"),
         SubmitError::Store(e) => store(e),
         SubmitError::Kling(KlingError::Api(e)) => kling(e.code),
         SubmitError::Kling(KlingError::Transport(_)) => (502, "kling_unreachable"),

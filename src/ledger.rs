@@ -213,6 +213,34 @@ pub struct Submission {
     /// with the first task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_digest: Option<String>,
+    /// When the first submission of this id that this store remembers was made (this
+    /// one, or the earliest of the given-up ones it replaced), our clock. `None` in a
+    /// record of an older build: unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_submitted_at: Option<u64>,
+}
+
+/// How far Kling's clock (a task's `created_at`) may be behind ours before a task Kling
+/// holds under our external id counts as older than our first submission of it.
+pub const KLING_CLOCK_MARGIN_MS: u64 = 60 * 60 * 1000;
+
+impl Submission {
+    /// Whether a task Kling holds under this submission's external id, created at
+    /// `created_at` (Kling's clock), can be one this store's submissions of the id made.
+    /// Kling keeps an `external_task_id` unique for as long as it holds the task: an id
+    /// used again after retention deleted our record of it can find the earlier life's
+    /// task, which must never be taken for this one.
+    pub fn may_have_made(&self, created_at: Option<u64>) -> bool {
+        made_since(self.first_submitted_at, created_at)
+    }
+}
+
+/// [`Submission::may_have_made`] for a first submission at `first_submitted_at`.
+pub fn made_since(first_submitted_at: Option<u64>, created_at: Option<u64>) -> bool {
+    match (first_submitted_at, created_at) {
+        (Some(first), Some(created)) => created.saturating_add(KLING_CLOCK_MARGIN_MS) >= first,
+        _ => true,
+    }
 }
 
 impl TaskHead {

@@ -191,6 +191,7 @@ fn bind_carried(
         now_ms: submission.submitted_at,
         first_due_ms: now,
         body_digest: submission.body_digest.as_deref(),
+        first_submitted_at: submission.first_submitted_at,
     };
     let store = TaskStore::new(kv);
     store.bind_submission(key, task_id, Some(&owner))?;
@@ -537,7 +538,11 @@ impl Poller<'_> {
         // No poll record to back off with: a failed ask waits the longest gap.
         let later = Judged::Due(now.saturating_add(MAX_POLL_GAP_MS));
         let client = KlingClient::new(self.kling, self.transport, now / 1000);
-        match client.query(kind, TaskRef::External(key.as_str())) {
+        // A task from before our first submission of the id is another life's: not found.
+        let answer = client
+            .query(kind, TaskRef::External(key.as_str()))
+            .map(|found| found.filter(|event| sub.may_have_made(event.created_at)));
+        match answer {
             // Found: judged as usual from here on (and counted there).
             Ok(Some(found)) => Ok(bind_carried(self.kv, key, &sub, &found.task_id, now)?
                 .map(|head| (head, found))
@@ -620,7 +625,16 @@ impl Poller<'_> {
         // only retention's delete of a given-up head can take a live one, and Kling
         // knowing the task says this one is live.
         let (mut forgotten, mut deleted) = (false, false);
-        match answered.unwrap_or_else(|| client.query(kind, id)) {
+        let answer = answered.unwrap_or_else(|| client.query(kind, id));
+        // Asked by our id: a task from before our first submission of it is another
+        // life's of the id (retention deleted ours), so Kling does not have ours.
+        let answer = match (&head.task_id, &head.submission) {
+            (None, Some(submission)) => {
+                answer.map(|found| found.filter(|e| submission.may_have_made(e.created_at)))
+            }
+            _ => answer,
+        };
+        match answer {
             // Kling's answer must be about this task: a task_id bound by mistake (or
             // forged) must not pour another task's result into this one.
             Ok(Some(event))
@@ -1064,6 +1078,7 @@ mod tests {
             now_ms: 0,
             first_due_ms: 0,
             body_digest: None,
+            first_submitted_at: None,
         }
     }
 
@@ -1185,6 +1200,43 @@ mod tests {
             "{:?}",
             Index::pending(&kv).entries()
         );
+    }
+
+    /// A task Kling holds under our id from before the id's first submission here (an
+    /// id used again after retention deleted its earlier life) is not ours: the poll
+    /// takes it for "not found" and binds nothing.
+    #[test]
+    fn a_poll_by_our_id_does_not_take_a_task_from_before_the_id_s_first_submission() {
+        const DAY: u64 = 86_400_000;
+        let kv = MemoryKv::default();
+        let store = TaskStore::new(&kv);
+        let key = TaskKey::external("job-1");
+        store
+            .record_submission(&NewSubmission {
+                now_ms: 40 * DAY,
+                first_submitted_at: Some(40 * DAY),
+                ..submission(&key, "n1")
+            })
+            .unwrap();
+        let head = store.head(&key).unwrap().unwrap();
+        let old = format!(
+            r#"{{"code":0,"message":"SUCCEED","data":{{"task_id":"86","task_status":"succeed","created_at":{},"task_info":{{"external_task_id":"job-1"}}}}}}"#,
+            30 * DAY
+        );
+        let kling = Scripted::new(vec![Ok((200, old.as_str()))]);
+        let (config, clock) = (submit_config(), ManualClock(Cell::new(40 * DAY + 1)));
+        let poller = Poller {
+            kv: &kv,
+            kling: &config.kling,
+            transport: &kling,
+            clock: &clock,
+            options: &options(),
+        };
+        let polled = poller.poll(&key, head, PollState::default()).ok().unwrap();
+        assert!(polled.news.is_none());
+        assert_eq!(polled.state.last_outcome, "not_created_yet");
+        assert_eq!(store.head(&key).unwrap().unwrap().task_id, None);
+        assert_eq!(store.key_of_task_id("86").unwrap(), None);
     }
 
     /// Leaves `key`'s binding delivery's entry, written before its batch and due at
@@ -2033,6 +2085,7 @@ mod tests {
                 now_ms: 1_000,
                 first_due_ms: 1_000,
                 body_digest: None,
+                first_submitted_at: None,
             };
             let tasks = TaskStore::new(kv);
             if record {
@@ -2324,6 +2377,7 @@ mod tests {
                 now_ms: 1_000,
                 first_due_ms: 1_000,
                 body_digest: None,
+                first_submitted_at: None,
             };
             let tasks = TaskStore::new(&kv);
             tasks.record_submission(&plain).unwrap();

@@ -20,6 +20,7 @@ use crate::kling::client::{KlingClient, KlingError, TaskRef, check_auth};
 use crate::kling::request::{
     RequestError, comparable, digest_of, lookup, own_fields, set_path, validate,
 };
+use crate::ledger::made_since;
 use crate::outbound::HttpTransport;
 use crate::router::Route;
 use crate::store::layout::TaskKey;
@@ -44,6 +45,10 @@ pub enum SubmitError {
     IdempotencyKeyMismatch,
     #[error("this external_task_id was submitted with another request body")]
     IdempotencyConflict,
+    #[error(
+        "Kling already holds a task under this external_task_id, from before this deployment's first submission of it (an id used again after retention deleted its task): use another id"
+    )]
+    ExternalIdTaken,
     #[error(transparent)]
     Kling(#[from] KlingError),
     #[error(transparent)]
@@ -125,6 +130,13 @@ pub fn submit(
     }
 
     let nonce = new_id();
+    // The earliest submission of this id the store remembers: this one, or the given-up
+    // one it replaces (unknown if that one's build did not record it). A task Kling
+    // holds under the id from before it is another life's (retention deleted ours).
+    let first_submitted_at = match &replacing {
+        None => Some(now_ms),
+        Some(previous) => previous.first_submitted_at,
+    };
     let submission = NewSubmission {
         key: &key,
         external_task_id: &external_task_id,
@@ -134,6 +146,7 @@ pub fn submit(
         now_ms,
         first_due_ms: now_ms.saturating_add(config.stale_after_ms),
         body_digest: Some(&digest),
+        first_submitted_at,
     };
     // Recorded, listed and pending (so a task Kling creates is never missing from
     // reconciliation) before Kling is called. If any write fails, forget the record too:
@@ -168,8 +181,10 @@ pub fn submit(
     match kling.create(request.kind, &body) {
         Ok(task_id) => store.bind_submission(&key, &task_id, Some(&submission))?,
         Err(error) if error.may_have_created() => {
-            // Never create twice: ask Kling whether the task exists.
+            // Never create twice: ask Kling whether the task exists (and is this life's
+            // of the id, not one from before retention deleted our record of it).
             if let Ok(Some(found)) = kling.query(request.kind, TaskRef::External(&external_task_id))
+                && made_since(first_submitted_at, found.created_at)
             {
                 store.bind_submission(&key, &found.task_id, Some(&submission))?;
             }
@@ -181,6 +196,13 @@ pub fn submit(
             // `submitting` for the reconciler, exactly like an ambiguous create.
             if error.is_invalid_request() {
                 match kling.query(request.kind, TaskRef::External(&external_task_id)) {
+                    // Kling holds the id from before our first submission of it: an id
+                    // used again after retention deleted our record. Kling will refuse
+                    // it for as long as it keeps that task.
+                    Ok(Some(found)) if !made_since(first_submitted_at, found.created_at) => {
+                        store.forget_submission(&submission, replacing.as_ref())?;
+                        return Err(SubmitError::ExternalIdTaken);
+                    }
                     Ok(Some(found)) => {
                         store.bind_submission(&key, &found.task_id, Some(&submission))?;
                         unlist_replaced();
@@ -506,6 +528,7 @@ mod tests {
             now_ms: 1_000_000,
             first_due_ms: 1_300_000,
             body_digest: None,
+            first_submitted_at: None,
         };
         let kling = crate::outbound::scripted::Meanwhile::new(
             vec![Ok((
@@ -577,6 +600,67 @@ mod tests {
             assert!(retried.created, "{nth}");
             assert_eq!(retried.record.task_id.as_deref(), Some("86"));
         }
+    }
+
+    /// Kling keeps an external id unique while it holds the task: an id used again after
+    /// retention deleted our record finds the earlier life's task, which is never taken
+    /// for the new submission. Refused as a duplicate: `409`, nothing kept. A create with
+    /// no clear answer: left unbound for the reconciler, which will not take it either.
+    #[test]
+    fn a_task_kling_holds_from_before_the_id_s_first_submission_is_not_taken() {
+        const DAY: u64 = 86_400_000;
+        let now = 40 * DAY;
+        let found = |created_at: u64| {
+            format!(
+                r#"{{"code":0,"message":"SUCCEED","data":{{"task_id":"86","task_status":"succeed","created_at":{created_at},"task_info":{{"external_task_id":"job-1"}}}}}}"#
+            )
+        };
+        let exists = r#"{"code":1201,"message":"external_task_id already exists"}"#;
+        let submit_at = |kv: &MemoryKv, kling: &Scripted| {
+            let request = SubmitRequest {
+                kind: TaskKind::from_name("text2video").unwrap(),
+                body: br#"{"prompt":"p"}"#,
+                idempotency_key: Some("job-1"),
+                pipeline: None,
+            };
+            let clock = ManualClock(std::cell::Cell::new(now));
+            submit(&request, &submit_config(), kv, kling, &clock, &|| {
+                "n".into()
+            })
+        };
+
+        let old = found(now - 10 * DAY);
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![Ok((400, exists)), Ok((200, old.as_str()))]);
+        let err = submit_at(&kv, &kling).unwrap_err();
+        assert!(matches!(err, SubmitError::ExternalIdTaken), "{err:?}");
+        assert_eq!(
+            crate::error::ApiError::from(err).status_and_code(),
+            (409, "external_task_id_taken")
+        );
+        assert!(TaskStore::new(&kv).find("job-1").unwrap().is_none());
+        assert!(
+            TaskStore::new(&kv)
+                .list(None, 10, None)
+                .unwrap()
+                .tasks
+                .is_empty()
+        );
+
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![
+            Ok((504, r#"{"code":5002,"message":"timeout"}"#)),
+            Ok((200, old.as_str())),
+        ]);
+        let kept = submit_at(&kv, &kling).unwrap().record;
+        assert_eq!((kept.status, kept.task_id), (TaskStatus::Submitting, None));
+
+        // Within the margin for Kling's clock: a concurrent submit's task, taken.
+        let recent = found(now - 30 * 60 * 1000);
+        let kv = MemoryKv::default();
+        let kling = Scripted::new(vec![Ok((400, exists)), Ok((200, recent.as_str()))]);
+        let taken = submit_at(&kv, &kling).unwrap().record;
+        assert_eq!(taken.task_id.as_deref(), Some("86"));
     }
 
     #[test]

@@ -738,6 +738,7 @@ pub(crate) mod tests {
                 submitted_at: 1,
                 pipeline: None,
                 body_digest: None,
+                first_submitted_at: None,
             }),
             ..TaskHead::default()
         };

@@ -236,6 +236,7 @@ fn path_item(kind: &KindSpec) -> Value {
         ("400", "Submit400"),
         ("401", "Unauthorized"),
         ("402", "Submit402"),
+        ("409", "Submit409"),
         ("413", "Submit413"),
         ("422", "Submit422"),
         ("429", "Submit429"),

@@ -131,8 +131,11 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
         }),
         // The request built from the earlier steps' results is not one the kind takes
         // (a source that is an object where a URL belongs, an empty or too long text):
-        // the same results build the same request on every retry.
-        Err(StepError::Submit(error @ SubmitError::InvalidRequest(_))) => {
+        // the same results build the same request on every retry. Or Kling holds the
+        // step's id from an earlier pipeline of this id: it refuses every retry too.
+        Err(StepError::Submit(
+            error @ (SubmitError::InvalidRequest(_) | SubmitError::ExternalIdTaken),
+        )) => {
             let error = ApiError::from(error);
             Some(PipelineFailure {
                 step,
@@ -442,6 +445,7 @@ mod tests {
             now_ms: 1_000,
             first_due_ms: 1_000,
             body_digest: None,
+            first_submitted_at: None,
         };
         let store = TaskStore::new(kv);
         if recorded {
@@ -598,5 +602,36 @@ mod tests {
             (error.step, error.code.as_str()),
             (1, "kling_content_rejected")
         );
+    }
+
+    /// Kling holds step 1's id from an earlier pipeline of this id (created before this
+    /// pipeline's first submission of it): every retry would be refused, so the
+    /// pipeline fails, naming why, and the old task is not taken for the step.
+    #[test]
+    fn a_step_id_kling_holds_from_an_earlier_pipeline_fails_the_pipeline() {
+        const DAY: u64 = 86_400_000;
+        let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(40 * DAY)));
+        step_0_succeeded(&kv, &clock);
+        let old = format!(
+            r#"{{"code":0,"data":{{"task_id":"77","task_status":"succeed","created_at":{},"task_info":{{"external_task_id":"p-1"}}}}}}"#,
+            10 * DAY
+        );
+        let config = submit_config();
+        let kling = Scripted::new(vec![
+            Ok((
+                400,
+                r#"{"code":1201,"message":"external_task_id already exists"}"#,
+            )),
+            Ok((200, old.as_str())),
+        ]);
+        let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+        let failed = advance("p", &submitter).unwrap().unwrap();
+        assert_eq!(failed.view.status, PipelineStatus::Failed);
+        let error = failed.view.error.unwrap();
+        assert_eq!(
+            (error.step, error.code.as_str()),
+            (1, "external_task_id_taken")
+        );
+        assert!(TaskStore::new(&kv).find("77").unwrap().is_none());
     }
 }

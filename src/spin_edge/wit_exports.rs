@@ -198,7 +198,7 @@ fn to_wit(error: ApiError) -> wit::Error {
             _,
             "config_missing" | "config_invalid" | "kling_api_key_required" | "store_not_configured",
         ) => wit::Error::Config(message),
-        (400 | 404 | 413 | 422, _) => wit::Error::InvalidRequest(message),
+        (400 | 404 | 409 | 413 | 422, _) => wit::Error::InvalidRequest(message),
         _ => wit::Error::Unavailable(message),
     }
 }

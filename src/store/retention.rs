@@ -354,6 +354,7 @@ mod tests {
                 now_ms: at,
                 first_due_ms: at,
                 body_digest: None,
+                first_submitted_at: None,
             })
             .unwrap();
         if let Some(status) = status {

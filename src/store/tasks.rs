@@ -946,6 +946,8 @@ pub struct NewSubmission<'a> {
     pub first_due_ms: u64,
     /// See [`Submission::body_digest`].
     pub body_digest: Option<&'a str>,
+    /// See [`Submission::first_submitted_at`].
+    pub first_submitted_at: Option<u64>,
 }
 
 impl NewSubmission<'_> {
@@ -958,6 +960,7 @@ impl NewSubmission<'_> {
             submitted_at: self.now_ms,
             pipeline: self.pipeline.cloned(),
             body_digest: self.body_digest.map(str::to_string),
+            first_submitted_at: self.first_submitted_at,
         }
     }
 
@@ -1579,6 +1582,7 @@ mod tests {
             now_ms,
             first_due_ms: now_ms + 100,
             body_digest: None,
+            first_submitted_at: None,
         }
     }
 
