@@ -2558,6 +2558,27 @@ mod tests {
             assert!(sent[0].starts_with("pipeline_p_failed_1_"), "{sent:?}");
         }
 
+        /// A store that fails while the step is recorded is the store's trouble, not
+        /// the step's: past the watch too, the pipeline is not failed for it.
+        #[test]
+        fn a_store_failure_while_submitting_a_step_never_fails_the_pipeline() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            create_pipeline(&kv, &clock, "p");
+            report_step(&kv, "p", 0, TaskStatus::Succeed);
+            clock.0.set(1_000 + PIPELINE_WATCH_MS);
+            kv.fail_set_starting.replace(Some("task:p-1".into()));
+            let receiver = Scripted::new(vec![Ok((200, ""))]);
+            // The run answers the store's error (503), as for any store failure; the
+            // next run tries the step again.
+            let run = run(&kv, &clock, &Scripted::new(vec![]), &receiver);
+            assert!(matches!(run, Err(StoreError::Unavailable(_))), "{run:?}");
+            let view = PipelineStore::new(&kv).view("p").unwrap().unwrap();
+            assert_eq!(
+                (view.status, view.error),
+                (crate::pipeline::progress::PipelineStatus::Running, None)
+            );
+        }
+
         #[test]
         fn one_unreadable_pipeline_or_step_does_not_stop_the_others() {
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
