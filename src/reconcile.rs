@@ -2364,6 +2364,36 @@ mod tests {
             );
         }
 
+        /// The same failed create, retried with another first step: the task the failed
+        /// create left is not adopted for a step 0 it was not made for.
+        #[test]
+        fn a_retry_with_another_step_0_does_not_adopt_the_failed_create_s_task() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            let config = submit_config();
+            let answer = created("p", 0);
+            let kling = Meanwhile::new(vec![Ok((200, &answer))], || kv.fail_next.set(true));
+            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
+            assert!(create(new_pipeline("p"), &submitter).is_err());
+            let mut other = new_pipeline("p");
+            other.steps[0]
+                .request
+                .insert("prompt".into(), "a dog".into());
+            let none = Scripted::new(Vec::new());
+            let retry = Submitter::for_tests(&config, &kv, &none, &clock);
+            let refused = create(other, &retry).err();
+            assert!(
+                matches!(
+                    refused,
+                    Some(PipelineError::Step {
+                        step: 0,
+                        error: SubmitError::IdempotencyConflict
+                    })
+                ),
+                "{refused:?}"
+            );
+            assert!(none.sent.borrow().is_empty());
+        }
+
         #[test]
         fn a_task_submitted_otherwise_under_step_0_s_id_is_not_taken_for_a_concurrent_create() {
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));

@@ -1,7 +1,7 @@
 //! `POST /pipelines` (create and submit step 0) and `GET /pipelines/{id}`. Moving a
 //! pipeline on is [`crate::pipeline::advance`].
 
-use crate::api::submit::SubmitError;
+use crate::api::submit::{SubmitError, body_digest};
 use crate::kling::catalog::TaskKind;
 use crate::kling::client::check_auth;
 pub use crate::pipeline::advance::{PipelineError, Submitter};
@@ -78,6 +78,27 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
                 error: SubmitError::IdempotencyConflict,
             });
         }
+    }
+    // A step 0 left by an earlier create of this id that failed after Kling made the
+    // task is adopted only by a retry of that create: recorded with another request
+    // (no inputs: it is the request as given), it is refused before anything is stored.
+    if let Some(kind) = TaskKind::from_name(&spec.steps[0].kind)
+        && let Some(head) = tasks.live_head(&TaskKey::external(&step_external_id(&spec.id, 0)))?
+        && let Some(recorded) = &head.submission
+        && recorded
+            .pipeline
+            .as_ref()
+            .is_some_and(|s| s.pipeline_id == spec.id && s.step == 0)
+        && (recorded.body_digest.as_ref())
+            .is_some_and(|d| *d != body_digest(kind, &spec.steps[0].request))
+    {
+        if let Some(existing) = existing(&store, &spec)? {
+            return Ok(existing);
+        }
+        return Err(PipelineError::Step {
+            step: 0,
+            error: SubmitError::IdempotencyConflict,
+        });
     }
     // This creation's own generation: its index entry names it, so a reconciler that
     // judged an earlier pipeline of the same id never removes this one's entry.

@@ -241,7 +241,7 @@ fn answer(store: &TaskStore<'_>, key: &TaskKey, created: bool) -> Result<Submitt
 
 /// The digest of the kind and the request as Kling gets it, compared as a retry's is
 /// ([`comparable`]).
-fn body_digest(kind: TaskKind, body: &Map<String, Value>) -> String {
+pub(crate) fn body_digest(kind: TaskKind, body: &Map<String, Value>) -> String {
     digest_of(&(kind.name(), comparable(body)))
 }
 
