@@ -368,9 +368,9 @@ impl<'a> Notifier<'a> {
             return Ok(true);
         }
         // A receiver that refused this notification (a 4xx) is up: the others still go.
-        if sent.is_err_and(|failed| failed.receiver_up) {
-            self.failures_in_a_row.set(0);
-        } else {
+        // The count of failures in a row is left as it was, so answers mixed with
+        // timeouts still stop the sends after three timeouts.
+        if !sent.is_err_and(|failed| failed.receiver_up) {
             self.failures_in_a_row.set(self.failures_in_a_row.get() + 1);
         }
         pending.attempts += 1;

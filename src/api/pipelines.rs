@@ -4,6 +4,7 @@
 use crate::api::submit::{SubmitError, body_digest};
 use crate::kling::catalog::TaskKind;
 use crate::kling::client::check_auth;
+use crate::kling::request::validate;
 pub use crate::pipeline::advance::{PipelineError, Submitter};
 use crate::pipeline::advance::{StepError, submit_step};
 use crate::pipeline::progress::{self, Next, PipelineView, step_external_id};
@@ -81,16 +82,21 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     }
     // A step 0 left by an earlier create of this id that failed after Kling made the
     // task is adopted only by a retry of that create: recorded with another request
-    // (no inputs: it is the request as given), it is refused before anything is stored.
-    if let Some(kind) = TaskKind::from_name(&spec.steps[0].kind)
-        && let Some(head) = tasks.live_head(&TaskKey::external(&step_external_id(&spec.id, 0)))?
+    // (no inputs: it is the request as given, digested as its submit digests it, from
+    // the bytes it is sent as), it is refused before anything is stored.
+    let step_0_digest = || {
+        let kind = TaskKind::from_name(&spec.steps[0].kind)?;
+        let sent = serde_json::to_vec(&spec.steps[0].request).ok()?;
+        Some(body_digest(kind, &validate(kind, &sent).ok()?))
+    };
+    if let Some(head) = tasks.live_head(&TaskKey::external(&step_external_id(&spec.id, 0)))?
         && let Some(recorded) = &head.submission
         && recorded
             .pipeline
             .as_ref()
             .is_some_and(|s| s.pipeline_id == spec.id && s.step == 0)
-        && (recorded.body_digest.as_ref())
-            .is_some_and(|d| *d != body_digest(kind, &spec.steps[0].request))
+        && let (Some(recorded), Some(wanted)) = (&recorded.body_digest, step_0_digest())
+        && *recorded != wanted
     {
         if let Some(existing) = existing(&store, &spec)? {
             return Ok(existing);

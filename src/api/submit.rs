@@ -135,7 +135,8 @@ pub fn submit(
     // holds under the id from before it is another life's (retention deleted ours).
     let first_submitted_at = match &replacing {
         None => Some(now_ms),
-        Some(previous) => previous.first_submitted_at,
+        // A record of an older build: its own submission is the earliest known.
+        Some(previous) => previous.first_submitted_at.or(Some(previous.submitted_at)),
     };
     let submission = NewSubmission {
         key: &key,
@@ -181,11 +182,15 @@ pub fn submit(
     match kling.create(request.kind, &body) {
         Ok(task_id) => store.bind_submission(&key, &task_id, Some(&submission))?,
         Err(error) if error.may_have_created() => {
-            // Never create twice: ask Kling whether the task exists (and is this life's
-            // of the id, not one from before retention deleted our record of it).
+            // Never create twice: ask Kling whether the task exists. One from before our
+            // first submission of the id is an earlier life's (retention deleted ours):
+            // Kling refuses the id while it holds that task, so ours was not made.
             if let Ok(Some(found)) = kling.query(request.kind, TaskRef::External(&external_task_id))
-                && made_since(first_submitted_at, found.created_at)
             {
+                if !made_since(first_submitted_at, found.created_at) {
+                    store.forget_submission(&submission, replacing.as_ref())?;
+                    return Err(SubmitError::ExternalIdTaken);
+                }
                 store.bind_submission(&key, &found.task_id, Some(&submission))?;
             }
         }
@@ -604,8 +609,9 @@ mod tests {
 
     /// Kling keeps an external id unique while it holds the task: an id used again after
     /// retention deleted our record finds the earlier life's task, which is never taken
-    /// for the new submission. Refused as a duplicate: `409`, nothing kept. A create with
-    /// no clear answer: left unbound for the reconciler, which will not take it either.
+    /// for the new submission. Refused as a duplicate, or found after a create with no
+    /// clear answer (Kling refuses the id while it holds that task, so ours was not
+    /// made): `409`, and nothing is left that counts.
     #[test]
     fn a_task_kling_holds_from_before_the_id_s_first_submission_is_not_taken() {
         const DAY: u64 = 86_400_000;
@@ -652,11 +658,13 @@ mod tests {
             Ok((504, r#"{"code":5002,"message":"timeout"}"#)),
             Ok((200, old.as_str())),
         ]);
-        let kept = submit_at(&kv, &kling).unwrap().record;
-        assert_eq!((kept.status, kept.task_id), (TaskStatus::Submitting, None));
+        let err = submit_at(&kv, &kling).unwrap_err();
+        assert!(matches!(err, SubmitError::ExternalIdTaken), "{err:?}");
+        assert!(TaskStore::new(&kv).find("job-1").unwrap().is_none());
 
-        // Within the margin for Kling's clock: a concurrent submit's task, taken.
-        let recent = found(now - 30 * 60 * 1000);
+        // Within the margin for Kling's clock (our clock hours fast): a concurrent
+        // submit's task, taken.
+        let recent = found(now - 6 * 60 * 60 * 1000);
         let kv = MemoryKv::default();
         let kling = Scripted::new(vec![Ok((400, exists)), Ok((200, recent.as_str()))]);
         let taken = submit_at(&kv, &kling).unwrap().record;

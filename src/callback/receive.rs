@@ -510,6 +510,15 @@ fn checked_with_kling(
             Some(k) if k.task_id != callback.task_id => {
                 return Err(LedgerError::BoundToAnotherTask.into());
             }
+            // Kling's task under our id from before our first submission of it is an
+            // earlier life's of the id (retention deleted ours): never this record's.
+            Some(k)
+                if !(head.and_then(|h| h.submission.as_ref())).is_none_or(|s| {
+                    s.may_have_made(k.event.as_ref().and_then(|e| e.created_at))
+                }) =>
+            {
+                return Err(LedgerError::BoundToAnotherTask.into());
+            }
             Some(_) => {}
         }
     }
@@ -672,6 +681,8 @@ pub(crate) mod tests {
         still_processing: bool,
         /// A success without its results (Kling's record behind its callback).
         results_pending: bool,
+        /// Kling's `created_at` of the task.
+        created_at: Option<u64>,
     }
 
     impl KlingLookup for Lists {
@@ -692,7 +703,7 @@ pub(crate) mod tests {
                 },
                 status_msg: String::new(),
                 external_task_id: Some(self.external_task_id.into()),
-                created_at: None,
+                created_at: self.created_at,
                 updated_at: Some(9),
                 videos: (!self.still_processing && !self.results_pending)
                     .then(|| crate::task::Video {
@@ -723,6 +734,7 @@ pub(crate) mod tests {
             new_status: false,
             still_processing: false,
             results_pending: false,
+            created_at: None,
         }
     }
 
@@ -800,6 +812,26 @@ pub(crate) mod tests {
         other.external_task_id = "job-2";
         let unconfirmed = deliver_checked(&kv, &body("processing", 5), &other, false);
         assert_eq!(unconfirmed.unwrap_err(), CallbackError::BindingUnconfirmed);
+        assert_eq!(*kv.map.borrow(), before);
+
+        // Kling's task under our id is from before our first submission of it (an
+        // earlier life of the id, retention deleted ours): 409, nothing stored.
+        const DAY: u64 = 86_400_000;
+        let kv = MemoryKv::default();
+        submitted(&kv, None);
+        let mut head: TaskHead = crate::store::get_json(&kv, "task:job-1").unwrap().unwrap();
+        if let Some(submission) = head.submission.as_mut() {
+            submission.first_submitted_at = Some(40 * DAY);
+        }
+        kv.set("task:job-1", &crate::store::to_json(&head)).unwrap();
+        let before = kv.map.borrow().clone();
+        let mut earlier_life = lists(Some("86"));
+        earlier_life.created_at = Some(10 * DAY);
+        let taken = deliver_checked(&kv, &body("processing", 5), &earlier_life, false);
+        assert_eq!(
+            taken.unwrap_err(),
+            CallbackError::Ledger(LedgerError::BoundToAnotherTask)
+        );
         assert_eq!(*kv.map.borrow(), before);
     }
 

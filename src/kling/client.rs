@@ -310,18 +310,25 @@ impl<'a> KlingClient<'a> {
 /// parameter may quote the request, whose `callback_url` carries the `sig` that
 /// authenticates callbacks; the message goes to callers, the store and logs.
 fn without_sig(message: &str) -> String {
+    // `sig=` in any case, or percent-encoded (`sig%3D`); ASCII lowercasing keeps every
+    // byte where it was, so positions in the copy are positions in the message.
+    let lower = message.to_ascii_lowercase();
     let mut kept = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find("sig=") {
-        let (before, after) = rest.split_at(at + "sig=".len());
-        kept.push_str(before);
+    let mut from = 0;
+    while let Some((at, name)) = ["sig=", "sig%3d"]
+        .iter()
+        .filter_map(|name| Some((from + lower[from..].find(name)?, name.len())))
+        .min()
+    {
+        let value = at + name;
+        kept.push_str(&message[from..value]);
         kept.push_str("[redacted]");
-        let end = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '%'))
-            .unwrap_or(after.len());
-        rest = &after[end..];
+        from = value
+            + message[value..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '%'))
+                .unwrap_or(message.len() - value);
     }
-    kept.push_str(rest);
+    kept.push_str(&message[from..]);
     kept
 }
 
@@ -722,6 +729,10 @@ pub(crate) mod tests {
             "callback_url https://h/callbacks/kling/j?sig=[redacted] is invalid; sig=[redacted]"
         );
         assert_eq!(without_sig("no secret here"), "no secret here");
+        assert_eq!(
+            without_sig("url=h%3Fsig%3DaBc_1 SIG=zz, é"),
+            "url=h%3Fsig%3D[redacted] SIG=[redacted], é"
+        );
     }
 
     #[test]

@@ -163,8 +163,10 @@ pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, 
                 message: error.message(),
             })
         }
-        // The store, not the step: never counted against the step's 30 days.
-        Err(StepError::Submit(SubmitError::Store(error))) => return Err(error.into()),
+        // The store down, not the step: never counted against the step's 30 days.
+        Err(StepError::Submit(SubmitError::Store(error @ StoreError::Unavailable(_)))) => {
+            return Err(error.into());
+        }
         Err(StepError::Submit(error)) => return Err(PipelineError::Step { step, error }),
     };
     if let Some(failure) = &failure {
