@@ -212,9 +212,11 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
             if !is_path(source) {
                 return Err(invalid("the source must be a dot path such as videos.0.id"));
             }
-            if source.starts_with("steps.") {
+            let (producer, path) = if source.starts_with("steps.") {
                 match step_source(source) {
-                    Some((step, _)) if step < index => {}
+                    Some((step, path)) if step < index => {
+                        (TaskKind::from_name(&built[step].kind), path)
+                    }
                     Some(_) => return Err(invalid("the source must be an earlier step")),
                     None => {
                         return Err(invalid(
@@ -222,6 +224,21 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
                         ));
                     }
                 }
+            } else {
+                (previous, source.as_str())
+            };
+            // A list of results the source step's kind never has (`audios` of a
+            // text2video) would fail the step only after the steps before it were paid.
+            let collection = path.split('.').next().unwrap_or_default();
+            if let Some(producer) = producer
+                && OUTPUT_FIELDS.contains(&collection)
+                && !producer
+                    .spec()
+                    .outputs
+                    .iter()
+                    .any(|o| o.field() == collection)
+            {
+                return Err(invalid("the source step's kind has no such results"));
             }
             if !is_path(target) || target.split('.').any(|s| s.parse::<usize>().is_ok()) {
                 return Err(invalid("the target must be a dot path of field names"));
@@ -346,6 +363,18 @@ fn answered(kind: TaskKind, request: &Map<String, Value>, target: &str) -> bool 
 }
 
 /// `steps.{n}.{path}`: a source reading step `n`, not the previous step.
+/// The task record's lists of results, one per [`Output`] field.
+///
+/// [`Output`]: crate::kling::catalog::Output
+const OUTPUT_FIELDS: [&str; 6] = [
+    "videos",
+    "images",
+    "series_images",
+    "audios",
+    "voices",
+    "elements",
+];
+
 fn step_source(source: &str) -> Option<(usize, &str)> {
     let rest = source.strip_prefix("steps.")?;
     let (step, path) = rest.split_once('.')?;
@@ -561,6 +590,28 @@ mod tests {
                 "{source}: {err:?}"
             );
         }
+        // A list of results the source step's kind never has: refused up front, by the
+        // previous step or by `steps.{n}`; one it has is taken.
+        let avatar = |source: &str| {
+            build(
+                "p".into(),
+                steps(json!([
+                    first,
+                    {"kind": "text-to-audio", "request": {"prompt": "a", "duration": 5}},
+                    {"kind": "avatar", "request": {"image": "https://f.png"}, "inputs": {"sound_file": source}},
+                ])),
+                7,
+            )
+        };
+        for source in ["steps.0.audios.0.url_mp3", "steps.1.videos.0.url"] {
+            let err = avatar(source).unwrap_err();
+            assert!(
+                matches!(err, SpecError::InvalidInput { step: 2, problem, .. } if problem.contains("no such results")),
+                "{source}: {err:?}"
+            );
+        }
+        assert!(avatar("audios.0.url_mp3").is_ok());
+        assert!(avatar("steps.1.audios.0.url_mp3").is_ok());
         // The caller's `video_url` answers video-to-audio's exactly-one pair: no default.
         let spec = build(
             "p".into(),
