@@ -88,6 +88,9 @@ pub enum CreateBehaviour {
     Normal,
     /// Refuse with this HTTP status and Kling code; no task is created.
     Refuse { http: u16, code: i64 },
+    /// Fail with 5000 (no task created), quoting the request's `callback_url` in the
+    /// message, as a Kling message about a parameter might.
+    FailQuotingCallbackUrl,
     /// Create the task, then answer 5002 (Kling's "internal timeout").
     CreateThenTimeout,
     /// Create the task, then answer only after this long.
@@ -422,6 +425,14 @@ impl StandIn {
             .unwrap_or_default();
         if let CreateBehaviour::Refuse { http, code } = script.create {
             return error(http, code, "refused as scripted");
+        }
+        if matches!(script.create, CreateBehaviour::FailQuotingCallbackUrl) {
+            let quoted = callback_url.as_deref().unwrap_or_default();
+            return error(
+                500,
+                5000,
+                &format!("internal error with callback_url {quoted}"),
+            );
         }
         if let Some(field) = requests::refused_field(kind.create_path, &request) {
             return error(400, 1201, &format!("{field} is invalid"));

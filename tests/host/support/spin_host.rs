@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -394,6 +395,10 @@ pub struct SpinApp {
     served_failures: Arc<std::sync::Mutex<Vec<String>>>,
     /// Requests [`Self::serve`] is serving now.
     served_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The guest's stderr, kept for a test to read once it is set
+    /// ([`Self::capture_guest_log`], shared by every copy of this deployment, the one
+    /// serving the stand-in's callbacks included); unset: the test binary's own stderr.
+    guest_log: Arc<std::sync::OnceLock<MemoryOutputPipe>>,
 }
 
 /// A wall clock stopped at one instant.
@@ -493,7 +498,22 @@ impl SpinApp {
             documented: false,
             served_failures: Arc::default(),
             served_in_flight: Arc::default(),
+            guest_log: Arc::default(),
         }
+    }
+
+    /// From now on, every instance's stderr (its log lines) is kept in memory, for
+    /// [`Self::guest_log`].
+    pub fn capture_guest_log(&self) {
+        // Unbounded in practice: a write past the capacity would trap the guest.
+        self.guest_log
+            .get_or_init(|| MemoryOutputPipe::new(1 << 40));
+    }
+
+    /// What the instances wrote to stderr since [`Self::capture_guest_log`].
+    pub fn guest_log(&self) -> String {
+        let log = self.guest_log.get().expect("capture_guest_log first");
+        String::from_utf8_lossy(&log.contents()).into_owned()
     }
 
     /// Fails the test if a request served over HTTP failed in the host ([`Self::serve`]).
@@ -663,7 +683,10 @@ impl SpinApp {
     /// A fresh store for one instance of this deployment, as Spin makes per request.
     pub fn new_store(&self) -> Store<HostState> {
         let mut wasi = WasiCtx::builder();
-        wasi.inherit_stderr();
+        match self.guest_log.get() {
+            Some(log) => wasi.stderr(log.clone()),
+            None => wasi.inherit_stderr(),
+        };
         if let Some(secs) = self.clock {
             wasi.wall_clock(FixedClock(Duration::from_secs(secs)));
         }
