@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kling_standin::Script;
+use serde_json::Value;
 
 use crate::support::deployment::{fast_standin, list, replicas_with, text2video_as};
 use crate::support::kv::KvStore;
@@ -64,6 +65,52 @@ async fn a_storm_over_a_slow_reordering_store_loses_nothing() {
         12,
     )
     .await;
+}
+
+/// Nine submits of one id at once, over three replicas and a store whose every
+/// operation takes up to 200 ms in any order: Kling creates one task, every answer that
+/// names a task names that one, and it ends `succeed`, listed once, nothing left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submits_of_one_id_over_a_slow_reordering_store_make_one_task() {
+    let standin = fast_standin().await;
+    let kv = KvStore::default().slow(Duration::from_millis(200), 7);
+    let replicas = replicas_with(&standin, &kv, 3, &[]).await;
+    let submits: Vec<_> = (0..9)
+        .map(|i| {
+            let app = replicas[i % 3].clone();
+            tokio::spawn(async move { app.send(text2video_as("same-1")).await })
+        })
+        .collect();
+    let mut answered = Vec::new();
+    for submit in submits {
+        let reply = submit.await.unwrap();
+        assert!(matches!(reply.status, 200 | 202), "{reply:?}");
+        answered.push(reply.json()["task_id"].clone());
+    }
+    let at_kling = standin.tasks_with_external_id("same-1");
+    assert_eq!(at_kling.len(), 1, "one task at Kling");
+    let task_id = at_kling[0].task_id.as_str();
+    assert!(
+        answered.iter().all(|t| t.is_null() || t == task_id),
+        "{answered:?}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = reconcile(&replicas[0]).await;
+        let task = replicas[1].ok_json(get_task("same-1")).await;
+        if task["status"] == "succeed" && last["pending"] == 0 {
+            assert_eq!(task["task_id"], task_id);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{task} {last}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = list(&replicas[2], "?limit=100").await;
+    let same: Vec<&Value> = (listed["tasks"].as_array().unwrap().iter())
+        .filter(|t| t["external_task_id"] == "same-1")
+        .collect();
+    assert_eq!(same.len(), 1, "{listed}");
 }
 
 async fn storm(kv: KvStore, tasks: usize, replica_count: usize, batch_size: usize) {
