@@ -360,9 +360,10 @@ impl KlingConfig {
             ));
         }
         // At most a minute for each of connect, first byte and between bytes: a create (a
-        // small JSON answer) and the lookup that may follow it then end, answered or
-        // failed, within about six minutes, inside the reconciler's SUBMITTING_GRACE_MS,
-        // so an unanswered create is not taken for one that never went through.
+        // small JSON answer) and the lookup that may follow it (for advanced-lip-sync and
+        // ai-multi-shot up to two pages of Kling's list) then end, answered or failed,
+        // within about nine minutes, inside the reconciler's SUBMITTING_GRACE_MS, so an
+        // unanswered create is not taken for one that never went through.
         let timeout_ms = bounded(
             vars,
             KLING_TIMEOUT_MS,

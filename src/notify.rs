@@ -18,8 +18,8 @@
 //!   `index` label, one key each) *before* it is sent, and deleted on the receiver's 2xx.
 //!   An instance that stops mid-send loses nothing: each reconcile run sends what is
 //!   due, `notify_retry_seconds` after a failure, doubling up to an hour.
-//! - A notifier that met [`MAX_FAILURES_IN_A_ROW`] failures in a row (no answer, a 5xx,
-//!   408 or 429) stops sending for the rest of its request and only stores, so a dead
+//! - A notifier that met [`MAX_FAILURES_IN_A_ROW`] failures in a row (no answer, or any
+//!   answer but a 2xx or a 4xx other than 408 and 429) stops sending for the rest of its request and only stores, so a dead
 //!   receiver costs one timeout per attempt, not one per changed task. A 4xx refuses
 //!   that notification only (it waits in the outbox, backing off): the receiver is up,
 //!   so the others still go.

@@ -57,7 +57,8 @@ pub const MAX_PURGED_PER_RUN: usize = 50;
 /// How long a task may stay `submitting` before a Kling that does not know it means the
 /// create never went through. Longer than any submit takes (a create, and the lookup
 /// that may follow it, each end within about three `kling_timeout_ms` of at most a
-/// minute), so a submit in flight is rarely given up. Correctness does not rest on it:
+/// minute, a lookup in Kling's list of two pages six), so a submit in flight is rarely
+/// given up. Correctness does not rest on it:
 /// giving up deletes nothing, and whatever binds the task later tracks it again
 /// ([`TaskStore::live_head`]).
 pub const SUBMITTING_GRACE_MS: u64 = 10 * 60 * 1000;

@@ -1,10 +1,9 @@
 //! `POST /pipelines` (create and submit step 0) and `GET /pipelines/{id}`. Moving a
 //! pipeline on is [`crate::pipeline::advance`].
 
-use crate::api::submit::{SubmitError, body_digest};
+use crate::api::submit::{SubmitError, recorded_digest};
 use crate::kling::catalog::TaskKind;
 use crate::kling::client::check_auth;
-use crate::kling::request::validate;
 pub use crate::pipeline::advance::{PipelineError, Submitter};
 use crate::pipeline::advance::{StepError, submit_step};
 use crate::pipeline::progress::{self, Next, PipelineView, step_external_id};
@@ -86,8 +85,7 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     // the bytes it is sent as), it is refused before anything is stored.
     let step_0_digest = || {
         let kind = TaskKind::from_name(&spec.steps[0].kind)?;
-        let sent = serde_json::to_vec(&spec.steps[0].request).ok()?;
-        Some(body_digest(kind, &validate(kind, &sent).ok()?))
+        recorded_digest(kind, &spec.steps[0].request)
     };
     if let Some(head) = tasks.live_head(&TaskKey::external(&step_external_id(&spec.id, 0)))?
         && let Some(recorded) = &head.submission

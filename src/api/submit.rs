@@ -26,7 +26,7 @@ use crate::router::Route;
 use crate::store::layout::TaskKey;
 use crate::store::tasks::{NewSubmission, TaskStore};
 use crate::store::{KeyValue, StoreError};
-use crate::task::{StepRef, TaskRecord};
+use crate::task::{StepRef, TaskEvent, TaskRecord};
 use crate::validate::{choose_id, is_valid_external_task_id};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -164,11 +164,21 @@ pub fn submit(
     // late binding of the given-up one wrote meanwhile, and remove this one's entry.)
     // A failure to remove it costs a repeated entry in `GET /tasks`, nothing more.
     let unlist_replaced = || {
-        if let Some(previous) = replacing.as_ref().filter(|p| p.nonce != nonce)
+        if let Some(previous) = &replacing
             && let Err(error) = store.unlist_replaced(&submission, previous)
         {
             eprintln!("could not remove a replaced submission's listing entry: {error}");
         }
+    };
+    // A task Kling holds under the id from before our first submission of it is an
+    // earlier life's (retention deleted our record): Kling refuses the id while it keeps
+    // that task, so ours was not made, and the submission is given up as refused.
+    let taken_by_an_earlier_life = |found: &TaskEvent| -> Result<(), SubmitError> {
+        if made_since(first_submitted_at, found.created_at) {
+            return Ok(());
+        }
+        store.forget_submission(&submission, replacing.as_ref())?;
+        Err(SubmitError::ExternalIdTaken)
     };
     // Validation let `options` (API 2.0) be only an object or `null`: both paths can be set.
     set_path(&mut body, external_field, external_task_id.clone().into());
@@ -182,15 +192,10 @@ pub fn submit(
     match kling.create(request.kind, &body) {
         Ok(task_id) => store.bind_submission(&key, &task_id, Some(&submission))?,
         Err(error) if error.may_have_created() => {
-            // Never create twice: ask Kling whether the task exists. One from before our
-            // first submission of the id is an earlier life's (retention deleted ours):
-            // Kling refuses the id while it holds that task, so ours was not made.
+            // Never create twice: ask Kling whether the task exists.
             if let Ok(Some(found)) = kling.query(request.kind, TaskRef::External(&external_task_id))
             {
-                if !made_since(first_submitted_at, found.created_at) {
-                    store.forget_submission(&submission, replacing.as_ref())?;
-                    return Err(SubmitError::ExternalIdTaken);
-                }
+                taken_by_an_earlier_life(&found)?;
                 store.bind_submission(&key, &found.task_id, Some(&submission))?;
             }
         }
@@ -201,14 +206,8 @@ pub fn submit(
             // `submitting` for the reconciler, exactly like an ambiguous create.
             if error.is_invalid_request() {
                 match kling.query(request.kind, TaskRef::External(&external_task_id)) {
-                    // Kling holds the id from before our first submission of it: an id
-                    // used again after retention deleted our record. Kling will refuse
-                    // it for as long as it keeps that task.
-                    Ok(Some(found)) if !made_since(first_submitted_at, found.created_at) => {
-                        store.forget_submission(&submission, replacing.as_ref())?;
-                        return Err(SubmitError::ExternalIdTaken);
-                    }
                     Ok(Some(found)) => {
+                        taken_by_an_earlier_life(&found)?;
                         store.bind_submission(&key, &found.task_id, Some(&submission))?;
                         unlist_replaced();
                         return answer(&store, &key, false);
@@ -244,9 +243,16 @@ fn answer(store: &TaskStore<'_>, key: &TaskKey, created: bool) -> Result<Submitt
     Ok(Submitted { record, created })
 }
 
+/// The digest a submit of `request` (a JSON object) records: taken, as the submit takes
+/// it, from the request's bytes. `None` for a request the kind refuses.
+pub(crate) fn recorded_digest(kind: TaskKind, request: &Map<String, Value>) -> Option<String> {
+    let sent = serde_json::to_vec(request).ok()?;
+    Some(body_digest(kind, &validate(kind, &sent).ok()?))
+}
+
 /// The digest of the kind and the request as Kling gets it, compared as a retry's is
 /// ([`comparable`]).
-pub(crate) fn body_digest(kind: TaskKind, body: &Map<String, Value>) -> String {
+fn body_digest(kind: TaskKind, body: &Map<String, Value>) -> String {
     digest_of(&(kind.name(), comparable(body)))
 }
 

@@ -507,15 +507,13 @@ fn checked_with_kling(
     if unbound {
         match &kling {
             None => return Err(CallbackError::BindingUnconfirmed),
-            Some(k) if k.task_id != callback.task_id => {
-                return Err(LedgerError::BoundToAnotherTask.into());
-            }
-            // Kling's task under our id from before our first submission of it is an
-            // earlier life's of the id (retention deleted ours): never this record's.
+            // Another task, or Kling's task under our id from before our first
+            // submission of it (an earlier life's of the id: retention deleted ours).
             Some(k)
-                if !(head.and_then(|h| h.submission.as_ref())).is_none_or(|s| {
-                    s.may_have_made(k.event.as_ref().and_then(|e| e.created_at))
-                }) =>
+                if k.task_id != callback.task_id
+                    || (head.and_then(|h| h.submission.as_ref())).is_some_and(|s| {
+                        !s.may_have_made(k.event.as_ref().and_then(|e| e.created_at))
+                    }) =>
             {
                 return Err(LedgerError::BoundToAnotherTask.into());
             }

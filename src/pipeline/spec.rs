@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::kling::catalog::{Rule, TaskKind};
+use crate::kling::catalog::{CATALOG, KindSpec, Rule, TaskKind};
 use crate::kling::request::{
     RequestError, comparable, digest_of, given, lookup, own_fields, set_path, validate,
 };
@@ -230,13 +230,10 @@ pub fn build(id: String, steps: Vec<NewStep>, now_ms: u64) -> Result<PipelineSpe
             // A list of results the source step's kind never has (`audios` of a
             // text2video) would fail the step only after the steps before it were paid.
             let collection = path.split('.').next().unwrap_or_default();
+            let has_it = |kind: &KindSpec| kind.outputs.iter().any(|o| o.field() == collection);
             if let Some(producer) = producer
-                && OUTPUT_FIELDS.contains(&collection)
-                && !producer
-                    .spec()
-                    .outputs
-                    .iter()
-                    .any(|o| o.field() == collection)
+                && CATALOG.iter().any(has_it)
+                && !has_it(producer.spec())
             {
                 return Err(invalid("the source step's kind has no such results"));
             }
@@ -363,18 +360,6 @@ fn answered(kind: TaskKind, request: &Map<String, Value>, target: &str) -> bool 
 }
 
 /// `steps.{n}.{path}`: a source reading step `n`, not the previous step.
-/// The task record's lists of results, one per [`Output`] field.
-///
-/// [`Output`]: crate::kling::catalog::Output
-const OUTPUT_FIELDS: [&str; 6] = [
-    "videos",
-    "images",
-    "series_images",
-    "audios",
-    "voices",
-    "elements",
-];
-
 fn step_source(source: &str) -> Option<(usize, &str)> {
     let rest = source.strip_prefix("steps.")?;
     let (step, path) = rest.split_once('.')?;

@@ -174,7 +174,7 @@ bindings::export!(Exports with_types_in bindings);
 /// (`idempotency_conflict` and `store_corrupt` included, which share a variant with
 /// others).
 fn to_wit(error: ApiError) -> wit::Error {
-    let code = error.status_and_code().1;
+    let (status, code) = error.status_and_code();
     let message = format!("{code}: {}", wit_message(&error));
     if let ApiError::Callback(CallbackError::Payload(_)) = error {
         return wit::Error::InvalidPayload(message);
@@ -191,7 +191,7 @@ fn to_wit(error: ApiError) -> wit::Error {
             (None, _) => wit::Error::Kling(kling),
         };
     }
-    match error.status_and_code() {
+    match (status, code) {
         // A deployment setting (a variable, or a store label the manifest lacks), not
         // worth retrying.
         (

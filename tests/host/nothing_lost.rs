@@ -43,7 +43,7 @@ async fn reconcile_until_idle(app: &SpinApp, runs: usize) -> Value {
 /// their entries back. Each index entry is its own key now, so no late write can take
 /// another entry with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_write_that_lands_a_second_late_loses_no_pending_task() {
+async fn a_write_that_lands_late_loses_no_pending_task() {
     let d = deploy_on(
         KvStore::default(),
         Auth::KeyPair,

@@ -156,7 +156,8 @@ async fn an_ambiguous_create_is_looked_up_and_never_repeated() {
 /// account's newer tasks (newest first, 500 a page).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ambiguous_create_of_a_kind_kling_only_lists_is_found_past_the_first_page() {
-    let d = deploy().await;
+    // Kling's two answers of 500 tasks must come in time on a loaded machine too.
+    let d = deploy_with(Auth::KeyPair, None, &[("kling_timeout_ms", "10000")]).await;
     d.standin.script(
         "job-listed",
         Script {
