@@ -1183,16 +1183,7 @@ mod tests {
             Index::pending(&kv).remove(&entry).unwrap();
         }
         // Kling lists it after all: the poll binds it, and tracks it again.
-        let kling = Scripted::new(vec![Ok((200, FOUND_86))]);
-        let (config, clock) = (submit_config(), ManualClock(Cell::new(10)));
-        let poller = Poller {
-            kv: &kv,
-            kling: &config.kling,
-            transport: &kling,
-            clock: &clock,
-            options: &options(),
-        };
-        let polled = poller.poll(&key, head, PollState::default()).ok().unwrap();
+        let polled = poll_once(&kv, &key, head, FOUND_86, 10);
         assert!(polled.news.is_some());
         let live = store.live_head(&key).unwrap().unwrap();
         assert_eq!(live.task_id.as_deref(), Some("86"));
@@ -1201,6 +1192,20 @@ mod tests {
             "{:?}",
             Index::pending(&kv).entries()
         );
+    }
+
+    /// One poll of `key`, read as `head`, at `now`, Kling answering `answer`.
+    fn poll_once(kv: &MemoryKv, key: &TaskKey, head: TaskHead, answer: &str, now: u64) -> Polled {
+        let kling = Scripted::new(vec![Ok((200, answer))]);
+        let (config, clock) = (submit_config(), ManualClock(Cell::new(now)));
+        let poller = Poller {
+            kv,
+            kling: &config.kling,
+            transport: &kling,
+            clock: &clock,
+            options: &options(),
+        };
+        poller.poll(key, head, PollState::default()).ok().unwrap()
     }
 
     /// A task Kling holds under our id from before the id's first submission here (an
@@ -1224,16 +1229,7 @@ mod tests {
             r#"{{"code":0,"message":"SUCCEED","data":{{"task_id":"86","task_status":"succeed","created_at":{},"task_info":{{"external_task_id":"job-1"}}}}}}"#,
             30 * DAY
         );
-        let kling = Scripted::new(vec![Ok((200, old.as_str()))]);
-        let (config, clock) = (submit_config(), ManualClock(Cell::new(40 * DAY + 1)));
-        let poller = Poller {
-            kv: &kv,
-            kling: &config.kling,
-            transport: &kling,
-            clock: &clock,
-            options: &options(),
-        };
-        let polled = poller.poll(&key, head, PollState::default()).ok().unwrap();
+        let polled = poll_once(&kv, &key, head, &old, 40 * DAY + 1);
         assert!(polled.news.is_none());
         assert_eq!(polled.state.last_outcome, "not_created_yet");
         assert_eq!(store.head(&key).unwrap().unwrap().task_id, None);
@@ -2365,6 +2361,20 @@ mod tests {
             );
         }
 
+        /// A create refused at step 0 as submitted with another request.
+        fn assert_step_0_conflict(refused: Option<PipelineError>) {
+            assert!(
+                matches!(
+                    refused,
+                    Some(PipelineError::Step {
+                        step: 0,
+                        error: SubmitError::IdempotencyConflict
+                    })
+                ),
+                "{refused:?}"
+            );
+        }
+
         /// The same failed create, retried with another first step: the task the failed
         /// create left is not adopted for a step 0 it was not made for.
         #[test]
@@ -2382,16 +2392,7 @@ mod tests {
             let none = Scripted::new(Vec::new());
             let retry = Submitter::for_tests(&config, &kv, &none, &clock);
             let refused = create(other, &retry).err();
-            assert!(
-                matches!(
-                    refused,
-                    Some(PipelineError::Step {
-                        step: 0,
-                        error: SubmitError::IdempotencyConflict
-                    })
-                ),
-                "{refused:?}"
-            );
+            assert_step_0_conflict(refused);
             assert!(none.sent.borrow().is_empty());
         }
 
@@ -2417,16 +2418,7 @@ mod tests {
                 .unwrap();
             let none = Scripted::new(Vec::new());
             let refused = create_p(&kv, &none, &clock).err();
-            assert!(
-                matches!(
-                    refused,
-                    Some(PipelineError::Step {
-                        step: 0,
-                        error: SubmitError::IdempotencyConflict
-                    })
-                ),
-                "{refused:?}"
-            );
+            assert_step_0_conflict(refused);
             assert!(crate::api::pipelines::get("p", &kv).unwrap().is_none());
             assert!(Index::pipelines(&kv).entries().unwrap().is_empty());
             assert!(none.sent.borrow().is_empty());

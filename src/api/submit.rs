@@ -445,16 +445,8 @@ mod tests {
     fn retries_refused_like_the_one_before_pile_up_nothing() {
         let kv = MemoryKv::default();
         for attempt in 0..4u64 {
-            let kling = Scripted::new(vec![Ok((
-                429,
-                r#"{"code":1303,"message":"too many","request_id":"r"}"#,
-            ))]);
-            let request = SubmitRequest {
-                kind: TaskKind::from_name("text2video").unwrap(),
-                body: br#"{"prompt":"p"}"#,
-                idempotency_key: Some("job-1"),
-                pipeline: None,
-            };
+            let kling = rate_limited();
+            let request = job_1();
             let clock = ManualClock(std::cell::Cell::new(1_000_000 + attempt * 120_000));
             let nonce = format!("n{attempt}");
             submit(&request, &submit_config(), &kv, &kling, &clock, &|| {
@@ -473,12 +465,7 @@ mod tests {
         }
         // Then Kling takes it: a task like any other, listed once, at this submission.
         let kling = Scripted::new(vec![Ok((200, CREATED))]);
-        let request = SubmitRequest {
-            kind: TaskKind::from_name("text2video").unwrap(),
-            body: br#"{"prompt":"p"}"#,
-            idempotency_key: Some("job-1"),
-            pipeline: None,
-        };
+        let request = job_1();
         let clock = ManualClock(std::cell::Cell::new(2_000_000));
         let made = submit(&request, &submit_config(), &kv, &kling, &clock, &|| {
             "n-last".to_string()
@@ -505,24 +492,32 @@ mod tests {
         assert_eq!(served, 1);
     }
 
+    /// Kling answering 1303 (too many running tasks).
+    fn rate_limited() -> Scripted {
+        Scripted::new(vec![Ok((
+            429,
+            r#"{"code":1303,"message":"too many","request_id":"r"}"#,
+        ))])
+    }
+
+    /// A text2video submit of `job-1`.
+    fn job_1() -> SubmitRequest<'static> {
+        SubmitRequest {
+            kind: TaskKind::from_name("text2video").unwrap(),
+            body: br#"{"prompt":"p"}"#,
+            idempotency_key: Some("job-1"),
+            pipeline: None,
+        }
+    }
+
     /// A submit of an id whose earlier submission was given up, refused by Kling while a
     /// late callback binds that earlier submission after all: the earlier task stays
     /// listed (its entry is never taken by a submit Kling refused).
     #[test]
     fn a_refused_resubmit_leaves_a_late_bound_earlier_submission_listed() {
         let kv = MemoryKv::default();
-        let refused = || {
-            Scripted::new(vec![Ok((
-                429,
-                r#"{"code":1303,"message":"too many","request_id":"r"}"#,
-            ))])
-        };
-        let request = SubmitRequest {
-            kind: TaskKind::from_name("text2video").unwrap(),
-            body: br#"{"prompt":"p"}"#,
-            idempotency_key: Some("job-1"),
-            pipeline: None,
-        };
+        let refused = rate_limited;
+        let request = job_1();
         let clock = ManualClock(std::cell::Cell::new(1_000_000));
         submit(&request, &submit_config(), &kv, &refused(), &clock, &|| {
             "n0".into()
@@ -629,12 +624,7 @@ mod tests {
         };
         let exists = r#"{"code":1201,"message":"external_task_id already exists"}"#;
         let submit_at = |kv: &MemoryKv, kling: &Scripted| {
-            let request = SubmitRequest {
-                kind: TaskKind::from_name("text2video").unwrap(),
-                body: br#"{"prompt":"p"}"#,
-                idempotency_key: Some("job-1"),
-                pipeline: None,
-            };
+            let request = job_1();
             let clock = ManualClock(std::cell::Cell::new(now));
             submit(&request, &submit_config(), kv, kling, &clock, &|| {
                 "n".into()
