@@ -2332,16 +2332,25 @@ mod tests {
             );
         }
 
+        /// Creates pipeline `p`: Kling creates step 0, and the store fails the binding's
+        /// write. Returns the create's error.
+        fn create_whose_step_0_binding_fails(
+            kv: &MemoryKv,
+            clock: &ManualClock,
+        ) -> Option<PipelineError> {
+            let config = submit_config();
+            let answer = created("p", 0);
+            let kling = Meanwhile::new(vec![Ok((200, &answer))], || kv.fail_next.set(true));
+            let submitter = Submitter::for_tests(&config, kv, &kling, clock);
+            create(new_pipeline("p"), &submitter).err()
+        }
+
         #[test]
         fn a_create_whose_binding_failed_is_not_taken_for_a_concurrent_one_its_retry_adopts_it() {
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
             let config = submit_config();
-            // Kling creates step 0, and the store fails the binding's write.
-            let answer = created("p", 0);
-            let kling = Meanwhile::new(vec![Ok((200, &answer))], || kv.fail_next.set(true));
-            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
             // Step 0's record is this create's own: a 5xx, so the client retries.
-            let failed = create(new_pipeline("p"), &submitter).err();
+            let failed = create_whose_step_0_binding_fails(&kv, &clock);
             assert!(
                 matches!(
                     failed,
@@ -2381,10 +2390,7 @@ mod tests {
         fn a_retry_with_another_step_0_does_not_adopt_the_failed_create_s_task() {
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
             let config = submit_config();
-            let answer = created("p", 0);
-            let kling = Meanwhile::new(vec![Ok((200, &answer))], || kv.fail_next.set(true));
-            let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
-            assert!(create(new_pipeline("p"), &submitter).is_err());
+            assert!(create_whose_step_0_binding_fails(&kv, &clock).is_some());
             let mut other = new_pipeline("p");
             other.steps[0]
                 .request
