@@ -1,8 +1,8 @@
 //! A stand-in for Kling's API, following `../shared/kling-api.md`, for end-to-end tests
 //! and local demos (Kling itself is unreachable from our build machines).
 //!
-//! - Every kind of kling-webhook's catalog (which a catalog test holds to the contract),
-//!   in both API families:
+//! - Every asynchronous endpoint kling-api.md lists ([`surface`], read from it on its own,
+//!   not from the component's catalog), in both API families:
 //!   - legacy: `POST {endpoint}`, `GET {endpoint}/{task_id or external_task_id}` (task id
 //!     only where Kling allows no other), `GET {endpoint}?pageNum=&pageSize=`;
 //!   - API 2.0: `POST /{endpoint}/{model}` with `options.callback_url` and
@@ -43,14 +43,10 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use kling_webhook::kling::catalog::{CATALOG, Family, KindSpec, Output, Query};
-
 pub mod requests;
+pub mod surface;
 
-/// The kind whose create endpoint is `path`.
-fn kind_at(path: &str) -> Option<&'static KindSpec> {
-    CATALOG.iter().find(|kind| kind.create_path == path)
-}
+use surface::{Endpoint, Family, ResultKey, endpoint_at};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -156,7 +152,7 @@ pub struct Received {
 pub struct Task {
     pub task_id: String,
     pub external_task_id: Option<String>,
-    pub kind: &'static KindSpec,
+    pub kind: &'static Endpoint,
     pub status: &'static str,
     pub callback_url: Option<String>,
     pub created_at: u64,
@@ -306,7 +302,7 @@ impl StandIn {
             return error(400, 1200, "Content-Type must be application/json");
         }
         let query = uri_query.as_deref().unwrap_or("");
-        if let Some(kind) = kind_at(&path) {
+        if let Some(kind) = endpoint_at(&path) {
             if kind.family == Family::Api2 && !self.is_api_key(authorization.as_deref()) {
                 return error(401, 1002, "API 2.0 takes an API key");
             }
@@ -328,7 +324,7 @@ impl StandIn {
         }
         if method == "GET"
             && let Some((endpoint, id)) = path.rsplit_once('/')
-            && let Some(kind) = kind_at(endpoint).filter(|k| k.family == Family::Legacy)
+            && let Some(kind) = endpoint_at(endpoint).filter(|k| k.family == Family::Legacy)
         {
             self.hold_query(id).await;
             return self.query(kind, id);
@@ -402,7 +398,7 @@ impl StandIn {
         }
     }
 
-    async fn create(&self, kind: &'static KindSpec, request: Value) -> Response<Full<Bytes>> {
+    async fn create(&self, kind: &'static Endpoint, request: Value) -> Response<Full<Bytes>> {
         if !request.is_object() {
             return error(400, 1200, "invalid request parameters");
         }
@@ -658,11 +654,11 @@ impl StandIn {
         state.scripts.get(&ext).cloned()
     }
 
-    fn query(&self, kind: &'static KindSpec, id: &str) -> Response<Full<Bytes>> {
+    fn query(&self, kind: &'static Endpoint, id: &str) -> Response<Full<Bytes>> {
         let task = self.tasks().into_iter().find(|t| {
             t.kind == kind
                 && (t.task_id == id
-                    || (kind.query == Query::ById && t.external_task_id.as_deref() == Some(id)))
+                    || (!kind.task_id_only && t.external_task_id.as_deref() == Some(id)))
         });
         match task {
             Some(task) => {
@@ -689,7 +685,7 @@ impl StandIn {
     }
 
     /// `GET {path}?pageNum=1..1000&pageSize=1..500` (defaults 1 and 30): newest first.
-    fn list(&self, kind: &'static KindSpec, query: &str) -> Response<Full<Bytes>> {
+    fn list(&self, kind: &'static Endpoint, query: &str) -> Response<Full<Bytes>> {
         let param = |name: &str, default: usize| {
             query_values(query, name)
                 .next()
@@ -781,48 +777,48 @@ fn legacy_result(task: &Task) -> Value {
     let id = &task.task_id;
     let cdn = |suffix: &str| format!("https://cdn.standin.example/{id}{suffix}");
     let mut result = serde_json::Map::new();
-    for output in task.kind.outputs {
+    for output in task.kind.results {
         let value = match output {
-            Output::Videos => json!([{
+            ResultKey::Videos => json!([{
                 "id": format!("{id}9"),
                 "url": cdn(".mp4"),
                 "watermark_url": cdn("-w.mp4"),
                 "duration": "5.1",
             }]),
             // ai-multi-shot answers three views of the element.
-            Output::ImageViews => json!([{
+            ResultKey::ImageViews => json!([{
                 "index": 0,
                 "url_1": cdn("-1.png"),
                 "url_2": cdn("-2.png"),
                 "url_3": cdn("-3.png"),
             }]),
-            Output::Images => {
+            ResultKey::Images => {
                 let mut image =
                     json!({"index": 0, "url": cdn(".png"), "watermark_url": cdn("-w.png")});
-                if task.kind.outputs.contains(&Output::SeriesImages) {
+                if task.kind.results.contains(&ResultKey::SeriesImages) {
                     image["result_type"] = json!("series");
                 }
                 json!([image])
             }
-            Output::SeriesImages => json!([
+            ResultKey::SeriesImages => json!([
                 {"index": 0, "url": cdn("-s0.png")},
                 {"index": 1, "url": cdn("-s1.png")},
             ]),
-            Output::Audios => json!([{
+            ResultKey::Audios => json!([{
                 "id": format!("{id}8"),
                 "url_mp3": cdn(".mp3"),
                 "url_wav": cdn(".wav"),
                 "duration_mp3": "5.0",
                 "duration_wav": "5.0",
             }]),
-            Output::Voices => json!([{
+            ResultKey::Voices => json!([{
                 "voice_id": format!("voice-{id}"),
                 "voice_name": task.request["voice_name"],
                 "trial_url": cdn("-trial.mp3"),
                 "owned_by": "me",
             }]),
             // A JSON number beyond 2^53, as Kling sends it.
-            Output::Elements => json!([{
+            ResultKey::Elements => json!([{
                 "element_id": 829_836_802_793_406_551_u64,
                 "element_name": task.request["element_name"],
                 "element_description": task.request["element_description"],
@@ -830,7 +826,7 @@ fn legacy_result(task: &Task) -> Value {
                 "status": "succeed",
             }]),
         };
-        result.insert(output.field().to_string(), value);
+        result.insert(output.name().to_string(), value);
     }
     Value::Object(result)
 }
