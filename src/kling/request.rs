@@ -47,17 +47,37 @@ pub fn validate(kind: TaskKind, body: &[u8]) -> Result<Map<String, Value>, Reque
             "goes in `options.external_task_id` for API 2.0 kinds",
         ));
     }
-    for rule in kind.spec().rules.iter().copied().flatten() {
-        check(rule, &request)?;
-    }
-    Ok(request)
+    let rules = kind.spec().rules.iter().copied().flatten();
+    checked(rules, request)
 }
 
 /// Parses and checks a request by `rules` (Kling's synchronous calls).
 pub fn validate_by(rules: &[Rule], body: &[u8]) -> Result<Map<String, Value>, RequestError> {
-    let request = object(body)?;
+    checked(rules, object(body)?)
+}
+
+/// `request` once it passes every rule, with each [`Rule::Integer`] field written as an
+/// integer: JSON has one number type, so `5.0` passes as the integer 5, but Kling reads
+/// "integer" fields as its own integer type and may refuse `5.0` (1201), so Kling gets
+/// `5`.
+fn checked<'r>(
+    rules: impl IntoIterator<Item = &'r Rule>,
+    mut request: Map<String, Value>,
+) -> Result<Map<String, Value>, RequestError> {
+    let mut integers = Vec::new();
     for rule in rules {
         check(rule, &request)?;
+        if let Rule::Integer(field, ..) = rule
+            && let Some(n) = lookup(&request, field)
+                .filter(|v| v.is_f64())
+                .and_then(Value::as_f64)
+        {
+            // Checked: a whole number within the rule's range, which an i64 holds.
+            integers.push((*field, n as i64));
+        }
+    }
+    for (field, n) in integers {
+        set_path(&mut request, field, n.into());
     }
     Ok(request)
 }
@@ -724,7 +744,7 @@ mod tests {
                 json!({"prompt": "p", "options": {"external_task_id": "job-1"}}),
                 None,
             ),
-            // JSON has one number type: 5.0 is an integer; 5.5 is not.
+            // JSON has one number type: 5.0 is an integer (Kling gets 5); 5.5 is not.
             (
                 "text-to-video/kling-3.0",
                 json!({"prompt": "p", "settings": {"duration": 5.0}}),
@@ -776,6 +796,32 @@ mod tests {
         assert_eq!(
             Value::Object(object),
             json!({"options": {"callback_url": "u"}, "input": "text", "a": {"b": {"c": 1}}, "top": true})
+        );
+    }
+
+    /// Kling reads its integer fields as integers: a `5.0` that passed goes out as `5`,
+    /// and the request is otherwise what was sent.
+    #[test]
+    fn an_integer_written_with_a_fraction_reaches_kling_as_an_integer() {
+        let sent = |kind, body: Value| validate(k(kind), body.to_string().as_bytes()).unwrap();
+        let api2 = sent(
+            "text-to-video/kling-3.0",
+            json!({"prompt": "p", "settings": {"duration": 5.0, "resolution": "720p"}}),
+        );
+        assert_eq!(
+            Value::Object(api2).to_string(),
+            r#"{"prompt":"p","settings":{"duration":5,"resolution":"720p"}}"#
+        );
+        let omni_image = sent("omni-image", json!({"prompt": "p", "n": 3.0}));
+        assert_eq!(
+            Value::Object(omni_image).to_string(),
+            r#"{"n":3,"prompt":"p"}"#
+        );
+        // Already an integer, or a field no integer rule names: untouched.
+        let untouched = json!({"prompt": "p", "n": 3, "cfg": 0.5});
+        assert_eq!(
+            Value::Object(sent("omni-image", untouched.clone())),
+            untouched
         );
     }
 
