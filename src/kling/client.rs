@@ -322,7 +322,7 @@ fn without_sig(message: &str) -> String {
     {
         let value = at + name;
         kept.push_str(&message[from..value]);
-        kept.push_str("[redacted]");
+        kept.push_str("<redacted>");
         from = value
             + message[value..]
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '%'))
@@ -726,12 +726,12 @@ pub(crate) mod tests {
         };
         assert_eq!(
             e.message,
-            "callback_url https://h/callbacks/kling/j?sig=[redacted] is invalid; sig=[redacted]"
+            "callback_url https://h/callbacks/kling/j?sig=<redacted> is invalid; sig=<redacted>"
         );
         assert_eq!(without_sig("no secret here"), "no secret here");
         assert_eq!(
             without_sig("url=h%3Fsig%3DaBc_1 SIG=zz, é"),
-            "url=h%3Fsig%3D[redacted] SIG=[redacted], é"
+            "url=h%3Fsig%3D<redacted> SIG=<redacted>, é"
         );
     }
 

@@ -15,6 +15,7 @@ mod openapi_document;
 mod pipelines;
 mod reconcile;
 mod rejections;
+mod secrets;
 mod storm;
 mod submit;
 mod task_api;
