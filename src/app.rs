@@ -288,8 +288,10 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
     // One budget for the whole run. The outbox goes first, within a quarter of it, so
     // that a Kling that times out (one poll can take three times `kling_timeout_ms`)
     // holds back no notification, which needs no Kling, and a slow receiver no poll;
-    // then tasks and pipelines; then the outbox again with what is left (this run's own
-    // failed sends wait for their retry time), which counts what stays pending.
+    // then tasks, within two thirds of what is left, so that polls never leave the
+    // pipelines (steps to submit, ends to announce) without a share; then pipelines;
+    // then the outbox again with what is left (this run's own failed sends wait for
+    // their retry time), which counts what stays pending.
     let started = env.clock.now_ms();
     let deadline_ms = started.saturating_add(options.limits.budget_ms);
     let notifier = notify.as_ref().map(|config| env.notifier(config));
@@ -300,7 +302,8 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
         }
         None => 0,
     };
-    options.limits.budget_ms = deadline_ms.saturating_sub(env.clock.now_ms());
+    let left = deadline_ms.saturating_sub(env.clock.now_ms());
+    options.limits.budget_ms = left - left / 3;
     let mut report = reconcile(
         env.kv,
         &kling,

@@ -239,7 +239,8 @@ pub fn reconcile(
     let started = clock.now_ms();
     let index = Index::pending(kv);
     let mut report = ReconcileReport::default();
-    let pending = submissions(index.entries()?);
+    let listed = index.entries()?;
+    let pending = submissions(listed.clone());
     let mut remaining = pending.len();
     let mut stopped = false;
     for submission in pending {
@@ -283,9 +284,6 @@ pub fn reconcile(
                 }
             }
             Judged::Due(due_ms) => {
-                // The new entry first: at every moment at least one entry exists. A
-                // concurrent run may already have added this very name: never remove it.
-                let next = pending_entry(&submission.key, &submission.nonce, due_ms);
                 // It carries the submission on, like the entries it replaces.
                 let carried = match carried_submission(kv, &submission)? {
                     Some(carried) => Some(carried),
@@ -297,9 +295,25 @@ pub fn reconcile(
                         Err(error) => return Err(error),
                     },
                 };
-                let value = match &carried {
-                    Some(carried) => pending_value(carried),
-                    None => PRESENT.to_vec(),
+                // The new entry first: at every moment at least one entry exists. A
+                // concurrent run may already have added this very name: never remove it.
+                // One that carries nothing gets a name of its own, so that it never
+                // writes over the same name carrying the submission (an overlapping run
+                // moved the entries read here first, and the head names another).
+                let (next, value) = match &carried {
+                    Some(carried) => (
+                        pending_entry(&submission.key, &submission.nonce, due_ms),
+                        pending_value(carried),
+                    ),
+                    None => (
+                        spare_pending_entry(
+                            &submission.key,
+                            &submission.nonce,
+                            due_ms,
+                            SpareBy::Uncarried,
+                        ),
+                        PRESENT.to_vec(),
+                    ),
                 };
                 index.put(&next, &value)?;
                 // An entry a binding delivery wrote before its batch moves with the
@@ -338,6 +352,7 @@ pub fn reconcile(
             started.saturating_sub(retention),
             started,
             MAX_PURGED_PER_RUN,
+            listed,
         )?;
         report.purged = purged.tasks;
         for key in purged.corrupt {
@@ -560,8 +575,18 @@ impl Poller<'_> {
                 ));
                 Ok(Err(Judged::Stop))
             }
-            Ok(None) | Err(_) => {
+            Ok(None) => {
                 report.checked += 1;
+                Ok(Err(later))
+            }
+            // Reported as a poll's error is: nothing else would show it.
+            Err(error) => {
+                report.checked += 1;
+                report.errors.push(ReconcileIssue::new(
+                    key.as_str(),
+                    outcome_of(&error),
+                    error.to_string(),
+                ));
                 Ok(Err(later))
             }
         }
@@ -720,15 +745,7 @@ impl Poller<'_> {
                 });
             }
             Err(error) => {
-                state.last_outcome = match &error {
-                    KlingError::Api(e) => format!("kling_{}", e.code),
-                    KlingError::Transport(_) => "kling_unreachable".into(),
-                    KlingError::InvalidResponse(_) | KlingError::MissingTaskId => {
-                        "kling_bad_response".into()
-                    }
-                    KlingError::UnknownStatus => "kling_unknown_status".into(),
-                    KlingError::ApiKeyRequired => "kling_api_key_required".into(),
-                };
+                state.last_outcome = outcome_of(&error);
                 state.last_error = Some(error.to_string());
             }
         }
@@ -868,6 +885,17 @@ fn issue_of(key: &TaskKey, state: &PollState) -> Option<ReconcileIssue> {
     ))
 }
 
+/// A failed ask's outcome, as a poll records it and a run reports it.
+fn outcome_of(error: &KlingError) -> String {
+    match error {
+        KlingError::Api(e) => format!("kling_{}", e.code),
+        KlingError::Transport(_) => "kling_unreachable".into(),
+        KlingError::InvalidResponse(_) | KlingError::MissingTaskId => "kling_bad_response".into(),
+        KlingError::UnknownStatus => "kling_unknown_status".into(),
+        KlingError::ApiKeyRequired => "kling_api_key_required".into(),
+    }
+}
+
 /// Moves on every pipeline not finished yet: submits the step after one that ended while
 /// its callback's follow-up was lost, and drops finished (or forgotten) pipelines from
 /// the index. Runs after the tasks, so a step the run just found finished moves on now.
@@ -880,8 +908,18 @@ pub fn reconcile_pipelines(
 ) -> Result<(), StoreError> {
     let index = Index::pipelines(submitter.kv);
     let store = PipelineStore::new(submitter.kv);
-    let entries = index.entries()?;
+    let mut entries = index.entries()?;
+    // Where a run starts turns with the clock (entries sort by id), so that runs whose
+    // budget ends early do not always leave the same pipelines for the next.
+    if !entries.is_empty() {
+        let turn = submitter.clock.now_ms() / 60_000 % entries.len() as u64;
+        entries.rotate_left(turn as usize);
+    }
     let mut remaining = entries.len();
+    // Kling asked this run to back off (1302, 1303): a pipeline with a step to submit
+    // waits for the next run; every other is still judged (a finished one announced and
+    // let go, a failure past the watch judged).
+    let mut backing_off = false;
     for entry in entries {
         if submitter.clock.now_ms() >= deadline_ms {
             report.budget_exhausted = true;
@@ -903,6 +941,14 @@ pub fn reconcile_pipelines(
         let watched_now = |spec: &PipelineSpec| {
             submitter.clock.now_ms() < spec.created_at.saturating_add(PIPELINE_WATCH_MS)
         };
+        if backing_off
+            && let Some(spec) = &spec
+            && store
+                .view_of(spec)
+                .is_ok_and(|view| matches!(view.next(), Next::Submit(_)))
+        {
+            continue;
+        }
         let finished = if let Some(spec) = spec {
             let watched = watched_now(&spec);
             match advance(id, submitter) {
@@ -949,9 +995,7 @@ pub fn reconcile_pipelines(
                         "pipeline_step_not_submitted",
                         error.to_string(),
                     ));
-                    if rate_limited {
-                        break; // Kling asked us to back off: the next run continues.
-                    }
+                    backing_off |= rate_limited;
                     false
                 }
             }
@@ -1514,6 +1558,25 @@ mod tests {
         }
     }
 
+    /// A task whose head is gone is asked about by its id: when Kling cannot answer, the
+    /// run says so, as for any poll, and keeps the entry.
+    #[test]
+    fn a_failed_ask_for_a_task_without_a_head_is_reported() {
+        let kv = MemoryKv::default();
+        let key = TaskKey::external("job-1");
+        recorded(&kv, &key, "n1");
+        kv.delete(&key.head()).unwrap();
+        let kling = Scripted::new(vec![Ok((
+            500,
+            r#"{"code":5000,"message":"internal error","request_id":"r"}"#,
+        ))]);
+        let clock = ManualClock(Cell::new(10));
+        let report = reconcile_once(&kv, &kling, &clock).unwrap();
+        let codes: Vec<_> = report.errors.iter().map(|e| e.code.as_str()).collect();
+        assert_eq!(codes, ["kling_5000"], "{report:?}");
+        assert!(has_entry_of(&kv, "n1"), "kept pending");
+    }
+
     #[test]
     fn a_moved_entry_carries_the_submission_any_of_its_entries_carries() {
         let kv = MemoryKv::default();
@@ -1543,6 +1606,49 @@ mod tests {
         assert_eq!(entries.len(), 1, "{entries:?}");
         let carried = Index::pending(&kv).value(&entries[0]).unwrap().unwrap();
         assert_eq!(pending_submission(&carried), Some(sub));
+    }
+
+    /// Two runs judge one entry: the other moves it on, with the submission, while this
+    /// one polls; this one then finds nothing left that carries the submission (the
+    /// head is another submit's) and must not write over the other's entry with one
+    /// that carries nothing.
+    #[test]
+    fn an_entry_an_overlapping_run_moved_keeps_its_submission() {
+        use crate::store::memory::Between;
+        let kv = MemoryKv::default();
+        let key = TaskKey::external("job-1");
+        recorded(&kv, &key, "n1");
+        let sub = TaskStore::new(&kv).head(&key).unwrap().unwrap().submission;
+        recorded(&kv, &key, "n2");
+        let of_n1 = |kv: &MemoryKv| -> Vec<String> {
+            Index::pending(kv)
+                .entries()
+                .unwrap()
+                .into_iter()
+                .filter(|e| PendingEntry::parse(e).is_some_and(|p| p.nonce == "n1"))
+                .collect()
+        };
+        let kling = Scripted::new((0..4).map(|_| Ok((404, NOT_FOUND))).collect());
+        let clock = ManualClock(Cell::new(10));
+        // The other run goes while this one records its poll.
+        let racing = Between::new(&kv).before("set", key.poll(), || {
+            reconcile_once(&kv, &kling, &clock).unwrap();
+        });
+        reconcile(
+            &racing,
+            &submit_config().kling,
+            &kling,
+            &clock,
+            options(),
+            None,
+        )
+        .unwrap();
+        let carried: Vec<_> = of_n1(&kv)
+            .iter()
+            .filter_map(|e| Index::pending(&kv).value(e).unwrap())
+            .filter_map(|v| pending_submission(&v))
+            .collect();
+        assert_eq!(carried, vec![sub.unwrap()], "{:?}", of_n1(&kv));
     }
 
     #[test]
@@ -1807,6 +1913,35 @@ mod tests {
             steps
         }
 
+        /// Kling asks the run to back off while it submits one pipeline's step: the
+        /// pipelines after it with nothing to submit are still judged, a finished one
+        /// announced and let go; the one with a step to submit waits for the next run.
+        #[test]
+        fn a_rate_limited_step_leaves_the_other_pipelines_judged() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            for id in ["a", "b", "c"] {
+                create_pipeline(&kv, &clock, id);
+                report_step(&kv, id, 0, TaskStatus::Succeed);
+            }
+            report_step(&kv, "b", 1, TaskStatus::Succeed);
+            let busy = r#"{"code":1303,"message":"parallel task over resource pack limit"}"#;
+            let kling = Scripted::new(vec![Ok((429, busy))]);
+            let receiver = Scripted::new(vec![Ok((200, "")), Ok((200, ""))]);
+            let report = run(&kv, &clock, &kling, &receiver).unwrap();
+            assert_eq!(kling.sent.borrow().len(), 1, "one create, then no more");
+            let left: Vec<String> = Index::pipelines(&kv)
+                .entries()
+                .unwrap()
+                .into_iter()
+                .map(|e| e.split('/').next().unwrap_or_default().to_string())
+                .collect();
+            assert_eq!(left, ["a", "c"], "b finished and was let go: {report:?}");
+            assert!(
+                PipelineStore::new(&kv).notified("b").unwrap().is_some(),
+                "b's end announced first"
+            );
+        }
+
         #[test]
         fn a_known_id_answers_its_pipeline_only_to_the_same_steps() {
             let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
@@ -1948,7 +2083,21 @@ mod tests {
             );
             assert_eq!(*kv.map.borrow(), before, "nothing stored");
             assert!(kling.sent.borrow().is_empty(), "Kling not asked");
-            // Retention deletes step 1 too: the id is free.
+            // Retention deletes step 1 too, its head before its final slot: halfway, the
+            // slot it has left is still the old pipeline's step.
+            kv.delete("task:p-1").unwrap();
+            let refused = create(new_pipeline("p"), &submitter).err();
+            assert!(
+                matches!(
+                    refused,
+                    Some(PipelineError::Step {
+                        step: 1,
+                        error: SubmitError::IdempotencyConflict
+                    })
+                ),
+                "{refused:?}"
+            );
+            // Done: the id is free.
             for key in kv.keys() {
                 if key.starts_with("task:p-1") {
                     kv.delete(&key).unwrap();

@@ -65,10 +65,11 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     // (a store error) is adopted by the retry, as a submit retry adopts its task.
     let tasks = TaskStore::new(submitter.kv);
     for step in 1..spec.steps.len() {
-        if tasks
-            .live_head(&TaskKey::external(&step_external_id(&spec.id, step)))?
-            .is_some()
-        {
+        let key = TaskKey::external(&step_external_id(&spec.id, step));
+        // A head, or a state with none: retention deletes the head before the final
+        // slot (so that no reader sees a task move backwards while it goes), and a
+        // pipeline reads a step by its states.
+        if tasks.live_head(&key)?.is_some() || tasks.record(&key, None)?.is_some() {
             // Or a concurrent create of this very pipeline got there first.
             if let Some(existing) = existing(&store, &spec)? {
                 return Ok(existing);

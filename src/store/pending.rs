@@ -26,10 +26,15 @@ pub enum SpareBy {
     /// own, so that a run that reads the head still unbound and releases this one never
     /// takes the entry written after the binding ([`SpareBy::Retrack`]).
     BeforeBinding,
+    /// The reconciler moving a task on when none of the entries it read carries the
+    /// submission (any more: an overlapping run may have moved them first): a name of
+    /// its own, so that this entry, which carries nothing, never writes over the one
+    /// the other run wrote under the regular name with the submission.
+    Uncarried,
 }
 
 /// A pending entry added beside the submission's own, by a binder: the nonce carries a
-/// suffix (`.b`, `.r`, `.p`) that the reconciler's regular names never have, so a run
+/// suffix (`.b`, `.r`, `.p`, `.u`) that the reconciler's regular names never have, so a run
 /// that listed its own entries can never remove this one by its name. The reconciler
 /// folds it into the submission's entries ([`PendingEntry::parse`]), and moves a `.p` on
 /// to the task's next due time while the task reads unbound.
@@ -38,6 +43,7 @@ pub fn spare_pending_entry(key: &TaskKey, nonce: &str, due_ms: u64, by: SpareBy)
         SpareBy::Binding => "b",
         SpareBy::Retrack => "r",
         SpareBy::BeforeBinding => "p",
+        SpareBy::Uncarried => "u",
     };
     pending_entry(key, &format!("{nonce}.{suffix}"), due_ms)
 }

@@ -16,12 +16,14 @@ use super::pipelines::{PipelineStore, pipeline_entry};
 use super::tasks::{DAY_MS, TaskStore, listed_entry};
 use super::{KeyValue, StoreError};
 use crate::ledger::TaskHead;
-use crate::pipeline::progress::{Next, PIPELINE_WATCH_MS};
+use crate::pipeline::progress::PIPELINE_WATCH_MS;
 use crate::task::TaskRecord;
 
 /// What one run deleted, and whether it stopped at its limit.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Purged {
+    /// Tasks deleted, a submission given up as never created and a head left with no
+    /// state counted as tasks too.
     pub tasks: usize,
     pub more_left: bool,
     /// Tasks skipped because a value of theirs does not parse (reported, never a reason
@@ -31,12 +33,14 @@ pub struct Purged {
 
 /// Deletes at most `max` tasks that ended before `cutoff_ms` (whole days), and their
 /// index entries. `now_ms` bounds how long a pipeline that cannot move on keeps its
-/// steps ([`PIPELINE_WATCH_MS`]).
+/// steps ([`PIPELINE_WATCH_MS`]). `pending` is the pending index as listed before any
+/// task was read (see [`StalePending`]).
 pub fn purge_expired(
     kv: &dyn KeyValue,
     cutoff_ms: u64,
     now_ms: u64,
     max: usize,
+    pending: Vec<String>,
 ) -> Result<Purged, StoreError> {
     let store = TaskStore::new(kv);
     let finals = Index::finals(kv);
@@ -48,7 +52,7 @@ pub fn purge_expired(
     let cutoff_ms = cutoff_day * DAY_MS;
     let mut purged = Purged::default();
     let mut done: Vec<String> = Vec::new();
-    let mut stale = StalePending::new(kv);
+    let mut stale = StalePending { kv, pending };
 
     // Whole past days, oldest first (entries sort by day).
     let expired = final_entries
@@ -159,9 +163,10 @@ pub fn purge_expired(
         {
             continue;
         }
+        // Each counts toward `max`, what it leaves as much as a task: a run's work is
+        // bounded by its count (retention is not by the run's budget).
         if let Some(record) = &record {
             purge_task(kv, &mut stale, &keys, &key, record)?;
-            purged.tasks += 1;
         } else if let Some(nonce) = given_up {
             if !store.purge_given_up(&key, &nonce, &keys.marks_of(&key))? {
                 continue; // submitted again meanwhile: the new submission's now
@@ -175,6 +180,7 @@ pub fn purge_expired(
             }
             delete_all(kv, &keys.marks_of(&key))?;
         }
+        purged.tasks += 1;
         listed.remove(entry)?;
         relist_if_written_back(kv, &listed, &key, std::slice::from_ref(entry), now_ms)?;
         done.push(key.as_str().to_string());
@@ -182,13 +188,16 @@ pub fn purge_expired(
     Ok(purged)
 }
 
-/// Whether `record` is a step of a pipeline the reconciler still moves on: indexed, not
-/// finished, and within [`PIPELINE_WATCH_MS`] of its creation. Purging it would take the
-/// pipeline with it (see [`TaskStore::purge`]), and the step's result feeds the steps
-/// after it. A pipeline that is not indexed goes (a delete that stopped halfway, its
+/// Whether `record` is a step of a pipeline the reconciler still holds: indexed, and
+/// within [`PIPELINE_WATCH_MS`] of its creation. Purging it would take the pipeline with
+/// it (see [`TaskStore::purge`]), and the step's result feeds the steps after it. A
+/// finished pipeline is held too until the reconciler lets it go, which it does only
+/// once its end's notification is queued (a step that ended by a callback whose
+/// instance stopped after the 200 is announced by that run); one failed by a step given
+/// up as `lost` stays indexed, and held, for the watch, since Kling may still finish
+/// that step. A pipeline that is not indexed goes (a delete that stopped halfway, its
 /// failure gone and its description left, must not read as running for ever); so does
-/// one indexed only because a step given up as `lost` may still be finished, and one
-/// older than the watch (a deployment that cannot submit never fails it).
+/// one older than the watch (a deployment that cannot submit never fails it).
 fn runs_a_live_pipeline(
     kv: &dyn KeyValue,
     record: &TaskRecord,
@@ -208,38 +217,34 @@ fn runs_a_live_pipeline(
         return Ok(false);
     }
     let entry = pipeline_entry(&spec.id, &spec.generation);
-    if Index::pipelines(kv).value(&entry)?.is_none() {
-        return Ok(false);
-    }
-    Ok(match pipelines.view_of(&spec) {
-        Ok(view) => !matches!(view.next(), Next::Finished(_)),
-        Err(StoreError::Corrupt(_)) => false,
-        Err(error) => return Err(error),
-    })
+    Ok(Index::pipelines(kv).value(&entry)?.is_some())
+}
+
+/// The pending index as a run lists it before reading any task (tests).
+#[cfg(test)]
+pub(crate) fn pending_of(kv: &dyn KeyValue) -> Vec<String> {
+    Index::pending(kv)
+        .entries()
+        .expect("the pending index lists")
 }
 
 /// The pending entries of tasks retention deletes: none should be left (the reconciler
 /// releases a task's entries once it is final), but one that outlived its task would
 /// otherwise find no head and bring the task back from Kling (which keeps it 30 days).
-/// Removed before the task, from one `list-keys` of the pending index made at the first
-/// need: an entry a new submit of the same id adds can only come after the head is
-/// gone, so it is never in that list.
+/// Removed before the task, from a listing of the pending index made before any task
+/// was read: an entry added after that read is never in it. So a delivery that lands
+/// between retention's read of a task and its delete (a `lost` task's late final, which
+/// tracks the task again) keeps its entries, and the next run brings the acknowledged
+/// final back from Kling; and an entry a new submit of the same id adds is never taken.
 struct StalePending<'a> {
     kv: &'a dyn KeyValue,
-    entries: Option<Vec<String>>,
+    pending: Vec<String>,
 }
 
-impl<'a> StalePending<'a> {
-    fn new(kv: &'a dyn KeyValue) -> Self {
-        Self { kv, entries: None }
-    }
-
+impl StalePending<'_> {
     fn remove_entries_of(&mut self, key: &TaskKey) -> Result<(), StoreError> {
         let index = Index::pending(self.kv);
-        if self.entries.is_none() {
-            self.entries = Some(index.entries()?);
-        }
-        for entry in self.entries.iter().flatten() {
+        for entry in &self.pending {
             if PendingEntry::parse(entry).is_some_and(|p| p.key == *key) {
                 index.remove(entry)?;
             }
@@ -401,8 +406,8 @@ mod tests {
         let running = of("job-4");
         assert!(running > 0);
 
-        let purged = purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
-        assert_eq!(purged.tasks, 2);
+        let purged = purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv)).unwrap();
+        assert_eq!(purged.tasks, 3, "job-3's mark counts as one");
         assert_eq!((of("job-1"), of("job-2"), of("job-4")), (0, 0, running));
         assert_eq!(kv.get(&orphan.forgotten("n9")).unwrap(), None);
         let bound_after_a_give_up = TaskKey::external("job-1").forgotten("n");
@@ -432,7 +437,7 @@ mod tests {
         kv.set("pipeline:p", b"{}").unwrap();
 
         // Cutoff: the start of day 3; at most 20 a run.
-        let first = purge_expired(&kv, 3 * DAY + 7, 3 * DAY + 7, 20).unwrap();
+        let first = purge_expired(&kv, 3 * DAY + 7, 3 * DAY + 7, 20, pending_of(&kv)).unwrap();
         assert_eq!(
             first,
             Purged {
@@ -441,7 +446,7 @@ mod tests {
                 corrupt: Vec::new(),
             }
         );
-        let second = purge_expired(&kv, 3 * DAY + 7, 3 * DAY + 7, 20).unwrap();
+        let second = purge_expired(&kv, 3 * DAY + 7, 3 * DAY + 7, 20, pending_of(&kv)).unwrap();
         assert_eq!(
             second,
             Purged {
@@ -503,11 +508,17 @@ mod tests {
         Index::finals(&kv).add("000000/p-0").unwrap();
 
         // Ten days of retention, twenty days after the pipeline began.
-        assert_eq!(purge_expired(&kv, 10 * DAY, 20 * DAY, 10).unwrap().tasks, 0);
+        assert_eq!(
+            purge_expired(&kv, 10 * DAY, 20 * DAY, 10, pending_of(&kv))
+                .unwrap()
+                .tasks,
+            0
+        );
         assert!(exists(&kv, "p-0"), "a running pipeline's step stays");
         assert!(pipelines.spec("p").unwrap().is_some(), "and its pipeline");
 
-        // Step 1 ran and failed: the pipeline has finished, and goes with its steps.
+        // Step 1 ran and failed: the pipeline has finished, but until the reconciler
+        // lets it go (its end announced first), it keeps its steps.
         task(
             &kv,
             "p-1",
@@ -515,7 +526,23 @@ mod tests {
             Some(TaskStatus::Failed),
             Some(&step_of("p", 1)),
         );
-        assert_eq!(purge_expired(&kv, 10 * DAY, 20 * DAY, 10).unwrap().tasks, 2);
+        assert_eq!(
+            purge_expired(&kv, 10 * DAY, 20 * DAY, 10, pending_of(&kv))
+                .unwrap()
+                .tasks,
+            0
+        );
+        assert!(exists(&kv, "p-0") && exists(&kv, "p-1"));
+        // Let go: it goes with its steps.
+        Index::pipelines(&kv)
+            .remove(&pipeline_entry(&spec.id, &spec.generation))
+            .unwrap();
+        assert_eq!(
+            purge_expired(&kv, 10 * DAY, 20 * DAY, 10, pending_of(&kv))
+                .unwrap()
+                .tasks,
+            2
+        );
         assert!(!exists(&kv, "p-0") && !exists(&kv, "p-1"));
         assert_eq!(pipelines.spec("p").unwrap(), None);
 
@@ -531,8 +558,18 @@ mod tests {
             Some(TaskStatus::Succeed),
             Some(&step_of("s", 0)),
         );
-        assert_eq!(purge_expired(&kv, 10 * DAY, 29 * DAY, 10).unwrap().tasks, 0);
-        assert_eq!(purge_expired(&kv, 10 * DAY, 31 * DAY, 10).unwrap().tasks, 1);
+        assert_eq!(
+            purge_expired(&kv, 10 * DAY, 29 * DAY, 10, pending_of(&kv))
+                .unwrap()
+                .tasks,
+            0
+        );
+        assert_eq!(
+            purge_expired(&kv, 10 * DAY, 31 * DAY, 10, pending_of(&kv))
+                .unwrap()
+                .tasks,
+            1
+        );
         assert_eq!(pipelines.spec("s").unwrap(), None);
     }
 
@@ -564,7 +601,12 @@ mod tests {
             Some(&step_of("p", 0)),
         );
 
-        assert_eq!(purge_expired(&kv, 3 * DAY, 3 * DAY, 10).unwrap().tasks, 1);
+        assert_eq!(
+            purge_expired(&kv, 3 * DAY, 3 * DAY, 10, pending_of(&kv))
+                .unwrap()
+                .tasks,
+            1
+        );
         assert!(!exists(&kv, "p-2"), "not the running pipeline's step");
         assert!(exists(&kv, "p-0"));
         assert_eq!(
@@ -593,7 +635,12 @@ mod tests {
             Some(TaskStatus::Succeed),
             Some(&step_of("q", 0)),
         );
-        assert_eq!(purge_expired(&kv, 40 * DAY, 40 * DAY, 10).unwrap().tasks, 1);
+        assert_eq!(
+            purge_expired(&kv, 40 * DAY, 40 * DAY, 10, pending_of(&kv))
+                .unwrap()
+                .tasks,
+            1
+        );
         assert!(!exists(&kv, "q-0"));
         assert_eq!(pipelines.spec("q").unwrap(), None, "the delete is finished");
     }
@@ -616,7 +663,12 @@ mod tests {
         let (_, books) = store.record_event(&key, &e, 10).unwrap();
         books.apply(&kv).unwrap();
 
-        assert_eq!(purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap().tasks, 2);
+        assert_eq!(
+            purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv))
+                .unwrap()
+                .tasks,
+            2
+        );
         assert!(!exists(&kv, "done-1"));
         assert!(!exists(&kv, "77"));
         assert!(exists(&kv, "ours-pending"));
@@ -631,7 +683,7 @@ mod tests {
         task(&kv, "bad-2", 0, Some(TaskStatus::Succeed), None);
         kv.set("task:bad-1", b"not json").unwrap();
         kv.set("task:bad-2", b"not json").unwrap();
-        let purged = purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
+        let purged = purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv)).unwrap();
         assert_eq!(purged.tasks, 1, "{purged:?}");
         assert!(!exists(&kv, "good-3"));
         assert_eq!(
@@ -646,9 +698,10 @@ mod tests {
         let kv = MemoryKv::default();
         task(&kv, "fresh-1", 5 * DAY, Some(TaskStatus::Succeed), None);
         task(&kv, "fresh-2", 5 * DAY, None, None);
+        let pending = pending_of(&kv);
         kv.round_trips.set(0);
         assert_eq!(
-            purge_expired(&kv, 5 * DAY, 5 * DAY, 10).unwrap(),
+            purge_expired(&kv, 5 * DAY, 5 * DAY, 10, pending).unwrap(),
             Purged::default()
         );
         assert_eq!(kv.round_trips.get(), 1, "one list-keys, nothing else");
@@ -709,14 +762,16 @@ mod tests {
                 delivered(&kv, ext, late, 2 * DAY)
             });
             assert_eq!(
-                purge_expired(&between, 2 * DAY, 2 * DAY, 10).unwrap().tasks,
+                purge_expired(&between, 2 * DAY, 2 * DAY, 10, pending_of(&kv))
+                    .unwrap()
+                    .tasks,
                 1
             );
             assert!(
                 kv.get(&format!("task:{ext}")).unwrap().is_some(),
                 "written back"
             );
-            purge_expired(&kv, 10 * DAY, 10 * DAY, 10).unwrap();
+            purge_expired(&kv, 10 * DAY, 10 * DAY, 10, pending_of(&kv)).unwrap();
             let left: Vec<String> = kv.keys().into_iter().filter(|k| k.contains(ext)).collect();
             assert!(left.is_empty(), "{ext}: {left:?}");
         }
@@ -735,17 +790,43 @@ mod tests {
                 .unwrap()
             });
         assert_eq!(
-            purge_expired(&between, 2 * DAY, 2 * DAY, 10).unwrap().tasks,
+            purge_expired(&between, 2 * DAY, 2 * DAY, 10, pending_of(&kv))
+                .unwrap()
+                .tasks,
             1
         );
         assert!(exists(&kv, "job-5"), "written back");
-        purge_expired(&kv, 10 * DAY, 10 * DAY, 10).unwrap();
+        purge_expired(&kv, 10 * DAY, 10 * DAY, 10, pending_of(&kv)).unwrap();
         let left: Vec<String> = kv
             .keys()
             .into_iter()
             .filter(|k| k.contains("job-5"))
             .collect();
         assert!(left.iter().all(|k| k.starts_with("pending/")), "{left:?}");
+    }
+
+    /// A delivery that tracks the task again (a `lost` task's late final) lands after
+    /// retention read the task and before it deletes it: its pending entry outlives the
+    /// delete, so the next run brings the acknowledged final back from Kling.
+    #[test]
+    fn a_pending_entry_added_after_the_task_was_read_outlives_its_delete() {
+        use crate::store::index::PRESENT;
+        use crate::store::pending::{SpareBy, spare_pending_entry};
+        let kv = MemoryKv::default();
+        task(&kv, "job-6", 0, Some(TaskStatus::Succeed), None);
+        let key = TaskKey::external("job-6");
+        let retracked = spare_pending_entry(&key, "n", 2 * DAY, SpareBy::Retrack);
+        let listed = pending_of(&kv);
+        let between = Between::new(&kv).before("get", "task:job-6:final".into(), || {
+            Index::pending(&kv).put(&retracked, PRESENT).unwrap()
+        });
+        let purged = purge_expired(&between, 2 * DAY, 2 * DAY, 10, listed).unwrap();
+        assert_eq!(purged.tasks, 1);
+        assert!(!exists(&kv, "job-6"));
+        assert!(
+            Index::pending(&kv).value(&retracked).unwrap().is_some(),
+            "the late delivery's entry is kept"
+        );
     }
 
     /// Given up as `lost` by a poll on day 0 (indexed by that day), then finished by
@@ -762,7 +843,12 @@ mod tests {
             .unwrap();
         books.apply(&kv).unwrap();
 
-        assert_eq!(purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap().tasks, 0);
+        assert_eq!(
+            purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv))
+                .unwrap()
+                .tasks,
+            0
+        );
         let kept = TaskStore::new(&kv).find("job-1").unwrap().unwrap();
         assert_eq!(kept.status, TaskStatus::Succeed);
         assert!(
@@ -770,7 +856,12 @@ mod tests {
             "its day's entry went"
         );
         // Its last news is old enough now: the listing scan takes it.
-        assert_eq!(purge_expired(&kv, 4 * DAY, 4 * DAY, 10).unwrap().tasks, 1);
+        assert_eq!(
+            purge_expired(&kv, 4 * DAY, 4 * DAY, 10, pending_of(&kv))
+                .unwrap()
+                .tasks,
+            1
+        );
         assert!(!exists(&kv, "job-1"));
     }
 
@@ -783,9 +874,9 @@ mod tests {
             kv.delete(&format!("task:job-6:{slot}")).unwrap();
         }
         // Listed long ago, but its last news is newer than the cutoff: kept.
-        purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
+        purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv)).unwrap();
         assert!(kv.get("task:job-6").unwrap().is_some());
-        purge_expired(&kv, 4 * DAY, 4 * DAY, 10).unwrap();
+        purge_expired(&kv, 4 * DAY, 4 * DAY, 10, pending_of(&kv)).unwrap();
         assert_eq!(kv.get("task:job-6").unwrap(), None);
     }
 
@@ -799,7 +890,7 @@ mod tests {
         store.write_slot(&key, Slot::Final, &done).unwrap();
         Index::finals(&kv.inner).add("000000/job").unwrap();
 
-        purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
+        purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv)).unwrap();
         let deleted = kv.deleted.borrow();
         let task_keys: Vec<&str> = deleted
             .iter()
