@@ -288,8 +288,8 @@ fn run_reconcile(request: &Request, env: &Env<'_>) -> Result<Handled, ApiError> 
     // One budget for the whole run. The outbox goes first, within a quarter of it, so
     // that a Kling that times out (one poll can take three times `kling_timeout_ms`)
     // holds back no notification, which needs no Kling, and a slow receiver no poll;
-    // then tasks, within two thirds of what is left, so that polls never leave the
-    // pipelines (steps to submit, ends to announce) without a share; then pipelines;
+    // then tasks, no poll starting past two thirds of what is left, so that polls alone
+    // do not use the run up (steps to submit, ends to announce); then pipelines;
     // then the outbox again with what is left (this run's own failed sends wait for
     // their retry time), which counts what stays pending.
     let started = env.clock.now_ms();

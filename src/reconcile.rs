@@ -30,7 +30,7 @@ use crate::kling::client::{KlingClient, KlingError, TaskRef};
 use crate::ledger::{PollState, TaskHead, Verdict};
 use crate::notify::{Notification, Notifier};
 use crate::outbound::HttpTransport;
-use crate::pipeline::advance::{PipelineError, Submitter, advance};
+use crate::pipeline::advance::{PipelineError, Submitter, Submitting, advance_if};
 use crate::pipeline::progress::{
     Next, PIPELINE_WATCH_MS, PipelineFailure, PipelineView, STEP_LOST, STEP_NOT_SUBMITTED,
 };
@@ -239,8 +239,7 @@ pub fn reconcile(
     let started = clock.now_ms();
     let index = Index::pending(kv);
     let mut report = ReconcileReport::default();
-    let listed = index.entries()?;
-    let pending = submissions(listed.clone());
+    let pending = submissions(index.entries()?);
     let mut remaining = pending.len();
     let mut stopped = false;
     for submission in pending {
@@ -298,8 +297,10 @@ pub fn reconcile(
                 // The new entry first: at every moment at least one entry exists. A
                 // concurrent run may already have added this very name: never remove it.
                 // One that carries nothing gets a name of its own, so that it never
-                // writes over the same name carrying the submission (an overlapping run
-                // moved the entries read here first, and the head names another).
+                // writes over the regular name carrying the submission (an overlapping
+                // run moved the entries read here first, and the head names another).
+                // A `.p` spare keeps its name, which says what wrote it: the regular
+                // entry still carries the submission.
                 let (next, value) = match &carried {
                     Some(carried) => (
                         pending_entry(&submission.key, &submission.nonce, due_ms),
@@ -352,7 +353,6 @@ pub fn reconcile(
             started.saturating_sub(retention),
             started,
             MAX_PURGED_PER_RUN,
-            listed,
         )?;
         report.purged = purged.tasks;
         for key in purged.corrupt {
@@ -909,16 +909,19 @@ pub fn reconcile_pipelines(
     let index = Index::pipelines(submitter.kv);
     let store = PipelineStore::new(submitter.kv);
     let mut entries = index.entries()?;
-    // Where a run starts turns with the clock (entries sort by id), so that runs whose
-    // budget ends early do not always leave the same pipelines for the next.
+    // A run starts at a pipeline drawn at random (entries sort by id), so that runs
+    // whose budget ends early do not always leave the same pipelines for the next.
     if !entries.is_empty() {
-        let turn = submitter.clock.now_ms() / 60_000 % entries.len() as u64;
-        entries.rotate_left(turn as usize);
+        let draw = (submitter.new_id)().bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        let start = draw % entries.len();
+        entries.rotate_left(start);
     }
     let mut remaining = entries.len();
     // Kling asked this run to back off (1302, 1303): a pipeline with a step to submit
     // waits for the next run; every other is still judged (a finished one announced and
-    // let go, a failure past the watch judged).
+    // let go).
     let mut backing_off = false;
     for entry in entries {
         if submitter.clock.now_ms() >= deadline_ms {
@@ -941,17 +944,14 @@ pub fn reconcile_pipelines(
         let watched_now = |spec: &PipelineSpec| {
             submitter.clock.now_ms() < spec.created_at.saturating_add(PIPELINE_WATCH_MS)
         };
-        if backing_off
-            && let Some(spec) = &spec
-            && store
-                .view_of(spec)
-                .is_ok_and(|view| matches!(view.next(), Next::Submit(_)))
-        {
-            continue;
-        }
+        let submitting = if backing_off {
+            Submitting::BackingOff
+        } else {
+            Submitting::Allowed
+        };
         let finished = if let Some(spec) = spec {
             let watched = watched_now(&spec);
-            match advance(id, submitter) {
+            match advance_if(id, submitter, submitting) {
                 Ok(Some(advanced)) => {
                     if advanced.changed {
                         report.pipelines_advanced += 1;
@@ -1823,6 +1823,7 @@ mod tests {
     mod pipelines {
         use super::*;
         use crate::api::pipelines::{NewPipeline, create};
+        use crate::pipeline::advance::advance;
         use crate::pipeline::spec::{NewStep, parse_description};
         use crate::task::{StepRef, TaskEvent, Video};
 
@@ -1940,6 +1941,35 @@ mod tests {
                 PipelineStore::new(&kv).notified("b").unwrap().is_some(),
                 "b's end announced first"
             );
+        }
+
+        /// Each run starts at a pipeline drawn at random: a run that Kling stops after
+        /// one create does not always leave the same pipelines for the next.
+        #[test]
+        fn a_run_starts_at_a_pipeline_drawn_at_random() {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            for id in ["a", "b", "c"] {
+                create_pipeline(&kv, &clock, id);
+                report_step(&kv, id, 0, TaskStatus::Succeed);
+            }
+            let busy = r#"{"code":1303,"message":"parallel task over resource pack limit"}"#;
+            let config = submit_config();
+            let first_create = |draw: &'static str| {
+                let kling = Scripted::new(vec![Ok((429, busy))]);
+                let new_id = move || draw.to_string();
+                let submitter = Submitter {
+                    new_id: &new_id,
+                    ..Submitter::for_tests(&config, &kv, &kling, &clock)
+                };
+                let mut report = ReconcileReport::default();
+                reconcile_pipelines(&submitter, None, u64::MAX, &mut report).unwrap();
+                let sent = kling.sent.borrow();
+                assert_eq!(sent.len(), 1, "one create, then the run backs off");
+                let body: serde_json::Value = serde_json::from_slice(&sent[0].body).unwrap();
+                body["external_task_id"].as_str().unwrap().to_string()
+            };
+            // Draws that land on each pipeline in turn ("g" is 103, "h" 104, "i" 105).
+            assert_eq!(["g", "h", "i"].map(first_create), ["b-1", "c-1", "a-1"]);
         }
 
         #[test]
@@ -2768,11 +2798,12 @@ mod tests {
             kv.set("task:b-0", b"not json").unwrap();
             let receiver = Scripted::new(vec![Ok((200, ""))]);
             let report = run(&kv, &clock, &Scripted::new(vec![]), &receiver).unwrap();
-            let issues: Vec<_> = report
+            let mut issues: Vec<_> = report
                 .errors
                 .iter()
                 .map(|e| (e.external_task_id.as_str(), e.code.as_str()))
                 .collect();
+            issues.sort(); // a run starts at a pipeline drawn at random
             assert_eq!(issues, [("a", "store_corrupt"), ("b", "store_corrupt")]);
             assert_eq!(
                 Index::pipelines(&kv).entries().unwrap(),

@@ -4,6 +4,7 @@
 use crate::api::submit::{SubmitError, recorded_digest};
 use crate::kling::catalog::TaskKind;
 use crate::kling::client::check_auth;
+use crate::ledger::Slot;
 pub use crate::pipeline::advance::{PipelineError, Submitter};
 use crate::pipeline::advance::{StepError, submit_step};
 use crate::pipeline::progress::{self, Next, PipelineView, step_external_id};
@@ -66,10 +67,10 @@ pub fn create(new: NewPipeline<'_>, submitter: &Submitter<'_>) -> Result<Created
     let tasks = TaskStore::new(submitter.kv);
     for step in 1..spec.steps.len() {
         let key = TaskKey::external(&step_external_id(&spec.id, step));
-        // A head, or a state with none: retention deletes the head before the final
-        // slot (so that no reader sees a task move backwards while it goes), and a
-        // pipeline reads a step by its states.
-        if tasks.live_head(&key)?.is_some() || tasks.record(&key, None)?.is_some() {
+        // A head, or its final state left without it: retention deletes every other
+        // state and then the head before the final slot (so that no reader sees a task
+        // move backwards while it goes), and a pipeline reads a step by its states.
+        if tasks.live_head(&key)?.is_some() || submitter.kv.get(&key.slot(Slot::Final))?.is_some() {
             // Or a concurrent create of this very pipeline got there first.
             if let Some(existing) = existing(&store, &spec)? {
                 return Ok(existing);

@@ -86,13 +86,31 @@ pub struct Advanced {
 /// store unavailable) are returned and leave it as it was, for the reconciler to retry.
 /// `None` for an unknown pipeline.
 pub fn advance(id: &str, submitter: &Submitter<'_>) -> Result<Option<Advanced>, PipelineError> {
+    advance_if(id, submitter, Submitting::Allowed)
+}
+
+/// Whether [`advance_if`] may submit a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitting {
+    Allowed,
+    /// Kling asked the caller to back off (1302, 1303): a pipeline with a step to
+    /// submit is left as it is, and every other is judged as usual.
+    BackingOff,
+}
+
+/// [`advance`], submitting nothing while `submitting` is [`Submitting::BackingOff`].
+pub fn advance_if(
+    id: &str,
+    submitter: &Submitter<'_>,
+    submitting: Submitting,
+) -> Result<Option<Advanced>, PipelineError> {
     let store = PipelineStore::new(submitter.kv);
     let Some(spec) = store.spec(id)? else {
         return Ok(None);
     };
     let view = store.view_of(&spec)?;
     let step = match view.next() {
-        Next::Submit(step) => step,
+        Next::Submit(step) if submitting == Submitting::Allowed => step,
         next => {
             if next == Next::Wait {
                 keep_a_submitting_step_pending(&spec, &view, submitter)?;

@@ -33,14 +33,12 @@ pub struct Purged {
 
 /// Deletes at most `max` tasks that ended before `cutoff_ms` (whole days), and their
 /// index entries. `now_ms` bounds how long a pipeline that cannot move on keeps its
-/// steps ([`PIPELINE_WATCH_MS`]). `pending` is the pending index as listed before any
-/// task was read (see [`StalePending`]).
+/// steps ([`PIPELINE_WATCH_MS`]).
 pub fn purge_expired(
     kv: &dyn KeyValue,
     cutoff_ms: u64,
     now_ms: u64,
     max: usize,
-    pending: Vec<String>,
 ) -> Result<Purged, StoreError> {
     let store = TaskStore::new(kv);
     let finals = Index::finals(kv);
@@ -52,7 +50,7 @@ pub fn purge_expired(
     let cutoff_ms = cutoff_day * DAY_MS;
     let mut purged = Purged::default();
     let mut done: Vec<String> = Vec::new();
-    let mut stale = StalePending { kv, pending };
+    let mut stale = StalePending::new(kv);
 
     // Whole past days, oldest first (entries sort by day).
     let expired = final_entries
@@ -70,6 +68,7 @@ pub fn purge_expired(
         }
         let key = TaskKey::from_stored(key);
         if !done.contains(&key.as_str().to_string()) {
+            stale.list_before_reading()?;
             let read = store.live_head(&key).and_then(|head| {
                 let last_news = head.as_ref().and_then(TaskHead::last_news);
                 Ok(store.record(&key, head)?.map(|record| (record, last_news)))
@@ -124,6 +123,7 @@ pub fn purge_expired(
             return Ok(purged);
         }
         let key = TaskKey::from_stored(key.to_string());
+        stale.list_before_reading()?;
         // A head given up as never created reads as no head; its nonce is kept to
         // delete it.
         let read = store.head(&key).and_then(|stored| {
@@ -220,31 +220,36 @@ fn runs_a_live_pipeline(
     Ok(Index::pipelines(kv).value(&entry)?.is_some())
 }
 
-/// The pending index as a run lists it before reading any task (tests).
-#[cfg(test)]
-pub(crate) fn pending_of(kv: &dyn KeyValue) -> Vec<String> {
-    Index::pending(kv)
-        .entries()
-        .expect("the pending index lists")
-}
-
 /// The pending entries of tasks retention deletes: none should be left (the reconciler
 /// releases a task's entries once it is final), but one that outlived its task would
 /// otherwise find no head and bring the task back from Kling (which keeps it 30 days).
-/// Removed before the task, from a listing of the pending index made before any task
-/// was read: an entry added after that read is never in it. So a delivery that lands
-/// between retention's read of a task and its delete (a `lost` task's late final, which
-/// tracks the task again) keeps its entries, and the next run brings the acknowledged
-/// final back from Kling; and an entry a new submit of the same id adds is never taken.
+/// Removed before the task, from one listing of the pending index made before retention
+/// reads its first task (and only if it reads one): an entry added after that read is
+/// never in it. So a delivery that lands between retention's read of a task and its
+/// delete (a `lost` task's late final, which tracks the task again) keeps its entries,
+/// and the next run asks Kling about the task, as for any entry whose head is gone; and
+/// an entry a new submit of the same id adds is never taken.
 struct StalePending<'a> {
     kv: &'a dyn KeyValue,
-    pending: Vec<String>,
+    listed: Option<Vec<String>>,
 }
 
-impl StalePending<'_> {
+impl<'a> StalePending<'a> {
+    fn new(kv: &'a dyn KeyValue) -> Self {
+        Self { kv, listed: None }
+    }
+
+    /// Lists the pending index, once: called before each task retention reads.
+    fn list_before_reading(&mut self) -> Result<(), StoreError> {
+        if self.listed.is_none() {
+            self.listed = Some(Index::pending(self.kv).entries()?);
+        }
+        Ok(())
+    }
+
     fn remove_entries_of(&mut self, key: &TaskKey) -> Result<(), StoreError> {
         let index = Index::pending(self.kv);
-        for entry in &self.pending {
+        for entry in self.listed.iter().flatten() {
             if PendingEntry::parse(entry).is_some_and(|p| p.key == *key) {
                 index.remove(entry)?;
             }
@@ -406,7 +411,7 @@ mod tests {
         let running = of("job-4");
         assert!(running > 0);
 
-        let purged = purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv)).unwrap();
+        let purged = purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
         assert_eq!(purged.tasks, 3, "job-3's mark counts as one");
         assert_eq!((of("job-1"), of("job-2"), of("job-4")), (0, 0, running));
         assert_eq!(kv.get(&orphan.forgotten("n9")).unwrap(), None);
@@ -437,7 +442,7 @@ mod tests {
         kv.set("pipeline:p", b"{}").unwrap();
 
         // Cutoff: the start of day 3; at most 20 a run.
-        let first = purge_expired(&kv, 3 * DAY + 7, 3 * DAY + 7, 20, pending_of(&kv)).unwrap();
+        let first = purge_expired(&kv, 3 * DAY + 7, 3 * DAY + 7, 20).unwrap();
         assert_eq!(
             first,
             Purged {
@@ -446,7 +451,7 @@ mod tests {
                 corrupt: Vec::new(),
             }
         );
-        let second = purge_expired(&kv, 3 * DAY + 7, 3 * DAY + 7, 20, pending_of(&kv)).unwrap();
+        let second = purge_expired(&kv, 3 * DAY + 7, 3 * DAY + 7, 20).unwrap();
         assert_eq!(
             second,
             Purged {
@@ -508,12 +513,7 @@ mod tests {
         Index::finals(&kv).add("000000/p-0").unwrap();
 
         // Ten days of retention, twenty days after the pipeline began.
-        assert_eq!(
-            purge_expired(&kv, 10 * DAY, 20 * DAY, 10, pending_of(&kv))
-                .unwrap()
-                .tasks,
-            0
-        );
+        assert_eq!(purge_expired(&kv, 10 * DAY, 20 * DAY, 10).unwrap().tasks, 0);
         assert!(exists(&kv, "p-0"), "a running pipeline's step stays");
         assert!(pipelines.spec("p").unwrap().is_some(), "and its pipeline");
 
@@ -526,23 +526,13 @@ mod tests {
             Some(TaskStatus::Failed),
             Some(&step_of("p", 1)),
         );
-        assert_eq!(
-            purge_expired(&kv, 10 * DAY, 20 * DAY, 10, pending_of(&kv))
-                .unwrap()
-                .tasks,
-            0
-        );
+        assert_eq!(purge_expired(&kv, 10 * DAY, 20 * DAY, 10).unwrap().tasks, 0);
         assert!(exists(&kv, "p-0") && exists(&kv, "p-1"));
         // Let go: it goes with its steps.
         Index::pipelines(&kv)
             .remove(&pipeline_entry(&spec.id, &spec.generation))
             .unwrap();
-        assert_eq!(
-            purge_expired(&kv, 10 * DAY, 20 * DAY, 10, pending_of(&kv))
-                .unwrap()
-                .tasks,
-            2
-        );
+        assert_eq!(purge_expired(&kv, 10 * DAY, 20 * DAY, 10).unwrap().tasks, 2);
         assert!(!exists(&kv, "p-0") && !exists(&kv, "p-1"));
         assert_eq!(pipelines.spec("p").unwrap(), None);
 
@@ -558,18 +548,8 @@ mod tests {
             Some(TaskStatus::Succeed),
             Some(&step_of("s", 0)),
         );
-        assert_eq!(
-            purge_expired(&kv, 10 * DAY, 29 * DAY, 10, pending_of(&kv))
-                .unwrap()
-                .tasks,
-            0
-        );
-        assert_eq!(
-            purge_expired(&kv, 10 * DAY, 31 * DAY, 10, pending_of(&kv))
-                .unwrap()
-                .tasks,
-            1
-        );
+        assert_eq!(purge_expired(&kv, 10 * DAY, 29 * DAY, 10).unwrap().tasks, 0);
+        assert_eq!(purge_expired(&kv, 10 * DAY, 31 * DAY, 10).unwrap().tasks, 1);
         assert_eq!(pipelines.spec("s").unwrap(), None);
     }
 
@@ -601,12 +581,7 @@ mod tests {
             Some(&step_of("p", 0)),
         );
 
-        assert_eq!(
-            purge_expired(&kv, 3 * DAY, 3 * DAY, 10, pending_of(&kv))
-                .unwrap()
-                .tasks,
-            1
-        );
+        assert_eq!(purge_expired(&kv, 3 * DAY, 3 * DAY, 10).unwrap().tasks, 1);
         assert!(!exists(&kv, "p-2"), "not the running pipeline's step");
         assert!(exists(&kv, "p-0"));
         assert_eq!(
@@ -635,12 +610,7 @@ mod tests {
             Some(TaskStatus::Succeed),
             Some(&step_of("q", 0)),
         );
-        assert_eq!(
-            purge_expired(&kv, 40 * DAY, 40 * DAY, 10, pending_of(&kv))
-                .unwrap()
-                .tasks,
-            1
-        );
+        assert_eq!(purge_expired(&kv, 40 * DAY, 40 * DAY, 10).unwrap().tasks, 1);
         assert!(!exists(&kv, "q-0"));
         assert_eq!(pipelines.spec("q").unwrap(), None, "the delete is finished");
     }
@@ -663,12 +633,7 @@ mod tests {
         let (_, books) = store.record_event(&key, &e, 10).unwrap();
         books.apply(&kv).unwrap();
 
-        assert_eq!(
-            purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv))
-                .unwrap()
-                .tasks,
-            2
-        );
+        assert_eq!(purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap().tasks, 2);
         assert!(!exists(&kv, "done-1"));
         assert!(!exists(&kv, "77"));
         assert!(exists(&kv, "ours-pending"));
@@ -683,7 +648,7 @@ mod tests {
         task(&kv, "bad-2", 0, Some(TaskStatus::Succeed), None);
         kv.set("task:bad-1", b"not json").unwrap();
         kv.set("task:bad-2", b"not json").unwrap();
-        let purged = purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv)).unwrap();
+        let purged = purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
         assert_eq!(purged.tasks, 1, "{purged:?}");
         assert!(!exists(&kv, "good-3"));
         assert_eq!(
@@ -698,10 +663,9 @@ mod tests {
         let kv = MemoryKv::default();
         task(&kv, "fresh-1", 5 * DAY, Some(TaskStatus::Succeed), None);
         task(&kv, "fresh-2", 5 * DAY, None, None);
-        let pending = pending_of(&kv);
         kv.round_trips.set(0);
         assert_eq!(
-            purge_expired(&kv, 5 * DAY, 5 * DAY, 10, pending).unwrap(),
+            purge_expired(&kv, 5 * DAY, 5 * DAY, 10).unwrap(),
             Purged::default()
         );
         assert_eq!(kv.round_trips.get(), 1, "one list-keys, nothing else");
@@ -762,16 +726,14 @@ mod tests {
                 delivered(&kv, ext, late, 2 * DAY)
             });
             assert_eq!(
-                purge_expired(&between, 2 * DAY, 2 * DAY, 10, pending_of(&kv))
-                    .unwrap()
-                    .tasks,
+                purge_expired(&between, 2 * DAY, 2 * DAY, 10).unwrap().tasks,
                 1
             );
             assert!(
                 kv.get(&format!("task:{ext}")).unwrap().is_some(),
                 "written back"
             );
-            purge_expired(&kv, 10 * DAY, 10 * DAY, 10, pending_of(&kv)).unwrap();
+            purge_expired(&kv, 10 * DAY, 10 * DAY, 10).unwrap();
             let left: Vec<String> = kv.keys().into_iter().filter(|k| k.contains(ext)).collect();
             assert!(left.is_empty(), "{ext}: {left:?}");
         }
@@ -790,13 +752,11 @@ mod tests {
                 .unwrap()
             });
         assert_eq!(
-            purge_expired(&between, 2 * DAY, 2 * DAY, 10, pending_of(&kv))
-                .unwrap()
-                .tasks,
+            purge_expired(&between, 2 * DAY, 2 * DAY, 10).unwrap().tasks,
             1
         );
         assert!(exists(&kv, "job-5"), "written back");
-        purge_expired(&kv, 10 * DAY, 10 * DAY, 10, pending_of(&kv)).unwrap();
+        purge_expired(&kv, 10 * DAY, 10 * DAY, 10).unwrap();
         let left: Vec<String> = kv
             .keys()
             .into_iter()
@@ -816,11 +776,10 @@ mod tests {
         task(&kv, "job-6", 0, Some(TaskStatus::Succeed), None);
         let key = TaskKey::external("job-6");
         let retracked = spare_pending_entry(&key, "n", 2 * DAY, SpareBy::Retrack);
-        let listed = pending_of(&kv);
         let between = Between::new(&kv).before("get", "task:job-6:final".into(), || {
             Index::pending(&kv).put(&retracked, PRESENT).unwrap()
         });
-        let purged = purge_expired(&between, 2 * DAY, 2 * DAY, 10, listed).unwrap();
+        let purged = purge_expired(&between, 2 * DAY, 2 * DAY, 10).unwrap();
         assert_eq!(purged.tasks, 1);
         assert!(!exists(&kv, "job-6"));
         assert!(
@@ -843,12 +802,7 @@ mod tests {
             .unwrap();
         books.apply(&kv).unwrap();
 
-        assert_eq!(
-            purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv))
-                .unwrap()
-                .tasks,
-            0
-        );
+        assert_eq!(purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap().tasks, 0);
         let kept = TaskStore::new(&kv).find("job-1").unwrap().unwrap();
         assert_eq!(kept.status, TaskStatus::Succeed);
         assert!(
@@ -856,12 +810,7 @@ mod tests {
             "its day's entry went"
         );
         // Its last news is old enough now: the listing scan takes it.
-        assert_eq!(
-            purge_expired(&kv, 4 * DAY, 4 * DAY, 10, pending_of(&kv))
-                .unwrap()
-                .tasks,
-            1
-        );
+        assert_eq!(purge_expired(&kv, 4 * DAY, 4 * DAY, 10).unwrap().tasks, 1);
         assert!(!exists(&kv, "job-1"));
     }
 
@@ -874,9 +823,9 @@ mod tests {
             kv.delete(&format!("task:job-6:{slot}")).unwrap();
         }
         // Listed long ago, but its last news is newer than the cutoff: kept.
-        purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv)).unwrap();
+        purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
         assert!(kv.get("task:job-6").unwrap().is_some());
-        purge_expired(&kv, 4 * DAY, 4 * DAY, 10, pending_of(&kv)).unwrap();
+        purge_expired(&kv, 4 * DAY, 4 * DAY, 10).unwrap();
         assert_eq!(kv.get("task:job-6").unwrap(), None);
     }
 
@@ -890,7 +839,7 @@ mod tests {
         store.write_slot(&key, Slot::Final, &done).unwrap();
         Index::finals(&kv.inner).add("000000/job").unwrap();
 
-        purge_expired(&kv, 2 * DAY, 2 * DAY, 10, pending_of(&kv)).unwrap();
+        purge_expired(&kv, 2 * DAY, 2 * DAY, 10).unwrap();
         let deleted = kv.deleted.borrow();
         let task_keys: Vec<&str> = deleted
             .iter()

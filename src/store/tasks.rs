@@ -1106,14 +1106,7 @@ mod tests {
         assert!(store.live_head(&key).unwrap().is_some());
         // Given up too: retention deletes the head with every mark of the id.
         assert_eq!(store.forget_unbound(&key, "n3").unwrap(), Forget::Forgotten);
-        crate::store::retention::purge_expired(
-            &kv,
-            10 * DAY_MS,
-            10 * DAY_MS,
-            10,
-            crate::store::retention::pending_of(&kv),
-        )
-        .unwrap();
+        crate::store::retention::purge_expired(&kv, 10 * DAY_MS, 10 * DAY_MS, 10).unwrap();
         assert!(
             kv.keys().iter().all(|k| !k.starts_with("task:")),
             "{:?}",
@@ -1666,14 +1659,7 @@ mod tests {
             Index::listed(&kv).entries().unwrap(),
             ["0000000000009/job-s"]
         );
-        let purged = crate::store::retention::purge_expired(
-            &kv,
-            DAY_MS,
-            DAY_MS,
-            10,
-            crate::store::retention::pending_of(&kv),
-        )
-        .unwrap();
+        let purged = crate::store::retention::purge_expired(&kv, DAY_MS, DAY_MS, 10).unwrap();
         assert_eq!(purged.tasks, 1, "a submission given up counts as one");
         assert!(kv.keys().is_empty(), "{:?}", kv.keys());
     }

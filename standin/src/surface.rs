@@ -67,7 +67,8 @@ const fn api2(create_path: &'static str) -> Endpoint {
         create_path,
         family: Family::Api2,
         task_id_only: false,
-        results: &[ResultKey::Videos],
+        // Its success answers `outputs[]` instead: every API 2.0 kind here makes video.
+        results: &[],
     }
 }
 
