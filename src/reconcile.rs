@@ -2099,34 +2099,27 @@ mod tests {
             let config = submit_config();
             let kling = Scripted::new(Vec::new());
             let submitter = Submitter::for_tests(&config, &kv, &kling, &clock);
-            let before = kv.map.borrow().clone();
-            let refused = create(new_pipeline("p"), &submitter).err();
-            assert!(
-                matches!(
-                    refused,
-                    Some(PipelineError::Step {
-                        step: 1,
-                        error: SubmitError::IdempotencyConflict
-                    })
-                ),
-                "{refused:?}"
-            );
-            assert_eq!(*kv.map.borrow(), before, "nothing stored");
-            assert!(kling.sent.borrow().is_empty(), "Kling not asked");
+            let refused_for_step_1 = || {
+                let before = kv.map.borrow().clone();
+                let refused = create(new_pipeline("p"), &submitter).err();
+                assert!(
+                    matches!(
+                        refused,
+                        Some(PipelineError::Step {
+                            step: 1,
+                            error: SubmitError::IdempotencyConflict
+                        })
+                    ),
+                    "{refused:?}"
+                );
+                assert_eq!(*kv.map.borrow(), before, "nothing stored");
+                assert!(kling.sent.borrow().is_empty(), "Kling not asked");
+            };
+            refused_for_step_1();
             // Retention deletes step 1 too, its head before its final slot: halfway, the
             // slot it has left is still the old pipeline's step.
             kv.delete("task:p-1").unwrap();
-            let refused = create(new_pipeline("p"), &submitter).err();
-            assert!(
-                matches!(
-                    refused,
-                    Some(PipelineError::Step {
-                        step: 1,
-                        error: SubmitError::IdempotencyConflict
-                    })
-                ),
-                "{refused:?}"
-            );
+            refused_for_step_1();
             // Done: the id is free.
             for key in kv.keys() {
                 if key.starts_with("task:p-1") {
