@@ -1928,8 +1928,22 @@ mod tests {
             let busy = r#"{"code":1303,"message":"parallel task over resource pack limit"}"#;
             let kling = Scripted::new(vec![Ok((429, busy))]);
             let receiver = Scripted::new(vec![Ok((200, "")), Ok((200, ""))]);
-            let report = run(&kv, &clock, &kling, &receiver).unwrap();
-            assert_eq!(kling.sent.borrow().len(), 1, "one create, then no more");
+            let (config, notify) = (submit_config(), notify_config());
+            // A draw that starts the run at a: the rate limit comes before b is judged.
+            let starts_at_a = || "i".to_string();
+            let submitter = Submitter {
+                new_id: &starts_at_a,
+                ..Submitter::for_tests(&config, &kv, &kling, &clock)
+            };
+            let notifier = Notifier::new(&notify, &kv, &receiver, &clock);
+            let mut report = ReconcileReport::default();
+            reconcile_pipelines(&submitter, Some(&notifier), u64::MAX, &mut report).unwrap();
+            let sent = kling.sent.borrow();
+            assert_eq!(sent.len(), 1, "one create, then no more");
+            assert!(
+                String::from_utf8_lossy(&sent[0].body).contains(r#""external_task_id":"a-1""#),
+                "a first"
+            );
             let left: Vec<String> = Index::pipelines(&kv)
                 .entries()
                 .unwrap()
