@@ -4,16 +4,23 @@
 use bytes::Bytes;
 use kling_standin::{CreateBehaviour, Script};
 
-use crate::support::deployment::{deploy, text2video_as};
+use crate::support::deployment::{Auth, deploy_with, text2video_as};
 use crate::support::requests::{API_TOKEN, CALLBACK_SECRET, request};
 
 /// No secret reaches a response or the component's own log: Kling's error that quotes
 /// the create's `callback_url` (with its `sig`; a 502, which is logged), a forged
-/// callback, a callback with the right `sig`, an unauthenticated read.
+/// callback, a callback with the right `sig`, an unauthenticated read. With either way
+/// of authenticating to Kling: an access/secret key pair, or an API key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_a_response_or_the_component_log() {
+    for auth in [Auth::KeyPair, Auth::ApiKey] {
+        no_secret_leaves_a_deployment_using(auth).await;
+    }
+}
+
+async fn no_secret_leaves_a_deployment_using(auth: Auth) {
     use crate::support::requests::{callback, callback_with_sig, flat, sig};
-    let d = deploy().await;
+    let d = deploy_with(auth, None, &[]).await;
     d.app.capture_guest_log();
     d.standin.script(
         "job-quoted",
@@ -51,13 +58,14 @@ async fn no_secret_reaches_a_response_or_the_component_log() {
     assert_eq!(anonymous.status, 401);
 
     let config = d.standin.config().clone();
-    let secrets = [
+    let mut secrets = vec![
         CALLBACK_SECRET.to_string(),
         API_TOKEN.to_string(),
         config.secret_key.clone(),
         sig("job-quoted"),
         sig("job-else"),
     ];
+    secrets.extend(config.api_key.clone());
     let log = d.app.guest_log();
     assert!(
         log.contains("POST /tasks/text2video") && log.contains("?sig=<redacted>"),
