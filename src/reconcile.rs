@@ -1914,19 +1914,25 @@ mod tests {
             steps
         }
 
+        /// Pipelines `ids` (`create_pipeline`'s), each with step 0 succeeded and step 1
+        /// to submit.
+        fn at_step_1(ids: &[&str]) -> (MemoryKv, ManualClock) {
+            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
+            for id in ids {
+                create_pipeline(&kv, &clock, id);
+                report_step(&kv, id, 0, TaskStatus::Succeed);
+            }
+            (kv, clock)
+        }
+
         /// Kling asks the run to back off while it submits one pipeline's step: the
         /// pipelines after it with nothing to submit are still judged, a finished one
         /// announced and let go; the one with a step to submit waits for the next run.
         #[test]
         fn a_rate_limited_step_leaves_the_other_pipelines_judged() {
-            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
-            for id in ["a", "b", "c"] {
-                create_pipeline(&kv, &clock, id);
-                report_step(&kv, id, 0, TaskStatus::Succeed);
-            }
+            let (kv, clock) = at_step_1(&["a", "b", "c"]);
             report_step(&kv, "b", 1, TaskStatus::Succeed);
-            let busy = r#"{"code":1303,"message":"parallel task over resource pack limit"}"#;
-            let kling = Scripted::new(vec![Ok((429, busy))]);
+            let kling = Scripted::new(vec![Ok((429, BUSY))]);
             let receiver = Scripted::new(vec![Ok((200, "")), Ok((200, ""))]);
             let (config, notify) = (submit_config(), notify_config());
             // A draw that starts the run at a: the rate limit comes before b is judged.
@@ -1961,15 +1967,10 @@ mod tests {
         /// one create does not always leave the same pipelines for the next.
         #[test]
         fn a_run_starts_at_a_pipeline_drawn_at_random() {
-            let (kv, clock) = (MemoryKv::default(), ManualClock(Cell::new(1_000)));
-            for id in ["a", "b", "c"] {
-                create_pipeline(&kv, &clock, id);
-                report_step(&kv, id, 0, TaskStatus::Succeed);
-            }
-            let busy = r#"{"code":1303,"message":"parallel task over resource pack limit"}"#;
+            let (kv, clock) = at_step_1(&["a", "b", "c"]);
             let config = submit_config();
             let first_create = |draw: &'static str| {
-                let kling = Scripted::new(vec![Ok((429, busy))]);
+                let kling = Scripted::new(vec![Ok((429, BUSY))]);
                 let new_id = move || draw.to_string();
                 let submitter = Submitter {
                     new_id: &new_id,
